@@ -1,0 +1,1010 @@
+//! Configuration: one TOML file, defaults in one place, every error reported at once.
+//!
+//! The file is walked key by key rather than handed to serde, so that a file with three mistakes gets
+//! three messages (each naming its key) instead of the first one only. Unknown keys are errors.
+//!
+//! What reloads live (SIGHUP) and what needs a restart is listed in [`RELOADABLE`]; the reload path
+//! refuses a new file whose restart-only settings differ and keeps serving with the old configuration.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Exit code for an invalid configuration or command line (sysexits `EX_USAGE`). systemd's unit sets
+/// `RestartPreventExitStatus=64` so a broken file is not restarted in a loop.
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Principal of the admin certificate that dev mode mints; dev mode grants it the `admin` role.
+pub const DEV_ADMIN_PRINCIPAL: &str = "spiffe://brainstem.dev/admin";
+
+/// Settings that a reload (SIGHUP) applies. Every other setting needs a restart.
+pub const RELOADABLE: &[&str] = &["log.level", "tls.*", "roles", "grants"];
+
+/// Prefix of a path that names a systemd credential (`LoadCredential=`): `credential:server.key` is
+/// `$CREDENTIALS_DIRECTORY/server.key`.
+pub const CREDENTIAL_PREFIX: &str = "credential:";
+
+const MIB: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Dev mode: own CA and certificates under `<state_dir>/pki`, created on first start.
+    pub dev_mode: bool,
+    pub state_dir: PathBuf,
+    pub server: ServerConfig,
+    pub metrics: MetricsConfig,
+    pub tls: TlsConfig,
+    pub store: StoreConfig,
+    pub log: LogConfig,
+    /// Role name → capability patterns.
+    pub roles: BTreeMap<String, Vec<String>>,
+    pub grants: Vec<Grant>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_message_bytes: u64,
+    pub max_connections: u64,
+    pub max_concurrent_streams: u64,
+    pub request_timeout_seconds: u64,
+    pub handshake_timeout_seconds: u64,
+    pub drain_timeout_seconds: u64,
+    pub stop_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Every acknowledged write is flushed to disk before the reply.
+    Always,
+    /// Writes are flushed in the background every `flush_interval_ms`; a crash can lose that window.
+    Interval,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    pub flush: FlushPolicy,
+    pub flush_interval_ms: u64,
+    pub cache_capacity_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// An `EnvFilter` directive such as `info` or `info,brainstemd::grpc=debug`. `RUST_LOG` wins.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    /// SAN URI or CN, exactly as WhoAmI reports it.
+    pub principal: String,
+    pub roles: Vec<String>,
+    pub capabilities: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            dev_mode: false,
+            state_dir: PathBuf::from("/var/lib/brainstem"),
+            server: ServerConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+                max_message_bytes: 4 * MIB,
+                max_connections: 1024,
+                max_concurrent_streams: 256,
+                request_timeout_seconds: 30,
+                handshake_timeout_seconds: 10,
+                drain_timeout_seconds: 10,
+                stop_timeout_seconds: 5,
+            },
+            metrics: MetricsConfig {
+                enabled: true,
+                listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            },
+            tls: TlsConfig {
+                ca_file: format!("{CREDENTIAL_PREFIX}ca.pem"),
+                cert_file: format!("{CREDENTIAL_PREFIX}server.pem"),
+                key_file: format!("{CREDENTIAL_PREFIX}server.key"),
+            },
+            store: StoreConfig {
+                flush: FlushPolicy::Always,
+                flush_interval_ms: 500,
+                cache_capacity_bytes: 64 * MIB,
+            },
+            log: LogConfig {
+                level: "info".to_owned(),
+                format: LogFormat::Human,
+            },
+            roles: BTreeMap::from([("admin".to_owned(), vec!["*".to_owned()])]),
+            grants: Vec::new(),
+        }
+    }
+}
+
+/// Command-line settings that win over the file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub dev_mode: bool,
+    pub state_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+}
+
+/// Where a configuration comes from, so a reload can read it again the same way.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigSource {
+    pub file: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+/// One problem in a configuration, named by its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub origin: String,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl ConfigError {
+    fn single(origin: &str, key: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            origin: origin.to_owned(),
+            issues: vec![ConfigIssue {
+                key: key.to_owned(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid configuration ({}): {} problem(s)",
+            self.origin,
+            self.issues.len()
+        )?;
+        for issue in &self.issues {
+            write!(f, "\n  - {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigSource {
+    /// Reads the file (if any), applies the overrides and validates the result.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let (origin, text) = match &self.file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|err| {
+                    ConfigError::single(&path.display().to_string(), "", format!("cannot read: {err}"))
+                })?;
+                (path.display().to_string(), text)
+            }
+            None => ("built-in defaults".to_owned(), String::new()),
+        };
+        let mut config = parse(&origin, &text)?;
+        self.overrides.apply(&mut config);
+        config.validate(&origin)?;
+        Ok(config)
+    }
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) {
+        if self.dev_mode {
+            config.dev_mode = true;
+        }
+        if let Some(dir) = &self.state_dir {
+            config.state_dir = dir.clone();
+        }
+        if let Some(addr) = self.listen {
+            config.server.listen = addr;
+        }
+        if let Some(addr) = self.metrics_listen {
+            config.metrics.listen = addr;
+        }
+        if let Some(format) = self.log_format {
+            config.log.format = format;
+        }
+        if let Some(level) = &self.log_level {
+            config.log.level = level.clone();
+        }
+    }
+}
+
+impl Config {
+    /// The dev-mode PKI directory.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.state_dir.join("pki")
+    }
+
+    /// TLS file paths after dev mode and `credential:` resolution.
+    pub fn tls_paths(&self) -> Result<TlsPaths, ConfigError> {
+        if self.dev_mode {
+            let pki = self.pki_dir();
+            return Ok(TlsPaths {
+                ca: pki.join("ca.pem"),
+                cert: pki.join("server.pem"),
+                key: pki.join("server.key"),
+            });
+        }
+        let mut issues = Vec::new();
+        let mut resolve = |key: &str, value: &str| match resolve_path(value) {
+            Ok(path) => path,
+            Err(message) => {
+                issues.push(ConfigIssue {
+                    key: key.to_owned(),
+                    message,
+                });
+                PathBuf::new()
+            }
+        };
+        let paths = TlsPaths {
+            ca: resolve("tls.ca_file", &self.tls.ca_file),
+            cert: resolve("tls.cert_file", &self.tls.cert_file),
+            key: resolve("tls.key_file", &self.tls.key_file),
+        };
+        if issues.is_empty() {
+            Ok(paths)
+        } else {
+            Err(ConfigError {
+                origin: "tls".to_owned(),
+                issues,
+            })
+        }
+    }
+
+    /// Grants in force: the configured ones, plus the dev admin's in dev mode.
+    pub fn effective_grants(&self) -> Vec<Grant> {
+        let mut grants = self.grants.clone();
+        if self.dev_mode && !grants.iter().any(|g| g.principal == DEV_ADMIN_PRINCIPAL) {
+            grants.push(Grant {
+                principal: DEV_ADMIN_PRINCIPAL.to_owned(),
+                roles: vec!["admin".to_owned()],
+                capabilities: Vec::new(),
+            });
+        }
+        grants
+    }
+
+    /// Cross-field checks that parsing alone cannot do.
+    fn validate(&mut self, origin: &str) -> Result<(), ConfigError> {
+        let mut issues = Vec::new();
+        let push = |issues: &mut Vec<ConfigIssue>, key: &str, message: String| {
+            issues.push(ConfigIssue {
+                key: key.to_owned(),
+                message,
+            })
+        };
+        if self.metrics.enabled && !self.metrics.listen.ip().is_loopback() {
+            push(
+                &mut issues,
+                "metrics.listen",
+                format!(
+                    "{} is not a loopback address; the metrics listener is unauthenticated and serves on 127.0.0.1 or ::1 only",
+                    self.metrics.listen
+                ),
+            );
+        }
+        if self.metrics.enabled
+            && self.metrics.listen == self.server.listen
+            && self.server.listen.port() != 0
+        {
+            push(
+                &mut issues,
+                "metrics.listen",
+                "must differ from server.listen".to_owned(),
+            );
+        }
+        if self.dev_mode && self.state_dir.as_os_str().is_empty() {
+            push(&mut issues, "state_dir", "dev mode needs a state directory".to_owned());
+        }
+        if !self.dev_mode {
+            if let Err(err) = self.tls_paths() {
+                issues.extend(err.issues);
+            }
+        }
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            push(&mut issues, "log.level", format!("not a valid filter directive: {err}"));
+        }
+        for (role, caps) in &self.roles {
+            for cap in caps {
+                if let Err(message) = validate_capability_pattern(cap) {
+                    push(&mut issues, &format!("roles.{role}"), format!("{cap:?}: {message}"));
+                }
+            }
+        }
+        let mut principals = BTreeSet::new();
+        for (i, grant) in self.grants.iter().enumerate() {
+            let key = format!("grants[{i}]");
+            if grant.principal.is_empty() {
+                push(&mut issues, &format!("{key}.principal"), "must not be empty".to_owned());
+            } else if !principals.insert(grant.principal.as_str()) {
+                push(
+                    &mut issues,
+                    &format!("{key}.principal"),
+                    format!("{:?} is granted twice; merge the entries", grant.principal),
+                );
+            }
+            for role in &grant.roles {
+                if !self.roles.contains_key(role) {
+                    push(&mut issues, &format!("{key}.roles"), format!("unknown role {role:?}"));
+                }
+            }
+            for cap in &grant.capabilities {
+                if let Err(message) = validate_capability_pattern(cap) {
+                    push(&mut issues, &format!("{key}.capabilities"), format!("{cap:?}: {message}"));
+                }
+            }
+        }
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                origin: origin.to_owned(),
+                issues,
+            })
+        }
+    }
+
+    /// Keys whose change a reload cannot apply. Empty when `new` only differs in reloadable settings.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.dev_mode != new.dev_mode {
+            changed.push("dev_mode");
+        }
+        if self.state_dir != new.state_dir {
+            changed.push("state_dir");
+        }
+        if self.server != new.server {
+            changed.push("server");
+        }
+        if self.metrics != new.metrics {
+            changed.push("metrics");
+        }
+        if self.store != new.store {
+            changed.push("store");
+        }
+        if self.log.format != new.log.format {
+            changed.push("log.format");
+        }
+        changed
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Resolves `credential:NAME` against `$CREDENTIALS_DIRECTORY`; other values are plain paths.
+pub fn resolve_path(value: &str) -> Result<PathBuf, String> {
+    if value.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    match value.strip_prefix(CREDENTIAL_PREFIX) {
+        None => Ok(PathBuf::from(value)),
+        Some(name) if name.is_empty() || name.contains('/') => {
+            Err(format!("{value:?}: a credential name is one file name"))
+        }
+        Some(name) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => Ok(Path::new(&dir).join(name)),
+            None => Err(format!(
+                "{value:?} needs $CREDENTIALS_DIRECTORY (systemd's LoadCredential=); outside systemd give a file path"
+            )),
+        },
+    }
+}
+
+/// A capability pattern: dotted lowercase segments (`secrets.read`), optionally ending in `*`
+/// (`vision.*`), or `*` alone for everything.
+pub fn validate_capability_pattern(pattern: &str) -> Result<(), String> {
+    if pattern == "*" {
+        return Ok(());
+    }
+    let body = pattern.strip_suffix(".*").unwrap_or(pattern);
+    if body.is_empty() || pattern.len() > 128 {
+        return Err("a capability is 1 to 128 characters".to_owned());
+    }
+    for segment in body.split('.') {
+        let ok = !segment.is_empty()
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !ok {
+            return Err(
+                "expected dotted segments of [a-z0-9_-], optionally ending in \".*\"".to_owned(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Parses a configuration file's text. Missing keys take their defaults.
+pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
+    let table: toml::Table = text.parse().map_err(|err: toml::de::Error| {
+        ConfigError::single(origin, "", format!("not valid TOML: {}", err.message()))
+    })?;
+    let mut walker = Walker::default();
+    let mut config = Config::default();
+    let root = Section::new("", &table);
+
+    walker.path(&root, "state_dir", &mut config.state_dir);
+    walker.boolean(&root, "dev_mode", &mut config.dev_mode);
+
+    if let Some(server) = walker.table(&root, "server") {
+        let s = &mut config.server;
+        walker.socket_addr(&server, "listen", &mut s.listen);
+        walker.integer(&server, "max_message_bytes", 1024..=64 * MIB, &mut s.max_message_bytes);
+        walker.integer(&server, "max_connections", 1..=1_000_000, &mut s.max_connections);
+        walker.integer(&server, "max_concurrent_streams", 1..=65_536, &mut s.max_concurrent_streams);
+        walker.integer(&server, "request_timeout_seconds", 1..=3600, &mut s.request_timeout_seconds);
+        walker.integer(&server, "handshake_timeout_seconds", 1..=300, &mut s.handshake_timeout_seconds);
+        walker.integer(&server, "drain_timeout_seconds", 0..=600, &mut s.drain_timeout_seconds);
+        walker.integer(&server, "stop_timeout_seconds", 0..=600, &mut s.stop_timeout_seconds);
+        walker.finish(server);
+    }
+    if let Some(metrics) = walker.table(&root, "metrics") {
+        walker.boolean(&metrics, "enabled", &mut config.metrics.enabled);
+        walker.socket_addr(&metrics, "listen", &mut config.metrics.listen);
+        walker.finish(metrics);
+    }
+    if let Some(tls) = walker.table(&root, "tls") {
+        walker.string(&tls, "ca_file", &mut config.tls.ca_file);
+        walker.string(&tls, "cert_file", &mut config.tls.cert_file);
+        walker.string(&tls, "key_file", &mut config.tls.key_file);
+        walker.finish(tls);
+    }
+    if let Some(store) = walker.table(&root, "store") {
+        walker.choice(
+            &store,
+            "flush",
+            &[("always", FlushPolicy::Always), ("interval", FlushPolicy::Interval)],
+            &mut config.store.flush,
+        );
+        walker.integer(&store, "flush_interval_ms", 1..=60_000, &mut config.store.flush_interval_ms);
+        walker.integer(
+            &store,
+            "cache_capacity_bytes",
+            MIB..=64 * 1024 * MIB,
+            &mut config.store.cache_capacity_bytes,
+        );
+        walker.finish(store);
+    }
+    if let Some(log) = walker.table(&root, "log") {
+        walker.string(&log, "level", &mut config.log.level);
+        walker.choice(
+            &log,
+            "format",
+            &[("human", LogFormat::Human), ("json", LogFormat::Json)],
+            &mut config.log.format,
+        );
+        walker.finish(log);
+    }
+    if let Some(roles) = walker.table(&root, "roles") {
+        config.roles.clear();
+        for name in roles.table.keys() {
+            let mut caps = Vec::new();
+            walker.string_list(&roles, name, &mut caps);
+            config.roles.insert(name.clone(), caps);
+        }
+        walker.finish(roles);
+    }
+    if let Some(items) = walker.array_of_tables(&root, "grants") {
+        for (i, item) in items.iter().enumerate() {
+            let key = format!("grants[{i}]");
+            let grant_table = Section::new(&key, item);
+            let mut grant = Grant {
+                principal: String::new(),
+                roles: Vec::new(),
+                capabilities: Vec::new(),
+            };
+            if !grant_table.table.contains_key("principal") {
+                walker.issue(&grant_table.key("principal"), "is required");
+            }
+            walker.string(&grant_table, "principal", &mut grant.principal);
+            walker.string_list(&grant_table, "roles", &mut grant.roles);
+            walker.string_list(&grant_table, "capabilities", &mut grant.capabilities);
+            walker.finish(grant_table);
+            config.grants.push(grant);
+        }
+    }
+    walker.finish(root);
+
+    if walker.issues.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError {
+            origin: origin.to_owned(),
+            issues: walker.issues,
+        })
+    }
+}
+
+/// A table being read, remembering which keys were consumed so the rest can be reported as unknown.
+struct Section<'a> {
+    prefix: String,
+    table: &'a toml::Table,
+    seen: std::cell::RefCell<BTreeSet<String>>,
+}
+
+impl<'a> Section<'a> {
+    fn new(prefix: &str, table: &'a toml::Table) -> Self {
+        Section {
+            prefix: prefix.to_owned(),
+            table,
+            seen: Default::default(),
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    fn take(&self, name: &str) -> Option<&'a toml::Value> {
+        self.seen.borrow_mut().insert(name.to_owned());
+        self.table.get(name)
+    }
+}
+
+#[derive(Default)]
+struct Walker {
+    issues: Vec<ConfigIssue>,
+}
+
+impl Walker {
+    fn issue(&mut self, key: &str, message: impl Into<String>) {
+        self.issues.push(ConfigIssue {
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn type_issue(&mut self, section: &Section<'_>, name: &str, expected: &str, found: &toml::Value) {
+        self.issue(
+            &section.key(name),
+            format!("expected {expected}, found {}", found.type_str()),
+        );
+    }
+
+    fn finish(&mut self, section: Section<'_>) {
+        let seen = section.seen.borrow();
+        for key in section.table.keys() {
+            if !seen.contains(key) {
+                self.issue(&section.key(key), "unknown key");
+            }
+        }
+    }
+
+    fn table<'a>(&mut self, section: &Section<'a>, name: &str) -> Option<Section<'a>> {
+        match section.take(name)? {
+            toml::Value::Table(table) => Some(Section::new(&section.key(name), table)),
+            other => {
+                self.type_issue(section, name, "a table", other);
+                None
+            }
+        }
+    }
+
+    fn array_of_tables<'a>(
+        &mut self,
+        section: &Section<'a>,
+        name: &str,
+    ) -> Option<Vec<&'a toml::Table>> {
+        let toml::Value::Array(items) = section.take(name)? else {
+            let found = section.table.get(name)?;
+            self.type_issue(section, name, "an array of tables ([[grants]])", found);
+            return None;
+        };
+        let mut tables = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item {
+                toml::Value::Table(table) => tables.push(table),
+                other => self.issue(
+                    &format!("{}[{i}]", section.key(name)),
+                    format!("expected a table, found {}", other.type_str()),
+                ),
+            }
+        }
+        Some(tables)
+    }
+
+    fn string(&mut self, section: &Section<'_>, name: &str, out: &mut String) {
+        match section.take(name) {
+            None => {}
+            Some(toml::Value::String(s)) => *out = s.clone(),
+            Some(other) => self.type_issue(section, name, "a string", other),
+        }
+    }
+
+    fn path(&mut self, section: &Section<'_>, name: &str, out: &mut PathBuf) {
+        match section.take(name) {
+            None => {}
+            Some(toml::Value::String(s)) if !s.is_empty() => *out = PathBuf::from(s),
+            Some(toml::Value::String(_)) => self.issue(&section.key(name), "must not be empty"),
+            Some(other) => self.type_issue(section, name, "a path string", other),
+        }
+    }
+
+    fn boolean(&mut self, section: &Section<'_>, name: &str, out: &mut bool) {
+        match section.take(name) {
+            None => {}
+            Some(toml::Value::Boolean(b)) => *out = *b,
+            Some(other) => self.type_issue(section, name, "true or false", other),
+        }
+    }
+
+    fn integer(
+        &mut self,
+        section: &Section<'_>,
+        name: &str,
+        range: std::ops::RangeInclusive<u64>,
+        out: &mut u64,
+    ) {
+        match section.take(name) {
+            None => {}
+            Some(toml::Value::Integer(i)) => match u64::try_from(*i) {
+                Ok(v) if range.contains(&v) => *out = v,
+                _ => self.issue(
+                    &section.key(name),
+                    format!("{i} is out of range {}..={}", range.start(), range.end()),
+                ),
+            },
+            Some(other) => self.type_issue(section, name, "an integer", other),
+        }
+    }
+
+    fn socket_addr(&mut self, section: &Section<'_>, name: &str, out: &mut SocketAddr) {
+        match section.take(name) {
+            None => {}
+            Some(toml::Value::String(s)) => match s.parse() {
+                Ok(addr) => *out = addr,
+                Err(_) => self.issue(
+                    &section.key(name),
+                    format!("{s:?} is not an IP:port address such as \"127.0.0.1:50051\""),
+                ),
+            },
+            Some(other) => self.type_issue(section, name, "an \"IP:port\" string", other),
+        }
+    }
+
+    fn choice<T: Copy>(
+        &mut self,
+        section: &Section<'_>,
+        name: &str,
+        choices: &[(&str, T)],
+        out: &mut T,
+    ) {
+        match section.take(name) {
+            None => {}
+            Some(toml::Value::String(s)) => match choices.iter().find(|(n, _)| n == s) {
+                Some((_, v)) => *out = *v,
+                None => {
+                    let names: Vec<_> = choices.iter().map(|(n, _)| *n).collect();
+                    self.issue(
+                        &section.key(name),
+                        format!("{s:?} is not one of {}", names.join(", ")),
+                    )
+                }
+            },
+            Some(other) => self.type_issue(section, name, "a string", other),
+        }
+    }
+
+    fn string_list(&mut self, section: &Section<'_>, name: &str, out: &mut Vec<String>) {
+        match section.take(name) {
+            None => {}
+            Some(toml::Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        toml::Value::String(s) => out.push(s.clone()),
+                        other => self.issue(
+                            &format!("{}[{i}]", section.key(name)),
+                            format!("expected a string, found {}", other.type_str()),
+                        ),
+                    }
+                }
+            }
+            Some(other) => self.type_issue(section, name, "an array of strings", other),
+        }
+    }
+}
+
+/// The default configuration as a commented TOML file; `config/brainstemd.toml` is this text (a test
+/// keeps them equal) and `brainstemd print-default-config` prints it.
+pub fn default_config_toml() -> String {
+    let d = Config::default();
+    let s = &d.server;
+    format!(
+        r#"# brainstemd configuration. Every key is optional; the values shown are the defaults.
+# Reloaded on SIGHUP: log.level, [tls] files, [roles], [[grants]]. Everything else needs a restart,
+# and a reload that changes it is refused (the running configuration keeps serving).
+# Paths may name a systemd credential as "credential:NAME" ($CREDENTIALS_DIRECTORY/NAME).
+
+# Where the sled database (and, in dev mode, the dev PKI) lives.
+state_dir = "{state_dir}"
+
+# Dev mode creates its own CA, server and admin certificates under <state_dir>/pki on first start
+# and ignores [tls]. Never use it in production.
+dev_mode = false
+
+[server]
+# gRPC over mutual TLS.
+listen = "{listen}"
+max_message_bytes = {max_message_bytes}
+max_connections = {max_connections}
+# HTTP/2 streams (concurrent calls) per connection.
+max_concurrent_streams = {max_concurrent_streams}
+# Deadline for calls that carry none; a shorter grpc-timeout from the caller wins.
+request_timeout_seconds = {request_timeout_seconds}
+handshake_timeout_seconds = {handshake_timeout_seconds}
+# On SIGTERM: how long in-flight calls may take to finish, then how long background work may take.
+drain_timeout_seconds = {drain_timeout_seconds}
+stop_timeout_seconds = {stop_timeout_seconds}
+
+[metrics]
+# Prometheus text format on http://<listen>/metrics, plus /healthz and /readyz. Loopback only.
+enabled = {metrics_enabled}
+listen = "{metrics_listen}"
+
+[tls]
+# PEM files: the CA that signs client certificates, and the server's certificate chain and key.
+# The key file must not be readable by group or others.
+ca_file = "{ca_file}"
+cert_file = "{cert_file}"
+key_file = "{key_file}"
+
+[store]
+# "always": every acknowledged write is on disk before the reply.
+# "interval": flushed every flush_interval_ms; a crash may lose that window.
+flush = "always"
+flush_interval_ms = {flush_interval_ms}
+cache_capacity_bytes = {cache_capacity_bytes}
+
+[log]
+# An EnvFilter directive, e.g. "info,brainstemd::grpc=debug". RUST_LOG wins when set.
+level = "{log_level}"
+# "human" or "json".
+format = "human"
+
+# Role name -> capability patterns ("*", "vision.*", "secrets.read").
+[roles]
+admin = ["*"]
+
+# Default deny: a principal holds nothing until a grant names it, by SAN URI or CN.
+# [[grants]]
+# principal = "spiffe://example.org/agent/web"
+# roles = ["admin"]
+# capabilities = ["admin.status"]
+"#,
+        state_dir = d.state_dir.display(),
+        listen = s.listen,
+        max_message_bytes = s.max_message_bytes,
+        max_connections = s.max_connections,
+        max_concurrent_streams = s.max_concurrent_streams,
+        request_timeout_seconds = s.request_timeout_seconds,
+        handshake_timeout_seconds = s.handshake_timeout_seconds,
+        drain_timeout_seconds = s.drain_timeout_seconds,
+        stop_timeout_seconds = s.stop_timeout_seconds,
+        metrics_enabled = d.metrics.enabled,
+        metrics_listen = d.metrics.listen,
+        ca_file = d.tls.ca_file,
+        cert_file = d.tls.cert_file,
+        key_file = d.tls.key_file,
+        flush_interval_ms = d.store.flush_interval_ms,
+        cache_capacity_bytes = d.store.cache_capacity_bytes,
+        log_level = d.log.level,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_default_parses_to_the_default() {
+        let parsed = parse("default", &default_config_toml()).expect("default config parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn shipped_config_file_equals_printed_default() {
+        let shipped = include_str!("../../config/brainstemd.toml");
+        assert_eq!(
+            shipped,
+            default_config_toml(),
+            "config/brainstemd.toml drifted: regenerate it with `brainstemd print-default-config`"
+        );
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_at_once() {
+        let text = r#"
+            state_dir = 7
+            bogus = true
+            [server]
+            listen = "not an address"
+            max_message_bytes = 1
+            max_concurrent_streams = "many"
+            [log]
+            format = "xml"
+            [metrics]
+            listen = "0.0.0.0:9091"
+        "#;
+        let err = parse("t", text).expect_err("bad file");
+        let keys: Vec<_> = err.issues.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "state_dir",
+                "server.listen",
+                "server.max_message_bytes",
+                "server.max_concurrent_streams",
+                "log.format",
+                "bogus"
+            ]
+        );
+        // The metrics address parses; validation (after parsing) refuses it.
+        let mut parsed = parse("t", "[metrics]\nlisten = \"0.0.0.0:9091\"\n").expect("parses");
+        parsed.dev_mode = true;
+        let err = parsed.validate("t").expect_err("non-loopback metrics");
+        assert_eq!(err.issues[0].key, "metrics.listen");
+    }
+
+    #[test]
+    fn unknown_keys_in_sections_and_grants_are_named() {
+        let text = r#"
+            [store]
+            flush = "sometimes"
+            flsh_interval_ms = 3
+            [[grants]]
+            roles = ["admin"]
+            capabilities = ["Secrets.Read", 5]
+            extra = 1
+        "#;
+        let err = parse("t", text).expect_err("bad file");
+        let rendered: Vec<String> = err.issues.iter().map(ToString::to_string).collect();
+        assert!(rendered.iter().any(|s| s.starts_with("store.flush: \"sometimes\" is not one of always, interval")), "{rendered:?}");
+        assert!(rendered.contains(&"store.flsh_interval_ms: unknown key".to_owned()), "{rendered:?}");
+        assert!(rendered.contains(&"grants[0].principal: is required".to_owned()), "{rendered:?}");
+        assert!(rendered.contains(&"grants[0].capabilities[1]: expected a string, found integer".to_owned()), "{rendered:?}");
+        assert!(rendered.contains(&"grants[0].extra: unknown key".to_owned()), "{rendered:?}");
+    }
+
+    #[test]
+    fn validation_checks_grants_and_capabilities() {
+        let text = r#"
+            dev_mode = true
+            [roles]
+            ops = ["admin.*", "BAD cap"]
+            [[grants]]
+            principal = "spiffe://x/a"
+            roles = ["nope"]
+            [[grants]]
+            principal = "spiffe://x/a"
+        "#;
+        let mut config = parse("t", text).expect("parses");
+        let err = config.validate("t").expect_err("invalid");
+        let rendered: Vec<String> = err.issues.iter().map(ToString::to_string).collect();
+        assert_eq!(rendered.len(), 3, "{rendered:?}");
+        assert!(rendered[0].starts_with("roles.ops: \"BAD cap\""));
+        assert_eq!(rendered[1], "grants[0].roles: unknown role \"nope\"");
+        assert!(rendered[2].starts_with("grants[1].principal:"));
+    }
+
+    #[test]
+    fn production_mode_needs_credentials_or_paths() {
+        // SAFETY-free: the test only reads the variable; no test in this binary sets it.
+        if std::env::var_os("CREDENTIALS_DIRECTORY").is_some() {
+            return;
+        }
+        let mut config = Config::default();
+        let err = config.validate("t").expect_err("no credentials directory");
+        let keys: Vec<_> = err.issues.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, ["tls.ca_file", "tls.cert_file", "tls.key_file"]);
+
+        config.tls = TlsConfig {
+            ca_file: "/etc/brainstem/ca.pem".into(),
+            cert_file: "/etc/brainstem/server.pem".into(),
+            key_file: "credential:a/b".into(),
+        };
+        let err = config.validate("t").expect_err("bad credential name");
+        assert_eq!(err.issues.len(), 1);
+        assert_eq!(err.issues[0].key, "tls.key_file");
+    }
+
+    #[test]
+    fn overrides_win_and_dev_grant_is_added() {
+        let source = ConfigSource {
+            file: None,
+            overrides: Overrides {
+                dev_mode: true,
+                state_dir: Some("/tmp/x".into()),
+                listen: Some("127.0.0.1:0".parse().unwrap()),
+                metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+                log_format: Some(LogFormat::Json),
+                log_level: None,
+            },
+        };
+        let config = source.load().expect("valid");
+        assert_eq!(config.server.listen.port(), 0);
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.tls_paths().unwrap().key, PathBuf::from("/tmp/x/pki/server.key"));
+        let grants = config.effective_grants();
+        assert_eq!(grants.len(), 1);
+        assert_eq!(grants[0].principal, DEV_ADMIN_PRINCIPAL);
+    }
+
+    #[test]
+    fn restart_only_changes_are_detected() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.log.level = "debug".into();
+        new.grants.push(Grant {
+            principal: "p".into(),
+            roles: vec![],
+            capabilities: vec!["admin.status".into()],
+        });
+        assert!(old.restart_only_changes(&new).is_empty());
+        new.server.max_connections = 3;
+        new.store.flush = FlushPolicy::Interval;
+        assert_eq!(old.restart_only_changes(&new), ["server", "store"]);
+    }
+
+    #[test]
+    fn capability_patterns() {
+        for ok in ["*", "secrets.read", "vision.*", "a_b-c.d9"] {
+            assert!(validate_capability_pattern(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "a..b", "Secrets", "a.*.b", "*.a", "a b"] {
+            assert!(validate_capability_pattern(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! Lifecycle: start, reload, stop. The same code runs under `main` and in tests.
+//!
+//! Start: dev PKI (dev mode) → TLS material → store open + boot record → listeners bound → services →
+//! `READY=1`. Any failure before binding is reported and nothing is left listening.
+//!
+//! Stop (the `shutdown` token): `STOPPING=1` → health NOT_SERVING, `/readyz` 503 → stop accepting and
+//! drain in-flight calls (≤ `drain_timeout_seconds`) → cancel background tasks (≤ `stop_timeout_seconds`,
+//! stragglers named in the log) → mark the clean stop and flush sled.
+//!
+//! Reload ([`Daemon::reload`], SIGHUP in `main`): re-read the configuration; apply TLS material, grants and
+//! log level as a whole, or refuse the new set and keep the old one.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+
+use crate::authz::{Authorizer, Grants};
+use crate::config::{Config, ConfigError, ConfigSource, EXIT_CONFIG, FlushPolicy};
+use crate::events::{ConfigReloaded, ErrorOccurred};
+use crate::grpc::{self, GrpcParts};
+use crate::notify::{Notifier, watchdog_interval};
+use crate::pki::{DevPki, Ensured, PkiError};
+use crate::store::{Store, StoreError};
+use crate::tasks::Tasks;
+use crate::telemetry::LogControl;
+use crate::tls::{self, ReloadableTls, TlsError};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How long a phase of the stop may run before the stragglers are logged (and systemd told to wait).
+const STRAGGLER_REPORT_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("dev PKI: {0}")]
+    Pki(#[from] PkiError),
+    #[error("TLS material: {0}")]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// 64 for what the operator must fix in configuration or files; 1 for the rest (worth a restart).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::Config(_) | StartError::Tls(_) => EXIT_CONFIG,
+            StartError::Pki(PkiError::Permissions { .. } | PkiError::Principal { .. }) => {
+                EXIT_CONFIG
+            }
+            StartError::Pki(PkiError::Io { .. } | PkiError::Generate(_)) => 1,
+            StartError::Store(_) | StartError::Bind { .. } => 1,
+        }
+    }
+}
+
+/// What the daemon needs from its environment besides the configuration.
+pub struct RunEnv {
+    /// Where the configuration came from; reload reads it again.
+    pub source: ConfigSource,
+    pub notifier: Notifier,
+    /// Changes the log filter on reload; `None` where the caller owns logging (tests).
+    pub log: Option<Arc<dyn LogControl>>,
+}
+
+/// The result of a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Applied,
+    Refused(String),
+}
+
+enum Control {
+    Reload(oneshot::Sender<ReloadOutcome>),
+}
+
+/// A started daemon.
+pub struct Daemon {
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    control: mpsc::Sender<Control>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Starts everything and returns once listeners are bound and `READY=1` is sent. The daemon stops
+    /// when `shutdown` is cancelled; [`Daemon::wait`] returns when the stop is complete.
+    pub async fn start(
+        config: Config,
+        env: RunEnv,
+        shutdown: CancellationToken,
+    ) -> Result<Daemon, StartError> {
+        let started = Instant::now();
+        let started_at = SystemTime::now();
+        env.notifier.status("starting");
+
+        if config.dev_mode {
+            let pki = DevPki::new(&config.state_dir);
+            if pki.ensure()? == Ensured::Created {
+                tracing::warn!(dir = %pki.dir.display(), "dev mode: created a local CA and certificates; never use them in production");
+            }
+        }
+        let tls = Arc::new(ReloadableTls::new(tls::server_config(&config.tls_paths()?)?));
+
+        let store = Store::open(&config.state_dir, &config.store)?;
+        let boot = store.record_boot()?;
+        if !boot.previous_shutdown_clean {
+            tracing::warn!(boot_count = boot.boot_count, "the previous run did not stop cleanly; the store recovered");
+            ErrorOccurred {
+                subsystem: "daemon",
+                kind: "unclean_previous_shutdown",
+            }
+            .emit();
+        }
+
+        crate::metrics::recorder();
+        crate::events::describe(VERSION);
+        metrics::gauge!("brainstem_boot_count").set(boot.boot_count as f64);
+
+        let grpc_listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "gRPC",
+                addr: config.server.listen,
+                source,
+            })?;
+        let grpc_addr = grpc_listener.local_addr().map_err(|source| StartError::Bind {
+            what: "gRPC",
+            addr: config.server.listen,
+            source,
+        })?;
+        let metrics_listener = if config.metrics.enabled {
+            let listener = TcpListener::bind(config.metrics.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: "metrics",
+                    addr: config.metrics.listen,
+                    source,
+                })?;
+            Some(listener)
+        } else {
+            None
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        // Nothing below can fail: from here on the daemon is up.
+        let root = CancellationToken::new();
+        let server_token = root.child_token();
+        let tasks = Tasks::new();
+        let ready = Arc::new(AtomicBool::new(false));
+        let authorizer = Arc::new(Authorizer::new(Grants::from_config(&config)));
+        let (health, health_service) = grpc::health();
+        grpc::set_health(&health, ServingStatus::Serving).await;
+
+        let info = Arc::new(grpc::admin::DaemonInfo {
+            version: VERSION,
+            dev_mode: config.dev_mode,
+            started_at,
+            started,
+            boot,
+        });
+        let server = grpc::serve(
+            grpc_listener,
+            &config.server,
+            GrpcParts {
+                tls: tls.clone(),
+                authorizer: authorizer.clone(),
+                health: health.clone(),
+                health_service,
+                admin: grpc::admin::AdminService::new(authorizer.clone(), info, store.clone()),
+            },
+            &tasks,
+            server_token.clone(),
+        );
+        if let Some(listener) = metrics_listener {
+            crate::metrics::serve(listener, ready.clone(), &tasks, root.child_token());
+        }
+        if config.store.flush == FlushPolicy::Interval {
+            spawn_flusher(&store, config.store.flush_interval_ms, &tasks, root.child_token());
+        }
+        if let Some(interval) = watchdog_interval() {
+            spawn_watchdog(env.notifier.clone(), interval, &tasks, root.child_token());
+        }
+
+        ready.store(true, Ordering::Release);
+        let metrics_text = metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        env.notifier.ready(&format!(
+            "serving grpc={grpc_addr} metrics={metrics_text} boot={}",
+            boot.boot_count
+        ));
+        tracing::info!(
+            grpc = %grpc_addr,
+            metrics = %metrics_text,
+            dev_mode = config.dev_mode,
+            boot_count = boot.boot_count,
+            startup_ms = started.elapsed().as_millis() as u64,
+            "brainstemd ready"
+        );
+
+        let (control_tx, control_rx) = mpsc::channel(4);
+        let running = Running {
+            config,
+            env,
+            tls,
+            authorizer,
+            health,
+            ready,
+            store,
+            tasks,
+            root,
+            server_token,
+            server,
+        };
+        // The lifecycle task is owned by the returned Daemon (awaited by `wait`), not by `tasks`, which
+        // it shuts down.
+        let done = tokio::spawn(running.run(shutdown, control_rx));
+        Ok(Daemon {
+            grpc_addr,
+            metrics_addr,
+            control: control_tx,
+            done,
+        })
+    }
+
+    /// Re-reads the configuration and applies it, or refuses it and keeps the old one.
+    pub async fn reload(&self) -> ReloadOutcome {
+        self.reloader().reload().await
+    }
+
+    /// A handle that can ask for reloads while another owner waits for the stop.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            control: self.control.clone(),
+        }
+    }
+
+    /// Waits until the daemon has stopped completely.
+    pub async fn wait(self) {
+        if let Err(err) = self.done.await {
+            tracing::error!(error = %err, "lifecycle task failed");
+        }
+    }
+}
+
+/// Asks a running daemon to reload (see [`Daemon::reloader`]).
+#[derive(Clone)]
+pub struct Reloader {
+    control: mpsc::Sender<Control>,
+}
+
+impl Reloader {
+    pub async fn reload(&self) -> ReloadOutcome {
+        let (tx, rx) = oneshot::channel();
+        if self.control.send(Control::Reload(tx)).await.is_err() {
+            return ReloadOutcome::Refused("the daemon is stopping".to_owned());
+        }
+        rx.await
+            .unwrap_or_else(|_| ReloadOutcome::Refused("the daemon is stopping".to_owned()))
+    }
+}
+
+struct Running {
+    config: Config,
+    env: RunEnv,
+    tls: Arc<ReloadableTls>,
+    authorizer: Arc<Authorizer>,
+    health: tonic_health::server::HealthReporter,
+    ready: Arc<AtomicBool>,
+    store: Store,
+    tasks: Tasks,
+    root: CancellationToken,
+    server_token: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn run(mut self, shutdown: CancellationToken, mut control: mpsc::Receiver<Control>) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(message) = control.recv() => match message {
+                    Control::Reload(reply) => {
+                        let outcome = self.reload();
+                        let _ = reply.send(outcome);
+                    }
+                },
+            }
+        }
+        drop(control);
+        self.stop().await;
+    }
+
+    fn reload(&mut self) -> ReloadOutcome {
+        self.env.notifier.reloading();
+        let outcome = match self.prepare_reload() {
+            Ok(apply) => {
+                apply(self);
+                ConfigReloaded {
+                    applied: true,
+                    detail: "tls, grants and log level applied",
+                }
+                .emit();
+                ReloadOutcome::Applied
+            }
+            Err(reason) => {
+                ConfigReloaded {
+                    applied: false,
+                    detail: &reason,
+                }
+                .emit();
+                ReloadOutcome::Refused(reason)
+            }
+        };
+        let status = match &outcome {
+            ReloadOutcome::Applied => "serving; configuration reloaded".to_owned(),
+            ReloadOutcome::Refused(reason) => format!("serving; reload refused: {reason}"),
+        };
+        self.env.notifier.notify(&format!("READY=1\nSTATUS={status}"));
+        outcome
+    }
+
+    /// Does every fallible step of a reload; the returned closure applies the result and cannot fail.
+    fn prepare_reload(&self) -> Result<impl FnOnce(&mut Running) + use<>, String> {
+        let new = self.env.source.load().map_err(|err| err.to_string())?;
+        let restart_only = self.config.restart_only_changes(&new);
+        if !restart_only.is_empty() {
+            return Err(format!(
+                "changes to {} need a restart",
+                restart_only.join(", ")
+            ));
+        }
+        let paths = new.tls_paths().map_err(|err| err.to_string())?;
+        let tls = tls::server_config(&paths).map_err(|err| err.to_string())?;
+        let grants = Grants::from_config(&new);
+        Ok(move |running: &mut Running| {
+            running.tls.replace(tls);
+            running.authorizer.replace(grants);
+            if let Some(log) = &running.env.log {
+                if let Err(err) = log.set_level(&new.log.level) {
+                    tracing::warn!(error = %err, "log level not changed");
+                }
+            }
+            running.config = new;
+        })
+    }
+
+    async fn stop(self) {
+        let stop_started = Instant::now();
+        let notifier = &self.env.notifier;
+        notifier.stopping();
+        tracing::info!("stopping: draining in-flight calls");
+        self.ready.store(false, Ordering::Release);
+        grpc::set_health(&self.health, ServingStatus::NotServing).await;
+
+        // Phase 1: stop accepting, let in-flight calls finish.
+        self.server_token.cancel();
+        let drain = Duration::from_secs(self.config.server.drain_timeout_seconds);
+        let mut server = self.server;
+        let drained = wait_reporting(&mut server, drain, "drain", &self.tasks, notifier).await;
+        if !drained {
+            tracing::warn!(
+                drain_timeout_seconds = drain.as_secs(),
+                "in-flight calls did not finish in time; closing their connections"
+            );
+            server.abort();
+        }
+
+        // Phase 2: background work.
+        self.root.cancel();
+        self.tasks.close();
+        let stop = Duration::from_secs(self.config.server.stop_timeout_seconds);
+        let mut all_done = Box::pin(self.tasks.wait());
+        if !wait_reporting(&mut all_done, stop, "stop", &self.tasks, notifier).await {
+            tracing::warn!(still_running = ?self.tasks.running(), "tasks ignored cancellation; abandoning them");
+        }
+
+        // Phase 3: state.
+        if let Err(err) = self.store.mark_clean_shutdown() {
+            tracing::error!(error = %err, "final store flush failed");
+        }
+        tracing::info!(
+            stop_ms = stop_started.elapsed().as_millis() as u64,
+            "brainstemd stopped"
+        );
+    }
+}
+
+/// Waits for `fut` up to `limit`; every few seconds logs who is still running and asks systemd for
+/// more time. Returns whether `fut` finished.
+async fn wait_reporting<F>(
+    fut: &mut F,
+    limit: Duration,
+    phase: &'static str,
+    tasks: &Tasks,
+    notifier: &Notifier,
+) -> bool
+where
+    F: std::future::Future + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let next_report = (tokio::time::Instant::now() + STRAGGLER_REPORT_EVERY).min(deadline);
+        tokio::select! {
+            _ = &mut *fut => return true,
+            _ = tokio::time::sleep_until(next_report) => {
+                if next_report >= deadline {
+                    return false;
+                }
+                let remaining = deadline - tokio::time::Instant::now();
+                tracing::info!(phase, still_running = ?tasks.running(), remaining_ms = remaining.as_millis() as u64, "stop in progress");
+                notifier.extend_timeout(remaining + STRAGGLER_REPORT_EVERY);
+            }
+        }
+    }
+}
+
+fn spawn_flusher(store: &Store, interval_ms: u64, tasks: &Tasks, token: CancellationToken) {
+    let store = store.clone();
+    tasks.spawn("store.flusher", async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(err) = store.flush_async().await {
+                        tracing::error!(error = %err, "background flush failed");
+                        ErrorOccurred { subsystem: "store", kind: "flush" }.emit();
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Pings systemd's watchdog at half its interval while the runtime is alive. The supervisor makes this
+/// conditional on actor health.
+fn spawn_watchdog(notifier: Notifier, interval: Duration, tasks: &Tasks, token: CancellationToken) {
+    tasks.spawn("systemd.watchdog", async move {
+        let mut tick = tokio::time::interval(interval / 2);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => notifier.watchdog(),
+            }
+        }
+    });
+}

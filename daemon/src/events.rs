@@ -1,0 +1,141 @@
+//! Internal events: every metric and the log line that goes with it are emitted from these small typed
+//! structs, so names, labels and units live in one file. Names follow
+//! `brainstem_<subsystem>_<name>_<unit>[_total]`; labels are bounded (method names come from the static
+//! method table, never from the request).
+
+use std::time::Duration;
+
+/// Registers descriptions and the build-info gauge. Called once at start.
+pub fn describe(version: &str) {
+    metrics::describe_counter!(
+        "brainstem_grpc_requests_total",
+        "gRPC calls answered, by method and status code"
+    );
+    metrics::describe_histogram!(
+        "brainstem_grpc_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "time from request headers to response headers, by method"
+    );
+    metrics::describe_counter!(
+        "brainstem_grpc_connections_total",
+        "TLS connections, by outcome (accepted, handshake_failed, handshake_timeout, rejected_limit)"
+    );
+    metrics::describe_gauge!("brainstem_grpc_connections_open", "open gRPC connections");
+    metrics::describe_counter!(
+        "brainstem_config_reloads_total",
+        "configuration reloads, by result (applied, refused)"
+    );
+    metrics::describe_counter!(
+        "brainstem_errors_total",
+        "errors by subsystem and kind"
+    );
+    metrics::describe_gauge!("brainstem_build_info", "always 1; labels carry the version");
+    metrics::describe_gauge!("brainstem_boot_count", "times this state directory was opened");
+    metrics::gauge!("brainstem_build_info", "version" => version.to_owned()).set(1.0);
+}
+
+pub struct GrpcRequestCompleted {
+    pub method: &'static str,
+    pub code: &'static str,
+    pub duration: Duration,
+}
+
+impl GrpcRequestCompleted {
+    pub fn emit(self) {
+        metrics::counter!("brainstem_grpc_requests_total", "method" => self.method, "code" => self.code)
+            .increment(1);
+        metrics::histogram!("brainstem_grpc_request_duration_seconds", "method" => self.method)
+            .record(self.duration.as_secs_f64());
+    }
+}
+
+pub struct AccessDenied<'a> {
+    pub method: &'static str,
+    pub principal: &'a str,
+    pub reason: &'a str,
+}
+
+impl AccessDenied<'_> {
+    pub fn emit(self) {
+        tracing::info!(method = self.method, principal = self.principal, reason = self.reason, "access denied");
+        GrpcRequestCompleted {
+            method: self.method,
+            code: "PERMISSION_DENIED",
+            duration: Duration::ZERO,
+        }
+        .emit();
+    }
+}
+
+#[derive(Clone, Copy)]
+pub enum ConnectionOutcome {
+    Accepted,
+    HandshakeFailed,
+    HandshakeTimeout,
+    RejectedLimit,
+}
+
+impl ConnectionOutcome {
+    pub fn emit(self, peer: Option<std::net::SocketAddr>, detail: Option<&str>) {
+        let outcome = match self {
+            ConnectionOutcome::Accepted => "accepted",
+            ConnectionOutcome::HandshakeFailed => "handshake_failed",
+            ConnectionOutcome::HandshakeTimeout => "handshake_timeout",
+            ConnectionOutcome::RejectedLimit => "rejected_limit",
+        };
+        metrics::counter!("brainstem_grpc_connections_total", "outcome" => outcome).increment(1);
+        match self {
+            ConnectionOutcome::Accepted => {
+                metrics::gauge!("brainstem_grpc_connections_open").increment(1.0)
+            }
+            ConnectionOutcome::RejectedLimit => {
+                tracing::warn!(?peer, "connection refused: max_connections reached")
+            }
+            ConnectionOutcome::HandshakeFailed | ConnectionOutcome::HandshakeTimeout => {
+                tracing::info!(?peer, outcome, detail, "TLS handshake did not complete")
+            }
+        }
+    }
+}
+
+pub struct ConnectionClosed;
+
+impl ConnectionClosed {
+    pub fn emit(self) {
+        metrics::gauge!("brainstem_grpc_connections_open").decrement(1.0);
+    }
+}
+
+pub struct ConfigReloaded<'a> {
+    pub applied: bool,
+    pub detail: &'a str,
+}
+
+impl ConfigReloaded<'_> {
+    pub fn emit(self) {
+        let result = if self.applied { "applied" } else { "refused" };
+        metrics::counter!("brainstem_config_reloads_total", "result" => result).increment(1);
+        if self.applied {
+            tracing::info!(detail = self.detail, "configuration reloaded");
+        } else {
+            ErrorOccurred {
+                subsystem: "config",
+                kind: "reload_refused",
+            }
+            .emit();
+            tracing::error!(detail = self.detail, "configuration reload refused; the previous configuration keeps serving");
+        }
+    }
+}
+
+pub struct ErrorOccurred {
+    pub subsystem: &'static str,
+    pub kind: &'static str,
+}
+
+impl ErrorOccurred {
+    pub fn emit(self) {
+        metrics::counter!("brainstem_errors_total", "subsystem" => self.subsystem, "kind" => self.kind)
+            .increment(1);
+    }
+}

@@ -1,0 +1,115 @@
+//! `brainstem.v1.Admin`: Ping (the benchmark baseline), WhoAmI, GetStatus.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use brainstem_proto::v1::admin_server::Admin;
+use brainstem_proto::v1::{
+    GetStatusReply, GetStatusRequest, PingReply, PingRequest, WhoAmIReply, WhoAmIRequest,
+};
+use tonic::{Request, Response, Status};
+
+use super::layer::Caller;
+use crate::authz::Authorizer;
+use crate::error::{FieldViolation, ServiceError};
+use crate::store::{BootInfo, Store};
+
+/// Longest `PingRequest.delay_ms` accepted.
+pub const MAX_PING_DELAY_MS: u32 = 10_000;
+
+/// Facts about this run of the daemon.
+#[derive(Debug, Clone)]
+pub struct DaemonInfo {
+    pub version: &'static str,
+    pub dev_mode: bool,
+    pub started_at: SystemTime,
+    pub started: Instant,
+    pub boot: BootInfo,
+}
+
+pub struct AdminService {
+    authorizer: Arc<Authorizer>,
+    info: Arc<DaemonInfo>,
+    store: Store,
+}
+
+impl AdminService {
+    pub fn new(authorizer: Arc<Authorizer>, info: Arc<DaemonInfo>, store: Store) -> Self {
+        AdminService {
+            authorizer,
+            info,
+            store,
+        }
+    }
+}
+
+/// The caller the authorization layer attached to the request.
+pub fn caller<T>(request: &Request<T>) -> Result<&Caller, ServiceError> {
+    request.extensions().get::<Caller>().ok_or_else(|| {
+        ServiceError::Unauthenticated("request did not pass the authorization layer".to_owned())
+    })
+}
+
+fn timestamp(unix_ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (unix_ms / 1000) as i64,
+        nanos: ((unix_ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
+        let PingRequest { payload, delay_ms } = request.into_inner();
+        if delay_ms > MAX_PING_DELAY_MS {
+            return Err(ServiceError::InvalidArgument(vec![FieldViolation::new(
+                "delay_ms",
+                format!("{delay_ms} is more than the maximum of {MAX_PING_DELAY_MS}"),
+            )])
+            .into());
+        }
+        if delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(u64::from(delay_ms))).await;
+        }
+        Ok(Response::new(PingReply { payload }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn who_am_i(
+        &self,
+        request: Request<WhoAmIRequest>,
+    ) -> Result<Response<WhoAmIReply>, Status> {
+        let principal = caller(&request)?.principal.clone();
+        let grants = self.authorizer.grants();
+        let holdings = grants.holdings(&principal.name).cloned().unwrap_or_default();
+        Ok(Response::new(WhoAmIReply {
+            principal: principal.name.clone(),
+            principal_source: principal.source.as_str().to_owned(),
+            roles: holdings.roles,
+            capabilities: holdings.capabilities,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_status(
+        &self,
+        _request: Request<GetStatusRequest>,
+    ) -> Result<Response<GetStatusReply>, Status> {
+        let schema_version = self.store.schema_version().map_err(ServiceError::from)?;
+        let info = &self.info;
+        let started_ms = info
+            .started_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Ok(Response::new(GetStatusReply {
+            version: info.version.to_owned(),
+            dev_mode: info.dev_mode,
+            started_at: Some(timestamp(started_ms)),
+            uptime_seconds: info.started.elapsed().as_secs(),
+            boot_count: info.boot.boot_count,
+            first_start: Some(timestamp(info.boot.first_start_unix_ms)),
+            previous_shutdown_clean: info.boot.previous_shutdown_clean,
+            schema_version,
+        }))
+    }
+}

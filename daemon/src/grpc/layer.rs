@@ -1,0 +1,175 @@
+//! The authorization layer: runs before every handler. It reads the connection's identity (fixed at the
+//! handshake), looks the method up in [`super::methods`], checks the caller's grants, and hands the
+//! handler a typed [`Caller`] extension. It also times every call for metrics.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tonic::Status;
+use tonic::body::Body;
+use tower::{Layer, Service};
+
+use super::methods::{self, Requirement};
+use crate::authz::Authorizer;
+use crate::events::{AccessDenied, GrpcRequestCompleted};
+use crate::identity::{PeerInfo, Principal};
+
+/// The authenticated caller of a request, inserted by the authorization layer.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Arc<Principal>,
+}
+
+#[derive(Clone)]
+pub struct AuthLayer {
+    authorizer: Arc<Authorizer>,
+}
+
+impl AuthLayer {
+    pub fn new(authorizer: Arc<Authorizer>) -> Self {
+        AuthLayer { authorizer }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            authorizer: self.authorizer.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    authorizer: Arc<Authorizer>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S> AuthService<S> {
+    /// Decides a request: `Ok((label, caller))` to go on, `Err((label, status))` to answer at once.
+    fn authorize(
+        &self,
+        req: &http::Request<Body>,
+    ) -> Result<(&'static str, Caller), (&'static str, Status)> {
+        let path = req.uri().path();
+        let principal = match req.extensions().get::<PeerInfo>().map(|p| &p.principal) {
+            Some(Ok(principal)) => principal.clone(),
+            Some(Err(err)) => return Err(("unauthenticated", Status::unauthenticated(err.to_string()))),
+            None => {
+                return Err((
+                    "unauthenticated",
+                    Status::unauthenticated("no verified client certificate on this connection"),
+                ));
+            }
+        };
+        let Some(entry) = methods::lookup(path) else {
+            let reason = "the method declares no capability (default deny)";
+            AccessDenied {
+                method: "unknown",
+                principal: &principal.name,
+                reason,
+            }
+            .emit();
+            return Err(("unknown", Status::permission_denied(format!("{path}: {reason}"))));
+        };
+        if let Requirement::Capability(capability) = entry.requirement {
+            if !self.authorizer.allows(&principal.name, capability) {
+                let reason = format!(
+                    "principal {:?} lacks capability {capability:?} required by {path}",
+                    principal.name
+                );
+                AccessDenied {
+                    method: entry.label,
+                    principal: &principal.name,
+                    reason: &reason,
+                }
+                .emit();
+                return Err((entry.label, Status::permission_denied(reason)));
+            }
+        }
+        Ok((entry.label, Caller { principal }))
+    }
+}
+
+impl<S> Service<http::Request<Body>> for AuthService<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        let started = Instant::now();
+        let (label, caller) = match self.authorize(&req) {
+            Ok(ok) => ok,
+            Err((_, status)) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+        };
+        req.extensions_mut().insert(caller);
+        // The clone is the one that was driven to readiness; keep the fresh one for the next call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let future = inner.call(req);
+        Box::pin(async move {
+            let response = future.await?;
+            GrpcRequestCompleted {
+                method: label,
+                code: response_code(&response),
+                duration: started.elapsed(),
+            }
+            .emit();
+            Ok(response)
+        })
+    }
+}
+
+/// The status code of a response as far as its headers tell: errors are "trailers-only" responses whose
+/// headers carry `grpc-status`; a response without it is a success whose status follows in trailers.
+fn response_code(response: &http::Response<Body>) -> &'static str {
+    let Some(value) = response.headers().get("grpc-status") else {
+        return "OK";
+    };
+    let code = value
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse::<i32>().ok())
+        .map_or(tonic::Code::Unknown, tonic::Code::from_i32);
+    code_name(code)
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}

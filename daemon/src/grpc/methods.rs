@@ -1,0 +1,93 @@
+//! What every RPC needs. One table: a method that is not listed here is refused (default deny), and a
+//! test walks the descriptor set so that a new RPC without an entry fails the build's tests.
+
+/// What a caller must have to call a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirement {
+    /// A verified client certificate that names a principal.
+    Authenticated,
+    /// A principal whose grants hold this capability.
+    Capability(&'static str),
+}
+
+/// One method's entry: the metric label (the full method path) and its requirement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MethodEntry {
+    pub label: &'static str,
+    pub requirement: Requirement,
+}
+
+/// Every `brainstem.v1` method, by its full path.
+pub const METHODS: &[(&str, Requirement)] = &[
+    ("/brainstem.v1.Admin/Ping", Requirement::Authenticated),
+    ("/brainstem.v1.Admin/WhoAmI", Requirement::Authenticated),
+    ("/brainstem.v1.Admin/GetStatus", Requirement::Capability("admin.status")),
+];
+
+/// Infrastructure services that any authenticated caller may use: health and reflection.
+const OPEN_SERVICES: &[&str] = &[
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
+/// Looks a request path up. `None`: the method declares no requirement and is refused.
+pub fn lookup(path: &str) -> Option<MethodEntry> {
+    if let Some((label, requirement)) = METHODS.iter().find(|(p, _)| *p == path) {
+        return Some(MethodEntry {
+            label,
+            requirement: *requirement,
+        });
+    }
+    OPEN_SERVICES
+        .iter()
+        .find(|prefix| path.starts_with(**prefix))
+        .map(|prefix| MethodEntry {
+            label: prefix,
+            requirement: Requirement::Authenticated,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    /// Every method in the `brainstem.v1` descriptor set has an entry, and every entry names a real method.
+    #[test]
+    fn every_rpc_declares_its_requirement() {
+        let set = prost_types::FileDescriptorSet::decode(brainstem_proto::v1::FILE_DESCRIPTOR_SET)
+            .expect("descriptor set decodes");
+        let mut declared = Vec::new();
+        for file in &set.file {
+            let package = file.package();
+            for service in &file.service {
+                for method in &service.method {
+                    let path = format!("/{package}.{}/{}", service.name(), method.name());
+                    assert!(
+                        METHODS.iter().any(|(p, _)| *p == path),
+                        "{path} declares no capability in grpc::methods::METHODS"
+                    );
+                    declared.push(path);
+                }
+            }
+        }
+        for (path, _) in METHODS {
+            assert!(declared.iter().any(|d| d == path), "{path} is not an RPC of the API");
+        }
+    }
+
+    #[test]
+    fn unknown_methods_are_refused_and_infrastructure_is_open() {
+        assert_eq!(lookup("/brainstem.v1.Admin/Nope"), None);
+        assert_eq!(lookup("/other.Service/Ping"), None);
+        assert_eq!(
+            lookup("/grpc.health.v1.Health/Check").map(|e| e.requirement),
+            Some(Requirement::Authenticated)
+        );
+        assert_eq!(
+            lookup("/brainstem.v1.Admin/GetStatus").map(|e| e.requirement),
+            Some(Requirement::Capability("admin.status"))
+        );
+    }
+}

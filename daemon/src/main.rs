@@ -1,0 +1,207 @@
+//! `brainstemd`: parse arguments → load configuration → init telemetry → run until a signal says stop.
+//! Everything else lives in the library, which the tests drive directly.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use brainstemd::config::{self, ConfigSource, EXIT_CONFIG, LogFormat, Overrides};
+use brainstemd::notify::Notifier;
+use brainstemd::{Daemon, ReloadOutcome, RunEnv, telemetry, tls};
+use clap::{Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "brainstemd", version, about = "brainstem host daemon")]
+struct Cli {
+    /// Configuration file (TOML). Without it the built-in defaults apply.
+    #[arg(long, global = true, env = "BRAINSTEM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Dev mode: own CA and certificates under <state-dir>/pki, created on first start.
+    #[arg(long, global = true)]
+    dev: bool,
+    /// State directory (sled database; dev PKI). Dev mode default: ./.brainstem-dev
+    #[arg(long, global = true, env = "BRAINSTEM_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// gRPC listen address, e.g. 127.0.0.1:50051 (port 0 picks a free port).
+    #[arg(long, global = true)]
+    listen: Option<std::net::SocketAddr>,
+    /// Metrics listen address (loopback only), e.g. 127.0.0.1:9091.
+    #[arg(long, global = true)]
+    metrics_listen: Option<std::net::SocketAddr>,
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormatArg>,
+    /// Log filter directive, e.g. "info" or "debug,h2=info". RUST_LOG wins when set.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate the configuration (and its TLS files) and exit: 0 if valid, 64 if not.
+    CheckConfig,
+    /// Print the default configuration file.
+    PrintDefaultConfig,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Human,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(EXIT_CONFIG as u8)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let state_dir = match (&cli.state_dir, cli.dev) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, true) => Some(PathBuf::from(".brainstem-dev")),
+        (None, false) => None,
+    };
+    let source = ConfigSource {
+        file: cli.config.clone(),
+        overrides: Overrides {
+            dev_mode: cli.dev,
+            state_dir,
+            listen: cli.listen,
+            metrics_listen: cli.metrics_listen,
+            log_format: cli.log_format.map(|f| match f {
+                LogFormatArg::Human => LogFormat::Human,
+                LogFormatArg::Json => LogFormat::Json,
+            }),
+            log_level: cli.log_level.clone(),
+        },
+    };
+
+    match cli.command.unwrap_or(Command::Run) {
+        Command::PrintDefaultConfig => {
+            print!("{}", config::default_config_toml());
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig => check_config(&source),
+        Command::Run => run(source),
+    }
+}
+
+fn check_config(source: &ConfigSource) -> ExitCode {
+    let config = match source.load() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    if !config.dev_mode {
+        tls::install_crypto_provider();
+        let checked = config
+            .tls_paths()
+            .map_err(|err| err.to_string())
+            .and_then(|paths| tls::server_config(&paths).map_err(|err| err.to_string()));
+        if let Err(err) = checked {
+            eprintln!("invalid TLS material: {err}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    }
+    println!(
+        "configuration OK: grpc={} metrics={} state_dir={} dev_mode={} grants={}",
+        config.server.listen,
+        if config.metrics.enabled { config.metrics.listen.to_string() } else { "off".into() },
+        config.state_dir.display(),
+        config.dev_mode,
+        config.effective_grants().len(),
+    );
+    ExitCode::SUCCESS
+}
+
+fn run(source: ConfigSource) -> ExitCode {
+    let config = match source.load() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let log = telemetry::init(config.log.format, &config.log.level);
+    tls::install_crypto_provider();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("brainstemd")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        // Registered before anything starts, so an early SIGTERM is queued rather than fatal.
+        let signals = match signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+            Ok(signals) => signals,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot install signal handlers");
+                return ExitCode::FAILURE;
+            }
+        };
+        let signals_handle = signals.handle();
+        let shutdown = CancellationToken::new();
+        let env = RunEnv {
+            source,
+            notifier: Notifier::from_env(),
+            log: Some(log),
+        };
+        let daemon = match Daemon::start(config, env, shutdown.clone()).await {
+            Ok(daemon) => daemon,
+            Err(err) => {
+                tracing::error!(error = %err, "brainstemd failed to start");
+                return ExitCode::from(err.exit_code() as u8);
+            }
+        };
+        let signal_task = tokio::spawn(handle_signals(signals, shutdown, daemon.reloader()));
+        daemon.wait().await;
+        signals_handle.close();
+        let _ = signal_task.await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn handle_signals(
+    mut signals: signal_hook_tokio::Signals,
+    shutdown: CancellationToken,
+    reloader: brainstemd::daemon::Reloader,
+) {
+    while let Some(signal) = signals.next().await {
+        match signal {
+            SIGHUP => match reloader.reload().await {
+                ReloadOutcome::Applied => {}
+                ReloadOutcome::Refused(reason) => {
+                    tracing::warn!(reason, "SIGHUP: reload refused");
+                }
+            },
+            SIGTERM | SIGINT if shutdown.is_cancelled() => {
+                tracing::warn!(signal, "second stop signal: exiting without waiting");
+                std::process::exit(1);
+            }
+            SIGTERM | SIGINT => {
+                tracing::info!(signal, "stop requested");
+                shutdown.cancel();
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! Durable state in sled. **The only module that imports sled.**
+//!
+//! - Named trees; each value is an envelope `[0xB5][record version][crc32 of payload, LE][JSON payload]`.
+//!   The checksum catches torn or altered values, which come back as [`StoreError::Corrupt`] (DATA_LOSS
+//!   to a caller), never as data.
+//! - A record type declares the version it writes and how to read older ones ([`Record::upgrade`]).
+//! - The schema version lives in the `meta` tree; [`MIGRATIONS`] upgrade an older database on open, and a
+//!   database from a newer build is refused rather than misread.
+//! - Flush policy: with `flush = "always"` every write is on disk before it returns (acknowledged means
+//!   durable); with `"interval"` the daemon flushes in the background.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::config::{FlushPolicy, StoreConfig};
+
+/// Tree names, in one place so two subsystems cannot collide.
+pub mod trees {
+    pub const META: &str = "meta";
+}
+
+/// Schema version this build writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const ENVELOPE_TAG: u8 = 0xB5;
+const HEADER_LEN: usize = 6;
+const SCHEMA_KEY: &[u8] = b"schema_version";
+const BOOT_KEY: &[u8] = b"boot";
+
+/// Upgrades a database from `to - 1` to `to`. Listed in [`MIGRATIONS`] in ascending order.
+pub struct Migration {
+    pub to: u32,
+    pub run: fn(&Store) -> Result<(), StoreError>,
+}
+
+/// Schema migrations, applied in order on open. Version 1 is the first schema: nothing to migrate yet.
+pub const MIGRATIONS: &[Migration] = &[];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("cannot prepare the state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store I/O failed: {0}")]
+    Io(#[from] sled::Error),
+    #[error("corrupted record {tree}/{key}: {reason}")]
+    Corrupt {
+        tree: String,
+        key: String,
+        reason: String,
+    },
+    #[error(
+        "the store has schema version {found}, newer than this build understands ({supported}); run a newer brainstemd"
+    )]
+    SchemaTooNew { found: u32, supported: u32 },
+    #[error("cannot encode a {tree} record: {source}")]
+    Encode {
+        tree: String,
+        source: serde_json::Error,
+    },
+}
+
+/// A value type kept in the store.
+pub trait Record: Serialize + DeserializeOwned {
+    /// Version written with every new value of this type.
+    const VERSION: u8;
+
+    /// Reads a payload written with an older `version`. By default older versions are refused.
+    fn upgrade(version: u8, payload: &[u8]) -> Result<Self, String> {
+        let _ = payload;
+        Err(format!("no upgrade from record version {version}"))
+    }
+}
+
+/// Encodes a record into its envelope.
+pub fn encode<T: Record>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let payload = serde_json::to_vec(value)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.push(ENVELOPE_TAG);
+    out.push(T::VERSION);
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Decodes an envelope, checking tag, checksum and version. The error is a human reason.
+pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, String> {
+    if bytes.len() < HEADER_LEN {
+        return Err(format!("{} bytes is shorter than the envelope header", bytes.len()));
+    }
+    if bytes[0] != ENVELOPE_TAG {
+        return Err(format!("unknown envelope tag {:#04x}", bytes[0]));
+    }
+    let version = bytes[1];
+    let crc = u32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
+    let payload = &bytes[HEADER_LEN..];
+    if crc32fast::hash(payload) != crc {
+        return Err("checksum mismatch".to_owned());
+    }
+    if version == T::VERSION {
+        serde_json::from_slice(payload).map_err(|err| format!("undecodable payload: {err}"))
+    } else if version > T::VERSION {
+        Err(format!(
+            "record version {version} is newer than this build's {}",
+            T::VERSION
+        ))
+    } else {
+        T::upgrade(version, payload)
+    }
+}
+
+/// The open database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    flush: FlushPolicy,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// One named tree.
+#[derive(Clone)]
+pub struct Tree {
+    name: &'static str,
+    tree: sled::Tree,
+    durable: bool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database under `state_dir/db` and brings its schema up to date.
+    pub fn open(state_dir: &Path, config: &StoreConfig) -> Result<Store, StoreError> {
+        create_private_dir(state_dir)?;
+        let path = state_dir.join("db");
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(config.cache_capacity_bytes)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        let store = Store {
+            db,
+            flush: config.flush,
+            path,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn flush_policy(&self) -> FlushPolicy {
+        self.flush
+    }
+
+    /// Opens a named tree (see [`trees`]).
+    pub fn tree(&self, name: &'static str) -> Result<Tree, StoreError> {
+        Ok(Tree {
+            name,
+            tree: self.db.open_tree(name)?,
+            durable: self.flush == FlushPolicy::Always,
+        })
+    }
+
+    /// Writes everything buffered to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub async fn flush_async(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(self.tree(trees::META)?.get::<u32>(SCHEMA_KEY)?.unwrap_or(0))
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let meta = self.tree(trees::META)?;
+        let Some(mut found) = meta.get::<u32>(SCHEMA_KEY)? else {
+            meta.put_durable(SCHEMA_KEY, &SCHEMA_VERSION)?;
+            return Ok(());
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let stored = found;
+        for migration in MIGRATIONS.iter().filter(|m| m.to > stored) {
+            tracing::info!(from = found, to = migration.to, "migrating store schema");
+            (migration.run)(self)?;
+            meta.put_durable(SCHEMA_KEY, &migration.to)?;
+            found = migration.to;
+        }
+        Ok(())
+    }
+
+    /// Records this start: bumps the boot count, remembers the first start, and reports whether the
+    /// previous run stopped cleanly. Always flushed, whatever the flush policy.
+    pub fn record_boot(&self) -> Result<BootInfo, StoreError> {
+        let meta = self.tree(trees::META)?;
+        let now = unix_ms_now();
+        let previous = meta.get::<BootRecord>(BOOT_KEY)?;
+        let record = BootRecord {
+            boot_count: previous.as_ref().map_or(0, |p| p.boot_count) + 1,
+            first_start_unix_ms: previous.as_ref().map_or(now, |p| p.first_start_unix_ms),
+            last_start_unix_ms: now,
+            clean_shutdown: false,
+        };
+        meta.put_durable(BOOT_KEY, &record)?;
+        Ok(BootInfo {
+            boot_count: record.boot_count,
+            first_start_unix_ms: record.first_start_unix_ms,
+            started_unix_ms: now,
+            previous_shutdown_clean: previous.is_none_or(|p| p.clean_shutdown),
+        })
+    }
+
+    /// Marks the current run as stopped cleanly and flushes. The last store write of a graceful stop.
+    pub fn mark_clean_shutdown(&self) -> Result<(), StoreError> {
+        let meta = self.tree(trees::META)?;
+        if let Some(mut record) = meta.get::<BootRecord>(BOOT_KEY)? {
+            record.clean_shutdown = true;
+            meta.put_durable(BOOT_KEY, &record)?;
+        }
+        self.flush()
+    }
+}
+
+impl Tree {
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Reads and decodes one value. A value that fails its checks is [`StoreError::Corrupt`].
+    pub fn get<T: Record>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.tree.get(key)? {
+            None => Ok(None),
+            Some(bytes) => decode(&bytes).map(Some).map_err(|reason| StoreError::Corrupt {
+                tree: self.name.to_owned(),
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason,
+            }),
+        }
+    }
+
+    /// Writes one value, flushed before returning when the flush policy is `always`.
+    pub fn put<T: Record>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
+        self.insert(key, value)?;
+        if self.durable {
+            self.tree.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Async [`Tree::put`]: the flush does not block a runtime thread.
+    pub async fn put_async<T: Record>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
+        self.insert(key, value)?;
+        if self.durable {
+            self.tree.flush_async().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes one value and flushes, whatever the policy (bookkeeping that must survive a crash).
+    pub fn put_durable<T: Record>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
+        self.insert(key, value)?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    pub fn remove(&self, key: &[u8]) -> Result<bool, StoreError> {
+        let existed = self.tree.remove(key)?.is_some();
+        if self.durable {
+            self.tree.flush()?;
+        }
+        Ok(existed)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    fn insert<T: Record>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
+        let bytes = encode(value).map_err(|source| StoreError::Encode {
+            tree: self.name.to_owned(),
+            source,
+        })?;
+        self.tree.insert(key, bytes)?;
+        Ok(())
+    }
+}
+
+impl Record for u32 {
+    const VERSION: u8 = 1;
+}
+
+/// What the store remembers about starts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BootRecord {
+    pub boot_count: u64,
+    pub first_start_unix_ms: u64,
+    pub last_start_unix_ms: u64,
+    pub clean_shutdown: bool,
+}
+
+impl Record for BootRecord {
+    const VERSION: u8 = 1;
+}
+
+/// This start, as [`Store::record_boot`] saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootInfo {
+    pub boot_count: u64,
+    pub first_start_unix_ms: u64,
+    pub started_unix_ms: u64,
+    pub previous_shutdown_clean: bool,
+}
+
+pub fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Creates a directory (and parents) readable by the owner only.
+pub fn create_private_dir(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let wrap = |source| StoreError::StateDir {
+        path: path.to_owned(),
+        source,
+    };
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(wrap)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(wrap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(flush: FlushPolicy) -> StoreConfig {
+        StoreConfig {
+            flush,
+            flush_interval_ms: 100,
+            cache_capacity_bytes: 8 << 20,
+        }
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct V1 {
+        name: String,
+    }
+    impl Record for V1 {
+        const VERSION: u8 = 1;
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct V2 {
+        name: String,
+        weight: u32,
+    }
+    impl Record for V2 {
+        const VERSION: u8 = 2;
+        fn upgrade(version: u8, payload: &[u8]) -> Result<Self, String> {
+            match version {
+                1 => {
+                    let old: V1 = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+                    Ok(V2 {
+                        name: old.name,
+                        weight: 1,
+                    })
+                }
+                other => Err(format!("no upgrade from {other}")),
+            }
+        }
+    }
+
+    #[test]
+    fn codec_round_trips_and_upgrades_older_versions() {
+        let bytes = encode(&V1 { name: "a".into() }).unwrap();
+        assert_eq!(bytes[0], ENVELOPE_TAG);
+        assert_eq!(bytes[1], 1);
+        assert_eq!(decode::<V1>(&bytes).unwrap(), V1 { name: "a".into() });
+        // An old value read by a newer type goes through its upgrade.
+        assert_eq!(
+            decode::<V2>(&bytes).unwrap(),
+            V2 {
+                name: "a".into(),
+                weight: 1
+            }
+        );
+        // A value from a newer build is refused, not misread.
+        let newer = encode(&V2 {
+            name: "b".into(),
+            weight: 3,
+        })
+        .unwrap();
+        assert!(decode::<V1>(&newer).unwrap_err().contains("newer"));
+    }
+
+    #[test]
+    fn codec_rejects_damage() {
+        let mut bytes = encode(&V1 { name: "abc".into() }).unwrap();
+        assert!(decode::<V1>(&bytes[..3]).unwrap_err().contains("shorter"));
+        let last = bytes.len() - 2;
+        bytes[last] ^= 0x01;
+        assert_eq!(decode::<V1>(&bytes).unwrap_err(), "checksum mismatch");
+        bytes[0] = 0;
+        assert!(decode::<V1>(&bytes).unwrap_err().contains("tag"));
+    }
+
+    #[test]
+    fn corrupted_value_is_reported_not_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &config(FlushPolicy::Always)).unwrap();
+        let tree = store.tree(trees::META).unwrap();
+        tree.put(b"k", &V1 { name: "x".into() }).unwrap();
+        let mut raw = store.db.open_tree(trees::META).unwrap().get(b"k").unwrap().unwrap().to_vec();
+        let last = raw.len() - 1;
+        raw[last] ^= 0xff;
+        store.db.open_tree(trees::META).unwrap().insert(b"k", raw).unwrap();
+        match tree.get::<V1>(b"k") {
+            Err(StoreError::Corrupt { tree, key, reason }) => {
+                assert_eq!((tree.as_str(), key.as_str(), reason.as_str()), ("meta", "k", "checksum mismatch"));
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn boot_history_persists_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), &config(FlushPolicy::Always)).unwrap();
+            let first = store.record_boot().unwrap();
+            assert_eq!(first.boot_count, 1);
+            assert!(first.previous_shutdown_clean, "a fresh store has no unclean history");
+            // No clean-shutdown mark: this run "crashes".
+        }
+        let first_start;
+        {
+            let store = Store::open(dir.path(), &config(FlushPolicy::Interval)).unwrap();
+            let second = store.record_boot().unwrap();
+            assert_eq!(second.boot_count, 2);
+            assert!(!second.previous_shutdown_clean);
+            first_start = second.first_start_unix_ms;
+            store.mark_clean_shutdown().unwrap();
+        }
+        let store = Store::open(dir.path(), &config(FlushPolicy::Always)).unwrap();
+        let third = store.record_boot().unwrap();
+        assert_eq!(third.boot_count, 3);
+        assert!(third.previous_shutdown_clean);
+        assert_eq!(third.first_start_unix_ms, first_start);
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), &config(FlushPolicy::Always)).unwrap();
+            store
+                .tree(trees::META)
+                .unwrap()
+                .put(SCHEMA_KEY, &(SCHEMA_VERSION + 1))
+                .unwrap();
+        }
+        match Store::open(dir.path(), &config(FlushPolicy::Always)) {
+            Err(StoreError::SchemaTooNew { found, supported }) => {
+                assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+            }
+            other => panic!("expected SchemaTooNew, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn state_dir_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("a/b");
+        Store::open(&state, &config(FlushPolicy::Always)).unwrap();
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+}
