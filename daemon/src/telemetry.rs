@@ -40,7 +40,10 @@ pub fn init(format: LogFormat, level: &str) -> Arc<dyn LogControl> {
     };
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Human => registry.with(fmt.with_target(true)).init(),
         LogFormat::Json => registry

@@ -1,1 +1,333 @@
-fn main(){}
+//! `brainstemctl`: the operator CLI for brainstemd.
+//!
+//! Exit codes (see `brainstem_client::exit`): 0 ok, 1 negative answer (e.g. NOT_SERVING), 2 usage,
+//! 3 unreachable, 4 denied, 5 other RPC error, 6 local file error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use brainstem_client::bench::{self, BenchOptions, Scenario};
+use brainstem_client::v1::{GetStatusRequest, PingRequest, WhoAmIRequest};
+use brainstem_client::{ClientError, ConnectOptions, exit};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use tonic_health::pb::HealthCheckRequest;
+
+#[derive(Parser)]
+#[command(name = "brainstemctl", version, about = "Operate a brainstem daemon")]
+struct Cli {
+    #[command(flatten)]
+    connection: Connection,
+    /// Output format: human-readable text or one JSON document.
+    #[arg(long, short, global = true, value_enum, default_value = "human")]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Connection {
+    /// brainstemd gRPC endpoint (host:port or https://host:port).
+    #[arg(long, global = true, env = "BRAINSTEM_ENDPOINT", default_value = "127.0.0.1:50051")]
+    endpoint: String,
+    /// Dev state directory: CA and admin identity are read from <state-dir>/pki.
+    #[arg(long, global = true, env = "BRAINSTEM_STATE_DIR", default_value = ".brainstem-dev")]
+    state_dir: PathBuf,
+    /// CA certificate (PEM) that signed the server certificate. Default: <state-dir>/pki/ca.pem
+    #[arg(long, global = true, env = "BRAINSTEM_CA")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM). Default: <state-dir>/pki/admin.pem
+    #[arg(long, global = true, env = "BRAINSTEM_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM). Default: <state-dir>/pki/admin.key
+    #[arg(long, global = true, env = "BRAINSTEM_KEY", requires = "cert")]
+    key: Option<PathBuf>,
+    /// TLS server name to verify, when it differs from the endpoint host.
+    #[arg(long, global = true)]
+    server_name: Option<String>,
+    /// Deadline for each call, in seconds.
+    #[arg(long, global = true, default_value_t = 10)]
+    timeout_seconds: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// grpc.health.v1 check; exit 0 when SERVING, 1 otherwise.
+    Health {
+        /// Service name ("" is the whole daemon), e.g. brainstem.v1.Admin.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+    /// Show the principal the daemon sees for this certificate, and its grants.
+    Whoami,
+    /// Round-trip an empty Ping.
+    Ping {
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Daemon version, uptime and boot history (needs admin.status).
+    Status,
+    /// Dev certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Drive a scenario over mTLS and report calls/s, p50 and p99 (last line: JSON).
+    Bench {
+        #[arg(long, value_enum, default_value = "ping")]
+        scenario: Scenario,
+        /// Connections (each one HTTP/2 connection).
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Concurrent callers per connection.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        duration_seconds: u64,
+        #[arg(long, default_value_t = 2)]
+        warmup_seconds: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Mint a client certificate for PRINCIPAL from the dev CA (<state-dir>/pki/ca.key).
+    Issue {
+        /// A URI (spiffe://host/agent/web) becomes the SAN URI; anything else the CN.
+        #[arg(long)]
+        principal: String,
+        /// Where to write <name>.pem and <name>.key. Default: <state-dir>/pki/clients
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+impl Connection {
+    fn options(&self) -> ConnectOptions {
+        let mut options = ConnectOptions::dev(&self.state_dir, &self.endpoint);
+        if let Some(ca) = &self.ca {
+            options.ca = ca.clone();
+        }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            options = options.with_identity(cert.clone(), key.clone());
+        }
+        options.server_name = self.server_name.clone();
+        options.call_timeout = Duration::from_secs(self.timeout_seconds.max(1));
+        options
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli).await {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            if cli.output == Output::Json {
+                let code = match &err {
+                    CliError::Client(ClientError::Rpc(status)) => {
+                        brainstem_client::code_name(status.code())
+                    }
+                    _ => "CLIENT",
+                };
+                println!("{}", json!({"error": err.to_string(), "code": code}));
+            } else {
+                eprintln!("brainstemctl: {err}");
+            }
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Local(String),
+}
+
+impl From<tonic::Status> for CliError {
+    fn from(status: tonic::Status) -> Self {
+        CliError::Client(ClientError::Rpc(status))
+    }
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Client(err) => err.exit_code(),
+            CliError::Local(_) => exit::LOCAL,
+        }
+    }
+}
+
+fn print(output: Output, human: String, value: serde_json::Value) {
+    match output {
+        Output::Human => println!("{human}"),
+        Output::Json => println!("{value}"),
+    }
+}
+
+fn rfc3339(ts: Option<prost_types::Timestamp>) -> String {
+    ts.and_then(|ts| {
+        time::OffsetDateTime::from_unix_timestamp(ts.seconds)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+    })
+    .unwrap_or_else(|| "-".to_owned())
+}
+
+async fn run(cli: &Cli) -> Result<u8, CliError> {
+    let options = cli.connection.options();
+    let output = cli.output;
+    match &cli.command {
+        Command::Health { service } => {
+            let mut client = options.connect().await?;
+            let reply = client
+                .health
+                .check(HealthCheckRequest {
+                    service: service.clone(),
+                })
+                .await?
+                .into_inner();
+            let status = tonic_health::pb::health_check_response::ServingStatus::try_from(reply.status)
+                .map_or("UNKNOWN", |s| s.as_str_name());
+            let name = if service.is_empty() { "brainstemd" } else { service.as_str() };
+            print(output, format!("{name}: {status}"), json!({"service": service, "status": status}));
+            Ok(if status == "SERVING" { exit::OK } else { exit::NEGATIVE })
+        }
+        Command::Whoami => {
+            let mut client = options.connect().await?;
+            let me = client.admin.who_am_i(WhoAmIRequest {}).await?.into_inner();
+            let human = format!(
+                "principal     {} ({})\nroles         {}\ncapabilities  {}",
+                me.principal,
+                me.principal_source,
+                none_if_empty(&me.roles),
+                none_if_empty(&me.capabilities)
+            );
+            print(
+                output,
+                human,
+                json!({"principal": me.principal, "principal_source": me.principal_source,
+                       "roles": me.roles, "capabilities": me.capabilities}),
+            );
+            Ok(exit::OK)
+        }
+        Command::Ping { count } => {
+            let mut client = options.connect().await?;
+            let mut rtts = Vec::new();
+            for _ in 0..(*count).max(1) {
+                let begun = Instant::now();
+                client.admin.ping(PingRequest::default()).await?;
+                rtts.push(begun.elapsed().as_micros() as u64);
+            }
+            let human = rtts
+                .iter()
+                .map(|us| format!("pong from {}: {:.3} ms", options.endpoint, *us as f64 / 1000.0))
+                .collect::<Vec<_>>()
+                .join("\n");
+            print(output, human, json!({"endpoint": options.endpoint, "rtt_us": rtts}));
+            Ok(exit::OK)
+        }
+        Command::Status => {
+            let mut client = options.connect().await?;
+            let s = client.admin.get_status(GetStatusRequest {}).await?.into_inner();
+            let human = format!(
+                "version                  {}\ndev mode                 {}\nstarted                  {}\nuptime                   {}s\nboot count               {}\nfirst start              {}\nprevious shutdown clean  {}\nschema version           {}",
+                s.version,
+                s.dev_mode,
+                rfc3339(s.started_at),
+                s.uptime_seconds,
+                s.boot_count,
+                rfc3339(s.first_start),
+                s.previous_shutdown_clean,
+                s.schema_version
+            );
+            let value = json!({
+                "version": s.version, "dev_mode": s.dev_mode, "started_at": rfc3339(s.started_at),
+                "uptime_seconds": s.uptime_seconds, "boot_count": s.boot_count,
+                "first_start": rfc3339(s.first_start),
+                "previous_shutdown_clean": s.previous_shutdown_clean, "schema_version": s.schema_version,
+            });
+            print(output, human, value);
+            Ok(exit::OK)
+        }
+        Command::Certs(CertsCommand::Issue {
+            principal,
+            out_dir,
+            days,
+        }) => {
+            let pki = brainstemd::pki::DevPki::new(&cli.connection.state_dir);
+            let out_dir = out_dir.clone().unwrap_or_else(|| pki.dir.join("clients"));
+            let (cert, key) = pki
+                .issue_client(principal, &out_dir, *days)
+                .map_err(|err| CliError::Local(err.to_string()))?;
+            print(
+                output,
+                format!("certificate  {}\nkey          {}", cert.display(), key.display()),
+                json!({"principal": principal, "cert": cert, "key": key}),
+            );
+            Ok(exit::OK)
+        }
+        Command::Bench {
+            scenario,
+            connections,
+            concurrency,
+            duration_seconds,
+            warmup_seconds,
+        } => {
+            let report = bench::run(
+                &options,
+                &BenchOptions {
+                    scenario: *scenario,
+                    connections: *connections,
+                    concurrency: *concurrency,
+                    duration: Duration::from_secs((*duration_seconds).max(1)),
+                    warmup: Duration::from_secs(*warmup_seconds),
+                },
+            )
+            .await?;
+            if output == Output::Human {
+                println!(
+                    "scenario {:?}: {} connection(s) x {} concurrent, {:.1}s measured",
+                    report.scenario, report.connections, report.concurrency, report.duration_s
+                );
+                println!(
+                    "calls {}  errors {}  calls/s {:.0}  p50 {} us  p90 {} us  p99 {} us  max {} us",
+                    report.calls,
+                    report.errors,
+                    report.calls_per_sec,
+                    report.p50_us,
+                    report.p90_us,
+                    report.p99_us,
+                    report.max_us
+                );
+                if let Some(err) = &report.first_error {
+                    println!("first error: {err}");
+                }
+            }
+            println!(
+                "{}",
+                serde_json::to_string(&report).map_err(|err| CliError::Local(err.to_string()))?
+            );
+            Ok(if report.errors == 0 { exit::OK } else { exit::RPC_ERROR })
+        }
+    }
+}
+
+fn none_if_empty(items: &[String]) -> String {
+    if items.is_empty() {
+        "(none)".to_owned()
+    } else {
+        items.join(", ")
+    }
+}

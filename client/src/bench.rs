@@ -1,0 +1,146 @@
+//! The RPC bench harness: N connections × M concurrent callers for a duration, after a warm-up, against
+//! a named scenario. Reports calls/s and latency percentiles; the last line printed is one JSON object.
+//!
+//! Every service's cost is read as a ratio to the `ping` scenario (an empty `Admin.Ping`) measured in
+//! the same run on the same machine.
+
+use std::time::{Duration, Instant};
+
+use brainstem_proto::v1::PingRequest;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::{Client, ClientError, ConnectOptions};
+
+/// What one call of a scenario does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// `Admin.Ping` with an empty request: the baseline.
+    Ping,
+    /// `Admin.WhoAmI`: identity and grant lookup in the reply.
+    Whoami,
+}
+
+impl Scenario {
+    async fn call(self, client: &mut Client) -> Result<(), tonic::Status> {
+        match self {
+            Scenario::Ping => client.admin.ping(PingRequest::default()).await.map(drop),
+            Scenario::Whoami => client
+                .admin
+                .who_am_i(brainstem_proto::v1::WhoAmIRequest {})
+                .await
+                .map(drop),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub scenario: Scenario,
+    pub connections: usize,
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub scenario: Scenario,
+    pub connections: usize,
+    pub concurrency: usize,
+    pub duration_s: f64,
+    pub calls: u64,
+    pub errors: u64,
+    pub calls_per_sec: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    /// The first error seen, if any.
+    pub first_error: Option<String>,
+}
+
+struct WorkerResult {
+    histogram: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Runs a benchmark. Connections are opened before the clock starts.
+pub async fn run(options: &ConnectOptions, bench: &BenchOptions) -> Result<BenchReport, ClientError> {
+    let mut clients = Vec::with_capacity(bench.connections);
+    for _ in 0..bench.connections.max(1) {
+        clients.push(options.connect().await?);
+    }
+    let start = Instant::now();
+    let measure_from = start + bench.warmup;
+    let end = measure_from + bench.duration;
+    let mut workers = Vec::new();
+    for client in &clients {
+        for _ in 0..bench.concurrency.max(1) {
+            let mut client = client.clone();
+            let scenario = bench.scenario;
+            workers.push(tokio::spawn(async move {
+                let mut result = WorkerResult {
+                    histogram: Histogram::new_with_bounds(1, 60_000_000, 3)
+                        .expect("static histogram bounds are valid"),
+                    errors: 0,
+                    first_error: None,
+                };
+                loop {
+                    let begun = Instant::now();
+                    if begun >= end {
+                        break;
+                    }
+                    let outcome = scenario.call(&mut client).await;
+                    if begun < measure_from {
+                        continue;
+                    }
+                    match outcome {
+                        Ok(()) => {
+                            let micros = begun.elapsed().as_micros().max(1) as u64;
+                            let _ = result.histogram.record(micros.min(60_000_000));
+                        }
+                        Err(status) => {
+                            result.errors += 1;
+                            if result.first_error.is_none() {
+                                result.first_error = Some(ClientError::Rpc(status).to_string());
+                            }
+                        }
+                    }
+                }
+                result
+            }));
+        }
+    }
+    let mut histogram: Histogram<u64> =
+        Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds are valid");
+    let mut errors = 0;
+    let mut first_error = None;
+    for worker in workers {
+        let Ok(result) = worker.await else {
+            errors += 1;
+            continue;
+        };
+        let _ = histogram.add(&result.histogram);
+        errors += result.errors;
+        first_error = first_error.or(result.first_error);
+    }
+    let measured = end.saturating_duration_since(measure_from).as_secs_f64();
+    let calls = histogram.len();
+    Ok(BenchReport {
+        scenario: bench.scenario,
+        connections: bench.connections.max(1),
+        concurrency: bench.concurrency.max(1),
+        duration_s: measured,
+        calls,
+        errors,
+        calls_per_sec: if measured > 0.0 { calls as f64 / measured } else { 0.0 },
+        p50_us: histogram.value_at_quantile(0.50),
+        p90_us: histogram.value_at_quantile(0.90),
+        p99_us: histogram.value_at_quantile(0.99),
+        max_us: histogram.max(),
+        first_error,
+    })
+}
