@@ -21,6 +21,10 @@ pub fn describe(version: &str) {
         "TLS connections, by outcome (accepted, handshake_failed, handshake_timeout, rejected_limit)"
     );
     metrics::describe_gauge!("brainstem_grpc_connections_open", "open gRPC connections");
+    metrics::describe_gauge!(
+        "brainstem_grpc_requests_in_flight",
+        "calls that passed authorization and have not answered yet"
+    );
     metrics::describe_counter!(
         "brainstem_config_reloads_total",
         "configuration reloads, by result (applied, refused)"
@@ -46,6 +50,30 @@ impl GrpcRequestCompleted {
             .increment(1);
         metrics::histogram!("brainstem_grpc_request_duration_seconds", "method" => self.method)
             .record(self.duration.as_secs_f64());
+    }
+}
+
+/// Counts a call as in flight until dropped (also when the caller goes away mid-call).
+pub struct InFlight {
+    gauge: metrics::Gauge,
+}
+
+impl InFlight {
+    pub fn gauge() -> metrics::Gauge {
+        metrics::gauge!("brainstem_grpc_requests_in_flight")
+    }
+
+    pub fn enter(gauge: &metrics::Gauge) -> InFlight {
+        gauge.increment(1.0);
+        InFlight {
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
     }
 }
 

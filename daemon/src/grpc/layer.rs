@@ -14,7 +14,7 @@ use tower::{Layer, Service};
 
 use super::methods::{self, Requirement};
 use crate::authz::Authorizer;
-use crate::events::{AccessDenied, GrpcRequestCompleted};
+use crate::events::{AccessDenied, GrpcRequestCompleted, InFlight};
 use crate::identity::{PeerInfo, Principal};
 
 /// The authenticated caller of a request, inserted by the authorization layer.
@@ -26,11 +26,15 @@ pub struct Caller {
 #[derive(Clone)]
 pub struct AuthLayer {
     authorizer: Arc<Authorizer>,
+    in_flight: metrics::Gauge,
 }
 
 impl AuthLayer {
     pub fn new(authorizer: Arc<Authorizer>) -> Self {
-        AuthLayer { authorizer }
+        AuthLayer {
+            authorizer,
+            in_flight: InFlight::gauge(),
+        }
     }
 }
 
@@ -41,6 +45,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             authorizer: self.authorizer.clone(),
+            in_flight: self.in_flight.clone(),
         }
     }
 }
@@ -49,6 +54,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     authorizer: Arc<Authorizer>,
+    in_flight: metrics::Gauge,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -124,8 +130,10 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let future = inner.call(req);
+        let in_flight = InFlight::enter(&self.in_flight);
         Box::pin(async move {
             let response = future.await?;
+            drop(in_flight);
             GrpcRequestCompleted {
                 method: label,
                 code: response_code(&response),

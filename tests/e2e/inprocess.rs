@@ -1,0 +1,248 @@
+//! In-process tests: the daemon library started by the test itself (same code as `main`), for reload,
+//! limits, deadlines and shutdown behaviour.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use brainstem_client::ConnectOptions;
+use brainstem_client::v1::{GetStatusRequest, PingRequest};
+use brainstemd::config::ConfigSource;
+use brainstemd::notify::Notifier;
+use brainstemd::{Daemon, ReloadOutcome, RunEnv};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use crate::harness::{admin_options, options_for};
+
+struct InProcess {
+    daemon: Option<Daemon>,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+    config_path: PathBuf,
+    state_dir: PathBuf,
+}
+
+/// A config file: dev mode in `state_dir`, gRPC on port 0, no metrics listener, plus `server` keys and
+/// any further sections.
+fn config_text(state_dir: &Path, server: &str, rest: &str) -> String {
+    format!(
+        "dev_mode = true\nstate_dir = {state:?}\n[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[metrics]\nenabled = false\n{rest}\n",
+        state = state_dir.display().to_string()
+    )
+}
+
+impl InProcess {
+    async fn start(server: &str, rest: &str) -> InProcess {
+        brainstemd::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let config_path = dir.path().join("brainstemd.toml");
+        std::fs::write(&config_path, config_text(&state_dir, server, rest)).unwrap();
+        let source = ConfigSource {
+            file: Some(config_path.clone()),
+            overrides: Default::default(),
+        };
+        let config = source.load().expect("valid test config");
+        let shutdown = CancellationToken::new();
+        let env = RunEnv {
+            source,
+            notifier: Notifier::disabled(),
+            log: None,
+        };
+        let daemon = Daemon::start(config, env, shutdown.clone()).await.expect("daemon starts");
+        InProcess {
+            daemon: Some(daemon),
+            shutdown,
+            _dir: dir,
+            config_path,
+            state_dir,
+        }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        self.daemon.as_ref().expect("running").grpc_addr
+    }
+
+    fn admin(&self) -> ConnectOptions {
+        admin_options(&self.state_dir, self.addr())
+    }
+
+    fn rewrite(&self, server: &str, rest: &str) {
+        std::fs::write(&self.config_path, config_text(&self.state_dir, server, rest)).unwrap();
+    }
+
+    async fn reload(&self) -> ReloadOutcome {
+        self.daemon.as_ref().expect("running").reload().await
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(daemon) = self.daemon.take() {
+            tokio::time::timeout(Duration::from_secs(20), daemon.wait())
+                .await
+                .expect("daemon stops");
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+const READER_GRANT: &str = r#"
+[roles]
+admin = ["*"]
+observer = ["admin.status"]
+[[grants]]
+principal = "reader"
+roles = ["observer"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_grants_and_refuses_invalid_or_restart_only_changes() {
+    let daemon = InProcess::start("", "").await;
+    let reader = options_for(&daemon.state_dir, daemon.addr(), "reader");
+    let mut client = reader.connect().await.unwrap();
+    let denied = client.admin.get_status(GetStatusRequest {}).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    daemon.rewrite("", READER_GRANT);
+    assert_eq!(daemon.reload().await, ReloadOutcome::Applied);
+    // Same connection: grants are looked up per call.
+    client.admin.get_status(GetStatusRequest {}).await.expect("granted after reload");
+
+    // An invalid file is refused whole; the old grants keep deciding.
+    daemon.rewrite("", &format!("{READER_GRANT}\n[[grants]]\nprincipal = \"x\"\nroles = [\"no-such-role\"]\n"));
+    match daemon.reload().await {
+        ReloadOutcome::Refused(reason) => assert!(reason.contains("no-such-role"), "{reason}"),
+        ReloadOutcome::Applied => panic!("invalid configuration applied"),
+    }
+    client.admin.get_status(GetStatusRequest {}).await.expect("old grants still apply");
+
+    // A restart-only setting is refused too.
+    daemon.rewrite("max_connections = 7", READER_GRANT);
+    match daemon.reload().await {
+        ReloadOutcome::Refused(reason) => assert!(reason.contains("server"), "{reason}"),
+        ReloadOutcome::Applied => panic!("restart-only change applied live"),
+    }
+
+    // Revoking the grant takes effect at the next reload.
+    daemon.rewrite("", "");
+    assert_eq!(daemon.reload().await, ReloadOutcome::Applied);
+    let denied = client.admin.get_status(GetStatusRequest {}).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_tls_certificates_for_new_connections() {
+    let daemon = InProcess::start("", "").await;
+    let pki = brainstemd::pki::DevPki::new(&daemon.state_dir);
+    let old_ca = daemon.state_dir.join("old-ca.pem");
+    std::fs::copy(pki.ca_cert(), &old_ca).unwrap();
+    let mut old_options = daemon.admin();
+    old_options.ca = old_ca;
+    let mut established = old_options.connect().await.unwrap();
+
+    // Re-mint the whole dev PKI (new CA) and reload.
+    for file in [pki.ca_cert(), pki.ca_key()] {
+        std::fs::remove_file(file).unwrap();
+    }
+    pki.ensure().unwrap();
+    assert_eq!(daemon.reload().await, ReloadOutcome::Applied);
+
+    // New connections use the new CA; old credentials no longer get in.
+    daemon.admin().connect().await.unwrap().admin.ping(PingRequest::default()).await.unwrap();
+    let stale = old_options.connect().await;
+    if let Ok(mut client) = stale {
+        assert!(client.admin.ping(PingRequest::default()).await.is_err());
+    }
+    // A connection made before the reload keeps its session.
+    established.admin.ping(PingRequest::default()).await.unwrap();
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors() {
+    let daemon = InProcess::start("max_message_bytes = 2048\nrequest_timeout_seconds = 1", "").await;
+    let mut client = daemon.admin().connect().await.unwrap();
+
+    let err = client
+        .admin
+        .ping(PingRequest {
+            payload: vec![],
+            delay_ms: 10_001,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let details = tonic_types::StatusExt::get_error_details(&err);
+    let bad = details.bad_request().expect("BadRequest detail");
+    assert_eq!(bad.field_violations[0].field, "delay_ms");
+
+    let err = client
+        .admin
+        .ping(PingRequest {
+            payload: vec![7; 4096],
+            delay_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "oversized message: {err:?}");
+
+    // The server's default deadline (1 s) applies to a call that carries none…
+    let mut patient = daemon.admin();
+    patient.call_timeout = Duration::from_secs(30);
+    let mut client = patient.connect().await.unwrap();
+    let mut request = tonic::Request::new(PingRequest {
+        payload: vec![],
+        delay_ms: 3_000,
+    });
+    request.metadata_mut().remove("grpc-timeout");
+    let err = client.admin.ping(request).await.unwrap_err();
+    assert!(matches!(err.code(), Code::Cancelled | Code::DeadlineExceeded), "{err:?}");
+
+    // …and a shorter caller deadline wins.
+    let mut request = tonic::Request::new(PingRequest {
+        payload: vec![],
+        delay_ms: 900,
+    });
+    request.set_timeout(Duration::from_millis(100));
+    let err = client.admin.ping(request).await.unwrap_err();
+    assert!(matches!(err.code(), Code::Cancelled | Code::DeadlineExceeded), "{err:?}");
+
+    // The connection is fine afterwards.
+    client.admin.ping(PingRequest::default()).await.unwrap();
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_refuses_the_extra_connection() {
+    let daemon = InProcess::start("max_connections = 1", "").await;
+    let mut first = daemon.admin().connect().await.unwrap();
+    first.admin.ping(PingRequest::default()).await.unwrap();
+    let second = daemon.admin().connect().await;
+    match second {
+        Err(_) => {}
+        Ok(mut client) => {
+            let err = client.admin.ping(PingRequest::default()).await.unwrap_err();
+            assert_eq!(err.code(), Code::Unavailable);
+        }
+    }
+    first.admin.ping(PingRequest::default()).await.unwrap();
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_after_shutdown_fail_unavailable() {
+    let daemon = InProcess::start("", "").await;
+    let options = daemon.admin();
+    let mut client = options.connect().await.unwrap();
+    client.admin.ping(PingRequest::default()).await.unwrap();
+    daemon.stop().await;
+    let err = client.admin.ping(PingRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(options.connect().await.is_err());
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Python interop check for brainstemd: runs tests/interop/check.py against already-built binaries.
+#
+#   bash tests/interop/run.sh [BIN_DIR]          # BIN_DIR defaults to target/debug; relative paths are from the repo root
+#
+# Env: INTEROP_VENV (default target/interop-venv) is created on first use and reused after;
+#      INTEROP_PYTHON (default python3) is the interpreter that creates it.
+# Needs PyPI for the first install. Builds nothing: build the binaries first (cargo build [--release]).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+cd "$root"
+
+bin_dir="${1:-${BRAINSTEM_BIN_DIR:-target/debug}}"
+venv="${INTEROP_VENV:-target/interop-venv}"
+python="${INTEROP_PYTHON:-python3}"
+
+for exe in brainstemd brainstemctl; do
+    if [[ ! -x "$bin_dir/$exe" ]]; then
+        echo "run.sh: $bin_dir/$exe not found or not executable (build it first)" >&2
+        exit 2
+    fi
+done
+
+if [[ ! -x "$venv/bin/python" ]]; then
+    "$python" -m venv "$venv"
+fi
+# Reinstall only when requirements.txt changed since the last successful install.
+stamp="$venv/.interop-requirements"
+if ! cmp -s "$here/requirements.txt" "$stamp" 2>/dev/null; then
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
+    cp "$here/requirements.txt" "$stamp"
+fi
+
+exec "$venv/bin/python" "$here/check.py" --bin-dir "$bin_dir" --proto-dir "$root/proto"
