@@ -50,6 +50,7 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u64,
     pub request_timeout_seconds: u64,
     pub handshake_timeout_seconds: u64,
+    pub shutdown_grace_seconds: u64,
     pub drain_timeout_seconds: u64,
     pub stop_timeout_seconds: u64,
 }
@@ -115,6 +116,7 @@ impl Default for Config {
                 max_concurrent_streams: 256,
                 request_timeout_seconds: 30,
                 handshake_timeout_seconds: 10,
+                shutdown_grace_seconds: 0,
                 drain_timeout_seconds: 10,
                 stop_timeout_seconds: 5,
             },
@@ -483,6 +485,7 @@ pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
         walker.integer(&server, "max_concurrent_streams", 1..=65_536, &mut s.max_concurrent_streams);
         walker.integer(&server, "request_timeout_seconds", 1..=3600, &mut s.request_timeout_seconds);
         walker.integer(&server, "handshake_timeout_seconds", 1..=300, &mut s.handshake_timeout_seconds);
+        walker.integer(&server, "shutdown_grace_seconds", 0..=300, &mut s.shutdown_grace_seconds);
         walker.integer(&server, "drain_timeout_seconds", 0..=600, &mut s.drain_timeout_seconds);
         walker.integer(&server, "stop_timeout_seconds", 0..=600, &mut s.stop_timeout_seconds);
         walker.finish(server);
@@ -785,7 +788,10 @@ max_concurrent_streams = {max_concurrent_streams}
 # Deadline for calls that carry none; a shorter grpc-timeout from the caller wins.
 request_timeout_seconds = {request_timeout_seconds}
 handshake_timeout_seconds = {handshake_timeout_seconds}
-# On SIGTERM: how long in-flight calls may take to finish, then how long background work may take.
+# On SIGTERM health turns NOT_SERVING at once; connections are still accepted for
+# shutdown_grace_seconds (so health checkers can move traffic away), then in-flight calls get
+# drain_timeout_seconds to finish, then background work gets stop_timeout_seconds.
+shutdown_grace_seconds = {shutdown_grace_seconds}
 drain_timeout_seconds = {drain_timeout_seconds}
 stop_timeout_seconds = {stop_timeout_seconds}
 
@@ -831,6 +837,7 @@ admin = ["*"]
         max_concurrent_streams = s.max_concurrent_streams,
         request_timeout_seconds = s.request_timeout_seconds,
         handshake_timeout_seconds = s.handshake_timeout_seconds,
+        shutdown_grace_seconds = s.shutdown_grace_seconds,
         drain_timeout_seconds = s.drain_timeout_seconds,
         stop_timeout_seconds = s.stop_timeout_seconds,
         metrics_enabled = d.metrics.enabled,

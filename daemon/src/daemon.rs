@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -105,7 +105,6 @@ impl Daemon {
         shutdown: CancellationToken,
     ) -> Result<Daemon, StartError> {
         let started = Instant::now();
-        let started_at = SystemTime::now();
         env.notifier.status("starting");
 
         if config.dev_mode {
@@ -169,7 +168,6 @@ impl Daemon {
         let info = Arc::new(grpc::admin::DaemonInfo {
             version: VERSION,
             dev_mode: config.dev_mode,
-            started_at,
             started,
             boot,
         });
@@ -365,6 +363,12 @@ impl Running {
         tracing::info!("stopping: draining in-flight calls");
         self.ready.store(false, Ordering::Release);
         grpc::set_health(&self.health, ServingStatus::NotServing).await;
+        let grace = Duration::from_secs(self.config.server.shutdown_grace_seconds);
+        if !grace.is_zero() {
+            // Still accepting, answering NOT_SERVING, so health checkers move traffic away first.
+            tracing::info!(seconds = grace.as_secs(), "announcing NOT_SERVING before refusing connections");
+            tokio::time::sleep(grace).await;
+        }
 
         // Phase 1: stop accepting, let in-flight calls finish.
         self.server_token.cancel();

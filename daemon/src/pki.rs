@@ -287,11 +287,15 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError>
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 
-/// Reads a key or secret file, refusing one that group or others can read.
+/// Reads a key or secret file, refusing one that group or others can read. Files that systemd handed
+/// over as credentials are exempt: `$CREDENTIALS_DIRECTORY` is private to the service, and newer
+/// systemd shows them as 0440 with an ACL for the service user.
 pub fn read_private(path: &Path) -> Result<Vec<u8>, PkiError> {
     let meta = std::fs::metadata(path).map_err(io_err(path))?;
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    let from_credentials = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .is_some_and(|dir| path.starts_with(Path::new(&dir)));
+    if mode & 0o077 != 0 && !from_credentials {
         return Err(PkiError::Permissions {
             path: path.to_owned(),
             mode,

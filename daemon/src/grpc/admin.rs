@@ -1,7 +1,7 @@
 //! `brainstem.v1.Admin`: Ping (the benchmark baseline), WhoAmI, GetStatus.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use brainstem_proto::v1::admin_server::Admin;
 use brainstem_proto::v1::{
@@ -22,7 +22,7 @@ pub const MAX_PING_DELAY_MS: u32 = 10_000;
 pub struct DaemonInfo {
     pub version: &'static str,
     pub dev_mode: bool,
-    pub started_at: SystemTime,
+    /// Monotonic start, for uptime. The wall-clock start is `boot.started_unix_ms`.
     pub started: Instant,
     pub boot: BootInfo,
 }
@@ -97,14 +97,10 @@ impl Admin for AdminService {
     ) -> Result<Response<GetStatusReply>, Status> {
         let schema_version = self.store.schema_version().map_err(ServiceError::from)?;
         let info = &self.info;
-        let started_ms = info
-            .started_at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         Ok(Response::new(GetStatusReply {
             version: info.version.to_owned(),
             dev_mode: info.dev_mode,
-            started_at: Some(timestamp(started_ms)),
+            started_at: Some(timestamp(info.boot.started_unix_ms)),
             uptime_seconds: info.started.elapsed().as_secs(),
             boot_count: info.boot.boot_count,
             first_start: Some(timestamp(info.boot.first_start_unix_ms)),

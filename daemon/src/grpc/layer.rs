@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tonic::Status;
 use tonic::body::Body;
@@ -27,13 +27,16 @@ pub struct Caller {
 pub struct AuthLayer {
     authorizer: Arc<Authorizer>,
     in_flight: metrics::Gauge,
+    default_timeout: Duration,
 }
 
 impl AuthLayer {
-    pub fn new(authorizer: Arc<Authorizer>) -> Self {
+    /// `default_timeout` bounds calls that carry no `grpc-timeout`; a shorter caller deadline wins.
+    pub fn new(authorizer: Arc<Authorizer>, default_timeout: Duration) -> Self {
         AuthLayer {
             authorizer,
             in_flight: InFlight::gauge(),
+            default_timeout,
         }
     }
 }
@@ -46,6 +49,7 @@ impl<S> Layer<S> for AuthLayer {
             inner,
             authorizer: self.authorizer.clone(),
             in_flight: self.in_flight.clone(),
+            default_timeout: self.default_timeout,
         }
     }
 }
@@ -55,6 +59,7 @@ pub struct AuthService<S> {
     inner: S,
     authorizer: Arc<Authorizer>,
     in_flight: metrics::Gauge,
+    default_timeout: Duration,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -125,6 +130,8 @@ where
             Ok(ok) => ok,
             Err((_, status)) => return Box::pin(std::future::ready(Ok(status.into_http()))),
         };
+        let deadline = parse_grpc_timeout(req.headers().get("grpc-timeout"))
+            .map_or(self.default_timeout, |t| t.min(self.default_timeout));
         req.extensions_mut().insert(caller);
         // The clone is the one that was driven to readiness; keep the fresh one for the next call.
         let clone = self.inner.clone();
@@ -132,7 +139,16 @@ where
         let future = inner.call(req);
         let in_flight = InFlight::enter(&self.in_flight);
         Box::pin(async move {
-            let response = future.await?;
+            // The deadline is enforced here rather than by tonic's server timeout, which answers
+            // CANCELLED; callers rightly expect DEADLINE_EXCEEDED.
+            let response = match tokio::time::timeout(deadline, future).await {
+                Ok(response) => response?,
+                Err(_) => Status::deadline_exceeded(format!(
+                    "deadline of {} ms exceeded",
+                    deadline.as_millis()
+                ))
+                .into_http(),
+            };
             drop(in_flight);
             GrpcRequestCompleted {
                 method: label,
@@ -143,6 +159,25 @@ where
             Ok(response)
         })
     }
+}
+
+/// Parses a `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: Option<&http::HeaderValue>) -> Option<Duration> {
+    let text = value?.to_str().ok()?;
+    if text.len() < 2 || text.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = text.split_at(text.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 /// The status code of a response as far as its headers tell: errors are "trailers-only" responses whose
@@ -179,5 +214,23 @@ fn code_name(code: tonic::Code) -> &'static str {
         Unavailable => "UNAVAILABLE",
         DataLoss => "DATA_LOSS",
         Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header() {
+        let parse = |s: &str| parse_grpc_timeout(Some(&http::HeaderValue::from_str(s).unwrap()));
+        assert_eq!(parse("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "10", "123456789S", "5x", "-5S", "1.5S"] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_grpc_timeout(None), None);
     }
 }

@@ -84,11 +84,13 @@ pub fn serve(
         .build_v1alpha();
 
     let router = Server::builder()
-        .timeout(Duration::from_secs(config.request_timeout_seconds))
         .max_concurrent_streams(config.max_concurrent_streams as u32)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .layer(layer::AuthLayer::new(parts.authorizer))
+        .layer(layer::AuthLayer::new(
+            parts.authorizer,
+            Duration::from_secs(config.request_timeout_seconds),
+        ))
         .add_service(parts.health_service)
         .add_service(
             AdminServer::new(parts.admin)
