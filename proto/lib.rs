@@ -9,5 +9,6 @@ pub mod v1 {
     tonic::include_proto!("brainstem.v1");
 
     /// Encoded `FileDescriptorSet` of every `brainstem.v1` file, for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("brainstem_v1_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("brainstem_v1_descriptor");
 }

@@ -68,7 +68,10 @@ struct WorkerResult {
 }
 
 /// Runs a benchmark. Connections are opened before the clock starts.
-pub async fn run(options: &ConnectOptions, bench: &BenchOptions) -> Result<BenchReport, ClientError> {
+pub async fn run(
+    options: &ConnectOptions,
+    bench: &BenchOptions,
+) -> Result<BenchReport, ClientError> {
     let mut clients = Vec::with_capacity(bench.connections);
     for _ in 0..bench.connections.max(1) {
         clients.push(options.connect().await?);
@@ -136,7 +139,11 @@ pub async fn run(options: &ConnectOptions, bench: &BenchOptions) -> Result<Bench
         duration_s: measured,
         calls,
         errors,
-        calls_per_sec: if measured > 0.0 { calls as f64 / measured } else { 0.0 },
+        calls_per_sec: if measured > 0.0 {
+            calls as f64 / measured
+        } else {
+            0.0
+        },
         p50_us: histogram.value_at_quantile(0.50),
         p90_us: histogram.value_at_quantile(0.90),
         p99_us: histogram.value_at_quantile(0.99),

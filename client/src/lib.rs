@@ -176,10 +176,13 @@ impl ConnectOptions {
             .connect_timeout(self.connect_timeout)
             .timeout(self.call_timeout)
             .tcp_nodelay(true);
-        endpoint.connect().await.map_err(|err| ClientError::Connect {
-            endpoint: self.endpoint.clone(),
-            reason: error_chain(&err),
-        })
+        endpoint
+            .connect()
+            .await
+            .map_err(|err| ClientError::Connect {
+                endpoint: self.endpoint.clone(),
+                reason: error_chain(&err),
+            })
     }
 
     /// Connects and returns stubs for every service.

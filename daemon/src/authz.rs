@@ -74,7 +74,8 @@ impl Grants {
     }
 
     pub fn allows(&self, principal: &str, capability: &str) -> bool {
-        self.holdings(principal).is_some_and(|h| h.allows(capability))
+        self.holdings(principal)
+            .is_some_and(|h| h.allows(capability))
     }
 
     pub fn principal_count(&self) -> usize {

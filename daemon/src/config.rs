@@ -219,7 +219,11 @@ impl ConfigSource {
         let (origin, text) = match &self.file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|err| {
-                    ConfigError::single(&path.display().to_string(), "", format!("cannot read: {err}"))
+                    ConfigError::single(
+                        &path.display().to_string(),
+                        "",
+                        format!("cannot read: {err}"),
+                    )
                 })?;
                 (path.display().to_string(), text)
             }
@@ -340,7 +344,11 @@ impl Config {
             );
         }
         if self.dev_mode && self.state_dir.as_os_str().is_empty() {
-            push(&mut issues, "state_dir", "dev mode needs a state directory".to_owned());
+            push(
+                &mut issues,
+                "state_dir",
+                "dev mode needs a state directory".to_owned(),
+            );
         }
         if !self.dev_mode {
             if let Err(err) = self.tls_paths() {
@@ -348,12 +356,20 @@ impl Config {
             }
         }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            push(&mut issues, "log.level", format!("not a valid filter directive: {err}"));
+            push(
+                &mut issues,
+                "log.level",
+                format!("not a valid filter directive: {err}"),
+            );
         }
         for (role, caps) in &self.roles {
             for cap in caps {
                 if let Err(message) = validate_capability_pattern(cap) {
-                    push(&mut issues, &format!("roles.{role}"), format!("{cap:?}: {message}"));
+                    push(
+                        &mut issues,
+                        &format!("roles.{role}"),
+                        format!("{cap:?}: {message}"),
+                    );
                 }
             }
         }
@@ -361,7 +377,11 @@ impl Config {
         for (i, grant) in self.grants.iter().enumerate() {
             let key = format!("grants[{i}]");
             if grant.principal.is_empty() {
-                push(&mut issues, &format!("{key}.principal"), "must not be empty".to_owned());
+                push(
+                    &mut issues,
+                    &format!("{key}.principal"),
+                    "must not be empty".to_owned(),
+                );
             } else if !principals.insert(grant.principal.as_str()) {
                 push(
                     &mut issues,
@@ -371,12 +391,20 @@ impl Config {
             }
             for role in &grant.roles {
                 if !self.roles.contains_key(role) {
-                    push(&mut issues, &format!("{key}.roles"), format!("unknown role {role:?}"));
+                    push(
+                        &mut issues,
+                        &format!("{key}.roles"),
+                        format!("unknown role {role:?}"),
+                    );
                 }
             }
             for cap in &grant.capabilities {
                 if let Err(message) = validate_capability_pattern(cap) {
-                    push(&mut issues, &format!("{key}.capabilities"), format!("{cap:?}: {message}"));
+                    push(
+                        &mut issues,
+                        &format!("{key}.capabilities"),
+                        format!("{cap:?}: {message}"),
+                    );
                 }
             }
         }
@@ -480,14 +508,54 @@ pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
     if let Some(server) = walker.table(&root, "server") {
         let s = &mut config.server;
         walker.socket_addr(&server, "listen", &mut s.listen);
-        walker.integer(&server, "max_message_bytes", 1024..=64 * MIB, &mut s.max_message_bytes);
-        walker.integer(&server, "max_connections", 1..=1_000_000, &mut s.max_connections);
-        walker.integer(&server, "max_concurrent_streams", 1..=65_536, &mut s.max_concurrent_streams);
-        walker.integer(&server, "request_timeout_seconds", 1..=3600, &mut s.request_timeout_seconds);
-        walker.integer(&server, "handshake_timeout_seconds", 1..=300, &mut s.handshake_timeout_seconds);
-        walker.integer(&server, "shutdown_grace_seconds", 0..=300, &mut s.shutdown_grace_seconds);
-        walker.integer(&server, "drain_timeout_seconds", 0..=600, &mut s.drain_timeout_seconds);
-        walker.integer(&server, "stop_timeout_seconds", 0..=600, &mut s.stop_timeout_seconds);
+        walker.integer(
+            &server,
+            "max_message_bytes",
+            1024..=64 * MIB,
+            &mut s.max_message_bytes,
+        );
+        walker.integer(
+            &server,
+            "max_connections",
+            1..=1_000_000,
+            &mut s.max_connections,
+        );
+        walker.integer(
+            &server,
+            "max_concurrent_streams",
+            1..=65_536,
+            &mut s.max_concurrent_streams,
+        );
+        walker.integer(
+            &server,
+            "request_timeout_seconds",
+            1..=3600,
+            &mut s.request_timeout_seconds,
+        );
+        walker.integer(
+            &server,
+            "handshake_timeout_seconds",
+            1..=300,
+            &mut s.handshake_timeout_seconds,
+        );
+        walker.integer(
+            &server,
+            "shutdown_grace_seconds",
+            0..=300,
+            &mut s.shutdown_grace_seconds,
+        );
+        walker.integer(
+            &server,
+            "drain_timeout_seconds",
+            0..=600,
+            &mut s.drain_timeout_seconds,
+        );
+        walker.integer(
+            &server,
+            "stop_timeout_seconds",
+            0..=600,
+            &mut s.stop_timeout_seconds,
+        );
         walker.finish(server);
     }
     if let Some(metrics) = walker.table(&root, "metrics") {
@@ -505,10 +573,18 @@ pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
         walker.choice(
             &store,
             "flush",
-            &[("always", FlushPolicy::Always), ("interval", FlushPolicy::Interval)],
+            &[
+                ("always", FlushPolicy::Always),
+                ("interval", FlushPolicy::Interval),
+            ],
             &mut config.store.flush,
         );
-        walker.integer(&store, "flush_interval_ms", 1..=60_000, &mut config.store.flush_interval_ms);
+        walker.integer(
+            &store,
+            "flush_interval_ms",
+            1..=60_000,
+            &mut config.store.flush_interval_ms,
+        );
         walker.integer(
             &store,
             "cache_capacity_bytes",
@@ -610,7 +686,13 @@ impl Walker {
         });
     }
 
-    fn type_issue(&mut self, section: &Section<'_>, name: &str, expected: &str, found: &toml::Value) {
+    fn type_issue(
+        &mut self,
+        section: &Section<'_>,
+        name: &str,
+        expected: &str,
+        found: &toml::Value,
+    ) {
         self.issue(
             &section.key(name),
             format!("expected {expected}, found {}", found.type_str()),
@@ -919,10 +1001,24 @@ mod tests {
         let err = parse("t", text).expect_err("bad file");
         let rendered: Vec<String> = err.issues.iter().map(ToString::to_string).collect();
         assert!(rendered.iter().any(|s| s.starts_with("store.flush: \"sometimes\" is not one of always, interval")), "{rendered:?}");
-        assert!(rendered.contains(&"store.flsh_interval_ms: unknown key".to_owned()), "{rendered:?}");
-        assert!(rendered.contains(&"grants[0].principal: is required".to_owned()), "{rendered:?}");
-        assert!(rendered.contains(&"grants[0].capabilities[1]: expected a string, found integer".to_owned()), "{rendered:?}");
-        assert!(rendered.contains(&"grants[0].extra: unknown key".to_owned()), "{rendered:?}");
+        assert!(
+            rendered.contains(&"store.flsh_interval_ms: unknown key".to_owned()),
+            "{rendered:?}"
+        );
+        assert!(
+            rendered.contains(&"grants[0].principal: is required".to_owned()),
+            "{rendered:?}"
+        );
+        assert!(
+            rendered.contains(
+                &"grants[0].capabilities[1]: expected a string, found integer".to_owned()
+            ),
+            "{rendered:?}"
+        );
+        assert!(
+            rendered.contains(&"grants[0].extra: unknown key".to_owned()),
+            "{rendered:?}"
+        );
     }
 
     #[test]
@@ -983,7 +1079,10 @@ mod tests {
         let config = source.load().expect("valid");
         assert_eq!(config.server.listen.port(), 0);
         assert_eq!(config.log.format, LogFormat::Json);
-        assert_eq!(config.tls_paths().unwrap().key, PathBuf::from("/tmp/x/pki/server.key"));
+        assert_eq!(
+            config.tls_paths().unwrap().key,
+            PathBuf::from("/tmp/x/pki/server.key")
+        );
         let grants = config.effective_grants();
         assert_eq!(grants.len(), 1);
         assert_eq!(grants[0].principal, DEV_ADMIN_PRINCIPAL);

@@ -113,12 +113,17 @@ impl Daemon {
                 tracing::warn!(dir = %pki.dir.display(), "dev mode: created a local CA and certificates; never use them in production");
             }
         }
-        let tls = Arc::new(ReloadableTls::new(tls::server_config(&config.tls_paths()?)?));
+        let tls = Arc::new(ReloadableTls::new(tls::server_config(
+            &config.tls_paths()?,
+        )?));
 
         let store = Store::open(&config.state_dir, &config.store)?;
         let boot = store.record_boot()?;
         if !boot.previous_shutdown_clean {
-            tracing::warn!(boot_count = boot.boot_count, "the previous run did not stop cleanly; the store recovered");
+            tracing::warn!(
+                boot_count = boot.boot_count,
+                "the previous run did not stop cleanly; the store recovered"
+            );
             ErrorOccurred {
                 subsystem: "daemon",
                 kind: "unclean_previous_shutdown",
@@ -137,11 +142,13 @@ impl Daemon {
                 addr: config.server.listen,
                 source,
             })?;
-        let grpc_addr = grpc_listener.local_addr().map_err(|source| StartError::Bind {
-            what: "gRPC",
-            addr: config.server.listen,
-            source,
-        })?;
+        let grpc_addr = grpc_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                what: "gRPC",
+                addr: config.server.listen,
+                source,
+            })?;
         let metrics_listener = if config.metrics.enabled {
             let listener = TcpListener::bind(config.metrics.listen)
                 .await
@@ -188,7 +195,12 @@ impl Daemon {
             crate::metrics::serve(listener, ready.clone(), &tasks, root.child_token());
         }
         if config.store.flush == FlushPolicy::Interval {
-            spawn_flusher(&store, config.store.flush_interval_ms, &tasks, root.child_token());
+            spawn_flusher(
+                &store,
+                config.store.flush_interval_ms,
+                &tasks,
+                root.child_token(),
+            );
         }
         if let Some(interval) = watchdog_interval() {
             spawn_watchdog(env.notifier.clone(), interval, &tasks, root.child_token());
@@ -327,7 +339,9 @@ impl Running {
             ReloadOutcome::Applied => "serving; configuration reloaded".to_owned(),
             ReloadOutcome::Refused(reason) => format!("serving; reload refused: {reason}"),
         };
-        self.env.notifier.notify(&format!("READY=1\nSTATUS={status}"));
+        self.env
+            .notifier
+            .notify(&format!("READY=1\nSTATUS={status}"));
         outcome
     }
 
@@ -366,7 +380,10 @@ impl Running {
         let grace = Duration::from_secs(self.config.server.shutdown_grace_seconds);
         if !grace.is_zero() {
             // Still accepting, answering NOT_SERVING, so health checkers move traffic away first.
-            tracing::info!(seconds = grace.as_secs(), "announcing NOT_SERVING before refusing connections");
+            tracing::info!(
+                seconds = grace.as_secs(),
+                "announcing NOT_SERVING before refusing connections"
+            );
             tokio::time::sleep(grace).await;
         }
 

@@ -29,12 +29,12 @@ pub fn describe(version: &str) {
         "brainstem_config_reloads_total",
         "configuration reloads, by result (applied, refused)"
     );
-    metrics::describe_counter!(
-        "brainstem_errors_total",
-        "errors by subsystem and kind"
-    );
+    metrics::describe_counter!("brainstem_errors_total", "errors by subsystem and kind");
     metrics::describe_gauge!("brainstem_build_info", "always 1; labels carry the version");
-    metrics::describe_gauge!("brainstem_boot_count", "times this state directory was opened");
+    metrics::describe_gauge!(
+        "brainstem_boot_count",
+        "times this state directory was opened"
+    );
     metrics::gauge!("brainstem_build_info", "version" => version.to_owned()).set(1.0);
 }
 
@@ -85,7 +85,12 @@ pub struct AccessDenied<'a> {
 
 impl AccessDenied<'_> {
     pub fn emit(self) {
-        tracing::info!(method = self.method, principal = self.principal, reason = self.reason, "access denied");
+        tracing::info!(
+            method = self.method,
+            principal = self.principal,
+            reason = self.reason,
+            "access denied"
+        );
         GrpcRequestCompleted {
             method: self.method,
             code: "PERMISSION_DENIED",
@@ -151,7 +156,10 @@ impl ConfigReloaded<'_> {
                 kind: "reload_refused",
             }
             .emit();
-            tracing::error!(detail = self.detail, "configuration reload refused; the previous configuration keeps serving");
+            tracing::error!(
+                detail = self.detail,
+                "configuration reload refused; the previous configuration keeps serving"
+            );
         }
     }
 }

@@ -97,9 +97,9 @@ mod tests {
     fn san_uri_wins_over_cn() {
         let mut params = CertificateParams::new(vec!["host.example".to_owned()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, "web");
-        params.subject_alt_names.push(SanType::URI(
-            "spiffe://host/agent/web".try_into().unwrap(),
-        ));
+        params
+            .subject_alt_names
+            .push(SanType::URI("spiffe://host/agent/web".try_into().unwrap()));
         let p = principal_from_der(&der(params)).unwrap();
         assert_eq!(p.name, "spiffe://host/agent/web");
         assert_eq!(p.source, PrincipalSource::SanUri);
@@ -119,8 +119,13 @@ mod tests {
     fn no_principal_and_garbage_are_errors() {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::OrganizationName, "only-org");
-        assert_eq!(principal_from_der(&der(params)), Err(IdentityError::NoPrincipal));
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "only-org");
+        assert_eq!(
+            principal_from_der(&der(params)),
+            Err(IdentityError::NoPrincipal)
+        );
         assert!(matches!(
             principal_from_der(b"not a certificate"),
             Err(IdentityError::Malformed(_))

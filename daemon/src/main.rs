@@ -119,7 +119,11 @@ fn check_config(source: &ConfigSource) -> ExitCode {
     println!(
         "configuration OK: grpc={} metrics={} state_dir={} dev_mode={} grants={}",
         config.server.listen,
-        if config.metrics.enabled { config.metrics.listen.to_string() } else { "off".into() },
+        if config.metrics.enabled {
+            config.metrics.listen.to_string()
+        } else {
+            "off".into()
+        },
         config.state_dir.display(),
         config.dev_mode,
         config.effective_grants().len(),

@@ -53,7 +53,10 @@ struct AppState {
 async fn metrics_text() -> (StatusCode, String) {
     match recorder() {
         Some(handle) => (StatusCode::OK, handle.render()),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable\n".to_owned()),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder unavailable\n".to_owned(),
+        ),
     }
 }
 
@@ -66,7 +69,12 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
 }
 
 /// Serves the metrics endpoints until `token` is cancelled; keeps histogram upkeep running.
-pub fn serve(listener: TcpListener, ready: Arc<AtomicBool>, tasks: &Tasks, token: CancellationToken) {
+pub fn serve(
+    listener: TcpListener,
+    ready: Arc<AtomicBool>,
+    tasks: &Tasks,
+    token: CancellationToken,
+) {
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))

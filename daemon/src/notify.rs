@@ -72,7 +72,10 @@ impl Notifier {
     }
 
     pub fn ready(&self, status: &str) {
-        self.notify(&format!("READY=1\nSTATUS={status}\nMAINPID={}", std::process::id()));
+        self.notify(&format!(
+            "READY=1\nSTATUS={status}\nMAINPID={}",
+            std::process::id()
+        ));
     }
 
     pub fn status(&self, status: &str) {

@@ -203,7 +203,9 @@ fn ca_params() -> Result<(CertificateParams, KeyPair), PkiError> {
 
 fn server_certificate(issuer: &Issuer<'_, KeyPair>) -> Result<(String, String), PkiError> {
     let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
-    params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
     params
         .subject_alt_names
         .push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
@@ -230,7 +232,10 @@ pub fn client_certificate(
     if principal.is_empty() || principal.len() > 256 {
         return Err(bad("must be 1 to 256 characters"));
     }
-    if principal.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if principal
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace())
+    {
         return Err(bad("must not contain spaces or control characters"));
     }
     let mut params = CertificateParams::new(Vec::<String>::new())?;
@@ -313,7 +318,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = DevPki::new(dir.path());
         assert_eq!(pki.ensure().unwrap(), Ensured::Created);
-        for key in [pki.ca_key(), pki.server_key(), pki.admin_key(), pki.master_key()] {
+        for key in [
+            pki.ca_key(),
+            pki.server_key(),
+            pki.admin_key(),
+            pki.master_key(),
+        ] {
             let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", key.display());
         }

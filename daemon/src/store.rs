@@ -93,7 +93,10 @@ pub fn encode<T: Record>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
 /// Decodes an envelope, checking tag, checksum and version. The error is a human reason.
 pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, String> {
     if bytes.len() < HEADER_LEN {
-        return Err(format!("{} bytes is shorter than the envelope header", bytes.len()));
+        return Err(format!(
+            "{} bytes is shorter than the envelope header",
+            bytes.len()
+        ));
     }
     if bytes[0] != ENVELOPE_TAG {
         return Err(format!("unknown envelope tag {:#04x}", bytes[0]));
@@ -256,11 +259,13 @@ impl Tree {
     pub fn get<T: Record>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
         match self.tree.get(key)? {
             None => Ok(None),
-            Some(bytes) => decode(&bytes).map(Some).map_err(|reason| StoreError::Corrupt {
-                tree: self.name.to_owned(),
-                key: String::from_utf8_lossy(key).into_owned(),
-                reason,
-            }),
+            Some(bytes) => decode(&bytes)
+                .map(Some)
+                .map_err(|reason| StoreError::Corrupt {
+                    tree: self.name.to_owned(),
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    reason,
+                }),
         }
     }
 
@@ -446,13 +451,28 @@ mod tests {
         let store = Store::open(dir.path(), &config(FlushPolicy::Always)).unwrap();
         let tree = store.tree(trees::META).unwrap();
         tree.put(b"k", &V1 { name: "x".into() }).unwrap();
-        let mut raw = store.db.open_tree(trees::META).unwrap().get(b"k").unwrap().unwrap().to_vec();
+        let mut raw = store
+            .db
+            .open_tree(trees::META)
+            .unwrap()
+            .get(b"k")
+            .unwrap()
+            .unwrap()
+            .to_vec();
         let last = raw.len() - 1;
         raw[last] ^= 0xff;
-        store.db.open_tree(trees::META).unwrap().insert(b"k", raw).unwrap();
+        store
+            .db
+            .open_tree(trees::META)
+            .unwrap()
+            .insert(b"k", raw)
+            .unwrap();
         match tree.get::<V1>(b"k") {
             Err(StoreError::Corrupt { tree, key, reason }) => {
-                assert_eq!((tree.as_str(), key.as_str(), reason.as_str()), ("meta", "k", "checksum mismatch"));
+                assert_eq!(
+                    (tree.as_str(), key.as_str(), reason.as_str()),
+                    ("meta", "k", "checksum mismatch")
+                );
             }
             other => panic!("expected Corrupt, got {other:?}"),
         }
@@ -465,7 +485,10 @@ mod tests {
             let store = Store::open(dir.path(), &config(FlushPolicy::Always)).unwrap();
             let first = store.record_boot().unwrap();
             assert_eq!(first.boot_count, 1);
-            assert!(first.previous_shutdown_clean, "a fresh store has no unclean history");
+            assert!(
+                first.previous_shutdown_clean,
+                "a fresh store has no unclean history"
+            );
             // No clean-shutdown mark: this run "crashes".
         }
         let first_start;

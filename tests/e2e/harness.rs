@@ -21,7 +21,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < until, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -42,7 +45,14 @@ pub fn bin(name: &str) -> PathBuf {
     if !*built {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--bins", "-p", "brainstemd", "-p", "brainstem-client"]);
+        cmd.args([
+            "build",
+            "--bins",
+            "-p",
+            "brainstemd",
+            "-p",
+            "brainstem-client",
+        ]);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
@@ -63,7 +73,11 @@ pub fn admin_options(state_dir: &Path, addr: std::net::SocketAddr) -> ConnectOpt
 }
 
 /// Mints a client certificate from the dev CA of `state_dir` and returns options that use it.
-pub fn options_for(state_dir: &Path, addr: std::net::SocketAddr, principal: &str) -> ConnectOptions {
+pub fn options_for(
+    state_dir: &Path,
+    addr: std::net::SocketAddr,
+    principal: &str,
+) -> ConnectOptions {
     let pki = brainstemd::pki::DevPki::new(state_dir);
     let (cert, key) = pki
         .issue_client(principal, &state_dir.join("test-clients"), 1)
@@ -139,7 +153,8 @@ impl DaemonProcess {
         let until = Instant::now() + deadline;
         let mut buf = vec![0u8; 4096];
         loop {
-            match tokio::time::timeout(Duration::from_millis(200), self.notify.recv(&mut buf)).await {
+            match tokio::time::timeout(Duration::from_millis(200), self.notify.recv(&mut buf)).await
+            {
                 Ok(Ok(n)) => {
                     let message = String::from_utf8_lossy(&buf[..n]).into_owned();
                     self.messages.push(message.clone());
@@ -198,7 +213,11 @@ impl DaemonProcess {
     pub async fn stop(mut self) {
         self.signal(libc::SIGTERM);
         let status = self.wait_exit(Duration::from_secs(10)).await;
-        assert!(status.success(), "exit {status}; stderr:\n{}", self.stderr());
+        assert!(
+            status.success(),
+            "exit {status}; stderr:\n{}",
+            self.stderr()
+        );
     }
 
     /// Kills with SIGKILL: a crash.
@@ -220,19 +239,27 @@ impl Drop for DaemonProcess {
 /// GET on the metrics listener; returns (status code, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect metrics");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect metrics");
     stream
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .await
         .expect("write request");
     let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read response");
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read response");
     let code = response
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("HTTP status line");
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (code, body)
 }
 

@@ -49,7 +49,9 @@ impl InProcess {
             notifier: Notifier::disabled(),
             log: None,
         };
-        let daemon = Daemon::start(config, env, shutdown.clone()).await.expect("daemon starts");
+        let daemon = Daemon::start(config, env, shutdown.clone())
+            .await
+            .expect("daemon starts");
         InProcess {
             daemon: Some(daemon),
             shutdown,
@@ -68,7 +70,11 @@ impl InProcess {
     }
 
     fn rewrite(&self, server: &str, rest: &str) {
-        std::fs::write(&self.config_path, config_text(&self.state_dir, server, rest)).unwrap();
+        std::fs::write(
+            &self.config_path,
+            config_text(&self.state_dir, server, rest),
+        )
+        .unwrap();
     }
 
     async fn reload(&self) -> ReloadOutcome {
@@ -105,21 +111,36 @@ async fn reload_applies_grants_and_refuses_invalid_or_restart_only_changes() {
     let daemon = InProcess::start("", "").await;
     let reader = options_for(&daemon.state_dir, daemon.addr(), "reader");
     let mut client = reader.connect().await.unwrap();
-    let denied = client.admin.get_status(GetStatusRequest {}).await.unwrap_err();
+    let denied = client
+        .admin
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
 
     daemon.rewrite("", READER_GRANT);
     assert_eq!(daemon.reload().await, ReloadOutcome::Applied);
     // Same connection: grants are looked up per call.
-    client.admin.get_status(GetStatusRequest {}).await.expect("granted after reload");
+    client
+        .admin
+        .get_status(GetStatusRequest {})
+        .await
+        .expect("granted after reload");
 
     // An invalid file is refused whole; the old grants keep deciding.
-    daemon.rewrite("", &format!("{READER_GRANT}\n[[grants]]\nprincipal = \"x\"\nroles = [\"no-such-role\"]\n"));
+    daemon.rewrite(
+        "",
+        &format!("{READER_GRANT}\n[[grants]]\nprincipal = \"x\"\nroles = [\"no-such-role\"]\n"),
+    );
     match daemon.reload().await {
         ReloadOutcome::Refused(reason) => assert!(reason.contains("no-such-role"), "{reason}"),
         ReloadOutcome::Applied => panic!("invalid configuration applied"),
     }
-    client.admin.get_status(GetStatusRequest {}).await.expect("old grants still apply");
+    client
+        .admin
+        .get_status(GetStatusRequest {})
+        .await
+        .expect("old grants still apply");
 
     // A restart-only setting is refused too.
     daemon.rewrite("max_connections = 7", READER_GRANT);
@@ -131,7 +152,11 @@ async fn reload_applies_grants_and_refuses_invalid_or_restart_only_changes() {
     // Revoking the grant takes effect at the next reload.
     daemon.rewrite("", "");
     assert_eq!(daemon.reload().await, ReloadOutcome::Applied);
-    let denied = client.admin.get_status(GetStatusRequest {}).await.unwrap_err();
+    let denied = client
+        .admin
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
     daemon.stop().await;
 }
@@ -154,19 +179,32 @@ async fn reload_swaps_tls_certificates_for_new_connections() {
     assert_eq!(daemon.reload().await, ReloadOutcome::Applied);
 
     // New connections use the new CA; old credentials no longer get in.
-    daemon.admin().connect().await.unwrap().admin.ping(PingRequest::default()).await.unwrap();
+    daemon
+        .admin()
+        .connect()
+        .await
+        .unwrap()
+        .admin
+        .ping(PingRequest::default())
+        .await
+        .unwrap();
     let stale = old_options.connect().await;
     if let Ok(mut client) = stale {
         assert!(client.admin.ping(PingRequest::default()).await.is_err());
     }
     // A connection made before the reload keeps its session.
-    established.admin.ping(PingRequest::default()).await.unwrap();
+    established
+        .admin
+        .ping(PingRequest::default())
+        .await
+        .unwrap();
     daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors() {
-    let daemon = InProcess::start("max_message_bytes = 2048\nrequest_timeout_seconds = 1", "").await;
+    let daemon =
+        InProcess::start("max_message_bytes = 2048\nrequest_timeout_seconds = 1", "").await;
     let mut client = daemon.admin().connect().await.unwrap();
 
     let err = client
@@ -212,7 +250,10 @@ async fn bad_requests_get_clear_errors() {
     request.set_timeout(Duration::from_millis(100));
     let err = client.admin.ping(request).await.unwrap_err();
     // Whichever side's timer fires first answers; the server's says DEADLINE_EXCEEDED.
-    assert!(matches!(err.code(), Code::Cancelled | Code::DeadlineExceeded), "{err:?}");
+    assert!(
+        matches!(err.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{err:?}"
+    );
 
     // The connection is fine afterwards.
     client.admin.ping(PingRequest::default()).await.unwrap();
@@ -256,21 +297,36 @@ async fn stop_announces_not_serving_before_refusing_connections() {
     let daemon = InProcess::start("shutdown_grace_seconds = 2", "").await;
     let options = daemon.admin();
     let mut client = options.connect().await.unwrap();
-    let check = HealthCheckRequest { service: String::new() };
-    let status = client.health.check(check.clone()).await.unwrap().into_inner().status;
+    let check = HealthCheckRequest {
+        service: String::new(),
+    };
+    let status = client
+        .health
+        .check(check.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
     assert_eq!(status, ServingStatus::Serving as i32);
 
     daemon.shutdown.cancel();
-    crate::harness::eventually("NOT_SERVING during the grace period", Duration::from_secs(2), || {
-        let mut client = client.clone();
-        let check = check.clone();
-        async move {
-            let status = client.health.check(check).await.ok()?.into_inner().status;
-            (status == ServingStatus::NotServing as i32).then_some(())
-        }
-    })
+    crate::harness::eventually(
+        "NOT_SERVING during the grace period",
+        Duration::from_secs(2),
+        || {
+            let mut client = client.clone();
+            let check = check.clone();
+            async move {
+                let status = client.health.check(check).await.ok()?.into_inner().status;
+                (status == ServingStatus::NotServing as i32).then_some(())
+            }
+        },
+    )
     .await;
     // Still accepting new connections during the grace period.
-    options.connect().await.expect("new connection during grace");
+    options
+        .connect()
+        .await
+        .expect("new connection during grace");
     daemon.stop().await;
 }

@@ -28,13 +28,26 @@ async fn health(options: &ConnectOptions, service: &str) -> i32 {
 async fn ready_then_serving_whoami_and_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = DaemonProcess::start_in(dir.path()).await;
-    let ready = daemon.messages.iter().find(|m| m.contains("READY=1")).unwrap();
+    let ready = daemon
+        .messages
+        .iter()
+        .find(|m| m.contains("READY=1"))
+        .unwrap();
     assert!(ready.contains("STATUS=serving grpc=127.0.0.1:"), "{ready}");
 
     // Dev PKI files, keys private.
-    for name in ["ca.pem", "ca.key", "server.pem", "server.key", "admin.pem", "admin.key"] {
+    for name in [
+        "ca.pem",
+        "ca.key",
+        "server.pem",
+        "server.key",
+        "admin.pem",
+        "admin.key",
+    ] {
         let path = daemon.state_dir.join("pki").join(name);
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
         if name.ends_with(".key") {
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
@@ -42,7 +55,11 @@ async fn ready_then_serving_whoami_and_refusals() {
 
     let options = daemon.options();
     for service in ["", "brainstem.v1.Admin"] {
-        assert_eq!(health(&options, service).await, ServingStatus::Serving as i32, "{service:?}");
+        assert_eq!(
+            health(&options, service).await,
+            ServingStatus::Serving as i32,
+            "{service:?}"
+        );
     }
     let me = daemon
         .client()
@@ -59,23 +76,44 @@ async fn ready_then_serving_whoami_and_refusals() {
     // A certificate from the dev CA with no grants: Ping and WhoAmI only.
     let reader = options_for(&daemon.state_dir, daemon.grpc_addr, "reader");
     let mut reader_client = reader.connect().await.unwrap();
-    reader_client.admin.ping(PingRequest::default()).await.unwrap();
-    let who = reader_client.admin.who_am_i(WhoAmIRequest {}).await.unwrap().into_inner();
-    assert_eq!((who.principal.as_str(), who.capabilities.len()), ("reader", 0));
-    let denied = reader_client.admin.get_status(GetStatusRequest {}).await.unwrap_err();
+    reader_client
+        .admin
+        .ping(PingRequest::default())
+        .await
+        .unwrap();
+    let who = reader_client
+        .admin
+        .who_am_i(WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (who.principal.as_str(), who.capabilities.len()),
+        ("reader", 0)
+    );
+    let denied = reader_client
+        .admin
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
-    assert!(denied.message().contains("admin.status"), "{}", denied.message());
+    assert!(
+        denied.message().contains("admin.status"),
+        "{}",
+        denied.message()
+    );
 
     // No client certificate: the handshake fails, so does the call.
     let anonymous = {
         let ca = std::fs::read(daemon.state_dir.join("pki/ca.pem")).unwrap();
         let tls = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(ca));
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{}", daemon.grpc_addr))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .timeout(Duration::from_secs(5));
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("https://{}", daemon.grpc_addr))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .timeout(Duration::from_secs(5));
         match endpoint.connect().await {
             Err(_) => None,
             Ok(channel) => Some(
@@ -86,7 +124,10 @@ async fn ready_then_serving_whoami_and_refusals() {
         }
     };
     if let Some(result) = anonymous {
-        assert!(result.is_err(), "a call without a client certificate succeeded");
+        assert!(
+            result.is_err(),
+            "a call without a client certificate succeeded"
+        );
     }
 
     // A certificate from another CA: refused the same way.
@@ -109,7 +150,10 @@ async fn ready_then_serving_whoami_and_refusals() {
     // The metrics listener tells the same story.
     let (code, body) = http_get(daemon.metrics_addr, "/metrics").await;
     assert_eq!(code, 200);
-    assert!(body.contains("brainstem_build_info{version=\"0.1.0\"} 1"), "{body}");
+    assert!(
+        body.contains("brainstem_build_info{version=\"0.1.0\"} 1"),
+        "{body}"
+    );
     assert!(body.contains("code=\"PERMISSION_DENIED\""), "{body}");
     assert!(body.contains("outcome=\"handshake_failed\""), "{body}");
     assert_eq!(http_get(daemon.metrics_addr, "/readyz").await.0, 200);
@@ -138,22 +182,35 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
         })
         .collect();
     let metrics_addr = daemon.metrics_addr;
-    eventually("8 calls in flight", Duration::from_secs(10), || async move {
-        let (_, body) = http_get(metrics_addr, "/metrics").await;
-        (metric_value(&body, "brainstem_grpc_requests_in_flight")? >= 8.0).then_some(())
-    })
+    eventually(
+        "8 calls in flight",
+        Duration::from_secs(10),
+        || async move {
+            let (_, body) = http_get(metrics_addr, "/metrics").await;
+            (metric_value(&body, "brainstem_grpc_requests_in_flight")? >= 8.0).then_some(())
+        },
+    )
     .await;
 
     let signalled = Instant::now();
     daemon.signal(libc::SIGTERM);
-    daemon.wait_message("STOPPING=1", Duration::from_secs(3)).await;
+    daemon
+        .wait_message("STOPPING=1", Duration::from_secs(3))
+        .await;
     for (i, call) in calls.into_iter().enumerate() {
-        let payload = call.await.unwrap().expect("in-flight call completes during drain");
+        let payload = call
+            .await
+            .unwrap()
+            .expect("in-flight call completes during drain");
         assert_eq!(payload, vec![i as u8]);
     }
     let status = daemon.wait_exit(Duration::from_secs(3)).await;
     let elapsed = signalled.elapsed();
-    assert!(status.success(), "exit {status}; stderr:\n{}", daemon.stderr());
+    assert!(
+        status.success(),
+        "exit {status}; stderr:\n{}",
+        daemon.stderr()
+    );
     assert!(elapsed < Duration::from_secs(3), "stop took {elapsed:?}");
 
     // Nothing listens any more.
@@ -166,11 +223,18 @@ async fn sighup_reloads_with_the_notify_handshake() {
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = DaemonProcess::start_in(dir.path()).await;
     daemon.signal(libc::SIGHUP);
-    let reloading = daemon.wait_message("RELOADING=1", Duration::from_secs(10)).await;
+    let reloading = daemon
+        .wait_message("RELOADING=1", Duration::from_secs(10))
+        .await;
     assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
-    let ready = daemon.wait_message("configuration reloaded", Duration::from_secs(10)).await;
+    let ready = daemon
+        .wait_message("configuration reloaded", Duration::from_secs(10))
+        .await;
     assert!(ready.contains("READY=1"), "{ready}");
-    assert_eq!(health(&daemon.options(), "").await, ServingStatus::Serving as i32);
+    assert_eq!(
+        health(&daemon.options(), "").await,
+        ServingStatus::Serving as i32
+    );
     daemon.stop().await;
 }
 
@@ -210,7 +274,10 @@ format = "yaml"
     }
 
     // Unparseable flags are usage errors too; a good dev config checks clean.
-    let output = Command::new(bin("brainstemd")).args(["--listen", "nowhere"]).output().unwrap();
+    let output = Command::new(bin("brainstemd"))
+        .args(["--listen", "nowhere"])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(64));
     let output = Command::new(bin("brainstemd"))
         .args(["--dev", "--state-dir"])
@@ -218,7 +285,12 @@ format = "yaml"
         .arg("check-config")
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +300,12 @@ async fn state_survives_restart_and_kill_9() {
         let options = daemon.options();
         async move {
             let mut client = options.connect().await.unwrap();
-            client.admin.get_status(GetStatusRequest {}).await.unwrap().into_inner()
+            client
+                .admin
+                .get_status(GetStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
         }
     };
 
@@ -244,14 +321,26 @@ async fn state_survives_restart_and_kill_9() {
     assert_eq!(second.first_start, first.first_start);
     assert!(second.previous_shutdown_clean);
     // The dev PKI is kept: certificates handed out stay valid.
-    assert_eq!(std::fs::read(daemon.state_dir.join("pki/admin.pem")).unwrap(), admin_cert);
+    assert_eq!(
+        std::fs::read(daemon.state_dir.join("pki/admin.pem")).unwrap(),
+        admin_cert
+    );
     daemon.kill9().await;
 
     let daemon = DaemonProcess::start_in(dir.path()).await;
     let third = status(&daemon).await;
-    assert_eq!(third.boot_count, 3, "the boot acknowledged before kill -9 is not lost");
-    assert!(!third.previous_shutdown_clean, "kill -9 is reported as an unclean stop");
+    assert_eq!(
+        third.boot_count, 3,
+        "the boot acknowledged before kill -9 is not lost"
+    );
+    assert!(
+        !third.previous_shutdown_clean,
+        "kill -9 is reported as an unclean stop"
+    );
     assert_eq!(third.first_start, first.first_start);
-    assert_eq!(health(&daemon.options(), "").await, ServingStatus::Serving as i32);
+    assert_eq!(
+        health(&daemon.options(), "").await,
+        ServingStatus::Serving as i32
+    );
     daemon.stop().await;
 }

@@ -29,10 +29,20 @@ struct Cli {
 #[derive(Args)]
 struct Connection {
     /// brainstemd gRPC endpoint (host:port or https://host:port).
-    #[arg(long, global = true, env = "BRAINSTEM_ENDPOINT", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "BRAINSTEM_ENDPOINT",
+        default_value = "127.0.0.1:50051"
+    )]
     endpoint: String,
     /// Dev state directory: CA and admin identity are read from <state-dir>/pki.
-    #[arg(long, global = true, env = "BRAINSTEM_STATE_DIR", default_value = ".brainstem-dev")]
+    #[arg(
+        long,
+        global = true,
+        env = "BRAINSTEM_STATE_DIR",
+        default_value = ".brainstem-dev"
+    )]
     state_dir: PathBuf,
     /// CA certificate (PEM) that signed the server certificate. Default: <state-dir>/pki/ca.pem
     #[arg(long, global = true, env = "BRAINSTEM_CA")]
@@ -180,7 +190,10 @@ fn rfc3339(ts: Option<prost_types::Timestamp>) -> String {
     ts.and_then(|ts| {
         time::OffsetDateTime::from_unix_timestamp(ts.seconds)
             .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
     })
     .unwrap_or_else(|| "-".to_owned())
 }
@@ -198,11 +211,24 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
                 })
                 .await?
                 .into_inner();
-            let status = tonic_health::pb::health_check_response::ServingStatus::try_from(reply.status)
-                .map_or("UNKNOWN", |s| s.as_str_name());
-            let name = if service.is_empty() { "brainstemd" } else { service.as_str() };
-            print(output, format!("{name}: {status}"), json!({"service": service, "status": status}));
-            Ok(if status == "SERVING" { exit::OK } else { exit::NEGATIVE })
+            let status =
+                tonic_health::pb::health_check_response::ServingStatus::try_from(reply.status)
+                    .map_or("UNKNOWN", |s| s.as_str_name());
+            let name = if service.is_empty() {
+                "brainstemd"
+            } else {
+                service.as_str()
+            };
+            print(
+                output,
+                format!("{name}: {status}"),
+                json!({"service": service, "status": status}),
+            );
+            Ok(if status == "SERVING" {
+                exit::OK
+            } else {
+                exit::NEGATIVE
+            })
         }
         Command::Whoami => {
             let mut client = options.connect().await?;
@@ -232,15 +258,29 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
             }
             let human = rtts
                 .iter()
-                .map(|us| format!("pong from {}: {:.3} ms", options.endpoint, *us as f64 / 1000.0))
+                .map(|us| {
+                    format!(
+                        "pong from {}: {:.3} ms",
+                        options.endpoint,
+                        *us as f64 / 1000.0
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("\n");
-            print(output, human, json!({"endpoint": options.endpoint, "rtt_us": rtts}));
+            print(
+                output,
+                human,
+                json!({"endpoint": options.endpoint, "rtt_us": rtts}),
+            );
             Ok(exit::OK)
         }
         Command::Status => {
             let mut client = options.connect().await?;
-            let s = client.admin.get_status(GetStatusRequest {}).await?.into_inner();
+            let s = client
+                .admin
+                .get_status(GetStatusRequest {})
+                .await?
+                .into_inner();
             let human = format!(
                 "version                  {}\ndev mode                 {}\nstarted                  {}\nuptime                   {}s\nboot count               {}\nfirst start              {}\nprevious shutdown clean  {}\nschema version           {}",
                 s.version,
@@ -273,7 +313,11 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
                 .map_err(|err| CliError::Local(err.to_string()))?;
             print(
                 output,
-                format!("certificate  {}\nkey          {}", cert.display(), key.display()),
+                format!(
+                    "certificate  {}\nkey          {}",
+                    cert.display(),
+                    key.display()
+                ),
                 json!({"principal": principal, "cert": cert, "key": key}),
             );
             Ok(exit::OK)
@@ -319,7 +363,11 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
                 "{}",
                 serde_json::to_string(&report).map_err(|err| CliError::Local(err.to_string()))?
             );
-            Ok(if report.errors == 0 { exit::OK } else { exit::RPC_ERROR })
+            Ok(if report.errors == 0 {
+                exit::OK
+            } else {
+                exit::RPC_ERROR
+            })
         }
     }
 }

@@ -81,7 +81,10 @@ impl Admin for AdminService {
     ) -> Result<Response<WhoAmIReply>, Status> {
         let principal = caller(&request)?.principal.clone();
         let grants = self.authorizer.grants();
-        let holdings = grants.holdings(&principal.name).cloned().unwrap_or_default();
+        let holdings = grants
+            .holdings(&principal.name)
+            .cloned()
+            .unwrap_or_default();
         Ok(Response::new(WhoAmIReply {
             principal: principal.name.clone(),
             principal_source: principal.source.as_str().to_owned(),

@@ -73,7 +73,9 @@ impl<S> AuthService<S> {
         let path = req.uri().path();
         let principal = match req.extensions().get::<PeerInfo>().map(|p| &p.principal) {
             Some(Ok(principal)) => principal.clone(),
-            Some(Err(err)) => return Err(("unauthenticated", Status::unauthenticated(err.to_string()))),
+            Some(Err(err)) => {
+                return Err(("unauthenticated", Status::unauthenticated(err.to_string())));
+            }
             None => {
                 return Err((
                     "unauthenticated",
@@ -89,7 +91,10 @@ impl<S> AuthService<S> {
                 reason,
             }
             .emit();
-            return Err(("unknown", Status::permission_denied(format!("{path}: {reason}"))));
+            return Err((
+                "unknown",
+                Status::permission_denied(format!("{path}: {reason}")),
+            ));
         };
         if let Requirement::Capability(capability) = entry.requirement {
             if !self.authorizer.allows(&principal.name, capability) {

@@ -21,7 +21,10 @@ pub struct MethodEntry {
 pub const METHODS: &[(&str, Requirement)] = &[
     ("/brainstem.v1.Admin/Ping", Requirement::Authenticated),
     ("/brainstem.v1.Admin/WhoAmI", Requirement::Authenticated),
-    ("/brainstem.v1.Admin/GetStatus", Requirement::Capability("admin.status")),
+    (
+        "/brainstem.v1.Admin/GetStatus",
+        Requirement::Capability("admin.status"),
+    ),
 ];
 
 /// Infrastructure services that any authenticated caller may use: health and reflection.
@@ -73,7 +76,10 @@ mod tests {
             }
         }
         for (path, _) in METHODS {
-            assert!(declared.iter().any(|d| d == path), "{path} is not an RPC of the API");
+            assert!(
+                declared.iter().any(|d| d == path),
+                "{path} is not an RPC of the API"
+            );
         }
     }
 

@@ -30,9 +30,8 @@ pub struct GrpcParts {
     pub tls: Arc<ReloadableTls>,
     pub authorizer: Arc<Authorizer>,
     pub health: HealthReporter,
-    pub health_service: tonic_health::pb::health_server::HealthServer<
-        tonic_health::server::HealthService,
-    >,
+    pub health_service:
+        tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
     pub admin: admin::AdminService,
 }
 
@@ -51,7 +50,10 @@ pub fn health() -> (
 ) {
     let reporter = HealthReporter::new();
     let service = tonic_health::server::HealthService::from_health_reporter(reporter.clone());
-    (reporter, tonic_health::pb::health_server::HealthServer::new(service))
+    (
+        reporter,
+        tonic_health::pb::health_server::HealthServer::new(service),
+    )
 }
 
 /// Serves gRPC on `listener` until `token` is cancelled, then drains in-flight calls (graceful).

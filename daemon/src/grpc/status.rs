@@ -29,14 +29,18 @@ impl From<ServiceError> for Status {
 
 fn store_status(err: StoreError) -> Status {
     match err {
-        StoreError::Corrupt { ref tree, ref key, .. } => {
+        StoreError::Corrupt {
+            ref tree, ref key, ..
+        } => {
             tracing::error!(error = %err, "corrupted record");
             crate::events::ErrorOccurred {
                 subsystem: "store",
                 kind: "corrupt",
             }
             .emit();
-            Status::data_loss(format!("stored record {tree}/{key} is damaged and was not returned"))
+            Status::data_loss(format!(
+                "stored record {tree}/{key} is damaged and was not returned"
+            ))
         }
         StoreError::Io(_)
         | StoreError::Open { .. }
@@ -64,11 +68,9 @@ mod tests {
 
     #[test]
     fn invalid_argument_carries_field_violations() {
-        let status: Status = ServiceError::InvalidArgument(vec![FieldViolation::new(
-            "delay_ms",
-            "at most 10000",
-        )])
-        .into();
+        let status: Status =
+            ServiceError::InvalidArgument(vec![FieldViolation::new("delay_ms", "at most 10000")])
+                .into();
         assert_eq!(status.code(), Code::InvalidArgument);
         let details = status.get_error_details();
         let bad = details.bad_request().expect("BadRequest detail");
