@@ -18,7 +18,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("brainstem_v1_descriptor.bin"))
-        .compile_with_config(config, &protos, &[proto_dir.clone()])?;
+        .compile_with_config(config, &protos, std::slice::from_ref(&proto_dir))?;
 
     println!("cargo:rerun-if-changed=proto/brainstem");
     Ok(())
