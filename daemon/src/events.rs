@@ -53,6 +53,35 @@ impl GrpcRequestCompleted {
     }
 }
 
+/// Per-method handles registered once, so the hot path does no metric-key building or registry lookup
+/// for the common outcome (OK). Other codes take the labelled macro path.
+#[derive(Clone)]
+pub struct MethodMetrics {
+    method: &'static str,
+    ok: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl MethodMetrics {
+    pub fn new(method: &'static str) -> Self {
+        MethodMetrics {
+            method,
+            ok: metrics::counter!("brainstem_grpc_requests_total", "method" => method, "code" => "OK"),
+            duration: metrics::histogram!("brainstem_grpc_request_duration_seconds", "method" => method),
+        }
+    }
+
+    pub fn completed(&self, code: &'static str, duration: Duration) {
+        if code == "OK" {
+            self.ok.increment(1);
+        } else {
+            metrics::counter!("brainstem_grpc_requests_total", "method" => self.method, "code" => code)
+                .increment(1);
+        }
+        self.duration.record(duration.as_secs_f64());
+    }
+}
+
 /// Counts a call as in flight until dropped (also when the caller goes away mid-call).
 pub struct InFlight {
     gauge: metrics::Gauge,

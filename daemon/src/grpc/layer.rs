@@ -2,6 +2,7 @@
 //! handshake), looks the method up in [`super::methods`], checks the caller's grants, and hands the
 //! handler a typed [`Caller`] extension. It also times every call for metrics.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use tower::{Layer, Service};
 
 use super::methods::{self, Requirement};
 use crate::authz::Authorizer;
-use crate::events::{AccessDenied, GrpcRequestCompleted, InFlight};
+use crate::events::{AccessDenied, InFlight, MethodMetrics};
 use crate::identity::{PeerInfo, Principal};
 
 /// The authenticated caller of a request, inserted by the authorization layer.
@@ -27,6 +28,7 @@ pub struct Caller {
 pub struct AuthLayer {
     authorizer: Arc<Authorizer>,
     in_flight: metrics::Gauge,
+    method_metrics: Arc<HashMap<&'static str, MethodMetrics>>,
     default_timeout: Duration,
 }
 
@@ -36,6 +38,11 @@ impl AuthLayer {
         AuthLayer {
             authorizer,
             in_flight: InFlight::gauge(),
+            method_metrics: Arc::new(
+                methods::labels()
+                    .map(|label| (label, MethodMetrics::new(label)))
+                    .collect(),
+            ),
             default_timeout,
         }
     }
@@ -49,6 +56,7 @@ impl<S> Layer<S> for AuthLayer {
             inner,
             authorizer: self.authorizer.clone(),
             in_flight: self.in_flight.clone(),
+            method_metrics: self.method_metrics.clone(),
             default_timeout: self.default_timeout,
         }
     }
@@ -59,6 +67,7 @@ pub struct AuthService<S> {
     inner: S,
     authorizer: Arc<Authorizer>,
     in_flight: metrics::Gauge,
+    method_metrics: Arc<HashMap<&'static str, MethodMetrics>>,
     default_timeout: Duration,
 }
 
@@ -143,6 +152,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let future = inner.call(req);
         let in_flight = InFlight::enter(&self.in_flight);
+        let method_metrics = self.method_metrics.get(label).cloned();
         Box::pin(async move {
             // The deadline is enforced here rather than by tonic's server timeout, which answers
             // CANCELLED; callers rightly expect DEADLINE_EXCEEDED.
@@ -155,12 +165,9 @@ where
                 .into_http(),
             };
             drop(in_flight);
-            GrpcRequestCompleted {
-                method: label,
-                code: response_code(&response),
-                duration: started.elapsed(),
+            if let Some(metrics) = method_metrics {
+                metrics.completed(response_code(&response), started.elapsed());
             }
-            .emit();
             Ok(response)
         })
     }

@@ -34,6 +34,11 @@ const OPEN_SERVICES: &[&str] = &[
     "/grpc.reflection.v1alpha.ServerReflection/",
 ];
 
+/// Every metric label [`lookup`] can return.
+pub fn labels() -> impl Iterator<Item = &'static str> {
+    METHODS.iter().map(|(path, _)| *path).chain(OPEN_SERVICES.iter().copied())
+}
+
 /// Looks a request path up. `None`: the method declares no requirement and is refused.
 pub fn lookup(path: &str) -> Option<MethodEntry> {
     if let Some((label, requirement)) = METHODS.iter().find(|(p, _)| *p == path) {
