@@ -38,8 +38,12 @@ impl Admin for Bare {
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut args = std::env::args().skip(1);
-    let state_dir = std::path::PathBuf::from(args.next().unwrap_or_else(|| ".brainstem-dev".into()));
-    let addr = args.next().unwrap_or_else(|| "127.0.0.1:50061".into()).parse()?;
+    let state_dir =
+        std::path::PathBuf::from(args.next().unwrap_or_else(|| ".brainstem-dev".into()));
+    let addr = args
+        .next()
+        .unwrap_or_else(|| "127.0.0.1:50061".into())
+        .parse()?;
     let pki = state_dir.join("pki");
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(

@@ -15,8 +15,8 @@ pub mod bench;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use brainstem_proto::v1;
 use brainstem_proto::v1::admin_client::AdminClient;
+pub use brainstem_proto::{code_name, v1};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 pub use tonic_health::pb::health_client::HealthClient;
 
@@ -80,30 +80,6 @@ impl ClientError {
                 _ => exit::RPC_ERROR,
             },
         }
-    }
-}
-
-/// The canonical name of a gRPC code, e.g. `PERMISSION_DENIED`.
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

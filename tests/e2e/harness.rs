@@ -270,3 +270,26 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// Calls `Admin.GetStatus` (needs `admin.status`), asserts PERMISSION_DENIED and returns the status.
+pub async fn get_status_denied(client: &mut Client) -> tonic::Status {
+    let denied = client
+        .admin
+        .get_status(brainstem_client::v1::GetStatusRequest {})
+        .await
+        .expect_err("GetStatus without admin.status must be refused");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    denied
+}
+
+/// Asserts the daemon refuses these credentials: at connect, or (TLS 1.3 finishes the client's side of
+/// the handshake before the server's verdict arrives) on the first call.
+pub async fn assert_refused(options: &ConnectOptions, what: &str) {
+    if let Ok(mut client) = options.connect().await {
+        let result = client
+            .admin
+            .ping(brainstem_client::v1::PingRequest::default())
+            .await;
+        assert!(result.is_err(), "{what}: a call got through");
+    }
+}

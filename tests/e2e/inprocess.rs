@@ -12,7 +12,7 @@ use brainstemd::{Daemon, ReloadOutcome, RunEnv};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-use crate::harness::{admin_options, options_for};
+use crate::harness::{admin_options, assert_refused, get_status_denied, options_for};
 
 struct InProcess {
     daemon: Option<Daemon>,
@@ -111,12 +111,7 @@ async fn reload_applies_grants_and_refuses_invalid_or_restart_only_changes() {
     let daemon = InProcess::start("", "").await;
     let reader = options_for(&daemon.state_dir, daemon.addr(), "reader");
     let mut client = reader.connect().await.unwrap();
-    let denied = client
-        .admin
-        .get_status(GetStatusRequest {})
-        .await
-        .unwrap_err();
-    assert_eq!(denied.code(), Code::PermissionDenied);
+    get_status_denied(&mut client).await;
 
     daemon.rewrite("", READER_GRANT);
     assert_eq!(daemon.reload().await, ReloadOutcome::Applied);
@@ -152,12 +147,7 @@ async fn reload_applies_grants_and_refuses_invalid_or_restart_only_changes() {
     // Revoking the grant takes effect at the next reload.
     daemon.rewrite("", "");
     assert_eq!(daemon.reload().await, ReloadOutcome::Applied);
-    let denied = client
-        .admin
-        .get_status(GetStatusRequest {})
-        .await
-        .unwrap_err();
-    assert_eq!(denied.code(), Code::PermissionDenied);
+    get_status_denied(&mut client).await;
     daemon.stop().await;
 }
 
@@ -188,10 +178,7 @@ async fn reload_swaps_tls_certificates_for_new_connections() {
         .ping(PingRequest::default())
         .await
         .unwrap();
-    let stale = old_options.connect().await;
-    if let Ok(mut client) = stale {
-        assert!(client.admin.ping(PingRequest::default()).await.is_err());
-    }
+    assert_refused(&old_options, "credentials from the replaced CA").await;
     // A connection made before the reload keeps its session.
     established
         .admin

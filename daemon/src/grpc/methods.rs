@@ -36,7 +36,10 @@ const OPEN_SERVICES: &[&str] = &[
 
 /// Every metric label [`lookup`] can return.
 pub fn labels() -> impl Iterator<Item = &'static str> {
-    METHODS.iter().map(|(path, _)| *path).chain(OPEN_SERVICES.iter().copied())
+    METHODS
+        .iter()
+        .map(|(path, _)| *path)
+        .chain(OPEN_SERVICES.iter().copied())
 }
 
 /// Looks a request path up. `None`: the method declares no requirement and is refused.
