@@ -85,10 +85,7 @@ impl DevPki {
     /// Creates whatever of the dev PKI is missing. Existing files are kept, so certificates handed to
     /// clients stay valid across restarts. A missing CA means everything is minted anew.
     pub fn ensure(&self) -> Result<Ensured, PkiError> {
-        crate::store::create_private_dir(&self.dir).map_err(|err| PkiError::Io {
-            path: self.dir.clone(),
-            source: std::io::Error::other(err.to_string()),
-        })?;
+        create_private_dir(&self.dir).map_err(io_err(&self.dir))?;
         let mut created = false;
         if !self.ca_cert().exists() || !self.ca_key().exists() {
             let (params, key) = ca_params()?;
@@ -151,10 +148,7 @@ impl DevPki {
     ) -> Result<(PathBuf, PathBuf), PkiError> {
         let issuer = self.issuer()?;
         let (cert, key) = client_certificate(&issuer, principal, validity_days)?;
-        crate::store::create_private_dir(out_dir).map_err(|err| PkiError::Io {
-            path: out_dir.to_owned(),
-            source: std::io::Error::other(err.to_string()),
-        })?;
+        create_private_dir(out_dir).map_err(io_err(out_dir))?;
         let stem = file_stem(principal);
         let cert_path = out_dir.join(format!("{stem}.pem"));
         let key_path = out_dir.join(format!("{stem}.key"));
@@ -266,6 +260,19 @@ fn set_validity(params: &mut CertificateParams, days: u32) {
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + time::Duration::days(i64::from(days.max(1)));
+}
+
+/// Creates a directory (and parents) that only the owner can enter (0700).
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
 
 /// Writes a file only the owner can read (0600), atomically.

@@ -144,7 +144,10 @@ pub struct Tree {
 impl Store {
     /// Opens (creating if needed) the database under `state_dir/db` and brings its schema up to date.
     pub fn open(state_dir: &Path, config: &StoreConfig) -> Result<Store, StoreError> {
-        create_private_dir(state_dir)?;
+        crate::pki::create_private_dir(state_dir).map_err(|source| StoreError::StateDir {
+            path: state_dir.to_owned(),
+            source,
+        })?;
         let path = state_dir.join("db");
         let db = sled::Config::new()
             .path(&path)
@@ -350,24 +353,6 @@ pub fn unix_ms_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Creates a directory (and parents) readable by the owner only.
-pub fn create_private_dir(path: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let wrap = |source| StoreError::StateDir {
-        path: path.to_owned(),
-        source,
-    };
-    if path.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(wrap)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(wrap)
 }
 
 #[cfg(test)]
