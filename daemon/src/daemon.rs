@@ -184,7 +184,6 @@ impl Daemon {
             GrpcParts {
                 tls: tls.clone(),
                 authorizer: authorizer.clone(),
-                health: health.clone(),
                 health_service,
                 admin: grpc::admin::AdminService::new(authorizer.clone(), info, store.clone()),
             },

@@ -29,7 +29,6 @@ pub const HEALTH_SERVICES: &[&str] = &["brainstem.v1.Admin"];
 pub struct GrpcParts {
     pub tls: Arc<ReloadableTls>,
     pub authorizer: Arc<Authorizer>,
-    pub health: HealthReporter,
     pub health_service:
         tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
     pub admin: admin::AdminService,
