@@ -74,21 +74,17 @@ pub struct AuthService<S> {
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 impl<S> AuthService<S> {
-    /// Decides a request: `Ok((label, caller))` to go on, `Err((label, status))` to answer at once.
-    fn authorize(
-        &self,
-        req: &http::Request<Body>,
-    ) -> Result<(&'static str, Caller), (&'static str, Status)> {
+    /// Decides a request: `Ok((label, caller))` to go on, `Err(status)` to answer at once.
+    fn authorize(&self, req: &http::Request<Body>) -> Result<(&'static str, Caller), Status> {
         let path = req.uri().path();
         let principal = match req.extensions().get::<PeerInfo>().map(|p| &p.principal) {
             Some(Ok(principal)) => principal.clone(),
             Some(Err(err)) => {
-                return Err(("unauthenticated", Status::unauthenticated(err.to_string())));
+                return Err(Status::unauthenticated(err.to_string()));
             }
             None => {
-                return Err((
-                    "unauthenticated",
-                    Status::unauthenticated("no verified client certificate on this connection"),
+                return Err(Status::unauthenticated(
+                    "no verified client certificate on this connection",
                 ));
             }
         };
@@ -100,10 +96,7 @@ impl<S> AuthService<S> {
                 reason,
             }
             .emit();
-            return Err((
-                "unknown",
-                Status::permission_denied(format!("{path}: {reason}")),
-            ));
+            return Err(Status::permission_denied(format!("{path}: {reason}")));
         };
         if let Requirement::Capability(capability) = entry.requirement {
             if !self.authorizer.allows(&principal.name, capability) {
@@ -117,7 +110,7 @@ impl<S> AuthService<S> {
                     reason: &reason,
                 }
                 .emit();
-                return Err((entry.label, Status::permission_denied(reason)));
+                return Err(Status::permission_denied(reason));
             }
         }
         Ok((entry.label, Caller { principal }))
@@ -142,7 +135,7 @@ where
         let started = Instant::now();
         let (label, caller) = match self.authorize(&req) {
             Ok(ok) => ok,
-            Err((_, status)) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+            Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
         };
         let deadline = parse_grpc_timeout(req.headers().get("grpc-timeout"))
             .map_or(self.default_timeout, |t| t.min(self.default_timeout));
