@@ -1,6 +1,8 @@
 //! Errors that services return. They speak the domain; `grpc::status` turns them into `tonic::Status`
 //! in one exhaustive match.
 
+use std::time::Duration;
+
 use crate::store::StoreError;
 
 /// One invalid request field.
@@ -27,6 +29,18 @@ pub enum ServiceError {
     Unauthenticated(String),
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// A limit was hit (rate, queue, quota). The caller may retry after `retry_after`.
+    #[error("{what} exhausted; retry after {retry_after:?}")]
+    ResourceExhausted { what: String, retry_after: Duration },
+    /// The named thing does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request is valid but the system is not in a state to run it.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// The subsystem is temporarily unable to serve (stopped, failed, restarting).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -22,6 +22,21 @@ impl From<ServiceError> for Status {
             }
             ServiceError::Unauthenticated(reason) => Status::unauthenticated(reason),
             ServiceError::PermissionDenied(reason) => Status::permission_denied(reason),
+            ServiceError::ResourceExhausted { what, retry_after } => {
+                let mut details = ErrorDetails::new();
+                details.set_retry_info(Some(retry_after));
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!(
+                        "{what} exhausted; retry after {} ms",
+                        retry_after.as_millis().max(1)
+                    ),
+                    details,
+                )
+            }
+            ServiceError::NotFound(what) => Status::not_found(what),
+            ServiceError::FailedPrecondition(why) => Status::failed_precondition(why),
+            ServiceError::Unavailable(why) => Status::unavailable(why),
             ServiceError::Store(err) => store_status(err),
         }
     }
@@ -76,6 +91,20 @@ mod tests {
         let bad = details.bad_request().expect("BadRequest detail");
         assert_eq!(bad.field_violations[0].field, "delay_ms");
         assert!(status.message().contains("delay_ms: at most 10000"));
+    }
+
+    #[test]
+    fn resource_exhausted_carries_retry_info() {
+        let status: Status = ServiceError::ResourceExhausted {
+            what: "rate limit for Policy/Check".into(),
+            retry_after: std::time::Duration::from_millis(1500),
+        }
+        .into();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let details = status.get_error_details();
+        let retry = details.retry_info().expect("RetryInfo detail");
+        assert_eq!(retry.retry_delay, Some(std::time::Duration::from_millis(1500)));
+        assert!(status.message().contains("1500 ms"), "{}", status.message());
     }
 
     #[test]
