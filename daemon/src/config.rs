@@ -19,7 +19,17 @@ pub const EXIT_CONFIG: i32 = 64;
 pub const DEV_ADMIN_PRINCIPAL: &str = "spiffe://brainstem.dev/admin";
 
 /// Settings that a reload (SIGHUP) applies. Every other setting needs a restart.
-pub const RELOADABLE: &[&str] = &["log.level", "tls.*", "roles", "grants"];
+pub const RELOADABLE: &[&str] = &[
+    "log.level",
+    "tls.*",
+    "roles",
+    "grants",
+    "policy.dir",
+    "policy.signing_public_key_file",
+    "policy.max_batch",
+    "rate_limits",
+    "guardrails.*",
+];
 
 /// Prefix of a path that names a systemd credential (`LoadCredential=`): `credential:server.key` is
 /// `$CREDENTIALS_DIRECTORY/server.key`.
@@ -40,6 +50,10 @@ pub struct Config {
     /// Role name → capability patterns.
     pub roles: BTreeMap<String, Vec<String>>,
     pub grants: Vec<Grant>,
+    pub policy: PolicyConfig,
+    pub audit: AuditConfig,
+    pub rate_limits: Vec<RateLimit>,
+    pub guardrails: GuardrailsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -104,6 +118,106 @@ pub struct Grant {
     pub capabilities: Vec<String>,
 }
 
+/// Cedar policies: where they live and how they are reloaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// Directory of `*.cedar` files plus `schema.cedarschema`; empty: the built-in defaults (the
+    /// shipped `config/policies/`).
+    pub dir: String,
+    /// How often the directory is checked for changes; 0 turns the watch off (SIGHUP still reloads).
+    pub watch_interval_seconds: u64,
+    /// Hex Ed25519 public key file that verifies `*.cedar.sig` signatures; empty: no signed policies.
+    pub signing_public_key_file: String,
+    /// Most decisions in one BatchCheck.
+    pub max_batch: u64,
+}
+
+/// The decision audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Oldest records are trimmed beyond this many.
+    pub max_records: u64,
+    /// Records older than this are trimmed.
+    pub max_age_seconds: u64,
+    /// Decisions waiting to be written; when full, see `fail_closed_actions`.
+    pub queue_capacity: u64,
+    /// Action patterns that are denied when their decision cannot be audited.
+    pub fail_closed_actions: Vec<String>,
+}
+
+/// A token bucket per principal for the methods a rule names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Full method paths (`/brainstem.v1.Policy/Explain`) or a service wildcard
+    /// (`/brainstem.v1.Policy/*`).
+    pub methods: Vec<String>,
+    /// Refill rate.
+    pub per_minute: u64,
+    /// Bucket size: calls that may come at once; defaults to `per_minute`.
+    pub burst: u64,
+}
+
+/// Web automation guardrails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardrailsConfig {
+    /// Domains navigation may reach; `*.example.org` also covers its subdomains.
+    pub allowed_domains: Vec<String>,
+    /// Clicks per domain and principal per minute (token bucket).
+    pub clicks_per_minute: u64,
+    /// Form field names or values containing one of these words make a submission dangerous.
+    pub dangerous_fields: Vec<String>,
+    /// Field names accepted as the form's CSRF token; a submission needs one with a value.
+    pub csrf_fields: Vec<String>,
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            dir: String::new(),
+            watch_interval_seconds: 2,
+            signing_public_key_file: String::new(),
+            max_batch: 1000,
+        }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            max_records: 1_000_000,
+            max_age_seconds: 30 * 24 * 3600,
+            queue_capacity: 65_536,
+            fail_closed_actions: strings(&["secrets.*"]),
+        }
+    }
+}
+
+impl Default for GuardrailsConfig {
+    fn default() -> Self {
+        GuardrailsConfig {
+            allowed_domains: Vec::new(),
+            clicks_per_minute: 10,
+            dangerous_fields: strings(&[
+                "post", "buy", "delete", "purchase", "checkout", "pay", "order", "transfer",
+                "tweet", "send", "unsubscribe", "remove",
+            ]),
+            csrf_fields: strings(&[
+                "csrf",
+                "csrf_token",
+                "_csrf",
+                "csrfmiddlewaretoken",
+                "authenticity_token",
+                "xsrf_token",
+                "__requestverificationtoken",
+            ]),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -140,6 +254,17 @@ impl Default for Config {
             },
             roles: BTreeMap::from([("admin".to_owned(), vec!["*".to_owned()])]),
             grants: Vec::new(),
+            policy: PolicyConfig::default(),
+            audit: AuditConfig::default(),
+            rate_limits: vec![RateLimit {
+                methods: strings(&[
+                    "/brainstem.v1.Policy/Explain",
+                    "/brainstem.v1.Policy/Validate",
+                ]),
+                per_minute: 60,
+                burst: 60,
+            }],
+            guardrails: GuardrailsConfig::default(),
         }
     }
 }
@@ -408,6 +533,52 @@ impl Config {
                 }
             }
         }
+        for pattern in &self.audit.fail_closed_actions {
+            if let Err(message) = validate_capability_pattern(pattern) {
+                push(
+                    &mut issues,
+                    "audit.fail_closed_actions",
+                    format!("{pattern:?}: {message}"),
+                );
+            }
+        }
+        for (i, limit) in self.rate_limits.iter().enumerate() {
+            if limit.methods.is_empty() {
+                push(
+                    &mut issues,
+                    &format!("rate_limits[{i}].methods"),
+                    "names no method".to_owned(),
+                );
+            }
+            for method in &limit.methods {
+                if crate::grpc::methods::matching(method).next().is_none() {
+                    push(
+                        &mut issues,
+                        &format!("rate_limits[{i}].methods"),
+                        format!(
+                            "{method:?} names no brainstem.v1 method (expected \"/brainstem.v1.Service/Method\" or \"/brainstem.v1.Service/*\")"
+                        ),
+                    );
+                }
+            }
+        }
+        for domain in &self.guardrails.allowed_domains {
+            if let Err(message) = validate_domain_pattern(domain) {
+                push(
+                    &mut issues,
+                    "guardrails.allowed_domains",
+                    format!("{domain:?}: {message}"),
+                );
+            }
+        }
+        for (key, words) in [
+            ("guardrails.dangerous_fields", &self.guardrails.dangerous_fields),
+            ("guardrails.csrf_fields", &self.guardrails.csrf_fields),
+        ] {
+            if words.iter().any(|w| w.is_empty() || w.len() > 64) {
+                push(&mut issues, key, "entries are 1 to 64 characters".to_owned());
+            }
+        }
         if issues.is_empty() {
             Ok(())
         } else {
@@ -438,6 +609,12 @@ impl Config {
         }
         if self.log.format != new.log.format {
             changed.push("log.format");
+        }
+        if self.policy.watch_interval_seconds != new.policy.watch_interval_seconds {
+            changed.push("policy.watch_interval_seconds");
+        }
+        if self.audit != new.audit {
+            changed.push("audit");
         }
         changed
     }
@@ -491,6 +668,26 @@ pub fn validate_capability_pattern(pattern: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A navigation safelist entry: a lowercase host name, optionally `*.` for it and its subdomains.
+pub fn validate_domain_pattern(pattern: &str) -> Result<(), String> {
+    let host = pattern.strip_prefix("*.").unwrap_or(pattern);
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err("expected a lowercase host name such as \"docs.rs\" or \"*.example.org\"".to_owned())
+    }
 }
 
 /// Parses a configuration file's text. Missing keys take their defaults.
@@ -630,6 +827,74 @@ pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
             walker.finish(grant_table);
             config.grants.push(grant);
         }
+    }
+    if let Some(policy) = walker.table(&root, "policy") {
+        let p = &mut config.policy;
+        walker.string(&policy, "dir", &mut p.dir);
+        walker.integer(
+            &policy,
+            "watch_interval_seconds",
+            0..=3600,
+            &mut p.watch_interval_seconds,
+        );
+        walker.string(
+            &policy,
+            "signing_public_key_file",
+            &mut p.signing_public_key_file,
+        );
+        walker.integer(&policy, "max_batch", 1..=10_000, &mut p.max_batch);
+        walker.finish(policy);
+    }
+    if let Some(audit) = walker.table(&root, "audit") {
+        let a = &mut config.audit;
+        walker.integer(&audit, "max_records", 1000..=1_000_000_000, &mut a.max_records);
+        walker.integer(
+            &audit,
+            "max_age_seconds",
+            60..=10 * 365 * 86_400,
+            &mut a.max_age_seconds,
+        );
+        walker.integer(&audit, "queue_capacity", 16..=1_048_576, &mut a.queue_capacity);
+        walker.string_list(&audit, "fail_closed_actions", &mut a.fail_closed_actions);
+        walker.finish(audit);
+    }
+    if let Some(items) = walker.array_of_tables(&root, "rate_limits") {
+        config.rate_limits.clear();
+        for (i, item) in items.iter().enumerate() {
+            let key = format!("rate_limits[{i}]");
+            let table = Section::new(&key, item);
+            let mut limit = RateLimit {
+                methods: Vec::new(),
+                per_minute: 60,
+                burst: 0,
+            };
+            for required in ["methods", "per_minute"] {
+                if !table.table.contains_key(required) {
+                    walker.issue(&table.key(required), "is required");
+                }
+            }
+            walker.string_list(&table, "methods", &mut limit.methods);
+            walker.integer(&table, "per_minute", 1..=6_000_000, &mut limit.per_minute);
+            walker.integer(&table, "burst", 1..=6_000_000, &mut limit.burst);
+            if limit.burst == 0 {
+                limit.burst = limit.per_minute;
+            }
+            walker.finish(table);
+            config.rate_limits.push(limit);
+        }
+    }
+    if let Some(guardrails) = walker.table(&root, "guardrails") {
+        let g = &mut config.guardrails;
+        walker.string_list(&guardrails, "allowed_domains", &mut g.allowed_domains);
+        walker.integer(
+            &guardrails,
+            "clicks_per_minute",
+            1..=60_000,
+            &mut g.clicks_per_minute,
+        );
+        walker.string_list(&guardrails, "dangerous_fields", &mut g.dangerous_fields);
+        walker.string_list(&guardrails, "csrf_fields", &mut g.csrf_fields);
+        walker.finish(guardrails);
     }
     walker.finish(root);
 
@@ -849,7 +1114,8 @@ pub fn default_config_toml() -> String {
     let s = &d.server;
     format!(
         r#"# brainstemd configuration. Every key is optional; the values shown are the defaults.
-# Reloaded on SIGHUP: log.level, [tls] files, [roles], [[grants]]. Everything else needs a restart,
+# Reloaded on SIGHUP: log.level, [tls] files, [roles], [[grants]], [policy] (except
+# watch_interval_seconds), [[rate_limits]], [guardrails]. Everything else needs a restart,
 # and a reload that changes it is refused (the running configuration keeps serving).
 # Paths may name a systemd credential as "credential:NAME" ($CREDENTIALS_DIRECTORY/NAME).
 
@@ -911,6 +1177,47 @@ admin = ["*"]
 # principal = "spiffe://example.org/agent/web"
 # roles = ["admin"]
 # capabilities = ["admin.status"]
+
+[policy]
+# Cedar policies (*.cedar) and their schema (schema.cedarschema). Empty: the built-in defaults,
+# which are the files shipped in config/policies/. Policies are validated against the schema
+# before they are used; an invalid set is refused and the previous set keeps deciding.
+dir = "{policy_dir}"
+# The directory is checked for changes this often (0: only SIGHUP reloads).
+watch_interval_seconds = {policy_watch}
+# Hex Ed25519 public key. A policy file NAME.cedar with a valid NAME.cedar.sig is "signed"; only
+# signed policies can allow file writes (fs.write). Empty: signed policies are not accepted.
+signing_public_key_file = "{policy_key}"
+# Most decisions one BatchCheck may ask for.
+max_batch = {policy_max_batch}
+
+[audit]
+# Every policy decision, guardrail decision, refused call and token change is appended to the
+# audit log in the store; the oldest records are trimmed by count and by age.
+max_records = {audit_max_records}
+max_age_seconds = {audit_max_age}
+# Decisions are written in the background. When the queue is full or the store fails, decisions
+# on these actions are denied (fail closed); others are answered and counted as unaudited.
+queue_capacity = {audit_queue}
+fail_closed_actions = {audit_fail_closed}
+
+# Token buckets per principal and method; a call over the limit answers RESOURCE_EXHAUSTED with
+# RetryInfo. Methods are full paths or "/brainstem.v1.Service/*". burst defaults to per_minute.
+# Giving any [[rate_limits]] replaces this default list.
+[[rate_limits]]
+methods = {rate_methods}
+per_minute = {rate_per_minute}
+burst = {rate_burst}
+
+[guardrails]
+# Web automation: navigation only to these domains ("*.example.org" covers subdomains).
+allowed_domains = {guard_domains}
+# Clicks per domain and principal per minute.
+clicks_per_minute = {guard_clicks}
+# A form submission whose field names or values contain one of these words is refused.
+dangerous_fields = {guard_dangerous}
+# A form submission must carry one of these fields with a value.
+csrf_fields = {guard_csrf}
 "#,
         state_dir = d.state_dir.display(),
         listen = s.listen,
@@ -930,7 +1237,27 @@ admin = ["*"]
         flush_interval_ms = d.store.flush_interval_ms,
         cache_capacity_bytes = d.store.cache_capacity_bytes,
         log_level = d.log.level,
+        policy_dir = d.policy.dir,
+        policy_watch = d.policy.watch_interval_seconds,
+        policy_key = d.policy.signing_public_key_file,
+        policy_max_batch = d.policy.max_batch,
+        audit_max_records = d.audit.max_records,
+        audit_max_age = d.audit.max_age_seconds,
+        audit_queue = d.audit.queue_capacity,
+        audit_fail_closed = toml_list(&d.audit.fail_closed_actions),
+        rate_methods = toml_list(&d.rate_limits[0].methods),
+        rate_per_minute = d.rate_limits[0].per_minute,
+        rate_burst = d.rate_limits[0].burst,
+        guard_domains = toml_list(&d.guardrails.allowed_domains),
+        guard_clicks = d.guardrails.clicks_per_minute,
+        guard_dangerous = toml_list(&d.guardrails.dangerous_fields),
+        guard_csrf = toml_list(&d.guardrails.csrf_fields),
     )
+}
+
+fn toml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", quoted.join(", "))
 }
 
 #[cfg(test)]

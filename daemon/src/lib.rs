@@ -23,6 +23,7 @@ pub mod identity;
 pub mod metrics;
 pub mod notify;
 pub mod pki;
+pub mod policy;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;

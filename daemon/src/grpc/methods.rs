@@ -27,6 +27,16 @@ pub const METHODS: &[(&str, Requirement)] = &[
     ),
 ];
 
+/// The `brainstem.v1` methods a rate-limit pattern names: a full path, or `/brainstem.v1.Service/*`.
+pub fn matching(pattern: &str) -> impl Iterator<Item = &'static str> + '_ {
+    METHODS.iter().map(|(path, _)| *path).filter(move |path| {
+        match pattern.strip_suffix('*') {
+            Some(service) => service.ends_with('/') && path.starts_with(service),
+            None => *path == pattern,
+        }
+    })
+}
+
 /// Infrastructure services that any authenticated caller may use: health and reflection.
 const OPEN_SERVICES: &[&str] = &[
     "/grpc.health.v1.Health/",
