@@ -204,3 +204,123 @@ impl ErrorOccurred {
             .increment(1);
     }
 }
+
+/// Policy decisions: handles registered once (the Check path is hot).
+#[derive(Clone)]
+pub struct DecisionMetrics {
+    allowed: metrics::Counter,
+    denied: metrics::Counter,
+}
+
+impl DecisionMetrics {
+    pub fn new(kind: &'static str) -> Self {
+        DecisionMetrics {
+            allowed: metrics::counter!("brainstem_policy_decisions_total", "kind" => kind, "decision" => "allow"),
+            denied: metrics::counter!("brainstem_policy_decisions_total", "kind" => kind, "decision" => "deny"),
+        }
+    }
+
+    pub fn decided(&self, allowed: bool) {
+        if allowed {
+            self.allowed.increment(1);
+        } else {
+            self.denied.increment(1);
+        }
+    }
+}
+
+pub struct PolicyReloaded<'a> {
+    pub applied: bool,
+    pub trigger: &'static str,
+    pub detail: &'a str,
+    pub policies: usize,
+}
+
+impl PolicyReloaded<'_> {
+    pub fn emit(self) {
+        let result = if self.applied { "applied" } else { "refused" };
+        metrics::counter!("brainstem_policy_reloads_total", "result" => result, "trigger" => self.trigger)
+            .increment(1);
+        if self.applied {
+            metrics::gauge!("brainstem_policy_policies").set(self.policies as f64);
+            tracing::info!(trigger = self.trigger, policies = self.policies, digest = self.detail, "policy set loaded");
+        } else {
+            ErrorOccurred {
+                subsystem: "policy",
+                kind: "reload_refused",
+            }
+            .emit();
+            tracing::error!(
+                trigger = self.trigger,
+                errors = self.detail,
+                "policy set refused; the previous set keeps deciding"
+            );
+        }
+    }
+}
+
+pub struct AuditWritten {
+    pub records: usize,
+}
+
+impl AuditWritten {
+    pub fn emit(self) {
+        metrics::counter!("brainstem_audit_records_written_total").increment(self.records as u64);
+    }
+}
+
+pub struct AuditUnrecorded<'a> {
+    pub kind: &'static str,
+    pub reason: &'a dyn std::fmt::Display,
+}
+
+impl AuditUnrecorded<'_> {
+    pub fn emit(self) {
+        metrics::counter!("brainstem_audit_unrecorded_total", "kind" => self.kind).increment(1);
+        tracing::warn!(kind = self.kind, reason = %self.reason, "decision not audited");
+    }
+}
+
+pub struct AuditTrimmed {
+    pub records: usize,
+    pub why: &'static str,
+}
+
+impl AuditTrimmed {
+    pub fn emit(self) {
+        metrics::counter!("brainstem_audit_records_trimmed_total", "why" => self.why)
+            .increment(self.records as u64);
+    }
+}
+
+pub struct RateLimited<'a> {
+    pub method: &'static str,
+    pub principal: &'a str,
+}
+
+impl RateLimited<'_> {
+    pub fn emit(self) {
+        // Principals here are bounded: only granted principals get past authorization.
+        metrics::counter!("brainstem_rate_limited_total", "method" => self.method, "principal" => self.principal.to_owned())
+            .increment(1);
+        GrpcRequestCompleted {
+            method: self.method,
+            code: "RESOURCE_EXHAUSTED",
+            duration: Duration::ZERO,
+        }
+        .emit();
+    }
+}
+
+pub struct GuardrailDecided {
+    pub rule: &'static str,
+    pub allowed: bool,
+}
+
+impl GuardrailDecided {
+    pub fn emit(self) {
+        let decision = if self.allowed { "allow" } else { "deny" };
+        metrics::counter!("brainstem_guardrail_decisions_total", "rule" => self.rule, "decision" => decision)
+            .increment(1);
+    }
+}

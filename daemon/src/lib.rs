@@ -13,6 +13,7 @@
 //! - [`notify`]: the systemd notify protocol; [`tasks`]: the tracked, named task set.
 //! - [`daemon`]: start, reload and the staged stop that `main` and the tests drive.
 
+pub mod audit;
 pub mod authz;
 pub mod config;
 pub mod daemon;

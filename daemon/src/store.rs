@@ -20,6 +20,8 @@ use crate::config::{FlushPolicy, StoreConfig};
 /// Tree names, in one place so two subsystems cannot collide.
 pub mod trees {
     pub const META: &str = "meta";
+    /// Audit records keyed by big-endian sequence number.
+    pub const AUDIT: &str = "audit";
 }
 
 /// Schema version this build writes.
@@ -303,6 +305,74 @@ impl Tree {
             self.tree.flush()?;
         }
         Ok(existed)
+    }
+
+    /// Writes many values in one atomic batch and, when the policy is `always`, one flush.
+    pub async fn put_batch_async<T: Record>(
+        &self,
+        items: &[(Vec<u8>, T)],
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in items {
+            let bytes = encode(value).map_err(|source| StoreError::Encode {
+                tree: self.name.to_owned(),
+                source,
+            })?;
+            batch.insert(key.as_slice(), bytes);
+        }
+        self.tree.apply_batch(batch)?;
+        if self.durable {
+            self.tree.flush_async().await?;
+        }
+        Ok(())
+    }
+
+    /// Decoded values whose keys fall in `range`, in key order (descending when `reverse`). A value
+    /// that fails its checks is yielded as [`StoreError::Corrupt`].
+    pub fn range<T: Record, R: std::ops::RangeBounds<Vec<u8>>>(
+        &self,
+        range: R,
+        reverse: bool,
+    ) -> Box<dyn Iterator<Item = Result<(Vec<u8>, T), StoreError>> + Send + '_> {
+        let iter = self.tree.range(range);
+        let decode_entry = move |entry: sled::Result<(sled::IVec, sled::IVec)>| {
+            let (key, bytes) = entry?;
+            let value = decode(&bytes).map_err(|reason| StoreError::Corrupt {
+                tree: self.name.to_owned(),
+                key: String::from_utf8_lossy(&key).into_owned(),
+                reason,
+            })?;
+            Ok((key.to_vec(), value))
+        };
+        if reverse {
+            Box::new(iter.rev().map(decode_entry))
+        } else {
+            Box::new(iter.map(decode_entry))
+        }
+    }
+
+    /// The smallest and largest keys.
+    pub fn first_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.first()?.map(|(k, _)| k.to_vec()))
+    }
+
+    pub fn last_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.last()?.map(|(k, _)| k.to_vec()))
+    }
+
+    /// Removes every key below `end` (exclusive), oldest first, at most `limit`; returns how many.
+    pub fn remove_below(&self, end: &[u8], limit: usize) -> Result<usize, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for entry in self.tree.range(..end.to_vec()).keys().take(limit) {
+            batch.remove(entry?);
+            removed += 1;
+        }
+        self.tree.apply_batch(batch)?;
+        if self.durable && removed > 0 {
+            self.tree.flush()?;
+        }
+        Ok(removed)
     }
 
     pub fn len(&self) -> usize {

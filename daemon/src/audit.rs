@@ -1,0 +1,524 @@
+//! The audit log: every policy and guardrail decision, every call the authorization layer refuses
+//! and every token change, appended to the `audit` tree in sequence order.
+//!
+//! Writes happen in the background: a decision is queued (a bounded channel) and a writer task
+//! appends queued records in batches (one flush per batch under `flush = "always"`), so a decision
+//! never waits for a disk. Actions listed in `[audit] fail_closed_actions` (default `secrets.*`) are
+//! the exception: their decision is only answered once its record is on disk, and if it cannot be
+//! written the answer is a denial (`audit-unavailable`). Other decisions whose record cannot be
+//! queued are answered and counted (`brainstem_audit_unrecorded_total`).
+//!
+//! Records carry who asked, about whom, what action on what resource, the answer and its reasons.
+//! Never a secret value: callers pass names and paths, not contents.
+//!
+//! Retention: beyond `max_records` the oldest are trimmed after each batch; records older than
+//! `max_age_seconds` are trimmed every minute.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::authz::pattern_matches;
+use crate::config::AuditConfig;
+use crate::events::{AuditTrimmed, AuditUnrecorded, AuditWritten, ErrorOccurred};
+use crate::store::{Record, Store, StoreError, Tree, trees};
+use crate::tasks::Tasks;
+
+/// Most records one query returns, and most it scans.
+pub const MAX_QUERY_LIMIT: usize = 1000;
+const MAX_QUERY_SCAN: usize = 100_000;
+const BATCH: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditKind {
+    /// A Policy.Check / BatchCheck decision.
+    Policy,
+    /// A Guardrails decision.
+    Guardrail,
+    /// A call the authorization layer refused (missing capability, rate limit, bad token).
+    Access,
+    /// A capability token issued, attenuated or revoked.
+    Token,
+}
+
+impl AuditKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::Policy => "policy",
+            AuditKind::Guardrail => "guardrail",
+            AuditKind::Access => "access",
+            AuditKind::Token => "token",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AuditKind> {
+        [
+            AuditKind::Policy,
+            AuditKind::Guardrail,
+            AuditKind::Access,
+            AuditKind::Token,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditRecord {
+    /// Assigned by the writer; 0 until written.
+    pub seq: u64,
+    pub time_unix_ms: u64,
+    pub decision_id: String,
+    pub kind: AuditKind,
+    pub caller: String,
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+    pub allowed: bool,
+    pub reasons: Vec<String>,
+    pub correlation_id: String,
+}
+
+impl Record for AuditRecord {
+    const VERSION: u8 = 1;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("the audit queue is full")]
+    QueueFull,
+    #[error("the audit log is not accepting records (stopping or failed)")]
+    Closed,
+    #[error("the audit record could not be written")]
+    WriteFailed,
+}
+
+struct Pending {
+    record: AuditRecord,
+    written: Option<oneshot::Sender<bool>>,
+}
+
+/// What to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub after: u64,
+    pub newest_first: bool,
+    pub before: u64,
+    pub limit: usize,
+    pub principal: String,
+    pub action: String,
+    pub kind: Option<AuditKind>,
+    pub allowed: Option<bool>,
+    pub since_unix_ms: u64,
+    pub until_unix_ms: u64,
+}
+
+pub struct AuditLog {
+    tx: mpsc::Sender<Pending>,
+    tree: Tree,
+    fail_closed: Vec<String>,
+    healthy: Arc<AtomicBool>,
+    id_prefix: u32,
+    next_id: AtomicU64,
+}
+
+impl AuditLog {
+    /// Opens the tree and starts the writer and the age trimmer under `tasks`.
+    pub fn start(
+        store: &Store,
+        config: &AuditConfig,
+        tasks: &Tasks,
+        token: CancellationToken,
+    ) -> Result<Arc<AuditLog>, StoreError> {
+        let tree = store.tree(trees::AUDIT)?;
+        let next_seq = match tree.last_key()? {
+            Some(key) => seq_of(&key) + 1,
+            None => 1,
+        };
+        let (tx, rx) = mpsc::channel(config.queue_capacity as usize);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let mut prefix = [0u8; 4];
+        // A per-run prefix keeps decision ids unique across restarts; a failed random source only
+        // makes them less unique, never wrong.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut prefix);
+        let log = Arc::new(AuditLog {
+            tx,
+            tree: tree.clone(),
+            fail_closed: config.fail_closed_actions.clone(),
+            healthy: healthy.clone(),
+            id_prefix: u32::from_be_bytes(prefix),
+            next_id: AtomicU64::new(0),
+        });
+        let writer = Writer {
+            tree,
+            next_seq,
+            max_records: config.max_records as usize,
+            max_age: Duration::from_secs(config.max_age_seconds),
+            healthy,
+        };
+        tasks.spawn("audit.writer", writer.run(rx, token));
+        Ok(log)
+    }
+
+    /// A new decision id: unique within this run, with a random per-run prefix.
+    pub fn decision_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{n:012x}", self.id_prefix)
+    }
+
+    /// Must a decision on `action` be on disk before it is answered?
+    pub fn fails_closed(&self, action: &str) -> bool {
+        self.fail_closed.iter().any(|p| pattern_matches(p, action))
+    }
+
+    /// Queues a record without waiting. An error means the record is lost (and counted).
+    pub fn record(&self, record: AuditRecord) -> Result<(), AuditError> {
+        let kind = record.kind;
+        let result = self
+            .tx
+            .try_send(Pending {
+                record,
+                written: None,
+            })
+            .map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => AuditError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => AuditError::Closed,
+            });
+        if let Err(err) = &result {
+            AuditUnrecorded {
+                kind: kind.as_str(),
+                reason: err,
+            }
+            .emit();
+        }
+        result
+    }
+
+    /// Queues a record and waits until it is written (fail-closed decisions).
+    pub async fn record_durable(&self, record: AuditRecord) -> Result<(), AuditError> {
+        let kind = record.kind;
+        let (written, done) = oneshot::channel();
+        let result = async {
+            if !self.healthy.load(Ordering::Acquire) {
+                return Err(AuditError::WriteFailed);
+            }
+            self.tx
+                .try_send(Pending {
+                    record,
+                    written: Some(written),
+                })
+                .map_err(|err| match err {
+                    mpsc::error::TrySendError::Full(_) => AuditError::QueueFull,
+                    mpsc::error::TrySendError::Closed(_) => AuditError::Closed,
+                })?;
+            match done.await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(AuditError::WriteFailed),
+                Err(_) => Err(AuditError::Closed),
+            }
+        }
+        .await;
+        if let Err(err) = &result {
+            AuditUnrecorded {
+                kind: kind.as_str(),
+                reason: err,
+            }
+            .emit();
+        }
+        result
+    }
+
+    /// Records matching `query`, and the cursor to continue from.
+    pub fn query(&self, query: &AuditQuery) -> Result<(Vec<AuditRecord>, u64), StoreError> {
+        let limit = match query.limit {
+            0 => 100,
+            n => n.min(MAX_QUERY_LIMIT),
+        };
+        let iter = if query.newest_first {
+            let end = if query.before == 0 {
+                u64::MAX
+            } else {
+                query.before
+            };
+            self.tree.range::<AuditRecord, _>(..key(end), true)
+        } else {
+            self.tree
+                .range::<AuditRecord, _>(key(query.after.saturating_add(1)).., false)
+        };
+        let mut records = Vec::new();
+        let mut cursor = if query.newest_first {
+            query.before
+        } else {
+            query.after
+        };
+        for entry in iter.take(MAX_QUERY_SCAN) {
+            let (_, record) = entry?;
+            cursor = record.seq;
+            if query.matches(&record) {
+                records.push(record);
+                if records.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok((records, cursor))
+    }
+
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+}
+
+impl AuditQuery {
+    fn matches(&self, r: &AuditRecord) -> bool {
+        (self.principal.is_empty() || r.principal == self.principal || r.caller == self.principal)
+            && (self.action.is_empty()
+                || r.action == self.action
+                || r.action
+                    .strip_prefix(self.action.as_str())
+                    .is_some_and(|rest| rest.starts_with('.')))
+            && self.kind.is_none_or(|k| k == r.kind)
+            && self.allowed.is_none_or(|a| a == r.allowed)
+            && (self.since_unix_ms == 0 || r.time_unix_ms >= self.since_unix_ms)
+            && (self.until_unix_ms == 0 || r.time_unix_ms < self.until_unix_ms)
+    }
+}
+
+fn key(seq: u64) -> Vec<u8> {
+    seq.to_be_bytes().to_vec()
+}
+
+fn seq_of(key: &[u8]) -> u64 {
+    key.try_into().map_or(0, u64::from_be_bytes)
+}
+
+struct Writer {
+    tree: Tree,
+    next_seq: u64,
+    max_records: usize,
+    max_age: Duration,
+    healthy: Arc<AtomicBool>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Pending>, token: CancellationToken) {
+        let mut trim = tokio::time::interval(Duration::from_secs(60));
+        trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    self.write(&mut batch).await;
+                }
+                _ = trim.tick() => self.trim_by_age(),
+                () = token.cancelled() => break,
+            }
+        }
+        // Stopping: whatever was queued before the stop is still written.
+        rx.close();
+        while rx.recv_many(&mut batch, BATCH).await > 0 {
+            self.write(&mut batch).await;
+        }
+    }
+
+    async fn write(&mut self, batch: &mut Vec<Pending>) {
+        let now = crate::store::unix_ms_now();
+        let mut items = Vec::with_capacity(batch.len());
+        for pending in batch.iter_mut() {
+            pending.record.seq = self.next_seq;
+            if pending.record.time_unix_ms == 0 {
+                pending.record.time_unix_ms = now;
+            }
+            items.push((key(self.next_seq), pending.record.clone()));
+            self.next_seq += 1;
+        }
+        let ok = match self.tree.put_batch_async(&items).await {
+            Ok(()) => {
+                AuditWritten { records: items.len() }.emit();
+                true
+            }
+            Err(err) => {
+                tracing::error!(error = %err, records = items.len(), "audit records could not be written");
+                ErrorOccurred {
+                    subsystem: "audit",
+                    kind: "write",
+                }
+                .emit();
+                false
+            }
+        };
+        self.healthy.store(ok, Ordering::Release);
+        for pending in batch.drain(..) {
+            if let Some(written) = pending.written {
+                let _ = written.send(ok);
+            }
+        }
+        self.trim_by_count();
+    }
+
+    fn trim_by_count(&self) {
+        let excess = self.tree.len().saturating_sub(self.max_records);
+        if excess == 0 {
+            return;
+        }
+        let Ok(Some(first)) = self.tree.first_key() else {
+            return;
+        };
+        let end = key(seq_of(&first).saturating_add(excess as u64));
+        self.remove_below(&end, excess, "count");
+    }
+
+    fn trim_by_age(&self) {
+        let cutoff = crate::store::unix_ms_now().saturating_sub(self.max_age.as_millis() as u64);
+        // Sequence order is time order, so the first record young enough bounds the removal.
+        let mut end = None;
+        for entry in self.tree.range::<AuditRecord, _>(.., false) {
+            match entry {
+                Ok((key, record)) if record.time_unix_ms >= cutoff => {
+                    end = Some(key);
+                    break;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "damaged audit record while trimming");
+                    return;
+                }
+            }
+        }
+        let end = end.unwrap_or_else(|| key(self.next_seq));
+        self.remove_below(&end, usize::MAX, "age");
+    }
+
+    fn remove_below(&self, end: &[u8], limit: usize, why: &'static str) {
+        match self.tree.remove_below(end, limit) {
+            Ok(0) => {}
+            Ok(n) => AuditTrimmed { records: n, why }.emit(),
+            Err(err) => tracing::warn!(error = %err, "audit trim failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(principal: &str, action: &str, allowed: bool) -> AuditRecord {
+        AuditRecord {
+            seq: 0,
+            time_unix_ms: 0,
+            decision_id: String::new(),
+            kind: AuditKind::Policy,
+            caller: "caller".into(),
+            principal: principal.into(),
+            action: action.into(),
+            resource: "r".into(),
+            allowed,
+            reasons: vec!["why".into()],
+            correlation_id: String::new(),
+        }
+    }
+
+    fn config(max_records: u64) -> AuditConfig {
+        AuditConfig {
+            max_records,
+            ..AuditConfig::default()
+        }
+    }
+
+    async fn stop(tasks: Tasks, token: CancellationToken) {
+        token.cancel();
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    #[tokio::test]
+    async fn records_persist_in_order_and_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &crate::config::Config::default().store).unwrap();
+        let (tasks, token) = (Tasks::new(), CancellationToken::new());
+        let log = AuditLog::start(&store, &config(1000), &tasks, token.clone()).unwrap();
+        log.record(record("a", "web.post", false)).unwrap();
+        log.record(record("b", "web.read", true)).unwrap();
+        log.record_durable(record("a", "secrets.read", true))
+            .await
+            .unwrap();
+        // The durable record was queued last, so everything before it is written too.
+        let (all, cursor) = log.query(&AuditQuery::default()).unwrap();
+        assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(cursor, 3);
+        assert!(all.iter().all(|r| r.time_unix_ms > 0));
+
+        let by = |q: AuditQuery| -> Vec<String> {
+            log.query(&q).unwrap().0.into_iter().map(|r| r.action).collect()
+        };
+        let q = AuditQuery::default;
+        assert_eq!(by(AuditQuery { principal: "a".into(), ..q() }), ["web.post", "secrets.read"]);
+        assert_eq!(by(AuditQuery { action: "web".into(), ..q() }), ["web.post", "web.read"]);
+        assert_eq!(by(AuditQuery { action: "we".into(), ..q() }), Vec::<String>::new());
+        assert_eq!(by(AuditQuery { allowed: Some(false), ..q() }), ["web.post"]);
+        assert_eq!(by(AuditQuery { after: 2, ..q() }), ["secrets.read"]);
+        assert_eq!(by(AuditQuery { newest_first: true, limit: 2, ..q() }), ["secrets.read", "web.read"]);
+        assert_eq!(by(AuditQuery { newest_first: true, before: 2, ..q() }), ["web.post"]);
+        assert_eq!(by(AuditQuery { kind: Some(AuditKind::Token), ..q() }), Vec::<String>::new());
+        stop(tasks, token).await;
+        drop(log);
+        drop(store);
+
+        // Reopened, numbering continues after the last record.
+        let store = Store::open(dir.path(), &crate::config::Config::default().store).unwrap();
+        let (tasks, token) = (Tasks::new(), CancellationToken::new());
+        let log = AuditLog::start(&store, &config(1000), &tasks, token.clone()).unwrap();
+        log.record_durable(record("c", "ml.train", true)).await.unwrap();
+        let (all, _) = log.query(&AuditQuery::default()).unwrap();
+        assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        stop(tasks, token).await;
+    }
+
+    #[tokio::test]
+    async fn queued_records_are_written_at_stop_and_trimmed_by_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &crate::config::Config::default().store).unwrap();
+        let (tasks, token) = (Tasks::new(), CancellationToken::new());
+        let log = AuditLog::start(&store, &config(1000), &tasks, token.clone()).unwrap();
+        for i in 0..1500 {
+            log.record(record("p", &format!("a.n{i}"), true)).unwrap();
+        }
+        stop(tasks, token).await;
+        // 1500 written; the oldest beyond 1000 trimmed.
+        assert_eq!(log.len(), 1000);
+        let (first, _) = log.query(&AuditQuery { limit: 1, ..AuditQuery::default() }).unwrap();
+        assert_eq!(first[0].seq, 501);
+        assert_eq!(first[0].action, "a.n500");
+        // After the stop nothing is accepted.
+        assert!(matches!(log.record(record("p", "x", true)), Err(AuditError::Closed)));
+        assert!(log.record_durable(record("p", "x", true)).await.is_err());
+    }
+
+    #[test]
+    fn fail_closed_patterns_and_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &crate::config::Config::default().store).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _guard = rt.enter();
+        let (tasks, token) = (Tasks::new(), CancellationToken::new());
+        let log = AuditLog::start(&store, &AuditConfig::default(), &tasks, token.clone()).unwrap();
+        assert!(log.fails_closed("secrets.read"));
+        assert!(!log.fails_closed("secrets"));
+        assert!(!log.fails_closed("web.read"));
+        let (a, b) = (log.decision_id(), log.decision_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 20);
+        rt.block_on(stop(tasks, token));
+    }
+}
