@@ -273,7 +273,7 @@ fn action_names() {
 
 #[test]
 fn validate_text_uses_the_given_schema() {
-    assert_eq!(validate_text(BUILTIN_POLICIES, BUILTIN_SCHEMA).unwrap(), 11);
+    assert_eq!(validate_text(BUILTIN_POLICIES, BUILTIN_SCHEMA).unwrap(), 12);
     let err = validate_text("@id(\"a\") permit (principal, action == Action::\"nope\", resource);", BUILTIN_SCHEMA);
     assert!(err.is_err());
 }
