@@ -345,7 +345,10 @@ impl Writer {
         }
         let ok = match self.tree.put_batch_async(&items).await {
             Ok(()) => {
-                AuditWritten { records: items.len() }.emit();
+                AuditWritten {
+                    records: items.len(),
+                }
+                .emit();
                 true
             }
             Err(err) => {
@@ -460,17 +463,66 @@ mod tests {
         assert!(all.iter().all(|r| r.time_unix_ms > 0));
 
         let by = |q: AuditQuery| -> Vec<String> {
-            log.query(&q).unwrap().0.into_iter().map(|r| r.action).collect()
+            log.query(&q)
+                .unwrap()
+                .0
+                .into_iter()
+                .map(|r| r.action)
+                .collect()
         };
         let q = AuditQuery::default;
-        assert_eq!(by(AuditQuery { principal: "a".into(), ..q() }), ["web.post", "secrets.read"]);
-        assert_eq!(by(AuditQuery { action: "web".into(), ..q() }), ["web.post", "web.read"]);
-        assert_eq!(by(AuditQuery { action: "we".into(), ..q() }), Vec::<String>::new());
-        assert_eq!(by(AuditQuery { allowed: Some(false), ..q() }), ["web.post"]);
+        assert_eq!(
+            by(AuditQuery {
+                principal: "a".into(),
+                ..q()
+            }),
+            ["web.post", "secrets.read"]
+        );
+        assert_eq!(
+            by(AuditQuery {
+                action: "web".into(),
+                ..q()
+            }),
+            ["web.post", "web.read"]
+        );
+        assert_eq!(
+            by(AuditQuery {
+                action: "we".into(),
+                ..q()
+            }),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            by(AuditQuery {
+                allowed: Some(false),
+                ..q()
+            }),
+            ["web.post"]
+        );
         assert_eq!(by(AuditQuery { after: 2, ..q() }), ["secrets.read"]);
-        assert_eq!(by(AuditQuery { newest_first: true, limit: 2, ..q() }), ["secrets.read", "web.read"]);
-        assert_eq!(by(AuditQuery { newest_first: true, before: 2, ..q() }), ["web.post"]);
-        assert_eq!(by(AuditQuery { kind: Some(AuditKind::Token), ..q() }), Vec::<String>::new());
+        assert_eq!(
+            by(AuditQuery {
+                newest_first: true,
+                limit: 2,
+                ..q()
+            }),
+            ["secrets.read", "web.read"]
+        );
+        assert_eq!(
+            by(AuditQuery {
+                newest_first: true,
+                before: 2,
+                ..q()
+            }),
+            ["web.post"]
+        );
+        assert_eq!(
+            by(AuditQuery {
+                kind: Some(AuditKind::Token),
+                ..q()
+            }),
+            Vec::<String>::new()
+        );
         stop(tasks, token).await;
         drop(log);
         drop(store);
@@ -479,7 +531,9 @@ mod tests {
         let store = Store::open(dir.path(), &crate::config::Config::default().store).unwrap();
         let (tasks, token) = (Tasks::new(), CancellationToken::new());
         let log = AuditLog::start(&store, &config(1000), &tasks, token.clone()).unwrap();
-        log.record_durable(record("c", "ml.train", true)).await.unwrap();
+        log.record_durable(record("c", "ml.train", true))
+            .await
+            .unwrap();
         let (all, _) = log.query(&AuditQuery::default()).unwrap();
         assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
         stop(tasks, token).await;
@@ -497,11 +551,19 @@ mod tests {
         stop(tasks, token).await;
         // 1500 written; the oldest beyond 1000 trimmed.
         assert_eq!(log.len(), 1000);
-        let (first, _) = log.query(&AuditQuery { limit: 1, ..AuditQuery::default() }).unwrap();
+        let (first, _) = log
+            .query(&AuditQuery {
+                limit: 1,
+                ..AuditQuery::default()
+            })
+            .unwrap();
         assert_eq!(first[0].seq, 501);
         assert_eq!(first[0].action, "a.n500");
         // After the stop nothing is accepted.
-        assert!(matches!(log.record(record("p", "x", true)), Err(AuditError::Closed)));
+        assert!(matches!(
+            log.record(record("p", "x", true)),
+            Err(AuditError::Closed)
+        ));
         assert!(log.record_durable(record("p", "x", true)).await.is_err());
     }
 

@@ -202,8 +202,18 @@ impl Default for GuardrailsConfig {
             allowed_domains: Vec::new(),
             clicks_per_minute: 10,
             dangerous_fields: strings(&[
-                "post", "buy", "delete", "purchase", "checkout", "pay", "order", "transfer",
-                "tweet", "send", "unsubscribe", "remove",
+                "post",
+                "buy",
+                "delete",
+                "purchase",
+                "checkout",
+                "pay",
+                "order",
+                "transfer",
+                "tweet",
+                "send",
+                "unsubscribe",
+                "remove",
             ]),
             csrf_fields: strings(&[
                 "csrf",
@@ -572,11 +582,18 @@ impl Config {
             }
         }
         for (key, words) in [
-            ("guardrails.dangerous_fields", &self.guardrails.dangerous_fields),
+            (
+                "guardrails.dangerous_fields",
+                &self.guardrails.dangerous_fields,
+            ),
             ("guardrails.csrf_fields", &self.guardrails.csrf_fields),
         ] {
             if words.iter().any(|w| w.is_empty() || w.len() > 64) {
-                push(&mut issues, key, "entries are 1 to 64 characters".to_owned());
+                push(
+                    &mut issues,
+                    key,
+                    "entries are 1 to 64 characters".to_owned(),
+                );
             }
         }
         if issues.is_empty() {
@@ -847,15 +864,25 @@ pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
     }
     if let Some(audit) = walker.table(&root, "audit") {
         let a = &mut config.audit;
-        walker.integer(&audit, "max_records", 1000..=1_000_000_000, &mut a.max_records);
+        walker.integer(
+            &audit,
+            "max_records",
+            1000..=1_000_000_000,
+            &mut a.max_records,
+        );
         walker.integer(
             &audit,
             "max_age_seconds",
             60..=10 * 365 * 86_400,
             &mut a.max_age_seconds,
         );
-        walker.integer(&audit, "queue_capacity", 16..=1_048_576, &mut a.queue_capacity);
-        walker.string_list(&audit, "fail_closed_actions", &mut a.fail_closed_actions);
+        walker.integer(
+            &audit,
+            "queue_capacity",
+            16..=1_048_576,
+            &mut a.queue_capacity,
+        );
+        walker.replace_list(&audit, "fail_closed_actions", &mut a.fail_closed_actions);
         walker.finish(audit);
     }
     if let Some(items) = walker.array_of_tables(&root, "rate_limits") {
@@ -885,15 +912,15 @@ pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
     }
     if let Some(guardrails) = walker.table(&root, "guardrails") {
         let g = &mut config.guardrails;
-        walker.string_list(&guardrails, "allowed_domains", &mut g.allowed_domains);
+        walker.replace_list(&guardrails, "allowed_domains", &mut g.allowed_domains);
         walker.integer(
             &guardrails,
             "clicks_per_minute",
             1..=60_000,
             &mut g.clicks_per_minute,
         );
-        walker.string_list(&guardrails, "dangerous_fields", &mut g.dangerous_fields);
-        walker.string_list(&guardrails, "csrf_fields", &mut g.csrf_fields);
+        walker.replace_list(&guardrails, "dangerous_fields", &mut g.dangerous_fields);
+        walker.replace_list(&guardrails, "csrf_fields", &mut g.csrf_fields);
         walker.finish(guardrails);
     }
     walker.finish(root);
@@ -1088,6 +1115,14 @@ impl Walker {
         }
     }
 
+    /// A list whose default is replaced, not extended, when the file gives it.
+    fn replace_list(&mut self, section: &Section<'_>, name: &str, out: &mut Vec<String>) {
+        if section.table.contains_key(name) {
+            out.clear();
+        }
+        self.string_list(section, name, out);
+    }
+
     fn string_list(&mut self, section: &Section<'_>, name: &str, out: &mut Vec<String>) {
         match section.take(name) {
             None => {}
@@ -1278,6 +1313,68 @@ mod tests {
             default_config_toml(),
             "config/brainstemd.toml drifted: regenerate it with `brainstemd print-default-config`"
         );
+    }
+
+    #[test]
+    fn access_sections_are_validated() {
+        let text = r#"
+            [policy]
+            max_batch = 0
+            [audit]
+            fail_closed_actions = ["Secrets"]
+            [[rate_limits]]
+            methods = ["/brainstem.v1.Nope/Call", "/brainstem.v1.Policy/*"]
+            per_minute = 5
+            [[rate_limits]]
+            per_minute = 5
+            [guardrails]
+            allowed_domains = ["docs.rs", "*.Example.org", "http://x"]
+        "#;
+        let err = parse("t", text).and_then(|mut c| c.validate("t").map(|()| c));
+        let keys: Vec<String> = match err {
+            Ok(_) => panic!("should be refused"),
+            Err(err) => err.issues.iter().map(|i| i.key.clone()).collect(),
+        };
+        assert!(keys.contains(&"policy.max_batch".to_owned()), "{keys:?}");
+        assert!(
+            keys.contains(&"rate_limits[1].methods".to_owned()),
+            "{keys:?}"
+        );
+
+        let text = r#"
+            dev_mode = true
+            state_dir = "/tmp/x"
+            [audit]
+            fail_closed_actions = ["Secrets"]
+            [[rate_limits]]
+            methods = ["/brainstem.v1.Nope/Call", "/brainstem.v1.Policy/*"]
+            per_minute = 5
+            [guardrails]
+            allowed_domains = ["docs.rs", "*.Example.org", "http://x"]
+        "#;
+        let mut config = parse("t", text).unwrap();
+        assert_eq!(
+            config.rate_limits[0].burst, 5,
+            "burst defaults to per_minute"
+        );
+        assert_eq!(
+            config.guardrails.allowed_domains.len(),
+            3,
+            "replaces the default list"
+        );
+        let issues = config.validate("t").unwrap_err().issues;
+        let messages: Vec<String> = issues
+            .iter()
+            .map(|i| format!("{}: {}", i.key, i.message))
+            .collect();
+        assert_eq!(issues.len(), 4, "{messages:?}");
+        assert!(
+            messages[0].starts_with("audit.fail_closed_actions"),
+            "{messages:?}"
+        );
+        assert!(messages[1].contains("Nope"), "{messages:?}");
+        assert!(messages[2].contains("Example.org"), "{messages:?}");
+        assert!(messages[3].contains("http://x"), "{messages:?}");
     }
 
     #[test]

@@ -20,6 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
+use crate::access::Access;
+use crate::audit::AuditLog;
 use crate::authz::{Authorizer, Grants};
 use crate::config::{Config, ConfigError, ConfigSource, EXIT_CONFIG, FlushPolicy};
 use crate::events::{ConfigReloaded, ErrorOccurred};
@@ -46,6 +48,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Policy(String),
     #[error("cannot listen for {what} on {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -58,7 +62,7 @@ impl StartError {
     /// 64 for what the operator must fix in configuration or files; 1 for the rest (worth a restart).
     pub fn exit_code(&self) -> i32 {
         match self {
-            StartError::Config(_) | StartError::Tls(_) => EXIT_CONFIG,
+            StartError::Config(_) | StartError::Tls(_) | StartError::Policy(_) => EXIT_CONFIG,
             StartError::Pki(PkiError::Permissions { .. } | PkiError::Principal { .. }) => {
                 EXIT_CONFIG
             }
@@ -116,6 +120,7 @@ impl Daemon {
         let tls = Arc::new(ReloadableTls::new(tls::server_config(
             &config.tls_paths()?,
         )?));
+        let access_parts = Access::prepare(&config).map_err(StartError::Policy)?;
 
         let store = Store::open(&config.state_dir, &config.store)?;
         let boot = store.record_boot()?;
@@ -130,6 +135,11 @@ impl Daemon {
             }
             .emit();
         }
+
+        let root = CancellationToken::new();
+        let tasks = Tasks::new();
+        // Until the daemon is up, dropping the log ends its writer; after, the stop does.
+        let audit = AuditLog::start(&store, &config.audit, &tasks, root.child_token())?;
 
         crate::metrics::recorder();
         crate::events::describe(VERSION);
@@ -164,11 +174,15 @@ impl Daemon {
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
         // Nothing below can fail: from here on the daemon is up.
-        let root = CancellationToken::new();
         let server_token = root.child_token();
-        let tasks = Tasks::new();
         let ready = Arc::new(AtomicBool::new(false));
         let authorizer = Arc::new(Authorizer::new(Grants::from_config(&config)));
+        let access = Arc::new(Access::new(authorizer.clone(), audit, access_parts));
+        access.spawn_maintenance(
+            Duration::from_secs(config.policy.watch_interval_seconds),
+            &tasks,
+            root.child_token(),
+        );
         let (health, health_service) = grpc::health();
         grpc::set_health(&health, ServingStatus::Serving).await;
 
@@ -183,7 +197,7 @@ impl Daemon {
             &config.server,
             GrpcParts {
                 tls: tls.clone(),
-                authorizer: authorizer.clone(),
+                access: access.clone(),
                 health_service,
                 admin: grpc::admin::AdminService::new(authorizer.clone(), info, store.clone()),
             },
@@ -226,6 +240,7 @@ impl Daemon {
             env,
             tls,
             authorizer,
+            access,
             health,
             ready,
             store,
@@ -287,6 +302,7 @@ struct Running {
     env: RunEnv,
     tls: Arc<ReloadableTls>,
     authorizer: Arc<Authorizer>,
+    access: Arc<Access>,
     health: tonic_health::server::HealthReporter,
     ready: Arc<AtomicBool>,
     store: Store,
@@ -320,7 +336,7 @@ impl Running {
                 apply(self);
                 ConfigReloaded {
                     applied: true,
-                    detail: "tls, grants and log level applied",
+                    detail: "tls, grants, policies, rate limits, guardrails and log level applied",
                 }
                 .emit();
                 ReloadOutcome::Applied
@@ -357,9 +373,20 @@ impl Running {
         let paths = new.tls_paths().map_err(|err| err.to_string())?;
         let tls = tls::server_config(&paths).map_err(|err| err.to_string())?;
         let grants = Grants::from_config(&new);
+        let access = Access::prepare(&new).inspect_err(|err| {
+            self.access.policy.note_refused(err);
+            crate::events::PolicyReloaded {
+                applied: false,
+                trigger: "sighup",
+                detail: err,
+                policies: 0,
+            }
+            .emit();
+        })?;
         Ok(move |running: &mut Running| {
             running.tls.replace(tls);
             running.authorizer.replace(grants);
+            running.access.apply(access);
             if let Some(log) = &running.env.log {
                 if let Err(err) = log.set_level(&new.log.level) {
                     tracing::warn!(error = %err, "log level not changed");

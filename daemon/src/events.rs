@@ -243,7 +243,12 @@ impl PolicyReloaded<'_> {
             .increment(1);
         if self.applied {
             metrics::gauge!("brainstem_policy_policies").set(self.policies as f64);
-            tracing::info!(trigger = self.trigger, policies = self.policies, digest = self.detail, "policy set loaded");
+            tracing::info!(
+                trigger = self.trigger,
+                policies = self.policies,
+                digest = self.detail,
+                "policy set loaded"
+            );
         } else {
             ErrorOccurred {
                 subsystem: "policy",

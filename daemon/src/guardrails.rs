@@ -53,8 +53,10 @@ impl Guardrails {
 
     /// Is `host` on the safelist?
     pub fn safelisted(&self, host: &str) -> bool {
-        self.config.allowed_domains.iter().any(|pattern| {
-            match pattern.strip_prefix("*.") {
+        self.config
+            .allowed_domains
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
                 Some(base) => {
                     host == base
                         || host
@@ -62,8 +64,7 @@ impl Guardrails {
                             .is_some_and(|sub| sub.ends_with('.'))
                 }
                 None => host == pattern,
-            }
-        })
+            })
     }
 
     pub fn navigation(&self, url: &str) -> Result<Verdict, FieldViolation> {
@@ -72,14 +73,20 @@ impl Guardrails {
     }
 
     /// Takes a token from the (principal, domain) bucket when the domain is safelisted.
-    pub fn click(&self, principal: &str, url: &str, now: Instant) -> Result<Verdict, FieldViolation> {
+    pub fn click(
+        &self,
+        principal: &str,
+        url: &str,
+        now: Instant,
+    ) -> Result<Verdict, FieldViolation> {
         let domain = host_of("url", url)?;
         let mut verdict = self.on_safelist(domain);
         if verdict.allowed {
-            if let Err(wait) =
-                self.clicks
-                    .take((principal.to_owned(), verdict.domain.clone()), self.click_rate, now)
-            {
+            if let Err(wait) = self.clicks.take(
+                (principal.to_owned(), verdict.domain.clone()),
+                self.click_rate,
+                now,
+            ) {
                 verdict.allowed = false;
                 verdict.reasons.push(RULE_CLICK_RATE.to_owned());
                 verdict.retry_after = Some(wait);
@@ -88,7 +95,11 @@ impl Guardrails {
         Ok(verdict)
     }
 
-    pub fn form(&self, url: &str, fields: &[(String, String)]) -> Result<Verdict, Vec<FieldViolation>> {
+    pub fn form(
+        &self,
+        url: &str,
+        fields: &[(String, String)],
+    ) -> Result<Verdict, Vec<FieldViolation>> {
         let mut violations = Vec::new();
         let domain = host_of("url", url).map_err(|v| violations.push(v));
         if fields.len() > MAX_FIELDS {
@@ -119,9 +130,12 @@ impl Guardrails {
         }
         let mut verdict = self.on_safelist(domain);
         let dangerous = fields.iter().any(|(name, value)| {
-            words(name)
-                .chain(words(value))
-                .any(|w| self.config.dangerous_fields.iter().any(|d| d.eq_ignore_ascii_case(w)))
+            words(name).chain(words(value)).any(|w| {
+                self.config
+                    .dangerous_fields
+                    .iter()
+                    .any(|d| d.eq_ignore_ascii_case(w))
+            })
         });
         if dangerous {
             verdict.reasons.push(RULE_DANGEROUS.to_owned());
@@ -175,9 +189,7 @@ pub fn host_of(field: &str, url: &str) -> Result<String, FieldViolation> {
     if url.len() > MAX_URL_LEN {
         return Err(bad("at most 2048 bytes"));
     }
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| bad("not a valid absolute URL"))?;
+    let uri: http::Uri = url.parse().map_err(|_| bad("not a valid absolute URL"))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
         _ => return Err(bad("only http and https URLs")),
@@ -221,10 +233,22 @@ mod tests {
         let refused = g.navigation("https://evil.com").unwrap();
         assert_eq!(refused.reasons, [RULE_SAFELIST]);
         assert_eq!(refused.domain, "evil.com");
-        for bad in ["", "docs.rs", "ftp://docs.rs/", "/relative", "https://", "not a url"] {
+        for bad in [
+            "",
+            "docs.rs",
+            "ftp://docs.rs/",
+            "/relative",
+            "https://",
+            "not a url",
+        ] {
             assert_eq!(g.navigation(bad).unwrap_err().field, "url", "{bad:?}");
         }
-        assert!(rails(&[]).navigation("https://docs.rs").map(|v| !v.allowed).unwrap());
+        assert!(
+            rails(&[])
+                .navigation("https://docs.rs")
+                .map(|v| !v.allowed)
+                .unwrap()
+        );
     }
 
     #[test]
@@ -238,10 +262,23 @@ mod tests {
         assert!(!refused.allowed);
         assert_eq!(refused.reasons, [RULE_CLICK_RATE]);
         let wait = refused.retry_after.unwrap();
-        assert!(wait > Duration::from_millis(5900) && wait <= Duration::from_secs(6), "{wait:?}");
-        assert!(g.click("q", "https://docs.rs/a", t0).unwrap().allowed, "other principal");
-        assert!(g.click("p", "https://example.org/", t0).unwrap().allowed, "other domain");
-        assert!(g.click("p", "https://docs.rs/", t0 + Duration::from_secs(6)).unwrap().allowed);
+        assert!(
+            wait > Duration::from_millis(5900) && wait <= Duration::from_secs(6),
+            "{wait:?}"
+        );
+        assert!(
+            g.click("q", "https://docs.rs/a", t0).unwrap().allowed,
+            "other principal"
+        );
+        assert!(
+            g.click("p", "https://example.org/", t0).unwrap().allowed,
+            "other domain"
+        );
+        assert!(
+            g.click("p", "https://docs.rs/", t0 + Duration::from_secs(6))
+                .unwrap()
+                .allowed
+        );
         // A click off the safelist is refused without spending a token.
         let off = g.click("p", "https://evil.com/", t0).unwrap();
         assert_eq!((off.allowed, off.retry_after), (false, None));
@@ -252,7 +289,11 @@ mod tests {
         let g = rails(&["shop.example"]);
         let url = "https://shop.example/form";
         let verdict = |f: &[(&str, &str)]| g.form(url, &fields(f)).unwrap();
-        let ok = verdict(&[("q", "rust"), ("postal_code", "1000"), ("csrf_token", "abc")]);
+        let ok = verdict(&[
+            ("q", "rust"),
+            ("postal_code", "1000"),
+            ("csrf_token", "abc"),
+        ]);
         assert!(ok.allowed, "{ok:?}");
         let buy = verdict(&[("action", "Buy now"), ("csrf_token", "abc")]);
         assert_eq!(buy.reasons, [RULE_DANGEROUS]);
@@ -271,7 +312,10 @@ mod tests {
         let err = g.form(url, &many).unwrap_err();
         assert_eq!(err[0].field, "fields");
         let err = g
-            .form("nope", &fields(&[("", "x"), ("n", &"v".repeat(MAX_FIELD_VALUE_LEN + 1))]))
+            .form(
+                "nope",
+                &fields(&[("", "x"), ("n", &"v".repeat(MAX_FIELD_VALUE_LEN + 1))]),
+            )
             .unwrap_err();
         let names: Vec<_> = err.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(names, ["url", "fields[0].name", "fields[1].value"]);

@@ -13,6 +13,7 @@
 //! - [`notify`]: the systemd notify protocol; [`tasks`]: the tracked, named task set.
 //! - [`daemon`]: start, reload and the staged stop that `main` and the tests drive.
 
+pub mod access;
 pub mod audit;
 pub mod authz;
 pub mod config;
@@ -20,10 +21,10 @@ pub mod daemon;
 pub mod error;
 pub mod events;
 pub mod grpc;
+pub mod guardrails;
 pub mod identity;
 pub mod metrics;
 pub mod notify;
-pub mod guardrails;
 pub mod pki;
 pub mod policy;
 pub mod ratelimit;

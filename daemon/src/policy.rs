@@ -165,7 +165,12 @@ fn read_dir(dir: &Path, key: Option<&[u8; 32]>) -> Result<(String, Vec<Source>),
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|ext| ext == "cedar"))
             .collect(),
-        Err(err) => return Err(PolicyError::Invalid(vec![format!("{}: {err}", dir.display())])),
+        Err(err) => {
+            return Err(PolicyError::Invalid(vec![format!(
+                "{}: {err}",
+                dir.display()
+            )]));
+        }
     };
     names.sort();
     let mut sources = Vec::new();
@@ -240,7 +245,10 @@ pub fn generate_signing_key() -> Result<(Vec<u8>, String), String> {
         .map_err(|_| "key generation failed".to_owned())?;
     let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
         .map_err(|_| "key generation failed".to_owned())?;
-    Ok((pkcs8.as_ref().to_vec(), hex_encode(pair.public_key().as_ref())))
+    Ok((
+        pkcs8.as_ref().to_vec(),
+        hex_encode(pair.public_key().as_ref()),
+    ))
 }
 
 pub fn hex_encode(bytes: &[u8]) -> String {
@@ -248,7 +256,7 @@ pub fn hex_encode(bytes: &[u8]) -> String {
 }
 
 pub fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
+    if text.len() % 2 != 0 {
         return None;
     }
     (0..text.len())
@@ -485,8 +493,26 @@ impl PolicyEngine {
         }
     }
 
+    /// Swaps in a set loaded elsewhere (a configuration reload).
+    pub fn replace(&self, set: LoadedSet) {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.last_attempt_unix_ms = crate::store::unix_ms_now();
+        status.last_error = None;
+        self.current.store(Arc::new(set));
+    }
+
+    /// Remembers a refused load that happened elsewhere (a configuration reload).
+    pub fn note_refused(&self, error: &str) {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.last_attempt_unix_ms = crate::store::unix_ms_now();
+        status.last_error = Some(error.to_owned());
+    }
+
     pub fn reload_status(&self) -> ReloadStatus {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Decides one query against the set in force.
@@ -674,9 +700,7 @@ pub fn validate_query(
 fn unsupported_value(value: &Value) -> Option<&'static str> {
     match value {
         Value::Null => Some("null is not a Cedar value; leave the key out"),
-        Value::Number(n) if n.as_i64().is_none() => {
-            Some("Cedar numbers are whole 64-bit integers")
-        }
+        Value::Number(n) if n.as_i64().is_none() => Some("Cedar numbers are whole 64-bit integers"),
         Value::Array(items) => items.iter().find_map(unsupported_value),
         Value::Object(map) => map.values().find_map(unsupported_value),
         Value::Bool(_) | Value::Number(_) | Value::String(_) => None,

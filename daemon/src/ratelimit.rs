@@ -127,10 +127,17 @@ impl RateLimiter {
     }
 
     /// Takes a token for `principal` calling `method`, or answers how long to wait.
-    pub fn check(&self, principal: &str, method: &'static str, now: Instant) -> Result<(), Duration> {
+    pub fn check(
+        &self,
+        principal: &str,
+        method: &'static str,
+        now: Instant,
+    ) -> Result<(), Duration> {
         match self.rates.get(method) {
             None => Ok(()),
-            Some(rate) => self.buckets.take((principal.to_owned(), method), *rate, now),
+            Some(rate) => self
+                .buckets
+                .take((principal.to_owned(), method), *rate, now),
         }
     }
 
@@ -153,13 +160,25 @@ mod tests {
             assert!(buckets.take("k", rate, t0).is_ok());
         }
         let wait = buckets.take("k", rate, t0).unwrap_err();
-        assert!(wait > Duration::from_millis(990) && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(
+            wait > Duration::from_millis(990) && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
         // Other keys have their own bucket.
         assert!(buckets.take("other", rate, t0).is_ok());
         // Half a second gives half a token: still refused, with half the wait.
-        let wait = buckets.take("k", rate, t0 + Duration::from_millis(500)).unwrap_err();
-        assert!(wait > Duration::from_millis(490) && wait <= Duration::from_millis(500), "{wait:?}");
-        assert!(buckets.take("k", rate, t0 + Duration::from_millis(1000)).is_ok());
+        let wait = buckets
+            .take("k", rate, t0 + Duration::from_millis(500))
+            .unwrap_err();
+        assert!(
+            wait > Duration::from_millis(490) && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+        assert!(
+            buckets
+                .take("k", rate, t0 + Duration::from_millis(1000))
+                .is_ok()
+        );
         // Refill never exceeds the burst.
         let later = t0 + Duration::from_secs(3600);
         for _ in 0..3 {
@@ -177,7 +196,10 @@ mod tests {
             assert!(buckets.take(("p", "example.org"), rate, t0).is_ok());
         }
         let wait = buckets.take(("p", "example.org"), rate, t0).unwrap_err();
-        assert!(wait > Duration::from_millis(5900) && wait <= Duration::from_secs(6), "{wait:?}");
+        assert!(
+            wait > Duration::from_millis(5900) && wait <= Duration::from_secs(6),
+            "{wait:?}"
+        );
         assert!(buckets.take(("p", "docs.rs"), rate, t0).is_ok());
     }
 

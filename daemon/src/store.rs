@@ -135,6 +135,9 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Decoded `(key, value)` pairs of a [`Tree::range`].
+pub type Entries<'a, T> = Box<dyn Iterator<Item = Result<(Vec<u8>, T), StoreError>> + Send + 'a>;
+
 /// One named tree.
 #[derive(Clone)]
 pub struct Tree {
@@ -333,7 +336,7 @@ impl Tree {
         &self,
         range: R,
         reverse: bool,
-    ) -> Box<dyn Iterator<Item = Result<(Vec<u8>, T), StoreError>> + Send + '_> {
+    ) -> Entries<'_, T> {
         let iter = self.tree.range(range);
         let decode_entry = move |entry: sled::Result<(sled::IVec, sled::IVec)>| {
             let (key, bytes) = entry?;

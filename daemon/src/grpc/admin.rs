@@ -50,7 +50,7 @@ pub fn caller<T>(request: &Request<T>) -> Result<&Caller, ServiceError> {
     })
 }
 
-fn timestamp(unix_ms: u64) -> prost_types::Timestamp {
+pub fn timestamp(unix_ms: u64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: (unix_ms / 1000) as i64,
         nanos: ((unix_ms % 1000) * 1_000_000) as i32,

@@ -14,8 +14,9 @@ use tonic::body::Body;
 use tower::{Layer, Service};
 
 use super::methods::{self, Requirement};
-use crate::authz::Authorizer;
-use crate::events::{AccessDenied, InFlight, MethodMetrics};
+use crate::access::Access;
+use crate::error::ServiceError;
+use crate::events::{AccessDenied, InFlight, MethodMetrics, RateLimited};
 use crate::identity::{PeerInfo, Principal};
 
 /// The authenticated caller of a request, inserted by the authorization layer.
@@ -26,7 +27,7 @@ pub struct Caller {
 
 #[derive(Clone)]
 pub struct AuthLayer {
-    authorizer: Arc<Authorizer>,
+    access: Arc<Access>,
     in_flight: metrics::Gauge,
     method_metrics: Arc<HashMap<&'static str, MethodMetrics>>,
     default_timeout: Duration,
@@ -34,9 +35,9 @@ pub struct AuthLayer {
 
 impl AuthLayer {
     /// `default_timeout` bounds calls that carry no `grpc-timeout`; a shorter caller deadline wins.
-    pub fn new(authorizer: Arc<Authorizer>, default_timeout: Duration) -> Self {
+    pub fn new(access: Arc<Access>, default_timeout: Duration) -> Self {
         AuthLayer {
-            authorizer,
+            access,
             in_flight: InFlight::gauge(),
             method_metrics: Arc::new(
                 methods::labels()
@@ -54,7 +55,7 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AuthService {
             inner,
-            authorizer: self.authorizer.clone(),
+            access: self.access.clone(),
             in_flight: self.in_flight.clone(),
             method_metrics: self.method_metrics.clone(),
             default_timeout: self.default_timeout,
@@ -65,7 +66,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct AuthService<S> {
     inner: S,
-    authorizer: Arc<Authorizer>,
+    access: Arc<Access>,
     in_flight: metrics::Gauge,
     method_metrics: Arc<HashMap<&'static str, MethodMetrics>>,
     default_timeout: Duration,
@@ -99,7 +100,7 @@ impl<S> AuthService<S> {
             return Err(Status::permission_denied(format!("{path}: {reason}")));
         };
         if let Requirement::Capability(capability) = entry.requirement {
-            if !self.authorizer.allows(&principal.name, capability) {
+            if !self.access.authorizer.allows(&principal.name, capability) {
                 let reason = format!(
                     "principal {:?} lacks capability {capability:?} required by {path}",
                     principal.name
@@ -110,7 +111,26 @@ impl<S> AuthService<S> {
                     reason: &reason,
                 }
                 .emit();
+                self.access
+                    .audit_refusal(&principal.name, entry.label, "missing-capability");
                 return Err(Status::permission_denied(reason));
+            }
+        }
+        let limits = self.access.rate_limits();
+        if limits.limits(entry.label) {
+            if let Err(retry_after) = limits.check(&principal.name, entry.label, Instant::now()) {
+                RateLimited {
+                    method: entry.label,
+                    principal: &principal.name,
+                }
+                .emit();
+                self.access
+                    .audit_refusal(&principal.name, entry.label, "rate-limit");
+                return Err(ServiceError::ResourceExhausted {
+                    what: format!("rate limit for {path}"),
+                    retry_after,
+                }
+                .into());
             }
         }
         Ok((entry.label, Caller { principal }))

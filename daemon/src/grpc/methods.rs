@@ -25,16 +25,53 @@ pub const METHODS: &[(&str, Requirement)] = &[
         "/brainstem.v1.Admin/GetStatus",
         Requirement::Capability("admin.status"),
     ),
+    (
+        "/brainstem.v1.Policy/Check",
+        Requirement::Capability("policy.check"),
+    ),
+    (
+        "/brainstem.v1.Policy/BatchCheck",
+        Requirement::Capability("policy.check"),
+    ),
+    (
+        "/brainstem.v1.Policy/Explain",
+        Requirement::Capability("policy.explain"),
+    ),
+    (
+        "/brainstem.v1.Policy/Validate",
+        Requirement::Capability("policy.validate"),
+    ),
+    (
+        "/brainstem.v1.Policy/GetPolicySet",
+        Requirement::Capability("policy.read"),
+    ),
+    (
+        "/brainstem.v1.Audit/Query",
+        Requirement::Capability("audit.read"),
+    ),
+    (
+        "/brainstem.v1.Guardrails/CheckNavigation",
+        Requirement::Capability("guardrails.check"),
+    ),
+    (
+        "/brainstem.v1.Guardrails/CheckClick",
+        Requirement::Capability("guardrails.check"),
+    ),
+    (
+        "/brainstem.v1.Guardrails/CheckFormSubmit",
+        Requirement::Capability("guardrails.check"),
+    ),
 ];
 
 /// The `brainstem.v1` methods a rate-limit pattern names: a full path, or `/brainstem.v1.Service/*`.
 pub fn matching(pattern: &str) -> impl Iterator<Item = &'static str> + '_ {
-    METHODS.iter().map(|(path, _)| *path).filter(move |path| {
-        match pattern.strip_suffix('*') {
+    METHODS
+        .iter()
+        .map(|(path, _)| *path)
+        .filter(move |path| match pattern.strip_suffix('*') {
             Some(service) => service.ends_with('/') && path.starts_with(service),
             None => *path == pattern,
-        }
-    })
+        })
 }
 
 /// Infrastructure services that any authenticated caller may use: health and reflection.

@@ -2,15 +2,21 @@
 //! services. Only this module (and its children) knows protobuf types.
 
 pub mod admin;
+pub mod audit;
+pub mod guardrails;
 pub mod incoming;
 pub mod layer;
 pub mod methods;
+pub mod policy;
 pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use brainstem_proto::v1::admin_server::AdminServer;
+use brainstem_proto::v1::audit_server::AuditServer;
+use brainstem_proto::v1::guardrails_server::GuardrailsServer;
+use brainstem_proto::v1::policy_server::PolicyServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -18,17 +24,22 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::authz::Authorizer;
+use crate::access::Access;
 use crate::config::ServerConfig;
 use crate::tasks::Tasks;
 use crate::tls::ReloadableTls;
 
 /// Service names reported through `grpc.health.v1` (besides "" for the whole server).
-pub const HEALTH_SERVICES: &[&str] = &["brainstem.v1.Admin"];
+pub const HEALTH_SERVICES: &[&str] = &[
+    "brainstem.v1.Admin",
+    "brainstem.v1.Policy",
+    "brainstem.v1.Audit",
+    "brainstem.v1.Guardrails",
+];
 
 pub struct GrpcParts {
     pub tls: Arc<ReloadableTls>,
-    pub authorizer: Arc<Authorizer>,
+    pub access: Arc<Access>,
     pub health_service:
         tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
     pub admin: admin::AdminService,
@@ -89,12 +100,27 @@ pub fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(layer::AuthLayer::new(
-            parts.authorizer,
+            parts.access.clone(),
             Duration::from_secs(config.request_timeout_seconds),
         ))
         .add_service(parts.health_service)
         .add_service(
             AdminServer::new(parts.admin)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            PolicyServer::new(policy::PolicyService::new(parts.access.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            AuditServer::new(audit::AuditService::new(parts.access.audit.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            GuardrailsServer::new(guardrails::GuardrailsService::new(parts.access.clone()))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         );

@@ -53,12 +53,24 @@ fn errors(result: Result<LoadedSet, PolicyError>) -> String {
 #[test]
 fn seed_defaults() {
     let engine = builtin();
-    for action in ["web.post", "web.tweet", "web.dm", "web.purchase", "web.checkout"] {
+    for action in [
+        "web.post",
+        "web.tweet",
+        "web.dm",
+        "web.purchase",
+        "web.checkout",
+    ] {
         let d = decide(&engine, action);
         assert!(!d.allowed, "{action}");
         assert_eq!(d.reasons, [format!("forbid-{}", action.replace('.', "-"))]);
     }
-    for action in ["vision.capture", "fs.read", "web.read", "ml.train", "ml.predict"] {
+    for action in [
+        "vision.capture",
+        "fs.read",
+        "web.read",
+        "ml.train",
+        "ml.predict",
+    ] {
         let d = decide(&engine, action);
         assert!(d.allowed, "{action}");
         assert_eq!(d.reasons, [format!("permit-{}", action.replace('.', "-"))]);
@@ -71,7 +83,13 @@ fn seed_defaults() {
 #[test]
 fn default_deny() {
     let engine = builtin();
-    for action in ["net.scan", "secrets.read", "vision", "vision.capture.raw", "a"] {
+    for action in [
+        "net.scan",
+        "secrets.read",
+        "vision",
+        "vision.capture.raw",
+        "a",
+    ] {
         let d = decide(&engine, action);
         assert!(!d.allowed, "{action}");
         assert!(d.reasons.is_empty(), "{action}: {:?}", d.reasons);
@@ -108,14 +126,22 @@ fn forbid_beats_permit_and_families_cover_their_members() {
         .unwrap();
     assert!(op.allowed);
     assert_eq!(op.reasons, ["operators-speak"]);
-    assert!(!engine.decide(&query("spiffe://h/op", &["viewer"], "voice.speak")).unwrap().allowed);
+    assert!(
+        !engine
+            .decide(&query("spiffe://h/op", &["viewer"], "voice.speak"))
+            .unwrap()
+            .allowed
+    );
 
     let explained = engine.explain(&query("agent", &[], "web.post")).unwrap();
     assert!(!explained.decision.allowed);
     assert_eq!(explained.matched_permits, ["permit-all-web"]);
     assert_eq!(explained.matched_forbids, ["forbid-web-post"]);
     assert_eq!(explained.action_parents, [r#"Action::"web""#]);
-    assert_eq!(explained.context.get(SIGNED_PERMIT), Some(&Value::Bool(false)));
+    assert_eq!(
+        explained.context.get(SIGNED_PERMIT),
+        Some(&Value::Bool(false))
+    );
 }
 
 #[test]
@@ -126,12 +152,14 @@ fn file_writes_need_a_signed_policy() {
         @id("backup-may-write")
         permit (principal == Agent::"spiffe://h/backup", action == Action::"fs.write", resource);
     "#;
-    let write = |engine: &PolicyEngine, who: &str| {
-        engine.decide(&query(who, &[], "fs.write")).unwrap()
-    };
+    let write =
+        |engine: &PolicyEngine, who: &str| engine.decide(&query(who, &[], "fs.write")).unwrap();
 
     // Unsigned, the permit is outweighed by the default forbid.
-    let dir = dir_with(&[("default.cedar", BUILTIN_POLICIES), ("backup.cedar", permit)]);
+    let dir = dir_with(&[
+        ("default.cedar", BUILTIN_POLICIES),
+        ("backup.cedar", permit),
+    ]);
     let engine = PolicyEngine::new(load_dir(dir.path(), Some(key)).unwrap());
     let d = write(&engine, "spiffe://h/backup");
     assert!(!d.allowed);
@@ -145,7 +173,13 @@ fn file_writes_need_a_signed_policy() {
     assert!(d.allowed, "{d:?}");
     assert_eq!(d.reasons, ["backup-may-write"]);
     assert!(!write(&engine, "spiffe://h/other").allowed);
-    assert!(engine.current().policies.iter().any(|p| p.id == "backup-may-write" && p.signed));
+    assert!(
+        engine
+            .current()
+            .policies
+            .iter()
+            .any(|p| p.id == "backup-may-write" && p.signed)
+    );
 
     // A signature over other bytes, or with no key configured, refuses the whole set.
     std::fs::write(dir.path().join("backup.cedar"), format!("{permit}\n")).unwrap();
@@ -175,10 +209,16 @@ fn invalid_sets_are_refused_with_every_error() {
     ));
     assert!(refused.contains("web.raed"), "{refused}");
     assert!(refused.contains("no @id"), "{refused}");
-    assert!(refused.contains("\"dup\" is empty or used twice"), "{refused}");
+    assert!(
+        refused.contains("\"dup\" is empty or used twice"),
+        "{refused}"
+    );
     assert!(refused.contains("nope"), "{refused}");
 
-    let syntax = errors(load_dir(dir_with(&[("x.cedar", "permit (principal")]).path(), None));
+    let syntax = errors(load_dir(
+        dir_with(&[("x.cedar", "permit (principal")]).path(),
+        None,
+    ));
     assert!(syntax.contains("x.cedar"), "{syntax}");
 
     let empty = dir_with(&[]);
@@ -204,7 +244,13 @@ fn refused_reload_keeps_the_old_set() {
     assert!(engine.reload(&source).is_err());
     assert_eq!(engine.current().digest, before);
     assert!(decide(&engine, "vision.capture").allowed);
-    assert!(engine.reload_status().last_error.unwrap().contains("broken.cedar"));
+    assert!(
+        engine
+            .reload_status()
+            .last_error
+            .unwrap()
+            .contains("broken.cedar")
+    );
 
     std::fs::write(
         dir.path().join("broken.cedar"),
@@ -237,7 +283,12 @@ fn context_is_passed_and_checked() {
     };
     assert!(at(10));
     assert!(!at(20));
-    assert!(!engine.decide(&query("agent", &[], "ml.train")).unwrap().allowed);
+    assert!(
+        !engine
+            .decide(&query("agent", &[], "ml.train"))
+            .unwrap()
+            .allowed
+    );
 
     let mut context = Map::new();
     context.insert("f".into(), serde_json::json!(1.5));
@@ -274,6 +325,9 @@ fn action_names() {
 #[test]
 fn validate_text_uses_the_given_schema() {
     assert_eq!(validate_text(BUILTIN_POLICIES, BUILTIN_SCHEMA).unwrap(), 12);
-    let err = validate_text("@id(\"a\") permit (principal, action == Action::\"nope\", resource);", BUILTIN_SCHEMA);
+    let err = validate_text(
+        "@id(\"a\") permit (principal, action == Action::\"nope\", resource);",
+        BUILTIN_SCHEMA,
+    );
     assert!(err.is_err());
 }

@@ -1,0 +1,219 @@
+//! Access: everything that answers "may I?", held together so the services and the authorization
+//! layer share one view and a reload swaps the reloadable parts whole.
+//!
+//! - grants ([`Authorizer`]) — which capabilities a principal holds (the layer checks them);
+//! - the Cedar [`PolicyEngine`] — Policy.Check and the guardrails' policy half;
+//! - [`Guardrails`] and the [`RateLimiter`] — swapped on reload (their buckets start full again);
+//! - the [`AuditLog`] — where every decision goes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{AuditKind, AuditLog, AuditRecord};
+use crate::authz::Authorizer;
+use crate::config::Config;
+use crate::events::PolicyReloaded;
+use crate::guardrails::Guardrails;
+use crate::policy::{LoadedSet, PolicyEngine, PolicyError, PolicySource};
+use crate::ratelimit::RateLimiter;
+use crate::tasks::Tasks;
+
+/// The reason a fail-closed decision gives when its audit record could not be written.
+pub const AUDIT_UNAVAILABLE: &str = "audit-unavailable";
+
+pub struct Access {
+    pub authorizer: Arc<Authorizer>,
+    pub policy: Arc<PolicyEngine>,
+    pub audit: Arc<AuditLog>,
+    guardrails: ArcSwap<Guardrails>,
+    rate_limits: ArcSwap<RateLimiter>,
+    policy_source: ArcSwap<PolicySource>,
+    max_batch: AtomicUsize,
+}
+
+/// The fallible half of a reload: everything built and checked, ready to swap in.
+pub struct Prepared {
+    source: PolicySource,
+    set: Option<LoadedSet>,
+    guardrails: Guardrails,
+    rate_limits: RateLimiter,
+    max_batch: usize,
+}
+
+impl Access {
+    /// Loads the policy set named by `config` (every problem reported) for a start or a reload.
+    pub fn prepare(config: &Config) -> Result<Prepared, String> {
+        let source =
+            PolicySource::from_config(&config.policy).map_err(|err| format!("policy: {err}"))?;
+        let set = source.load().map_err(|err| err.to_string())?;
+        Ok(Prepared {
+            source,
+            set: Some(set),
+            guardrails: Guardrails::from_config(&config.guardrails),
+            rate_limits: RateLimiter::from_config(&config.rate_limits),
+            max_batch: config.policy.max_batch as usize,
+        })
+    }
+
+    pub fn new(authorizer: Arc<Authorizer>, audit: Arc<AuditLog>, mut prepared: Prepared) -> Self {
+        let set = prepared
+            .set
+            .take()
+            .unwrap_or_else(|| unreachable!("prepare always loads"));
+        PolicyReloaded {
+            applied: true,
+            trigger: "start",
+            detail: &set.digest,
+            policies: set.policies.len(),
+        }
+        .emit();
+        Access {
+            authorizer,
+            policy: Arc::new(PolicyEngine::new(set)),
+            audit,
+            guardrails: ArcSwap::from_pointee(prepared.guardrails),
+            rate_limits: ArcSwap::from_pointee(prepared.rate_limits),
+            policy_source: ArcSwap::from_pointee(prepared.source),
+            max_batch: AtomicUsize::new(prepared.max_batch),
+        }
+    }
+
+    /// Swaps in a prepared reload. Cannot fail.
+    pub fn apply(&self, mut prepared: Prepared) {
+        if let Some(set) = prepared.set.take() {
+            self.policy.replace(set);
+            let current = self.policy.current();
+            PolicyReloaded {
+                applied: true,
+                trigger: "sighup",
+                detail: &current.digest,
+                policies: current.policies.len(),
+            }
+            .emit();
+        }
+        self.guardrails.store(Arc::new(prepared.guardrails));
+        self.rate_limits.store(Arc::new(prepared.rate_limits));
+        self.policy_source.store(Arc::new(prepared.source));
+        self.max_batch.store(prepared.max_batch, Ordering::Relaxed);
+    }
+
+    /// Reloads the policy set from its source (the file watch). A refused set is logged and counted;
+    /// the old set keeps deciding.
+    pub fn reload_policies(&self, trigger: &'static str) -> Result<(), PolicyError> {
+        match self.policy.reload(&self.policy_source.load()) {
+            Ok(set) => {
+                PolicyReloaded {
+                    applied: true,
+                    trigger,
+                    detail: &set.digest,
+                    policies: set.policies.len(),
+                }
+                .emit();
+                Ok(())
+            }
+            Err(err) => {
+                PolicyReloaded {
+                    applied: false,
+                    trigger,
+                    detail: &err.to_string(),
+                    policies: 0,
+                }
+                .emit();
+                Err(err)
+            }
+        }
+    }
+
+    pub fn guardrails(&self) -> Arc<Guardrails> {
+        self.guardrails.load_full()
+    }
+
+    pub fn rate_limits(&self) -> arc_swap::Guard<Arc<RateLimiter>> {
+        self.rate_limits.load()
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.max_batch.load(Ordering::Relaxed)
+    }
+
+    /// The roles the grants give `principal`.
+    pub fn roles_of(&self, principal: &str) -> Vec<String> {
+        self.authorizer
+            .grants()
+            .holdings(principal)
+            .map(|h| h.roles.clone())
+            .unwrap_or_default()
+    }
+
+    /// Audits a decision. For fail-closed actions it waits for the record to be on disk and turns
+    /// the decision into a denial when it cannot be; returns whether the decision still stands.
+    pub async fn audit_decision(&self, record: AuditRecord) -> bool {
+        if self.audit.fails_closed(&record.action) {
+            self.audit.record_durable(record).await.is_ok()
+        } else {
+            // A lost record is counted by the audit log; the decision stands.
+            let _ = self.audit.record(record);
+            true
+        }
+    }
+
+    /// Audits a call the authorization layer refused.
+    pub fn audit_refusal(&self, caller: &str, method: &str, reason: &str) {
+        let _ = self.audit.record(AuditRecord {
+            seq: 0,
+            time_unix_ms: 0,
+            decision_id: self.audit.decision_id(),
+            kind: AuditKind::Access,
+            caller: caller.to_owned(),
+            principal: caller.to_owned(),
+            action: method.to_owned(),
+            resource: String::new(),
+            allowed: false,
+            reasons: vec![reason.to_owned()],
+            correlation_id: String::new(),
+        });
+    }
+
+    /// Watches the policy directory and reloads on change; sweeps idle buckets.
+    pub fn spawn_maintenance(
+        self: &Arc<Self>,
+        watch_interval: Duration,
+        tasks: &Tasks,
+        token: CancellationToken,
+    ) {
+        let access = self.clone();
+        tasks.spawn("access.maintenance", async move {
+            let period = if watch_interval.is_zero() {
+                Duration::from_secs(60)
+            } else {
+                watch_interval
+            };
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut fingerprint = access.policy_source.load().fingerprint();
+            let mut last_sweep = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = token.cancelled() => return,
+                }
+                if !watch_interval.is_zero() {
+                    let now = access.policy_source.load().fingerprint();
+                    if now != fingerprint {
+                        fingerprint = now;
+                        let _ = access.reload_policies("file_change");
+                    }
+                }
+                if last_sweep.elapsed() >= Duration::from_secs(60) {
+                    last_sweep = Instant::now();
+                    access.rate_limits.load().sweep(last_sweep);
+                    access.guardrails.load().sweep(last_sweep);
+                }
+            }
+        });
+    }
+}

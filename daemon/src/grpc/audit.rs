@@ -1,0 +1,116 @@
+//! `brainstem.v1.Audit`: Query.
+
+use std::sync::Arc;
+
+use brainstem_proto::v1::audit_server::Audit;
+use brainstem_proto::v1::{AuditQueryReply, AuditQueryRequest, AuditRecord as AuditRecordPb};
+use tonic::{Request, Response, Status};
+
+use super::admin::timestamp;
+use crate::audit::{AuditKind, AuditLog, AuditQuery, MAX_QUERY_LIMIT};
+use crate::error::{FieldViolation, ServiceError};
+
+pub struct AuditService {
+    log: Arc<AuditLog>,
+}
+
+impl AuditService {
+    pub fn new(log: Arc<AuditLog>) -> Self {
+        AuditService { log }
+    }
+}
+
+fn unix_ms(ts: Option<&prost_types::Timestamp>) -> Option<u64> {
+    let ts = ts?;
+    (ts.seconds >= 0 && (0..1_000_000_000).contains(&ts.nanos))
+        .then(|| ts.seconds as u64 * 1000 + ts.nanos as u64 / 1_000_000)
+}
+
+#[tonic::async_trait]
+impl Audit for AuditService {
+    async fn query(
+        &self,
+        request: Request<AuditQueryRequest>,
+    ) -> Result<Response<AuditQueryReply>, Status> {
+        let r = request.into_inner();
+        let mut violations = Vec::new();
+        if r.limit as usize > MAX_QUERY_LIMIT {
+            violations.push(FieldViolation::new(
+                "limit",
+                format!("at most {MAX_QUERY_LIMIT}"),
+            ));
+        }
+        let kind = match r.kind.as_str() {
+            "" => None,
+            other => {
+                let kind = AuditKind::parse(other);
+                if kind.is_none() {
+                    violations.push(FieldViolation::new(
+                        "kind",
+                        "one of policy, guardrail, access, token",
+                    ));
+                }
+                kind
+            }
+        };
+        if r.only_allowed && r.only_denied {
+            violations.push(FieldViolation::new(
+                "only_allowed",
+                "only_allowed and only_denied exclude each other",
+            ));
+        }
+        let mut bound = |field: &str, ts: Option<&prost_types::Timestamp>| match ts {
+            None => 0,
+            Some(_) => unix_ms(ts).unwrap_or_else(|| {
+                violations.push(FieldViolation::new(field, "not a valid time after 1970"));
+                0
+            }),
+        };
+        let since = bound("since", r.since.as_ref());
+        let until = bound("until", r.until.as_ref());
+        if !violations.is_empty() {
+            return Err(ServiceError::InvalidArgument(violations).into());
+        }
+        let query = AuditQuery {
+            after: r.after,
+            newest_first: r.newest_first,
+            before: r.before,
+            limit: r.limit as usize,
+            principal: r.principal,
+            action: r.action,
+            kind,
+            allowed: match (r.only_allowed, r.only_denied) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+            since_unix_ms: since,
+            until_unix_ms: until,
+        };
+        let log = self.log.clone();
+        let (records, next) = tokio::task::spawn_blocking(move || log.query(&query))
+            .await
+            .map_err(|_| Status::internal("audit query did not complete"))?
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(AuditQueryReply {
+            records: records
+                .into_iter()
+                .map(|r| AuditRecordPb {
+                    seq: r.seq,
+                    time: Some(timestamp(r.time_unix_ms)),
+                    decision_id: r.decision_id,
+                    kind: r.kind.as_str().to_owned(),
+                    caller: r.caller,
+                    principal: r.principal,
+                    action: r.action,
+                    resource: r.resource,
+                    allowed: r.allowed,
+                    reasons: r.reasons,
+                    correlation_id: r.correlation_id,
+                })
+                .collect(),
+            next_after: next,
+            total: self.log.len() as u64,
+        }))
+    }
+}

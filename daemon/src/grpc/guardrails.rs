@@ -1,0 +1,211 @@
+//! `brainstem.v1.Guardrails`: the built-in web rules, then the Cedar policies, one audited decision.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use brainstem_proto::v1::guardrails_server::Guardrails as GuardrailsApi;
+use brainstem_proto::v1::{ClickRequest, FormSubmitRequest, GuardrailReply, NavigationRequest};
+use serde_json::{Map, Value};
+use tonic::{Request, Response, Status};
+
+use super::admin::caller;
+use crate::access::{AUDIT_UNAVAILABLE, Access};
+use crate::audit::{AuditKind, AuditRecord};
+use crate::error::{FieldViolation, ServiceError};
+use crate::events::GuardrailDecided;
+use crate::guardrails::Verdict;
+use crate::policy::Query;
+
+const MAX_CORRELATION_ID: usize = 256;
+const MAX_TARGET: usize = 1024;
+
+pub struct GuardrailsService {
+    access: Arc<Access>,
+}
+
+impl GuardrailsService {
+    pub fn new(access: Arc<Access>) -> Self {
+        GuardrailsService { access }
+    }
+
+    /// Asks the policies about `action` on `url`, merges with the rules' verdict, audits.
+    async fn decide(
+        &self,
+        rule: &'static str,
+        caller: &str,
+        action: &str,
+        url: String,
+        correlation_id: String,
+        verdict: Verdict,
+    ) -> Result<GuardrailReply, ServiceError> {
+        let mut context = Map::new();
+        context.insert("domain".to_owned(), Value::String(verdict.domain.clone()));
+        let query = Query {
+            principal: caller.to_owned(),
+            roles: self.access.roles_of(caller),
+            action: action.to_owned(),
+            resource: url,
+            context,
+        };
+        let policy = self
+            .access
+            .policy
+            .decide(&query)
+            .map_err(|v| ServiceError::InvalidArgument(vec![v]))?;
+        let mut allowed = verdict.allowed && policy.allowed;
+        let mut reasons = verdict.reasons;
+        if !policy.allowed || allowed {
+            reasons.extend(policy.reasons);
+        }
+        let decision_id = self.access.audit.decision_id();
+        let record = AuditRecord {
+            seq: 0,
+            time_unix_ms: 0,
+            decision_id: decision_id.clone(),
+            kind: AuditKind::Guardrail,
+            caller: caller.to_owned(),
+            principal: caller.to_owned(),
+            action: query.action,
+            resource: query.resource,
+            allowed,
+            reasons: reasons.clone(),
+            correlation_id,
+        };
+        if !self.access.audit_decision(record).await && allowed {
+            allowed = false;
+            reasons = vec![AUDIT_UNAVAILABLE.to_owned()];
+        }
+        GuardrailDecided { rule, allowed }.emit();
+        Ok(GuardrailReply {
+            allowed,
+            reasons,
+            decision_id,
+            retry_after: verdict
+                .retry_after
+                .and_then(|d| prost_types::Duration::try_from(d).ok()),
+        })
+    }
+}
+
+fn check_correlation(id: &str, violations: &mut Vec<FieldViolation>) {
+    if id.len() > MAX_CORRELATION_ID {
+        violations.push(FieldViolation::new(
+            "correlation_id",
+            format!("at most {MAX_CORRELATION_ID} bytes"),
+        ));
+    }
+}
+
+fn invalid(violations: Vec<FieldViolation>) -> Status {
+    ServiceError::InvalidArgument(violations).into()
+}
+
+#[tonic::async_trait]
+impl GuardrailsApi for GuardrailsService {
+    async fn check_navigation(
+        &self,
+        request: Request<NavigationRequest>,
+    ) -> Result<Response<GuardrailReply>, Status> {
+        let caller = caller(&request)?.principal.name.clone();
+        let r = request.into_inner();
+        let mut violations = Vec::new();
+        check_correlation(&r.correlation_id, &mut violations);
+        let verdict = self.access.guardrails().navigation(&r.url);
+        let verdict = match verdict {
+            Ok(v) if violations.is_empty() => v,
+            Ok(_) => return Err(invalid(violations)),
+            Err(v) => {
+                violations.insert(0, v);
+                return Err(invalid(violations));
+            }
+        };
+        let reply = self
+            .decide(
+                "navigation",
+                &caller,
+                "web.navigate",
+                r.url,
+                r.correlation_id,
+                verdict,
+            )
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn check_click(
+        &self,
+        request: Request<ClickRequest>,
+    ) -> Result<Response<GuardrailReply>, Status> {
+        let caller = caller(&request)?.principal.name.clone();
+        let r = request.into_inner();
+        let mut violations = Vec::new();
+        check_correlation(&r.correlation_id, &mut violations);
+        if r.target.len() > MAX_TARGET {
+            violations.push(FieldViolation::new(
+                "target",
+                format!("at most {MAX_TARGET} bytes"),
+            ));
+        }
+        let guardrails = self.access.guardrails();
+        // Validate first, so a bad request spends no click token.
+        if let Err(v) = crate::guardrails::host_of("url", &r.url) {
+            violations.insert(0, v);
+        }
+        if !violations.is_empty() {
+            return Err(invalid(violations));
+        }
+        let verdict = guardrails
+            .click(&caller, &r.url, Instant::now())
+            .map_err(|v| invalid(vec![v]))?;
+        let reply = self
+            .decide(
+                "click",
+                &caller,
+                "web.click",
+                r.url,
+                r.correlation_id,
+                verdict,
+            )
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn check_form_submit(
+        &self,
+        request: Request<FormSubmitRequest>,
+    ) -> Result<Response<GuardrailReply>, Status> {
+        let caller = caller(&request)?.principal.name.clone();
+        let r = request.into_inner();
+        let fields: Vec<(String, String)> =
+            r.fields.into_iter().map(|f| (f.name, f.value)).collect();
+        let mut violations = Vec::new();
+        let verdict = self.access.guardrails().form(&r.url, &fields);
+        let verdict = match verdict {
+            Ok(v) => v,
+            Err(v) => {
+                violations = v;
+                Verdict {
+                    allowed: false,
+                    reasons: Vec::new(),
+                    retry_after: None,
+                    domain: String::new(),
+                }
+            }
+        };
+        check_correlation(&r.correlation_id, &mut violations);
+        if !violations.is_empty() {
+            return Err(invalid(violations));
+        }
+        let reply = self
+            .decide(
+                "form",
+                &caller,
+                "web.submit",
+                r.url,
+                r.correlation_id,
+                verdict,
+            )
+            .await?;
+        Ok(Response::new(reply))
+    }
+}
