@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use brainstem_proto::v1::admin_client::AdminClient;
+use brainstem_proto::v1::audit_client::AuditClient;
+use brainstem_proto::v1::guardrails_client::GuardrailsClient;
+use brainstem_proto::v1::policy_client::PolicyClient;
 pub use brainstem_proto::{code_name, v1};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 pub use tonic_health::pb::health_client::HealthClient;
@@ -89,6 +92,9 @@ pub struct Client {
     pub channel: Channel,
     pub admin: AdminClient<Channel>,
     pub health: HealthClient<Channel>,
+    pub policy: PolicyClient<Channel>,
+    pub audit: AuditClient<Channel>,
+    pub guardrails: GuardrailsClient<Channel>,
 }
 
 impl ConnectOptions {
@@ -167,6 +173,9 @@ impl ConnectOptions {
         Ok(Client {
             admin: AdminClient::new(channel.clone()),
             health: HealthClient::new(channel.clone()),
+            policy: PolicyClient::new(channel.clone()),
+            audit: AuditClient::new(channel.clone()),
+            guardrails: GuardrailsClient::new(channel.clone()),
             channel,
         })
     }

@@ -14,17 +14,17 @@ use tonic::Code;
 
 use crate::harness::{admin_options, assert_refused, get_status_denied, options_for};
 
-struct InProcess {
+pub struct InProcess {
     daemon: Option<Daemon>,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
     config_path: PathBuf,
-    state_dir: PathBuf,
+    pub state_dir: PathBuf,
 }
 
 /// A config file: dev mode in `state_dir`, gRPC on port 0, no metrics listener, plus `server` keys and
 /// any further sections.
-fn config_text(state_dir: &Path, server: &str, rest: &str) -> String {
+pub fn config_text(state_dir: &Path, server: &str, rest: &str) -> String {
     format!(
         "dev_mode = true\nstate_dir = {state:?}\n[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[metrics]\nenabled = false\n{rest}\n",
         state = state_dir.display().to_string()
@@ -32,7 +32,7 @@ fn config_text(state_dir: &Path, server: &str, rest: &str) -> String {
 }
 
 impl InProcess {
-    async fn start(server: &str, rest: &str) -> InProcess {
+    pub async fn start(server: &str, rest: &str) -> InProcess {
         brainstemd::tls::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let state_dir = dir.path().join("state");
@@ -61,15 +61,15 @@ impl InProcess {
         }
     }
 
-    fn addr(&self) -> std::net::SocketAddr {
+    pub fn addr(&self) -> std::net::SocketAddr {
         self.daemon.as_ref().expect("running").grpc_addr
     }
 
-    fn admin(&self) -> ConnectOptions {
+    pub fn admin(&self) -> ConnectOptions {
         admin_options(&self.state_dir, self.addr())
     }
 
-    fn rewrite(&self, server: &str, rest: &str) {
+    pub fn rewrite(&self, server: &str, rest: &str) {
         std::fs::write(
             &self.config_path,
             config_text(&self.state_dir, server, rest),
@@ -77,11 +77,11 @@ impl InProcess {
         .unwrap();
     }
 
-    async fn reload(&self) -> ReloadOutcome {
+    pub async fn reload(&self) -> ReloadOutcome {
         self.daemon.as_ref().expect("running").reload().await
     }
 
-    async fn stop(mut self) {
+    pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(daemon) = self.daemon.take() {
             tokio::time::timeout(Duration::from_secs(20), daemon.wait())

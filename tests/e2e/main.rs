@@ -1,6 +1,7 @@
 //! End-to-end tests: one test binary, a harness that runs the real binaries (process-level tests) or
 //! the daemon library in-process, always on 127.0.0.1 port 0 with a temp state dir and its own dev PKI.
 
+mod access;
 mod harness;
 mod inprocess;
 mod process;
