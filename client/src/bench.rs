@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use brainstem_proto::v1::PingRequest;
+use brainstem_proto::v1::{BatchCheckRequest, CheckRequest, PingRequest};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -20,6 +20,18 @@ pub enum Scenario {
     Ping,
     /// `Admin.WhoAmI`: identity and grant lookup in the reply.
     Whoami,
+    /// `Policy.Check` of one permitted action (a Cedar decision plus its audit record).
+    PolicyCheck,
+    /// `Policy.BatchCheck` of 100 decisions (half permitted, half forbidden) per call.
+    PolicyBatch,
+}
+
+fn policy_question(i: usize) -> CheckRequest {
+    CheckRequest {
+        action: if i % 2 == 0 { "web.read" } else { "web.post" }.to_owned(),
+        resource: "https://example.org/page".to_owned(),
+        ..Default::default()
+    }
 }
 
 impl Scenario {
@@ -29,6 +41,14 @@ impl Scenario {
             Scenario::Whoami => client
                 .admin
                 .who_am_i(brainstem_proto::v1::WhoAmIRequest {})
+                .await
+                .map(drop),
+            Scenario::PolicyCheck => client.policy.check(policy_question(0)).await.map(drop),
+            Scenario::PolicyBatch => client
+                .policy
+                .batch_check(BatchCheckRequest {
+                    items: (0..100).map(policy_question).collect(),
+                })
                 .await
                 .map(drop),
         }

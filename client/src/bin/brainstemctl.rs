@@ -3,6 +3,9 @@
 //! Exit codes (see `brainstem_client::exit`): 0 ok, 1 negative answer (e.g. NOT_SERVING), 2 usage,
 //! 3 unreachable, 4 denied, 5 other RPC error, 6 local file error.
 
+#[path = "ctl/access.rs"]
+mod access;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -87,6 +90,15 @@ enum Command {
     /// Dev certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Cedar policy decisions, validation and signing.
+    #[command(subcommand)]
+    Policy(access::PolicyCommand),
+    /// The decision audit log.
+    #[command(subcommand)]
+    Audit(access::AuditCommand),
+    /// Web automation guardrails.
+    #[command(subcommand)]
+    Guardrails(access::GuardrailsCommand),
     /// Drive a scenario over mTLS and report calls/s, p50 and p99 (last line: JSON).
     Bench {
         #[arg(long, value_enum, default_value = "ping")]
@@ -322,6 +334,9 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
             );
             Ok(exit::OK)
         }
+        Command::Policy(command) => access::policy(&options, output, command).await,
+        Command::Audit(command) => access::audit(&options, output, command).await,
+        Command::Guardrails(command) => access::guardrails(&options, output, command).await,
         Command::Bench {
             scenario,
             connections,
