@@ -20,6 +20,12 @@ use crate::config::{FlushPolicy, StoreConfig};
 /// Tree names, in one place so two subsystems cannot collide.
 pub mod trees {
     pub const META: &str = "meta";
+    /// Token signing keys, encrypted under the master key (`tokens::keys`).
+    pub const TOKEN_KEYS: &str = "tokens.keys";
+    /// Claims of issued tokens, by id (never the token strings).
+    pub const TOKENS_ISSUED: &str = "tokens.issued";
+    /// Revoked token ids, kept until the token would have expired.
+    pub const TOKENS_REVOKED: &str = "tokens.revoked";
 }
 
 /// Schema version this build writes.
@@ -303,6 +309,36 @@ impl Tree {
             self.tree.flush()?;
         }
         Ok(existed)
+    }
+
+    /// Removes several keys and flushes once (when the policy is `always`).
+    pub async fn remove_many(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+        for key in keys {
+            self.tree.remove(key)?;
+        }
+        if self.durable && !keys.is_empty() {
+            self.tree.flush_async().await?;
+        }
+        Ok(())
+    }
+
+    /// Every entry in key order, decoded. A value that fails its checks is a [`StoreError::Corrupt`] item.
+    pub fn scan<T: Record>(&self) -> impl Iterator<Item = Result<(Vec<u8>, T), StoreError>> + '_ {
+        self.tree.iter().map(move |item| {
+            let (key, bytes) = item?;
+            decode(&bytes)
+                .map(|value| (key.to_vec(), value))
+                .map_err(|reason| StoreError::Corrupt {
+                    tree: self.name.to_owned(),
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    reason,
+                })
+        })
+    }
+
+    /// The raw stored bytes of a key, envelope included (for tests that inspect what is on disk).
+    pub fn raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
     }
 
     pub fn len(&self) -> usize {
