@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use brainstem_proto::v1::admin_client::AdminClient;
+use brainstem_proto::v1::tokens_client::TokensClient;
 pub use brainstem_proto::{code_name, v1};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 pub use tonic_health::pb::health_client::HealthClient;
@@ -88,6 +89,7 @@ impl ClientError {
 pub struct Client {
     pub channel: Channel,
     pub admin: AdminClient<Channel>,
+    pub tokens: TokensClient<Channel>,
     pub health: HealthClient<Channel>,
 }
 
@@ -166,6 +168,7 @@ impl ConnectOptions {
         let channel = self.channel().await?;
         Ok(Client {
             admin: AdminClient::new(channel.clone()),
+            tokens: TokensClient::new(channel.clone()),
             health: HealthClient::new(channel.clone()),
             channel,
         })

@@ -25,6 +25,30 @@ pub const METHODS: &[(&str, Requirement)] = &[
         "/brainstem.v1.Admin/GetStatus",
         Requirement::Capability("admin.status"),
     ),
+    (
+        "/brainstem.v1.Tokens/Issue",
+        Requirement::Capability("tokens.issue"),
+    ),
+    (
+        "/brainstem.v1.Tokens/Verify",
+        Requirement::Capability("tokens.verify"),
+    ),
+    (
+        "/brainstem.v1.Tokens/Revoke",
+        Requirement::Capability("tokens.revoke"),
+    ),
+    (
+        "/brainstem.v1.Tokens/List",
+        Requirement::Capability("tokens.list"),
+    ),
+    (
+        "/brainstem.v1.Tokens/Attenuate",
+        Requirement::Capability("tokens.attenuate"),
+    ),
+    (
+        "/brainstem.v1.Tokens/RotateKey",
+        Requirement::Capability("tokens.rotate"),
+    ),
 ];
 
 /// Infrastructure services that any authenticated caller may use: health and reflection.

@@ -6,11 +6,13 @@ pub mod incoming;
 pub mod layer;
 pub mod methods;
 pub mod status;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use brainstem_proto::v1::admin_server::AdminServer;
+use brainstem_proto::v1::tokens_server::TokensServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +26,7 @@ use crate::tasks::Tasks;
 use crate::tls::ReloadableTls;
 
 /// Service names reported through `grpc.health.v1` (besides "" for the whole server).
-pub const HEALTH_SERVICES: &[&str] = &["brainstem.v1.Admin"];
+pub const HEALTH_SERVICES: &[&str] = &["brainstem.v1.Admin", "brainstem.v1.Tokens"];
 
 pub struct GrpcParts {
     pub tls: Arc<ReloadableTls>,
@@ -32,6 +34,8 @@ pub struct GrpcParts {
     pub health_service:
         tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
     pub admin: admin::AdminService,
+    /// Capability tokens; also what the layer will ask about bearer tokens in request metadata.
+    pub tokens: Arc<crate::tokens::TokenService>,
 }
 
 /// Sets the overall and per-service health.
@@ -65,6 +69,7 @@ pub fn serve(
     token: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let max_message = config.max_message_bytes as usize;
+    let tokens_service = tokens::TokensService::new(parts.tokens.clone(), parts.authorizer.clone());
     let incoming = incoming::spawn_accept_loop(
         listener,
         parts.tls,
@@ -95,6 +100,11 @@ pub fn serve(
         .add_service(parts.health_service)
         .add_service(
             AdminServer::new(parts.admin)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            TokensServer::new(tokens_service)
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         );
