@@ -632,14 +632,23 @@ impl TokenService {
             }
         }
         let now = self.clock.now();
-        let already_revoked = {
+        let (already_revoked, own_entry) = {
             let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
-            let already =
-                revoked.contains_key(id) || record.parents.iter().any(|p| revoked.contains_key(p));
-            revoked.insert(id.to_owned(), record.expires_at);
-            already
+            let own = revoked.contains_key(id);
+            let already = own || record.parents.iter().any(|p| revoked.contains_key(p));
+            if !already {
+                revoked.insert(id.to_owned(), record.expires_at);
+            }
+            (already, own)
         };
-        if !already_revoked {
+        // In force in memory first (fail closed). A retry after a failed write finds the entry in
+        // memory but not on disk, and writes it then.
+        let unpersisted = own_entry
+            && self
+                .revoked_tree
+                .get::<RevocationRecord>(id.as_bytes())?
+                .is_none();
+        if !already_revoked || unpersisted {
             let entry = RevocationRecord {
                 id: id.to_owned(),
                 revoked_at: now,
@@ -647,6 +656,8 @@ impl TokenService {
                 by: who.principal.to_owned(),
             };
             self.revoked_tree.put_async(id.as_bytes(), &entry).await?;
+        }
+        if !already_revoked {
             TokenRevoked {
                 id,
                 by: who.principal,
