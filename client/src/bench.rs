@@ -4,6 +4,7 @@
 //! Every service's cost is read as a ratio to the `ping` scenario (an empty `Admin.Ping`) measured in
 //! the same run on the same machine.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use brainstem_proto::v1::{BatchCheckRequest, CheckRequest, PingRequest};
@@ -24,6 +25,8 @@ pub enum Scenario {
     PolicyCheck,
     /// `Policy.BatchCheck` of 100 decisions (half permitted, half forbidden) per call.
     PolicyBatch,
+    /// `Tokens.Verify` of a valid token against a capability it covers (token issued before the run).
+    TokenVerify,
 }
 
 fn policy_question(i: usize) -> CheckRequest {
@@ -34,9 +37,60 @@ fn policy_question(i: usize) -> CheckRequest {
     }
 }
 
+/// What a scenario needs before the clock starts.
+#[derive(Debug, Clone, Default)]
+struct Prepared {
+    token: Arc<str>,
+}
+
 impl Scenario {
-    async fn call(self, client: &mut Client) -> Result<(), tonic::Status> {
+    async fn prepare(self, client: &mut Client) -> Result<Prepared, ClientError> {
         match self {
+            Scenario::Ping | Scenario::Whoami | Scenario::PolicyCheck | Scenario::PolicyBatch => {
+                Ok(Prepared::default())
+            }
+            Scenario::TokenVerify => {
+                let me = client
+                    .admin
+                    .who_am_i(brainstem_proto::v1::WhoAmIRequest {})
+                    .await?
+                    .into_inner();
+                let issued = client
+                    .tokens
+                    .issue(brainstem_proto::v1::IssueTokenRequest {
+                        principal: me.principal,
+                        capabilities: vec!["bench.*".to_owned()],
+                        ttl_seconds: 3600,
+                    })
+                    .await?
+                    .into_inner();
+                Ok(Prepared {
+                    token: issued.token.into(),
+                })
+            }
+        }
+    }
+
+    async fn call(self, client: &mut Client, prepared: &Prepared) -> Result<(), tonic::Status> {
+        match self {
+            Scenario::TokenVerify => {
+                let reply = client
+                    .tokens
+                    .verify(brainstem_proto::v1::VerifyTokenRequest {
+                        token: prepared.token.to_string(),
+                        capability: "bench.verify".to_owned(),
+                    })
+                    .await?
+                    .into_inner();
+                if reply.valid {
+                    Ok(())
+                } else {
+                    Err(tonic::Status::internal(format!(
+                        "token refused: {}",
+                        reply.reason
+                    )))
+                }
+            }
             Scenario::Ping => client.admin.ping(PingRequest::default()).await.map(drop),
             Scenario::Whoami => client
                 .admin
@@ -96,6 +150,10 @@ pub async fn run(
     for _ in 0..bench.connections.max(1) {
         clients.push(options.connect().await?);
     }
+    let prepared = match clients.first_mut() {
+        Some(client) => bench.scenario.prepare(client).await?,
+        None => Prepared::default(),
+    };
     let start = Instant::now();
     let measure_from = start + bench.warmup;
     let end = measure_from + bench.duration;
@@ -104,6 +162,7 @@ pub async fn run(
         for _ in 0..bench.concurrency.max(1) {
             let mut client = client.clone();
             let scenario = bench.scenario;
+            let prepared = prepared.clone();
             workers.push(tokio::spawn(async move {
                 let mut result = WorkerResult {
                     histogram: Histogram::new_with_bounds(1, 60_000_000, 3)
@@ -116,7 +175,7 @@ pub async fn run(
                     if begun >= end {
                         break;
                     }
-                    let outcome = scenario.call(&mut client).await;
+                    let outcome = scenario.call(&mut client, &prepared).await;
                     if begun < measure_from {
                         continue;
                     }

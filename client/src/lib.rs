@@ -19,6 +19,7 @@ use brainstem_proto::v1::admin_client::AdminClient;
 use brainstem_proto::v1::audit_client::AuditClient;
 use brainstem_proto::v1::guardrails_client::GuardrailsClient;
 use brainstem_proto::v1::policy_client::PolicyClient;
+use brainstem_proto::v1::tokens_client::TokensClient;
 pub use brainstem_proto::{code_name, v1};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 pub use tonic_health::pb::health_client::HealthClient;
@@ -91,6 +92,7 @@ impl ClientError {
 pub struct Client {
     pub channel: Channel,
     pub admin: AdminClient<Channel>,
+    pub tokens: TokensClient<Channel>,
     pub health: HealthClient<Channel>,
     pub policy: PolicyClient<Channel>,
     pub audit: AuditClient<Channel>,
@@ -172,6 +174,7 @@ impl ConnectOptions {
         let channel = self.channel().await?;
         Ok(Client {
             admin: AdminClient::new(channel.clone()),
+            tokens: TokensClient::new(channel.clone()),
             health: HealthClient::new(channel.clone()),
             policy: PolicyClient::new(channel.clone()),
             audit: AuditClient::new(channel.clone()),

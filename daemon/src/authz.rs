@@ -26,6 +26,13 @@ impl Holdings {
             .iter()
             .any(|pattern| pattern_matches(pattern, capability))
     }
+
+    /// Does some held pattern cover the whole of `requested` (itself a pattern)? See [`pattern_covers`].
+    pub fn covers(&self, requested: &str) -> bool {
+        self.capabilities
+            .iter()
+            .any(|held| pattern_covers(held, requested))
+    }
 }
 
 /// Does `pattern` cover `capability`?
@@ -39,6 +46,21 @@ pub fn pattern_matches(pattern: &str, capability: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('.') && rest.len() > 1),
         None => pattern == capability,
     }
+}
+
+/// Does holding `holder` give everything `requested` can name? Both are patterns: `vision.*` covers
+/// `vision.capture`, `vision.stream.*` and `vision.*`, but not `vision` or `*`; only `*` covers `*`.
+/// This is the rule for delegation: a token may carry `requested` only if its issuer holds a covering
+/// pattern.
+pub fn pattern_covers(holder: &str, requested: &str) -> bool {
+    if holder == "*" || holder == requested {
+        return true;
+    }
+    if requested == "*" {
+        return false;
+    }
+    let body = requested.strip_suffix(".*").unwrap_or(requested);
+    holder.ends_with(".*") && pattern_matches(holder, body)
 }
 
 /// The grant table of one configuration.
@@ -124,6 +146,32 @@ mod tests {
         assert!(!pattern_matches("vision.*", "vision."));
         assert!(pattern_matches("admin.status", "admin.status"));
         assert!(!pattern_matches("admin.status", "admin.status.extra"));
+    }
+
+    #[test]
+    fn covering_patterns() {
+        assert!(pattern_covers("vision.*", "vision.capture"));
+        assert!(pattern_covers("vision.*", "vision.*"));
+        assert!(pattern_covers("vision.*", "vision.stream.*"));
+        assert!(pattern_covers("vision.*", "vision.stream.open"));
+        assert!(!pattern_covers("vision.*", "*"));
+        assert!(!pattern_covers("vision.*", "vision"));
+        assert!(!pattern_covers("vision.*", "visionary.*"));
+        assert!(!pattern_covers("vision.*", "web.read"));
+        assert!(pattern_covers("*", "*"));
+        assert!(pattern_covers("*", "vision.*"));
+        assert!(pattern_covers("admin.status", "admin.status"));
+        assert!(!pattern_covers("admin.status", "admin.*"));
+        assert!(!pattern_covers("admin.status", "admin.status.*"));
+        assert!(!pattern_covers("vision.stream.*", "vision.*"));
+        let holdings = Holdings {
+            roles: vec![],
+            capabilities: vec!["secrets.read".into(), "vision.*".into()],
+        };
+        assert!(holdings.covers("vision.capture"));
+        assert!(holdings.covers("secrets.read"));
+        assert!(!holdings.covers("secrets.*"));
+        assert!(!holdings.covers("*"));
     }
 
     #[test]

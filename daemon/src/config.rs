@@ -47,6 +47,8 @@ pub struct Config {
     pub tls: TlsConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+    pub tokens: TokensConfig,
+    pub keys: KeysConfig,
     /// Role name → capability patterns.
     pub roles: BTreeMap<String, Vec<String>>,
     pub grants: Vec<Grant>,
@@ -108,6 +110,25 @@ pub struct LogConfig {
     /// An `EnvFilter` directive such as `info` or `info,brainstemd::grpc=debug`. `RUST_LOG` wins.
     pub level: String,
     pub format: LogFormat,
+}
+
+/// Capability tokens (`[tokens]`): lifetimes and signing-key rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokensConfig {
+    /// Longest lifetime Issue accepts.
+    pub max_ttl_seconds: u64,
+    /// A new signing key after this long (checked every minute); 0 = only on request (RotateKey).
+    pub rotate_after_seconds: u64,
+    /// How long a replaced key keeps verifying; at least `max_ttl_seconds`, so no token dies early.
+    pub retire_after_seconds: u64,
+}
+
+/// Key material (`[keys]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysConfig {
+    /// The 32-byte master key that encrypts signing keys at rest. `None`: `<state_dir>/master.key` in
+    /// dev mode, the systemd credential `master.key` otherwise.
+    pub master_key_file: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -261,6 +282,14 @@ impl Default for Config {
             log: LogConfig {
                 level: "info".to_owned(),
                 format: LogFormat::Human,
+            },
+            tokens: TokensConfig {
+                max_ttl_seconds: 24 * 3600,
+                rotate_after_seconds: 7 * 24 * 3600,
+                retire_after_seconds: 8 * 24 * 3600,
+            },
+            keys: KeysConfig {
+                master_key_file: None,
             },
             roles: BTreeMap::from([("admin".to_owned(), vec!["*".to_owned()])]),
             grants: Vec::new(),
@@ -436,6 +465,22 @@ impl Config {
         }
     }
 
+    /// The master key file after dev-mode defaults and `credential:` resolution.
+    pub fn master_key_path(&self) -> Result<PathBuf, ConfigError> {
+        let value = match (&self.keys.master_key_file, self.dev_mode) {
+            (Some(value), _) => value.clone(),
+            (None, true) => return Ok(self.state_dir.join("master.key")),
+            (None, false) => format!("{CREDENTIAL_PREFIX}master.key"),
+        };
+        resolve_path(&value).map_err(|message| ConfigError {
+            origin: "keys".to_owned(),
+            issues: vec![ConfigIssue {
+                key: "keys.master_key_file".to_owned(),
+                message,
+            }],
+        })
+    }
+
     /// Grants in force: the configured ones, plus the dev admin's in dev mode.
     pub fn effective_grants(&self) -> Vec<Grant> {
         let mut grants = self.grants.clone();
@@ -489,6 +534,19 @@ impl Config {
             if let Err(err) = self.tls_paths() {
                 issues.extend(err.issues);
             }
+        }
+        if let Err(err) = self.master_key_path() {
+            issues.extend(err.issues);
+        }
+        if self.tokens.retire_after_seconds < self.tokens.max_ttl_seconds {
+            push(
+                &mut issues,
+                "tokens.retire_after_seconds",
+                format!(
+                    "{} is less than tokens.max_ttl_seconds ({}); tokens would stop verifying before they expire",
+                    self.tokens.retire_after_seconds, self.tokens.max_ttl_seconds
+                ),
+            );
         }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             push(
@@ -632,6 +690,12 @@ impl Config {
         }
         if self.audit != new.audit {
             changed.push("audit");
+        }
+        if self.tokens != new.tokens {
+            changed.push("tokens");
+        }
+        if self.keys != new.keys {
+            changed.push("keys");
         }
         changed
     }
@@ -816,6 +880,36 @@ pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
             &mut config.log.format,
         );
         walker.finish(log);
+    }
+    if let Some(tokens) = walker.table(&root, "tokens") {
+        let t = &mut config.tokens;
+        walker.integer(
+            &tokens,
+            "max_ttl_seconds",
+            1..=366 * 24 * 3600,
+            &mut t.max_ttl_seconds,
+        );
+        walker.integer(
+            &tokens,
+            "rotate_after_seconds",
+            0..=366 * 24 * 3600,
+            &mut t.rotate_after_seconds,
+        );
+        walker.integer(
+            &tokens,
+            "retire_after_seconds",
+            1..=2 * 366 * 24 * 3600,
+            &mut t.retire_after_seconds,
+        );
+        walker.finish(tokens);
+    }
+    if let Some(keys) = walker.table(&root, "keys") {
+        let mut file = String::new();
+        walker.string(&keys, "master_key_file", &mut file);
+        if keys.table.contains_key("master_key_file") {
+            config.keys.master_key_file = Some(file);
+        }
+        walker.finish(keys);
     }
     if let Some(roles) = walker.table(&root, "roles") {
         config.roles.clear();
@@ -1203,6 +1297,19 @@ level = "{log_level}"
 # "human" or "json".
 format = "human"
 
+[tokens]
+# Capability tokens (docs/TOKENS.md). Issue refuses a longer ttl_seconds.
+max_ttl_seconds = {max_ttl_seconds}
+# A new HMAC signing key after this long (0: only on `brainstemctl tokens rotate-key`).
+rotate_after_seconds = {rotate_after_seconds}
+# A replaced key keeps verifying this long, then is retired. At least max_ttl_seconds.
+retire_after_seconds = {retire_after_seconds}
+
+[keys]
+# The 32-byte master key that encrypts signing keys at rest (AES-256-GCM). Default: the systemd
+# credential "master.key"; in dev mode <state_dir>/master.key (created on first start).
+# master_key_file = "credential:master.key"
+
 # Role name -> capability patterns ("*", "vision.*", "secrets.read").
 [roles]
 admin = ["*"]
@@ -1287,6 +1394,9 @@ csrf_fields = {guard_csrf}
         guard_clicks = d.guardrails.clicks_per_minute,
         guard_dangerous = toml_list(&d.guardrails.dangerous_fields),
         guard_csrf = toml_list(&d.guardrails.csrf_fields),
+        max_ttl_seconds = d.tokens.max_ttl_seconds,
+        rotate_after_seconds = d.tokens.rotate_after_seconds,
+        retire_after_seconds = d.tokens.retire_after_seconds,
     )
 }
 
@@ -1475,7 +1585,16 @@ mod tests {
         let mut config = Config::default();
         let err = config.validate("t").expect_err("no credentials directory");
         let keys: Vec<_> = err.issues.iter().map(|i| i.key.as_str()).collect();
-        assert_eq!(keys, ["tls.ca_file", "tls.cert_file", "tls.key_file"]);
+        assert_eq!(
+            keys,
+            [
+                "tls.ca_file",
+                "tls.cert_file",
+                "tls.key_file",
+                "keys.master_key_file"
+            ]
+        );
+        config.keys.master_key_file = Some("/etc/brainstem/master.key".into());
 
         config.tls = TlsConfig {
             ca_file: "/etc/brainstem/ca.pem".into(),
@@ -1526,6 +1645,26 @@ mod tests {
         new.server.max_connections = 3;
         new.store.flush = FlushPolicy::Interval;
         assert_eq!(old.restart_only_changes(&new), ["server", "store"]);
+    }
+
+    #[test]
+    fn token_settings_and_master_key() {
+        let mut config = parse(
+            "t",
+            "dev_mode = true\nstate_dir = \"/s\"\n[tokens]\nmax_ttl_seconds = 600\nretire_after_seconds = 60\n",
+        )
+        .expect("parses");
+        let err = config.validate("t").expect_err("retire before max ttl");
+        assert_eq!(err.issues[0].key, "tokens.retire_after_seconds");
+        assert_eq!(
+            config.master_key_path().unwrap(),
+            PathBuf::from("/s/master.key")
+        );
+        let config = parse("t", "[keys]\nmaster_key_file = \"/k\"\n").expect("parses");
+        assert_eq!(config.master_key_path().unwrap(), PathBuf::from("/k"));
+        let err = parse("t", "[tokens]\nmax_ttl_seconds = 0\nrotate_every = 1\n").expect_err("bad");
+        let keys: Vec<_> = err.issues.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, ["tokens.max_ttl_seconds", "tokens.rotate_every"]);
     }
 
     #[test]

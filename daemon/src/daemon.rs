@@ -32,6 +32,7 @@ use crate::store::{Store, StoreError};
 use crate::tasks::Tasks;
 use crate::telemetry::LogControl;
 use crate::tls::{self, ReloadableTls, TlsError};
+use crate::tokens::{SystemClock, TokenError, TokenService};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -50,6 +51,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Policy(String),
+    #[error("capability tokens: {0}")]
+    Tokens(#[from] TokenError),
     #[error("cannot listen for {what} on {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -68,6 +71,10 @@ impl StartError {
             }
             StartError::Pki(PkiError::Io { .. } | PkiError::Generate(_)) => 1,
             StartError::Store(_) | StartError::Bind { .. } => 1,
+            StartError::Tokens(TokenError::MasterKey { .. } | TokenError::Undecryptable { .. }) => {
+                EXIT_CONFIG
+            }
+            StartError::Tokens(_) => 1,
         }
     }
 }
@@ -145,6 +152,15 @@ impl Daemon {
         crate::events::describe(VERSION);
         metrics::gauge!("brainstem_boot_count").set(boot.boot_count as f64);
 
+        // After the recorder: the service registers its hot-path counters once.
+        let master = crate::tokens::load_master_key(&config.master_key_path()?)?;
+        let tokens = Arc::new(TokenService::open(
+            &config.tokens,
+            master,
+            &store,
+            Arc::new(SystemClock),
+        )?);
+
         let grpc_listener = TcpListener::bind(config.server.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -200,10 +216,12 @@ impl Daemon {
                 access: access.clone(),
                 health_service,
                 admin: grpc::admin::AdminService::new(authorizer.clone(), info, store.clone()),
+                tokens: tokens.clone(),
             },
             &tasks,
             server_token.clone(),
         );
+        tokens.spawn_maintenance(&tasks, root.child_token());
         if let Some(listener) = metrics_listener {
             crate::metrics::serve(listener, ready.clone(), &tasks, root.child_token());
         }

@@ -8,6 +8,7 @@
 //! - [`tls`]: rustls server configuration (client certificates required) that reloads in place.
 //! - [`identity`]: the principal of a verified client certificate (SAN URI, else CN).
 //! - [`authz`]: grants (principal → capabilities), default deny.
+//! - [`tokens`]: capability tokens (HMAC-SHA256, rotated keys sealed at rest, revocation, attenuation).
 //! - [`grpc`]: the control plane: accept loop, authorization layer, method table, services, status mapping.
 //! - [`metrics`]: the loopback metrics listener; [`events`]: every metric and its log line.
 //! - [`notify`]: the systemd notify protocol; [`tasks`]: the tracked, named task set.
@@ -32,5 +33,6 @@ pub mod store;
 pub mod tasks;
 pub mod telemetry;
 pub mod tls;
+pub mod tokens;
 
 pub use daemon::{Daemon, ReloadOutcome, RunEnv, StartError};

@@ -22,6 +22,12 @@ pub mod trees {
     pub const META: &str = "meta";
     /// Audit records keyed by big-endian sequence number.
     pub const AUDIT: &str = "audit";
+    /// Token signing keys, encrypted under the master key (`tokens::keys`).
+    pub const TOKEN_KEYS: &str = "tokens.keys";
+    /// Claims of issued tokens, by id (never the token strings).
+    pub const TOKENS_ISSUED: &str = "tokens.issued";
+    /// Revoked token ids, kept until the token would have expired.
+    pub const TOKENS_REVOKED: &str = "tokens.revoked";
 }
 
 /// Schema version this build writes.
@@ -352,6 +358,29 @@ impl Tree {
         } else {
             Box::new(iter.map(decode_entry))
         }
+    }
+
+    /// Every entry in key order, decoded (see [`Tree::range`]).
+    pub fn scan<T: Record>(&self) -> Entries<'_, T> {
+        self.range(.., false)
+    }
+
+    /// Removes several keys and flushes once (when the policy is `always`).
+    pub async fn remove_many(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in keys {
+            batch.remove(key.as_slice());
+        }
+        self.tree.apply_batch(batch)?;
+        if self.durable && !keys.is_empty() {
+            self.tree.flush_async().await?;
+        }
+        Ok(())
+    }
+
+    /// The raw stored bytes of a key, envelope included (for tests that inspect what is on disk).
+    pub fn raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
     }
 
     /// The smallest and largest keys.

@@ -317,3 +317,54 @@ async fn stop_announces_not_serving_before_refusing_connections() {
         .expect("new connection during grace");
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_issuer_cannot_mint_more_than_it_holds() {
+    use brainstem_client::v1::{IssueTokenRequest, VerifyTokenRequest};
+    let daemon = InProcess::start(
+        "",
+        r#"
+[roles]
+admin = ["*"]
+[[grants]]
+principal = "minter"
+capabilities = ["tokens.issue", "tokens.verify", "vision.*"]
+"#,
+    )
+    .await;
+    let mut client = options_for(&daemon.state_dir, daemon.addr(), "minter")
+        .connect()
+        .await
+        .unwrap();
+    let request = |caps: &[&str]| IssueTokenRequest {
+        principal: "spiffe://brainstem.dev/agent/camera".to_owned(),
+        capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
+        ttl_seconds: 60,
+    };
+    let issued = client
+        .tokens
+        .issue(request(&["vision.capture", "vision.*"]))
+        .await
+        .expect("within the minter's grants")
+        .into_inner();
+    let verified = client
+        .tokens
+        .verify(VerifyTokenRequest {
+            token: issued.token,
+            capability: "vision.capture".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.valid, "{verified:?}");
+    for caps in [
+        &["*"][..],
+        &["web.read"][..],
+        &["vision.capture", "secrets.read"][..],
+    ] {
+        let err = client.tokens.issue(request(caps)).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{caps:?}: {err:?}");
+        assert!(err.message().contains("never carries more"), "{err:?}");
+    }
+    daemon.stop().await;
+}

@@ -5,3 +5,4 @@ mod access;
 mod harness;
 mod inprocess;
 mod process;
+mod tokens;

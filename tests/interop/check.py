@@ -4,7 +4,8 @@
 Starts `brainstemd --dev` on 127.0.0.1:0 in a throwaway state directory, learns its gRPC address from
 the systemd notify protocol (READY=1 / STATUS=serving grpc=...), generates Python stubs from proto/ at
 run time, and checks Health, Admin (WhoAmI, Ping, GetStatus), authorization, rich error details,
-server reflection, mutual TLS enforcement and a clean SIGTERM stop.
+server reflection, mutual TLS enforcement, capability tokens (Issue, Verify, Revoke) and a clean
+SIGTERM stop.
 
 Prints `PASS name` / `FAIL name: reason` per check and a closing line `interop: N passed, M failed`.
 Exits non-zero if any check failed.
@@ -273,7 +274,7 @@ def main():
         os.makedirs(gen_dir)
         generate_stubs(args.proto_dir, gen_dir)
 
-        from brainstem.v1 import admin_pb2, admin_pb2_grpc
+        from brainstem.v1 import admin_pb2, admin_pb2_grpc, tokens_pb2, tokens_pb2_grpc
         from google.rpc import error_details_pb2
         from grpc_health.v1 import health_pb2, health_pb2_grpc
         from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -393,6 +394,74 @@ def main():
                 else:
                     raise CheckFailed(f"Ping without a client certificate succeeded: {reply!r}")
 
+        tokens = tokens_pb2_grpc.TokensStub(admin_ch)
+
+        def tokens_issue_verify_revoke():
+            issued = tokens.Issue(
+                tokens_pb2.IssueTokenRequest(
+                    principal=AGENT_PRINCIPAL, capabilities=["vision.*"], ttl_seconds=600
+                ),
+                timeout=RPC_TIMEOUT_S,
+            )
+            expect(issued.token.startswith("bst1."), f"token {issued.token[:12]!r}...")
+            expect(len(issued.id) == 32, f"id {issued.id!r}")
+            expect(issued.expires_at.seconds > time.time(), f"expires_at {issued.expires_at}")
+            ok = tokens.Verify(
+                tokens_pb2.VerifyTokenRequest(token=issued.token, capability="vision.capture"),
+                timeout=RPC_TIMEOUT_S,
+            )
+            expect(ok.valid and ok.reason == "", f"Verify: {ok}")
+            expect(ok.principal == AGENT_PRINCIPAL, f"principal {ok.principal!r}")
+            wider = tokens.Verify(
+                tokens_pb2.VerifyTokenRequest(token=issued.token, capability="web.post"),
+                timeout=RPC_TIMEOUT_S,
+            )
+            expect(not wider.valid and wider.reason.startswith("not_covered"), f"Verify web.post: {wider}")
+            tampered = issued.token[:-2] + ("AA" if not issued.token.endswith("AA") else "BB")
+            bad = tokens.Verify(tokens_pb2.VerifyTokenRequest(token=tampered), timeout=RPC_TIMEOUT_S)
+            expect(not bad.valid and bad.reason.startswith("bad_signature"), f"tampered: {bad}")
+            tokens.Revoke(tokens_pb2.RevokeTokenRequest(id=issued.id), timeout=RPC_TIMEOUT_S)
+            gone = tokens.Verify(tokens_pb2.VerifyTokenRequest(token=issued.token), timeout=RPC_TIMEOUT_S)
+            expect(not gone.valid and gone.reason.startswith("revoked"), f"after Revoke: {gone}")
+
+        def tokens_bad_ttl_invalid_argument():
+            try:
+                tokens.Issue(
+                    tokens_pb2.IssueTokenRequest(principal=AGENT_PRINCIPAL, capabilities=["web.read"]),
+                    timeout=RPC_TIMEOUT_S,
+                )
+            except grpc.RpcError as err:
+                expect(
+                    err.code() == grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{describe_rpc_error(err)}, want INVALID_ARGUMENT",
+                )
+                status = rpc_status.from_call(err)
+                expect(status is not None, "no grpc-status-details-bin in the trailing metadata")
+                fields = []
+                for detail in status.details:
+                    if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                        bad = error_details_pb2.BadRequest()
+                        detail.Unpack(bad)
+                        fields.extend(v.field for v in bad.field_violations)
+                expect(fields == ["ttl_seconds"], f"BadRequest field violations {fields!r}")
+            else:
+                raise CheckFailed("Issue with ttl_seconds=0 succeeded")
+
+        def tokens_ungranted_permission_denied():
+            cert, key = daemon.issue_cert("tokens-reader")
+            with secure_channel(addr, ca, cert, key) as ch:
+                try:
+                    tokens_pb2_grpc.TokensStub(ch).Verify(
+                        tokens_pb2.VerifyTokenRequest(token="bst1.k1.x.y"), timeout=RPC_TIMEOUT_S
+                    )
+                except grpc.RpcError as err:
+                    expect(
+                        err.code() == grpc.StatusCode.PERMISSION_DENIED,
+                        f"{describe_rpc_error(err)}, want PERMISSION_DENIED",
+                    )
+                else:
+                    raise CheckFailed("Tokens.Verify succeeded for a principal without tokens.verify")
+
         results.run("health", health)
         results.run("whoami_admin", whoami_admin)
         results.run("ping_echo", ping_echo)
@@ -402,6 +471,9 @@ def main():
         results.run("ping_invalid_argument_details", invalid_argument)
         results.run("reflection_lists_services", reflection)
         results.run("no_client_cert_rejected", no_client_cert)
+        results.run("tokens_issue_verify_revoke", tokens_issue_verify_revoke)
+        results.run("tokens_bad_ttl_invalid_argument", tokens_bad_ttl_invalid_argument)
+        results.run("tokens_ungranted_permission_denied", tokens_ungranted_permission_denied)
         admin_ch.close()
 
         def sigterm():

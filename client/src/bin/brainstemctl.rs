@@ -11,7 +11,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use brainstem_client::bench::{self, BenchOptions, Scenario};
-use brainstem_client::v1::{GetStatusRequest, PingRequest, WhoAmIRequest};
+use brainstem_client::v1::{
+    AttenuateTokenRequest, GetStatusRequest, IssueTokenRequest, ListTokensRequest, PingRequest,
+    RevokeTokenRequest, RotateKeyRequest, VerifyTokenRequest, WhoAmIRequest,
+};
 use brainstem_client::{ClientError, ConnectOptions, exit};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
@@ -99,6 +102,9 @@ enum Command {
     /// Web automation guardrails.
     #[command(subcommand)]
     Guardrails(access::GuardrailsCommand),
+    /// Capability tokens: issue, verify, revoke, list, attenuate; rotate the signing key.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Drive a scenario over mTLS and report calls/s, p50 and p99 (last line: JSON).
     Bench {
         #[arg(long, value_enum, default_value = "ping")]
@@ -129,6 +135,244 @@ enum CertsCommand {
         #[arg(long, default_value_t = 365)]
         days: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Mint a token for PRINCIPAL (needs tokens.issue and every capability requested).
+    Issue {
+        #[arg(long)]
+        principal: String,
+        /// A capability pattern; repeat for more (-c vision.* -c web.read).
+        #[arg(long = "capability", short = 'c', required = true)]
+        capabilities: Vec<String>,
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: u64,
+    },
+    /// Check a token, and optionally a capability against it; exit 0 if valid, 1 if not.
+    Verify {
+        /// The token, or "-" to read it from standard input (keeps it out of the process list).
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value = "")]
+        capability: String,
+    },
+    /// Revoke a token and every token derived from it.
+    Revoke { id: String },
+    /// Tokens you issued or hold (all of them with tokens.admin).
+    List {
+        #[arg(long)]
+        principal: Option<String>,
+        #[arg(long)]
+        include_expired: bool,
+    },
+    /// Derive a token with fewer capabilities and a life no longer than its parent's.
+    Attenuate {
+        /// The parent token, or "-" for standard input.
+        #[arg(long)]
+        token: String,
+        #[arg(long = "capability", short = 'c', required = true)]
+        capabilities: Vec<String>,
+        /// 0: until the parent expires.
+        #[arg(long, default_value_t = 0)]
+        ttl_seconds: u64,
+    },
+    /// Start a new signing key now (needs tokens.rotate); older keys verify until retired.
+    RotateKey,
+}
+
+/// A token from the command line, or from standard input for "-".
+fn token_arg(value: &str) -> Result<String, CliError> {
+    if value != "-" {
+        return Ok(value.to_owned());
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+        .map_err(|err| CliError::Local(format!("reading the token from standard input: {err}")))?;
+    Ok(text.trim().to_owned())
+}
+
+async fn tokens_command(
+    options: &ConnectOptions,
+    output: Output,
+    command: &TokensCommand,
+) -> Result<u8, CliError> {
+    let mut client = options.connect().await?;
+    match command {
+        TokensCommand::Issue {
+            principal,
+            capabilities,
+            ttl_seconds,
+        } => {
+            let reply = client
+                .tokens
+                .issue(IssueTokenRequest {
+                    principal: principal.clone(),
+                    capabilities: capabilities.clone(),
+                    ttl_seconds: *ttl_seconds,
+                })
+                .await?
+                .into_inner();
+            let expires = rfc3339(reply.expires_at);
+            print(
+                output,
+                format!(
+                    "token    {}\nid       {}\nexpires  {expires}",
+                    reply.token, reply.id
+                ),
+                json!({"token": reply.token, "id": reply.id, "expires_at": expires}),
+            );
+            Ok(exit::OK)
+        }
+        TokensCommand::Verify { token, capability } => {
+            let reply = client
+                .tokens
+                .verify(VerifyTokenRequest {
+                    token: token_arg(token)?,
+                    capability: capability.clone(),
+                })
+                .await?
+                .into_inner();
+            let expires = rfc3339(reply.expires_at);
+            let human = if reply.valid {
+                format!(
+                    "valid\nid            {}\nprincipal     {}\ncapabilities  {}\nexpires       {expires}",
+                    reply.id,
+                    reply.principal,
+                    none_if_empty(&reply.capabilities)
+                )
+            } else {
+                format!("invalid: {}", reply.reason)
+            };
+            print(
+                output,
+                human,
+                json!({"valid": reply.valid, "reason": reply.reason, "id": reply.id,
+                       "principal": reply.principal, "capabilities": reply.capabilities,
+                       "expires_at": if reply.valid { Some(expires) } else { None }}),
+            );
+            Ok(if reply.valid {
+                exit::OK
+            } else {
+                exit::NEGATIVE
+            })
+        }
+        TokensCommand::Revoke { id } => {
+            let reply = client
+                .tokens
+                .revoke(RevokeTokenRequest { id: id.clone() })
+                .await?
+                .into_inner();
+            let human = if reply.already_revoked {
+                format!("{id} was already revoked")
+            } else {
+                format!("revoked {id} (and {} derived token(s))", reply.descendants)
+            };
+            print(
+                output,
+                human,
+                json!({"id": id, "revoked_at": rfc3339(reply.revoked_at),
+                       "already_revoked": reply.already_revoked, "descendants": reply.descendants}),
+            );
+            Ok(exit::OK)
+        }
+        TokensCommand::List {
+            principal,
+            include_expired,
+        } => {
+            let reply = client
+                .tokens
+                .list(ListTokensRequest {
+                    principal: principal.clone().unwrap_or_default(),
+                    include_expired: *include_expired,
+                })
+                .await?
+                .into_inner();
+            let mut human = vec![format!(
+                "{:<32}  {:<8}  {:<20}  {:<30}  capabilities",
+                "id", "state", "expires", "principal"
+            )];
+            let mut items = Vec::new();
+            for t in reply.tokens {
+                let state = if t.revoked {
+                    "revoked"
+                } else if t.expired {
+                    "expired"
+                } else {
+                    "valid"
+                };
+                let expires = rfc3339(t.expires_at);
+                human.push(format!(
+                    "{:<32}  {state:<8}  {expires:<20}  {:<30}  {}",
+                    t.id,
+                    t.principal,
+                    t.capabilities.join(",")
+                ));
+                items.push(json!({"id": t.id, "state": state, "principal": t.principal,
+                    "issuer": t.issuer, "capabilities": t.capabilities,
+                    "issued_at": rfc3339(t.issued_at), "expires_at": expires,
+                    "parent_ids": t.parent_ids, "key_id": t.key_id}));
+            }
+            print(output, human.join("\n"), json!({ "tokens": items }));
+            Ok(exit::OK)
+        }
+        TokensCommand::Attenuate {
+            token,
+            capabilities,
+            ttl_seconds,
+        } => {
+            let reply = client
+                .tokens
+                .attenuate(AttenuateTokenRequest {
+                    token: token_arg(token)?,
+                    capabilities: capabilities.clone(),
+                    ttl_seconds: *ttl_seconds,
+                })
+                .await?
+                .into_inner();
+            let expires = rfc3339(reply.expires_at);
+            print(
+                output,
+                format!(
+                    "token    {}\nid       {}\nparent   {}\nexpires  {expires}",
+                    reply.token, reply.id, reply.parent_id
+                ),
+                json!({"token": reply.token, "id": reply.id, "parent_id": reply.parent_id,
+                       "expires_at": expires}),
+            );
+            Ok(exit::OK)
+        }
+        TokensCommand::RotateKey => {
+            let reply = client
+                .tokens
+                .rotate_key(RotateKeyRequest {})
+                .await?
+                .into_inner();
+            let mut human = vec![format!("new signing key {}", reply.key_id)];
+            let mut keys = Vec::new();
+            for k in reply.keys {
+                let retires = k.retires_at.map(|t| rfc3339(Some(t)));
+                human.push(format!(
+                    "  {:<6} created {}  {}",
+                    k.key_id,
+                    rfc3339(k.created_at),
+                    retires
+                        .as_ref()
+                        .map_or_else(|| "active".to_owned(), |r| format!("retires {r}"))
+                ));
+                keys.push(
+                    json!({"key_id": k.key_id, "created_at": rfc3339(k.created_at),
+                                 "active": k.active, "retires_at": retires}),
+                );
+            }
+            print(
+                output,
+                human.join("\n"),
+                json!({"key_id": reply.key_id, "keys": keys}),
+            );
+            Ok(exit::OK)
+        }
+    }
 }
 
 impl Connection {
@@ -337,6 +581,7 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
         Command::Policy(command) => access::policy(&options, output, command).await,
         Command::Audit(command) => access::audit(&options, output, command).await,
         Command::Guardrails(command) => access::guardrails(&options, output, command).await,
+        Command::Tokens(command) => tokens_command(&options, output, command).await,
         Command::Bench {
             scenario,
             connections,

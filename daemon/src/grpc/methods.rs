@@ -61,6 +61,30 @@ pub const METHODS: &[(&str, Requirement)] = &[
         "/brainstem.v1.Guardrails/CheckFormSubmit",
         Requirement::Capability("guardrails.check"),
     ),
+    (
+        "/brainstem.v1.Tokens/Issue",
+        Requirement::Capability("tokens.issue"),
+    ),
+    (
+        "/brainstem.v1.Tokens/Verify",
+        Requirement::Capability("tokens.verify"),
+    ),
+    (
+        "/brainstem.v1.Tokens/Revoke",
+        Requirement::Capability("tokens.revoke"),
+    ),
+    (
+        "/brainstem.v1.Tokens/List",
+        Requirement::Capability("tokens.list"),
+    ),
+    (
+        "/brainstem.v1.Tokens/Attenuate",
+        Requirement::Capability("tokens.attenuate"),
+    ),
+    (
+        "/brainstem.v1.Tokens/RotateKey",
+        Requirement::Capability("tokens.rotate"),
+    ),
 ];
 
 /// The `brainstem.v1` methods a rate-limit pattern names: a full path, or `/brainstem.v1.Service/*`.

@@ -9,6 +9,7 @@ pub mod layer;
 pub mod methods;
 pub mod policy;
 pub mod status;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use brainstem_proto::v1::admin_server::AdminServer;
 use brainstem_proto::v1::audit_server::AuditServer;
 use brainstem_proto::v1::guardrails_server::GuardrailsServer;
 use brainstem_proto::v1::policy_server::PolicyServer;
+use brainstem_proto::v1::tokens_server::TokensServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +37,7 @@ pub const HEALTH_SERVICES: &[&str] = &[
     "brainstem.v1.Policy",
     "brainstem.v1.Audit",
     "brainstem.v1.Guardrails",
+    "brainstem.v1.Tokens",
 ];
 
 pub struct GrpcParts {
@@ -43,6 +46,8 @@ pub struct GrpcParts {
     pub health_service:
         tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
     pub admin: admin::AdminService,
+    /// Capability tokens; also what the layer will ask about bearer tokens in request metadata.
+    pub tokens: Arc<crate::tokens::TokenService>,
 }
 
 /// Sets the overall and per-service health.
@@ -76,6 +81,8 @@ pub fn serve(
     token: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let max_message = config.max_message_bytes as usize;
+    let tokens_service =
+        tokens::TokensService::new(parts.tokens.clone(), parts.access.authorizer.clone());
     let incoming = incoming::spawn_accept_loop(
         listener,
         parts.tls,
@@ -121,6 +128,11 @@ pub fn serve(
         )
         .add_service(
             GuardrailsServer::new(guardrails::GuardrailsService::new(parts.access.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            TokensServer::new(tokens_service)
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         );

@@ -1,0 +1,117 @@
+//! In-process cost of token verification (the path the authorization layer will take for every call
+//! that presents a bearer token): parse, key lookup, HMAC-SHA256, claims decode, expiry, revocation
+//! and capability checks. Also Issue (which writes a record) for scale.
+//!
+//! `cargo bench -p brainstemd --bench tokens`
+
+use std::sync::Arc;
+
+use brainstemd::authz::Holdings;
+use brainstemd::config::{FlushPolicy, StoreConfig, TokensConfig};
+use brainstemd::store::Store;
+use brainstemd::tokens::keys::MasterKey;
+use brainstemd::tokens::{IssueRequest, ManualClock, Requester, TokenService};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+fn service(dir: &std::path::Path) -> TokenService {
+    let store = Store::open(
+        dir,
+        &StoreConfig {
+            flush: FlushPolicy::Interval,
+            flush_interval_ms: 500,
+            cache_capacity_bytes: 64 << 20,
+        },
+    )
+    .expect("store opens");
+    let settings = TokensConfig {
+        max_ttl_seconds: 3600,
+        rotate_after_seconds: 0,
+        retire_after_seconds: 3600,
+    };
+    let master = MasterKey::new(&[7; 32]).expect("32-byte key");
+    TokenService::open(
+        &settings,
+        master,
+        &store,
+        Arc::new(ManualClock::new(1_800_000_000)),
+    )
+    .expect("token service opens")
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tokens = service(dir.path());
+    let admin = Holdings {
+        roles: vec![],
+        capabilities: vec!["*".to_owned()],
+    };
+    let issue = |caps: &[&str]| {
+        runtime
+            .block_on(tokens.issue(
+                Requester {
+                    principal: "spiffe://b/admin",
+                    holdings: &admin,
+                },
+                IssueRequest {
+                    principal: "spiffe://b/agent/web".to_owned(),
+                    capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
+                    ttl_seconds: 600,
+                },
+            ))
+            .expect("issue")
+    };
+    let plain = issue(&["vision.*", "web.read"]);
+    // 1,000 other revocations in memory, and an attenuation chain three deep.
+    for _ in 0..1000 {
+        let other = issue(&["web.read"]);
+        runtime
+            .block_on(tokens.revoke(
+                Requester {
+                    principal: "spiffe://b/admin",
+                    holdings: &admin,
+                },
+                &other.id,
+            ))
+            .expect("revoke");
+    }
+    let mut deep = plain.clone();
+    for _ in 0..3 {
+        deep = runtime
+            .block_on(tokens.attenuate(
+                "spiffe://b/agent/web",
+                brainstemd::tokens::AttenuateRequest {
+                    token: deep.token.clone(),
+                    capabilities: vec!["vision.*".to_owned()],
+                    ttl_seconds: 0,
+                },
+            ))
+            .expect("attenuate");
+    }
+    let mut tampered = plain.token.clone();
+    tampered.pop();
+    tampered.push('A');
+
+    let mut group = c.benchmark_group("tokens");
+    group.bench_function("verify", |b| {
+        b.iter(|| tokens.verify(&plain.token, Some("vision.capture")))
+    });
+    group.bench_function("verify_depth3_1000_revoked", |b| {
+        b.iter(|| tokens.verify(&deep.token, Some("vision.capture")))
+    });
+    group.bench_function("verify_presented", |b| {
+        b.iter(|| tokens.verify_presented(&plain.token, "spiffe://b/agent/web"))
+    });
+    group.bench_function("reject_tampered", |b| {
+        b.iter(|| tokens.verify(&tampered, None))
+    });
+    group.bench_function("reject_garbage", |b| {
+        b.iter(|| tokens.verify("not.a.token", None))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,237 @@
+//! `brainstem.v1.Tokens`: translates between protobuf and the [`crate::tokens`] domain. The layer has
+//! already checked the method's capability (`tokens.issue`, …); the domain checks the rest (what the
+//! issuer holds, who may revoke what).
+
+use std::sync::Arc;
+
+use brainstem_proto::v1::tokens_server::Tokens;
+use brainstem_proto::v1::{
+    AttenuateTokenReply, AttenuateTokenRequest, IssueTokenReply, IssueTokenRequest,
+    ListTokensReply, ListTokensRequest, RevokeTokenReply, RevokeTokenRequest, RotateKeyReply,
+    RotateKeyRequest, SigningKeyInfo, TokenInfo, VerifyTokenReply, VerifyTokenRequest,
+};
+use tonic::{Request, Response, Status};
+
+use super::admin::caller;
+use crate::authz::{Authorizer, Holdings};
+use crate::config::validate_capability_pattern;
+use crate::error::{FieldViolation, ServiceError};
+use crate::tokens::{AttenuateRequest, IssueRequest, Requester, TokenService};
+
+pub struct TokensService {
+    tokens: Arc<TokenService>,
+    authorizer: Arc<Authorizer>,
+}
+
+impl TokensService {
+    pub fn new(tokens: Arc<TokenService>, authorizer: Arc<Authorizer>) -> Self {
+        TokensService { tokens, authorizer }
+    }
+
+    /// The caller's principal and its current holdings.
+    fn requester<T>(&self, request: &Request<T>) -> Result<(String, Holdings), ServiceError> {
+        let principal = caller(request)?.principal.name.clone();
+        let holdings = self
+            .authorizer
+            .grants()
+            .holdings(&principal)
+            .cloned()
+            .unwrap_or_default();
+        Ok((principal, holdings))
+    }
+}
+
+fn timestamp(unix_seconds: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: i64::try_from(unix_seconds).unwrap_or(i64::MAX),
+        nanos: 0,
+    }
+}
+
+fn error(err: impl Into<ServiceError>) -> Status {
+    err.into().into()
+}
+
+#[tonic::async_trait]
+impl Tokens for TokensService {
+    #[tracing::instrument(skip_all)]
+    async fn issue(
+        &self,
+        request: Request<IssueTokenRequest>,
+    ) -> Result<Response<IssueTokenReply>, Status> {
+        let (principal, holdings) = self.requester(&request).map_err(error)?;
+        let IssueTokenRequest {
+            principal: subject,
+            capabilities,
+            ttl_seconds,
+        } = request.into_inner();
+        let issued = self
+            .tokens
+            .issue(
+                Requester {
+                    principal: &principal,
+                    holdings: &holdings,
+                },
+                IssueRequest {
+                    principal: subject,
+                    capabilities,
+                    ttl_seconds,
+                },
+            )
+            .await
+            .map_err(error)?;
+        Ok(Response::new(IssueTokenReply {
+            token: issued.token,
+            id: issued.id,
+            expires_at: Some(timestamp(issued.expires_at)),
+        }))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<VerifyTokenRequest>,
+    ) -> Result<Response<VerifyTokenReply>, Status> {
+        let VerifyTokenRequest { token, capability } = request.into_inner();
+        if !capability.is_empty() {
+            if let Err(message) = validate_capability_pattern(&capability) {
+                return Err(error(ServiceError::InvalidArgument(vec![
+                    FieldViolation::new("capability", format!("{capability:?}: {message}")),
+                ])));
+            }
+        }
+        let wanted = (!capability.is_empty()).then_some(capability.as_str());
+        let reply = match self.tokens.verify(&token, wanted) {
+            Ok(verified) => VerifyTokenReply {
+                valid: true,
+                reason: String::new(),
+                id: verified.id,
+                principal: verified.principal,
+                capabilities: verified.capabilities,
+                expires_at: Some(timestamp(verified.expires_at)),
+            },
+            Err(rejection) => VerifyTokenReply {
+                valid: false,
+                reason: rejection.to_string(),
+                ..VerifyTokenReply::default()
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn revoke(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenReply>, Status> {
+        let (principal, holdings) = self.requester(&request).map_err(error)?;
+        let id = request.into_inner().id;
+        let outcome = self
+            .tokens
+            .revoke(
+                Requester {
+                    principal: &principal,
+                    holdings: &holdings,
+                },
+                &id,
+            )
+            .await
+            .map_err(error)?;
+        Ok(Response::new(RevokeTokenReply {
+            revoked_at: Some(timestamp(outcome.revoked_at)),
+            already_revoked: outcome.already_revoked,
+            descendants: outcome.descendants,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list(
+        &self,
+        request: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensReply>, Status> {
+        let (principal, holdings) = self.requester(&request).map_err(error)?;
+        let ListTokensRequest {
+            principal: filter,
+            include_expired,
+        } = request.into_inner();
+        let filter = (!filter.is_empty()).then_some(filter.as_str());
+        let tokens = self
+            .tokens
+            .list(
+                Requester {
+                    principal: &principal,
+                    holdings: &holdings,
+                },
+                filter,
+                include_expired,
+            )
+            .map_err(error)?;
+        Ok(Response::new(ListTokensReply {
+            tokens: tokens
+                .into_iter()
+                .map(|t| TokenInfo {
+                    id: t.id,
+                    principal: t.principal,
+                    issuer: t.issuer,
+                    capabilities: t.capabilities,
+                    issued_at: Some(timestamp(t.issued_at)),
+                    expires_at: Some(timestamp(t.expires_at)),
+                    parent_ids: t.parents,
+                    revoked: t.revoked,
+                    expired: t.expired,
+                    key_id: t.key_id,
+                })
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn attenuate(
+        &self,
+        request: Request<AttenuateTokenRequest>,
+    ) -> Result<Response<AttenuateTokenReply>, Status> {
+        let principal = caller(&request).map_err(error)?.principal.name.clone();
+        let AttenuateTokenRequest {
+            token,
+            capabilities,
+            ttl_seconds,
+        } = request.into_inner();
+        let issued = self
+            .tokens
+            .attenuate(
+                &principal,
+                AttenuateRequest {
+                    token,
+                    capabilities,
+                    ttl_seconds,
+                },
+            )
+            .await
+            .map_err(error)?;
+        Ok(Response::new(AttenuateTokenReply {
+            token: issued.token,
+            id: issued.id,
+            expires_at: Some(timestamp(issued.expires_at)),
+            parent_id: issued.parent_id.unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn rotate_key(
+        &self,
+        _request: Request<RotateKeyRequest>,
+    ) -> Result<Response<RotateKeyReply>, Status> {
+        let (key_id, keys) = self.tokens.rotate_key().await.map_err(error)?;
+        Ok(Response::new(RotateKeyReply {
+            key_id,
+            keys: keys
+                .into_iter()
+                .map(|k| SigningKeyInfo {
+                    key_id: k.key_id,
+                    created_at: Some(timestamp(k.created_at)),
+                    active: k.active,
+                    retires_at: k.retires_at.map(timestamp),
+                })
+                .collect(),
+        }))
+    }
+}

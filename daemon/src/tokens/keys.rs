@@ -1,0 +1,267 @@
+//! Signing keys: 32 random bytes each, HMAC-SHA256, identified by `k<seq>`. Stored in the
+//! `tokens.keys` tree sealed with AES-256-GCM under the master key (random 96-bit nonce per seal, the
+//! key id as associated data so a sealed key cannot be moved to another id). Only the master key, read
+//! from a 0600 file or a systemd credential, can open them; it never touches the store.
+//!
+//! The newest key signs. A replaced key verifies until `retire_after_seconds` after its successor was
+//! created; then it is retired: its sealed material is erased and a tombstone remains so that a token it
+//! signed is refused as `key_retired` rather than `unknown_key`.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use super::TokenError;
+use crate::store::Record;
+
+/// Length of the master key and of every signing key.
+pub const KEY_LEN: usize = 32;
+
+/// The key that seals signing keys at rest.
+pub struct MasterKey(LessSafeKey);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+fn aad(kid: &str) -> Vec<u8> {
+    format!("brainstem tokens signing key {kid}").into_bytes()
+}
+
+impl MasterKey {
+    /// Exactly 32 bytes; the caller names the source in its error.
+    pub fn new(bytes: &[u8]) -> Result<MasterKey, String> {
+        if bytes.len() != KEY_LEN {
+            return Err(format!(
+                "a master key is {KEY_LEN} bytes; this one is {}",
+                bytes.len()
+            ));
+        }
+        let key = UnboundKey::new(&AES_256_GCM, bytes)
+            .map_err(|_| "AES-256-GCM refused the key".to_owned())?;
+        Ok(MasterKey(LessSafeKey::new(key)))
+    }
+
+    fn seal(&self, kid: &str, plaintext: &[u8], rng: &SystemRandom) -> Result<Sealed, TokenError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill(&mut nonce).map_err(|_| TokenError::Random)?;
+        let mut in_out = plaintext.to_vec();
+        self.0
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(kid)),
+                &mut in_out,
+            )
+            .map_err(|_| TokenError::Random)?;
+        Ok(Sealed {
+            nonce: B64.encode(nonce),
+            ciphertext: B64.encode(in_out),
+        })
+    }
+
+    fn open(&self, kid: &str, sealed: &Sealed) -> Option<Vec<u8>> {
+        let nonce: [u8; NONCE_LEN] = B64.decode(&sealed.nonce).ok()?.try_into().ok()?;
+        let mut in_out = B64.decode(&sealed.ciphertext).ok()?;
+        let plain = self
+            .0
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(kid)),
+                &mut in_out,
+            )
+            .ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+/// A signing key as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub seq: u64,
+    pub kid: String,
+    pub created_at: u64,
+    /// `None`: retired; the material is gone.
+    pub sealed: Option<Sealed>,
+}
+
+impl Record for KeyRecord {
+    const VERSION: u8 = 1;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    pub nonce: String,
+    pub ciphertext: String,
+}
+
+/// A signing key in memory.
+#[derive(Clone)]
+pub struct SigningKey {
+    pub seq: u64,
+    pub kid: String,
+    pub created_at: u64,
+    /// When it stops verifying; `None` for the active key.
+    pub retires_at: Option<u64>,
+    pub key: hmac::Key,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("created_at", &self.created_at)
+            .field("retires_at", &self.retires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every key that still verifies (newest first, the first one signs) and the ids of retired ones.
+#[derive(Debug, Clone, Default)]
+pub struct KeyRing {
+    pub keys: Vec<SigningKey>,
+    pub retired: std::collections::HashSet<String>,
+    pub next_seq: u64,
+}
+
+/// What a key id refers to at a given time.
+pub enum Lookup<'a> {
+    Verifies(&'a SigningKey),
+    Retired,
+    Unknown,
+}
+
+impl KeyRing {
+    /// Builds the ring from stored records, opening every live key with `master`.
+    pub fn load(
+        records: Vec<KeyRecord>,
+        master: &MasterKey,
+        retire_after: u64,
+    ) -> Result<KeyRing, TokenError> {
+        let mut ring = KeyRing::default();
+        for record in records {
+            ring.next_seq = ring.next_seq.max(record.seq + 1);
+            let Some(sealed) = &record.sealed else {
+                ring.retired.insert(record.kid);
+                continue;
+            };
+            let bytes = master
+                .open(&record.kid, sealed)
+                .filter(|b| b.len() == KEY_LEN)
+                .ok_or_else(|| TokenError::Undecryptable {
+                    kid: record.kid.clone(),
+                })?;
+            ring.keys.push(SigningKey {
+                seq: record.seq,
+                kid: record.kid,
+                created_at: record.created_at,
+                retires_at: None,
+                key: hmac::Key::new(hmac::HMAC_SHA256, &bytes),
+            });
+        }
+        ring.settle(retire_after);
+        Ok(ring)
+    }
+
+    /// Sorts newest first and derives each replaced key's retirement from its successor's creation.
+    fn settle(&mut self, retire_after: u64) {
+        self.keys.sort_by_key(|k| std::cmp::Reverse(k.seq));
+        let mut successor_created: Option<u64> = None;
+        for key in &mut self.keys {
+            key.retires_at = successor_created.map(|t| t.saturating_add(retire_after));
+            successor_created = Some(key.created_at);
+        }
+    }
+
+    pub fn active(&self) -> Option<&SigningKey> {
+        self.keys.first()
+    }
+
+    pub fn lookup(&self, kid: &str, now: u64) -> Lookup<'_> {
+        match self.keys.iter().find(|k| k.kid == kid) {
+            Some(key) if key.retires_at.is_some_and(|t| now >= t) => Lookup::Retired,
+            Some(key) => Lookup::Verifies(key),
+            None if self.retired.contains(kid) => Lookup::Retired,
+            None => Lookup::Unknown,
+        }
+    }
+
+    /// A new key (not stored yet) and the ring it makes.
+    pub fn rotated(
+        &self,
+        now: u64,
+        master: &MasterKey,
+        rng: &SystemRandom,
+        retire_after: u64,
+    ) -> Result<(KeyRing, KeyRecord), TokenError> {
+        let mut bytes = [0u8; KEY_LEN];
+        rng.fill(&mut bytes).map_err(|_| TokenError::Random)?;
+        let seq = self.next_seq.max(1);
+        let kid = format!("k{seq}");
+        let record = KeyRecord {
+            seq,
+            kid: kid.clone(),
+            created_at: now,
+            sealed: Some(master.seal(&kid, &bytes, rng)?),
+        };
+        let mut ring = self.clone();
+        ring.next_seq = seq + 1;
+        ring.keys.push(SigningKey {
+            seq,
+            kid,
+            created_at: now,
+            retires_at: None,
+            key: hmac::Key::new(hmac::HMAC_SHA256, &bytes),
+        });
+        ring.settle(retire_after);
+        Ok((ring, record))
+    }
+
+    /// The ring without keys whose retirement has come, and the tombstones to store for them.
+    pub fn retire_due(&self, now: u64) -> (KeyRing, Vec<KeyRecord>) {
+        let mut ring = self.clone();
+        let mut tombstones = Vec::new();
+        ring.keys.retain(|key| {
+            let due = key.retires_at.is_some_and(|t| now >= t);
+            if due {
+                tombstones.push(KeyRecord {
+                    seq: key.seq,
+                    kid: key.kid.clone(),
+                    created_at: key.created_at,
+                    sealed: None,
+                });
+            }
+            !due
+        });
+        for tomb in &tombstones {
+            ring.retired.insert(tomb.kid.clone());
+        }
+        (ring, tombstones)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_keys_open_only_with_their_master_key_and_id() {
+        let rng = SystemRandom::new();
+        let master = MasterKey::new(&[1; 32]).unwrap();
+        let sealed = master
+            .seal("k1", b"0123456789abcdef0123456789abcdef", &rng)
+            .unwrap();
+        assert_eq!(
+            master.open("k1", &sealed).unwrap(),
+            b"0123456789abcdef0123456789abcdef"
+        );
+        assert!(master.open("k2", &sealed).is_none(), "bound to its key id");
+        let other = MasterKey::new(&[2; 32]).unwrap();
+        assert!(other.open("k1", &sealed).is_none());
+        assert!(MasterKey::new(&[0; 16]).unwrap_err().contains("32 bytes"));
+    }
+}
