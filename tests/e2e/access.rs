@@ -604,3 +604,128 @@ async fn guardrails_over_grpc() {
     );
     daemon.stop().await;
 }
+
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii header"),
+    );
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presented_token_narrows_the_caller() {
+    let daemon = InProcess::start(
+        "",
+        r#"
+[roles]
+admin = ["*"]
+agent = ["policy.check", "policy.explain", "tokens.issue"]
+[[grants]]
+principal = "spiffe://brainstem.dev/agent"
+roles = ["agent"]
+"#,
+    )
+    .await;
+    let opts = options_for(
+        &daemon.state_dir,
+        daemon.addr(),
+        "spiffe://brainstem.dev/agent",
+    );
+    let mut agent = opts.connect().await.unwrap();
+    let issued = agent
+        .tokens
+        .issue(brainstem_client::v1::IssueTokenRequest {
+            principal: "spiffe://brainstem.dev/agent".into(),
+            capabilities: vec!["policy.check".into()],
+            ttl_seconds: 600,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Without the token the agent may explain; with it, only check.
+    agent.policy.explain(check("web.read")).await.unwrap();
+    let narrowed = agent
+        .policy
+        .explain(with_token(check("web.read"), &issued.token))
+        .await
+        .unwrap_err();
+    assert_eq!(narrowed.code(), Code::PermissionDenied);
+    assert!(
+        narrowed.message().contains("token does not cover"),
+        "{}",
+        narrowed.message()
+    );
+    let allowed = agent
+        .policy
+        .check(with_token(check("web.read"), &issued.token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(allowed.allowed);
+
+    // With the token, it cannot mint a token wider than the token.
+    let wider = agent
+        .tokens
+        .issue(with_token(
+            brainstem_client::v1::IssueTokenRequest {
+                principal: "spiffe://brainstem.dev/agent".into(),
+                capabilities: vec!["policy.explain".into()],
+                ttl_seconds: 60,
+            },
+            &issued.token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(wider.code(), Code::PermissionDenied, "{wider:?}");
+
+    // A damaged token, a header that is not a bearer token, and someone else's token are refused.
+    let mut damaged = issued.token.clone();
+    damaged.pop();
+    for token in [damaged.as_str(), "garbage"] {
+        let refused = agent
+            .policy
+            .check(with_token(check("web.read"), token))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert!(
+            refused.message().contains("capability token refused"),
+            "{}",
+            refused.message()
+        );
+    }
+    let mut basic = tonic::Request::new(check("web.read"));
+    basic
+        .metadata_mut()
+        .insert("authorization", "Basic abc".parse().unwrap());
+    assert_eq!(
+        agent.policy.check(basic).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let mut admin = daemon.admin().connect().await.unwrap();
+    let refused = admin
+        .policy
+        .check(with_token(check("web.read"), &issued.token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    // Revoked, the token stops working at once.
+    admin
+        .tokens
+        .revoke(brainstem_client::v1::RevokeTokenRequest {
+            id: issued.id.clone(),
+        })
+        .await
+        .unwrap();
+    let revoked = agent
+        .policy
+        .check(with_token(check("web.read"), &issued.token))
+        .await
+        .unwrap_err();
+    assert_eq!(revoked.code(), Code::PermissionDenied);
+    daemon.stop().await;
+}

@@ -15,19 +15,47 @@ use tower::{Layer, Service};
 
 use super::methods::{self, Requirement};
 use crate::access::Access;
+use crate::authz::Authorizer;
 use crate::error::ServiceError;
 use crate::events::{AccessDenied, InFlight, MethodMetrics, RateLimited};
 use crate::identity::{PeerInfo, Principal};
+use crate::tokens::{TokenService, VerifiedToken};
 
 /// The authenticated caller of a request, inserted by the authorization layer.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub principal: Arc<Principal>,
+    /// A capability token presented with the call (`authorization: Bearer bst1.…`), verified and
+    /// issued to this principal. The caller then acts with its grants *and* the token.
+    pub token: Option<Arc<VerifiedToken>>,
+}
+
+impl Caller {
+    /// May the caller exercise `capability`: its grants hold it and, with a token, the token does too.
+    pub fn may(&self, authorizer: &Authorizer, capability: &str) -> bool {
+        authorizer.allows(&self.principal.name, capability)
+            && self.token.as_ref().is_none_or(|t| t.allows(capability))
+    }
+}
+
+/// The bearer token of a request, if any. `Err` for an `authorization` header that is not one.
+fn bearer(headers: &http::HeaderMap) -> Option<Result<&str, ()>> {
+    let value = headers.get(http::header::AUTHORIZATION)?;
+    Some(
+        value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(()),
+    )
 }
 
 #[derive(Clone)]
 pub struct AuthLayer {
     access: Arc<Access>,
+    tokens: Arc<TokenService>,
     in_flight: metrics::Gauge,
     method_metrics: Arc<HashMap<&'static str, MethodMetrics>>,
     default_timeout: Duration,
@@ -35,9 +63,10 @@ pub struct AuthLayer {
 
 impl AuthLayer {
     /// `default_timeout` bounds calls that carry no `grpc-timeout`; a shorter caller deadline wins.
-    pub fn new(access: Arc<Access>, default_timeout: Duration) -> Self {
+    pub fn new(access: Arc<Access>, tokens: Arc<TokenService>, default_timeout: Duration) -> Self {
         AuthLayer {
             access,
+            tokens,
             in_flight: InFlight::gauge(),
             method_metrics: Arc::new(
                 methods::labels()
@@ -56,6 +85,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             access: self.access.clone(),
+            tokens: self.tokens.clone(),
             in_flight: self.in_flight.clone(),
             method_metrics: self.method_metrics.clone(),
             default_timeout: self.default_timeout,
@@ -67,6 +97,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     access: Arc<Access>,
+    tokens: Arc<TokenService>,
     in_flight: metrics::Gauge,
     method_metrics: Arc<HashMap<&'static str, MethodMetrics>>,
     default_timeout: Duration,
@@ -99,12 +130,47 @@ impl<S> AuthService<S> {
             .emit();
             return Err(Status::permission_denied(format!("{path}: {reason}")));
         };
+        let token = match bearer(req.headers()) {
+            None => None,
+            Some(presented) => {
+                let verified = presented
+                    .map_err(|()| "the authorization header is not \"Bearer <token>\"".to_owned())
+                    .and_then(|token| {
+                        self.tokens
+                            .verify_presented(token, &principal.name)
+                            .map_err(|err| err.to_string())
+                    });
+                match verified {
+                    Ok(verified) => Some(Arc::new(verified)),
+                    Err(why) => {
+                        let reason = format!("capability token refused: {why}");
+                        AccessDenied {
+                            method: entry.label,
+                            principal: &principal.name,
+                            reason: &reason,
+                        }
+                        .emit();
+                        self.access
+                            .audit_refusal(&principal.name, entry.label, "token-rejected");
+                        return Err(Status::permission_denied(reason));
+                    }
+                }
+            }
+        };
+        let caller = Caller { principal, token };
         if let Requirement::Capability(capability) = entry.requirement {
-            if !self.access.authorizer.allows(&principal.name, capability) {
-                let reason = format!(
-                    "principal {:?} lacks capability {capability:?} required by {path}",
-                    principal.name
-                );
+            if !caller.may(&self.access.authorizer, capability) {
+                let principal = &caller.principal;
+                let reason = if self.access.authorizer.allows(&principal.name, capability) {
+                    format!(
+                        "the presented capability token does not cover {capability:?}, required by {path}"
+                    )
+                } else {
+                    format!(
+                        "principal {:?} lacks capability {capability:?} required by {path}",
+                        principal.name
+                    )
+                };
                 AccessDenied {
                     method: entry.label,
                     principal: &principal.name,
@@ -116,6 +182,7 @@ impl<S> AuthService<S> {
                 return Err(Status::permission_denied(reason));
             }
         }
+        let principal = &caller.principal;
         let limits = self.access.rate_limits();
         if limits.limits(entry.label) {
             if let Err(retry_after) = limits.check(&principal.name, entry.label, Instant::now()) {
@@ -133,7 +200,7 @@ impl<S> AuthService<S> {
                 .into());
             }
         }
-        Ok((entry.label, Caller { principal }))
+        Ok((entry.label, caller))
     }
 }
 

@@ -108,6 +108,7 @@ pub fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(layer::AuthLayer::new(
             parts.access.clone(),
+            parts.tokens.clone(),
             Duration::from_secs(config.request_timeout_seconds),
         ))
         .add_service(parts.health_service)

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
 use super::admin::{caller, timestamp};
+use super::layer::Caller;
 use crate::access::{AUDIT_UNAVAILABLE, Access};
 use crate::audit::{AuditKind, AuditRecord};
 use crate::error::{FieldViolation, ServiceError};
@@ -84,8 +85,8 @@ impl PolicyService {
         ))
     }
 
-    fn require_check_as(&self, caller: &str) -> Result<(), ServiceError> {
-        if self.access.authorizer.allows(caller, CHECK_AS) {
+    fn require_check_as(&self, caller: &Caller) -> Result<(), ServiceError> {
+        if caller.may(&self.access.authorizer, CHECK_AS) {
             Ok(())
         } else {
             Err(ServiceError::PermissionDenied(format!(
@@ -146,14 +147,15 @@ impl PolicyService {
 #[tonic::async_trait]
 impl Policy for PolicyService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckReply>, Status> {
-        let caller = caller(&request)?.principal.name.clone();
+        let who = caller(&request)?.clone();
+        let caller = who.principal.name.clone();
         let request = request.into_inner();
         let mut violations = Vec::new();
         let Some((query, on_behalf)) = self.query(&caller, "", &request, &mut violations) else {
             return Err(ServiceError::InvalidArgument(violations).into());
         };
         if on_behalf {
-            self.require_check_as(&caller)?;
+            self.require_check_as(&who)?;
         }
         let decision = self.decide(&query)?;
         Ok(Response::new(
@@ -166,7 +168,8 @@ impl Policy for PolicyService {
         &self,
         request: Request<BatchCheckRequest>,
     ) -> Result<Response<BatchCheckReply>, Status> {
-        let caller = caller(&request)?.principal.name.clone();
+        let who = caller(&request)?.clone();
+        let caller = who.principal.name.clone();
         let items = request.into_inner().items;
         let max = self.access.max_batch();
         if items.is_empty() || items.len() > max {
@@ -191,7 +194,7 @@ impl Policy for PolicyService {
             return Err(ServiceError::InvalidArgument(violations).into());
         }
         if on_behalf {
-            self.require_check_as(&caller)?;
+            self.require_check_as(&who)?;
         }
         let mut decided = Vec::with_capacity(queries.len());
         for (query, item) in queries.into_iter().zip(items) {
@@ -207,14 +210,15 @@ impl Policy for PolicyService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<ExplainReply>, Status> {
-        let caller = caller(&request)?.principal.name.clone();
+        let who = caller(&request)?.clone();
+        let caller = who.principal.name.clone();
         let request = request.into_inner();
         let mut violations = Vec::new();
         let Some((query, on_behalf)) = self.query(&caller, "", &request, &mut violations) else {
             return Err(ServiceError::InvalidArgument(violations).into());
         };
         if on_behalf {
-            self.require_check_as(&caller)?;
+            self.require_check_as(&who)?;
         }
         let e = self
             .access

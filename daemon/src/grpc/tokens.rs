@@ -28,15 +28,31 @@ impl TokensService {
         TokensService { tokens, authorizer }
     }
 
-    /// The caller's principal and its current holdings.
+    /// The caller's principal and its current holdings. A caller acting with a presented token
+    /// holds only the token's capabilities that its grants still cover, so a token can never mint
+    /// a wider one.
     fn requester<T>(&self, request: &Request<T>) -> Result<(String, Holdings), ServiceError> {
-        let principal = caller(request)?.principal.name.clone();
-        let holdings = self
+        let caller = caller(request)?;
+        let principal = caller.principal.name.clone();
+        let mut holdings = self
             .authorizer
             .grants()
             .holdings(&principal)
             .cloned()
             .unwrap_or_default();
+        if let Some(token) = &caller.token {
+            holdings.capabilities = token
+                .capabilities
+                .iter()
+                .filter(|cap| {
+                    holdings
+                        .capabilities
+                        .iter()
+                        .any(|held| crate::authz::pattern_covers(held, cap))
+                })
+                .cloned()
+                .collect();
+        }
         Ok((principal, holdings))
     }
 }
