@@ -274,7 +274,8 @@ def main():
         os.makedirs(gen_dir)
         generate_stubs(args.proto_dir, gen_dir)
 
-        from brainstem.v1 import admin_pb2, admin_pb2_grpc, tokens_pb2, tokens_pb2_grpc
+        from brainstem.v1 import admin_pb2, admin_pb2_grpc, policy_pb2, policy_pb2_grpc, tokens_pb2, tokens_pb2_grpc
+        from google.protobuf import struct_pb2
         from google.rpc import error_details_pb2
         from grpc_health.v1 import health_pb2, health_pb2_grpc
         from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -462,6 +463,57 @@ def main():
                 else:
                     raise CheckFailed("Tokens.Verify succeeded for a principal without tokens.verify")
 
+        policy = policy_pb2_grpc.PolicyStub(admin_ch)
+
+        def policy_check_contract():
+            ctx = struct_pb2.Struct()
+            ctx.update({"hour": 10, "source": "interop"})
+            post = policy.Check(
+                policy_pb2.CheckRequest(action="web.post", resource="https://example.org", context=ctx),
+                timeout=RPC_TIMEOUT_S,
+            )
+            expect(not post.allowed, f"web.post allowed: {post}")
+            expect(list(post.reasons) == ["forbid-web-post"], f"reasons {list(post.reasons)!r}")
+            expect(len(post.decision_id) == 20, f"decision_id {post.decision_id!r}")
+            capture = policy.Check(policy_pb2.CheckRequest(action="vision.capture"), timeout=RPC_TIMEOUT_S)
+            expect(capture.allowed, f"vision.capture denied: {capture}")
+            expect(list(capture.reasons) == ["permit-vision-capture"], f"reasons {list(capture.reasons)!r}")
+            unknown = policy.Check(policy_pb2.CheckRequest(action="net.scan"), timeout=RPC_TIMEOUT_S)
+            expect(not unknown.allowed and not unknown.reasons, f"default deny: {unknown}")
+
+        def policy_float_context_invalid_argument():
+            ctx = struct_pb2.Struct()
+            ctx.update({"ratio": 0.5})
+            try:
+                policy.Check(policy_pb2.CheckRequest(action="web.read", context=ctx), timeout=RPC_TIMEOUT_S)
+            except grpc.RpcError as err:
+                expect(err.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{describe_rpc_error(err)}")
+                status = rpc_status.from_call(err)
+                fields = []
+                for detail in status.details:
+                    if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                        bad = error_details_pb2.BadRequest()
+                        detail.Unpack(bad)
+                        fields.extend(v.field for v in bad.field_violations)
+                expect(fields == ["context.ratio"], f"BadRequest field violations {fields!r}")
+            else:
+                raise CheckFailed("Check with a float in the context succeeded")
+
+        def policy_ungranted_permission_denied():
+            cert, key = daemon.issue_cert("policy-stranger")
+            with secure_channel(addr, ca, cert, key) as ch:
+                try:
+                    policy_pb2_grpc.PolicyStub(ch).Check(
+                        policy_pb2.CheckRequest(action="web.read"), timeout=RPC_TIMEOUT_S
+                    )
+                except grpc.RpcError as err:
+                    expect(
+                        err.code() == grpc.StatusCode.PERMISSION_DENIED,
+                        f"{describe_rpc_error(err)}, want PERMISSION_DENIED",
+                    )
+                else:
+                    raise CheckFailed("Policy.Check succeeded for a principal without policy.check")
+
         results.run("health", health)
         results.run("whoami_admin", whoami_admin)
         results.run("ping_echo", ping_echo)
@@ -472,6 +524,9 @@ def main():
         results.run("reflection_lists_services", reflection)
         results.run("no_client_cert_rejected", no_client_cert)
         results.run("tokens_issue_verify_revoke", tokens_issue_verify_revoke)
+        results.run("policy_check_contract", policy_check_contract)
+        results.run("policy_float_context_invalid_argument", policy_float_context_invalid_argument)
+        results.run("policy_ungranted_permission_denied", policy_ungranted_permission_denied)
         results.run("tokens_bad_ttl_invalid_argument", tokens_bad_ttl_invalid_argument)
         results.run("tokens_ungranted_permission_denied", tokens_ungranted_permission_denied)
         admin_ch.close()
