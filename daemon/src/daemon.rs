@@ -7,8 +7,9 @@
 //! drain in-flight calls (≤ `drain_timeout_seconds`) → cancel background tasks (≤ `stop_timeout_seconds`,
 //! stragglers named in the log) → mark the clean stop and flush sled.
 //!
-//! Reload ([`Daemon::reload`], SIGHUP in `main`): re-read the configuration; apply TLS material, grants and
-//! log level as a whole, or refuse the new set and keep the old one.
+//! Reload ([`Daemon::reload`], SIGHUP in `main`): re-read the configuration and the policy directory;
+//! apply TLS material, grants, the policy set, rate limits, guardrails and log level as a whole, or
+//! refuse the new set and keep the old one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
