@@ -116,8 +116,18 @@ fn check_config(source: &ConfigSource) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     }
+    let policies = match brainstemd::policy::PolicySource::from_config(&config.policy)
+        .map_err(|err| format!("policy: {err}"))
+        .and_then(|source| source.load().map_err(|err| err.to_string()))
+    {
+        Ok(set) => set.policies.len(),
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
     println!(
-        "configuration OK: grpc={} metrics={} state_dir={} dev_mode={} grants={}",
+        "configuration OK: grpc={} metrics={} state_dir={} dev_mode={} grants={} policies={policies}",
         config.server.listen,
         if config.metrics.enabled {
             config.metrics.listen.to_string()

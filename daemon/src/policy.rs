@@ -383,7 +383,12 @@ fn build(origin: String, schema_text: &str, sources: &[Source]) -> Result<Loaded
     if let Some(schema) = &schema {
         let result = Validator::new(schema.clone()).validate(&all, ValidationMode::Strict);
         for err in result.validation_errors() {
-            errors.push(render(err));
+            let id = err.policy_id().to_string();
+            let source = policies
+                .iter()
+                .find(|p| p.id == id)
+                .map_or("policy set", |p| p.source.as_str());
+            errors.push(format!("{source}: {}", render(err)));
         }
     }
     if schema.is_none() || !errors.is_empty() {

@@ -280,6 +280,42 @@ format = "yaml"
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+
+    // A policy set that does not validate stops the start before anything binds, naming the file.
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("schema.cedarschema"),
+        include_str!("../../config/policies/schema.cedarschema"),
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("typo.cedar"),
+        "@id(\"t\") permit (principal, action == Action::\"web.raed\", resource);",
+    )
+    .unwrap();
+    let path = dir.path().join("policy.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "dev_mode = true\nstate_dir = {:?}\n[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nenabled = false\n[policy]\ndir = {:?}\n",
+            dir.path().join("state").display().to_string(),
+            policies.display().to_string()
+        ),
+    )
+    .unwrap();
+    for subcommand in [None, Some("check-config")] {
+        let mut cmd = Command::new(bin("brainstemd"));
+        cmd.arg("--config").arg(&path);
+        cmd.args(subcommand);
+        let output = cmd.output().unwrap();
+        assert_eq!(output.status.code(), Some(64), "{subcommand:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("typo.cedar") && stderr.contains("web.raed"),
+            "{subcommand:?}: {stderr}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
