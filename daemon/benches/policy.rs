@@ -1,5 +1,6 @@
 //! In-process policy decisions with 10 and 1,000 policies: criterion's estimate, then a p50/p99 over
-//! 100,000 timed decisions (criterion reports central estimates, not tails).
+//! 100,000 timed decisions (criterion reports central estimates, not tails). `allow`/`deny` bypass
+//! the decision cache (a first-time request); `allow-cached` is a repeated one.
 //!
 //! Run: `cargo bench -p brainstemd --bench policy`.
 
@@ -53,7 +54,7 @@ fn tails(name: &str, engine: &PolicyEngine, q: &Query) {
     let mut samples: Vec<u64> = (0..100_000)
         .map(|_| {
             let started = Instant::now();
-            black_box(engine.decide(black_box(q)).ok());
+            black_box(engine.decide_uncached(black_box(q)).ok());
             started.elapsed().as_nanos() as u64
         })
         .collect();
@@ -75,8 +76,15 @@ fn decisions(c: &mut Criterion) {
         assert!(engine.decide(&allowed).map(|d| d.allowed).unwrap_or(false));
         assert!(!engine.decide(&forbidden).map(|d| d.allowed).unwrap_or(true));
         let mut group = c.benchmark_group(format!("decide/{label}-policies"));
-        group.bench_function("allow", |b| b.iter(|| engine.decide(black_box(&allowed))));
-        group.bench_function("deny", |b| b.iter(|| engine.decide(black_box(&forbidden))));
+        group.bench_function("allow", |b| {
+            b.iter(|| engine.decide_uncached(black_box(&allowed)))
+        });
+        group.bench_function("deny", |b| {
+            b.iter(|| engine.decide_uncached(black_box(&forbidden)))
+        });
+        group.bench_function("allow-cached", |b| {
+            b.iter(|| engine.decide(black_box(&allowed)))
+        });
         group.finish();
         tails(
             &format!("decide/{policies}-policies/allow"),

@@ -101,6 +101,8 @@ impl Slices {
 
 /// A validated policy set and the views of it the engine evaluates.
 pub struct LoadedSet {
+    /// Unique per load; cached decisions are valid only for the set that made them.
+    generation: u64,
     slices: Slices,
     permits: PolicySet,
     forbids: PolicySet,
@@ -416,7 +418,9 @@ fn build(origin: String, schema_text: &str, sources: &[Source]) -> Result<Loaded
         digest.update(&[u8::from(source.signed)]);
     }
     let slices = Slices::new(&all)?;
+    static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(LoadedSet {
+        generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         slices,
         permits,
         forbids,
@@ -488,9 +492,87 @@ pub struct ReloadStatus {
     pub last_error: Option<String>,
 }
 
+/// Decisions already made, by request. Cedar decisions are a pure function of the policy set and
+/// the request (our entities carry no attributes and Cedar has no clock), so an entry is valid for
+/// as long as the set that made it is in force; entries of older sets are never returned. Sharded to
+/// keep lock contention low; a full shard is simply emptied.
+struct DecisionCache {
+    shards: Vec<Mutex<HashMap<String, (u64, Decision)>>>,
+    per_shard: usize,
+    hits: metrics::Counter,
+    misses: metrics::Counter,
+}
+
+const CACHE_SHARDS: usize = 16;
+/// Decisions remembered in all.
+pub const CACHE_CAPACITY: usize = 65_536;
+/// Requests longer than this (as a key) are not cached.
+const MAX_CACHE_KEY: usize = 4096;
+
+impl DecisionCache {
+    fn new() -> Self {
+        DecisionCache {
+            shards: (0..CACHE_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            per_shard: CACHE_CAPACITY / CACHE_SHARDS,
+            hits: metrics::counter!("brainstem_policy_cache_total", "result" => "hit"),
+            misses: metrics::counter!("brainstem_policy_cache_total", "result" => "miss"),
+        }
+    }
+
+    fn key(query: &Query) -> Option<String> {
+        let mut key = String::with_capacity(128);
+        for part in [&query.principal, &query.action, &query.resource] {
+            key.push_str(part);
+            key.push('\0');
+        }
+        for role in &query.roles {
+            key.push_str(role);
+            key.push('\u{1}');
+        }
+        if !query.context.is_empty() {
+            key.push('\0');
+            key.push_str(&serde_json::to_string(&query.context).ok()?);
+        }
+        (key.len() <= MAX_CACHE_KEY).then_some(key)
+    }
+
+    /// FNV-1a picks the shard; the shard's own map hashes with SipHash.
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, (u64, Decision)>> {
+        let index = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        &self.shards[(index as usize) % CACHE_SHARDS]
+    }
+
+    fn get(&self, key: &str, generation: u64) -> Option<Decision> {
+        let shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        let found = shard
+            .get(key)
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, d)| d.clone());
+        if found.is_some() {
+            self.hits.increment(1);
+        } else {
+            self.misses.increment(1);
+        }
+        found
+    }
+
+    fn put(&self, key: String, generation: u64, decision: Decision) {
+        let mut shard = self.shard(&key).lock().unwrap_or_else(|p| p.into_inner());
+        if shard.len() >= self.per_shard {
+            shard.clear();
+        }
+        shard.insert(key, (generation, decision));
+    }
+}
+
 /// The live policy set and the Cedar evaluator. Reloads swap the set whole.
 pub struct PolicyEngine {
     current: ArcSwap<LoadedSet>,
+    cache: DecisionCache,
     status: Mutex<ReloadStatus>,
     cedar: cedar_policy::Authorizer,
     types: Types,
@@ -509,6 +591,7 @@ impl PolicyEngine {
         let name = |n: &str| EntityTypeName::from_str(n).unwrap_or_else(|_| unreachable!());
         PolicyEngine {
             current: ArcSwap::from_pointee(set),
+            cache: DecisionCache::new(),
             status: Mutex::new(ReloadStatus::default()),
             cedar: cedar_policy::Authorizer::new(),
             types: Types {
@@ -567,6 +650,23 @@ impl PolicyEngine {
 
     /// Decides one query against the set in force.
     pub fn decide(&self, query: &Query) -> Result<Decision, FieldViolation> {
+        let set = self.current.load();
+        let key = DecisionCache::key(query);
+        if let Some(key) = &key {
+            if let Some(decision) = self.cache.get(key, set.generation) {
+                return Ok(decision);
+            }
+        }
+        let prepared = self.prepare(&set, query)?;
+        let decision = self.evaluate_sliced(&set.slices, &prepared);
+        if let Some(key) = key {
+            self.cache.put(key, set.generation, decision.clone());
+        }
+        Ok(decision)
+    }
+
+    /// Decides without the cache: what a first-time request costs (benchmarks).
+    pub fn decide_uncached(&self, query: &Query) -> Result<Decision, FieldViolation> {
         let set = self.current.load();
         let prepared = self.prepare(&set, query)?;
         Ok(self.evaluate_sliced(&set.slices, &prepared))

@@ -388,3 +388,36 @@ fn slices_decide_exactly_like_the_whole_set() {
     }
     assert_eq!(compared, 243);
 }
+
+/// The cache answers repeated requests, keeps requests apart, and never answers for an older set.
+#[test]
+fn cached_decisions_belong_to_their_set() {
+    let dir = dir_with(&[("default.cedar", BUILTIN_POLICIES)]);
+    let source = PolicySource {
+        dir: Some(dir.path().to_owned()),
+        signing_key: None,
+    };
+    let engine = PolicyEngine::new(source.load().unwrap());
+    let q = query("agent", &[], "vision.capture");
+    assert!(engine.decide(&q).unwrap().allowed);
+    assert!(engine.decide(&q).unwrap().allowed, "from the cache");
+    // Context, roles and resource are part of the request.
+    let mut other = q.clone();
+    other.resource = "other".into();
+    other.context.insert("k".into(), Value::from(1));
+    assert!(engine.decide(&other).unwrap().allowed);
+
+    std::fs::write(
+        dir.path().join("no.cedar"),
+        "@id(\"no-capture\") forbid (principal, action == Action::\"vision.capture\", resource);",
+    )
+    .unwrap();
+    engine.reload(&source).unwrap();
+    let after = engine.decide(&q).unwrap();
+    assert!(
+        !after.allowed,
+        "a new set is never answered from the old set's cache"
+    );
+    assert_eq!(after.reasons, ["no-capture"]);
+    assert!(!engine.decide(&other).unwrap().allowed);
+}
