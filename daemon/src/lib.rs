@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pki;
 pub mod store;
+pub mod supervisor;
 pub mod tasks;
 pub mod telemetry;
 pub mod tls;

@@ -103,7 +103,10 @@ mod tests {
         assert_eq!(status.code(), Code::ResourceExhausted);
         let details = status.get_error_details();
         let retry = details.retry_info().expect("RetryInfo detail");
-        assert_eq!(retry.retry_delay, Some(std::time::Duration::from_millis(1500)));
+        assert_eq!(
+            retry.retry_delay,
+            Some(std::time::Duration::from_millis(1500))
+        );
         assert!(status.message().contains("1500 ms"), "{}", status.message());
     }
 
