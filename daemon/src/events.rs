@@ -457,3 +457,50 @@ impl WatchdogPinged {
         }
     }
 }
+
+// --- episodic --------------------------------------------------------------------------------------
+
+pub struct EpisodicQueried {
+    pub cached: bool,
+    /// Scan time (zero for a cache hit).
+    pub duration: Duration,
+}
+
+impl EpisodicQueried {
+    pub fn emit(self) {
+        let result = if self.cached { "hit" } else { "miss" };
+        metrics::counter!("brainstem_episodic_query_cache_total", "result" => result).increment(1);
+        if !self.cached {
+            metrics::histogram!("brainstem_episodic_query_duration_seconds")
+                .record(self.duration.as_secs_f64());
+        }
+    }
+}
+
+pub struct EpisodicWritten {
+    pub stored: u64,
+    pub evicted: u64,
+    pub forgotten: u64,
+    /// Episodes held after the write.
+    pub held: u64,
+}
+
+impl EpisodicWritten {
+    pub fn emit(self) {
+        metrics::gauge!("brainstem_episodic_episodes").set(self.held as f64);
+        if self.stored > 0 {
+            metrics::counter!("brainstem_episodic_stored_total").increment(self.stored);
+        }
+        if self.evicted > 0 {
+            metrics::counter!("brainstem_episodic_evicted_total").increment(self.evicted);
+        }
+        if self.forgotten > 0 {
+            metrics::counter!("brainstem_episodic_forgotten_total").increment(self.forgotten);
+            tracing::info!(
+                forgotten = self.forgotten,
+                held = self.held,
+                "episodes forgotten"
+            );
+        }
+    }
+}

@@ -16,6 +16,7 @@
 pub mod authz;
 pub mod config;
 pub mod daemon;
+pub mod episodic;
 pub mod error;
 pub mod events;
 pub mod grpc;
