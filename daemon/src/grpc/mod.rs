@@ -2,15 +2,19 @@
 //! services. Only this module (and its children) knows protobuf types.
 
 pub mod admin;
+pub mod episodic;
 pub mod incoming;
 pub mod layer;
 pub mod methods;
 pub mod status;
+pub mod supervisor;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use brainstem_proto::v1::admin_server::AdminServer;
+use brainstem_proto::v1::episodic_server::EpisodicServer;
+use brainstem_proto::v1::supervisor_server::SupervisorServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +28,9 @@ use crate::tasks::Tasks;
 use crate::tls::ReloadableTls;
 
 /// Service names reported through `grpc.health.v1` (besides "" for the whole server).
-pub const HEALTH_SERVICES: &[&str] = &["brainstem.v1.Admin"];
+/// Actors' services (e.g. `brainstem.v1.Episodic`) follow their actor's state instead: see
+/// [`supervisor::spawn_health_sync`].
+pub const HEALTH_SERVICES: &[&str] = &["brainstem.v1.Admin", "brainstem.v1.Supervisor"];
 
 pub struct GrpcParts {
     pub tls: Arc<ReloadableTls>,
@@ -32,6 +38,9 @@ pub struct GrpcParts {
     pub health_service:
         tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
     pub admin: admin::AdminService,
+    pub supervisor: supervisor::SupervisorService,
+    /// `None` when the episodic buffer is disabled (its RPCs answer UNIMPLEMENTED).
+    pub episodic: Option<episodic::EpisodicService>,
 }
 
 /// Sets the overall and per-service health.
@@ -97,7 +106,17 @@ pub fn serve(
             AdminServer::new(parts.admin)
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
-        );
+        )
+        .add_service(
+            SupervisorServer::new(parts.supervisor)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_optional_service(parts.episodic.map(|episodic| {
+            EpisodicServer::new(episodic)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message)
+        }));
     let router = match (reflection_v1, reflection_v1alpha) {
         (Ok(v1), Ok(v1alpha)) => router.add_service(v1).add_service(v1alpha),
         (v1, v1alpha) => {
