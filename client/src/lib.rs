@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use brainstem_proto::v1::admin_client::AdminClient;
+use brainstem_proto::v1::episodic_client::EpisodicClient;
+use brainstem_proto::v1::supervisor_client::SupervisorClient;
 pub use brainstem_proto::{code_name, v1};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 pub use tonic_health::pb::health_client::HealthClient;
@@ -89,6 +91,8 @@ pub struct Client {
     pub channel: Channel,
     pub admin: AdminClient<Channel>,
     pub health: HealthClient<Channel>,
+    pub supervisor: SupervisorClient<Channel>,
+    pub episodic: EpisodicClient<Channel>,
 }
 
 impl ConnectOptions {
@@ -167,6 +171,8 @@ impl ConnectOptions {
         Ok(Client {
             admin: AdminClient::new(channel.clone()),
             health: HealthClient::new(channel.clone()),
+            supervisor: SupervisorClient::new(channel.clone()),
+            episodic: EpisodicClient::new(channel.clone()),
             channel,
         })
     }
