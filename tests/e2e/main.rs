@@ -4,3 +4,4 @@
 mod harness;
 mod inprocess;
 mod process;
+mod supervision;
