@@ -227,6 +227,7 @@ impl Ring {
     }
 
     /// The exact top `k` by score (see the module docs), best first; ties go to the newer episode.
+    /// A large ring is scanned by up to [`Ring::auto_threads`] scoped threads.
     pub fn query(
         &self,
         embedding: &[f32],
@@ -234,6 +235,38 @@ impl Ring {
         filter: &Filter,
         now_ms: i64,
         half_life_ms: f64,
+    ) -> Vec<Scored> {
+        self.query_with(
+            embedding,
+            k,
+            filter,
+            now_ms,
+            half_life_ms,
+            self.auto_threads(),
+        )
+    }
+
+    /// Threads a full scan uses: one below `PARALLEL_MIN_FLOATS` floats per thread, else up to the
+    /// machine's parallelism (at most 4: the scan is memory-bound long before that).
+    pub fn auto_threads(&self) -> usize {
+        let floats = self.seq_of.len() * self.dim;
+        if floats < 2 * PARALLEL_MIN_FLOATS {
+            return 1;
+        }
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get().min(4))
+            .min(floats / PARALLEL_MIN_FLOATS)
+    }
+
+    /// [`Ring::query`] on exactly `threads` threads (benchmarks compare).
+    pub fn query_with(
+        &self,
+        embedding: &[f32],
+        k: usize,
+        filter: &Filter,
+        now_ms: i64,
+        half_life_ms: f64,
+        threads: usize,
     ) -> Vec<Scored> {
         if k == 0 || embedding.len() != self.dim {
             return Vec::new();
@@ -267,11 +300,7 @@ impl Ring {
             },
         };
         let rows = self.seq_of.len();
-        let threads = if rows * self.dim >= 2 * PARALLEL_MIN_FLOATS {
-            std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
-        } else {
-            1
-        };
+        let threads = threads.clamp(1, rows.max(1));
         let mut heap = if threads <= 1 {
             scan.rows(0, rows)
         } else {
