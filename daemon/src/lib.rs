@@ -11,6 +11,8 @@
 //! - [`grpc`]: the control plane: accept loop, authorization layer, method table, services, status mapping.
 //! - [`metrics`]: the loopback metrics listener; [`events`]: every metric and its log line.
 //! - [`notify`]: the systemd notify protocol; [`tasks`]: the tracked, named task set.
+//! - [`supervisor`]: the actor supervisor: restart policy, progress watchdog, the systemd watchdog ping.
+//! - [`episodic`]: the episodic buffer actor (short-term memory with exact embedding search).
 //! - [`daemon`]: start, reload and the staged stop that `main` and the tests drive.
 
 pub mod authz;

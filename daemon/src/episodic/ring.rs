@@ -17,9 +17,6 @@ use std::sync::Arc;
 
 use super::{Episode, EpisodeData, Filter, Scored};
 
-/// Rows scanned per thread below which a query stays on the calling thread.
-const PARALLEL_MIN_FLOATS: usize = 4 << 20;
-
 const FREE: u64 = u64::MAX;
 
 pub struct Ring {
@@ -227,7 +224,9 @@ impl Ring {
     }
 
     /// The exact top `k` by score (see the module docs), best first; ties go to the newer episode.
-    /// A large ring is scanned by up to [`Ring::auto_threads`] scoped threads.
+    ///
+    /// One thread: the scan is memory-bound, and splitting a 100k × 384 scan over this machine's two
+    /// cores measured no faster (docs/PERFORMANCE.md) while taking the core concurrent calls need.
     pub fn query(
         &self,
         embedding: &[f32],
@@ -236,29 +235,10 @@ impl Ring {
         now_ms: i64,
         half_life_ms: f64,
     ) -> Vec<Scored> {
-        self.query_with(
-            embedding,
-            k,
-            filter,
-            now_ms,
-            half_life_ms,
-            self.auto_threads(),
-        )
+        self.query_with(embedding, k, filter, now_ms, half_life_ms, 1)
     }
 
-    /// Threads a full scan uses: one below `PARALLEL_MIN_FLOATS` floats per thread, else up to the
-    /// machine's parallelism (at most 4: the scan is memory-bound long before that).
-    pub fn auto_threads(&self) -> usize {
-        let floats = self.seq_of.len() * self.dim;
-        if floats < 2 * PARALLEL_MIN_FLOATS {
-            return 1;
-        }
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get().min(4))
-            .min(floats / PARALLEL_MIN_FLOATS)
-    }
-
-    /// [`Ring::query`] on exactly `threads` threads (benchmarks compare).
+    /// [`Ring::query`] split over `threads` scoped threads (the benchmark compares).
     pub fn query_with(
         &self,
         embedding: &[f32],

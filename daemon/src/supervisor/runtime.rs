@@ -246,10 +246,13 @@ impl Runtime {
                 if self.slots[index].phase != Phase::Starting {
                     break;
                 }
+                let wake = self.next_wake().min(deadline);
                 tokio::select! {
                     biased;
                     _ = self.token.cancelled() => return,
                     Some(report) = self.reports.recv() => self.handle_report(report),
+                    // Timers (pings, backoff, the watchdog) keep running during a slow start.
+                    _ = tokio::time::sleep_until(wake), if wake < deadline => {}
                     _ = tokio::time::sleep_until(deadline) => {
                         tracing::warn!(actor = self.slots[index].shared.name, timeout_s = timeout.as_secs(), "actor did not report ready in time; starting the next one");
                         break;
