@@ -27,6 +27,45 @@ pub enum Scenario {
     PolicyBatch,
     /// `Tokens.Verify` of a valid token against a capability it covers (token issued before the run).
     TokenVerify,
+    /// `Episodic.Query`, k = 10, with a fresh random embedding per call (no cache hits) over whatever
+    /// the buffer holds; fill it first with `--prefill`.
+    EpisodicQuery,
+    /// `Episodic.Store` of one episode with a random embedding (durable before the reply).
+    EpisodicStore,
+}
+
+/// Per-worker state a scenario needs (random embeddings).
+pub struct CallState {
+    rng: u64,
+    dim: usize,
+}
+
+impl CallState {
+    fn new(seed: u64, dim: usize) -> Self {
+        CallState { rng: seed | 1, dim }
+    }
+
+    /// Uniform values in [-1, 1) from a xorshift generator: cheap next to an RPC.
+    fn embedding(&mut self) -> Vec<f32> {
+        (0..self.dim)
+            .map(|_| {
+                self.rng ^= self.rng << 13;
+                self.rng ^= self.rng >> 7;
+                self.rng ^= self.rng << 17;
+                (self.rng >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+}
+
+fn bench_episode(state: &mut CallState) -> brainstem_proto::v1::Episode {
+    brainstem_proto::v1::Episode {
+        source: "bench".to_owned(),
+        kind: "observation".to_owned(),
+        text: "a benchmark episode".to_owned(),
+        embedding: state.embedding(),
+        ..Default::default()
+    }
 }
 
 fn policy_question(i: usize) -> CheckRequest {
@@ -43,12 +82,31 @@ struct Prepared {
     token: Arc<str>,
 }
 
+/// Stores `count` episodes in batches (for `episodic-query` runs).
+pub async fn prefill(client: &mut Client, count: usize, dim: usize) -> Result<(), tonic::Status> {
+    let mut state = CallState::new(0x5eed, dim);
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(200);
+        let episodes = (0..n).map(|_| bench_episode(&mut state)).collect();
+        client
+            .episodic
+            .store_batch(brainstem_proto::v1::StoreBatchRequest { episodes })
+            .await?;
+        left -= n;
+    }
+    Ok(())
+}
+
 impl Scenario {
     async fn prepare(self, client: &mut Client) -> Result<Prepared, ClientError> {
         match self {
-            Scenario::Ping | Scenario::Whoami | Scenario::PolicyCheck | Scenario::PolicyBatch => {
-                Ok(Prepared::default())
-            }
+            Scenario::Ping
+            | Scenario::Whoami
+            | Scenario::PolicyCheck
+            | Scenario::PolicyBatch
+            | Scenario::EpisodicQuery
+            | Scenario::EpisodicStore => Ok(Prepared::default()),
             Scenario::TokenVerify => {
                 let me = client
                     .admin
@@ -71,7 +129,12 @@ impl Scenario {
         }
     }
 
-    async fn call(self, client: &mut Client, prepared: &Prepared) -> Result<(), tonic::Status> {
+    async fn call(
+        self,
+        client: &mut Client,
+        prepared: &Prepared,
+        state: &mut CallState,
+    ) -> Result<(), tonic::Status> {
         match self {
             Scenario::TokenVerify => {
                 let reply = client
@@ -91,6 +154,22 @@ impl Scenario {
                     )))
                 }
             }
+            Scenario::EpisodicQuery => client
+                .episodic
+                .query(brainstem_proto::v1::QueryRequest {
+                    embedding: state.embedding(),
+                    k: 10,
+                    filter: None,
+                })
+                .await
+                .map(drop),
+            Scenario::EpisodicStore => client
+                .episodic
+                .store(brainstem_proto::v1::StoreRequest {
+                    episode: Some(bench_episode(state)),
+                })
+                .await
+                .map(drop),
             Scenario::Ping => client.admin.ping(PingRequest::default()).await.map(drop),
             Scenario::Whoami => client
                 .admin
@@ -116,6 +195,8 @@ pub struct BenchOptions {
     pub concurrency: usize,
     pub duration: Duration,
     pub warmup: Duration,
+    /// Embedding dimension for the episodic scenarios (the daemon's `episodic.embedding_dimension`).
+    pub dimension: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -163,6 +244,7 @@ pub async fn run(
             let mut client = client.clone();
             let scenario = bench.scenario;
             let prepared = prepared.clone();
+            let mut state = CallState::new(workers.len() as u64 + 1, bench.dimension);
             workers.push(tokio::spawn(async move {
                 let mut result = WorkerResult {
                     histogram: Histogram::new_with_bounds(1, 60_000_000, 3)
@@ -175,7 +257,7 @@ pub async fn run(
                     if begun >= end {
                         break;
                     }
-                    let outcome = scenario.call(&mut client, &prepared).await;
+                    let outcome = scenario.call(&mut client, &prepared, &mut state).await;
                     if begun < measure_from {
                         continue;
                     }

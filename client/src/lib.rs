@@ -17,8 +17,10 @@ use std::time::Duration;
 
 use brainstem_proto::v1::admin_client::AdminClient;
 use brainstem_proto::v1::audit_client::AuditClient;
+use brainstem_proto::v1::episodic_client::EpisodicClient;
 use brainstem_proto::v1::guardrails_client::GuardrailsClient;
 use brainstem_proto::v1::policy_client::PolicyClient;
+use brainstem_proto::v1::supervisor_client::SupervisorClient;
 use brainstem_proto::v1::tokens_client::TokensClient;
 pub use brainstem_proto::{code_name, v1};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -97,6 +99,8 @@ pub struct Client {
     pub policy: PolicyClient<Channel>,
     pub audit: AuditClient<Channel>,
     pub guardrails: GuardrailsClient<Channel>,
+    pub supervisor: SupervisorClient<Channel>,
+    pub episodic: EpisodicClient<Channel>,
 }
 
 impl ConnectOptions {
@@ -179,6 +183,8 @@ impl ConnectOptions {
             policy: PolicyClient::new(channel.clone()),
             audit: AuditClient::new(channel.clone()),
             guardrails: GuardrailsClient::new(channel.clone()),
+            supervisor: SupervisorClient::new(channel.clone()),
+            episodic: EpisodicClient::new(channel.clone()),
             channel,
         })
     }

@@ -49,6 +49,10 @@ pub struct Config {
     pub log: LogConfig,
     pub tokens: TokensConfig,
     pub keys: KeysConfig,
+    pub supervisor: SupervisorConfig,
+    /// Per-actor settings, keyed by actor name (see [`KNOWN_ACTORS`]).
+    pub actors: BTreeMap<String, ActorConfig>,
+    pub episodic: EpisodicConfig,
     /// Role name → capability patterns.
     pub roles: BTreeMap<String, Vec<String>>,
     pub grants: Vec<Grant>,
@@ -129,6 +133,109 @@ pub struct KeysConfig {
     /// The 32-byte master key that encrypts signing keys at rest. `None`: `<state_dir>/master.key` in
     /// dev mode, the systemd credential `master.key` otherwise.
     pub master_key_file: Option<String>,
+}
+
+/// How the supervisor restarts its actors when one of them exits abnormally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Only the actor that exited is restarted.
+    OneForOne,
+    /// The actor that exited and every actor declared after it (they depend on it) are restarted,
+    /// in declared order.
+    RestForOne,
+}
+
+/// When an actor that exited is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartType {
+    /// Always restarted, whatever the exit.
+    Permanent,
+    /// Restarted only after an abnormal exit (error, panic, freeze).
+    Transient,
+    /// Never restarted.
+    Temporary,
+}
+
+/// What a full mailbox does with one more message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverflowPolicy {
+    /// The sender waits for room up to `mailbox_wait_ms`, then is refused.
+    Wait,
+    /// The oldest queued message is dropped (counted) to make room.
+    DropOldest,
+    /// The new message is dropped (counted).
+    DropNewest,
+    /// The sender is refused at once (RESOURCE_EXHAUSTED with a retry hint).
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SupervisorConfig {
+    pub strategy: Strategy,
+    /// Restart intensity: more than `max_restarts` restarts of one actor within
+    /// `restart_window_seconds` escalates (the actor is marked failed).
+    pub max_restarts: u64,
+    pub restart_window_seconds: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Each backoff is shortened by a random 0..=jitter percent.
+    pub backoff_jitter_percent: u64,
+    /// An actor that is busy and makes no progress for this long is frozen…
+    pub hung_after_seconds: u64,
+    /// …as seen by this many consecutive watchdog checks (one every hung_after / hung_checks).
+    pub hung_checks: u64,
+    /// Exit non-zero (so systemd restarts the daemon) when a critical actor fails.
+    pub exit_on_critical_failure: bool,
+    /// How long start waits for each actor to report ready before starting the next one.
+    pub start_timeout_seconds: u64,
+}
+
+/// Settings of one supervised actor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActorConfig {
+    pub restart: RestartType,
+    /// A failed critical actor stops the systemd watchdog ping (and may exit the daemon).
+    pub critical: bool,
+    pub mailbox_capacity: u64,
+    pub mailbox_overflow: OverflowPolicy,
+    /// With `mailbox_overflow = "wait"`: how long a sender waits for room.
+    pub mailbox_wait_ms: u64,
+    /// On stop, restart or freeze: how long the actor gets to return after cancellation before it is
+    /// aborted (and named in the log).
+    pub stop_deadline_ms: u64,
+}
+
+impl Default for ActorConfig {
+    fn default() -> Self {
+        ActorConfig {
+            restart: RestartType::Permanent,
+            critical: true,
+            mailbox_capacity: 1024,
+            mailbox_overflow: OverflowPolicy::Wait,
+            mailbox_wait_ms: 100,
+            stop_deadline_ms: 2000,
+        }
+    }
+}
+
+/// Actors this build runs; `[actors.<name>]` may only name these.
+pub const KNOWN_ACTORS: &[&str] = &["episodic"];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpisodicConfig {
+    pub enabled: bool,
+    /// Ring size: the oldest episode is evicted when a new one arrives at capacity.
+    pub capacity: u64,
+    pub embedding_dimension: u64,
+    /// Decay half-life: an episode this old scores half of a fresh one. 0 disables decay.
+    pub half_life_seconds: u64,
+    pub max_text_bytes: u64,
+    pub max_k: u64,
+    pub max_batch: u64,
+    /// Query results kept for repeated queries; any write invalidates them. 0 disables the cache.
+    pub query_cache_entries: u64,
+    /// A cached answer is reused for at most this long (decay moves scores as time passes).
+    pub query_cache_ttl_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -290,6 +397,33 @@ impl Default for Config {
             },
             keys: KeysConfig {
                 master_key_file: None,
+            },
+            supervisor: SupervisorConfig {
+                strategy: Strategy::OneForOne,
+                max_restarts: 5,
+                restart_window_seconds: 60,
+                backoff_initial_ms: 100,
+                backoff_max_ms: 30_000,
+                backoff_jitter_percent: 20,
+                hung_after_seconds: 120,
+                hung_checks: 3,
+                exit_on_critical_failure: true,
+                start_timeout_seconds: 30,
+            },
+            actors: KNOWN_ACTORS
+                .iter()
+                .map(|name| ((*name).to_owned(), ActorConfig::default()))
+                .collect(),
+            episodic: EpisodicConfig {
+                enabled: true,
+                capacity: 10_000,
+                embedding_dimension: 384,
+                half_life_seconds: 3600,
+                max_text_bytes: 8192,
+                max_k: 100,
+                max_batch: 256,
+                query_cache_entries: 256,
+                query_cache_ttl_ms: 1000,
             },
             roles: BTreeMap::from([("admin".to_owned(), vec!["*".to_owned()])]),
             grants: Vec::new(),
@@ -548,6 +682,16 @@ impl Config {
                 ),
             );
         }
+        if self.supervisor.backoff_initial_ms > self.supervisor.backoff_max_ms {
+            push(
+                &mut issues,
+                "supervisor.backoff_initial_ms",
+                format!(
+                    "{} is more than supervisor.backoff_max_ms ({})",
+                    self.supervisor.backoff_initial_ms, self.supervisor.backoff_max_ms
+                ),
+            );
+        }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             push(
                 &mut issues,
@@ -696,6 +840,15 @@ impl Config {
         }
         if self.keys != new.keys {
             changed.push("keys");
+        }
+        if self.supervisor != new.supervisor {
+            changed.push("supervisor");
+        }
+        if self.actors != new.actors {
+            changed.push("actors");
+        }
+        if self.episodic != new.episodic {
+            changed.push("episodic");
         }
         changed
     }
@@ -911,6 +1064,7 @@ pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
         }
         walker.finish(keys);
     }
+    parse_supervision(&mut walker, &root, &mut config);
     if let Some(roles) = walker.table(&root, "roles") {
         config.roles.clear();
         for name in roles.table.keys() {
@@ -1026,6 +1180,163 @@ pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
             origin: origin.to_owned(),
             issues: walker.issues,
         })
+    }
+}
+
+/// `[supervisor]`, `[actors.<name>]` and `[episodic]`.
+fn parse_supervision(walker: &mut Walker, root: &Section<'_>, config: &mut Config) {
+    if let Some(section) = walker.table(root, "supervisor") {
+        let s = &mut config.supervisor;
+        walker.choice(
+            &section,
+            "strategy",
+            &[
+                ("one_for_one", Strategy::OneForOne),
+                ("rest_for_one", Strategy::RestForOne),
+            ],
+            &mut s.strategy,
+        );
+        walker.integer(&section, "max_restarts", 0..=10_000, &mut s.max_restarts);
+        walker.integer(
+            &section,
+            "restart_window_seconds",
+            1..=86_400,
+            &mut s.restart_window_seconds,
+        );
+        walker.integer(
+            &section,
+            "backoff_initial_ms",
+            1..=600_000,
+            &mut s.backoff_initial_ms,
+        );
+        walker.integer(
+            &section,
+            "backoff_max_ms",
+            1..=3_600_000,
+            &mut s.backoff_max_ms,
+        );
+        walker.integer(
+            &section,
+            "backoff_jitter_percent",
+            0..=100,
+            &mut s.backoff_jitter_percent,
+        );
+        walker.integer(
+            &section,
+            "hung_after_seconds",
+            1..=86_400,
+            &mut s.hung_after_seconds,
+        );
+        walker.integer(&section, "hung_checks", 1..=100, &mut s.hung_checks);
+        walker.boolean(
+            &section,
+            "exit_on_critical_failure",
+            &mut s.exit_on_critical_failure,
+        );
+        walker.integer(
+            &section,
+            "start_timeout_seconds",
+            1..=3600,
+            &mut s.start_timeout_seconds,
+        );
+        walker.finish(section);
+    }
+    if let Some(actors) = walker.table(root, "actors") {
+        for name in actors.table.keys() {
+            if !KNOWN_ACTORS.contains(&name.as_str()) {
+                // Consumed here so that `finish` does not report it a second time.
+                actors.take(name);
+                walker.issue(
+                    &actors.key(name),
+                    format!("unknown actor; known: {}", KNOWN_ACTORS.join(", ")),
+                );
+                continue;
+            }
+            let Some(section) = walker.table(&actors, name) else {
+                continue;
+            };
+            let a = config.actors.entry(name.clone()).or_default();
+            walker.choice(
+                &section,
+                "restart",
+                &[
+                    ("permanent", RestartType::Permanent),
+                    ("transient", RestartType::Transient),
+                    ("temporary", RestartType::Temporary),
+                ],
+                &mut a.restart,
+            );
+            walker.boolean(&section, "critical", &mut a.critical);
+            walker.integer(
+                &section,
+                "mailbox_capacity",
+                1..=1_000_000,
+                &mut a.mailbox_capacity,
+            );
+            walker.choice(
+                &section,
+                "mailbox_overflow",
+                &[
+                    ("wait", OverflowPolicy::Wait),
+                    ("drop_oldest", OverflowPolicy::DropOldest),
+                    ("drop_newest", OverflowPolicy::DropNewest),
+                    ("reject", OverflowPolicy::Reject),
+                ],
+                &mut a.mailbox_overflow,
+            );
+            walker.integer(
+                &section,
+                "mailbox_wait_ms",
+                0..=600_000,
+                &mut a.mailbox_wait_ms,
+            );
+            walker.integer(
+                &section,
+                "stop_deadline_ms",
+                0..=600_000,
+                &mut a.stop_deadline_ms,
+            );
+            walker.finish(section);
+        }
+        walker.finish(actors);
+    }
+    if let Some(section) = walker.table(root, "episodic") {
+        let e = &mut config.episodic;
+        walker.boolean(&section, "enabled", &mut e.enabled);
+        walker.integer(&section, "capacity", 1..=10_000_000, &mut e.capacity);
+        walker.integer(
+            &section,
+            "embedding_dimension",
+            1..=8192,
+            &mut e.embedding_dimension,
+        );
+        walker.integer(
+            &section,
+            "half_life_seconds",
+            0..=10 * 365 * 86_400,
+            &mut e.half_life_seconds,
+        );
+        walker.integer(
+            &section,
+            "max_text_bytes",
+            1..=1024 * 1024,
+            &mut e.max_text_bytes,
+        );
+        walker.integer(&section, "max_k", 1..=10_000, &mut e.max_k);
+        walker.integer(&section, "max_batch", 1..=10_000, &mut e.max_batch);
+        walker.integer(
+            &section,
+            "query_cache_entries",
+            0..=100_000,
+            &mut e.query_cache_entries,
+        );
+        walker.integer(
+            &section,
+            "query_cache_ttl_ms",
+            0..=3_600_000,
+            &mut e.query_cache_ttl_ms,
+        );
+        walker.finish(section);
     }
 }
 
@@ -1241,6 +1552,7 @@ impl Walker {
 pub fn default_config_toml() -> String {
     let d = Config::default();
     let s = &d.server;
+    let episodic_actor = d.actors.get("episodic").cloned().unwrap_or_default();
     format!(
         r#"# brainstemd configuration. Every key is optional; the values shown are the defaults.
 # Reloaded on SIGHUP: log.level, [tls] files, [roles], [[grants]], [policy] (except
@@ -1309,6 +1621,59 @@ retire_after_seconds = {retire_after_seconds}
 # The 32-byte master key that encrypts signing keys at rest (AES-256-GCM). Default: the systemd
 # credential "master.key"; in dev mode <state_dir>/master.key (created on first start).
 # master_key_file = "credential:master.key"
+
+[supervisor]
+# Subsystem actors (the episodic buffer, …) run under one supervisor.
+# "one_for_one": only the actor that exited is restarted. "rest_for_one": the actors declared after it
+# (which depend on it) are restarted with it, in declared order.
+strategy = "one_for_one"
+# Restart intensity: more than max_restarts restarts of one actor within restart_window_seconds
+# escalates: the actor is marked failed and its gRPC health service turns NOT_SERVING. A failed critical
+# actor stops the systemd watchdog ping and, with exit_on_critical_failure, exits the daemon with 70.
+max_restarts = {max_restarts}
+restart_window_seconds = {restart_window_seconds}
+exit_on_critical_failure = {exit_on_critical_failure}
+# Exponential backoff between restarts: initial, doubled per consecutive failure, capped at max, each
+# shortened by a random 0..=jitter percent.
+backoff_initial_ms = {backoff_initial_ms}
+backoff_max_ms = {backoff_max_ms}
+backoff_jitter_percent = {backoff_jitter_percent}
+# Progress watchdog: an actor that is busy and makes no progress in hung_checks consecutive checks
+# (one every hung_after_seconds / hung_checks) is frozen: cancelled, aborted after its stop deadline,
+# and restarted through the policy above. Sections marked as known-blocking are not counted.
+hung_after_seconds = {hung_after_seconds}
+hung_checks = {hung_checks}
+# Actors start in declared order; each gets this long to report ready before the next one starts.
+start_timeout_seconds = {start_timeout_seconds}
+
+# One table per actor. restart: "permanent" (always restarted), "transient" (only after an error, panic
+# or freeze), "temporary" (never). mailbox_overflow: "wait" (up to mailbox_wait_ms, then refused),
+# "drop_oldest", "drop_newest" (drops are counted) or "reject" (RESOURCE_EXHAUSTED with a retry hint).
+# stop_deadline_ms: how long the actor may take to return after cancellation before it is aborted.
+[actors.episodic]
+restart = "permanent"
+critical = {ep_critical}
+mailbox_capacity = {ep_mailbox_capacity}
+mailbox_overflow = "wait"
+mailbox_wait_ms = {ep_mailbox_wait_ms}
+stop_deadline_ms = {ep_stop_deadline_ms}
+
+[episodic]
+# The agent's short-term memory: a ring of the last `capacity` episodes, persisted in the store.
+enabled = {ep_enabled}
+capacity = {ep_capacity}
+embedding_dimension = {ep_dimension}
+# Query score = cosine(query, episode) * 2^(-age / half_life_seconds) * importance
+# (age = now - episode timestamp, never negative; half_life_seconds = 0 disables decay).
+half_life_seconds = {ep_half_life}
+max_text_bytes = {ep_max_text}
+# Largest k for Query and n for Recent; largest StoreBatch.
+max_k = {ep_max_k}
+max_batch = {ep_max_batch}
+# Repeated queries are answered from a cache that every write invalidates; an answer is reused for at
+# most query_cache_ttl_ms (scores decay with time). query_cache_entries = 0 disables it.
+query_cache_entries = {ep_cache_entries}
+query_cache_ttl_ms = {ep_cache_ttl}
 
 # Role name -> capability patterns ("*", "vision.*", "secrets.read").
 [roles]
@@ -1397,6 +1762,28 @@ csrf_fields = {guard_csrf}
         max_ttl_seconds = d.tokens.max_ttl_seconds,
         rotate_after_seconds = d.tokens.rotate_after_seconds,
         retire_after_seconds = d.tokens.retire_after_seconds,
+        max_restarts = d.supervisor.max_restarts,
+        restart_window_seconds = d.supervisor.restart_window_seconds,
+        exit_on_critical_failure = d.supervisor.exit_on_critical_failure,
+        backoff_initial_ms = d.supervisor.backoff_initial_ms,
+        backoff_max_ms = d.supervisor.backoff_max_ms,
+        backoff_jitter_percent = d.supervisor.backoff_jitter_percent,
+        hung_after_seconds = d.supervisor.hung_after_seconds,
+        hung_checks = d.supervisor.hung_checks,
+        start_timeout_seconds = d.supervisor.start_timeout_seconds,
+        ep_critical = episodic_actor.critical,
+        ep_mailbox_capacity = episodic_actor.mailbox_capacity,
+        ep_mailbox_wait_ms = episodic_actor.mailbox_wait_ms,
+        ep_stop_deadline_ms = episodic_actor.stop_deadline_ms,
+        ep_enabled = d.episodic.enabled,
+        ep_capacity = d.episodic.capacity,
+        ep_dimension = d.episodic.embedding_dimension,
+        ep_half_life = d.episodic.half_life_seconds,
+        ep_max_text = d.episodic.max_text_bytes,
+        ep_max_k = d.episodic.max_k,
+        ep_max_batch = d.episodic.max_batch,
+        ep_cache_entries = d.episodic.query_cache_entries,
+        ep_cache_ttl = d.episodic.query_cache_ttl_ms,
     )
 }
 
@@ -1665,6 +2052,51 @@ mod tests {
         let err = parse("t", "[tokens]\nmax_ttl_seconds = 0\nrotate_every = 1\n").expect_err("bad");
         let keys: Vec<_> = err.issues.iter().map(|i| i.key.as_str()).collect();
         assert_eq!(keys, ["tokens.max_ttl_seconds", "tokens.rotate_every"]);
+    }
+
+    #[test]
+    fn supervision_sections_parse_and_name_bad_keys() {
+        let text = r#"
+            [supervisor]
+            strategy = "rest_for_one"
+            hung_after_seconds = 2
+            backoff_initial_ms = 500
+            backoff_max_ms = 100
+            [actors.episodic]
+            mailbox_overflow = "reject"
+            mailbox_capacity = 0
+            [actors.vision]
+            restart = "permanent"
+            [episodic]
+            embedding_dimension = 8
+            capacity = "lots"
+        "#;
+        let err = parse("t", text).expect_err("bad file");
+        let keys: Vec<_> = err.issues.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "actors.episodic.mailbox_capacity",
+                "actors.vision",
+                "episodic.capacity"
+            ]
+        );
+        let mut config = parse(
+            "t",
+            "dev_mode = true\n[supervisor]\nstrategy = \"rest_for_one\"\nbackoff_initial_ms = 500\nbackoff_max_ms = 100\n[actors.episodic]\nmailbox_overflow = \"drop_oldest\"\n[episodic]\nembedding_dimension = 8\n",
+        )
+        .expect("parses");
+        assert_eq!(config.supervisor.strategy, Strategy::RestForOne);
+        assert_eq!(
+            config.actors["episodic"].mailbox_overflow,
+            OverflowPolicy::DropOldest
+        );
+        assert_eq!(config.episodic.embedding_dimension, 8);
+        let err = config.validate("t").expect_err("backoff order");
+        assert_eq!(err.issues[0].key, "supervisor.backoff_initial_ms");
+        let mut new = config.clone();
+        new.episodic.capacity = 5;
+        assert_eq!(config.restart_only_changes(&new), ["episodic"]);
     }
 
     #[test]

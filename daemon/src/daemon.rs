@@ -1,11 +1,16 @@
 //! Lifecycle: start, reload, stop. The same code runs under `main` and in tests.
 //!
-//! Start: dev PKI (dev mode) → TLS material → store open + boot record → listeners bound → services →
-//! `READY=1`. Any failure before binding is reported and nothing is left listening.
+//! Start: dev PKI (dev mode) → TLS material → store open + boot record → listeners bound → actors
+//! started in declared order (each reports ready) → services → `READY=1`. Any failure before binding is
+//! reported and nothing is left listening.
 //!
 //! Stop (the `shutdown` token): `STOPPING=1` → health NOT_SERVING, `/readyz` 503 → stop accepting and
-//! drain in-flight calls (≤ `drain_timeout_seconds`) → cancel background tasks (≤ `stop_timeout_seconds`,
-//! stragglers named in the log) → mark the clean stop and flush sled.
+//! drain in-flight calls (≤ `drain_timeout_seconds`) → cancel background tasks and stop the actors in
+//! reverse order (each within its stop deadline; all within `stop_timeout_seconds`, stragglers named in
+//! the log) → mark the clean stop and flush sled.
+//!
+//! A critical actor that escalates (restarted too often) stops the daemon the same way, with exit code
+//! [`EXIT_CRITICAL_FAILURE`] when `supervisor.exit_on_critical_failure` is set, so systemd restarts it.
 //!
 //! Reload ([`Daemon::reload`], SIGHUP in `main`): re-read the configuration and the policy directory;
 //! apply TLS material, grants, the policy set, rate limits, guardrails and log level as a whole, or
@@ -25,11 +30,14 @@ use crate::access::Access;
 use crate::audit::AuditLog;
 use crate::authz::{Authorizer, Grants};
 use crate::config::{Config, ConfigError, ConfigSource, EXIT_CONFIG, FlushPolicy};
+use crate::episodic::{self, Episodic, EpisodicError};
 use crate::events::{ConfigReloaded, ErrorOccurred};
 use crate::grpc::{self, GrpcParts};
 use crate::notify::{Notifier, watchdog_interval};
 use crate::pki::{DevPki, Ensured, PkiError};
 use crate::store::{Store, StoreError};
+pub use crate::supervisor::EXIT_CRITICAL_FAILURE;
+use crate::supervisor::{Supervisor, SupervisorBuilder, WatchdogPing};
 use crate::tasks::Tasks;
 use crate::telemetry::LogControl;
 use crate::tls::{self, ReloadableTls, TlsError};
@@ -54,6 +62,8 @@ pub enum StartError {
     Policy(String),
     #[error("capability tokens: {0}")]
     Tokens(#[from] TokenError),
+    #[error("cannot set up the actors: {0}")]
+    Actors(#[from] EpisodicError),
     #[error("cannot listen for {what} on {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -71,7 +81,7 @@ impl StartError {
                 EXIT_CONFIG
             }
             StartError::Pki(PkiError::Io { .. } | PkiError::Generate(_)) => 1,
-            StartError::Store(_) | StartError::Bind { .. } => 1,
+            StartError::Store(_) | StartError::Actors(_) | StartError::Bind { .. } => 1,
             StartError::Tokens(TokenError::MasterKey { .. } | TokenError::Undecryptable { .. }) => {
                 EXIT_CONFIG
             }
@@ -105,7 +115,8 @@ pub struct Daemon {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     control: mpsc::Sender<Control>,
-    done: tokio::task::JoinHandle<()>,
+    done: tokio::task::JoinHandle<i32>,
+    supervisor: Supervisor,
 }
 
 impl Daemon {
@@ -190,6 +201,24 @@ impl Daemon {
         };
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
+        // Actors are declared in start order; they start below, once nothing can fail any more.
+        let mut actors = SupervisorBuilder::new(config.supervisor.clone(), store.clone());
+        let episodic = if config.episodic.enabled {
+            let actor_config = config
+                .actors
+                .get(episodic::ACTOR_NAME)
+                .cloned()
+                .unwrap_or_default();
+            Some(Episodic::register(
+                &mut actors,
+                &config.episodic,
+                actor_config,
+                &store,
+            )?)
+        } else {
+            None
+        };
+
         // Nothing below can fail: from here on the daemon is up.
         let server_token = root.child_token();
         let ready = Arc::new(AtomicBool::new(false));
@@ -202,6 +231,17 @@ impl Daemon {
         );
         let (health, health_service) = grpc::health();
         grpc::set_health(&health, ServingStatus::Serving).await;
+
+        crate::events::describe_supervision();
+        // systemd's watchdog is pinged from the supervisor loop, at half the interval systemd asked
+        // for, and only while no critical actor is failed.
+        let ping = watchdog_interval().map(|interval| {
+            let notifier = env.notifier.clone();
+            let ping: WatchdogPing = Arc::new(move || notifier.watchdog());
+            (interval / 2, ping)
+        });
+        env.notifier.status("starting actors");
+        let supervisor = actors.start(&tasks, root.child_token(), ping).await;
 
         let info = Arc::new(grpc::admin::DaemonInfo {
             version: VERSION,
@@ -216,8 +256,19 @@ impl Daemon {
                 tls: tls.clone(),
                 access: access.clone(),
                 health_service,
-                admin: grpc::admin::AdminService::new(authorizer.clone(), info, store.clone()),
                 tokens: tokens.clone(),
+                admin: grpc::admin::AdminService::new(
+                    authorizer.clone(),
+                    info.clone(),
+                    store.clone(),
+                ),
+                supervisor: grpc::supervisor::SupervisorService::new(
+                    supervisor.clone(),
+                    info,
+                    server_token.clone(),
+                    ready.clone(),
+                ),
+                episodic: episodic.map(grpc::episodic::EpisodicService::new),
             },
             &tasks,
             server_token.clone(),
@@ -234,11 +285,16 @@ impl Daemon {
                 root.child_token(),
             );
         }
-        if let Some(interval) = watchdog_interval() {
-            spawn_watchdog(env.notifier.clone(), interval, &tasks, root.child_token());
-        }
 
         ready.store(true, Ordering::Release);
+        grpc::supervisor::set_actor_health(&health, &supervisor, true).await;
+        grpc::supervisor::spawn_health_sync(
+            health.clone(),
+            supervisor.clone(),
+            ready.clone(),
+            &tasks,
+            root.child_token(),
+        );
         let metrics_text = metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
         env.notifier.ready(&format!(
             "serving grpc={grpc_addr} metrics={metrics_text} boot={}",
@@ -267,6 +323,7 @@ impl Daemon {
             root,
             server_token,
             server,
+            supervisor: supervisor.clone(),
         };
         // The lifecycle task is owned by the returned Daemon (awaited by `wait`), not by `tasks`, which
         // it shuts down.
@@ -276,6 +333,7 @@ impl Daemon {
             metrics_addr,
             control: control_tx,
             done,
+            supervisor,
         })
     }
 
@@ -291,10 +349,20 @@ impl Daemon {
         }
     }
 
-    /// Waits until the daemon has stopped completely.
-    pub async fn wait(self) {
-        if let Err(err) = self.done.await {
-            tracing::error!(error = %err, "lifecycle task failed");
+    /// The actor supervisor (state, counters, operator control).
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
+    /// Waits until the daemon has stopped completely; returns the process exit code: 0 after a
+    /// requested stop, [`EXIT_CRITICAL_FAILURE`] after a critical actor failed.
+    pub async fn wait(self) -> i32 {
+        match self.done.await {
+            Ok(code) => code,
+            Err(err) => {
+                tracing::error!(error = %err, "lifecycle task failed");
+                1
+            }
         }
     }
 }
@@ -329,13 +397,25 @@ struct Running {
     root: CancellationToken,
     server_token: CancellationToken,
     server: tokio::task::JoinHandle<()>,
+    supervisor: Supervisor,
 }
 
 impl Running {
-    async fn run(mut self, shutdown: CancellationToken, mut control: mpsc::Receiver<Control>) {
+    async fn run(
+        mut self,
+        shutdown: CancellationToken,
+        mut control: mpsc::Receiver<Control>,
+    ) -> i32 {
+        let failure = self.supervisor.critical_failure().clone();
+        let mut exit_code = 0;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = failure.cancelled() => {
+                    tracing::error!(exit_code = EXIT_CRITICAL_FAILURE, "a critical actor failed; stopping so that the service manager restarts the daemon");
+                    exit_code = EXIT_CRITICAL_FAILURE;
+                    break;
+                }
                 Some(message) = control.recv() => match message {
                     Control::Reload(reply) => {
                         let outcome = self.reload();
@@ -346,6 +426,7 @@ impl Running {
         }
         drop(control);
         self.stop().await;
+        exit_code
     }
 
     fn reload(&mut self) -> ReloadOutcome {
@@ -422,6 +503,7 @@ impl Running {
         tracing::info!("stopping: draining in-flight calls");
         self.ready.store(false, Ordering::Release);
         grpc::set_health(&self.health, ServingStatus::NotServing).await;
+        grpc::supervisor::set_actor_health(&self.health, &self.supervisor, false).await;
         let grace = Duration::from_secs(self.config.server.shutdown_grace_seconds);
         if !grace.is_zero() {
             // Still accepting, answering NOT_SERVING, so health checkers move traffic away first.
@@ -445,7 +527,7 @@ impl Running {
             server.abort();
         }
 
-        // Phase 2: background work.
+        // Phase 2: background work; the supervisor stops its actors in reverse declared order.
         self.root.cancel();
         self.tasks.close();
         let stop = Duration::from_secs(self.config.server.stop_timeout_seconds);
@@ -507,20 +589,6 @@ fn spawn_flusher(store: &Store, interval_ms: u64, tasks: &Tasks, token: Cancella
                         ErrorOccurred { subsystem: "store", kind: "flush" }.emit();
                     }
                 }
-            }
-        }
-    });
-}
-
-/// Pings systemd's watchdog at half its interval while the runtime is alive. The supervisor makes this
-/// conditional on actor health.
-fn spawn_watchdog(notifier: Notifier, interval: Duration, tasks: &Tasks, token: CancellationToken) {
-    tasks.spawn("systemd.watchdog", async move {
-        let mut tick = tokio::time::interval(interval / 2);
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => break,
-                _ = tick.tick() => notifier.watchdog(),
             }
         }
     });

@@ -12,6 +12,8 @@
 //! - [`grpc`]: the control plane: accept loop, authorization layer, method table, services, status mapping.
 //! - [`metrics`]: the loopback metrics listener; [`events`]: every metric and its log line.
 //! - [`notify`]: the systemd notify protocol; [`tasks`]: the tracked, named task set.
+//! - [`supervisor`]: the actor supervisor: restart policy, progress watchdog, the systemd watchdog ping.
+//! - [`episodic`]: the episodic buffer actor (short-term memory with exact embedding search).
 //! - [`daemon`]: start, reload and the staged stop that `main` and the tests drive.
 
 pub mod access;
@@ -19,6 +21,7 @@ pub mod audit;
 pub mod authz;
 pub mod config;
 pub mod daemon;
+pub mod episodic;
 pub mod error;
 pub mod events;
 pub mod grpc;
@@ -30,6 +33,7 @@ pub mod pki;
 pub mod policy;
 pub mod ratelimit;
 pub mod store;
+pub mod supervisor;
 pub mod tasks;
 pub mod telemetry;
 pub mod tls;

@@ -187,10 +187,10 @@ fn run(source: ConfigSource) -> ExitCode {
             }
         };
         let signal_task = tokio::spawn(handle_signals(signals, shutdown, daemon.reloader()));
-        daemon.wait().await;
+        let code = daemon.wait().await;
         signals_handle.close();
         let _ = signal_task.await;
-        ExitCode::SUCCESS
+        ExitCode::from(u8::try_from(code).unwrap_or(1))
     })
 }
 

@@ -28,6 +28,8 @@ pub mod trees {
     pub const TOKENS_ISSUED: &str = "tokens.issued";
     /// Revoked token ids, kept until the token would have expired.
     pub const TOKENS_REVOKED: &str = "tokens.revoked";
+    /// The episodic buffer: `e` + big-endian sequence number → episode; `m:…` bookkeeping.
+    pub const EPISODIC: &str = "episodic";
 }
 
 /// Schema version this build writes.
@@ -411,6 +413,43 @@ impl Tree {
         self.tree.len()
     }
 
+    /// Every value whose key starts with `prefix`, in key order. Each item is decoded on its own, so
+    /// one damaged value is one `Err` ([`StoreError::Corrupt`]) and the rest still read.
+    pub fn scan_prefix<T: Record>(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, T), StoreError>> + '_ {
+        self.tree.scan_prefix(prefix).map(move |item| {
+            let (key, bytes) = item?;
+            decode(&bytes)
+                .map(|value| (key.to_vec(), value))
+                .map_err(|reason| StoreError::Corrupt {
+                    tree: self.name.to_owned(),
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    reason,
+                })
+        })
+    }
+
+    /// Applies a batch atomically (all or nothing, also across a crash), flushed before returning when
+    /// the flush policy is `always`.
+    pub async fn apply_async(&self, batch: Batch) -> Result<(), StoreError> {
+        self.tree.apply_batch(batch.inner)?;
+        if self.durable {
+            self.tree.flush_async().await?;
+        }
+        Ok(())
+    }
+
+    /// Blocking [`Tree::apply_async`].
+    pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        self.tree.apply_batch(batch.inner)?;
+        if self.durable {
+            self.tree.flush()?;
+        }
+        Ok(())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tree.is_empty()
     }
@@ -425,7 +464,43 @@ impl Tree {
     }
 }
 
+/// Writes and removals applied together by [`Tree::apply`].
+#[derive(Default)]
+pub struct Batch {
+    inner: sled::Batch,
+    len: usize,
+}
+
+impl Batch {
+    pub fn put<T: Record>(&mut self, tree: &Tree, key: &[u8], value: &T) -> Result<(), StoreError> {
+        let bytes = encode(value).map_err(|source| StoreError::Encode {
+            tree: tree.name.to_owned(),
+            source,
+        })?;
+        self.inner.insert(key, bytes);
+        self.len += 1;
+        Ok(())
+    }
+
+    pub fn remove(&mut self, key: &[u8]) {
+        self.inner.remove(key);
+        self.len += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 impl Record for u32 {
+    const VERSION: u8 = 1;
+}
+
+impl Record for u64 {
     const VERSION: u8 = 1;
 }
 
@@ -593,6 +668,43 @@ mod tests {
         assert!(third.previous_shutdown_clean);
         assert_eq!(third.first_start_unix_ms, first_start);
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn batches_apply_whole_and_prefix_scans_are_ordered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &config(FlushPolicy::Always)).unwrap();
+        let tree = store.tree(trees::EPISODIC).unwrap();
+        let mut batch = Batch::default();
+        for i in [3u64, 1, 2] {
+            batch
+                .put(&tree, &[b"e".as_slice(), &i.to_be_bytes()].concat(), &i)
+                .unwrap();
+        }
+        batch.put(&tree, b"m:next", &9u64).unwrap();
+        assert_eq!(batch.len(), 4);
+        tree.apply(batch).unwrap();
+        let mut batch = Batch::default();
+        batch.remove(&[b"e".as_slice(), &2u64.to_be_bytes()].concat());
+        tree.apply(batch).unwrap();
+        let values: Vec<u64> = tree
+            .scan_prefix::<u64>(b"e")
+            .map(|item| item.unwrap().1)
+            .collect();
+        assert_eq!(values, [1, 3]);
+        // A damaged value is one error; the others still read.
+        store
+            .db
+            .open_tree(trees::EPISODIC)
+            .unwrap()
+            .insert(
+                [b"e".as_slice(), &5u64.to_be_bytes()].concat(),
+                b"junk".to_vec(),
+            )
+            .unwrap();
+        let items: Vec<_> = tree.scan_prefix::<u64>(b"e").collect();
+        assert_eq!(items.len(), 3);
+        assert!(matches!(items[2], Err(StoreError::Corrupt { .. })));
     }
 
     #[test]

@@ -5,4 +5,5 @@ mod access;
 mod harness;
 mod inprocess;
 mod process;
+mod supervision;
 mod tokens;

@@ -4,8 +4,9 @@
 Starts `brainstemd --dev` on 127.0.0.1:0 in a throwaway state directory, learns its gRPC address from
 the systemd notify protocol (READY=1 / STATUS=serving grpc=...), generates Python stubs from proto/ at
 run time, and checks Health, Admin (WhoAmI, Ping, GetStatus), authorization, rich error details,
-server reflection, mutual TLS enforcement, capability tokens (Issue, Verify, Revoke) and a clean
-SIGTERM stop.
+server reflection, mutual TLS enforcement, capability tokens (Issue, Verify, Revoke), Policy.Check, the
+Supervisor (ListActors, RestartActor, WatchActors) and Episodic (Store, Query, validation) services,
+and a clean SIGTERM stop.
 
 Prints `PASS name` / `FAIL name: reason` per check and a closing line `interop: N passed, M failed`.
 Exits non-zero if any check failed.
@@ -276,6 +277,8 @@ def main():
 
         from brainstem.v1 import admin_pb2, admin_pb2_grpc, policy_pb2, policy_pb2_grpc, tokens_pb2, tokens_pb2_grpc
         from google.protobuf import struct_pb2
+        from brainstem.v1 import episodic_pb2, episodic_pb2_grpc
+        from brainstem.v1 import supervisor_pb2, supervisor_pb2_grpc
         from google.rpc import error_details_pb2
         from grpc_health.v1 import health_pb2, health_pb2_grpc
         from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -394,6 +397,76 @@ def main():
                     )
                 else:
                     raise CheckFailed(f"Ping without a client certificate succeeded: {reply!r}")
+
+        supervisor = supervisor_pb2_grpc.SupervisorStub(admin_ch)
+        episodic = episodic_pb2_grpc.EpisodicStub(admin_ch)
+        dim = 384
+
+        def unit(i):
+            return [1.0 if j == i else 0.01 for j in range(dim)]
+
+        def list_actors():
+            reply = supervisor.ListActors(supervisor_pb2.ListActorsRequest(), timeout=RPC_TIMEOUT_S)
+            by_name = {a.name: a for a in reply.actors}
+            expect("episodic" in by_name, f"actors {list(by_name)!r}")
+            expect(by_name["episodic"].state == "running", f"state {by_name['episodic'].state!r}")
+            stub = health_pb2_grpc.HealthStub(admin_ch)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service="brainstem.v1.Episodic"), timeout=RPC_TIMEOUT_S)
+            expect(reply.status == health_pb2.HealthCheckResponse.SERVING, f"Episodic health {reply.status}")
+
+        def restart_actor():
+            before = supervisor.GetActor(supervisor_pb2.GetActorRequest(name="episodic"), timeout=RPC_TIMEOUT_S).actor
+            reply = supervisor.RestartActor(supervisor_pb2.RestartActorRequest(name="episodic"), timeout=RPC_TIMEOUT_S)
+            expect(reply.actor.state == "running", f"state after restart {reply.actor.state!r}")
+            expect(reply.actor.restarts == before.restarts + 1, f"restarts {before.restarts} -> {reply.actor.restarts}")
+            try:
+                supervisor.RestartActor(supervisor_pb2.RestartActorRequest(name="no-such-actor"), timeout=RPC_TIMEOUT_S)
+            except grpc.RpcError as err:
+                expect(err.code() == grpc.StatusCode.NOT_FOUND, f"{describe_rpc_error(err)}, want NOT_FOUND")
+            else:
+                raise CheckFailed("RestartActor of an unknown actor succeeded")
+
+        def watch_actors():
+            stream = supervisor.WatchActors(supervisor_pb2.WatchActorsRequest(name="episodic"), timeout=RPC_TIMEOUT_S)
+            first = next(stream)
+            expect(first.actor.name == "episodic", f"first event {first!r}")
+            stream.cancel()
+
+        def store_and_query():
+            stored = episodic.Store(
+                episodic_pb2.StoreRequest(
+                    episode=episodic_pb2.Episode(text="the kettle boiled", source="interop", kind="observation", embedding=unit(5))
+                ),
+                timeout=RPC_TIMEOUT_S,
+            )
+            expect(len(stored.id) == 16, f"id {stored.id!r}")
+            episodic.Store(
+                episodic_pb2.StoreRequest(episode=episodic_pb2.Episode(text="a door closed", source="interop", embedding=unit(9))),
+                timeout=RPC_TIMEOUT_S,
+            )
+            reply = episodic.Query(episodic_pb2.QueryRequest(embedding=unit(5), k=2), timeout=RPC_TIMEOUT_S)
+            expect(len(reply.results) == 2, f"{len(reply.results)} results")
+            best = reply.results[0]
+            expect(best.episode.id == stored.id, f"best {best.episode.id!r}, want {stored.id!r}")
+            expect(best.episode.text == "the kettle boiled", f"text {best.episode.text!r}")
+            expect(abs(best.score - 1.0) < 1e-3, f"score {best.score}")
+            expect(reply.results[0].score >= reply.results[1].score, "results not best first")
+
+        def query_bad_dimension():
+            try:
+                episodic.Query(episodic_pb2.QueryRequest(embedding=[1.0, 2.0, 3.0], k=3), timeout=RPC_TIMEOUT_S)
+            except grpc.RpcError as err:
+                expect(err.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{describe_rpc_error(err)}, want INVALID_ARGUMENT")
+                status = rpc_status.from_call(err)
+                fields = []
+                for detail in status.details if status else []:
+                    if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                        bad = error_details_pb2.BadRequest()
+                        detail.Unpack(bad)
+                        fields.extend(v.field for v in bad.field_violations)
+                expect(fields == ["embedding"], f"BadRequest field violations {fields!r}")
+            else:
+                raise CheckFailed("Query with a 3-dimensional embedding succeeded")
 
         tokens = tokens_pb2_grpc.TokensStub(admin_ch)
 
@@ -523,6 +596,11 @@ def main():
         results.run("ping_invalid_argument_details", invalid_argument)
         results.run("reflection_lists_services", reflection)
         results.run("no_client_cert_rejected", no_client_cert)
+        results.run("supervisor_list_actors", list_actors)
+        results.run("supervisor_restart_actor", restart_actor)
+        results.run("supervisor_watch_actors", watch_actors)
+        results.run("episodic_store_and_query", store_and_query)
+        results.run("episodic_bad_dimension_details", query_bad_dimension)
         results.run("tokens_issue_verify_revoke", tokens_issue_verify_revoke)
         results.run("policy_check_contract", policy_check_contract)
         results.run("policy_float_context_invalid_argument", policy_float_context_invalid_argument)

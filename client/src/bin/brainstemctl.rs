@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use brainstem_client::bench::{self, BenchOptions, Scenario};
 use brainstem_client::v1::{
-    AttenuateTokenRequest, GetStatusRequest, IssueTokenRequest, ListTokensRequest, PingRequest,
-    RevokeTokenRequest, RotateKeyRequest, VerifyTokenRequest, WhoAmIRequest,
+    ActorStatus, AttenuateTokenRequest, GetActorRequest, GetHealthRequest, GetStatusRequest,
+    IssueTokenRequest, ListActorsRequest, ListTokensRequest, PingRequest, RestartActorRequest,
+    RevokeTokenRequest, RotateKeyRequest, StartActorRequest, StopActorRequest, VerifyTokenRequest,
+    WatchActorsRequest, WhoAmIRequest,
 };
 use brainstem_client::{ClientError, ConnectOptions, exit};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -80,7 +82,14 @@ enum Command {
         /// Service name ("" is the whole daemon), e.g. brainstem.v1.Admin.
         #[arg(long, default_value = "")]
         service: String,
+        /// Detailed health instead (Supervisor.GetHealth, needs supervisor.read): uptime, memory,
+        /// threads and every actor; exit 1 when not ready.
+        #[arg(long, conflicts_with = "service")]
+        detailed: bool,
     },
+    /// The supervised actors: state, counters and control.
+    #[command(subcommand)]
+    Actors(ActorsCommand),
     /// Show the principal the daemon sees for this certificate, and its grants.
     Whoami,
     /// Round-trip an empty Ping.
@@ -119,6 +128,31 @@ enum Command {
         duration_seconds: u64,
         #[arg(long, default_value_t = 2)]
         warmup_seconds: u64,
+        /// Embedding dimension for the episodic scenarios (the daemon's episodic.embedding_dimension).
+        #[arg(long, default_value_t = 384)]
+        dimension: usize,
+        /// Store this many episodes before measuring (for episodic-query).
+        #[arg(long, default_value_t = 0)]
+        prefill: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum ActorsCommand {
+    /// Every actor with its state and counters (needs supervisor.read).
+    List,
+    /// One actor in detail (needs supervisor.read).
+    Get { name: String },
+    /// Cancel the actor and start a fresh incarnation; waits until it runs (needs supervisor.admin).
+    Restart { name: String },
+    /// Stop the actor until started again (needs supervisor.admin).
+    Stop { name: String },
+    /// Start a stopped or failed actor (needs supervisor.admin).
+    Start { name: String },
+    /// Print state changes as they happen (one line, or one JSON document, each); Ctrl-C to end.
+    Watch {
+        /// Only this actor.
+        name: Option<String>,
     },
 }
 
@@ -458,7 +492,33 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
     let options = cli.connection.options();
     let output = cli.output;
     match &cli.command {
-        Command::Health { service } => {
+        Command::Health { detailed: true, .. } => {
+            let mut client = options.connect().await?;
+            let h = client
+                .supervisor
+                .get_health(GetHealthRequest {})
+                .await?
+                .into_inner();
+            let human = format!(
+                "live {}  ready {}  version {}  uptime {:.0}s  rss {:.1} MiB  threads {}\n{}",
+                h.live,
+                h.ready,
+                h.version,
+                h.uptime_seconds,
+                h.rss_bytes as f64 / (1024.0 * 1024.0),
+                h.threads,
+                actor_table(&h.actors)
+            );
+            let value = json!({
+                "live": h.live, "ready": h.ready, "version": h.version,
+                "uptime_seconds": h.uptime_seconds, "rss_bytes": h.rss_bytes, "threads": h.threads,
+                "actors": h.actors.iter().map(actor_json).collect::<Vec<_>>(),
+            });
+            print(output, human, value);
+            Ok(if h.ready { exit::OK } else { exit::NEGATIVE })
+        }
+        Command::Actors(command) => actors(&options, output, command).await,
+        Command::Health { service, .. } => {
             let mut client = options.connect().await?;
             let reply = client
                 .health
@@ -588,7 +648,13 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
             concurrency,
             duration_seconds,
             warmup_seconds,
+            dimension,
+            prefill,
         } => {
+            if *prefill > 0 {
+                let mut client = options.connect().await?;
+                bench::prefill(&mut client, *prefill, *dimension).await?;
+            }
             let report = bench::run(
                 &options,
                 &BenchOptions {
@@ -597,6 +663,7 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
                     concurrency: *concurrency,
                     duration: Duration::from_secs((*duration_seconds).max(1)),
                     warmup: Duration::from_secs(*warmup_seconds),
+                    dimension: *dimension,
                 },
             )
             .await?;
@@ -637,5 +704,172 @@ fn none_if_empty(items: &[String]) -> String {
         "(none)".to_owned()
     } else {
         items.join(", ")
+    }
+}
+
+fn actor_json(a: &ActorStatus) -> serde_json::Value {
+    json!({
+        "name": a.name, "state": a.state, "restarts": a.restarts, "panics": a.panics,
+        "errors": a.errors, "kills": a.kills, "mailbox_depth": a.mailbox_depth,
+        "mailbox_capacity": a.mailbox_capacity, "mailbox_drops": a.mailbox_drops,
+        "last_error": a.last_error, "status": a.status,
+        "seconds_since_progress": a.seconds_since_progress, "uptime_seconds": a.uptime_seconds,
+        "restart_type": a.restart_type, "critical": a.critical, "health_services": a.health_services,
+    })
+}
+
+fn actor_table(actors: &[ActorStatus]) -> String {
+    let mut lines = vec![format!(
+        "{:<14} {:<11} {:>8} {:>6} {:>6} {:>5} {:>11} {:>6} {:>9}  {}",
+        "NAME",
+        "STATE",
+        "RESTARTS",
+        "PANICS",
+        "ERRORS",
+        "KILLS",
+        "MAILBOX",
+        "DROPS",
+        "PROGRESS",
+        "LAST ERROR"
+    )];
+    for a in actors {
+        lines.push(format!(
+            "{:<14} {:<11} {:>8} {:>6} {:>6} {:>5} {:>11} {:>6} {:>8.1}s  {}",
+            a.name,
+            a.state,
+            a.restarts,
+            a.panics,
+            a.errors,
+            a.kills,
+            format!("{}/{}", a.mailbox_depth, a.mailbox_capacity),
+            a.mailbox_drops,
+            a.seconds_since_progress,
+            if a.last_error.is_empty() {
+                "-"
+            } else {
+                a.last_error.as_str()
+            }
+        ));
+    }
+    lines.join("\n")
+}
+
+fn actor_detail(a: &ActorStatus) -> String {
+    format!(
+        "name              {}\nstate             {}\nstatus            {}\nrestart type      {}{}\nuptime            {:.1}s\nrestarts          {}\npanics            {}\nerrors            {}\nkills             {}\nmailbox           {}/{} ({} dropped)\nsince progress    {:.1}s\nlast error        {}\nhealth services   {}",
+        a.name,
+        a.state,
+        if a.status.is_empty() {
+            "-"
+        } else {
+            a.status.as_str()
+        },
+        a.restart_type,
+        if a.critical { " (critical)" } else { "" },
+        a.uptime_seconds,
+        a.restarts,
+        a.panics,
+        a.errors,
+        a.kills,
+        a.mailbox_depth,
+        a.mailbox_capacity,
+        a.mailbox_drops,
+        a.seconds_since_progress,
+        if a.last_error.is_empty() {
+            "-"
+        } else {
+            a.last_error.as_str()
+        },
+        none_if_empty(&a.health_services),
+    )
+}
+
+async fn actors(
+    options: &ConnectOptions,
+    output: Output,
+    command: &ActorsCommand,
+) -> Result<u8, CliError> {
+    let mut client = options.connect().await?;
+    let one = |actor: Option<ActorStatus>| -> Result<u8, CliError> {
+        let actor = actor.ok_or_else(|| CliError::Local("the daemon sent no actor".to_owned()))?;
+        print(output, actor_detail(&actor), actor_json(&actor));
+        Ok(exit::OK)
+    };
+    match command {
+        ActorsCommand::List => {
+            let actors = client
+                .supervisor
+                .list_actors(ListActorsRequest {})
+                .await?
+                .into_inner()
+                .actors;
+            print(
+                output,
+                actor_table(&actors),
+                json!({"actors": actors.iter().map(actor_json).collect::<Vec<_>>()}),
+            );
+            Ok(exit::OK)
+        }
+        ActorsCommand::Get { name } => {
+            let reply = client
+                .supervisor
+                .get_actor(GetActorRequest { name: name.clone() })
+                .await?;
+            one(reply.into_inner().actor)
+        }
+        ActorsCommand::Restart { name } => {
+            let reply = client
+                .supervisor
+                .restart_actor(RestartActorRequest { name: name.clone() })
+                .await?;
+            one(reply.into_inner().actor)
+        }
+        ActorsCommand::Stop { name } => {
+            let reply = client
+                .supervisor
+                .stop_actor(StopActorRequest { name: name.clone() })
+                .await?;
+            one(reply.into_inner().actor)
+        }
+        ActorsCommand::Start { name } => {
+            let reply = client
+                .supervisor
+                .start_actor(StartActorRequest { name: name.clone() })
+                .await?;
+            one(reply.into_inner().actor)
+        }
+        ActorsCommand::Watch { name } => {
+            // A stream has no overall deadline: the per-call timeout would end it.
+            let mut request = tonic::Request::new(WatchActorsRequest {
+                name: name.clone().unwrap_or_default(),
+            });
+            request.set_timeout(Duration::from_secs(365 * 24 * 3600));
+            let mut stream = client.supervisor.watch_actors(request).await?.into_inner();
+            while let Some(event) = stream.message().await? {
+                let Some(a) = event.actor else { continue };
+                let at = rfc3339(event.at);
+                let human = if event.previous_state.is_empty() {
+                    format!("{at} {} {} (restarts {})", a.name, a.state, a.restarts)
+                } else {
+                    format!(
+                        "{at} {} {} -> {} (restarts {}{})",
+                        a.name,
+                        event.previous_state,
+                        a.state,
+                        a.restarts,
+                        if a.last_error.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", last error: {}", a.last_error)
+                        }
+                    )
+                };
+                let mut value = actor_json(&a);
+                value["previous_state"] = json!(event.previous_state);
+                value["at"] = json!(at);
+                print(output, human, value);
+            }
+            Ok(exit::OK)
+        }
     }
 }

@@ -85,6 +85,60 @@ pub const METHODS: &[(&str, Requirement)] = &[
         "/brainstem.v1.Tokens/RotateKey",
         Requirement::Capability("tokens.rotate"),
     ),
+    // Supervisor: reading state needs supervisor.read; changing it, supervisor.admin.
+    (
+        "/brainstem.v1.Supervisor/ListActors",
+        Requirement::Capability("supervisor.read"),
+    ),
+    (
+        "/brainstem.v1.Supervisor/GetActor",
+        Requirement::Capability("supervisor.read"),
+    ),
+    (
+        "/brainstem.v1.Supervisor/WatchActors",
+        Requirement::Capability("supervisor.read"),
+    ),
+    (
+        "/brainstem.v1.Supervisor/GetHealth",
+        Requirement::Capability("supervisor.read"),
+    ),
+    (
+        "/brainstem.v1.Supervisor/RestartActor",
+        Requirement::Capability("supervisor.admin"),
+    ),
+    (
+        "/brainstem.v1.Supervisor/StopActor",
+        Requirement::Capability("supervisor.admin"),
+    ),
+    (
+        "/brainstem.v1.Supervisor/StartActor",
+        Requirement::Capability("supervisor.admin"),
+    ),
+    // Episodic buffer.
+    (
+        "/brainstem.v1.Episodic/Store",
+        Requirement::Capability("episodic.write"),
+    ),
+    (
+        "/brainstem.v1.Episodic/StoreBatch",
+        Requirement::Capability("episodic.write"),
+    ),
+    (
+        "/brainstem.v1.Episodic/Forget",
+        Requirement::Capability("episodic.write"),
+    ),
+    (
+        "/brainstem.v1.Episodic/Query",
+        Requirement::Capability("episodic.read"),
+    ),
+    (
+        "/brainstem.v1.Episodic/Recent",
+        Requirement::Capability("episodic.read"),
+    ),
+    (
+        "/brainstem.v1.Episodic/Get",
+        Requirement::Capability("episodic.read"),
+    ),
 ];
 
 /// The `brainstem.v1` methods a rate-limit pattern names: a full path, or `/brainstem.v1.Service/*`.

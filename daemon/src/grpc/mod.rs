@@ -3,12 +3,14 @@
 
 pub mod admin;
 pub mod audit;
+pub mod episodic;
 pub mod guardrails;
 pub mod incoming;
 pub mod layer;
 pub mod methods;
 pub mod policy;
 pub mod status;
+pub mod supervisor;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -16,8 +18,10 @@ use std::time::Duration;
 
 use brainstem_proto::v1::admin_server::AdminServer;
 use brainstem_proto::v1::audit_server::AuditServer;
+use brainstem_proto::v1::episodic_server::EpisodicServer;
 use brainstem_proto::v1::guardrails_server::GuardrailsServer;
 use brainstem_proto::v1::policy_server::PolicyServer;
+use brainstem_proto::v1::supervisor_server::SupervisorServer;
 use brainstem_proto::v1::tokens_server::TokensServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
@@ -32,12 +36,15 @@ use crate::tasks::Tasks;
 use crate::tls::ReloadableTls;
 
 /// Service names reported through `grpc.health.v1` (besides "" for the whole server).
+/// Actors' services (e.g. `brainstem.v1.Episodic`) follow their actor's state instead: see
+/// [`supervisor::spawn_health_sync`].
 pub const HEALTH_SERVICES: &[&str] = &[
     "brainstem.v1.Admin",
     "brainstem.v1.Policy",
     "brainstem.v1.Audit",
     "brainstem.v1.Guardrails",
     "brainstem.v1.Tokens",
+    "brainstem.v1.Supervisor",
 ];
 
 pub struct GrpcParts {
@@ -48,6 +55,9 @@ pub struct GrpcParts {
     pub admin: admin::AdminService,
     /// Capability tokens; also what the layer will ask about bearer tokens in request metadata.
     pub tokens: Arc<crate::tokens::TokenService>,
+    pub supervisor: supervisor::SupervisorService,
+    /// `None` when the episodic buffer is disabled (its RPCs answer UNIMPLEMENTED).
+    pub episodic: Option<episodic::EpisodicService>,
 }
 
 /// Sets the overall and per-service health.
@@ -136,7 +146,17 @@ pub fn serve(
             TokensServer::new(tokens_service)
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
-        );
+        )
+        .add_service(
+            SupervisorServer::new(parts.supervisor)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_optional_service(parts.episodic.map(|episodic| {
+            EpisodicServer::new(episodic)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message)
+        }));
     let router = match (reflection_v1, reflection_v1alpha) {
         (Ok(v1), Ok(v1alpha)) => router.add_service(v1).add_service(v1alpha),
         (v1, v1alpha) => {

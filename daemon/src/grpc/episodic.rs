@@ -1,0 +1,270 @@
+//! `brainstem.v1.Episodic`: protobuf ↔ domain conversion for the episodic buffer.
+
+use std::collections::BTreeMap;
+
+use brainstem_proto::v1 as pb;
+use brainstem_proto::v1::episodic_server::Episodic as EpisodicApi;
+use tonic::{Request, Response, Status};
+
+use crate::episodic::{self, Episodic, ForgetTarget, NewEpisode};
+use crate::error::{FieldViolation, ServiceError};
+
+pub struct EpisodicService {
+    episodic: Episodic,
+}
+
+impl EpisodicService {
+    pub fn new(episodic: Episodic) -> Self {
+        EpisodicService { episodic }
+    }
+}
+
+fn timestamp_ms(field: &str, ts: &prost_types::Timestamp) -> Result<i64, FieldViolation> {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(FieldViolation::new(
+            field,
+            format!("nanos {} is outside 0..1e9", ts.nanos),
+        ));
+    }
+    ts.seconds
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add(i64::from(ts.nanos / 1_000_000)))
+        .ok_or_else(|| FieldViolation::new(field, "is out of range"))
+}
+
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+fn new_episode(prefix: &str, e: pb::Episode, out: &mut Vec<FieldViolation>) -> NewEpisode {
+    let timestamp_ms = e.timestamp.as_ref().and_then(|ts| {
+        timestamp_ms(&format!("{prefix}.timestamp"), ts)
+            .map_err(|v| out.push(v))
+            .ok()
+    });
+    NewEpisode {
+        id: e.id,
+        timestamp_ms,
+        source: e.source,
+        kind: e.kind,
+        text: e.text,
+        embedding: e.embedding,
+        importance: e.importance,
+        metadata: e.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+    }
+}
+
+fn filter(f: Option<pb::EpisodeFilter>, out: &mut Vec<FieldViolation>) -> episodic::Filter {
+    let Some(f) = f else {
+        return episodic::Filter::default();
+    };
+    let mut time = |field: &str, ts: Option<prost_types::Timestamp>| {
+        ts.and_then(|ts| timestamp_ms(field, &ts).map_err(|v| out.push(v)).ok())
+    };
+    let since_ms = time("filter.since", f.since);
+    let until_ms = time("filter.until", f.until);
+    episodic::Filter {
+        since_ms,
+        until_ms,
+        source: (!f.source.is_empty()).then_some(f.source),
+        kind: (!f.kind.is_empty()).then_some(f.kind),
+    }
+}
+
+fn episode(e: &episodic::Episode) -> pb::Episode {
+    let d = &e.data;
+    pb::Episode {
+        id: e.id(),
+        timestamp: Some(timestamp(d.timestamp_ms)),
+        source: d.source.clone(),
+        kind: d.kind.clone(),
+        text: d.text.clone(),
+        embedding: e.embedding.clone(),
+        importance: Some(d.importance),
+        metadata: d
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+fn invalid_if_any(violations: Vec<FieldViolation>) -> Result<(), Status> {
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(ServiceError::InvalidArgument(violations).into())
+    }
+}
+
+fn status(err: episodic::EpisodicError) -> Status {
+    ServiceError::from(err).into()
+}
+
+#[tonic::async_trait]
+impl EpisodicApi for EpisodicService {
+    #[tracing::instrument(skip_all)]
+    async fn store(
+        &self,
+        request: Request<pb::StoreRequest>,
+    ) -> Result<Response<pb::StoreResponse>, Status> {
+        let Some(e) = request.into_inner().episode else {
+            return invalid_if_any(vec![FieldViolation::new("episode", "is required")])
+                .map(|()| Response::new(pb::StoreResponse::default()));
+        };
+        let mut violations = Vec::new();
+        let e = new_episode("episode", e, &mut violations);
+        invalid_if_any(violations)?;
+        let stored = self
+            .episodic
+            .store("episode", vec![e])
+            .await
+            .map_err(status)?;
+        let (id, ts) = stored.episodes.into_iter().next().unwrap_or_default();
+        Ok(Response::new(pb::StoreResponse {
+            id,
+            timestamp: Some(timestamp(ts)),
+            evicted: stored.evicted,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn store_batch(
+        &self,
+        request: Request<pb::StoreBatchRequest>,
+    ) -> Result<Response<pb::StoreBatchResponse>, Status> {
+        let mut violations = Vec::new();
+        let episodes: Vec<NewEpisode> = request
+            .into_inner()
+            .episodes
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| new_episode(&format!("episodes[{i}]"), e, &mut violations))
+            .collect();
+        invalid_if_any(violations)?;
+        let stored = self
+            .episodic
+            .store("episodes", episodes)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::StoreBatchResponse {
+            ids: stored.episodes.into_iter().map(|(id, _)| id).collect(),
+            evicted: stored.evicted,
+        }))
+    }
+
+    async fn query(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<pb::QueryResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Vec::new();
+        let filter = filter(request.filter, &mut violations);
+        invalid_if_any(violations)?;
+        let outcome = self
+            .episodic
+            .query(&request.embedding, request.k, &filter)
+            .map_err(status)?;
+        Ok(Response::new(pb::QueryResponse {
+            results: outcome
+                .results
+                .iter()
+                .map(|s| pb::ScoredEpisode {
+                    episode: Some(episode(&s.episode)),
+                    score: s.score,
+                    similarity: s.similarity,
+                    decay: s.decay,
+                })
+                .collect(),
+            cached: outcome.cached,
+        }))
+    }
+
+    async fn recent(
+        &self,
+        request: Request<pb::RecentRequest>,
+    ) -> Result<Response<pb::RecentResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Vec::new();
+        let filter = filter(request.filter, &mut violations);
+        invalid_if_any(violations)?;
+        let episodes = self.episodic.recent(request.n, &filter).map_err(status)?;
+        Ok(Response::new(pb::RecentResponse {
+            episodes: episodes.iter().map(episode).collect(),
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetEpisodeRequest>,
+    ) -> Result<Response<pb::GetEpisodeResponse>, Status> {
+        let e = self
+            .episodic
+            .get(&request.into_inner().id)
+            .map_err(status)?;
+        Ok(Response::new(pb::GetEpisodeResponse {
+            episode: Some(episode(&e)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn forget(
+        &self,
+        request: Request<pb::ForgetRequest>,
+    ) -> Result<Response<pb::ForgetResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Vec::new();
+        let target = match (request.ids.is_empty(), request.filter) {
+            (false, Some(_)) => {
+                violations.push(FieldViolation::new(
+                    "filter",
+                    "give ids or a filter, not both",
+                ));
+                ForgetTarget::Ids(request.ids)
+            }
+            (false, None) => ForgetTarget::Ids(request.ids),
+            (true, Some(f)) => ForgetTarget::Filter(filter(Some(f), &mut violations)),
+            (true, None) => ForgetTarget::Ids(Vec::new()),
+        };
+        invalid_if_any(violations)?;
+        let forgotten = self.episodic.forget(target).await.map_err(status)?;
+        Ok(Response::new(pb::ForgetResponse { forgotten }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_convert_both_ways_and_bad_ones_are_named() {
+        let ts = prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 123_456_789,
+        };
+        assert_eq!(timestamp_ms("t", &ts), Ok(1_700_000_000_123));
+        assert_eq!(
+            timestamp(1_700_000_000_123),
+            prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 123_000_000
+            }
+        );
+        let bad = prost_types::Timestamp {
+            seconds: 1,
+            nanos: -1,
+        };
+        assert_eq!(
+            timestamp_ms("episode.timestamp", &bad).unwrap_err().field,
+            "episode.timestamp"
+        );
+        let huge = prost_types::Timestamp {
+            seconds: i64::MAX,
+            nanos: 0,
+        };
+        assert!(timestamp_ms("t", &huge).is_err());
+    }
+}

@@ -1,0 +1,329 @@
+//! `brainstem.v1.Supervisor`: actor state and control, detailed health, and the mapping of actor
+//! states onto `grpc.health.v1` service names.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use brainstem_proto::v1::supervisor_server::Supervisor as SupervisorApi;
+use brainstem_proto::v1::{
+    ActorEvent, ActorStatus, GetActorRequest, GetActorResponse, GetHealthRequest,
+    GetHealthResponse, ListActorsRequest, ListActorsResponse, RestartActorRequest,
+    RestartActorResponse, StartActorRequest, StartActorResponse, StopActorRequest,
+    StopActorResponse, WatchActorsRequest,
+};
+use futures::Stream;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use super::admin::DaemonInfo;
+use crate::config::RestartType;
+use crate::error::{FieldViolation, ServiceError};
+use crate::supervisor::{self, ActorInfo, ActorState, Supervisor};
+use crate::tasks::Tasks;
+
+const MAX_NAME_BYTES: usize = 128;
+
+pub struct SupervisorService {
+    supervisor: Supervisor,
+    info: Arc<DaemonInfo>,
+    /// Ends open WatchActors streams when the server stops (so the drain does not wait on them).
+    stop: CancellationToken,
+    ready: Arc<AtomicBool>,
+}
+
+impl SupervisorService {
+    pub fn new(
+        supervisor: Supervisor,
+        info: Arc<DaemonInfo>,
+        stop: CancellationToken,
+        ready: Arc<AtomicBool>,
+    ) -> Self {
+        SupervisorService {
+            supervisor,
+            info,
+            stop,
+            ready,
+        }
+    }
+}
+
+fn restart_type(restart: RestartType) -> &'static str {
+    match restart {
+        RestartType::Permanent => "permanent",
+        RestartType::Transient => "transient",
+        RestartType::Temporary => "temporary",
+    }
+}
+
+pub fn actor_status(info: &ActorInfo) -> ActorStatus {
+    ActorStatus {
+        name: info.name.to_owned(),
+        state: info.state.as_str().to_owned(),
+        restarts: info.restarts,
+        panics: info.panics,
+        errors: info.errors,
+        kills: info.kills,
+        mailbox_depth: info.mailbox_depth,
+        mailbox_capacity: info.mailbox_capacity,
+        mailbox_drops: info.mailbox_drops,
+        last_error: info.last_error.clone().unwrap_or_default(),
+        status: info.status.clone(),
+        seconds_since_progress: info.since_progress.as_secs_f64(),
+        uptime_seconds: info.uptime.map_or(0.0, |u| u.as_secs_f64()),
+        restart_type: restart_type(info.restart).to_owned(),
+        critical: info.critical,
+        health_services: info.health_services.clone(),
+    }
+}
+
+fn now() -> prost_types::Timestamp {
+    let ms = crate::store::unix_ms_now();
+    prost_types::Timestamp {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+/// A required actor name: non-empty, bounded. Whether it exists is the supervisor's answer.
+fn name(name: &str) -> Result<&str, ServiceError> {
+    if name.is_empty() {
+        return Err(ServiceError::InvalidArgument(vec![FieldViolation::new(
+            "name",
+            "is required (see ListActors)",
+        )]));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(ServiceError::InvalidArgument(vec![FieldViolation::new(
+            "name",
+            format!("more than {MAX_NAME_BYTES} bytes"),
+        )]));
+    }
+    Ok(name)
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<ActorEvent, Status>> + Send>>;
+
+struct Watch {
+    pending: VecDeque<ActorEvent>,
+    events: broadcast::Receiver<supervisor::ActorEvent>,
+    supervisor: Supervisor,
+    only: Option<String>,
+    stop: CancellationToken,
+}
+
+impl Watch {
+    fn snapshot(&mut self) {
+        self.pending = self
+            .supervisor
+            .list()
+            .iter()
+            .filter(|a| self.only.as_deref().is_none_or(|n| n == a.name))
+            .map(|a| ActorEvent {
+                actor: Some(actor_status(a)),
+                previous_state: String::new(),
+                at: Some(now()),
+            })
+            .collect();
+    }
+
+    async fn next(mut self) -> Option<(Result<ActorEvent, Status>, Watch)> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some((Ok(event), self));
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return None,
+                received = self.events.recv() => match received {
+                    Ok(event) => {
+                        if self.only.as_deref().is_none_or(|n| n == event.actor.name) {
+                            let event = ActorEvent {
+                                actor: Some(actor_status(&event.actor)),
+                                previous_state: event.previous.as_str().to_owned(),
+                                at: Some(now()),
+                            };
+                            return Some((Ok(event), self));
+                        }
+                    }
+                    // Fell behind: start again from the current state.
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.snapshot(),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl SupervisorApi for SupervisorService {
+    async fn list_actors(
+        &self,
+        _request: Request<ListActorsRequest>,
+    ) -> Result<Response<ListActorsResponse>, Status> {
+        Ok(Response::new(ListActorsResponse {
+            actors: self.supervisor.list().iter().map(actor_status).collect(),
+        }))
+    }
+
+    async fn get_actor(
+        &self,
+        request: Request<GetActorRequest>,
+    ) -> Result<Response<GetActorResponse>, Status> {
+        let request = request.into_inner();
+        let info = self
+            .supervisor
+            .get(name(&request.name)?)
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(GetActorResponse {
+            actor: Some(actor_status(&info)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(actor = %request.get_ref().name))]
+    async fn restart_actor(
+        &self,
+        request: Request<RestartActorRequest>,
+    ) -> Result<Response<RestartActorResponse>, Status> {
+        let request = request.into_inner();
+        let info = self
+            .supervisor
+            .restart(name(&request.name)?)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(RestartActorResponse {
+            actor: Some(actor_status(&info)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(actor = %request.get_ref().name))]
+    async fn stop_actor(
+        &self,
+        request: Request<StopActorRequest>,
+    ) -> Result<Response<StopActorResponse>, Status> {
+        let request = request.into_inner();
+        let info = self
+            .supervisor
+            .stop_actor(name(&request.name)?)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(StopActorResponse {
+            actor: Some(actor_status(&info)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(actor = %request.get_ref().name))]
+    async fn start_actor(
+        &self,
+        request: Request<StartActorRequest>,
+    ) -> Result<Response<StartActorResponse>, Status> {
+        let request = request.into_inner();
+        let info = self
+            .supervisor
+            .start_actor(name(&request.name)?)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(StartActorResponse {
+            actor: Some(actor_status(&info)),
+        }))
+    }
+
+    type WatchActorsStream = EventStream;
+
+    async fn watch_actors(
+        &self,
+        request: Request<WatchActorsRequest>,
+    ) -> Result<Response<Self::WatchActorsStream>, Status> {
+        let request = request.into_inner();
+        let only = if request.name.is_empty() {
+            None
+        } else {
+            let name = name(&request.name)?;
+            self.supervisor.get(name).map_err(ServiceError::from)?;
+            Some(name.to_owned())
+        };
+        // Subscribed before the snapshot, so no change falls between the two.
+        let mut watch = Watch {
+            pending: VecDeque::new(),
+            events: self.supervisor.subscribe(),
+            supervisor: self.supervisor.clone(),
+            only,
+            stop: self.stop.clone(),
+        };
+        watch.snapshot();
+        let stream = futures::stream::unfold(watch, Watch::next);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_health(
+        &self,
+        _request: Request<GetHealthRequest>,
+    ) -> Result<Response<GetHealthResponse>, Status> {
+        let process = supervisor::process::stats();
+        let actors = self.supervisor.list();
+        Ok(Response::new(GetHealthResponse {
+            live: true,
+            ready: self.ready.load(Ordering::Acquire) && !self.supervisor.critical_failed(),
+            uptime_seconds: self.info.started.elapsed().as_secs_f64(),
+            rss_bytes: process.rss_bytes.unwrap_or(0),
+            threads: process.threads.unwrap_or(0),
+            actors: actors.iter().map(actor_status).collect(),
+            version: self.info.version.to_owned(),
+        }))
+    }
+}
+
+fn serving(state: ActorState, ready: bool) -> ServingStatus {
+    if ready && state.is_serving() {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    }
+}
+
+/// Sets every actor's health services from its current state (NOT_SERVING for all when `ready` is
+/// false).
+pub async fn set_actor_health(health: &HealthReporter, supervisor: &Supervisor, ready: bool) {
+    for actor in supervisor.list() {
+        for service in &actor.health_services {
+            health
+                .set_service_status(service, serving(actor.state, ready))
+                .await;
+        }
+    }
+}
+
+/// Keeps each actor's `grpc.health.v1` services in step with its state: SERVING while it starts or
+/// runs and the daemon is ready, NOT_SERVING otherwise (restarting, stopped, failed, daemon stopping).
+pub fn spawn_health_sync(
+    health: HealthReporter,
+    supervisor: Supervisor,
+    ready: Arc<AtomicBool>,
+    tasks: &Tasks,
+    token: CancellationToken,
+) {
+    let mut events = supervisor.subscribe();
+    tasks.spawn("grpc.health_sync", async move {
+        set_actor_health(&health, &supervisor, ready.load(Ordering::Acquire)).await;
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                received = events.recv() => match received {
+                    Ok(event) => {
+                        let status = serving(event.actor.state, ready.load(Ordering::Acquire));
+                        for service in &event.actor.health_services {
+                            health.set_service_status(service, status).await;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        set_actor_health(&health, &supervisor, ready.load(Ordering::Acquire)).await;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+            }
+        }
+    });
+}
