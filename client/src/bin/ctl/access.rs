@@ -97,7 +97,7 @@ fn question(q: &Question) -> Result<CheckRequest, CliError> {
     let context = match &q.context {
         None => None,
         Some(text) => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(map)) => Some(to_struct(&map)),
+            Ok(Value::Object(map)) => Some(brainstemd::grpc::policy::json_to_struct(&map)),
             _ => {
                 return Err(CliError::Local(
                     "--context must be a JSON object".to_owned(),
@@ -112,26 +112,6 @@ fn question(q: &Question) -> Result<CheckRequest, CliError> {
         context,
         correlation_id: String::new(),
     })
-}
-
-fn to_struct(map: &serde_json::Map<String, Value>) -> prost_types::Struct {
-    fn value(v: &Value) -> prost_types::Value {
-        use prost_types::value::Kind;
-        let kind = match v {
-            Value::Null => Kind::NullValue(0),
-            Value::Bool(b) => Kind::BoolValue(*b),
-            Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-            Value::String(s) => Kind::StringValue(s.clone()),
-            Value::Array(items) => Kind::ListValue(prost_types::ListValue {
-                values: items.iter().map(value).collect(),
-            }),
-            Value::Object(m) => Kind::StructValue(to_struct(m)),
-        };
-        prost_types::Value { kind: Some(kind) }
-    }
-    prost_types::Struct {
-        fields: map.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
-    }
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, CliError> {
