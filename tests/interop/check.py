@@ -286,6 +286,18 @@ def main():
         )
         from grpc_status import rpc_status
 
+        def bad_request_fields(err):
+            """The fields named by the google.rpc.BadRequest detail of a failed call."""
+            status = rpc_status.from_call(err)
+            expect(status is not None, "no grpc-status-details-bin in the trailing metadata")
+            fields = []
+            for detail in status.details:
+                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    bad = error_details_pb2.BadRequest()
+                    detail.Unpack(bad)
+                    fields.extend(v.field for v in bad.field_violations)
+            return fields
+
         daemon = Daemon(os.path.abspath(args.bin_dir), work_dir)
         try:
             daemon.start()
@@ -359,15 +371,8 @@ def main():
                     err.code() == grpc.StatusCode.INVALID_ARGUMENT,
                     f"{describe_rpc_error(err)}, want INVALID_ARGUMENT",
                 )
-                status = rpc_status.from_call(err)
-                expect(status is not None, "no grpc-status-details-bin in the trailing metadata")
-                fields = []
-                for detail in status.details:
-                    if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                        bad = error_details_pb2.BadRequest()
-                        detail.Unpack(bad)
-                        fields.extend(v.field for v in bad.field_violations)
-                expect("delay_ms" in fields, f"BadRequest field violations {fields!r}; details {status.details!r}")
+                fields = bad_request_fields(err)
+                expect("delay_ms" in fields, f"BadRequest field violations {fields!r}")
             else:
                 raise CheckFailed("Ping with delay_ms=10001 succeeded")
 
@@ -457,13 +462,7 @@ def main():
                 episodic.Query(episodic_pb2.QueryRequest(embedding=[1.0, 2.0, 3.0], k=3), timeout=RPC_TIMEOUT_S)
             except grpc.RpcError as err:
                 expect(err.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{describe_rpc_error(err)}, want INVALID_ARGUMENT")
-                status = rpc_status.from_call(err)
-                fields = []
-                for detail in status.details if status else []:
-                    if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                        bad = error_details_pb2.BadRequest()
-                        detail.Unpack(bad)
-                        fields.extend(v.field for v in bad.field_violations)
+                fields = bad_request_fields(err)
                 expect(fields == ["embedding"], f"BadRequest field violations {fields!r}")
             else:
                 raise CheckFailed("Query with a 3-dimensional embedding succeeded")
@@ -509,14 +508,7 @@ def main():
                     err.code() == grpc.StatusCode.INVALID_ARGUMENT,
                     f"{describe_rpc_error(err)}, want INVALID_ARGUMENT",
                 )
-                status = rpc_status.from_call(err)
-                expect(status is not None, "no grpc-status-details-bin in the trailing metadata")
-                fields = []
-                for detail in status.details:
-                    if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                        bad = error_details_pb2.BadRequest()
-                        detail.Unpack(bad)
-                        fields.extend(v.field for v in bad.field_violations)
+                fields = bad_request_fields(err)
                 expect(fields == ["ttl_seconds"], f"BadRequest field violations {fields!r}")
             else:
                 raise CheckFailed("Issue with ttl_seconds=0 succeeded")
@@ -561,13 +553,7 @@ def main():
                 policy.Check(policy_pb2.CheckRequest(action="web.read", context=ctx), timeout=RPC_TIMEOUT_S)
             except grpc.RpcError as err:
                 expect(err.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{describe_rpc_error(err)}")
-                status = rpc_status.from_call(err)
-                fields = []
-                for detail in status.details:
-                    if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                        bad = error_details_pb2.BadRequest()
-                        detail.Unpack(bad)
-                        fields.extend(v.field for v in bad.field_violations)
+                fields = bad_request_fields(err)
                 expect(fields == ["context.ratio"], f"BadRequest field violations {fields!r}")
             else:
                 raise CheckFailed("Check with a float in the context succeeded")
