@@ -14,7 +14,7 @@ use prost::Message;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::harness::{eventually, options_for};
+use crate::harness::{eventually, options_for, violations};
 use crate::inprocess::InProcess;
 
 const DEFAULT_POLICIES: &str = include_str!("../../config/policies/default.cedar");
@@ -42,15 +42,6 @@ fn context(pairs: &[(&str, prost_types::value::Kind)]) -> prost_types::Struct {
             })
             .collect::<BTreeMap<_, _>>(),
     }
-}
-
-fn violations(status: &tonic::Status) -> Vec<String> {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    status
-        .get_error_details()
-        .bad_request()
-        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-        .unwrap_or_default()
 }
 
 /// Every `brainstem.v1` method in the compiled descriptor set, as `/pkg.Service/Method`.

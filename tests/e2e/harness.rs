@@ -293,3 +293,15 @@ pub async fn assert_refused(options: &ConnectOptions, what: &str) {
         assert!(result.is_err(), "{what}: a call got through");
     }
 }
+
+/// The fields an INVALID_ARGUMENT answer names in its google.rpc.BadRequest detail.
+pub fn violations(status: &tonic::Status) -> Vec<String> {
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    tonic_types::StatusExt::get_error_details(status)
+        .bad_request()
+        .expect("BadRequest detail")
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect()
+}

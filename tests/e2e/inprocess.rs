@@ -81,13 +81,17 @@ impl InProcess {
         self.daemon.as_ref().expect("running").reload().await
     }
 
-    pub async fn stop(mut self) {
+    pub async fn client(&self) -> brainstem_client::Client {
+        self.admin().connect().await.expect("connect as admin")
+    }
+
+    /// Stops the daemon and returns its exit code.
+    pub async fn stop(mut self) -> i32 {
         self.shutdown.cancel();
-        if let Some(daemon) = self.daemon.take() {
-            tokio::time::timeout(Duration::from_secs(20), daemon.wait())
-                .await
-                .expect("daemon stops");
-        }
+        let daemon = self.daemon.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(20), daemon.wait())
+            .await
+            .expect("daemon stops")
     }
 }
 

@@ -1,107 +1,20 @@
 //! The Supervisor and Episodic services over mutual TLS: the contract, capabilities, bad input for every
 //! field, backpressure, health mapping, and (with the real binary) the episodic ring after kill -9.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use brainstem_client::Client;
 use brainstem_client::v1::{
     Episode, EpisodeFilter, ForgetRequest, GetActorRequest, GetEpisodeRequest, GetHealthRequest,
     ListActorsRequest, QueryRequest, RecentRequest, RestartActorRequest, StartActorRequest,
     StopActorRequest, StoreBatchRequest, StoreRequest, WatchActorsRequest,
 };
-use brainstem_client::{Client, ConnectOptions};
-use brainstemd::config::ConfigSource;
-use brainstemd::notify::Notifier;
-use brainstemd::{Daemon, RunEnv};
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::harness::{DaemonProcess, admin_options, options_for};
-
-/// A daemon started in-process from a config file (dev mode, port 0, no metrics listener).
-struct Running {
-    daemon: Option<Daemon>,
-    shutdown: CancellationToken,
-    state_dir: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Running {
-    async fn start(rest: &str) -> Running {
-        brainstemd::tls::install_crypto_provider();
-        let dir = tempfile::tempdir().unwrap();
-        let state_dir = dir.path().join("state");
-        let path = dir.path().join("brainstemd.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "dev_mode = true\nstate_dir = {:?}\n[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nenabled = false\n{rest}\n",
-                state_dir.display().to_string()
-            ),
-        )
-        .unwrap();
-        let source = ConfigSource {
-            file: Some(path),
-            overrides: Default::default(),
-        };
-        let config = source.load().expect("valid test config");
-        let shutdown = CancellationToken::new();
-        let env = RunEnv {
-            source,
-            notifier: Notifier::disabled(),
-            log: None,
-        };
-        let daemon = Daemon::start(config, env, shutdown.clone())
-            .await
-            .expect("daemon starts");
-        Running {
-            daemon: Some(daemon),
-            shutdown,
-            state_dir,
-            _dir: dir,
-        }
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        self.daemon.as_ref().expect("running").grpc_addr
-    }
-
-    fn admin(&self) -> ConnectOptions {
-        admin_options(&self.state_dir, self.addr())
-    }
-
-    async fn client(&self) -> Client {
-        self.admin().connect().await.expect("connect as admin")
-    }
-
-    async fn stop(mut self) -> i32 {
-        self.shutdown.cancel();
-        let daemon = self.daemon.take().expect("running");
-        tokio::time::timeout(Duration::from_secs(20), daemon.wait())
-            .await
-            .expect("daemon stops")
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-fn violations(status: &tonic::Status) -> Vec<String> {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let details = tonic_types::StatusExt::get_error_details(status);
-    details
-        .bad_request()
-        .expect("BadRequest detail")
-        .field_violations
-        .iter()
-        .map(|v| v.field.clone())
-        .collect()
-}
+use crate::harness::{DaemonProcess, options_for, violations};
+use crate::inprocess::InProcess;
 
 fn episode(text: &str, embedding: Vec<f32>) -> Episode {
     Episode {
@@ -134,7 +47,7 @@ async fn health(client: &mut Client, service: &str) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supervisor_lists_restarts_stops_and_starts_actors() {
-    let daemon = Running::start("").await;
+    let daemon = InProcess::start("", "").await;
     let mut client = daemon.client().await;
 
     let actors = client
@@ -317,7 +230,7 @@ async fn supervisor_lists_restarts_stops_and_starts_actors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn episodic_store_query_recent_get_forget() {
-    let daemon = Running::start("[episodic]\nembedding_dimension = 8\ncapacity = 5\n").await;
+    let daemon = InProcess::start("", "[episodic]\nembedding_dimension = 8\ncapacity = 5\n").await;
     let mut client = daemon.client().await;
     let stored = client
         .episodic
@@ -464,7 +377,7 @@ async fn episodic_store_query_recent_get_forget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_field_is_named() {
-    let daemon = Running::start("").await;
+    let daemon = InProcess::start("", "").await;
     let mut client = daemon.client().await;
     let e = &mut client.episodic;
     let good = || episode("fine", axis(1, 384));
@@ -664,7 +577,8 @@ async fn every_bad_field_is_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capabilities_gate_reads_and_writes() {
-    let daemon = Running::start(
+    let daemon = InProcess::start(
+        "",
         r#"
 [roles]
 admin = ["*"]
@@ -741,7 +655,7 @@ roles = ["observer"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_mailbox_with_reject_answers_resource_exhausted_with_retry_info() {
-    let daemon = Running::start(
+    let daemon = InProcess::start("", 
         "[actors.episodic]\nmailbox_capacity = 1\nmailbox_overflow = \"reject\"\n[episodic]\nembedding_dimension = 4\n",
     )
     .await;
