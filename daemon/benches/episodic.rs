@@ -8,13 +8,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use brainstemd::actors::episodic::ring::Ring;
+use brainstemd::actors::episodic::{EpisodeData, Episodic, Filter, NewEpisode};
 use brainstemd::config::{ActorConfig, Config, FlushPolicy};
-use brainstemd::episodic::ring::Ring;
-use brainstemd::episodic::{EpisodeData, Episodic, Filter, NewEpisode};
+use brainstemd::runtime::tasks::Tasks;
 use brainstemd::store::Store;
 use brainstemd::supervisor::SupervisorBuilder;
 use brainstemd::supervisor::policy::Rng;
-use brainstemd::tasks::Tasks;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tokio_util::sync::CancellationToken;
 

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use brainstemd::authz::Holdings;
+use brainstemd::access::authz::Holdings;
 use brainstemd::config::{FlushPolicy, StoreConfig, TokensConfig};
 use brainstemd::store::Store;
 use brainstemd::tokens::keys::MasterKey;

@@ -27,20 +27,20 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::access::Access;
-use crate::audit::AuditLog;
-use crate::authz::{Authorizer, Grants};
+use crate::access::audit::AuditLog;
+use crate::access::authz::{Authorizer, Grants};
+use crate::actors::episodic::{self, Episodic, EpisodicError};
 use crate::config::{Config, ConfigError, ConfigSource, EXIT_CONFIG, FlushPolicy};
-use crate::episodic::{self, Episodic, EpisodicError};
-use crate::events::{ConfigReloaded, ErrorOccurred};
+use crate::crypto::pki::{DevPki, Ensured, PkiError};
+use crate::grpc::tls::{self, ReloadableTls, TlsError};
 use crate::grpc::{self, GrpcParts};
-use crate::notify::{Notifier, watchdog_interval};
-use crate::pki::{DevPki, Ensured, PkiError};
+use crate::runtime::events::{ConfigReloaded, ErrorOccurred};
+use crate::runtime::notify::{Notifier, watchdog_interval};
+use crate::runtime::tasks::Tasks;
+use crate::runtime::telemetry::LogControl;
 use crate::store::{Store, StoreError};
 pub use crate::supervisor::EXIT_CRITICAL_FAILURE;
 use crate::supervisor::{Supervisor, SupervisorBuilder, WatchdogPing};
-use crate::tasks::Tasks;
-use crate::telemetry::LogControl;
-use crate::tls::{self, ReloadableTls, TlsError};
 use crate::tokens::{SystemClock, TokenError, TokenService};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -160,8 +160,8 @@ impl Daemon {
         // Until the daemon is up, dropping the log ends its writer; after, the stop does.
         let audit = AuditLog::start(&store, &config.audit, &tasks, root.child_token())?;
 
-        crate::metrics::recorder();
-        crate::events::describe(VERSION);
+        crate::runtime::metrics::recorder();
+        crate::runtime::events::describe(VERSION);
         metrics::gauge!("brainstem_boot_count").set(boot.boot_count as f64);
 
         // After the recorder: the service registers its hot-path counters once.
@@ -232,7 +232,7 @@ impl Daemon {
         let (health, health_service) = grpc::health();
         grpc::set_health(&health, ServingStatus::Serving).await;
 
-        crate::events::describe_supervision();
+        crate::runtime::events::describe_supervision();
         // systemd's watchdog is pinged from the supervisor loop, at half the interval systemd asked
         // for, and only while no critical actor is failed.
         let ping = watchdog_interval().map(|interval| {
@@ -262,20 +262,20 @@ impl Daemon {
                     info.clone(),
                     store.clone(),
                 ),
-                supervisor: grpc::supervisor::SupervisorService::new(
+                supervisor: crate::supervisor::api::SupervisorService::new(
                     supervisor.clone(),
                     info,
                     server_token.clone(),
                     ready.clone(),
                 ),
-                episodic: episodic.map(grpc::episodic::EpisodicService::new),
+                episodic: episodic.map(crate::actors::episodic::api::EpisodicService::new),
             },
             &tasks,
             server_token.clone(),
         );
         tokens.spawn_maintenance(&tasks, root.child_token());
         if let Some(listener) = metrics_listener {
-            crate::metrics::serve(listener, ready.clone(), &tasks, root.child_token());
+            crate::runtime::metrics::serve(listener, ready.clone(), &tasks, root.child_token());
         }
         if config.store.flush == FlushPolicy::Interval {
             spawn_flusher(
@@ -287,8 +287,8 @@ impl Daemon {
         }
 
         ready.store(true, Ordering::Release);
-        grpc::supervisor::set_actor_health(&health, &supervisor, true).await;
-        grpc::supervisor::spawn_health_sync(
+        crate::supervisor::api::set_actor_health(&health, &supervisor, true).await;
+        crate::supervisor::api::spawn_health_sync(
             health.clone(),
             supervisor.clone(),
             ready.clone(),
@@ -475,7 +475,7 @@ impl Running {
         let grants = Grants::from_config(&new);
         let access = Access::prepare(&new).inspect_err(|err| {
             self.access.policy.note_refused(err);
-            crate::events::PolicyReloaded {
+            crate::runtime::events::PolicyReloaded {
                 applied: false,
                 trigger: "sighup",
                 detail: err,
@@ -503,7 +503,7 @@ impl Running {
         tracing::info!("stopping: draining in-flight calls");
         self.ready.store(false, Ordering::Release);
         grpc::set_health(&self.health, ServingStatus::NotServing).await;
-        grpc::supervisor::set_actor_health(&self.health, &self.supervisor, false).await;
+        crate::supervisor::api::set_actor_health(&self.health, &self.supervisor, false).await;
         let grace = Duration::from_secs(self.config.server.shutdown_grace_seconds);
         if !grace.is_zero() {
             // Still accepting, answering NOT_SERVING, so health checkers move traffic away first.

@@ -1,42 +1,33 @@
 //! brainstemd: the host daemon for machines that run AI agents.
 //!
 //! # Layout
-//! - [`config`]: the TOML configuration, validated whole (every error at once), and its defaults.
-//! - [`telemetry`]: tracing-subscriber setup (human/JSON) and live log-level changes.
-//! - [`store`]: sled, the only module that touches it: versioned, checksummed records and schema migrations.
-//! - [`pki`]: dev-mode CA and certificates; private-file helpers.
-//! - [`tls`]: rustls server configuration (client certificates required) that reloads in place.
-//! - [`identity`]: the principal of a verified client certificate (SAN URI, else CN).
-//! - [`authz`]: grants (principal → capabilities), default deny.
-//! - [`tokens`]: capability tokens (HMAC-SHA256, rotated keys sealed at rest, revocation, attenuation).
-//! - [`grpc`]: the control plane: accept loop, authorization layer, method table, services, status mapping.
-//! - [`metrics`]: the loopback metrics listener; [`events`]: every metric and its log line.
-//! - [`notify`]: the systemd notify protocol; [`tasks`]: the tracked, named task set.
-//! - [`supervisor`]: the actor supervisor: restart policy, progress watchdog, the systemd watchdog ping.
-//! - [`episodic`]: the episodic buffer actor (short-term memory with exact embedding search).
+//! Shared framework:
+//! - [`config`]: the file, the key walker (every error at once), `credential:` paths, the default text.
+//! - [`store`]: sled, the only module that touches it: versioned, checksummed records, migrations.
+//! - [`crypto`]: key material: the dev-mode PKI.
+//! - [`runtime`]: tracked tasks, sd_notify, logging, the metrics recorder and listener, typed events.
+//! - [`supervisor`]: actors and workers under one loop: restarts, progress watchdog, systemd ping.
+//! - [`access`]: identity, grants, rate limits, guardrails, the audit log; the Audit and Guardrails APIs.
+//! - [`grpc`]: the control plane: accept loop, TLS, authorization layer, method table, status mapping.
 //! - [`daemon`]: start, reload and the staged stop that `main` and the tests drive.
+//!
+//! Capabilities, one folder each (domain code, plus an `api` module that adapts it to gRPC):
+//! - [`policy`]: Cedar policies (Policy service).
+//! - [`tokens`]: capability tokens (Tokens service).
+//! - [`actors`]: the supervised subsystem actors, e.g. [`actors::episodic`] (Episodic service).
+//! - [`error`]: the domain errors services return.
 
 pub mod access;
-pub mod audit;
-pub mod authz;
+pub mod actors;
 pub mod config;
+pub mod crypto;
 pub mod daemon;
-pub mod episodic;
 pub mod error;
-pub mod events;
 pub mod grpc;
-pub mod guardrails;
-pub mod identity;
-pub mod metrics;
-pub mod notify;
-pub mod pki;
 pub mod policy;
-pub mod ratelimit;
+pub mod runtime;
 pub mod store;
 pub mod supervisor;
-pub mod tasks;
-pub mod telemetry;
-pub mod tls;
 pub mod tokens;
 
 pub use daemon::{Daemon, ReloadOutcome, RunEnv, StartError};

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use brainstemd::config::{self, ConfigSource, EXIT_CONFIG, LogFormat, Overrides};
-use brainstemd::notify::Notifier;
-use brainstemd::{Daemon, ReloadOutcome, RunEnv, telemetry, tls};
+use brainstemd::grpc::tls;
+use brainstemd::runtime::notify::Notifier;
+use brainstemd::runtime::telemetry;
+use brainstemd::{Daemon, ReloadOutcome, RunEnv};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};

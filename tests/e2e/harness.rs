@@ -78,7 +78,7 @@ pub fn options_for(
     addr: std::net::SocketAddr,
     principal: &str,
 ) -> ConnectOptions {
-    let pki = brainstemd::pki::DevPki::new(state_dir);
+    let pki = brainstemd::crypto::pki::DevPki::new(state_dir);
     let (cert, key) = pki
         .issue_client(principal, &state_dir.join("test-clients"), 1)
         .expect("issue client certificate");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use brainstem_client::ConnectOptions;
 use brainstem_client::v1::{GetStatusRequest, PingRequest};
 use brainstemd::config::ConfigSource;
-use brainstemd::notify::Notifier;
+use brainstemd::runtime::notify::Notifier;
 use brainstemd::{Daemon, ReloadOutcome, RunEnv};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -33,7 +33,7 @@ pub fn config_text(state_dir: &Path, server: &str, rest: &str) -> String {
 
 impl InProcess {
     pub async fn start(server: &str, rest: &str) -> InProcess {
-        brainstemd::tls::install_crypto_provider();
+        brainstemd::grpc::tls::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let state_dir = dir.path().join("state");
         let config_path = dir.path().join("brainstemd.toml");
@@ -158,7 +158,7 @@ async fn reload_applies_grants_and_refuses_invalid_or_restart_only_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_swaps_tls_certificates_for_new_connections() {
     let daemon = InProcess::start("", "").await;
-    let pki = brainstemd::pki::DevPki::new(&daemon.state_dir);
+    let pki = brainstemd::crypto::pki::DevPki::new(&daemon.state_dir);
     let old_ca = daemon.state_dir.join("old-ca.pem");
     std::fs::copy(pki.ca_cert(), &old_ca).unwrap();
     let mut old_options = daemon.admin();

@@ -129,7 +129,9 @@ async fn ready_then_serving_whoami_and_refusals() {
 
     // A certificate from another CA: refused the same way.
     let other = tempfile::tempdir().unwrap();
-    brainstemd::pki::DevPki::new(other.path()).ensure().unwrap();
+    brainstemd::crypto::pki::DevPki::new(other.path())
+        .ensure()
+        .unwrap();
     let foreign = daemon.options().with_identity(
         other.path().join("pki/admin.pem"),
         other.path().join("pki/admin.key"),

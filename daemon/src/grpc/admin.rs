@@ -10,7 +10,7 @@ use brainstem_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::layer::Caller;
-use crate::authz::Authorizer;
+use crate::access::authz::Authorizer;
 use crate::error::{FieldViolation, ServiceError};
 use crate::store::{BootInfo, Store};
 

@@ -14,10 +14,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
-use crate::events::{ConnectionClosed, ConnectionOutcome};
-use crate::identity::{PeerInfo, principal_from_der};
-use crate::tasks::Tasks;
-use crate::tls::ReloadableTls;
+use crate::access::identity::{PeerInfo, principal_from_der};
+use crate::grpc::tls::ReloadableTls;
+use crate::runtime::events::{ConnectionClosed, ConnectionOutcome};
+use crate::runtime::tasks::Tasks;
 
 /// A verified mTLS connection and the identity it carries.
 pub struct PeerStream {
@@ -138,7 +138,7 @@ pub fn spawn_accept_loop(
                 let principal = match stream.get_ref().1.peer_certificates().and_then(|c| c.first()) {
                     Some(cert) => principal_from_der(cert.as_ref()).map(Arc::new),
                     // The verifier requires a certificate; this is unreachable in practice.
-                    None => Err(crate::identity::IdentityError::NoPrincipal),
+                    None => Err(crate::access::identity::IdentityError::NoPrincipal),
                 };
                 ConnectionOutcome::Accepted.emit(Some(peer), None);
                 let stream = PeerStream {

@@ -15,10 +15,10 @@ use tower::{Layer, Service};
 
 use super::methods::{self, Requirement};
 use crate::access::Access;
-use crate::authz::Authorizer;
+use crate::access::authz::Authorizer;
+use crate::access::identity::{PeerInfo, Principal};
 use crate::error::ServiceError;
-use crate::events::{AccessDenied, InFlight, MethodMetrics, RateLimited};
-use crate::identity::{PeerInfo, Principal};
+use crate::runtime::events::{AccessDenied, InFlight, MethodMetrics, RateLimited};
 use crate::tokens::{TokenService, VerifiedToken};
 
 /// The authenticated caller of a request, inserted by the authorization layer.

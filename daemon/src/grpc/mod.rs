@@ -2,16 +2,11 @@
 //! services. Only this module (and its children) knows protobuf types.
 
 pub mod admin;
-pub mod audit;
-pub mod episodic;
-pub mod guardrails;
 pub mod incoming;
 pub mod layer;
 pub mod methods;
-pub mod policy;
 pub mod status;
-pub mod supervisor;
-pub mod tokens;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +27,8 @@ use tonic_health::server::HealthReporter;
 
 use crate::access::Access;
 use crate::config::ServerConfig;
-use crate::tasks::Tasks;
-use crate::tls::ReloadableTls;
+use crate::grpc::tls::ReloadableTls;
+use crate::runtime::tasks::Tasks;
 
 /// Service names reported through `grpc.health.v1` (besides "" for the whole server).
 /// Actors' services (e.g. `brainstem.v1.Episodic`) follow their actor's state instead: see
@@ -55,9 +50,9 @@ pub struct GrpcParts {
     pub admin: admin::AdminService,
     /// Capability tokens; also what the layer will ask about bearer tokens in request metadata.
     pub tokens: Arc<crate::tokens::TokenService>,
-    pub supervisor: supervisor::SupervisorService,
+    pub supervisor: crate::supervisor::api::SupervisorService,
     /// `None` when the episodic buffer is disabled (its RPCs answer UNIMPLEMENTED).
-    pub episodic: Option<episodic::EpisodicService>,
+    pub episodic: Option<crate::actors::episodic::api::EpisodicService>,
 }
 
 /// Sets the overall and per-service health.
@@ -91,8 +86,10 @@ pub fn serve(
     token: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let max_message = config.max_message_bytes as usize;
-    let tokens_service =
-        tokens::TokensService::new(parts.tokens.clone(), parts.access.authorizer.clone());
+    let tokens_service = crate::tokens::api::TokensService::new(
+        parts.tokens.clone(),
+        parts.access.authorizer.clone(),
+    );
     let incoming = incoming::spawn_accept_loop(
         listener,
         parts.tls,
@@ -128,19 +125,23 @@ pub fn serve(
                 .max_encoding_message_size(max_message),
         )
         .add_service(
-            PolicyServer::new(policy::PolicyService::new(parts.access.clone()))
+            PolicyServer::new(crate::policy::api::PolicyService::new(parts.access.clone()))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )
         .add_service(
-            AuditServer::new(audit::AuditService::new(parts.access.audit.clone()))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
+            AuditServer::new(crate::access::api::audit::AuditService::new(
+                parts.access.audit.clone(),
+            ))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message),
         )
         .add_service(
-            GuardrailsServer::new(guardrails::GuardrailsService::new(parts.access.clone()))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
+            GuardrailsServer::new(crate::access::api::guardrails::GuardrailsService::new(
+                parts.access.clone(),
+            ))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message),
         )
         .add_service(
             TokensServer::new(tokens_service)

@@ -48,7 +48,7 @@ fn store_status(err: StoreError) -> Status {
             ref tree, ref key, ..
         } => {
             tracing::error!(error = %err, "corrupted record");
-            crate::events::ErrorOccurred {
+            crate::runtime::events::ErrorOccurred {
                 subsystem: "store",
                 kind: "corrupt",
             }
@@ -68,7 +68,7 @@ fn store_status(err: StoreError) -> Status {
 fn internal(err: &dyn std::error::Error) -> Status {
     let id = crate::store::unix_ms_now();
     tracing::error!(error = %err, error_id = id, "internal error");
-    crate::events::ErrorOccurred {
+    crate::runtime::events::ErrorOccurred {
         subsystem: "grpc",
         kind: "internal",
     }

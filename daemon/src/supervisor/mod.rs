@@ -18,6 +18,7 @@
 //! loop (or runtime) stops the pings and systemd restarts the process.
 
 pub mod actor;
+pub mod api;
 pub mod mailbox;
 pub mod policy;
 pub mod process;
@@ -39,8 +40,8 @@ pub use runtime::Outcome;
 
 use crate::config::{ActorConfig, SupervisorConfig};
 use crate::error::ServiceError;
+use crate::runtime::tasks::Tasks;
 use crate::store::Store;
-use crate::tasks::Tasks;
 use actor::ActorShared;
 
 /// Exit code of the daemon when a critical actor failed (sysexits `EX_SOFTWARE`); systemd restarts it.

@@ -30,11 +30,11 @@ use super::actor::{ActorShared, ActorState};
 use super::policy::{Intensity, Rng, backoff};
 use super::{ActorEvent, ActorInfo, SpawnFn, Spec, StopReport, SupervisorError, WatchdogPing};
 use crate::config::{RestartType, Strategy, SupervisorConfig};
-use crate::events::{
+use crate::runtime::events::{
     ActorEscalated, ActorExited, ActorGauges, ActorKilled, ActorRestarted, ActorStateChanged,
     WatchdogPinged,
 };
-use crate::tasks::Tasks;
+use crate::runtime::tasks::Tasks;
 
 /// From actors to the loop.
 #[derive(Debug)]

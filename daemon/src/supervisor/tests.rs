@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::config::{ActorConfig, Config, OverflowPolicy, RestartType, Strategy, SupervisorConfig};
+use crate::runtime::tasks::Tasks;
 use crate::store::Store;
-use crate::tasks::Tasks;
 
 type Body = Box<dyn Fn(Context<u32>, u64) -> BoxFuture<'static, ActorResult> + Send + Sync>;
 

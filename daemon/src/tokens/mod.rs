@@ -2,7 +2,7 @@
 //! service in `grpc::tokens` translates.
 //!
 //! - A token is `bst1.<kid>.<payload>.<mac>` ([`format`]): HMAC-SHA256 under a signing key with an id.
-//! - Rules: a token never carries more than its issuer holds ([`crate::authz::pattern_covers`]); an
+//! - Rules: a token never carries more than its issuer holds ([`crate::access::authz::pattern_covers`]); an
 //!   attenuated token carries no more than its parent and does not outlive it; a token lists its
 //!   ancestors, so revoking one revokes every token derived from it.
 //! - Signing keys ([`keys`]) rotate on request and on schedule; a replaced key verifies until retired.
@@ -12,6 +12,7 @@
 //!   ([`TokenService::spawn_maintenance`]) rotates, retires and purges expired records.
 //! - Time comes from a [`Clock`], so tests move it instead of sleeping.
 
+pub mod api;
 pub mod clock;
 pub mod format;
 pub mod keys;
@@ -30,15 +31,15 @@ use tokio_util::sync::CancellationToken;
 pub use self::clock::{Clock, ManualClock, SystemClock};
 use self::format::Claims;
 use self::keys::{KeyRecord, KeyRing, Lookup, MasterKey};
-use crate::authz::{Holdings, pattern_covers};
+use crate::access::authz::{Holdings, pattern_covers};
 use crate::config::{TokensConfig, validate_capability_pattern};
 use crate::error::{FieldViolation, ServiceError};
-use crate::events::{
+use crate::runtime::events::{
     ErrorOccurred, SigningKeyRetired, SigningKeyRotated, TokenIssued, TokenRevoked,
     TokenVerifications, TokensPurged,
 };
+use crate::runtime::tasks::Tasks;
 use crate::store::{Record, Store, StoreError, Tree, trees};
-use crate::tasks::Tasks;
 
 /// At most this many capability patterns in one token.
 pub const MAX_CAPABILITIES: usize = 64;
@@ -192,7 +193,7 @@ impl VerifiedToken {
     pub fn allows(&self, capability: &str) -> bool {
         self.capabilities
             .iter()
-            .any(|p| crate::authz::pattern_matches(p, capability))
+            .any(|p| crate::access::authz::pattern_matches(p, capability))
     }
 
     /// Does the token cover this pattern (`vision.*`)?
@@ -313,7 +314,7 @@ pub fn load_master_key(path: &Path) -> Result<MasterKey, TokenError> {
         path: path.display().to_string(),
         reason,
     };
-    let bytes = crate::pki::read_private(path).map_err(|err| bad(err.to_string()))?;
+    let bytes = crate::crypto::pki::read_private(path).map_err(|err| bad(err.to_string()))?;
     MasterKey::new(&bytes).map_err(bad)
 }
 

@@ -97,7 +97,7 @@ fn question(q: &Question) -> Result<CheckRequest, CliError> {
     let context = match &q.context {
         None => None,
         Some(text) => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(map)) => Some(brainstemd::grpc::policy::json_to_struct(&map)),
+            Ok(Value::Object(map)) => Some(brainstemd::policy::api::json_to_struct(&map)),
             _ => {
                 return Err(CliError::Local(
                     "--context must be a JSON object".to_owned(),
@@ -142,7 +142,7 @@ pub async fn policy(
         PolicyCommand::Keygen { out } => {
             let (pkcs8, public) =
                 brainstemd::policy::generate_signing_key().map_err(CliError::Local)?;
-            brainstemd::pki::write_private(out, &pkcs8)
+            brainstemd::crypto::pki::write_private(out, &pkcs8)
                 .map_err(|err| CliError::Local(err.to_string()))?;
             let public_path = PathBuf::from(format!("{}.pub", out.display()));
             std::fs::write(&public_path, format!("{public}\n"))
@@ -159,7 +159,7 @@ pub async fn policy(
             return Ok(exit::OK);
         }
         PolicyCommand::Sign { key, file } => {
-            let key_bytes = brainstemd::pki::read_private(key)
+            let key_bytes = brainstemd::crypto::pki::read_private(key)
                 .map_err(|err| CliError::Local(err.to_string()))?;
             let sig =
                 brainstemd::policy::sign(&key_bytes, &read(file)?).map_err(CliError::Local)?;

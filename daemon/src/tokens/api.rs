@@ -12,10 +12,10 @@ use brainstem_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::admin::caller;
-use crate::authz::{Authorizer, Holdings};
+use crate::access::authz::{Authorizer, Holdings};
 use crate::config::validate_capability_pattern;
 use crate::error::{FieldViolation, ServiceError};
+use crate::grpc::admin::caller;
 use crate::tokens::{AttenuateRequest, IssueRequest, Requester, TokenService};
 
 pub struct TokensService {
@@ -48,7 +48,7 @@ impl TokensService {
                     holdings
                         .capabilities
                         .iter()
-                        .any(|held| crate::authz::pattern_covers(held, cap))
+                        .any(|held| crate::access::authz::pattern_covers(held, cap))
                 })
                 .cloned()
                 .collect();

@@ -11,7 +11,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
 use crate::config::TlsPaths;
-use crate::pki::{PkiError, read_private};
+use crate::crypto::pki::{PkiError, read_private};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -96,7 +96,7 @@ impl ReloadableTls {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::DevPki;
+    use crate::crypto::pki::DevPki;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::ring::Ring;
 use super::{EpisodeData, EpisodicError, ForgetTarget, NewEpisode, Shared, Stored, parse_id};
-use crate::events::ErrorOccurred;
+use crate::runtime::events::ErrorOccurred;
 use crate::store::{Batch, Record, StoreError, Tree};
 use crate::supervisor::{Actor, ActorError, ActorResult, Context};
 

@@ -13,7 +13,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::tasks::Tasks;
+use crate::runtime::tasks::Tasks;
 
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

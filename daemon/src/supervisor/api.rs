@@ -20,11 +20,11 @@ use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use super::admin::DaemonInfo;
 use crate::config::RestartType;
 use crate::error::{FieldViolation, ServiceError};
+use crate::grpc::admin::DaemonInfo;
+use crate::runtime::tasks::Tasks;
 use crate::supervisor::{self, ActorInfo, ActorState, Supervisor};
-use crate::tasks::Tasks;
 
 const MAX_NAME_BYTES: usize = 128;
 

@@ -8,13 +8,13 @@ use brainstem_proto::v1::{ClickRequest, FormSubmitRequest, GuardrailReply, Navig
 use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
-use super::admin::caller;
+use crate::access::audit::{AuditKind, AuditRecord};
+use crate::access::guardrails::Verdict;
 use crate::access::{AUDIT_UNAVAILABLE, Access};
-use crate::audit::{AuditKind, AuditRecord};
 use crate::error::{FieldViolation, ServiceError};
-use crate::events::GuardrailDecided;
-use crate::guardrails::Verdict;
+use crate::grpc::admin::caller;
 use crate::policy::Query;
+use crate::runtime::events::GuardrailDecided;
 
 const MAX_CORRELATION_ID: usize = 256;
 const MAX_TARGET: usize = 1024;
@@ -148,7 +148,7 @@ impl GuardrailsApi for GuardrailsService {
         }
         let guardrails = self.access.guardrails();
         // Validate first, so a bad request spends no click token.
-        if let Err(v) = crate::guardrails::host_of("url", &r.url) {
+        if let Err(v) = crate::access::guardrails::host_of("url", &r.url) {
             violations.insert(0, v);
         }
         if !violations.is_empty() {

@@ -21,6 +21,7 @@
 //! it. Entries also expire after `query_cache_ttl_ms`, because decay moves scores as time passes.
 
 mod actor;
+pub mod api;
 mod cache;
 pub mod ring;
 mod validate;
@@ -35,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{ActorConfig, EpisodicConfig};
 use crate::error::{FieldViolation, ServiceError};
-use crate::events::{EpisodicQueried, EpisodicWritten};
+use crate::runtime::events::{EpisodicQueried, EpisodicWritten};
 use crate::store::{Store, StoreError, trees};
 use crate::supervisor::{ActorRef, SupervisorBuilder, SupervisorError};
 

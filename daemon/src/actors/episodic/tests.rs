@@ -9,9 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::config::{Config, EpisodicConfig};
+use crate::runtime::tasks::Tasks;
 use crate::supervisor::policy::Rng;
 use crate::supervisor::{ActorState, Supervisor};
-use crate::tasks::Tasks;
 
 const NOW: i64 = 1_700_000_000_000;
 const HOUR_MS: i64 = 3_600_000;

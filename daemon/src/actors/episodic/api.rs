@@ -6,7 +6,7 @@ use brainstem_proto::v1 as pb;
 use brainstem_proto::v1::episodic_server::Episodic as EpisodicApi;
 use tonic::{Request, Response, Status};
 
-use crate::episodic::{self, Episodic, ForgetTarget, NewEpisode};
+use crate::actors::episodic::{self, Episodic, ForgetTarget, NewEpisode};
 use crate::error::{FieldViolation, ServiceError};
 
 pub struct EpisodicService {

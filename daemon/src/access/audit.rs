@@ -21,11 +21,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::authz::pattern_matches;
+use crate::access::authz::pattern_matches;
 use crate::config::AuditConfig;
-use crate::events::{AuditTrimmed, AuditUnrecorded, AuditWritten, ErrorOccurred};
+use crate::runtime::events::{AuditTrimmed, AuditUnrecorded, AuditWritten, ErrorOccurred};
+use crate::runtime::tasks::Tasks;
 use crate::store::{Record, Store, StoreError, Tree, trees};
-use crate::tasks::Tasks;
 
 /// Most records one query returns, and most it scans.
 pub const MAX_QUERY_LIMIT: usize = 1000;

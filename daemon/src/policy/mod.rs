@@ -36,8 +36,8 @@ pub const MAX_PRINCIPAL_LEN: usize = 512;
 pub const MAX_ACTION_LEN: usize = 128;
 pub const MAX_RESOURCE_LEN: usize = 2048;
 
-const BUILTIN_SCHEMA: &str = include_str!("../../config/policies/schema.cedarschema");
-const BUILTIN_POLICIES: &str = include_str!("../../config/policies/default.cedar");
+const BUILTIN_SCHEMA: &str = include_str!("../../../config/policies/schema.cedarschema");
+const BUILTIN_POLICIES: &str = include_str!("../../../config/policies/default.cedar");
 const SCHEMA_FILE: &str = "schema.cedarschema";
 
 #[derive(Debug, thiserror::Error)]
@@ -920,6 +920,8 @@ pub fn validate_action(action: &str) -> Result<(), String> {
         Err("expected dotted segments of [a-z0-9_-], such as \"web.post\"".to_owned())
     }
 }
+
+pub mod api;
 
 #[cfg(test)]
 mod tests;

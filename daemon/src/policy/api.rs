@@ -10,13 +10,13 @@ use brainstem_proto::v1::{
 use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
-use super::admin::{caller, timestamp};
-use super::layer::Caller;
+use crate::access::audit::{AuditKind, AuditRecord};
 use crate::access::{AUDIT_UNAVAILABLE, Access};
-use crate::audit::{AuditKind, AuditRecord};
 use crate::error::{FieldViolation, ServiceError};
-use crate::events::DecisionMetrics;
+use crate::grpc::admin::{caller, timestamp};
+use crate::grpc::layer::Caller;
 use crate::policy::{self, Decision, PolicyError, Query};
+use crate::runtime::events::DecisionMetrics;
 
 /// Capability to ask about a principal other than oneself.
 pub const CHECK_AS: &str = "policy.check_as";

@@ -11,9 +11,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::access::ratelimit::{Buckets, Rate};
 use crate::config::GuardrailsConfig;
 use crate::error::FieldViolation;
-use crate::ratelimit::{Buckets, Rate};
 
 pub const MAX_URL_LEN: usize = 2048;
 pub const MAX_FIELDS: usize = 256;

@@ -6,6 +6,13 @@
 //! - [`Guardrails`] and the [`RateLimiter`] — swapped on reload (their buckets start full again);
 //! - the [`AuditLog`] — where every decision goes.
 
+pub mod api;
+pub mod audit;
+pub mod authz;
+pub mod guardrails;
+pub mod identity;
+pub mod ratelimit;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -13,14 +20,14 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{AuditKind, AuditLog, AuditRecord};
-use crate::authz::Authorizer;
+use crate::access::audit::{AuditKind, AuditLog, AuditRecord};
+use crate::access::authz::Authorizer;
+use crate::access::guardrails::Guardrails;
+use crate::access::ratelimit::RateLimiter;
 use crate::config::Config;
-use crate::events::PolicyReloaded;
-use crate::guardrails::Guardrails;
 use crate::policy::{LoadedSet, PolicyEngine, PolicyError, PolicySource};
-use crate::ratelimit::RateLimiter;
-use crate::tasks::Tasks;
+use crate::runtime::events::PolicyReloaded;
+use crate::runtime::tasks::Tasks;
 
 /// The reason a fail-closed decision gives when its audit record could not be written.
 pub const AUDIT_UNAVAILABLE: &str = "audit-unavailable";

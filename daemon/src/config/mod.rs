@@ -1804,7 +1804,7 @@ mod tests {
 
     #[test]
     fn shipped_config_file_equals_printed_default() {
-        let shipped = include_str!("../../config/brainstemd.toml");
+        let shipped = include_str!("../../../config/brainstemd.toml");
         assert_eq!(
             shipped,
             default_config_toml(),

@@ -6,9 +6,9 @@ use brainstem_proto::v1::audit_server::Audit;
 use brainstem_proto::v1::{AuditQueryReply, AuditQueryRequest, AuditRecord as AuditRecordPb};
 use tonic::{Request, Response, Status};
 
-use super::admin::timestamp;
-use crate::audit::{AuditKind, AuditLog, AuditQuery, MAX_QUERY_LIMIT};
+use crate::access::audit::{AuditKind, AuditLog, AuditQuery, MAX_QUERY_LIMIT};
 use crate::error::{FieldViolation, ServiceError};
+use crate::grpc::admin::timestamp;
 
 pub struct AuditService {
     log: Arc<AuditLog>,

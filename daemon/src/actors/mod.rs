@@ -1,0 +1,3 @@
+//! The subsystem actors the supervisor hosts, one folder each.
+
+pub mod episodic;

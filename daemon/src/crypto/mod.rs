@@ -1,0 +1,3 @@
+//! Key material: the dev-mode PKI.
+
+pub mod pki;
