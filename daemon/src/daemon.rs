@@ -162,6 +162,9 @@ impl Daemon {
 
         crate::runtime::metrics::recorder();
         crate::runtime::events::describe(VERSION);
+        crate::tokens::events::describe();
+        crate::policy::events::describe();
+        crate::access::events::describe();
         metrics::gauge!("brainstem_boot_count").set(boot.boot_count as f64);
 
         // After the recorder: the service registers its hot-path counters once.
@@ -232,7 +235,8 @@ impl Daemon {
         let (health, health_service) = grpc::health();
         grpc::set_health(&health, ServingStatus::Serving).await;
 
-        crate::runtime::events::describe_supervision();
+        crate::supervisor::events::describe();
+        crate::actors::episodic::events::describe();
         // systemd's watchdog is pinged from the supervisor loop, at half the interval systemd asked
         // for, and only while no critical actor is failed.
         let ping = watchdog_interval().map(|interval| {
@@ -475,7 +479,7 @@ impl Running {
         let grants = Grants::from_config(&new);
         let access = Access::prepare(&new).inspect_err(|err| {
             self.access.policy.note_refused(err);
-            crate::runtime::events::PolicyReloaded {
+            crate::policy::events::PolicyReloaded {
                 applied: false,
                 trigger: "sighup",
                 detail: err,

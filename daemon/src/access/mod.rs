@@ -9,6 +9,7 @@
 pub mod api;
 pub mod audit;
 pub mod authz;
+pub mod events;
 pub mod guardrails;
 pub mod identity;
 pub mod ratelimit;
@@ -25,8 +26,8 @@ use crate::access::authz::Authorizer;
 use crate::access::guardrails::Guardrails;
 use crate::access::ratelimit::RateLimiter;
 use crate::config::Config;
+use crate::policy::events::PolicyReloaded;
 use crate::policy::{LoadedSet, PolicyEngine, PolicyError, PolicySource};
-use crate::runtime::events::PolicyReloaded;
 use crate::runtime::tasks::Tasks;
 
 /// The reason a fail-closed decision gives when its audit record could not be written.

@@ -15,8 +15,8 @@ use crate::access::{AUDIT_UNAVAILABLE, Access};
 use crate::error::{FieldViolation, ServiceError};
 use crate::grpc::admin::{caller, timestamp};
 use crate::grpc::layer::Caller;
+use crate::policy::events::DecisionMetrics;
 use crate::policy::{self, Decision, PolicyError, Query};
-use crate::runtime::events::DecisionMetrics;
 
 /// Capability to ask about a principal other than oneself.
 pub const CHECK_AS: &str = "policy.check_as";

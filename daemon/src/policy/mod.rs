@@ -499,8 +499,7 @@ pub struct ReloadStatus {
 struct DecisionCache {
     shards: Vec<Mutex<HashMap<String, (u64, Decision)>>>,
     per_shard: usize,
-    hits: metrics::Counter,
-    misses: metrics::Counter,
+    metrics: events::CacheMetrics,
 }
 
 const CACHE_SHARDS: usize = 16;
@@ -516,8 +515,7 @@ impl DecisionCache {
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
             per_shard: CACHE_CAPACITY / CACHE_SHARDS,
-            hits: metrics::counter!("brainstem_policy_cache_total", "result" => "hit"),
-            misses: metrics::counter!("brainstem_policy_cache_total", "result" => "miss"),
+            metrics: events::CacheMetrics::new(),
         }
     }
 
@@ -553,9 +551,9 @@ impl DecisionCache {
             .filter(|(g, _)| *g == generation)
             .map(|(_, d)| d.clone());
         if found.is_some() {
-            self.hits.increment(1);
+            self.metrics.hits.increment(1);
         } else {
-            self.misses.increment(1);
+            self.metrics.misses.increment(1);
         }
         found
     }
@@ -922,6 +920,7 @@ pub fn validate_action(action: &str) -> Result<(), String> {
 }
 
 pub mod api;
+pub mod events;
 
 #[cfg(test)]
 mod tests;

@@ -360,7 +360,7 @@ impl<M: Send> Context<M> {
     pub fn record_error(&self, error: &dyn std::fmt::Display) {
         self.shared.errors.fetch_add(1, Ordering::Relaxed);
         let message = error.to_string();
-        crate::runtime::events::ActorErrorRecorded {
+        super::events::ActorErrorRecorded {
             actor: self.shared.name,
             error: &message,
         }

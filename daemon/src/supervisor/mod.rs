@@ -19,6 +19,7 @@
 
 pub mod actor;
 pub mod api;
+pub mod events;
 pub mod mailbox;
 pub mod policy;
 pub mod process;

@@ -27,13 +27,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::actor::{ActorShared, ActorState};
-use super::policy::{Intensity, Rng, backoff};
-use super::{ActorEvent, ActorInfo, SpawnFn, Spec, StopReport, SupervisorError, WatchdogPing};
-use crate::config::{RestartType, Strategy, SupervisorConfig};
-use crate::runtime::events::{
+use super::events::{
     ActorEscalated, ActorExited, ActorGauges, ActorKilled, ActorRestarted, ActorStateChanged,
     WatchdogPinged,
 };
+use super::policy::{Intensity, Rng, backoff};
+use super::{ActorEvent, ActorInfo, SpawnFn, Spec, StopReport, SupervisorError, WatchdogPing};
+use crate::config::{RestartType, Strategy, SupervisorConfig};
 use crate::runtime::tasks::Tasks;
 
 /// From actors to the loop.

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod clock;
+pub mod events;
 pub mod format;
 pub mod keys;
 
@@ -34,12 +35,13 @@ use self::keys::{KeyRecord, KeyRing, Lookup, MasterKey};
 use crate::access::authz::{Holdings, pattern_covers};
 use crate::config::{TokensConfig, validate_capability_pattern};
 use crate::error::{FieldViolation, ServiceError};
-use crate::runtime::events::{
-    ErrorOccurred, SigningKeyRetired, SigningKeyRotated, TokenIssued, TokenRevoked,
-    TokenVerifications, TokensPurged,
-};
+use crate::runtime::events::ErrorOccurred;
 use crate::runtime::tasks::Tasks;
 use crate::store::{Record, Store, StoreError, Tree, trees};
+use crate::tokens::events::{
+    SigningKeyRetired, SigningKeyRotated, TokenIssued, TokenRevoked, TokenVerifications,
+    TokensPurged,
+};
 
 /// At most this many capability patterns in one token.
 pub const MAX_CAPABILITIES: usize = 64;

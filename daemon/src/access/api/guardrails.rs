@@ -9,12 +9,12 @@ use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
 use crate::access::audit::{AuditKind, AuditRecord};
+use crate::access::events::GuardrailDecided;
 use crate::access::guardrails::Verdict;
 use crate::access::{AUDIT_UNAVAILABLE, Access};
 use crate::error::{FieldViolation, ServiceError};
 use crate::grpc::admin::caller;
 use crate::policy::Query;
-use crate::runtime::events::GuardrailDecided;
 
 const MAX_CORRELATION_ID: usize = 256;
 const MAX_TARGET: usize = 1024;

@@ -23,6 +23,7 @@
 mod actor;
 pub mod api;
 mod cache;
+pub mod events;
 pub mod ring;
 mod validate;
 
@@ -34,9 +35,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
+use crate::actors::episodic::events::{EpisodicQueried, EpisodicWritten};
 use crate::config::{ActorConfig, EpisodicConfig};
 use crate::error::{FieldViolation, ServiceError};
-use crate::runtime::events::{EpisodicQueried, EpisodicWritten};
 use crate::store::{Store, StoreError, trees};
 use crate::supervisor::{ActorRef, SupervisorBuilder, SupervisorError};
 
