@@ -26,6 +26,12 @@ pub struct CacheMetrics {
     pub misses: metrics::Counter,
 }
 
+impl Default for CacheMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl CacheMetrics {
     pub fn new() -> Self {
         CacheMetrics {
