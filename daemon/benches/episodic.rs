@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 
 use brainstemd::actors::episodic::ring::Ring;
 use brainstemd::actors::episodic::{EpisodeData, Episodic, Filter, NewEpisode};
-use brainstemd::config::{ActorConfig, Config, FlushPolicy};
+use brainstemd::config::Config;
 use brainstemd::runtime::tasks::Tasks;
 use brainstemd::store::Store;
+use brainstemd::store::config::FlushPolicy;
 use brainstemd::supervisor::SupervisorBuilder;
+use brainstemd::supervisor::config::ActorConfig;
 use brainstemd::supervisor::policy::Rng;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tokio_util::sync::CancellationToken;

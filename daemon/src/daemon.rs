@@ -29,8 +29,8 @@ use tonic_health::ServingStatus;
 use crate::access::Access;
 use crate::access::audit::AuditLog;
 use crate::access::authz::{Authorizer, Grants};
-use crate::actors::episodic::{self, Episodic, EpisodicError};
-use crate::config::{Config, ConfigError, ConfigSource, EXIT_CONFIG, FlushPolicy};
+use crate::actors::episodic::{Episodic, EpisodicError};
+use crate::config::{Config, ConfigError, ConfigSource, EXIT_CONFIG};
 use crate::crypto::pki::{DevPki, Ensured, PkiError};
 use crate::grpc::tls::{self, ReloadableTls, TlsError};
 use crate::grpc::{self, GrpcParts};
@@ -38,6 +38,7 @@ use crate::runtime::events::{ConfigReloaded, ErrorOccurred};
 use crate::runtime::notify::{Notifier, watchdog_interval};
 use crate::runtime::tasks::Tasks;
 use crate::runtime::telemetry::LogControl;
+use crate::store::config::FlushPolicy;
 use crate::store::{Store, StoreError};
 pub use crate::supervisor::EXIT_CRITICAL_FAILURE;
 use crate::supervisor::{Supervisor, SupervisorBuilder, WatchdogPing};
@@ -207,15 +208,10 @@ impl Daemon {
         // Actors are declared in start order; they start below, once nothing can fail any more.
         let mut actors = SupervisorBuilder::new(config.supervisor.clone(), store.clone());
         let episodic = if config.episodic.enabled {
-            let actor_config = config
-                .actors
-                .get(episodic::ACTOR_NAME)
-                .cloned()
-                .unwrap_or_default();
             Some(Episodic::register(
                 &mut actors,
                 &config.episodic,
-                actor_config,
+                config.episodic.actor.clone(),
                 &store,
             )?)
         } else {

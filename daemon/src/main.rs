@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use brainstemd::config::{self, ConfigSource, EXIT_CONFIG, LogFormat, Overrides};
+use brainstemd::config::{self, ConfigSource, EXIT_CONFIG, Overrides};
 use brainstemd::grpc::tls;
+use brainstemd::runtime::config::LogFormat;
 use brainstemd::runtime::notify::Notifier;
 use brainstemd::runtime::telemetry;
 use brainstemd::{Daemon, ReloadOutcome, RunEnv};

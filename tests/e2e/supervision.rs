@@ -656,7 +656,7 @@ roles = ["observer"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_mailbox_with_reject_answers_resource_exhausted_with_retry_info() {
     let daemon = InProcess::start("", 
-        "[actors.episodic]\nmailbox_capacity = 1\nmailbox_overflow = \"reject\"\n[episodic]\nembedding_dimension = 4\n",
+        "[episodic]\nmailbox_capacity = 1\nmailbox_overflow = \"reject\"\nembedding_dimension = 4\n",
     )
     .await;
     let client = daemon.client().await;

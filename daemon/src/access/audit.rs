@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::authz::pattern_matches;
+use crate::access::config::AuditConfig;
 use crate::access::events::{AuditTrimmed, AuditUnrecorded, AuditWritten};
-use crate::config::AuditConfig;
 use crate::runtime::events::ErrorOccurred;
 use crate::runtime::tasks::Tasks;
 use crate::store::{Record, Store, StoreError, Tree, trees};

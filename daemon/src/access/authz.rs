@@ -134,7 +134,8 @@ impl Authorizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Grant, parse};
+    use crate::access::config::Grant;
+    use crate::config::parse;
 
     #[test]
     fn wildcards() {

@@ -11,8 +11,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::access::config::GuardrailsConfig;
 use crate::access::ratelimit::{Buckets, Rate};
-use crate::config::GuardrailsConfig;
 use crate::error::FieldViolation;
 
 pub const MAX_URL_LEN: usize = 2048;

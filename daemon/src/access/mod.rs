@@ -9,6 +9,7 @@
 pub mod api;
 pub mod audit;
 pub mod authz;
+pub mod config;
 pub mod events;
 pub mod guardrails;
 pub mod identity;

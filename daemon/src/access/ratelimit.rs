@@ -9,7 +9,7 @@ use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::config::RateLimit;
+use crate::access::config::RateLimit;
 use crate::grpc::methods;
 
 /// A refill rate and a capacity.

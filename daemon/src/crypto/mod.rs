@@ -1,3 +1,4 @@
 //! Key material: the dev-mode PKI.
 
+pub mod config;
 pub mod pki;

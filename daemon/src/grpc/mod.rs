@@ -2,6 +2,7 @@
 //! services. Only this module (and its children) knows protobuf types.
 
 pub mod admin;
+pub mod config;
 pub mod incoming;
 pub mod layer;
 pub mod methods;
@@ -26,7 +27,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::access::Access;
-use crate::config::ServerConfig;
+use crate::grpc::config::ServerConfig;
 use crate::grpc::tls::ReloadableTls;
 use crate::runtime::tasks::Tasks;
 

@@ -10,8 +10,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
-use crate::config::TlsPaths;
 use crate::crypto::pki::{PkiError, read_private};
+use crate::grpc::config::TlsPaths;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -134,7 +134,7 @@ pub struct PolicySource {
 
 impl PolicySource {
     /// From configuration: an empty dir is the built-in set; a key file holds 64 hex digits.
-    pub fn from_config(config: &crate::config::PolicyConfig) -> Result<Self, String> {
+    pub fn from_config(config: &crate::policy::config::PolicyConfig) -> Result<Self, String> {
         let dir = if config.dir.is_empty() {
             None
         } else {
@@ -920,6 +920,7 @@ pub fn validate_action(action: &str) -> Result<(), String> {
 }
 
 pub mod api;
+pub mod config;
 pub mod events;
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The process runtime every capability shares: tracked tasks, the systemd notify protocol, logging,
 //! the metrics recorder and listener, and the typed events that every metric and log line comes from.
 
+pub mod config;
 pub mod events;
 pub mod metrics;
 pub mod notify;

@@ -7,7 +7,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
-use crate::config::LogFormat;
+use crate::runtime::config::LogFormat;
 
 /// Changes the log filter of the running process.
 pub trait LogControl: Send + Sync {

@@ -15,9 +15,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::config::{FlushPolicy, StoreConfig};
+use crate::store::config::{FlushPolicy, StoreConfig};
 
 /// Tree names, in one place so two subsystems cannot collide.
+pub mod config;
+
 pub mod trees {
     pub const META: &str = "meta";
     /// Audit records keyed by big-endian sequence number.

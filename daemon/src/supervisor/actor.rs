@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::mailbox::{Inbox, MailboxStats};
 use super::runtime::Report;
-use crate::config::{ActorConfig, RestartType};
 use crate::store::{Store, StoreError};
+use crate::supervisor::config::{ActorConfig, RestartType};
 
 /// Why an actor's run failed. The supervisor counts it, keeps the message as `last_error`, and
 /// restarts through the policy.

@@ -20,10 +20,10 @@ use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::config::RestartType;
 use crate::error::{FieldViolation, ServiceError};
 use crate::grpc::admin::DaemonInfo;
 use crate::runtime::tasks::Tasks;
+use crate::supervisor::config::RestartType;
 use crate::supervisor::{self, ActorInfo, ActorState, Supervisor};
 
 const MAX_NAME_BYTES: usize = 128;

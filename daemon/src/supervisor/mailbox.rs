@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::config::OverflowPolicy;
+use crate::supervisor::config::OverflowPolicy;
 
 /// How long a refused sender is told to wait before trying again.
 pub const RETRY_AFTER: Duration = Duration::from_millis(100);

@@ -19,6 +19,7 @@
 
 pub mod actor;
 pub mod api;
+pub mod config;
 pub mod events;
 pub mod mailbox;
 pub mod policy;
@@ -39,10 +40,10 @@ pub use actor::{Actor, ActorError, ActorInfo, ActorResult, ActorState, BlockingS
 pub use mailbox::{Delivery, Mailbox, MailboxError};
 pub use runtime::Outcome;
 
-use crate::config::{ActorConfig, SupervisorConfig};
 use crate::error::ServiceError;
 use crate::runtime::tasks::Tasks;
 use crate::store::Store;
+use crate::supervisor::config::{ActorConfig, SupervisorConfig};
 use actor::ActorShared;
 
 /// Exit code of the daemon when a critical actor failed (sysexits `EX_SOFTWARE`); systemd restarts it.

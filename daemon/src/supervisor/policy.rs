@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::SupervisorConfig;
+use crate::supervisor::config::SupervisorConfig;
 
 /// Delay before restart number `consecutive` (1 = the first after a run that went well):
 /// `initial * 2^(consecutive-1)`, capped at `max`, then shortened by a random `0..=jitter` percent so

@@ -33,8 +33,8 @@ use super::events::{
 };
 use super::policy::{Intensity, Rng, backoff};
 use super::{ActorEvent, ActorInfo, SpawnFn, Spec, StopReport, SupervisorError, WatchdogPing};
-use crate::config::{RestartType, Strategy, SupervisorConfig};
 use crate::runtime::tasks::Tasks;
+use crate::supervisor::config::{RestartType, Strategy, SupervisorConfig};
 
 /// From actors to the loop.
 #[derive(Debug)]

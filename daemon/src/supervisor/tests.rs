@@ -10,9 +10,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::config::{ActorConfig, Config, OverflowPolicy, RestartType, Strategy, SupervisorConfig};
+use crate::config::Config;
 use crate::runtime::tasks::Tasks;
 use crate::store::Store;
+use crate::supervisor::config::{
+    ActorConfig, OverflowPolicy, RestartType, Strategy, SupervisorConfig,
+};
 
 type Body = Box<dyn Fn(Context<u32>, u64) -> BoxFuture<'static, ActorResult> + Send + Sync>;
 

@@ -13,7 +13,7 @@ use brainstem_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::access::authz::{Authorizer, Holdings};
-use crate::config::validate_capability_pattern;
+use crate::access::config::validate_capability_pattern;
 use crate::error::{FieldViolation, ServiceError};
 use crate::grpc::admin::caller;
 use crate::tokens::{AttenuateRequest, IssueRequest, Requester, TokenService};

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod clock;
+pub mod config;
 pub mod events;
 pub mod format;
 pub mod keys;
@@ -33,11 +34,12 @@ pub use self::clock::{Clock, ManualClock, SystemClock};
 use self::format::Claims;
 use self::keys::{KeyRecord, KeyRing, Lookup, MasterKey};
 use crate::access::authz::{Holdings, pattern_covers};
-use crate::config::{TokensConfig, validate_capability_pattern};
+use crate::access::config::validate_capability_pattern;
 use crate::error::{FieldViolation, ServiceError};
 use crate::runtime::events::ErrorOccurred;
 use crate::runtime::tasks::Tasks;
 use crate::store::{Record, Store, StoreError, Tree, trees};
+use crate::tokens::config::TokensConfig;
 use crate::tokens::events::{
     SigningKeyRetired, SigningKeyRotated, TokenIssued, TokenRevoked, TokenVerifications,
     TokensPurged,

@@ -5,7 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::hmac;
 
 use super::*;
-use crate::config::{FlushPolicy, StoreConfig};
+use crate::store::config::{FlushPolicy, StoreConfig};
 
 const T0: u64 = 1_800_000_000;
 const ADMIN: &str = "spiffe://h/admin";

@@ -23,6 +23,7 @@
 mod actor;
 pub mod api;
 mod cache;
+pub mod config;
 pub mod events;
 pub mod ring;
 mod validate;
@@ -35,17 +36,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
+use crate::actors::episodic::config::EpisodicConfig;
 use crate::actors::episodic::events::{EpisodicQueried, EpisodicWritten};
-use crate::config::{ActorConfig, EpisodicConfig};
 use crate::error::{FieldViolation, ServiceError};
 use crate::store::{Store, StoreError, trees};
+use crate::supervisor::config::ActorConfig;
 use crate::supervisor::{ActorRef, SupervisorBuilder, SupervisorError};
 
 pub use actor::Command;
 use cache::{QueryCache, QueryKey};
 use ring::Ring;
 
-/// The actor's name (and its `[actors.episodic]` table).
+/// The actor's name; its supervision settings live in `[episodic]` with the rest of its section.
 pub const ACTOR_NAME: &str = "episodic";
 /// gRPC health names that follow the actor's state.
 pub const HEALTH_SERVICES: &[&str] = &["brainstem.v1.Episodic", "brainstem.actor.episodic"];

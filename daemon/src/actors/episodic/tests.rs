@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::config::{Config, EpisodicConfig};
+use crate::actors::episodic::config::EpisodicConfig;
+use crate::config::Config;
 use crate::runtime::tasks::Tasks;
 use crate::supervisor::policy::Rng;
 use crate::supervisor::{ActorState, Supervisor};
@@ -36,7 +37,7 @@ struct Running {
 
 /// Opens the store, waiting (up to a deadline) for a previous instance in this process to let go of
 /// sled's file lock: its last handle can be released by a background flush a moment after a stop.
-fn open_store(dir: &Path, config: &crate::config::StoreConfig) -> Store {
+fn open_store(dir: &Path, config: &crate::store::config::StoreConfig) -> Store {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match Store::open(dir, config) {
