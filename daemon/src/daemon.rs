@@ -29,11 +29,11 @@ use tonic_health::ServingStatus;
 use crate::access::Access;
 use crate::access::audit::AuditLog;
 use crate::access::authz::{Authorizer, Grants};
-use crate::actors::episodic::{Episodic, EpisodicError};
 use crate::config::{Config, ConfigError, ConfigSource, EXIT_CONFIG};
 use crate::crypto::pki::{DevPki, Ensured, PkiError};
+use crate::grpc;
+use crate::grpc::services::{Setup, Shared};
 use crate::grpc::tls::{self, ReloadableTls, TlsError};
-use crate::grpc::{self, GrpcParts};
 use crate::runtime::events::{ConfigReloaded, ErrorOccurred};
 use crate::runtime::notify::{Notifier, watchdog_interval};
 use crate::runtime::tasks::Tasks;
@@ -63,8 +63,11 @@ pub enum StartError {
     Policy(String),
     #[error("capability tokens: {0}")]
     Tokens(#[from] TokenError),
-    #[error("cannot set up the actors: {0}")]
-    Actors(#[from] EpisodicError),
+    #[error("cannot set up {service}: {source}")]
+    Setup {
+        service: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("cannot listen for {what} on {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -82,7 +85,7 @@ impl StartError {
                 EXIT_CONFIG
             }
             StartError::Pki(PkiError::Io { .. } | PkiError::Generate(_)) => 1,
-            StartError::Store(_) | StartError::Actors(_) | StartError::Bind { .. } => 1,
+            StartError::Store(_) | StartError::Setup { .. } | StartError::Bind { .. } => 1,
             StartError::Tokens(TokenError::MasterKey { .. } | TokenError::Undecryptable { .. }) => {
                 EXIT_CONFIG
             }
@@ -205,18 +208,14 @@ impl Daemon {
         };
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
-        // Actors are declared in start order; they start below, once nothing can fail any more.
+        // Every registered service sets itself up (opens its state, declares its actors and
+        // workers in start order); the actors start below, once nothing can fail any more.
         let mut actors = SupervisorBuilder::new(config.supervisor.clone(), store.clone());
-        let episodic = if config.episodic.enabled {
-            Some(Episodic::register(
-                &mut actors,
-                &config.episodic,
-                config.episodic.actor.clone(),
-                &store,
-            )?)
-        } else {
-            None
-        };
+        let handlers = grpc::services::setup(&mut Setup {
+            config: &config,
+            store: &store,
+            actors: &mut actors,
+        })?;
 
         // Nothing below can fail: from here on the daemon is up.
         let server_token = root.child_token();
@@ -252,23 +251,17 @@ impl Daemon {
         let server = grpc::serve(
             grpc_listener,
             &config.server,
-            GrpcParts {
-                tls: tls.clone(),
+            tls.clone(),
+            health_service,
+            handlers,
+            Shared {
                 access: access.clone(),
-                health_service,
                 tokens: tokens.clone(),
-                admin: grpc::admin::AdminService::new(
-                    authorizer.clone(),
-                    info.clone(),
-                    store.clone(),
-                ),
-                supervisor: crate::supervisor::api::SupervisorService::new(
-                    supervisor.clone(),
-                    info,
-                    server_token.clone(),
-                    ready.clone(),
-                ),
-                episodic: episodic.map(crate::actors::episodic::api::EpisodicService::new),
+                store: store.clone(),
+                supervisor: supervisor.clone(),
+                info,
+                server_token: server_token.clone(),
+                ready: ready.clone(),
             },
             &tasks,
             server_token.clone(),

@@ -112,3 +112,41 @@ impl Admin for AdminService {
         }))
     }
 }
+
+/// The Admin service's registration (see [`crate::grpc::services`]).
+pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::services::Registration {
+    spec: crate::grpc::services::ServiceSpec {
+        name: "brainstem.v1.Admin",
+        descriptors: brainstem_proto::v1::FILE_DESCRIPTOR_SET,
+        health: crate::grpc::services::Health::Daemon,
+        methods: &[
+            (
+                "/brainstem.v1.Admin/Ping",
+                crate::grpc::methods::Requirement::Authenticated,
+            ),
+            (
+                "/brainstem.v1.Admin/WhoAmI",
+                crate::grpc::methods::Requirement::Authenticated,
+            ),
+            (
+                "/brainstem.v1.Admin/GetStatus",
+                crate::grpc::methods::Requirement::Capability("admin.status"),
+            ),
+        ],
+    },
+    setup: |_| {
+        Ok(Some(crate::grpc::services::handler(
+            |shared, routes, limits| {
+                crate::route!(
+                    routes,
+                    limits,
+                    brainstem_proto::v1::admin_server::AdminServer::new(AdminService::new(
+                        shared.access.authorizer.clone(),
+                        shared.info.clone(),
+                        shared.store.clone()
+                    ))
+                )
+            },
+        )))
+    },
+};

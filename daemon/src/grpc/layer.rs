@@ -13,7 +13,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
-use super::methods::{self, Requirement};
+use super::methods;
 use crate::access::Access;
 use crate::access::authz::Authorizer;
 use crate::access::identity::{PeerInfo, Principal};
@@ -158,7 +158,7 @@ impl<S> AuthService<S> {
             }
         };
         let caller = Caller { principal, token };
-        if let Requirement::Capability(capability) = entry.requirement {
+        if let Some(capability) = entry.requirement.capability() {
             if !caller.may(&self.access.authorizer, capability) {
                 let principal = &caller.principal;
                 let reason = if self.access.authorizer.allows(&principal.name, capability) {

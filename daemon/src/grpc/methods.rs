@@ -1,5 +1,8 @@
-//! What every RPC needs. One table: a method that is not listed here is refused (default deny), and a
-//! test walks the descriptor set so that a new RPC without an entry fails the build's tests.
+//! What every RPC needs: the method table, keyed by full path (`/package.Service/Method`) across proto
+//! packages. Each service declares its entries in its registration ([`super::services::REGISTRY`]);
+//! this module is the one place that reads them: a method without an entry is refused (default deny),
+//! a test walks the registered descriptor sets so that a new RPC without an entry fails the tests, and
+//! `docs/AUTHORIZATION.md` carries the whole table (a test keeps it equal to [`render_table`]).
 
 /// What a caller must have to call a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -8,6 +11,20 @@ pub enum Requirement {
     Authenticated,
     /// A principal whose grants hold this capability.
     Capability(&'static str),
+    /// A resource-scoped capability family (`secrets.read`): the layer checks that the caller holds
+    /// the family on some resource; the handler checks the request's resource against the scope
+    /// through [`crate::access::require_scope`].
+    Scoped(&'static str),
+}
+
+impl Requirement {
+    /// The capability (family) the layer checks, if any.
+    pub fn capability(&self) -> Option<&'static str> {
+        match self {
+            Requirement::Authenticated => None,
+            Requirement::Capability(c) | Requirement::Scoped(c) => Some(c),
+        }
+    }
 }
 
 /// One method's entry: the metric label (the full method path) and its requirement.
@@ -17,134 +34,14 @@ pub struct MethodEntry {
     pub requirement: Requirement,
 }
 
-/// Every `brainstem.v1` method, by its full path.
-pub const METHODS: &[(&str, Requirement)] = &[
-    ("/brainstem.v1.Admin/Ping", Requirement::Authenticated),
-    ("/brainstem.v1.Admin/WhoAmI", Requirement::Authenticated),
-    (
-        "/brainstem.v1.Admin/GetStatus",
-        Requirement::Capability("admin.status"),
-    ),
-    (
-        "/brainstem.v1.Policy/Check",
-        Requirement::Capability("policy.check"),
-    ),
-    (
-        "/brainstem.v1.Policy/BatchCheck",
-        Requirement::Capability("policy.check"),
-    ),
-    (
-        "/brainstem.v1.Policy/Explain",
-        Requirement::Capability("policy.explain"),
-    ),
-    (
-        "/brainstem.v1.Policy/Validate",
-        Requirement::Capability("policy.validate"),
-    ),
-    (
-        "/brainstem.v1.Policy/GetPolicySet",
-        Requirement::Capability("policy.read"),
-    ),
-    (
-        "/brainstem.v1.Audit/Query",
-        Requirement::Capability("audit.read"),
-    ),
-    (
-        "/brainstem.v1.Guardrails/CheckNavigation",
-        Requirement::Capability("guardrails.check"),
-    ),
-    (
-        "/brainstem.v1.Guardrails/CheckClick",
-        Requirement::Capability("guardrails.check"),
-    ),
-    (
-        "/brainstem.v1.Guardrails/CheckFormSubmit",
-        Requirement::Capability("guardrails.check"),
-    ),
-    (
-        "/brainstem.v1.Tokens/Issue",
-        Requirement::Capability("tokens.issue"),
-    ),
-    (
-        "/brainstem.v1.Tokens/Verify",
-        Requirement::Capability("tokens.verify"),
-    ),
-    (
-        "/brainstem.v1.Tokens/Revoke",
-        Requirement::Capability("tokens.revoke"),
-    ),
-    (
-        "/brainstem.v1.Tokens/List",
-        Requirement::Capability("tokens.list"),
-    ),
-    (
-        "/brainstem.v1.Tokens/Attenuate",
-        Requirement::Capability("tokens.attenuate"),
-    ),
-    (
-        "/brainstem.v1.Tokens/RotateKey",
-        Requirement::Capability("tokens.rotate"),
-    ),
-    // Supervisor: reading state needs supervisor.read; changing it, supervisor.admin.
-    (
-        "/brainstem.v1.Supervisor/ListActors",
-        Requirement::Capability("supervisor.read"),
-    ),
-    (
-        "/brainstem.v1.Supervisor/GetActor",
-        Requirement::Capability("supervisor.read"),
-    ),
-    (
-        "/brainstem.v1.Supervisor/WatchActors",
-        Requirement::Capability("supervisor.read"),
-    ),
-    (
-        "/brainstem.v1.Supervisor/GetHealth",
-        Requirement::Capability("supervisor.read"),
-    ),
-    (
-        "/brainstem.v1.Supervisor/RestartActor",
-        Requirement::Capability("supervisor.admin"),
-    ),
-    (
-        "/brainstem.v1.Supervisor/StopActor",
-        Requirement::Capability("supervisor.admin"),
-    ),
-    (
-        "/brainstem.v1.Supervisor/StartActor",
-        Requirement::Capability("supervisor.admin"),
-    ),
-    // Episodic buffer.
-    (
-        "/brainstem.v1.Episodic/Store",
-        Requirement::Capability("episodic.write"),
-    ),
-    (
-        "/brainstem.v1.Episodic/StoreBatch",
-        Requirement::Capability("episodic.write"),
-    ),
-    (
-        "/brainstem.v1.Episodic/Forget",
-        Requirement::Capability("episodic.write"),
-    ),
-    (
-        "/brainstem.v1.Episodic/Query",
-        Requirement::Capability("episodic.read"),
-    ),
-    (
-        "/brainstem.v1.Episodic/Recent",
-        Requirement::Capability("episodic.read"),
-    ),
-    (
-        "/brainstem.v1.Episodic/Get",
-        Requirement::Capability("episodic.read"),
-    ),
-];
+/// Every method of every registered service, by full path.
+pub fn all() -> impl Iterator<Item = &'static (&'static str, Requirement)> {
+    super::services::specs().flat_map(|spec| spec.methods.iter())
+}
 
-/// The `brainstem.v1` methods a rate-limit pattern names: a full path, or `/brainstem.v1.Service/*`.
+/// The methods a rate-limit pattern names: a full path, or `/package.Service/*`.
 pub fn matching(pattern: &str) -> impl Iterator<Item = &'static str> + '_ {
-    METHODS
-        .iter()
+    all()
         .map(|(path, _)| *path)
         .filter(move |path| match pattern.strip_suffix('*') {
             Some(service) => service.ends_with('/') && path.starts_with(service),
@@ -161,15 +58,14 @@ const OPEN_SERVICES: &[&str] = &[
 
 /// Every metric label [`lookup`] can return.
 pub fn labels() -> impl Iterator<Item = &'static str> {
-    METHODS
-        .iter()
+    all()
         .map(|(path, _)| *path)
         .chain(OPEN_SERVICES.iter().copied())
 }
 
 /// Looks a request path up. `None`: the method declares no requirement and is refused.
 pub fn lookup(path: &str) -> Option<MethodEntry> {
-    if let Some((label, requirement)) = METHODS.iter().find(|(p, _)| *p == path) {
+    if let Some((label, requirement)) = all().find(|(p, _)| *p == path) {
         return Some(MethodEntry {
             label,
             requirement: *requirement,
@@ -184,36 +80,68 @@ pub fn lookup(path: &str) -> Option<MethodEntry> {
         })
 }
 
+/// The method table as the Markdown table `docs/AUTHORIZATION.md` shows.
+pub fn render_table() -> String {
+    let mut table = String::from("| Method | Requires |\n|---|---|\n");
+    for (path, requirement) in all() {
+        let requires = match requirement {
+            Requirement::Authenticated => "any authenticated caller".to_owned(),
+            Requirement::Capability(c) => format!("`{c}`"),
+            Requirement::Scoped(c) => format!("`{c}` on the request's resource"),
+        };
+        table.push_str(&format!("| `{path}` | {requires} |\n"));
+    }
+    table
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use prost::Message;
 
-    /// Every method in the `brainstem.v1` descriptor set has an entry, and every entry names a real method.
+    /// Every method of every registered service's package has an entry, and every entry names a real
+    /// method.
     #[test]
     fn every_rpc_declares_its_requirement() {
-        let set = prost_types::FileDescriptorSet::decode(brainstem_proto::v1::FILE_DESCRIPTOR_SET)
-            .expect("descriptor set decodes");
         let mut declared = Vec::new();
-        for file in &set.file {
-            let package = file.package();
-            for service in &file.service {
-                for method in &service.method {
-                    let path = format!("/{package}.{}/{}", service.name(), method.name());
-                    assert!(
-                        METHODS.iter().any(|(p, _)| *p == path),
-                        "{path} declares no capability in grpc::methods::METHODS"
-                    );
-                    declared.push(path);
+        let mut seen_sets = Vec::new();
+        for spec in crate::grpc::services::specs() {
+            if seen_sets.contains(&spec.descriptors.as_ptr()) {
+                continue;
+            }
+            seen_sets.push(spec.descriptors.as_ptr());
+            let set = prost_types::FileDescriptorSet::decode(spec.descriptors)
+                .expect("descriptor set decodes");
+            for file in &set.file {
+                let package = file.package();
+                for service in &file.service {
+                    for method in &service.method {
+                        let path = format!("/{package}.{}/{}", service.name(), method.name());
+                        assert!(
+                            all().any(|(p, _)| *p == path),
+                            "{path} declares no requirement in its service's registration"
+                        );
+                        declared.push(path);
+                    }
                 }
             }
         }
-        for (path, _) in METHODS {
+        for (path, _) in all() {
             assert!(
                 declared.iter().any(|d| d == path),
                 "{path} is not an RPC of the API"
             );
         }
+    }
+
+    #[test]
+    fn the_documented_table_is_the_table() {
+        let doc = include_str!("../../../docs/AUTHORIZATION.md");
+        let table = render_table();
+        assert!(
+            doc.contains(&table),
+            "docs/AUTHORIZATION.md's method table drifted; replace it with:\n{table}"
+        );
     }
 
     #[test]

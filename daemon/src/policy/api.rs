@@ -364,3 +364,47 @@ fn json_to_value(value: &Value) -> prost_types::Value {
     };
     prost_types::Value { kind: Some(kind) }
 }
+
+/// The Policy service's registration (see [`crate::grpc::services`]).
+pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::services::Registration {
+    spec: crate::grpc::services::ServiceSpec {
+        name: "brainstem.v1.Policy",
+        descriptors: brainstem_proto::v1::FILE_DESCRIPTOR_SET,
+        health: crate::grpc::services::Health::Daemon,
+        methods: &[
+            (
+                "/brainstem.v1.Policy/Check",
+                crate::grpc::methods::Requirement::Capability("policy.check"),
+            ),
+            (
+                "/brainstem.v1.Policy/BatchCheck",
+                crate::grpc::methods::Requirement::Capability("policy.check"),
+            ),
+            (
+                "/brainstem.v1.Policy/Explain",
+                crate::grpc::methods::Requirement::Capability("policy.explain"),
+            ),
+            (
+                "/brainstem.v1.Policy/Validate",
+                crate::grpc::methods::Requirement::Capability("policy.validate"),
+            ),
+            (
+                "/brainstem.v1.Policy/GetPolicySet",
+                crate::grpc::methods::Requirement::Capability("policy.read"),
+            ),
+        ],
+    },
+    setup: |_| {
+        Ok(Some(crate::grpc::services::handler(
+            |shared, routes, limits| {
+                crate::route!(
+                    routes,
+                    limits,
+                    brainstem_proto::v1::policy_server::PolicyServer::new(PolicyService::new(
+                        shared.access.clone()
+                    ))
+                )
+            },
+        )))
+    },
+};

@@ -327,3 +327,60 @@ pub fn spawn_health_sync(
         }
     });
 }
+
+/// The Supervisor service's registration (see [`crate::grpc::services`]).
+pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::services::Registration {
+    spec: crate::grpc::services::ServiceSpec {
+        name: "brainstem.v1.Supervisor",
+        descriptors: brainstem_proto::v1::FILE_DESCRIPTOR_SET,
+        health: crate::grpc::services::Health::Daemon,
+        methods: &[
+            (
+                "/brainstem.v1.Supervisor/ListActors",
+                crate::grpc::methods::Requirement::Capability("supervisor.read"),
+            ),
+            (
+                "/brainstem.v1.Supervisor/GetActor",
+                crate::grpc::methods::Requirement::Capability("supervisor.read"),
+            ),
+            (
+                "/brainstem.v1.Supervisor/WatchActors",
+                crate::grpc::methods::Requirement::Capability("supervisor.read"),
+            ),
+            (
+                "/brainstem.v1.Supervisor/GetHealth",
+                crate::grpc::methods::Requirement::Capability("supervisor.read"),
+            ),
+            (
+                "/brainstem.v1.Supervisor/RestartActor",
+                crate::grpc::methods::Requirement::Capability("supervisor.admin"),
+            ),
+            (
+                "/brainstem.v1.Supervisor/StopActor",
+                crate::grpc::methods::Requirement::Capability("supervisor.admin"),
+            ),
+            (
+                "/brainstem.v1.Supervisor/StartActor",
+                crate::grpc::methods::Requirement::Capability("supervisor.admin"),
+            ),
+        ],
+    },
+    setup: |_| {
+        Ok(Some(crate::grpc::services::handler(
+            |shared, routes, limits| {
+                crate::route!(
+                    routes,
+                    limits,
+                    brainstem_proto::v1::supervisor_server::SupervisorServer::new(
+                        SupervisorService::new(
+                            shared.supervisor.clone(),
+                            shared.info.clone(),
+                            shared.server_token.clone(),
+                            shared.ready.clone()
+                        )
+                    )
+                )
+            },
+        )))
+    },
+};

@@ -251,3 +251,52 @@ impl Tokens for TokensService {
         }))
     }
 }
+
+/// The Tokens service's registration (see [`crate::grpc::services`]).
+pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::services::Registration {
+    spec: crate::grpc::services::ServiceSpec {
+        name: "brainstem.v1.Tokens",
+        descriptors: brainstem_proto::v1::FILE_DESCRIPTOR_SET,
+        health: crate::grpc::services::Health::Daemon,
+        methods: &[
+            (
+                "/brainstem.v1.Tokens/Issue",
+                crate::grpc::methods::Requirement::Capability("tokens.issue"),
+            ),
+            (
+                "/brainstem.v1.Tokens/Verify",
+                crate::grpc::methods::Requirement::Capability("tokens.verify"),
+            ),
+            (
+                "/brainstem.v1.Tokens/Revoke",
+                crate::grpc::methods::Requirement::Capability("tokens.revoke"),
+            ),
+            (
+                "/brainstem.v1.Tokens/List",
+                crate::grpc::methods::Requirement::Capability("tokens.list"),
+            ),
+            (
+                "/brainstem.v1.Tokens/Attenuate",
+                crate::grpc::methods::Requirement::Capability("tokens.attenuate"),
+            ),
+            (
+                "/brainstem.v1.Tokens/RotateKey",
+                crate::grpc::methods::Requirement::Capability("tokens.rotate"),
+            ),
+        ],
+    },
+    setup: |_| {
+        Ok(Some(crate::grpc::services::handler(
+            |shared, routes, limits| {
+                crate::route!(
+                    routes,
+                    limits,
+                    brainstem_proto::v1::tokens_server::TokensServer::new(TokensService::new(
+                        shared.tokens.clone(),
+                        shared.access.authorizer.clone()
+                    ))
+                )
+            },
+        )))
+    },
+};

@@ -114,3 +114,29 @@ impl Audit for AuditService {
         }))
     }
 }
+
+/// The Audit service's registration (see [`crate::grpc::services`]).
+pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::services::Registration {
+    spec: crate::grpc::services::ServiceSpec {
+        name: "brainstem.v1.Audit",
+        descriptors: brainstem_proto::v1::FILE_DESCRIPTOR_SET,
+        health: crate::grpc::services::Health::Daemon,
+        methods: &[(
+            "/brainstem.v1.Audit/Query",
+            crate::grpc::methods::Requirement::Capability("audit.read"),
+        )],
+    },
+    setup: |_| {
+        Ok(Some(crate::grpc::services::handler(
+            |shared, routes, limits| {
+                crate::route!(
+                    routes,
+                    limits,
+                    brainstem_proto::v1::audit_server::AuditServer::new(AuditService::new(
+                        shared.access.audit.clone()
+                    ))
+                )
+            },
+        )))
+    },
+};

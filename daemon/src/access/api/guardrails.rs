@@ -209,3 +209,39 @@ impl GuardrailsApi for GuardrailsService {
         Ok(Response::new(reply))
     }
 }
+
+/// The Guardrails service's registration (see [`crate::grpc::services`]).
+pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::services::Registration {
+    spec: crate::grpc::services::ServiceSpec {
+        name: "brainstem.v1.Guardrails",
+        descriptors: brainstem_proto::v1::FILE_DESCRIPTOR_SET,
+        health: crate::grpc::services::Health::Daemon,
+        methods: &[
+            (
+                "/brainstem.v1.Guardrails/CheckNavigation",
+                crate::grpc::methods::Requirement::Capability("guardrails.check"),
+            ),
+            (
+                "/brainstem.v1.Guardrails/CheckClick",
+                crate::grpc::methods::Requirement::Capability("guardrails.check"),
+            ),
+            (
+                "/brainstem.v1.Guardrails/CheckFormSubmit",
+                crate::grpc::methods::Requirement::Capability("guardrails.check"),
+            ),
+        ],
+    },
+    setup: |_| {
+        Ok(Some(crate::grpc::services::handler(
+            |shared, routes, limits| {
+                crate::route!(
+                    routes,
+                    limits,
+                    brainstem_proto::v1::guardrails_server::GuardrailsServer::new(
+                        GuardrailsService::new(shared.access.clone())
+                    )
+                )
+            },
+        )))
+    },
+};

@@ -235,6 +235,67 @@ impl EpisodicApi for EpisodicService {
     }
 }
 
+/// The Episodic service's registration (see [`crate::grpc::services`]).
+pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::services::Registration {
+    spec: crate::grpc::services::ServiceSpec {
+        name: "brainstem.v1.Episodic",
+        descriptors: brainstem_proto::v1::FILE_DESCRIPTOR_SET,
+        health: crate::grpc::services::Health::Actor,
+        methods: &[
+            (
+                "/brainstem.v1.Episodic/Store",
+                crate::grpc::methods::Requirement::Capability("episodic.write"),
+            ),
+            (
+                "/brainstem.v1.Episodic/StoreBatch",
+                crate::grpc::methods::Requirement::Capability("episodic.write"),
+            ),
+            (
+                "/brainstem.v1.Episodic/Forget",
+                crate::grpc::methods::Requirement::Capability("episodic.write"),
+            ),
+            (
+                "/brainstem.v1.Episodic/Query",
+                crate::grpc::methods::Requirement::Capability("episodic.read"),
+            ),
+            (
+                "/brainstem.v1.Episodic/Recent",
+                crate::grpc::methods::Requirement::Capability("episodic.read"),
+            ),
+            (
+                "/brainstem.v1.Episodic/Get",
+                crate::grpc::methods::Requirement::Capability("episodic.read"),
+            ),
+        ],
+    },
+    setup: |setup| {
+        if !setup.config.episodic.enabled {
+            return Ok(None);
+        }
+        let episodic = Episodic::register(
+            setup.actors,
+            &setup.config.episodic,
+            setup.config.episodic.actor.clone(),
+            setup.store,
+        )
+        .map_err(|err| crate::daemon::StartError::Setup {
+            service: "brainstem.v1.Episodic",
+            source: Box::new(err),
+        })?;
+        Ok(Some(crate::grpc::services::handler(
+            move |_, routes, limits| {
+                crate::route!(
+                    routes,
+                    limits,
+                    brainstem_proto::v1::episodic_server::EpisodicServer::new(
+                        EpisodicService::new(episodic)
+                    )
+                )
+            },
+        )))
+    },
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
