@@ -169,7 +169,10 @@ impl Daemon {
         crate::tokens::events::describe();
         crate::policy::events::describe();
         crate::access::events::describe();
-        metrics::gauge!("brainstem_boot_count").set(boot.boot_count as f64);
+        crate::runtime::events::Booted {
+            boot_count: boot.boot_count,
+        }
+        .emit();
 
         // After the recorder: the service registers its hot-path counters once.
         let master = crate::tokens::load_master_key(&config.master_key_path()?)?;

@@ -224,3 +224,14 @@ impl RateLimited<'_> {
         .emit();
     }
 }
+
+/// The boot counter from the store's boot record, set once at start.
+pub struct Booted {
+    pub boot_count: u64,
+}
+
+impl Booted {
+    pub fn emit(&self) {
+        metrics::gauge!("brainstem_boot_count").set(self.boot_count as f64);
+    }
+}
