@@ -1,7 +1,7 @@
 //! Configuration: one TOML file, every error reported at once, each section owned by its subsystem.
 //!
 //! The framework lives here: the key walker ([`walker`]), file loading and command-line overrides,
-//! `credential:` paths, the section registry ([`sections!`] below: one line per section), the whole-file
+//! `credential:` paths, the section registry (`sections!` below: one line per section), the whole-file
 //! default text assembled from the sections' fragments (a test keeps `config/brainstemd.toml` equal to
 //! it) and the reload rule. A subsystem owns its section: the type, its defaults, `parse`, `validate`,
 //! its fragment of the default file and which of its keys a reload may apply ([`Section`]).
