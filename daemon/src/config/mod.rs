@@ -880,28 +880,9 @@ pub fn resolve_path(value: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// A capability pattern: dotted lowercase segments (`secrets.read`), optionally ending in `*`
-/// (`vision.*`), or `*` alone for everything.
+/// A capability pattern, optionally resource-scoped; the rules live in [`crate::access::authz`].
 pub fn validate_capability_pattern(pattern: &str) -> Result<(), String> {
-    if pattern == "*" {
-        return Ok(());
-    }
-    let body = pattern.strip_suffix(".*").unwrap_or(pattern);
-    if body.is_empty() || pattern.len() > 128 {
-        return Err("a capability is 1 to 128 characters".to_owned());
-    }
-    for segment in body.split('.') {
-        let ok = !segment.is_empty()
-            && segment
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if !ok {
-            return Err(
-                "expected dotted segments of [a-z0-9_-], optionally ending in \".*\"".to_owned(),
-            );
-        }
-    }
-    Ok(())
+    crate::access::authz::validate_capability_pattern(pattern)
 }
 
 /// A navigation safelist entry: a lowercase host name, optionally `*.` for it and its subdomains.
