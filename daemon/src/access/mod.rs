@@ -4,11 +4,16 @@
 //! - grants ([`Authorizer`]) — which capabilities a principal holds (the layer checks them);
 //! - the Cedar [`PolicyEngine`] — Policy.Check and the guardrails' policy half;
 //! - [`Guardrails`] and the [`RateLimiter`] — swapped on reload (their buckets start full again);
-//! - the [`AuditLog`] — where every decision goes.
+//! - the [`AuditLog`] — where every decision goes;
+//! - [`decide`] — the one audited path from a question to a decision (policy, guardrails, …);
+//! - [`caller`] — the authenticated [`Caller`] and [`require_scope`], the handler's half of a
+//!   resource-scoped capability.
 
 pub mod api;
 pub mod audit;
 pub mod authz;
+pub mod caller;
+pub mod decide;
 pub mod events;
 pub mod guardrails;
 pub mod identity;
@@ -26,9 +31,13 @@ use crate::access::authz::Authorizer;
 use crate::access::guardrails::Guardrails;
 use crate::access::ratelimit::RateLimiter;
 use crate::config::Config;
+use crate::error::ServiceError;
 use crate::policy::events::PolicyReloaded;
 use crate::policy::{LoadedSet, PolicyEngine, PolicyError, PolicySource};
 use crate::runtime::tasks::Tasks;
+
+pub use self::caller::{Caller, caller, require_scope};
+pub use self::decide::{CHECK_AS, Decided, DecisionRequest, RulesVerdict};
 
 /// The reason a fail-closed decision gives when its audit record could not be written.
 pub const AUDIT_UNAVAILABLE: &str = "audit-unavailable";
@@ -167,6 +176,33 @@ impl Access {
             let _ = self.audit.record(record);
             true
         }
+    }
+
+    /// [`require_scope`] against the live grants; a refusal is audited (kind `access`, action the
+    /// capability, reason `outside-scope`).
+    pub fn require_scope(
+        &self,
+        caller: &Caller,
+        capability: &str,
+        resource: &str,
+    ) -> Result<(), ServiceError> {
+        let result = require_scope(&self.authorizer, caller, capability, resource);
+        if result.is_err() {
+            let _ = self.audit.record(AuditRecord {
+                seq: 0,
+                time_unix_ms: 0,
+                decision_id: self.audit.decision_id(),
+                kind: AuditKind::Access,
+                caller: caller.principal.name.clone(),
+                principal: caller.principal.name.clone(),
+                action: capability.to_owned(),
+                resource: resource.to_owned(),
+                allowed: false,
+                reasons: vec!["outside-scope".to_owned()],
+                correlation_id: String::new(),
+            });
+        }
+        result
     }
 
     /// Audits a call the authorization layer refused.

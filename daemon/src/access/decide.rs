@@ -1,0 +1,187 @@
+//! Decide once: the one path from "may this principal take this action on this resource?" to an
+//! audited answer. Policy.Check/BatchCheck, the guardrails and later services all come through here:
+//!
+//! 1. the check-as rule: asking about a principal other than the caller needs [`CHECK_AS`];
+//! 2. the Cedar policies, for the principal with the roles its grants give it;
+//! 3. merged with the built-in rules' verdict when there is one (guardrails): allowed only if both
+//!    allow; the policies' reasons are kept when they deny or when everything allows;
+//! 4. one audit record; an action in `[audit] fail_closed_actions` waits for its record to be on disk
+//!    and is denied ([`AUDIT_UNAVAILABLE`]) when it cannot be written.
+//!
+//! Evaluation ([`Access::evaluate`]) and recording ([`Pending::record`]) are separate so a batch can
+//! evaluate every item before it audits any; [`Access::decide`] does both.
+
+use serde_json::{Map, Value};
+
+use crate::access::audit::{AuditKind, AuditRecord};
+use crate::access::caller::Caller;
+use crate::access::{AUDIT_UNAVAILABLE, Access};
+use crate::error::ServiceError;
+use crate::policy::Query;
+
+/// Capability to ask about a principal other than oneself.
+pub const CHECK_AS: &str = "policy.check_as";
+
+/// One question.
+#[derive(Debug, Clone)]
+pub struct DecisionRequest {
+    /// How the audit log files the decision.
+    pub kind: AuditKind,
+    /// The principal asked about; empty for the caller itself.
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+    pub context: Map<String, Value>,
+    pub correlation_id: String,
+    /// The built-in rules' verdict to combine with the policies' (guardrails); `None` when only the
+    /// policies decide.
+    pub rules: Option<RulesVerdict>,
+}
+
+/// What built-in rules said before the policies were asked.
+#[derive(Debug, Clone, Default)]
+pub struct RulesVerdict {
+    pub allowed: bool,
+    pub reasons: Vec<String>,
+}
+
+/// The audited answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    pub allowed: bool,
+    pub reasons: Vec<String>,
+    /// Policies that failed to evaluate (skipped).
+    pub errors: Vec<String>,
+    pub decision_id: String,
+}
+
+/// An evaluated decision whose audit record is not written yet.
+#[must_use = "a decision counts only once it is recorded"]
+pub struct Pending<'a> {
+    access: &'a Access,
+    record: AuditRecord,
+    errors: Vec<String>,
+}
+
+impl Access {
+    /// The check-as rule: `Ok` when `principal` is empty or the caller itself, or the caller may
+    /// exercise [`CHECK_AS`].
+    pub fn require_check_as(&self, caller: &Caller, principal: &str) -> Result<(), ServiceError> {
+        if principal.is_empty()
+            || principal == caller.principal.name
+            || caller.may(&self.authorizer, CHECK_AS)
+        {
+            Ok(())
+        } else {
+            Err(ServiceError::PermissionDenied(format!(
+                "asking about another principal needs capability {CHECK_AS:?}"
+            )))
+        }
+    }
+
+    /// The policy query for `principal` (empty: the caller), with the roles its grants give it,
+    /// after the check-as rule.
+    pub fn query(
+        &self,
+        caller: &Caller,
+        principal: &str,
+        action: &str,
+        resource: &str,
+        context: Map<String, Value>,
+    ) -> Result<Query, ServiceError> {
+        self.require_check_as(caller, principal)?;
+        let principal = if principal.is_empty() {
+            caller.principal.name.clone()
+        } else {
+            principal.to_owned()
+        };
+        Ok(Query {
+            roles: self.roles_of(&principal),
+            principal,
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            context,
+        })
+    }
+
+    /// Steps 1 to 3: the check-as rule, the policies, the rules' verdict. Nothing is audited yet.
+    pub fn evaluate(
+        &self,
+        caller: &Caller,
+        request: DecisionRequest,
+    ) -> Result<Pending<'_>, ServiceError> {
+        let DecisionRequest {
+            kind,
+            principal,
+            action,
+            resource,
+            context,
+            correlation_id,
+            rules,
+        } = request;
+        let query = self.query(caller, &principal, &action, &resource, context)?;
+        let policy = self
+            .policy
+            .decide(&query)
+            .map_err(|v| ServiceError::InvalidArgument(vec![v]))?;
+        let rules = rules.unwrap_or(RulesVerdict {
+            allowed: true,
+            reasons: Vec::new(),
+        });
+        let allowed = rules.allowed && policy.allowed;
+        let mut reasons = rules.reasons;
+        if !policy.allowed || allowed {
+            reasons.extend(policy.reasons);
+        }
+        Ok(Pending {
+            access: self,
+            record: AuditRecord {
+                seq: 0,
+                time_unix_ms: 0,
+                decision_id: self.audit.decision_id(),
+                kind,
+                caller: caller.principal.name.clone(),
+                principal: query.principal,
+                action: query.action,
+                resource: query.resource,
+                allowed,
+                reasons,
+                correlation_id,
+            },
+            errors: policy.errors,
+        })
+    }
+
+    /// Evaluates and records one decision.
+    pub async fn decide(
+        &self,
+        caller: &Caller,
+        request: DecisionRequest,
+    ) -> Result<Decided, ServiceError> {
+        Ok(self.evaluate(caller, request)?.record().await)
+    }
+}
+
+impl Pending<'_> {
+    /// Step 4: audits the decision. A fail-closed action whose record cannot be written is denied.
+    pub async fn record(self) -> Decided {
+        let Pending {
+            access,
+            record,
+            errors,
+        } = self;
+        let decision_id = record.decision_id.clone();
+        let mut allowed = record.allowed;
+        let mut reasons = record.reasons.clone();
+        if !access.audit_decision(record).await && allowed {
+            allowed = false;
+            reasons = vec![AUDIT_UNAVAILABLE.to_owned()];
+        }
+        Decided {
+            allowed,
+            reasons,
+            errors,
+            decision_id,
+        }
+    }
+}
