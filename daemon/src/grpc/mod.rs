@@ -2,6 +2,7 @@
 //! services. Only this module (and its children) knows protobuf types.
 
 pub mod admin;
+pub mod convert;
 pub mod incoming;
 pub mod layer;
 pub mod methods;
