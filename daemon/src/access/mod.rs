@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::audit::{AuditKind, AuditLog, AuditRecord};
 use crate::access::authz::Authorizer;
 use crate::access::guardrails::Guardrails;
-use crate::access::ratelimit::RateLimiter;
+use crate::access::ratelimit::{RateLimiter, Ticker, system_ticker};
 use crate::config::Config;
 use crate::error::ServiceError;
 use crate::policy::events::PolicyReloaded;
@@ -64,14 +64,20 @@ pub struct Prepared {
 impl Access {
     /// Loads the policy set named by `config` (every problem reported) for a start or a reload.
     pub fn prepare(config: &Config) -> Result<Prepared, String> {
+        Self::prepare_with_clock(config, system_ticker())
+    }
+
+    /// [`Access::prepare`] with the clock the rate limits and click buckets read (tests inject a
+    /// [`crate::access::ratelimit::ManualTicker`]).
+    pub fn prepare_with_clock(config: &Config, clock: Arc<dyn Ticker>) -> Result<Prepared, String> {
         let source =
             PolicySource::from_config(&config.policy).map_err(|err| format!("policy: {err}"))?;
         let set = source.load().map_err(|err| err.to_string())?;
         Ok(Prepared {
             source,
             set: Some(set),
-            guardrails: Guardrails::from_config(&config.guardrails),
-            rate_limits: RateLimiter::from_config(&config.rate_limits),
+            guardrails: Guardrails::with_clock(&config.guardrails, clock.clone()),
+            rate_limits: RateLimiter::with_clock(&config.rate_limits, clock),
             max_batch: config.policy.max_batch as usize,
         })
     }
@@ -254,8 +260,10 @@ impl Access {
                 }
                 if last_sweep.elapsed() >= Duration::from_secs(60) {
                     last_sweep = Instant::now();
-                    access.rate_limits.load().sweep(last_sweep);
-                    access.guardrails.load().sweep(last_sweep);
+                    let limits = access.rate_limits.load();
+                    limits.sweep(limits.now());
+                    let guardrails = access.guardrails.load();
+                    guardrails.sweep(guardrails.now());
                 }
             }
         });

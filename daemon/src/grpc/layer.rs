@@ -151,7 +151,7 @@ impl<S> AuthService<S> {
         let principal = &caller.principal;
         let limits = self.access.rate_limits();
         if limits.limits(entry.label) {
-            if let Err(retry_after) = limits.check(&principal.name, entry.label, Instant::now()) {
+            if let Err(retry_after) = limits.take(&principal.name, entry.label) {
                 RateLimited {
                     method: entry.label,
                     principal: &principal.name,

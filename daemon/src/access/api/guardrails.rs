@@ -1,7 +1,6 @@
 //! `brainstem.v1.Guardrails`: the built-in web rules, then the Cedar policies, one audited decision.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use brainstem_proto::v1::guardrails_server::Guardrails as GuardrailsApi;
 use brainstem_proto::v1::{ClickRequest, FormSubmitRequest, GuardrailReply, NavigationRequest};
@@ -141,7 +140,7 @@ impl GuardrailsApi for GuardrailsService {
             return Err(invalid(violations));
         }
         let verdict = guardrails
-            .click(&caller.principal.name, &r.url, Instant::now())
+            .click(&caller.principal.name, &r.url, guardrails.now())
             .map_err(|v| invalid(vec![v]))?;
         let reply = self
             .decide(
