@@ -185,3 +185,186 @@ impl Pending<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::access::audit::{AuditLog, AuditQuery};
+    use crate::access::authz::{Authorizer, Grants};
+    use crate::access::identity::{Principal, PrincipalSource};
+    use crate::config::{Config, DEV_ADMIN_PRINCIPAL};
+    use crate::runtime::tasks::Tasks;
+    use crate::store::Store;
+
+    const AGENT: &str = "spiffe://h/agent";
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        access: Access,
+        tasks: Tasks,
+        token: CancellationToken,
+    }
+
+    impl Fixture {
+        /// The built-in policies; `web.read` is fail-closed; the dev admin holds `*`.
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = Config {
+                dev_mode: true,
+                ..Config::default()
+            };
+            config.audit.fail_closed_actions = vec!["web.read".to_owned()];
+            let store = Store::open(dir.path(), &config.store).unwrap();
+            let (tasks, token) = (Tasks::new(), CancellationToken::new());
+            let audit = AuditLog::start(&store, &config.audit, &tasks, token.clone()).unwrap();
+            let authorizer = Arc::new(Authorizer::new(Grants::from_config(&config)));
+            let access = Access::new(authorizer, audit, Access::prepare(&config).unwrap());
+            Fixture {
+                _dir: dir,
+                access,
+                tasks,
+                token,
+            }
+        }
+
+        /// Stops the audit writer: nothing can be written any more.
+        async fn stop_audit(&self) {
+            self.token.cancel();
+            self.tasks.close();
+            self.tasks.wait().await;
+        }
+    }
+
+    fn caller(name: &str) -> Caller {
+        Caller {
+            principal: Arc::new(Principal {
+                name: name.to_owned(),
+                source: PrincipalSource::SanUri,
+            }),
+            token: None,
+        }
+    }
+
+    fn question(principal: &str, action: &str, rules: Option<RulesVerdict>) -> DecisionRequest {
+        DecisionRequest {
+            kind: AuditKind::Policy,
+            principal: principal.to_owned(),
+            action: action.to_owned(),
+            resource: "https://docs.rs/".to_owned(),
+            context: Map::new(),
+            correlation_id: "c-1".to_owned(),
+            rules,
+        }
+    }
+
+    #[tokio::test]
+    async fn check_as_is_needed_to_ask_about_someone_else() {
+        let f = Fixture::new();
+        let agent = caller(AGENT);
+        let err = f
+            .access
+            .decide(&agent, question(DEV_ADMIN_PRINCIPAL, "fs.read", None))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ServiceError::PermissionDenied(m) if m.contains(CHECK_AS)),
+            "{err:?}"
+        );
+        // About oneself, named or not, no extra capability is needed.
+        for principal in ["", AGENT] {
+            let decided = f
+                .access
+                .decide(&agent, question(principal, "fs.read", None))
+                .await
+                .unwrap();
+            assert!(decided.allowed, "{decided:?}");
+        }
+        // The dev admin holds `*`, so it may ask about the agent.
+        let admin = caller(DEV_ADMIN_PRINCIPAL);
+        assert!(
+            f.access
+                .decide(&admin, question(AGENT, "web.post", None))
+                .await
+                .is_ok()
+        );
+        f.stop_audit().await;
+        // Every decision was audited, with the caller and the principal asked about.
+        let (records, _) = f.access.audit.query(&AuditQuery::default()).unwrap();
+        let last = records.last().unwrap();
+        assert_eq!(
+            (last.caller.as_str(), last.principal.as_str(), last.allowed),
+            (DEV_ADMIN_PRINCIPAL, AGENT, false)
+        );
+        assert_eq!(last.reasons, ["forbid-web-post"]);
+        assert_eq!(records.len(), 3, "the refused check-as is not a decision");
+    }
+
+    #[tokio::test]
+    async fn the_rules_verdict_merges_with_the_policies() {
+        let f = Fixture::new();
+        let agent = caller(AGENT);
+        let refused_by_rules = RulesVerdict {
+            allowed: false,
+            reasons: vec!["guardrail-domain-safelist".to_owned()],
+        };
+        let decided = f
+            .access
+            .decide(&agent, question("", "fs.read", Some(refused_by_rules)))
+            .await
+            .unwrap();
+        // The policies allowed, so only the rule that refused is given.
+        assert!(!decided.allowed);
+        assert_eq!(decided.reasons, ["guardrail-domain-safelist"]);
+        let passed = RulesVerdict {
+            allowed: true,
+            reasons: vec![],
+        };
+        let decided = f
+            .access
+            .decide(&agent, question("", "web.post", Some(passed)))
+            .await
+            .unwrap();
+        assert!(!decided.allowed);
+        assert_eq!(decided.reasons, ["forbid-web-post"]);
+        f.stop_audit().await;
+    }
+
+    #[tokio::test]
+    async fn a_fail_closed_decision_is_denied_when_its_record_cannot_be_written() {
+        let f = Fixture::new();
+        let agent = caller(AGENT);
+        let written = f
+            .access
+            .decide(&agent, question("", "web.read", None))
+            .await
+            .unwrap();
+        assert!(written.allowed, "{written:?}");
+        f.stop_audit().await;
+        let lost = f
+            .access
+            .decide(&agent, question("", "web.read", None))
+            .await
+            .unwrap();
+        assert!(!lost.allowed);
+        assert_eq!(lost.reasons, [AUDIT_UNAVAILABLE]);
+        assert_ne!(lost.decision_id, written.decision_id);
+        // Not fail-closed: the decision stands though its record is lost.
+        let stands = f
+            .access
+            .decide(&agent, question("", "fs.read", None))
+            .await
+            .unwrap();
+        assert!(stands.allowed);
+        // A denial stays a denial with its own reasons.
+        let denied = f
+            .access
+            .decide(&agent, question("", "web.post", None))
+            .await
+            .unwrap();
+        assert_eq!(denied.reasons, ["forbid-web-post"]);
+    }
+}
