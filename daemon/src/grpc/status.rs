@@ -145,6 +145,43 @@ mod tests {
         assert!(!status.message().contains("schema"), "{}", status.message());
     }
 
+    #[test]
+    fn internal_errors_answer_an_id_and_keep_the_cause_inside() {
+        let cause = std::io::Error::other("disk on fire at /var/lib/brainstem");
+        let status: Status = ServiceError::internal("audit", "audit query", cause).into();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(
+            status.message().starts_with("internal error (id "),
+            "{}",
+            status.message()
+        );
+        assert!(!status.message().contains("fire"), "{}", status.message());
+    }
+
+    #[test]
+    fn token_key_failures_are_internal_not_unavailable() {
+        for err in [
+            crate::tokens::TokenError::Random,
+            crate::tokens::TokenError::Undecryptable { kid: "k1".into() },
+            crate::tokens::TokenError::MasterKey {
+                path: "/secret/master.key".into(),
+                reason: "mode 0644".into(),
+            },
+        ] {
+            let status = Status::from(ServiceError::from(err));
+            assert_eq!(status.code(), Code::Internal, "{status:?}");
+            assert!(!status.message().contains("master"), "{}", status.message());
+        }
+    }
+
+    #[test]
+    fn deadline_exceeded_keeps_its_message() {
+        let status: Status =
+            ServiceError::DeadlineExceeded("deadline of 100 ms exceeded".into()).into();
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert_eq!(status.message(), "deadline of 100 ms exceeded");
+    }
+
     /// The invariant "no `Status` is built outside this file", checked by reading the sources: every
     /// `Status::<constructor>` or `Status {` outside `grpc/status.rs` and outside test code fails.
     /// `Status::from(ServiceError)` (this file's mapping) is the one allowed way in.
