@@ -367,4 +367,55 @@ mod tests {
             .unwrap();
         assert_eq!(denied.reasons, ["forbid-web-post"]);
     }
+
+    #[tokio::test]
+    async fn a_resource_outside_the_scope_is_refused_and_audited() {
+        let f = Fixture::new();
+        let config = crate::config::parse(
+            "t",
+            r#"
+            [[grants]]
+            principal = "spiffe://h/agent"
+            capabilities = ["secrets.read:/agents/web/*"]
+            "#,
+        )
+        .unwrap();
+        f.access.authorizer.replace(Grants::from_config(&config));
+        let agent = caller(AGENT);
+        assert!(
+            f.access
+                .require_scope(&agent, "secrets.read", "/agents/web/key")
+                .is_ok()
+        );
+        let err = f
+            .access
+            .require_scope(&agent, "secrets.read", "/agents/db/key")
+            .unwrap_err();
+        assert!(matches!(err, ServiceError::PermissionDenied(_)), "{err:?}");
+        f.stop_audit().await;
+        let (records, _) = f.access.audit.query(&AuditQuery::default()).unwrap();
+        assert_eq!(
+            records.len(),
+            1,
+            "only the refusal is recorded: {records:?}"
+        );
+        let refusal = &records[0];
+        assert_eq!(
+            (
+                refusal.kind,
+                refusal.principal.as_str(),
+                refusal.action.as_str(),
+                refusal.resource.as_str(),
+                refusal.allowed
+            ),
+            (
+                AuditKind::Access,
+                AGENT,
+                "secrets.read",
+                "/agents/db/key",
+                false
+            )
+        );
+        assert_eq!(refusal.reasons, ["outside-scope"]);
+    }
 }
