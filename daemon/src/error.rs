@@ -41,8 +41,39 @@ pub enum ServiceError {
     /// The subsystem is temporarily unable to serve (stopped, failed, restarting).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The call ran out of time (the caller's `grpc-timeout` or the server's default).
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+    /// Something broke inside the daemon. The caller sees only an error id; the cause is logged.
+    #[error("{what}: {source}")]
+    Internal {
+        /// The subsystem, for `brainstem_errors_total{subsystem,kind="internal"}`.
+        subsystem: &'static str,
+        /// What was being done ("audit query", "policy validation").
+        what: &'static str,
+        source: BoxError,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The cause of an [`ServiceError::Internal`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl ServiceError {
+    /// An internal failure of `subsystem` while doing `what`, e.g. a `spawn_blocking` task that
+    /// panicked or was cancelled (`JoinError`).
+    pub fn internal(
+        subsystem: &'static str,
+        what: &'static str,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        ServiceError::Internal {
+            subsystem,
+            what,
+            source: source.into(),
+        }
+    }
 }
 
 fn summarize(violations: &[FieldViolation]) -> String {

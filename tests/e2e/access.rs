@@ -383,16 +383,20 @@ async fn rate_limit_answers_resource_exhausted_with_retry_info() {
         r#"
 [[rate_limits]]
 methods = ["/brainstem.v1.Policy/Explain"]
-per_minute = 6
+per_minute = 1
 burst = 2
 "#,
     )
     .await;
     let mut admin = daemon.admin().connect().await.unwrap();
+    // One token a minute: the bucket cannot refill during any plausible run of this test, and the
+    // wait is checked against the time the calls really took, so a slow machine cannot fail it.
+    let started = std::time::Instant::now();
     for _ in 0..2 {
         admin.policy.explain(check("web.read")).await.unwrap();
     }
     let status = admin.policy.explain(check("web.read")).await.unwrap_err();
+    let elapsed = started.elapsed();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     let retry = status
         .get_error_details()
@@ -400,9 +404,11 @@ burst = 2
         .cloned()
         .expect("RetryInfo");
     let delay = retry.retry_delay.expect("a delay");
+    // A full minute less whatever refilled between the first call and the refusal.
+    let refill = Duration::from_secs(60);
     assert!(
-        delay > Duration::from_secs(9) && delay <= Duration::from_secs(10),
-        "{delay:?}"
+        delay <= refill && delay + Duration::from_millis(1) >= refill.saturating_sub(elapsed),
+        "{delay:?} after {elapsed:?}"
     );
     // Other methods are not limited.
     for _ in 0..5 {
@@ -500,7 +506,7 @@ async fn policy_directory_hot_reload_refuses_invalid_sets() {
 async fn guardrails_over_grpc() {
     let daemon = InProcess::start(
         "",
-        "[guardrails]\nallowed_domains = [\"docs.rs\", \"*.example.org\"]\nclicks_per_minute = 3\n",
+        "[guardrails]\nallowed_domains = [\"docs.rs\", \"*.example.org\"]\nclicks_per_minute = 1\n",
     )
     .await;
     let mut admin = daemon.admin().connect().await.unwrap();
@@ -533,26 +539,29 @@ async fn guardrails_over_grpc() {
         target: "#next".into(),
         correlation_id: String::new(),
     };
-    for _ in 0..3 {
-        assert!(
-            g.check_click(click("https://a.example.org/"))
-                .await
-                .unwrap()
-                .into_inner()
-                .allowed
-        );
-    }
+    // One click a minute (the bucket holds one): no plausible run of this test refills it, and the
+    // wait is checked against the time the calls really took.
+    let started = std::time::Instant::now();
+    assert!(
+        g.check_click(click("https://a.example.org/"))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
     let limited = g
         .check_click(click("https://a.example.org/"))
         .await
         .unwrap()
         .into_inner();
+    let elapsed = started.elapsed();
     assert!(!limited.allowed);
     assert_eq!(limited.reasons, ["guardrail-click-rate"]);
     let wait = Duration::try_from(limited.retry_after.expect("retry_after")).unwrap();
+    let refill = Duration::from_secs(60);
     assert!(
-        wait > Duration::from_secs(19) && wait <= Duration::from_secs(20),
-        "{wait:?}"
+        wait <= refill && wait + Duration::from_millis(1) >= refill.saturating_sub(elapsed),
+        "{wait:?} after {elapsed:?}"
     );
     assert!(
         g.check_click(click("https://docs.rs/"))

@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::access::authz::pattern_matches;
+use crate::access::authz::pattern_matches_family;
 use crate::access::config::AuditConfig;
 use crate::access::events::{AuditTrimmed, AuditUnrecorded, AuditWritten};
 use crate::runtime::events::ErrorOccurred;
@@ -171,9 +171,13 @@ impl AuditLog {
         format!("{:08x}{n:012x}", self.id_prefix)
     }
 
-    /// Must a decision on `action` be on disk before it is answered?
+    /// Must a decision on `action` be on disk before it is answered? A resource scope in a
+    /// `fail_closed_actions` pattern (which names actions, not resources) is ignored, so such a
+    /// pattern errs towards failing closed.
     pub fn fails_closed(&self, action: &str) -> bool {
-        self.fail_closed.iter().any(|p| pattern_matches(p, action))
+        self.fail_closed
+            .iter()
+            .any(|p| pattern_matches_family(p, action))
     }
 
     /// Queues a record without waiting. An error means the record is lost (and counted).

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::{Deref, DerefMut};
 
+use crate::access::authz::{validate_capability_pattern, validate_family_pattern};
 use crate::config::{
     Config, DEV_ADMIN_PRINCIPAL, Issues, Section, Table, Walker, strings, toml_list,
 };
@@ -279,7 +280,7 @@ impl Section for AuditConfig {
 
     fn validate(&self, _config: &Config, issues: &mut Issues) {
         for pattern in &self.fail_closed_actions {
-            if let Err(message) = validate_capability_pattern(pattern) {
+            if let Err(message) = validate_family_pattern(pattern) {
                 issues.push(
                     "audit.fail_closed_actions",
                     format!("{pattern:?}: {message}"),
@@ -449,30 +450,6 @@ impl Config {
         }
         grants
     }
-}
-
-/// A capability pattern: dotted lowercase segments (`secrets.read`), optionally ending in `*`
-/// (`vision.*`), or `*` alone for everything.
-pub fn validate_capability_pattern(pattern: &str) -> Result<(), String> {
-    if pattern == "*" {
-        return Ok(());
-    }
-    let body = pattern.strip_suffix(".*").unwrap_or(pattern);
-    if body.is_empty() || pattern.len() > 128 {
-        return Err("a capability is 1 to 128 characters".to_owned());
-    }
-    for segment in body.split('.') {
-        let ok = !segment.is_empty()
-            && segment
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if !ok {
-            return Err(
-                "expected dotted segments of [a-z0-9_-], optionally ending in \".*\"".to_owned(),
-            );
-        }
-    }
-    Ok(())
 }
 
 /// A navigation safelist entry: a lowercase host name, optionally `*.` for it and its subdomains.

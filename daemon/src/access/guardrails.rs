@@ -9,10 +9,11 @@
 //!   (`post`, `buy`, `delete`, …; whole words, so `postal_code` is fine) is refused.
 //! - `guardrail-csrf-missing`: a form must carry a CSRF token field with a value.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::access::config::GuardrailsConfig;
-use crate::access::ratelimit::{Buckets, Rate};
+use crate::access::ratelimit::{Buckets, Rate, Ticker, system_ticker};
 use crate::error::FieldViolation;
 
 pub const MAX_URL_LEN: usize = 2048;
@@ -40,15 +41,27 @@ pub struct Guardrails {
     config: GuardrailsConfig,
     click_rate: Rate,
     clicks: Buckets<(String, String)>,
+    clock: Arc<dyn Ticker>,
 }
 
 impl Guardrails {
     pub fn from_config(config: &GuardrailsConfig) -> Self {
+        Self::with_clock(config, system_ticker())
+    }
+
+    /// [`Guardrails::from_config`] whose click buckets read time from `clock`.
+    pub fn with_clock(config: &GuardrailsConfig, clock: Arc<dyn Ticker>) -> Self {
         Guardrails {
             config: config.clone(),
             click_rate: Rate::per_minute(config.clicks_per_minute, config.clicks_per_minute),
             clicks: Buckets::default(),
+            clock,
         }
+    }
+
+    /// Now, by the click buckets' clock.
+    pub fn now(&self) -> Instant {
+        self.clock.now()
     }
 
     /// Is `host` on the safelist?

@@ -4,12 +4,17 @@
 //! - grants ([`Authorizer`]) — which capabilities a principal holds (the layer checks them);
 //! - the Cedar [`PolicyEngine`] — Policy.Check and the guardrails' policy half;
 //! - [`Guardrails`] and the [`RateLimiter`] — swapped on reload (their buckets start full again);
-//! - the [`AuditLog`] — where every decision goes.
+//! - the [`AuditLog`] — where every decision goes;
+//! - [`decide`] — the one audited path from a question to a decision (policy, guardrails, …);
+//! - [`caller`] — the authenticated [`Caller`] and [`require_scope`], the handler's half of a
+//!   resource-scoped capability.
 
 pub mod api;
 pub mod audit;
 pub mod authz;
+pub mod caller;
 pub mod config;
+pub mod decide;
 pub mod events;
 pub mod guardrails;
 pub mod identity;
@@ -25,11 +30,15 @@ use tokio_util::sync::CancellationToken;
 use crate::access::audit::{AuditKind, AuditLog, AuditRecord};
 use crate::access::authz::Authorizer;
 use crate::access::guardrails::Guardrails;
-use crate::access::ratelimit::RateLimiter;
+use crate::access::ratelimit::{RateLimiter, Ticker, system_ticker};
 use crate::config::Config;
+use crate::error::ServiceError;
 use crate::policy::events::PolicyReloaded;
 use crate::policy::{LoadedSet, PolicyEngine, PolicyError, PolicySource};
 use crate::runtime::tasks::Tasks;
+
+pub use self::caller::{Caller, caller, require_scope};
+pub use self::decide::{CHECK_AS, Decided, DecisionRequest, RulesVerdict};
 
 /// The reason a fail-closed decision gives when its audit record could not be written.
 pub const AUDIT_UNAVAILABLE: &str = "audit-unavailable";
@@ -56,14 +65,20 @@ pub struct Prepared {
 impl Access {
     /// Loads the policy set named by `config` (every problem reported) for a start or a reload.
     pub fn prepare(config: &Config) -> Result<Prepared, String> {
+        Self::prepare_with_clock(config, system_ticker())
+    }
+
+    /// [`Access::prepare`] with the clock the rate limits and click buckets read (tests inject a
+    /// [`crate::access::ratelimit::ManualTicker`]).
+    pub fn prepare_with_clock(config: &Config, clock: Arc<dyn Ticker>) -> Result<Prepared, String> {
         let source =
             PolicySource::from_config(&config.policy).map_err(|err| format!("policy: {err}"))?;
         let set = source.load().map_err(|err| err.to_string())?;
         Ok(Prepared {
             source,
             set: Some(set),
-            guardrails: Guardrails::from_config(&config.guardrails),
-            rate_limits: RateLimiter::from_config(&config.rate_limits),
+            guardrails: Guardrails::with_clock(&config.guardrails, clock.clone()),
+            rate_limits: RateLimiter::with_clock(&config.rate_limits, clock),
             max_batch: config.policy.max_batch as usize,
         })
     }
@@ -170,6 +185,33 @@ impl Access {
         }
     }
 
+    /// [`require_scope`] against the live grants; a refusal is audited (kind `access`, action the
+    /// capability, reason `outside-scope`).
+    pub fn require_scope(
+        &self,
+        caller: &Caller,
+        capability: &str,
+        resource: &str,
+    ) -> Result<(), ServiceError> {
+        let result = require_scope(&self.authorizer, caller, capability, resource);
+        if result.is_err() {
+            let _ = self.audit.record(AuditRecord {
+                seq: 0,
+                time_unix_ms: 0,
+                decision_id: self.audit.decision_id(),
+                kind: AuditKind::Access,
+                caller: caller.principal.name.clone(),
+                principal: caller.principal.name.clone(),
+                action: capability.to_owned(),
+                resource: resource.to_owned(),
+                allowed: false,
+                reasons: vec!["outside-scope".to_owned()],
+                correlation_id: String::new(),
+            });
+        }
+        result
+    }
+
     /// Audits a call the authorization layer refused.
     pub fn audit_refusal(&self, caller: &str, method: &str, reason: &str) {
         let _ = self.audit.record(AuditRecord {
@@ -219,8 +261,10 @@ impl Access {
                 }
                 if last_sweep.elapsed() >= Duration::from_secs(60) {
                     last_sweep = Instant::now();
-                    access.rate_limits.load().sweep(last_sweep);
-                    access.guardrails.load().sweep(last_sweep);
+                    let limits = access.rate_limits.load();
+                    limits.sweep(limits.now());
+                    let guardrails = access.guardrails.load();
+                    guardrails.sweep(guardrails.now());
                 }
             }
         });

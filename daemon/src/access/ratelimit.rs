@@ -1,16 +1,69 @@
 //! Token buckets: per principal and method for `[[rate_limits]]`, and per principal and domain for
-//! the click guardrail. Time is passed in, so the arithmetic is tested without clocks.
+//! the click guardrail. Time is passed in, so the arithmetic is tested without clocks; the callers
+//! read it from an injected [`Ticker`] (the system's monotonic clock, or a [`ManualTicker`] that
+//! tests move), never from `Instant::now()` directly.
 //!
 //! A bucket holds up to `burst` tokens and refills at `per_minute / 60` tokens a second; a call takes
 //! one token or is refused with the time until one is available.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::hash::Hash;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::access::config::RateLimit;
 use crate::grpc::methods;
+
+/// Monotonic time for the buckets.
+pub trait Ticker: Send + Sync + fmt::Debug {
+    fn now(&self) -> Instant;
+}
+
+/// The system's monotonic clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemTicker;
+
+impl Ticker for SystemTicker {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A clock that moves only when told to (tests).
+#[derive(Debug)]
+pub struct ManualTicker {
+    base: Instant,
+    offset_nanos: AtomicU64,
+}
+
+impl Default for ManualTicker {
+    fn default() -> Self {
+        ManualTicker {
+            base: Instant::now(),
+            offset_nanos: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ManualTicker {
+    pub fn advance(&self, by: Duration) {
+        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.offset_nanos.fetch_add(nanos, Ordering::SeqCst);
+    }
+}
+
+impl Ticker for ManualTicker {
+    fn now(&self) -> Instant {
+        self.base + Duration::from_nanos(self.offset_nanos.load(Ordering::SeqCst))
+    }
+}
+
+/// The clock every bucket user gets unless a test injects another.
+pub fn system_ticker() -> Arc<dyn Ticker> {
+    Arc::new(SystemTicker)
+}
 
 /// A refill rate and a capacity.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -90,15 +143,31 @@ impl<K: Hash + Eq> Buckets<K> {
 }
 
 /// The `[[rate_limits]]` of one configuration: the rate of each limited method.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RateLimiter {
     rates: HashMap<&'static str, Rate>,
     buckets: Buckets<(String, &'static str)>,
+    clock: Arc<dyn Ticker>,
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        RateLimiter {
+            rates: HashMap::new(),
+            buckets: Buckets::default(),
+            clock: system_ticker(),
+        }
+    }
 }
 
 impl RateLimiter {
     /// A method named by several rules takes the strictest.
     pub fn from_config(limits: &[RateLimit]) -> Self {
+        Self::with_clock(limits, system_ticker())
+    }
+
+    /// [`RateLimiter::from_config`] reading time from `clock`.
+    pub fn with_clock(limits: &[RateLimit], clock: Arc<dyn Ticker>) -> Self {
         let mut rates: HashMap<&'static str, Rate> = HashMap::new();
         for limit in limits {
             let rate = Rate::per_minute(limit.per_minute, limit.burst);
@@ -118,7 +187,18 @@ impl RateLimiter {
         RateLimiter {
             rates,
             buckets: Buckets::default(),
+            clock,
         }
+    }
+
+    /// Now, by this limiter's clock.
+    pub fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// [`RateLimiter::check`] at the clock's now: what the authorization layer calls.
+    pub fn take(&self, principal: &str, method: &'static str) -> Result<(), Duration> {
+        self.check(principal, method, self.now())
     }
 
     /// Is `method` limited at all? (Unlimited methods skip the bucket map entirely.)
@@ -185,6 +265,33 @@ mod tests {
             assert!(buckets.take("k", rate, later).is_ok());
         }
         assert!(buckets.take("k", rate, later).is_err());
+    }
+
+    #[test]
+    fn the_limiter_reads_its_injected_clock() {
+        let clock = Arc::new(ManualTicker::default());
+        let limiter = RateLimiter::with_clock(
+            &[RateLimit {
+                methods: vec!["/brainstem.v1.Policy/Explain".into()],
+                per_minute: 60,
+                burst: 2,
+            }],
+            clock.clone(),
+        );
+        let explain = "/brainstem.v1.Policy/Explain";
+        assert!(limiter.take("a", explain).is_ok());
+        assert!(limiter.take("a", explain).is_ok());
+        // However long the calls took in real time, the clock has not moved: a full second to wait.
+        assert_eq!(limiter.take("a", explain), Err(Duration::from_secs(1)));
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(limiter.take("a", explain), Err(Duration::from_millis(500)));
+        clock.advance(Duration::from_millis(500));
+        assert!(limiter.take("a", explain).is_ok());
+        assert!(limiter.take("a", explain).is_err());
+        // Sweeping by the same clock forgets the bucket once it has refilled.
+        clock.advance(Duration::from_secs(5));
+        limiter.sweep(limiter.now());
+        assert!(limiter.buckets.is_empty());
     }
 
     #[test]

@@ -9,8 +9,9 @@ use brainstem_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::layer::Caller;
+use super::convert::timestamp_from_unix_ms as timestamp;
 use crate::access::authz::Authorizer;
+use crate::access::caller;
 use crate::error::{FieldViolation, ServiceError};
 use crate::store::{BootInfo, Store};
 
@@ -40,20 +41,6 @@ impl AdminService {
             info,
             store,
         }
-    }
-}
-
-/// The caller the authorization layer attached to the request.
-pub fn caller<T>(request: &Request<T>) -> Result<&Caller, ServiceError> {
-    request.extensions().get::<Caller>().ok_or_else(|| {
-        ServiceError::Unauthenticated("request did not pass the authorization layer".to_owned())
-    })
-}
-
-pub fn timestamp(unix_ms: u64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: (unix_ms / 1000) as i64,
-        nanos: ((unix_ms % 1000) * 1_000_000) as i32,
     }
 }
 

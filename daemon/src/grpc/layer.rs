@@ -13,30 +13,13 @@ use tonic::Status;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
-use super::methods;
+use super::methods::{self, Requirement};
 use crate::access::Access;
-use crate::access::authz::Authorizer;
-use crate::access::identity::{PeerInfo, Principal};
+pub use crate::access::Caller;
+use crate::access::identity::PeerInfo;
 use crate::error::ServiceError;
 use crate::runtime::events::{AccessDenied, InFlight, MethodMetrics, RateLimited};
-use crate::tokens::{TokenService, VerifiedToken};
-
-/// The authenticated caller of a request, inserted by the authorization layer.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub principal: Arc<Principal>,
-    /// A capability token presented with the call (`authorization: Bearer bst1.…`), verified and
-    /// issued to this principal. The caller then acts with its grants *and* the token.
-    pub token: Option<Arc<VerifiedToken>>,
-}
-
-impl Caller {
-    /// May the caller exercise `capability`: its grants hold it and, with a token, the token does too.
-    pub fn may(&self, authorizer: &Authorizer, capability: &str) -> bool {
-        authorizer.allows(&self.principal.name, capability)
-            && self.token.as_ref().is_none_or(|t| t.allows(capability))
-    }
-}
+use crate::tokens::TokenService;
 
 /// The bearer token of a request, if any. `Err` for an `authorization` header that is not one.
 fn bearer(headers: &http::HeaderMap) -> Option<Result<&str, ()>> {
@@ -106,17 +89,17 @@ pub struct AuthService<S> {
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 impl<S> AuthService<S> {
-    /// Decides a request: `Ok((label, caller))` to go on, `Err(status)` to answer at once.
-    fn authorize(&self, req: &http::Request<Body>) -> Result<(&'static str, Caller), Status> {
+    /// Decides a request: `Ok((label, caller))` to go on, `Err(error)` to answer at once.
+    fn authorize(&self, req: &http::Request<Body>) -> Result<(&'static str, Caller), ServiceError> {
         let path = req.uri().path();
         let principal = match req.extensions().get::<PeerInfo>().map(|p| &p.principal) {
             Some(Ok(principal)) => principal.clone(),
             Some(Err(err)) => {
-                return Err(Status::unauthenticated(err.to_string()));
+                return Err(ServiceError::Unauthenticated(err.to_string()));
             }
             None => {
-                return Err(Status::unauthenticated(
-                    "no verified client certificate on this connection",
+                return Err(ServiceError::Unauthenticated(
+                    "no verified client certificate on this connection".to_owned(),
                 ));
             }
         };
@@ -128,7 +111,7 @@ impl<S> AuthService<S> {
                 reason,
             }
             .emit();
-            return Err(Status::permission_denied(format!("{path}: {reason}")));
+            return Err(ServiceError::PermissionDenied(format!("{path}: {reason}")));
         };
         let token = match bearer(req.headers()) {
             None => None,
@@ -152,40 +135,27 @@ impl<S> AuthService<S> {
                         .emit();
                         self.access
                             .audit_refusal(&principal.name, entry.label, "token-rejected");
-                        return Err(Status::permission_denied(reason));
+                        return Err(ServiceError::PermissionDenied(reason));
                     }
                 }
             }
         };
         let caller = Caller { principal, token };
-        if let Some(capability) = entry.requirement.capability() {
-            if !caller.may(&self.access.authorizer, capability) {
-                let principal = &caller.principal;
-                let reason = if self.access.authorizer.allows(&principal.name, capability) {
-                    format!(
-                        "the presented capability token does not cover {capability:?}, required by {path}"
-                    )
-                } else {
-                    format!(
-                        "principal {:?} lacks capability {capability:?} required by {path}",
-                        principal.name
-                    )
-                };
-                AccessDenied {
-                    method: entry.label,
-                    principal: &principal.name,
-                    reason: &reason,
-                }
-                .emit();
-                self.access
-                    .audit_refusal(&principal.name, entry.label, "missing-capability");
-                return Err(Status::permission_denied(reason));
+        // Exhaustive on purpose: a new kind of requirement must decide here what the layer checks.
+        match entry.requirement {
+            Requirement::Authenticated => {}
+            Requirement::Capability(capability) => {
+                self.require(&caller, entry.label, path, capability, Holding::Everywhere)?;
+            }
+            // The family, somewhere; the handler checks the request's resource (require_scope).
+            Requirement::Scoped(family) => {
+                self.require(&caller, entry.label, path, family, Holding::Somewhere)?;
             }
         }
         let principal = &caller.principal;
         let limits = self.access.rate_limits();
         if limits.limits(entry.label) {
-            if let Err(retry_after) = limits.check(&principal.name, entry.label, Instant::now()) {
+            if let Err(retry_after) = limits.take(&principal.name, entry.label) {
                 RateLimited {
                     method: entry.label,
                     principal: &principal.name,
@@ -196,12 +166,63 @@ impl<S> AuthService<S> {
                 return Err(ServiceError::ResourceExhausted {
                     what: format!("rate limit for {path}"),
                     retry_after,
-                }
-                .into());
+                });
             }
         }
         Ok((entry.label, caller))
     }
+
+    /// Refuses (audited, counted) a caller that does not hold `capability` as `holding` says. A
+    /// resource-scoped method passes [`Holding::Somewhere`]: any grant of the family will do here, and
+    /// the handler checks the resource with [`crate::access::Access::require_scope`].
+    fn require(
+        &self,
+        caller: &Caller,
+        label: &'static str,
+        path: &str,
+        capability: &str,
+        holding: Holding,
+    ) -> Result<(), ServiceError> {
+        let authorizer = &self.access.authorizer;
+        let name = &caller.principal.name;
+        let (may, granted) = match holding {
+            Holding::Everywhere => (
+                caller.may(authorizer, capability),
+                authorizer.allows(name, capability),
+            ),
+            Holding::Somewhere => (
+                caller.may_family(authorizer, capability),
+                authorizer.allows_family(name, capability),
+            ),
+        };
+        if may {
+            return Ok(());
+        }
+        let reason = if granted {
+            format!(
+                "the presented capability token does not cover {capability:?}, required by {path}"
+            )
+        } else {
+            format!("principal {name:?} lacks capability {capability:?} required by {path}")
+        };
+        AccessDenied {
+            method: label,
+            principal: name,
+            reason: &reason,
+        }
+        .emit();
+        self.access.audit_refusal(name, label, "missing-capability");
+        Err(ServiceError::PermissionDenied(reason))
+    }
+}
+
+/// How a method needs its capability held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    /// Unscoped: the method acts on no particular resource.
+    Everywhere,
+    /// On some resources: the method is resource-scoped and its handler checks the resource.
+    Somewhere,
 }
 
 impl<S> Service<http::Request<Body>> for AuthService<S>
@@ -222,7 +243,7 @@ where
         let started = Instant::now();
         let (label, caller) = match self.authorize(&req) {
             Ok(ok) => ok,
-            Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+            Err(err) => return Box::pin(std::future::ready(Ok(Status::from(err).into_http()))),
         };
         let deadline = parse_grpc_timeout(req.headers().get("grpc-timeout"))
             .map_or(self.default_timeout, |t| t.min(self.default_timeout));
@@ -238,10 +259,10 @@ where
             // CANCELLED; callers rightly expect DEADLINE_EXCEEDED.
             let response = match tokio::time::timeout(deadline, future).await {
                 Ok(response) => response?,
-                Err(_) => Status::deadline_exceeded(format!(
+                Err(_) => Status::from(ServiceError::DeadlineExceeded(format!(
                     "deadline of {} ms exceeded",
                     deadline.as_millis()
-                ))
+                )))
                 .into_http(),
             };
             drop(in_flight);

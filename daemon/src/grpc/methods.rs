@@ -13,7 +13,7 @@ pub enum Requirement {
     Capability(&'static str),
     /// A resource-scoped capability family (`secrets.read`): the layer checks that the caller holds
     /// the family on some resource; the handler checks the request's resource against the scope
-    /// through [`crate::access::require_scope`].
+    /// through [`crate::access::Access::require_scope`].
     Scoped(&'static str),
 }
 

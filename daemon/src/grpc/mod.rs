@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod convert;
 pub mod incoming;
 pub mod layer;
 pub mod methods;

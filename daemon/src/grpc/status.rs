@@ -37,6 +37,12 @@ impl From<ServiceError> for Status {
             ServiceError::NotFound(what) => Status::not_found(what),
             ServiceError::FailedPrecondition(why) => Status::failed_precondition(why),
             ServiceError::Unavailable(why) => Status::unavailable(why),
+            ServiceError::DeadlineExceeded(why) => Status::deadline_exceeded(why),
+            ServiceError::Internal {
+                subsystem,
+                ref what,
+                ref source,
+            } => internal(subsystem, &format!("{what}: {source}"), source.as_ref()),
             ServiceError::Store(err) => store_status(err),
         }
     }
@@ -61,15 +67,26 @@ fn store_status(err: StoreError) -> Status {
         | StoreError::Open { .. }
         | StoreError::StateDir { .. }
         | StoreError::SchemaTooNew { .. }
-        | StoreError::Encode { .. } => internal(&err),
+        | StoreError::Encode { .. } => internal("grpc", &err.to_string(), &err),
     }
 }
 
-fn internal(err: &dyn std::error::Error) -> Status {
+/// Logs the cause (with its source chain) under an error id and answers INTERNAL with the id only.
+fn internal(
+    subsystem: &'static str,
+    error: &str,
+    cause: &(dyn std::error::Error + 'static),
+) -> Status {
     let id = crate::store::unix_ms_now();
-    tracing::error!(error = %err, error_id = id, "internal error");
+    let mut chain = Vec::new();
+    let mut source = cause.source();
+    while let Some(err) = source {
+        chain.push(err.to_string());
+        source = err.source();
+    }
+    tracing::error!(error, caused_by = ?chain, error_id = id, subsystem, "internal error");
     crate::runtime::events::ErrorOccurred {
-        subsystem: "grpc",
+        subsystem,
         kind: "internal",
     }
     .emit();
@@ -126,5 +143,151 @@ mod tests {
         .into();
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("schema"), "{}", status.message());
+    }
+
+    #[test]
+    fn internal_errors_answer_an_id_and_keep_the_cause_inside() {
+        let cause = std::io::Error::other("disk on fire at /var/lib/brainstem");
+        let status: Status = ServiceError::internal("audit", "audit query", cause).into();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(
+            status.message().starts_with("internal error (id "),
+            "{}",
+            status.message()
+        );
+        assert!(!status.message().contains("fire"), "{}", status.message());
+    }
+
+    #[test]
+    fn token_key_failures_are_internal_not_unavailable() {
+        for err in [
+            crate::tokens::TokenError::Random,
+            crate::tokens::TokenError::Undecryptable { kid: "k1".into() },
+            crate::tokens::TokenError::MasterKey {
+                path: "/secret/master.key".into(),
+                reason: "mode 0644".into(),
+            },
+        ] {
+            let status = Status::from(ServiceError::from(err));
+            assert_eq!(status.code(), Code::Internal, "{status:?}");
+            assert!(!status.message().contains("master"), "{}", status.message());
+        }
+    }
+
+    #[test]
+    fn deadline_exceeded_keeps_its_message() {
+        let status: Status =
+            ServiceError::DeadlineExceeded("deadline of 100 ms exceeded".into()).into();
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert_eq!(status.message(), "deadline of 100 ms exceeded");
+    }
+
+    /// The invariant "no `Status` is built outside this file", checked by reading the sources: every
+    /// `Status::<constructor>` or `Status {` outside `grpc/status.rs` and outside test code fails.
+    /// `Status::from(ServiceError)` (this file's mapping) is the one allowed way in.
+    #[test]
+    fn no_status_is_built_outside_this_file() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut offenders = Vec::new();
+        let mut scanned = 0;
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let relative = path
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                if path.extension().is_none_or(|e| e != "rs")
+                    || relative == "grpc/status.rs"
+                    || path.file_name().is_some_and(|n| n == "tests.rs")
+                {
+                    continue;
+                }
+                scanned += 1;
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (line, hit) in status_constructions(&text) {
+                    offenders.push(format!("{relative}:{line}: {hit}"));
+                }
+            }
+        }
+        assert!(scanned > 20, "scanned only {scanned} files under {root:?}");
+        assert!(
+            offenders.is_empty(),
+            "build these through ServiceError instead:\n{}",
+            offenders.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_scanner_finds_constructions_and_skips_tests_and_comments() {
+        let text = r#"
+use tonic::Status;
+// Status::internal("in a comment")
+fn a() -> Status { Status::internal("x") }
+fn b() -> Status { tonic::Status::new(tonic::Code::Unknown, "y") }
+fn c(e: ServiceError) -> Status { Status::from(e) }
+fn d() -> ServingStatus { ServingStatus::Serving }
+fn e() -> ActorStatus { ActorStatus { name } }
+#[cfg(test)]
+mod tests {
+    fn f() -> Status { Status::unavailable("test") }
+}
+fn g() -> Status { Status::from_error(err) }
+"#;
+        let hits: Vec<usize> = status_constructions(text)
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
+        assert_eq!(hits, [4, 5, 13]);
+    }
+
+    /// `(line, text)` of each `Status::x(` other than `Status::from(`, and each `Status {`, outside
+    /// comments and `#[cfg(test)]` items.
+    fn status_constructions(text: &str) -> Vec<(usize, String)> {
+        let mut hits = Vec::new();
+        let mut lines = text.lines().enumerate();
+        while let Some((i, line)) = lines.next() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            if code.starts_with("#[cfg(test)]") {
+                // Skip the next item: `mod x;`, or everything up to its closing brace.
+                let mut depth = 0i32;
+                let mut opened = false;
+                for (_, item) in lines.by_ref() {
+                    depth += item.matches('{').count() as i32 - item.matches('}').count() as i32;
+                    opened |= item.contains('{');
+                    if (opened && depth <= 0) || (!opened && item.trim_end().ends_with(';')) {
+                        break;
+                    }
+                }
+                continue;
+            }
+            for (at, _) in code.match_indices("Status") {
+                let before = code[..at].chars().next_back();
+                if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                    continue;
+                }
+                let rest = &code[at + "Status".len()..];
+                let built = if let Some(call) = rest.strip_prefix("::") {
+                    call.starts_with(|c: char| c.is_ascii_lowercase()) && !call.starts_with("from(")
+                } else {
+                    rest.trim_start().starts_with('{')
+                        && !code.contains("->")
+                        && !code.starts_with("impl")
+                };
+                if built {
+                    hits.push((i + 1, code.to_owned()));
+                }
+            }
+        }
+        hits
     }
 }

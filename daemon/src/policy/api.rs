@@ -10,16 +10,15 @@ use brainstem_proto::v1::{
 use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
-use crate::access::audit::{AuditKind, AuditRecord};
-use crate::access::{AUDIT_UNAVAILABLE, Access};
+use crate::access::audit::AuditKind;
+use crate::access::{Access, Caller, Decided, DecisionRequest, caller};
 use crate::error::{FieldViolation, ServiceError};
-use crate::grpc::admin::{caller, timestamp};
-use crate::grpc::layer::Caller;
+use crate::grpc::convert::timestamp_from_unix_ms as timestamp;
 use crate::policy::events::DecisionMetrics;
-use crate::policy::{self, Decision, PolicyError, Query};
+use crate::policy::{self, PolicyError};
 
-/// Capability to ask about a principal other than oneself.
-pub const CHECK_AS: &str = "policy.check_as";
+/// Capability to ask about a principal other than oneself (the rule lives in `access::decide`).
+pub use crate::access::CHECK_AS;
 /// Longest policy text `Validate` accepts.
 pub const MAX_POLICY_TEXT: usize = 1024 * 1024;
 const MAX_CORRELATION_ID: usize = 256;
@@ -38,13 +37,12 @@ impl PolicyService {
     }
 
     /// Validates one request; violations name fields under `prefix` (`items[3].`).
-    fn query(
+    fn request(
         &self,
-        caller: &str,
         prefix: &str,
         request: &CheckRequest,
         violations: &mut Vec<FieldViolation>,
-    ) -> Option<(Query, bool)> {
+    ) -> Option<DecisionRequest> {
         let context = request
             .context
             .as_ref()
@@ -67,109 +65,50 @@ impl PolicyService {
         if violations.len() > before {
             return None;
         }
-        let on_behalf = !request.principal.is_empty() && request.principal != caller;
-        let principal = if request.principal.is_empty() {
-            caller.to_owned()
-        } else {
-            request.principal.clone()
-        };
-        Some((
-            Query {
-                roles: self.access.roles_of(&principal),
-                principal,
-                action: request.action.clone(),
-                resource: request.resource.clone(),
-                context,
-            },
-            on_behalf,
-        ))
-    }
-
-    fn require_check_as(&self, caller: &Caller) -> Result<(), ServiceError> {
-        if caller.may(&self.access.authorizer, CHECK_AS) {
-            Ok(())
-        } else {
-            Err(ServiceError::PermissionDenied(format!(
-                "asking about another principal needs capability {CHECK_AS:?}"
-            )))
-        }
-    }
-
-    fn decide(&self, query: &Query) -> Result<Decision, ServiceError> {
-        self.access
-            .policy
-            .decide(query)
-            .map_err(|v| ServiceError::InvalidArgument(vec![v]))
-    }
-
-    /// Audits a decision and builds the reply; a fail-closed action whose record cannot be written
-    /// is denied.
-    async fn answer(
-        &self,
-        caller: &str,
-        query: Query,
-        correlation_id: String,
-        decision: Decision,
-    ) -> CheckReply {
-        let decision_id = self.access.audit.decision_id();
-        let Decision {
-            mut allowed,
-            mut reasons,
-            errors,
-        } = decision;
-        let record = AuditRecord {
-            seq: 0,
-            time_unix_ms: 0,
-            decision_id: decision_id.clone(),
+        Some(DecisionRequest {
             kind: AuditKind::Policy,
-            caller: caller.to_owned(),
-            principal: query.principal,
-            action: query.action,
-            resource: query.resource,
-            allowed,
-            reasons: reasons.clone(),
-            correlation_id,
-        };
-        if !self.access.audit_decision(record).await && allowed {
-            allowed = false;
-            reasons = vec![AUDIT_UNAVAILABLE.to_owned()];
-        }
-        self.metrics.decided(allowed);
+            principal: request.principal.clone(),
+            action: request.action.clone(),
+            resource: request.resource.clone(),
+            context,
+            correlation_id: request.correlation_id.clone(),
+            rules: None,
+        })
+    }
+
+    fn reply(&self, decided: Decided) -> CheckReply {
+        self.metrics.decided(decided.allowed);
         CheckReply {
-            allowed,
-            reasons,
-            decision_id,
-            errors,
+            allowed: decided.allowed,
+            reasons: decided.reasons,
+            decision_id: decided.decision_id,
+            errors: decided.errors,
         }
+    }
+
+    fn who<T>(request: &Request<T>) -> Result<Caller, ServiceError> {
+        caller(request).cloned()
     }
 }
 
 #[tonic::async_trait]
 impl Policy for PolicyService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckReply>, Status> {
-        let who = caller(&request)?.clone();
-        let caller = who.principal.name.clone();
+        let who = Self::who(&request)?;
         let request = request.into_inner();
         let mut violations = Vec::new();
-        let Some((query, on_behalf)) = self.query(&caller, "", &request, &mut violations) else {
+        let Some(question) = self.request("", &request, &mut violations) else {
             return Err(ServiceError::InvalidArgument(violations).into());
         };
-        if on_behalf {
-            self.require_check_as(&who)?;
-        }
-        let decision = self.decide(&query)?;
-        Ok(Response::new(
-            self.answer(&caller, query, request.correlation_id, decision)
-                .await,
-        ))
+        let decided = self.access.decide(&who, question).await?;
+        Ok(Response::new(self.reply(decided)))
     }
 
     async fn batch_check(
         &self,
         request: Request<BatchCheckRequest>,
     ) -> Result<Response<BatchCheckReply>, Status> {
-        let who = caller(&request)?.clone();
-        let caller = who.principal.name.clone();
+        let who = Self::who(&request)?;
         let items = request.into_inner().items;
         let max = self.access.max_batch();
         if items.is_empty() || items.len() > max {
@@ -180,29 +119,27 @@ impl Policy for PolicyService {
             .into());
         }
         let mut violations = Vec::new();
-        let mut queries = Vec::with_capacity(items.len());
-        let mut on_behalf = false;
+        let mut questions = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            if let Some((query, other)) =
-                self.query(&caller, &format!("items[{i}]."), item, &mut violations)
-            {
-                on_behalf |= other;
-                queries.push(query);
+            if let Some(question) = self.request(&format!("items[{i}]."), item, &mut violations) {
+                questions.push(question);
             }
         }
         if !violations.is_empty() {
             return Err(ServiceError::InvalidArgument(violations).into());
         }
-        if on_behalf {
-            self.require_check_as(&who)?;
+        // Every item is authorized, then evaluated, before any is audited: a bad item fails the
+        // whole call without leaving records of the others.
+        for question in &questions {
+            self.access.require_check_as(&who, &question.principal)?;
         }
-        let mut decided = Vec::with_capacity(queries.len());
-        for (query, item) in queries.into_iter().zip(items) {
-            let decision = self.decide(&query)?;
-            decided.push(self.answer(&caller, query, item.correlation_id, decision));
+        let mut pending = Vec::with_capacity(questions.len());
+        for question in questions {
+            pending.push(self.access.evaluate(&who, question)?);
         }
         // Fail-closed items wait for their records; the others are ready at once.
-        let results = futures::future::join_all(decided).await;
+        let decided = futures::future::join_all(pending.into_iter().map(|p| p.record())).await;
+        let results = decided.into_iter().map(|d| self.reply(d)).collect();
         Ok(Response::new(BatchCheckReply { results }))
     }
 
@@ -210,16 +147,19 @@ impl Policy for PolicyService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<ExplainReply>, Status> {
-        let who = caller(&request)?.clone();
-        let caller = who.principal.name.clone();
+        let who = Self::who(&request)?;
         let request = request.into_inner();
         let mut violations = Vec::new();
-        let Some((query, on_behalf)) = self.query(&caller, "", &request, &mut violations) else {
+        let Some(question) = self.request("", &request, &mut violations) else {
             return Err(ServiceError::InvalidArgument(violations).into());
         };
-        if on_behalf {
-            self.require_check_as(&who)?;
-        }
+        let query = self.access.query(
+            &who,
+            &question.principal,
+            &question.action,
+            &question.resource,
+            question.context,
+        )?;
         let e = self
             .access
             .policy
@@ -269,7 +209,7 @@ impl Policy for PolicyService {
         // Parsing and validating a large set is CPU work; keep it off the runtime threads.
         let result = tokio::task::spawn_blocking(move || policy::validate_text(&policies, &schema))
             .await
-            .map_err(|_| Status::internal("validation did not complete"))?;
+            .map_err(|err| ServiceError::internal("policy", "policy validation", err))?;
         Ok(Response::new(match result {
             Ok(count) => ValidateReply {
                 valid: true,

@@ -22,6 +22,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::error::{FieldViolation, ServiceError};
 use crate::grpc::admin::DaemonInfo;
+use crate::grpc::convert::timestamp_now;
 use crate::runtime::tasks::Tasks;
 use crate::supervisor::config::RestartType;
 use crate::supervisor::{self, ActorInfo, ActorState, Supervisor};
@@ -81,14 +82,6 @@ pub fn actor_status(info: &ActorInfo) -> ActorStatus {
     }
 }
 
-fn now() -> prost_types::Timestamp {
-    let ms = crate::store::unix_ms_now();
-    prost_types::Timestamp {
-        seconds: (ms / 1000) as i64,
-        nanos: ((ms % 1000) * 1_000_000) as i32,
-    }
-}
-
 /// A required actor name: non-empty, bounded. Whether it exists is the supervisor's answer.
 fn name(name: &str) -> Result<&str, ServiceError> {
     if name.is_empty() {
@@ -126,7 +119,7 @@ impl Watch {
             .map(|a| ActorEvent {
                 actor: Some(actor_status(a)),
                 previous_state: String::new(),
-                at: Some(now()),
+                at: Some(timestamp_now()),
             })
             .collect();
     }
@@ -144,7 +137,7 @@ impl Watch {
                             let event = ActorEvent {
                                 actor: Some(actor_status(&event.actor)),
                                 previous_state: event.previous.as_str().to_owned(),
-                                at: Some(now()),
+                                at: Some(timestamp_now()),
                             };
                             return Some((Ok(event), self));
                         }

@@ -12,10 +12,11 @@ use brainstem_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::access::authz::validate_capability_pattern;
 use crate::access::authz::{Authorizer, Holdings};
-use crate::access::config::validate_capability_pattern;
+use crate::access::caller;
 use crate::error::{FieldViolation, ServiceError};
-use crate::grpc::admin::caller;
+use crate::grpc::convert::timestamp_from_secs as timestamp;
 use crate::tokens::{AttenuateRequest, IssueRequest, Requester, TokenService};
 
 pub struct TokensService {
@@ -54,13 +55,6 @@ impl TokensService {
                 .collect();
         }
         Ok((principal, holdings))
-    }
-}
-
-fn timestamp(unix_seconds: u64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: i64::try_from(unix_seconds).unwrap_or(i64::MAX),
-        nanos: 0,
     }
 }
 

@@ -33,8 +33,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::clock::{Clock, ManualClock, SystemClock};
 use self::format::Claims;
 use self::keys::{KeyRecord, KeyRing, Lookup, MasterKey};
-use crate::access::authz::{Holdings, pattern_covers};
-use crate::access::config::validate_capability_pattern;
+use crate::access::authz::{Holdings, pattern_covers, validate_capability_pattern};
 use crate::error::{FieldViolation, ServiceError};
 use crate::runtime::events::ErrorOccurred;
 use crate::runtime::tasks::Tasks;
@@ -164,15 +163,9 @@ impl From<TokenError> for ServiceError {
             TokenError::MasterKey { .. }
             | TokenError::Undecryptable { .. }
             | TokenError::Random
-            | TokenError::Encode(_) => {
-                tracing::error!(error = %err, "token service failure");
-                ErrorOccurred {
-                    subsystem: "tokens",
-                    kind: "internal",
-                }
-                .emit();
-                ServiceError::Unavailable("the token service cannot do this now".to_owned())
-            }
+            // Key material or encoding failing is a broken daemon, not a busy one: INTERNAL, with
+            // the cause logged under an error id by `grpc::status`.
+            | TokenError::Encode(_) => ServiceError::internal("tokens", "token service", err),
             TokenError::Store(err) => ServiceError::Store(err),
         }
     }
@@ -198,6 +191,20 @@ impl VerifiedToken {
         self.capabilities
             .iter()
             .any(|p| crate::access::authz::pattern_matches(p, capability))
+    }
+
+    /// Does the token allow `capability` on some resources (scoped patterns count)?
+    pub fn allows_family(&self, capability: &str) -> bool {
+        self.capabilities
+            .iter()
+            .any(|p| crate::access::authz::pattern_matches_family(p, capability))
+    }
+
+    /// Does the token allow `capability` on `resource`?
+    pub fn allows_on(&self, capability: &str, resource: &str) -> bool {
+        self.capabilities
+            .iter()
+            .any(|p| crate::access::authz::pattern_matches_on(p, capability, resource))
     }
 
     /// Does the token cover this pattern (`vision.*`)?
@@ -863,6 +870,16 @@ impl TokenService {
         let ring = self.ring.load_full();
         let key = ring.active().ok_or(TokenError::Random)?;
         let token = format::encode(&key.kid, &key.key, &claims).map_err(TokenError::Encode)?;
+        // Scoped patterns are long; a token the parser would refuse must not be handed out.
+        if token.len() > format::MAX_TOKEN_BYTES {
+            return Err(TokenError::Invalid(vec![FieldViolation::new(
+                "capabilities",
+                format!(
+                    "the token would be longer than {} bytes; name fewer or shorter capabilities",
+                    format::MAX_TOKEN_BYTES
+                ),
+            )]));
+        }
         let record = TokenRecord {
             id: claims.id.clone(),
             principal: claims.principal.clone(),

@@ -730,3 +730,80 @@ async fn presented_tokens_must_name_the_caller() {
         other => panic!("expected a rejection, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn scoped_attenuation_only_narrows_the_resources() {
+    let f = Fixture::new(settings());
+    let parent = f.issue(&["secrets.read:/agents/*"], 600).await;
+
+    // Narrower: a subtree, then one path inside it.
+    let web = f
+        .attenuate(&parent.token, &["secrets.read:/agents/web/*"], 60)
+        .await
+        .unwrap();
+    let key = f
+        .attenuate(&web.token, &["secrets.read:/agents/web/key"], 30)
+        .await
+        .unwrap();
+    let verified = f.svc().verify(&key.token, None).unwrap();
+    assert!(verified.allows_on("secrets.read", "/agents/web/key"));
+    assert!(!verified.allows_on("secrets.read", "/agents/web/other"));
+    assert!(verified.allows_family("secrets.read"));
+    assert!(!verified.allows("secrets.read"), "scoped is not everywhere");
+
+    // Wider, sideways or unscoped: refused.
+    for (token, caps) in [
+        (&web.token, &["secrets.read:/agents/*"][..]),
+        (&web.token, &["secrets.read:/agents/db/*"][..]),
+        (&web.token, &["secrets.read:/agents/web"][..]),
+        (&web.token, &["secrets.read"][..]),
+        (&parent.token, &["secrets.read:/*"][..]),
+        (&parent.token, &["secrets.*:/agents/*"][..]),
+        (&key.token, &["secrets.read:/agents/web/*"][..]),
+    ] {
+        match f.attenuate(token, caps, 10).await {
+            Err(TokenError::Denied(reason)) => assert!(reason.contains("only narrows"), "{reason}"),
+            other => panic!("{caps:?}: expected a refusal, got {other:?}"),
+        }
+    }
+    // Verify with a scoped pattern asks "does the token cover it?".
+    assert!(
+        f.svc()
+            .verify(&web.token, Some("secrets.read:/agents/web/x"))
+            .is_ok()
+    );
+    assert_eq!(
+        f.rejection(&web.token, Some("secrets.read")).kind,
+        RejectKind::NotCovered
+    );
+    // A malformed scope is named like any bad capability.
+    let err = f
+        .attenuate(&parent.token, &["secrets.read:/agents/../etc"], 10)
+        .await
+        .unwrap_err();
+    assert_eq!(fields(err), ["capabilities[0]"]);
+}
+
+#[tokio::test]
+async fn an_issuer_with_a_scoped_grant_issues_only_inside_it() {
+    let f = Fixture::new(settings());
+    let scoped = holdings(&["secrets.read:/agents/web/*", "tokens.issue"]);
+    let issuer = Requester {
+        principal: WEB,
+        holdings: &scoped,
+    };
+    let ok = f
+        .svc()
+        .issue(
+            issuer,
+            issue_request(WEB, &["secrets.read:/agents/web/x/*"], 60),
+        )
+        .await;
+    assert!(ok.is_ok(), "{ok:?}");
+    for caps in [&["secrets.read"][..], &["secrets.read:/agents/*"][..]] {
+        match f.svc().issue(issuer, issue_request(WEB, caps, 60)).await {
+            Err(TokenError::Denied(_)) => {}
+            other => panic!("{caps:?}: expected a refusal, got {other:?}"),
+        }
+    }
+}

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::access::audit::{AuditKind, AuditLog, AuditQuery, MAX_QUERY_LIMIT};
 use crate::error::{FieldViolation, ServiceError};
-use crate::grpc::admin::timestamp;
+use crate::grpc::convert::{timestamp_from_unix_ms, timestamp_to_ms};
 
 pub struct AuditService {
     log: Arc<AuditLog>,
@@ -18,12 +18,6 @@ impl AuditService {
     pub fn new(log: Arc<AuditLog>) -> Self {
         AuditService { log }
     }
-}
-
-fn unix_ms(ts: Option<&prost_types::Timestamp>) -> Option<u64> {
-    let ts = ts?;
-    (ts.seconds >= 0 && (0..1_000_000_000).contains(&ts.nanos))
-        .then(|| ts.seconds as u64 * 1000 + ts.nanos as u64 / 1_000_000)
 }
 
 #[tonic::async_trait]
@@ -61,10 +55,13 @@ impl Audit for AuditService {
         }
         let mut bound = |field: &str, ts: Option<&prost_types::Timestamp>| match ts {
             None => 0,
-            Some(_) => unix_ms(ts).unwrap_or_else(|| {
-                violations.push(FieldViolation::new(field, "not a valid time after 1970"));
-                0
-            }),
+            Some(ts) => timestamp_to_ms(field, ts)
+                .ok()
+                .and_then(|ms| u64::try_from(ms).ok())
+                .unwrap_or_else(|| {
+                    violations.push(FieldViolation::new(field, "not a valid time after 1970"));
+                    0
+                }),
         };
         let since = bound("since", r.since.as_ref());
         let until = bound("until", r.until.as_ref());
@@ -90,14 +87,14 @@ impl Audit for AuditService {
         let log = self.log.clone();
         let (records, next) = tokio::task::spawn_blocking(move || log.query(&query))
             .await
-            .map_err(|_| Status::internal("audit query did not complete"))?
+            .map_err(|err| ServiceError::internal("audit", "audit query", err))?
             .map_err(ServiceError::from)?;
         Ok(Response::new(AuditQueryReply {
             records: records
                 .into_iter()
                 .map(|r| AuditRecordPb {
                     seq: r.seq,
-                    time: Some(timestamp(r.time_unix_ms)),
+                    time: Some(timestamp_from_unix_ms(r.time_unix_ms)),
                     decision_id: r.decision_id,
                     kind: r.kind.as_str().to_owned(),
                     caller: r.caller,

@@ -1,20 +1,17 @@
 //! `brainstem.v1.Guardrails`: the built-in web rules, then the Cedar policies, one audited decision.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use brainstem_proto::v1::guardrails_server::Guardrails as GuardrailsApi;
 use brainstem_proto::v1::{ClickRequest, FormSubmitRequest, GuardrailReply, NavigationRequest};
 use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
-use crate::access::audit::{AuditKind, AuditRecord};
+use crate::access::audit::AuditKind;
 use crate::access::events::GuardrailDecided;
 use crate::access::guardrails::Verdict;
-use crate::access::{AUDIT_UNAVAILABLE, Access};
+use crate::access::{Access, Caller, DecisionRequest, RulesVerdict, caller};
 use crate::error::{FieldViolation, ServiceError};
-use crate::grpc::admin::caller;
-use crate::policy::Query;
 
 const MAX_CORRELATION_ID: usize = 256;
 const MAX_TARGET: usize = 1024;
@@ -28,11 +25,12 @@ impl GuardrailsService {
         GuardrailsService { access }
     }
 
-    /// Asks the policies about `action` on `url`, merges with the rules' verdict, audits.
+    /// Asks the policies about `action` on `url`, merges with the rules' verdict, audits: one
+    /// [`Access::decide`].
     async fn decide(
         &self,
         rule: &'static str,
-        caller: &str,
+        caller: &Caller,
         action: &str,
         url: String,
         correlation_id: String,
@@ -40,46 +38,33 @@ impl GuardrailsService {
     ) -> Result<GuardrailReply, ServiceError> {
         let mut context = Map::new();
         context.insert("domain".to_owned(), Value::String(verdict.domain.clone()));
-        let query = Query {
-            principal: caller.to_owned(),
-            roles: self.access.roles_of(caller),
-            action: action.to_owned(),
-            resource: url,
-            context,
-        };
-        let policy = self
+        let decided = self
             .access
-            .policy
-            .decide(&query)
-            .map_err(|v| ServiceError::InvalidArgument(vec![v]))?;
-        let mut allowed = verdict.allowed && policy.allowed;
-        let mut reasons = verdict.reasons;
-        if !policy.allowed || allowed {
-            reasons.extend(policy.reasons);
+            .decide(
+                caller,
+                DecisionRequest {
+                    kind: AuditKind::Guardrail,
+                    principal: String::new(),
+                    action: action.to_owned(),
+                    resource: url,
+                    context,
+                    correlation_id,
+                    rules: Some(RulesVerdict {
+                        allowed: verdict.allowed,
+                        reasons: verdict.reasons,
+                    }),
+                },
+            )
+            .await?;
+        GuardrailDecided {
+            rule,
+            allowed: decided.allowed,
         }
-        let decision_id = self.access.audit.decision_id();
-        let record = AuditRecord {
-            seq: 0,
-            time_unix_ms: 0,
-            decision_id: decision_id.clone(),
-            kind: AuditKind::Guardrail,
-            caller: caller.to_owned(),
-            principal: caller.to_owned(),
-            action: query.action,
-            resource: query.resource,
-            allowed,
-            reasons: reasons.clone(),
-            correlation_id,
-        };
-        if !self.access.audit_decision(record).await && allowed {
-            allowed = false;
-            reasons = vec![AUDIT_UNAVAILABLE.to_owned()];
-        }
-        GuardrailDecided { rule, allowed }.emit();
+        .emit();
         Ok(GuardrailReply {
-            allowed,
-            reasons,
-            decision_id,
+            allowed: decided.allowed,
+            reasons: decided.reasons,
+            decision_id: decided.decision_id,
             retry_after: verdict
                 .retry_after
                 .and_then(|d| prost_types::Duration::try_from(d).ok()),
@@ -106,7 +91,7 @@ impl GuardrailsApi for GuardrailsService {
         &self,
         request: Request<NavigationRequest>,
     ) -> Result<Response<GuardrailReply>, Status> {
-        let caller = caller(&request)?.principal.name.clone();
+        let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let mut violations = Vec::new();
         check_correlation(&r.correlation_id, &mut violations);
@@ -136,7 +121,7 @@ impl GuardrailsApi for GuardrailsService {
         &self,
         request: Request<ClickRequest>,
     ) -> Result<Response<GuardrailReply>, Status> {
-        let caller = caller(&request)?.principal.name.clone();
+        let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let mut violations = Vec::new();
         check_correlation(&r.correlation_id, &mut violations);
@@ -155,7 +140,7 @@ impl GuardrailsApi for GuardrailsService {
             return Err(invalid(violations));
         }
         let verdict = guardrails
-            .click(&caller, &r.url, Instant::now())
+            .click(&caller.principal.name, &r.url, guardrails.now())
             .map_err(|v| invalid(vec![v]))?;
         let reply = self
             .decide(
@@ -174,7 +159,7 @@ impl GuardrailsApi for GuardrailsService {
         &self,
         request: Request<FormSubmitRequest>,
     ) -> Result<Response<GuardrailReply>, Status> {
-        let caller = caller(&request)?.principal.name.clone();
+        let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let fields: Vec<(String, String)> =
             r.fields.into_iter().map(|f| (f.name, f.value)).collect();

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::actors::episodic::{self, Episodic, ForgetTarget, NewEpisode};
 use crate::error::{FieldViolation, ServiceError};
+use crate::grpc::convert::{timestamp_from_ms as timestamp, timestamp_to_ms};
 
 pub struct EpisodicService {
     episodic: Episodic,
@@ -19,29 +20,9 @@ impl EpisodicService {
     }
 }
 
-fn timestamp_ms(field: &str, ts: &prost_types::Timestamp) -> Result<i64, FieldViolation> {
-    if !(0..1_000_000_000).contains(&ts.nanos) {
-        return Err(FieldViolation::new(
-            field,
-            format!("nanos {} is outside 0..1e9", ts.nanos),
-        ));
-    }
-    ts.seconds
-        .checked_mul(1000)
-        .and_then(|ms| ms.checked_add(i64::from(ts.nanos / 1_000_000)))
-        .ok_or_else(|| FieldViolation::new(field, "is out of range"))
-}
-
-fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
 fn new_episode(prefix: &str, e: pb::Episode, out: &mut Vec<FieldViolation>) -> NewEpisode {
     let timestamp_ms = e.timestamp.as_ref().and_then(|ts| {
-        timestamp_ms(&format!("{prefix}.timestamp"), ts)
+        timestamp_to_ms(&format!("{prefix}.timestamp"), ts)
             .map_err(|v| out.push(v))
             .ok()
     });
@@ -62,7 +43,7 @@ fn filter(f: Option<pb::EpisodeFilter>, out: &mut Vec<FieldViolation>) -> episod
         return episodic::Filter::default();
     };
     let mut time = |field: &str, ts: Option<prost_types::Timestamp>| {
-        ts.and_then(|ts| timestamp_ms(field, &ts).map_err(|v| out.push(v)).ok())
+        ts.and_then(|ts| timestamp_to_ms(field, &ts).map_err(|v| out.push(v)).ok())
     };
     let since_ms = time("filter.since", f.since);
     let until_ms = time("filter.until", f.until);
@@ -300,32 +281,20 @@ pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::servi
 mod tests {
     use super::*;
 
+    // The conversion itself is tested in `grpc::convert`; here, that a bad time names its field.
     #[test]
-    fn timestamps_convert_both_ways_and_bad_ones_are_named() {
-        let ts = prost_types::Timestamp {
-            seconds: 1_700_000_000,
-            nanos: 123_456_789,
+    fn a_bad_episode_timestamp_is_named_by_its_field() {
+        let mut violations = Vec::new();
+        let episode = pb::Episode {
+            timestamp: Some(prost_types::Timestamp {
+                seconds: 1,
+                nanos: -1,
+            }),
+            ..pb::Episode::default()
         };
-        assert_eq!(timestamp_ms("t", &ts), Ok(1_700_000_000_123));
-        assert_eq!(
-            timestamp(1_700_000_000_123),
-            prost_types::Timestamp {
-                seconds: 1_700_000_000,
-                nanos: 123_000_000
-            }
-        );
-        let bad = prost_types::Timestamp {
-            seconds: 1,
-            nanos: -1,
-        };
-        assert_eq!(
-            timestamp_ms("episode.timestamp", &bad).unwrap_err().field,
-            "episode.timestamp"
-        );
-        let huge = prost_types::Timestamp {
-            seconds: i64::MAX,
-            nanos: 0,
-        };
-        assert!(timestamp_ms("t", &huge).is_err());
+        let new = new_episode("episodes[2]", episode, &mut violations);
+        assert_eq!(new.timestamp_ms, None);
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].field, "episodes[2].timestamp");
     }
 }

@@ -1,0 +1,421 @@
+//! Decide once: the one path from "may this principal take this action on this resource?" to an
+//! audited answer. Policy.Check/BatchCheck, the guardrails and later services all come through here:
+//!
+//! 1. the check-as rule: asking about a principal other than the caller needs [`CHECK_AS`];
+//! 2. the Cedar policies, for the principal with the roles its grants give it;
+//! 3. merged with the built-in rules' verdict when there is one (guardrails): allowed only if both
+//!    allow; the policies' reasons are kept when they deny or when everything allows;
+//! 4. one audit record; an action in `[audit] fail_closed_actions` waits for its record to be on disk
+//!    and is denied ([`AUDIT_UNAVAILABLE`]) when it cannot be written.
+//!
+//! Evaluation ([`Access::evaluate`]) and recording ([`Pending::record`]) are separate so a batch can
+//! evaluate every item before it audits any; [`Access::decide`] does both.
+
+use serde_json::{Map, Value};
+
+use crate::access::audit::{AuditKind, AuditRecord};
+use crate::access::caller::Caller;
+use crate::access::{AUDIT_UNAVAILABLE, Access};
+use crate::error::ServiceError;
+use crate::policy::Query;
+
+/// Capability to ask about a principal other than oneself.
+pub const CHECK_AS: &str = "policy.check_as";
+
+/// One question.
+#[derive(Debug, Clone)]
+pub struct DecisionRequest {
+    /// How the audit log files the decision.
+    pub kind: AuditKind,
+    /// The principal asked about; empty for the caller itself.
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+    pub context: Map<String, Value>,
+    pub correlation_id: String,
+    /// The built-in rules' verdict to combine with the policies' (guardrails); `None` when only the
+    /// policies decide.
+    pub rules: Option<RulesVerdict>,
+}
+
+/// What built-in rules said before the policies were asked.
+#[derive(Debug, Clone, Default)]
+pub struct RulesVerdict {
+    pub allowed: bool,
+    pub reasons: Vec<String>,
+}
+
+/// The audited answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    pub allowed: bool,
+    pub reasons: Vec<String>,
+    /// Policies that failed to evaluate (skipped).
+    pub errors: Vec<String>,
+    pub decision_id: String,
+}
+
+/// An evaluated decision whose audit record is not written yet.
+#[must_use = "a decision counts only once it is recorded"]
+pub struct Pending<'a> {
+    access: &'a Access,
+    record: AuditRecord,
+    errors: Vec<String>,
+}
+
+impl Access {
+    /// The check-as rule: `Ok` when `principal` is empty or the caller itself, or the caller may
+    /// exercise [`CHECK_AS`].
+    pub fn require_check_as(&self, caller: &Caller, principal: &str) -> Result<(), ServiceError> {
+        if principal.is_empty()
+            || principal == caller.principal.name
+            || caller.may(&self.authorizer, CHECK_AS)
+        {
+            Ok(())
+        } else {
+            Err(ServiceError::PermissionDenied(format!(
+                "asking about another principal needs capability {CHECK_AS:?}"
+            )))
+        }
+    }
+
+    /// The policy query for `principal` (empty: the caller), with the roles its grants give it,
+    /// after the check-as rule.
+    pub fn query(
+        &self,
+        caller: &Caller,
+        principal: &str,
+        action: &str,
+        resource: &str,
+        context: Map<String, Value>,
+    ) -> Result<Query, ServiceError> {
+        self.require_check_as(caller, principal)?;
+        let principal = if principal.is_empty() {
+            caller.principal.name.clone()
+        } else {
+            principal.to_owned()
+        };
+        Ok(Query {
+            roles: self.roles_of(&principal),
+            principal,
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            context,
+        })
+    }
+
+    /// Steps 1 to 3: the check-as rule, the policies, the rules' verdict. Nothing is audited yet.
+    pub fn evaluate(
+        &self,
+        caller: &Caller,
+        request: DecisionRequest,
+    ) -> Result<Pending<'_>, ServiceError> {
+        let DecisionRequest {
+            kind,
+            principal,
+            action,
+            resource,
+            context,
+            correlation_id,
+            rules,
+        } = request;
+        let query = self.query(caller, &principal, &action, &resource, context)?;
+        let policy = self
+            .policy
+            .decide(&query)
+            .map_err(|v| ServiceError::InvalidArgument(vec![v]))?;
+        let rules = rules.unwrap_or(RulesVerdict {
+            allowed: true,
+            reasons: Vec::new(),
+        });
+        let allowed = rules.allowed && policy.allowed;
+        let mut reasons = rules.reasons;
+        if !policy.allowed || allowed {
+            reasons.extend(policy.reasons);
+        }
+        Ok(Pending {
+            access: self,
+            record: AuditRecord {
+                seq: 0,
+                time_unix_ms: 0,
+                decision_id: self.audit.decision_id(),
+                kind,
+                caller: caller.principal.name.clone(),
+                principal: query.principal,
+                action: query.action,
+                resource: query.resource,
+                allowed,
+                reasons,
+                correlation_id,
+            },
+            errors: policy.errors,
+        })
+    }
+
+    /// Evaluates and records one decision.
+    pub async fn decide(
+        &self,
+        caller: &Caller,
+        request: DecisionRequest,
+    ) -> Result<Decided, ServiceError> {
+        Ok(self.evaluate(caller, request)?.record().await)
+    }
+}
+
+impl Pending<'_> {
+    /// Step 4: audits the decision. A fail-closed action whose record cannot be written is denied.
+    pub async fn record(self) -> Decided {
+        let Pending {
+            access,
+            record,
+            errors,
+        } = self;
+        let decision_id = record.decision_id.clone();
+        let mut allowed = record.allowed;
+        let mut reasons = record.reasons.clone();
+        if !access.audit_decision(record).await && allowed {
+            allowed = false;
+            reasons = vec![AUDIT_UNAVAILABLE.to_owned()];
+        }
+        Decided {
+            allowed,
+            reasons,
+            errors,
+            decision_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::access::audit::{AuditLog, AuditQuery};
+    use crate::access::authz::{Authorizer, Grants};
+    use crate::access::identity::{Principal, PrincipalSource};
+    use crate::config::{Config, DEV_ADMIN_PRINCIPAL};
+    use crate::runtime::tasks::Tasks;
+    use crate::store::Store;
+
+    const AGENT: &str = "spiffe://h/agent";
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        access: Access,
+        tasks: Tasks,
+        token: CancellationToken,
+    }
+
+    impl Fixture {
+        /// The built-in policies; `web.read` is fail-closed; the dev admin holds `*`.
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = Config {
+                dev_mode: true,
+                ..Config::default()
+            };
+            config.audit.fail_closed_actions = vec!["web.read".to_owned()];
+            let store = Store::open(dir.path(), &config.store).unwrap();
+            let (tasks, token) = (Tasks::new(), CancellationToken::new());
+            let audit = AuditLog::start(&store, &config.audit, &tasks, token.clone()).unwrap();
+            let authorizer = Arc::new(Authorizer::new(Grants::from_config(&config)));
+            let access = Access::new(authorizer, audit, Access::prepare(&config).unwrap());
+            Fixture {
+                _dir: dir,
+                access,
+                tasks,
+                token,
+            }
+        }
+
+        /// Stops the audit writer: nothing can be written any more.
+        async fn stop_audit(&self) {
+            self.token.cancel();
+            self.tasks.close();
+            self.tasks.wait().await;
+        }
+    }
+
+    fn caller(name: &str) -> Caller {
+        Caller {
+            principal: Arc::new(Principal {
+                name: name.to_owned(),
+                source: PrincipalSource::SanUri,
+            }),
+            token: None,
+        }
+    }
+
+    fn question(principal: &str, action: &str, rules: Option<RulesVerdict>) -> DecisionRequest {
+        DecisionRequest {
+            kind: AuditKind::Policy,
+            principal: principal.to_owned(),
+            action: action.to_owned(),
+            resource: "https://docs.rs/".to_owned(),
+            context: Map::new(),
+            correlation_id: "c-1".to_owned(),
+            rules,
+        }
+    }
+
+    #[tokio::test]
+    async fn check_as_is_needed_to_ask_about_someone_else() {
+        let f = Fixture::new();
+        let agent = caller(AGENT);
+        let err = f
+            .access
+            .decide(&agent, question(DEV_ADMIN_PRINCIPAL, "fs.read", None))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ServiceError::PermissionDenied(m) if m.contains(CHECK_AS)),
+            "{err:?}"
+        );
+        // About oneself, named or not, no extra capability is needed.
+        for principal in ["", AGENT] {
+            let decided = f
+                .access
+                .decide(&agent, question(principal, "fs.read", None))
+                .await
+                .unwrap();
+            assert!(decided.allowed, "{decided:?}");
+        }
+        // The dev admin holds `*`, so it may ask about the agent.
+        let admin = caller(DEV_ADMIN_PRINCIPAL);
+        assert!(
+            f.access
+                .decide(&admin, question(AGENT, "web.post", None))
+                .await
+                .is_ok()
+        );
+        f.stop_audit().await;
+        // Every decision was audited, with the caller and the principal asked about.
+        let (records, _) = f.access.audit.query(&AuditQuery::default()).unwrap();
+        let last = records.last().unwrap();
+        assert_eq!(
+            (last.caller.as_str(), last.principal.as_str(), last.allowed),
+            (DEV_ADMIN_PRINCIPAL, AGENT, false)
+        );
+        assert_eq!(last.reasons, ["forbid-web-post"]);
+        assert_eq!(records.len(), 3, "the refused check-as is not a decision");
+    }
+
+    #[tokio::test]
+    async fn the_rules_verdict_merges_with_the_policies() {
+        let f = Fixture::new();
+        let agent = caller(AGENT);
+        let refused_by_rules = RulesVerdict {
+            allowed: false,
+            reasons: vec!["guardrail-domain-safelist".to_owned()],
+        };
+        let decided = f
+            .access
+            .decide(&agent, question("", "fs.read", Some(refused_by_rules)))
+            .await
+            .unwrap();
+        // The policies allowed, so only the rule that refused is given.
+        assert!(!decided.allowed);
+        assert_eq!(decided.reasons, ["guardrail-domain-safelist"]);
+        let passed = RulesVerdict {
+            allowed: true,
+            reasons: vec![],
+        };
+        let decided = f
+            .access
+            .decide(&agent, question("", "web.post", Some(passed)))
+            .await
+            .unwrap();
+        assert!(!decided.allowed);
+        assert_eq!(decided.reasons, ["forbid-web-post"]);
+        f.stop_audit().await;
+    }
+
+    #[tokio::test]
+    async fn a_fail_closed_decision_is_denied_when_its_record_cannot_be_written() {
+        let f = Fixture::new();
+        let agent = caller(AGENT);
+        let written = f
+            .access
+            .decide(&agent, question("", "web.read", None))
+            .await
+            .unwrap();
+        assert!(written.allowed, "{written:?}");
+        f.stop_audit().await;
+        let lost = f
+            .access
+            .decide(&agent, question("", "web.read", None))
+            .await
+            .unwrap();
+        assert!(!lost.allowed);
+        assert_eq!(lost.reasons, [AUDIT_UNAVAILABLE]);
+        assert_ne!(lost.decision_id, written.decision_id);
+        // Not fail-closed: the decision stands though its record is lost.
+        let stands = f
+            .access
+            .decide(&agent, question("", "fs.read", None))
+            .await
+            .unwrap();
+        assert!(stands.allowed);
+        // A denial stays a denial with its own reasons.
+        let denied = f
+            .access
+            .decide(&agent, question("", "web.post", None))
+            .await
+            .unwrap();
+        assert_eq!(denied.reasons, ["forbid-web-post"]);
+    }
+
+    #[tokio::test]
+    async fn a_resource_outside_the_scope_is_refused_and_audited() {
+        let f = Fixture::new();
+        let config = crate::config::parse(
+            "t",
+            r#"
+            [[grants]]
+            principal = "spiffe://h/agent"
+            capabilities = ["secrets.read:/agents/web/*"]
+            "#,
+        )
+        .unwrap();
+        f.access.authorizer.replace(Grants::from_config(&config));
+        let agent = caller(AGENT);
+        assert!(
+            f.access
+                .require_scope(&agent, "secrets.read", "/agents/web/key")
+                .is_ok()
+        );
+        let err = f
+            .access
+            .require_scope(&agent, "secrets.read", "/agents/db/key")
+            .unwrap_err();
+        assert!(matches!(err, ServiceError::PermissionDenied(_)), "{err:?}");
+        f.stop_audit().await;
+        let (records, _) = f.access.audit.query(&AuditQuery::default()).unwrap();
+        assert_eq!(
+            records.len(),
+            1,
+            "only the refusal is recorded: {records:?}"
+        );
+        let refusal = &records[0];
+        assert_eq!(
+            (
+                refusal.kind,
+                refusal.principal.as_str(),
+                refusal.action.as_str(),
+                refusal.resource.as_str(),
+                refusal.allowed
+            ),
+            (
+                AuditKind::Access,
+                AGENT,
+                "secrets.read",
+                "/agents/db/key",
+                false
+            )
+        );
+        assert_eq!(refusal.reasons, ["outside-scope"]);
+    }
+}
