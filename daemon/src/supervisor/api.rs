@@ -1,5 +1,5 @@
-//! `brainstem.v1.Supervisor`: actor state and control, detailed health, and the mapping of actor
-//! states onto `grpc.health.v1` service names.
+//! `brainstem.v1.Supervisor`: actor and worker state and control, detailed health, and the mapping of
+//! actor states onto `grpc.health.v1` service names (the `health-sync` worker).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -23,8 +23,10 @@ use tonic_health::server::HealthReporter;
 use crate::config::RestartType;
 use crate::error::{FieldViolation, ServiceError};
 use crate::grpc::admin::DaemonInfo;
-use crate::runtime::tasks::Tasks;
-use crate::supervisor::{self, ActorInfo, ActorState, Supervisor};
+use crate::supervisor::worker::until_cancelled;
+use crate::supervisor::{
+    self, ActorInfo, ActorResult, ActorState, Supervisor, Worker, WorkerContext, WorkerPolicy,
+};
 
 const MAX_NAME_BYTES: usize = 128;
 
@@ -63,6 +65,7 @@ fn restart_type(restart: RestartType) -> &'static str {
 pub fn actor_status(info: &ActorInfo) -> ActorStatus {
     ActorStatus {
         name: info.name.to_owned(),
+        kind: info.kind.as_str().to_owned(),
         state: info.state.as_str().to_owned(),
         restarts: info.restarts,
         panics: info.panics,
@@ -264,9 +267,11 @@ impl SupervisorApi for SupervisorService {
     ) -> Result<Response<GetHealthResponse>, Status> {
         let process = supervisor::process::stats();
         let actors = self.supervisor.list();
+        let not_ready = self.supervisor.critical_down();
         Ok(Response::new(GetHealthResponse {
             live: true,
-            ready: self.ready.load(Ordering::Acquire) && !self.supervisor.critical_failed(),
+            ready: self.ready.load(Ordering::Acquire) && not_ready.is_empty(),
+            not_ready: not_ready.into_iter().map(str::to_owned).collect(),
             uptime_seconds: self.info.started.elapsed().as_secs_f64(),
             rss_bytes: process.rss_bytes.unwrap_or(0),
             threads: process.threads.unwrap_or(0),
@@ -284,8 +289,17 @@ fn serving(state: ActorState, ready: bool) -> ServingStatus {
     }
 }
 
-/// Sets every actor's health services from its current state (NOT_SERVING for all when `ready` is
-/// false).
+/// The overall ("") status: the daemon is ready and no critical actor or worker is down.
+fn overall(supervisor: &Supervisor, ready: bool) -> ServingStatus {
+    if ready && supervisor.critical_down().is_empty() {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    }
+}
+
+/// Sets every actor's health services from its current state, and the overall ("") status from
+/// readiness (NOT_SERVING for all when `ready` is false).
 pub async fn set_actor_health(health: &HealthReporter, supervisor: &Supervisor, ready: bool) {
     for actor in supervisor.list() {
         for service in &actor.health_services {
@@ -294,36 +308,69 @@ pub async fn set_actor_health(health: &HealthReporter, supervisor: &Supervisor, 
                 .await;
         }
     }
+    health
+        .set_service_status("", overall(supervisor, ready))
+        .await;
 }
 
-/// Keeps each actor's `grpc.health.v1` services in step with its state: SERVING while it starts or
-/// runs and the daemon is ready, NOT_SERVING otherwise (restarting, stopped, failed, daemon stopping).
-pub fn spawn_health_sync(
+/// The `health-sync` worker: keeps each actor's `grpc.health.v1` services in step with its state
+/// (SERVING while it starts or runs and the daemon is ready, NOT_SERVING otherwise), and the overall
+/// ("") status with readiness: NOT_SERVING while a critical actor or worker is stopped or failed.
+pub struct HealthSync {
     health: HealthReporter,
-    supervisor: Supervisor,
     ready: Arc<AtomicBool>,
-    tasks: &Tasks,
-    token: CancellationToken,
-) {
-    let mut events = supervisor.subscribe();
-    tasks.spawn("grpc.health_sync", async move {
-        set_actor_health(&health, &supervisor, ready.load(Ordering::Acquire)).await;
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => break,
-                received = events.recv() => match received {
-                    Ok(event) => {
-                        let status = serving(event.actor.state, ready.load(Ordering::Acquire));
-                        for service in &event.actor.health_services {
-                            health.set_service_status(service, status).await;
-                        }
+}
+
+impl HealthSync {
+    pub fn new(health: HealthReporter, ready: Arc<AtomicBool>) -> Self {
+        HealthSync { health, ready }
+    }
+}
+
+impl Worker for HealthSync {
+    fn name(&self) -> &'static str {
+        "health-sync"
+    }
+
+    /// Critical: without it health answers go stale.
+    fn policy(&self) -> WorkerPolicy {
+        WorkerPolicy::CRITICAL
+    }
+
+    async fn run(self: Arc<Self>, ctx: WorkerContext) -> ActorResult {
+        let supervisor = ctx.supervisor().clone();
+        // Subscribed before the first sync, so no change falls between the two.
+        let mut events = supervisor.subscribe();
+        let ready = || self.ready.load(Ordering::Acquire);
+        set_actor_health(&self.health, &supervisor, ready()).await;
+        ctx.ready();
+        let mut synced = 0u64;
+        while let Some(received) = ctx.idle(until_cancelled(&ctx, events.recv())).await {
+            match received {
+                Ok(event) => {
+                    let status = serving(event.actor.state, ready());
+                    for service in &event.actor.health_services {
+                        self.health.set_service_status(service, status).await;
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        set_actor_health(&health, &supervisor, ready.load(Ordering::Acquire)).await;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                },
+                    self.health
+                        .set_service_status("", overall(&supervisor, ready()))
+                        .await;
+                }
+                // Fell behind: sync everything from the current state.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    set_actor_health(&self.health, &supervisor, ready()).await;
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
             }
+            synced += 1;
+            ctx.progress();
+            ctx.set_status(format!("{synced} state changes applied"));
         }
-    });
+        // Nobody keeps health current from here on: do not claim SERVING meanwhile. A restarted
+        // incarnation syncs again at once.
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        Ok(())
+    }
 }

@@ -1,4 +1,5 @@
-//! Supervisor events: actor lifecycle, counters and the systemd watchdog ping.
+//! Supervisor events: actor and worker lifecycle, counters, readiness and the systemd watchdog ping.
+//! Workers share the actors' metrics: the `actor` label carries the (static) name of either kind.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use crate::runtime::events::ErrorOccurred;
 pub fn describe() {
     metrics::describe_counter!(
         "brainstem_supervisor_actor_restarts_total",
-        "new incarnations of an actor after its first start, by actor"
+        "new incarnations of an actor or worker after its first start, by actor"
     );
     metrics::describe_counter!(
         "brainstem_supervisor_actor_panics_total",
@@ -50,10 +51,15 @@ pub fn describe() {
         "brainstem_supervisor_watchdog_pings_total",
         "systemd watchdog ticks, by result (sent, withheld: a critical actor is failed)"
     );
+    metrics::describe_gauge!(
+        "brainstem_supervisor_critical_down",
+        "critical actors and workers that are stopped or failed; above 0 the daemon is not ready"
+    );
 }
 
 pub struct ActorStateChanged {
     pub actor: &'static str,
+    pub kind: crate::supervisor::Kind,
     pub from: crate::supervisor::ActorState,
     pub to: crate::supervisor::ActorState,
 }
@@ -72,10 +78,27 @@ impl ActorStateChanged {
         );
         tracing::info!(
             actor = self.actor,
+            kind = self.kind.as_str(),
             from = self.from.as_str(),
             to = self.to.as_str(),
             "actor state changed"
         );
+    }
+}
+
+/// The set of critical actors and workers that are not running, after one of them changed state.
+pub struct CriticalDown<'a> {
+    pub down: &'a [&'static str],
+    /// The final stop: everything goes down on purpose, nothing to warn about.
+    pub stopping: bool,
+}
+
+impl CriticalDown<'_> {
+    pub fn emit(self) {
+        metrics::gauge!("brainstem_supervisor_critical_down").set(self.down.len() as f64);
+        if !self.down.is_empty() && !self.stopping {
+            tracing::warn!(down = ?self.down, "not ready: critical actors or workers are not running");
+        }
     }
 }
 

@@ -29,10 +29,13 @@ use tokio_util::sync::CancellationToken;
 use super::actor::{ActorShared, ActorState};
 use super::events::{
     ActorEscalated, ActorExited, ActorGauges, ActorKilled, ActorRestarted, ActorStateChanged,
-    WatchdogPinged,
+    CriticalDown, WatchdogPinged,
 };
 use super::policy::{Intensity, Rng, backoff};
-use super::{ActorEvent, ActorInfo, SpawnFn, Spec, StopReport, SupervisorError, WatchdogPing};
+use super::{
+    ActorEvent, ActorInfo, Kind, SpawnFn, Spec, StopReport, Supervisor, SupervisorError,
+    WatchdogPing,
+};
 use crate::config::{RestartType, Strategy, SupervisorConfig};
 use crate::runtime::tasks::Tasks;
 
@@ -136,6 +139,8 @@ struct Slot {
 }
 
 pub struct Parts {
+    /// Handed to every incarnation's context.
+    pub handle: Supervisor,
     pub config: SupervisorConfig,
     pub specs: Vec<Spec>,
     pub reports: (
@@ -152,6 +157,7 @@ pub struct Parts {
 }
 
 pub struct Runtime {
+    handle: Supervisor,
     config: SupervisorConfig,
     slots: Vec<Slot>,
     reports_tx: mpsc::UnboundedSender<Report>,
@@ -193,6 +199,7 @@ impl Runtime {
             })
             .collect();
         Runtime {
+            handle: parts.handle,
             config: parts.config,
             slots,
             reports_tx: parts.reports.0,
@@ -289,7 +296,12 @@ impl Runtime {
             slot.shared.restarts.fetch_add(1, Ordering::Relaxed);
             ActorRestarted { actor: name }.emit();
         }
-        let future = (slot.spawn)(slot.shared.clone(), token.clone(), incarnation);
+        let future = (slot.spawn)(
+            slot.shared.clone(),
+            self.handle.clone(),
+            token.clone(),
+            incarnation,
+        );
         let handle = self.tasks.spawn(name, async move {
             let outcome = match AssertUnwindSafe(future).catch_unwind().await {
                 Ok(Ok(())) => Outcome::Normal,
@@ -321,10 +333,19 @@ impl Runtime {
         if previous != state {
             ActorStateChanged {
                 actor: slot.shared.name,
+                kind: slot.shared.kind,
                 from: previous,
                 to: state,
             }
             .emit();
+            if slot.shared.config.critical {
+                let down = self.handle.critical_down();
+                CriticalDown {
+                    down: &down,
+                    stopping: self.token.is_cancelled(),
+                }
+                .emit();
+            }
             let info = slot.shared.info();
             let _ = self.events.send(ActorEvent {
                 actor: info,
@@ -447,12 +468,18 @@ impl Runtime {
         self.restart_dependents(index, at);
     }
 
-    /// rest_for_one: the actors declared after `index` depend on it; they restart after it.
+    /// rest_for_one: the actors declared after `index` depend on it; they restart after it. Workers
+    /// stand alone: they neither drag actors along nor are dragged.
     fn restart_dependents(&mut self, index: usize, at: Instant) {
-        if self.config.strategy != Strategy::RestForOne {
+        if self.config.strategy != Strategy::RestForOne
+            || self.slots[index].shared.kind != Kind::Actor
+        {
             return;
         }
         for dependent in index + 1..self.slots.len() {
+            if self.slots[dependent].shared.kind != Kind::Actor {
+                continue;
+            }
             match self.slots[dependent].phase {
                 Phase::Starting | Phase::Running => {
                     self.begin_stop(dependent, Then::RestartAt(at));
