@@ -89,14 +89,14 @@ impl ActorStateChanged {
 /// The set of critical actors and workers that are not running, after one of them changed state.
 pub struct CriticalDown<'a> {
     pub down: &'a [&'static str],
-    /// The final stop: everything goes down on purpose, nothing to warn about.
-    pub stopping: bool,
+    /// During the ordered start or the final stop units are down on purpose: nothing to warn about.
+    pub expected: bool,
 }
 
 impl CriticalDown<'_> {
     pub fn emit(self) {
         metrics::gauge!("brainstem_supervisor_critical_down").set(self.down.len() as f64);
-        if !self.down.is_empty() && !self.stopping {
+        if !self.down.is_empty() && !self.expected {
             tracing::warn!(down = ?self.down, "not ready: critical actors or workers are not running");
         }
     }

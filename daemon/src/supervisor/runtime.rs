@@ -173,6 +173,8 @@ pub struct Runtime {
     check_every: Duration,
     next_check: Instant,
     rng: Rng,
+    /// The ordered start is done.
+    started: bool,
 }
 
 impl Runtime {
@@ -216,6 +218,7 @@ impl Runtime {
             check_every,
             next_check: now + check_every,
             rng: parts.seed.map_or_else(Rng::from_time, Rng::new),
+            started: false,
         }
     }
 
@@ -223,6 +226,7 @@ impl Runtime {
         // If this task ends in any way, every actor is cancelled with it.
         let _children = self.children.clone().drop_guard();
         self.start_in_order().await;
+        self.started = true;
         let _ = started.send(());
         while !self.token.is_cancelled() {
             let wake = self.next_wake();
@@ -342,7 +346,7 @@ impl Runtime {
                 let down = self.handle.critical_down();
                 CriticalDown {
                     down: &down,
-                    stopping: self.token.is_cancelled(),
+                    expected: !self.started || self.token.is_cancelled(),
                 }
                 .emit();
             }
