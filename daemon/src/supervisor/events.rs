@@ -13,39 +13,39 @@ pub fn describe() {
     );
     metrics::describe_counter!(
         "brainstem_supervisor_actor_panics_total",
-        "actor runs that ended in a panic (caught), by actor"
+        "actor and worker runs that ended in a panic (caught), by actor"
     );
     metrics::describe_counter!(
         "brainstem_supervisor_actor_errors_total",
-        "actor runs that returned an error, and errors actors recorded and survived, by actor"
+        "actor and worker runs that returned an error, and errors they recorded and survived, by actor"
     );
     metrics::describe_counter!(
         "brainstem_supervisor_actor_kills_total",
-        "actors killed by the supervisor, by actor and reason (frozen, stop_deadline)"
+        "actors and workers killed by the supervisor, by actor and reason (frozen, stop_deadline)"
     );
     metrics::describe_counter!(
         "brainstem_supervisor_actor_escalations_total",
-        "actors marked failed for restarting too often, by actor"
+        "actors and workers marked failed for restarting too often, by actor"
     );
     metrics::describe_gauge!(
         "brainstem_supervisor_actor_up",
-        "1 while the actor is starting or running, else 0, by actor"
+        "1 while the actor or worker is starting or running, else 0, by actor"
     );
     metrics::describe_gauge!(
         "brainstem_supervisor_actor_failed",
-        "1 while the actor is failed (escalated), else 0, by actor"
+        "1 while the actor or worker is failed (escalated), else 0, by actor"
     );
     metrics::describe_gauge!(
         "brainstem_supervisor_actor_mailbox_depth",
-        "messages waiting in the actor's mailbox, by actor"
+        "messages waiting in the actor's mailbox, by actor (actors only)"
     );
     metrics::describe_counter!(
         "brainstem_supervisor_actor_mailbox_drops_total",
-        "messages dropped by the drop_oldest / drop_newest overflow policies, by actor"
+        "messages dropped by the drop_oldest / drop_newest overflow policies, by actor (actors only)"
     );
     metrics::describe_gauge!(
         "brainstem_supervisor_actor_since_progress_seconds",
-        "time since the actor last made progress, by actor"
+        "time since the actor or worker last made progress, by actor"
     );
     metrics::describe_counter!(
         "brainstem_supervisor_watchdog_pings_total",
@@ -221,17 +221,19 @@ impl ActorEscalated {
 
 pub struct ActorGauges {
     pub actor: &'static str,
-    pub mailbox_depth: u64,
-    pub mailbox_drops: u64,
+    /// (depth, drops); `None` for a worker, which has no mailbox worth showing.
+    pub mailbox: Option<(u64, u64)>,
     pub since_progress: Duration,
 }
 
 impl ActorGauges {
     pub fn emit(self) {
-        metrics::gauge!("brainstem_supervisor_actor_mailbox_depth", "actor" => self.actor)
-            .set(self.mailbox_depth as f64);
-        metrics::counter!("brainstem_supervisor_actor_mailbox_drops_total", "actor" => self.actor)
-            .absolute(self.mailbox_drops);
+        if let Some((depth, drops)) = self.mailbox {
+            metrics::gauge!("brainstem_supervisor_actor_mailbox_depth", "actor" => self.actor)
+                .set(depth as f64);
+            metrics::counter!("brainstem_supervisor_actor_mailbox_drops_total", "actor" => self.actor)
+                .absolute(drops);
+        }
         metrics::gauge!("brainstem_supervisor_actor_since_progress_seconds", "actor" => self.actor)
             .set(self.since_progress.as_secs_f64());
     }

@@ -620,8 +620,12 @@ impl Runtime {
             let slot = &mut self.slots[index];
             ActorGauges {
                 actor: slot.shared.name,
-                mailbox_depth: slot.shared.mailbox.depth() as u64,
-                mailbox_drops: slot.shared.mailbox.drops(),
+                mailbox: (slot.shared.kind == Kind::Actor).then(|| {
+                    (
+                        slot.shared.mailbox.depth() as u64,
+                        slot.shared.mailbox.drops(),
+                    )
+                }),
                 since_progress: slot.shared.since_progress(),
             }
             .emit();

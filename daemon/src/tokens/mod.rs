@@ -8,8 +8,8 @@
 //! - Signing keys ([`keys`]) rotate on request and on schedule; a replaced key verifies until retired.
 //!   They are sealed with AES-256-GCM under the master key in the store.
 //! - Issued-token claims (never token strings) and revocations persist in sled; revocations are also held
-//!   in memory, so [`TokenService::verify`] touches no disk. A background task
-//!   ([`TokenService::spawn_maintenance`]) rotates, retires and purges expired records.
+//!   in memory, so [`TokenService::verify`] touches no disk. The `token-maintenance` worker
+//!   ([`TokenService::maintenance_worker`], supervised) rotates, retires and purges expired records.
 //! - Time comes from a [`Clock`], so tests move it instead of sleeping.
 
 pub mod api;
