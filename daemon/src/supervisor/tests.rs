@@ -1008,3 +1008,23 @@ async fn rest_for_one_leaves_workers_alone() {
     assert_eq!(h.supervisor.get("loop").unwrap().restarts, 0);
     h.stop().await;
 }
+
+/// The dependency between the supervisor and the runtime layer (tasks, events, metrics, notify) is
+/// one-way: the supervisor uses them; they never name it. Readiness reaches `/readyz` as a closure.
+#[test]
+fn the_runtime_layer_does_not_import_the_supervisor() {
+    let sources = [
+        ("events.rs", include_str!("../runtime/events.rs")),
+        ("metrics.rs", include_str!("../runtime/metrics.rs")),
+        ("notify.rs", include_str!("../runtime/notify.rs")),
+        ("tasks.rs", include_str!("../runtime/tasks.rs")),
+        ("telemetry.rs", include_str!("../runtime/telemetry.rs")),
+        ("mod.rs", include_str!("../runtime/mod.rs")),
+    ];
+    for (file, text) in sources {
+        assert!(
+            !text.contains("crate::supervisor") && !text.contains("super::supervisor"),
+            "runtime/{file} imports the supervisor"
+        );
+    }
+}
