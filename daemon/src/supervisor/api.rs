@@ -2,6 +2,7 @@
 //! actor states onto `grpc.health.v1` service names (the `health-sync` worker).
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +14,7 @@ use brainstem_proto::v1::{
     RestartActorResponse, StartActorRequest, StartActorResponse, StopActorRequest,
     StopActorResponse, WatchActorsRequest,
 };
-use futures::Stream;
+use futures::{FutureExt, Stream};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -338,6 +339,22 @@ impl Worker for HealthSync {
     }
 
     async fn run(self: Arc<Self>, ctx: WorkerContext) -> ActorResult {
+        let result = AssertUnwindSafe(self.sync(&ctx)).catch_unwind().await;
+        // However this incarnation ends, nobody keeps health current from here on: do not claim
+        // SERVING meanwhile. A restarted incarnation syncs again at once.
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        match result {
+            Ok(result) => result,
+            // Still the supervisor's to count as a panic.
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl HealthSync {
+    async fn sync(&self, ctx: &WorkerContext) -> ActorResult {
         let supervisor = ctx.supervisor().clone();
         // Subscribed before the first sync, so no change falls between the two.
         let mut events = supervisor.subscribe();
@@ -345,7 +362,7 @@ impl Worker for HealthSync {
         set_actor_health(&self.health, &supervisor, ready()).await;
         ctx.ready();
         let mut synced = 0u64;
-        while let Some(received) = ctx.idle(until_cancelled(&ctx, events.recv())).await {
+        while let Some(received) = ctx.idle(until_cancelled(ctx, events.recv())).await {
             match received {
                 Ok(event) => {
                     let status = serving(event.actor.state, ready());
@@ -366,11 +383,6 @@ impl Worker for HealthSync {
             ctx.progress();
             ctx.set_status(format!("{synced} state changes applied"));
         }
-        // Nobody keeps health current from here on: do not claim SERVING meanwhile. A restarted
-        // incarnation syncs again at once.
-        self.health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
         Ok(())
     }
 }
