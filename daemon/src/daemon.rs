@@ -41,6 +41,8 @@ use crate::runtime::telemetry::LogControl;
 use crate::store::config::FlushPolicy;
 use crate::store::{Store, StoreError};
 pub use crate::supervisor::EXIT_CRITICAL_FAILURE;
+use crate::supervisor::api::HealthSync;
+use crate::supervisor::builtin::{MetricsListener, StoreFlusher};
 use crate::supervisor::{Supervisor, SupervisorBuilder, WatchdogPing};
 use crate::tokens::{SystemClock, TokenError, TokenService};
 
@@ -161,8 +163,8 @@ impl Daemon {
 
         let root = CancellationToken::new();
         let tasks = Tasks::new();
-        // Until the daemon is up, dropping the log ends its writer; after, the stop does.
-        let audit = AuditLog::start(&store, &config.audit, &tasks, root.child_token())?;
+        // Records queue from here; the `audit-writer` worker writes them once the supervisor runs.
+        let (audit, audit_writer) = AuditLog::open(&store, &config.audit, &tasks)?;
 
         crate::runtime::metrics::recorder();
         crate::runtime::events::describe(VERSION);
@@ -197,23 +199,33 @@ impl Daemon {
                 addr: config.server.listen,
                 source,
             })?;
-        let metrics_listener = if config.metrics.enabled {
+        // Not ready until the end of the start; false again once the stop begins.
+        let ready = Arc::new(AtomicBool::new(false));
+        let (metrics_listener, metrics_addr) = if config.metrics.enabled {
+            let bind_error = |source| StartError::Bind {
+                what: "metrics",
+                addr: config.metrics.listen,
+                source,
+            };
             let listener = TcpListener::bind(config.metrics.listen)
                 .await
-                .map_err(|source| StartError::Bind {
-                    what: "metrics",
-                    addr: config.metrics.listen,
-                    source,
-                })?;
-            Some(listener)
+                .map_err(bind_error)?;
+            let addr = listener.local_addr().ok();
+            let worker = MetricsListener::new(listener, ready.clone()).map_err(bind_error)?;
+            (Some(worker), addr)
         } else {
-            None
+            (None, None)
         };
-        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
-        // Every registered service sets itself up (opens its state, declares its actors and
-        // workers in start order); the actors start below, once nothing can fail any more.
+        // Actors and workers are declared in start order (they stop in reverse: the audit writer
+        // last): the framework's workers first, then every registered service sets itself up (opens
+        // its state, declares its actors and workers); they start below, once nothing can fail.
         let mut actors = SupervisorBuilder::new(config.supervisor.clone(), store.clone());
+        actors.add_worker(audit_writer);
+        if config.store.flush == FlushPolicy::Interval {
+            let every = Duration::from_millis(config.store.flush_interval_ms);
+            actors.add_worker(StoreFlusher::new(store.clone(), every));
+        }
         let handlers = grpc::services::setup(&mut Setup {
             config: &config,
             store: &store,
@@ -222,16 +234,17 @@ impl Daemon {
 
         // Nothing below can fail: from here on the daemon is up.
         let server_token = root.child_token();
-        let ready = Arc::new(AtomicBool::new(false));
         let authorizer = Arc::new(Authorizer::new(Grants::from_config(&config)));
         let access = Arc::new(Access::new(authorizer.clone(), audit, access_parts));
-        access.spawn_maintenance(
-            Duration::from_secs(config.policy.watch_interval_seconds),
-            &tasks,
-            root.child_token(),
-        );
         let (health, health_service) = grpc::health();
         grpc::set_health(&health, ServingStatus::Serving).await;
+        let watch_interval = Duration::from_secs(config.policy.watch_interval_seconds);
+        actors.add_worker(access.policy_watch(watch_interval));
+        actors.add_worker(tokens.maintenance_worker());
+        if let Some(listener) = metrics_listener {
+            actors.add_worker(listener);
+        }
+        actors.add_worker(HealthSync::new(health.clone(), ready.clone()));
 
         crate::supervisor::events::describe();
         crate::actors::episodic::events::describe();
@@ -269,28 +282,9 @@ impl Daemon {
             &tasks,
             server_token.clone(),
         );
-        tokens.spawn_maintenance(&tasks, root.child_token());
-        if let Some(listener) = metrics_listener {
-            crate::runtime::metrics::serve(listener, ready.clone(), &tasks, root.child_token());
-        }
-        if config.store.flush == FlushPolicy::Interval {
-            spawn_flusher(
-                &store,
-                config.store.flush_interval_ms,
-                &tasks,
-                root.child_token(),
-            );
-        }
 
         ready.store(true, Ordering::Release);
         crate::supervisor::api::set_actor_health(&health, &supervisor, true).await;
-        crate::supervisor::api::spawn_health_sync(
-            health.clone(),
-            supervisor.clone(),
-            ready.clone(),
-            &tasks,
-            root.child_token(),
-        );
         let metrics_text = metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
         env.notifier.ready(&format!(
             "serving grpc={grpc_addr} metrics={metrics_text} boot={}",
@@ -570,22 +564,4 @@ where
             }
         }
     }
-}
-
-fn spawn_flusher(store: &Store, interval_ms: u64, tasks: &Tasks, token: CancellationToken) {
-    let store = store.clone();
-    tasks.spawn("store.flusher", async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => break,
-                _ = tick.tick() => {
-                    if let Err(err) = store.flush_async().await {
-                        tracing::error!(error = %err, "background flush failed");
-                        ErrorOccurred { subsystem: "store", kind: "flush" }.emit();
-                    }
-                }
-            }
-        }
-    });
 }

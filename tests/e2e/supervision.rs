@@ -57,6 +57,30 @@ async fn supervisor_lists_restarts_stops_and_starts_actors() {
         .unwrap()
         .into_inner()
         .actors;
+    // The background workers are listed beside the actors, with their kind, state and counters.
+    let audit_writer = actors
+        .iter()
+        .find(|a| a.name == "audit-writer")
+        .expect("audit-writer listed");
+    assert_eq!(
+        (
+            audit_writer.kind.as_str(),
+            audit_writer.state.as_str(),
+            audit_writer.restarts,
+            audit_writer.panics,
+            audit_writer.critical
+        ),
+        ("worker", "running", 0, 0, true)
+    );
+    for worker in ["policy-watch", "token-maintenance", "health-sync"] {
+        assert!(
+            actors
+                .iter()
+                .any(|a| a.name == worker && a.kind == "worker" && a.state == "running"),
+            "{worker} in {actors:?}"
+        );
+    }
+    let actors: Vec<_> = actors.into_iter().filter(|a| a.kind == "actor").collect();
     assert_eq!(actors.len(), 1);
     let episodic = &actors[0];
     assert_eq!(
@@ -131,7 +155,22 @@ async fn supervisor_lists_restarts_stops_and_starts_actors() {
         health(&mut client, "brainstem.v1.Episodic").await,
         ServingStatus::NotServing as i32
     );
-    assert_eq!(health(&mut client, "").await, ServingStatus::Serving as i32);
+    // A stopped critical actor: the daemon is not ready.
+    crate::harness::eventually("overall NOT_SERVING", Duration::from_secs(5), || {
+        let mut client = client.clone();
+        async move {
+            (health(&mut client, "").await == ServingStatus::NotServing as i32).then_some(())
+        }
+    })
+    .await;
+    let detail = client
+        .supervisor
+        .get_health(GetHealthRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(detail.live && !detail.ready);
+    assert_eq!(detail.not_ready, ["episodic"]);
     let err = client
         .episodic
         .store(StoreRequest {
@@ -168,8 +207,19 @@ async fn supervisor_lists_restarts_stops_and_starts_actors() {
         .unwrap()
         .into_inner();
     assert!(detail.live && detail.ready);
+    assert!(detail.not_ready.is_empty());
     assert!(detail.rss_bytes > 0 && detail.threads > 0, "{detail:?}");
-    assert_eq!(detail.actors.len(), 1);
+    assert_eq!(
+        detail.actors.iter().filter(|a| a.kind == "actor").count(),
+        1
+    );
+    crate::harness::eventually("overall SERVING again", Duration::from_secs(5), || {
+        let mut client = client.clone();
+        async move {
+            (health(&mut client, "").await == ServingStatus::Serving as i32).then_some(())
+        }
+    })
+    .await;
 
     let got = client
         .supervisor
@@ -776,6 +826,75 @@ async fn episodes_survive_kill_9_in_order() {
         .unwrap()
         .into_inner()
         .actors;
-    assert_eq!(actors[0].status, "20 episodes");
+    let episodic = actors.iter().find(|a| a.name == "episodic").unwrap();
+    assert_eq!(episodic.status, "20 episodes");
+    daemon.stop().await;
+}
+
+/// The real binary: a dead audit writer is not silent. Stopped, it makes the daemon not ready
+/// (`/readyz` 503, overall health NOT_SERVING, `health --detailed` not ready) while liveness stays up;
+/// started again, all of it recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_critical_worker_makes_the_daemon_not_ready() {
+    use crate::harness::http_get;
+
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start_in(dir.path()).await;
+    let mut client = daemon.client().await;
+    assert_eq!(http_get(daemon.metrics_addr, "/readyz").await.0, 200);
+
+    let stopped = client
+        .supervisor
+        .stop_actor(StopActorRequest {
+            name: "audit-writer".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .actor
+        .unwrap();
+    assert_eq!(
+        (stopped.kind.as_str(), stopped.state.as_str()),
+        ("worker", "stopped")
+    );
+    // The supervisor answers once the state is reached; /readyz reads it directly.
+    assert_eq!(http_get(daemon.metrics_addr, "/readyz").await.0, 503);
+    assert_eq!(http_get(daemon.metrics_addr, "/healthz").await.0, 200);
+    let detail = client
+        .supervisor
+        .get_health(GetHealthRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(detail.live && !detail.ready);
+    assert_eq!(detail.not_ready, ["audit-writer"]);
+    crate::harness::eventually("overall NOT_SERVING", Duration::from_secs(5), || {
+        let mut client = client.clone();
+        async move {
+            (health(&mut client, "").await == ServingStatus::NotServing as i32).then_some(())
+        }
+    })
+    .await;
+
+    client
+        .supervisor
+        .start_actor(StartActorRequest {
+            name: "audit-writer".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(http_get(daemon.metrics_addr, "/readyz").await.0, 200);
+    crate::harness::eventually("overall SERVING again", Duration::from_secs(5), || {
+        let mut client = client.clone();
+        async move {
+            (health(&mut client, "").await == ServingStatus::Serving as i32).then_some(())
+        }
+    })
+    .await;
+    let (_, metrics) = http_get(daemon.metrics_addr, "/metrics").await;
+    assert!(
+        metrics.contains("brainstem_supervisor_actor_restarts_total{actor=\"audit-writer\"} 1"),
+        "{metrics}"
+    );
     daemon.stop().await;
 }

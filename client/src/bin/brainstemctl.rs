@@ -83,11 +83,12 @@ enum Command {
         #[arg(long, default_value = "")]
         service: String,
         /// Detailed health instead (Supervisor.GetHealth, needs supervisor.read): uptime, memory,
-        /// threads and every actor; exit 1 when not ready.
+        /// threads, every actor and worker, and what keeps the daemon from being ready; exit 1 when
+        /// not ready.
         #[arg(long, conflicts_with = "service")]
         detailed: bool,
     },
-    /// The supervised actors: state, counters and control.
+    /// The supervised actors and background workers: kind, state, counters and control.
     #[command(subcommand)]
     Actors(ActorsCommand),
     /// Show the principal the daemon sees for this certificate, and its grants.
@@ -139,7 +140,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ActorsCommand {
-    /// Every actor with its state and counters (needs supervisor.read).
+    /// Every actor and worker with its kind, state and counters (needs supervisor.read).
     List,
     /// One actor in detail (needs supervisor.read).
     Get { name: String },
@@ -499,10 +500,16 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
                 .get_health(GetHealthRequest {})
                 .await?
                 .into_inner();
+            let not_ready = if h.not_ready.is_empty() {
+                String::new()
+            } else {
+                format!("  (not running: {})", h.not_ready.join(", "))
+            };
             let human = format!(
-                "live {}  ready {}  version {}  uptime {:.0}s  rss {:.1} MiB  threads {}\n{}",
+                "live {}  ready {}{}  version {}  uptime {:.0}s  rss {:.1} MiB  threads {}\n{}",
                 h.live,
                 h.ready,
+                not_ready,
                 h.version,
                 h.uptime_seconds,
                 h.rss_bytes as f64 / (1024.0 * 1024.0),
@@ -510,7 +517,7 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
                 actor_table(&h.actors)
             );
             let value = json!({
-                "live": h.live, "ready": h.ready, "version": h.version,
+                "live": h.live, "ready": h.ready, "not_ready": h.not_ready, "version": h.version,
                 "uptime_seconds": h.uptime_seconds, "rss_bytes": h.rss_bytes, "threads": h.threads,
                 "actors": h.actors.iter().map(actor_json).collect::<Vec<_>>(),
             });
@@ -709,7 +716,7 @@ fn none_if_empty(items: &[String]) -> String {
 
 fn actor_json(a: &ActorStatus) -> serde_json::Value {
     json!({
-        "name": a.name, "state": a.state, "restarts": a.restarts, "panics": a.panics,
+        "name": a.name, "kind": a.kind, "state": a.state, "restarts": a.restarts, "panics": a.panics,
         "errors": a.errors, "kills": a.kills, "mailbox_depth": a.mailbox_depth,
         "mailbox_capacity": a.mailbox_capacity, "mailbox_drops": a.mailbox_drops,
         "last_error": a.last_error, "status": a.status,
@@ -720,8 +727,9 @@ fn actor_json(a: &ActorStatus) -> serde_json::Value {
 
 fn actor_table(actors: &[ActorStatus]) -> String {
     let mut lines = vec![format!(
-        "{:<14} {:<11} {:>8} {:>6} {:>6} {:>5} {:>11} {:>6} {:>9}  {}",
+        "{:<18} {:<6} {:<11} {:>8} {:>6} {:>6} {:>5} {:>11} {:>6} {:>9}  {}",
         "NAME",
+        "KIND",
         "STATE",
         "RESTARTS",
         "PANICS",
@@ -733,15 +741,22 @@ fn actor_table(actors: &[ActorStatus]) -> String {
         "LAST ERROR"
     )];
     for a in actors {
+        // A worker has no mailbox.
+        let mailbox = if a.kind == "worker" {
+            "-".to_owned()
+        } else {
+            format!("{}/{}", a.mailbox_depth, a.mailbox_capacity)
+        };
         lines.push(format!(
-            "{:<14} {:<11} {:>8} {:>6} {:>6} {:>5} {:>11} {:>6} {:>8.1}s  {}",
+            "{:<18} {:<6} {:<11} {:>8} {:>6} {:>6} {:>5} {:>11} {:>6} {:>8.1}s  {}",
             a.name,
+            a.kind,
             a.state,
             a.restarts,
             a.panics,
             a.errors,
             a.kills,
-            format!("{}/{}", a.mailbox_depth, a.mailbox_capacity),
+            mailbox,
             a.mailbox_drops,
             a.seconds_since_progress,
             if a.last_error.is_empty() {
@@ -756,8 +771,9 @@ fn actor_table(actors: &[ActorStatus]) -> String {
 
 fn actor_detail(a: &ActorStatus) -> String {
     format!(
-        "name              {}\nstate             {}\nstatus            {}\nrestart type      {}{}\nuptime            {:.1}s\nrestarts          {}\npanics            {}\nerrors            {}\nkills             {}\nmailbox           {}/{} ({} dropped)\nsince progress    {:.1}s\nlast error        {}\nhealth services   {}",
+        "name              {}\nkind              {}\nstate             {}\nstatus            {}\nrestart type      {}{}\nuptime            {:.1}s\nrestarts          {}\npanics            {}\nerrors            {}\nkills             {}\nmailbox           {}\nsince progress    {:.1}s\nlast error        {}\nhealth services   {}",
         a.name,
+        a.kind,
         a.state,
         if a.status.is_empty() {
             "-"
@@ -771,9 +787,14 @@ fn actor_detail(a: &ActorStatus) -> String {
         a.panics,
         a.errors,
         a.kills,
-        a.mailbox_depth,
-        a.mailbox_capacity,
-        a.mailbox_drops,
+        if a.kind == "worker" {
+            "- (a worker has none)".to_owned()
+        } else {
+            format!(
+                "{}/{} ({} dropped)",
+                a.mailbox_depth, a.mailbox_capacity, a.mailbox_drops
+            )
+        },
         a.seconds_since_progress,
         if a.last_error.is_empty() {
             "-"

@@ -1,9 +1,13 @@
 //! The audit log: every policy and guardrail decision, every call the authorization layer refuses
 //! and every token change, appended to the `audit` tree in sequence order.
 //!
-//! Writes happen in the background: a decision is queued (a bounded channel) and a writer task
-//! appends queued records in batches (one flush per batch under `flush = "always"`), so a decision
-//! never waits for a disk. Actions listed in `[audit] fail_closed_actions` (default `secrets.*`) are
+//! Writes happen in the background: a decision is queued (a bounded channel) and the `audit-writer`
+//! worker appends queued records in batches (one flush per batch under `flush = "always"`), so a
+//! decision never waits for a disk. The writer runs under the supervisor (critical, permanent): a
+//! panic restarts it with backoff, and the queue, owned by the worker rather than one incarnation,
+//! survives the restart. While no incarnation runs, fail-closed decisions are denied; other records
+//! wait in the queue for the next one. Only the final stop closes the queue, after writing what it
+//! holds. Actions listed in `[audit] fail_closed_actions` (default `secrets.*`) are
 //! the exception: their decision is only answered once its record is on disk, and if it cannot be
 //! written the answer is a denial (`audit-unavailable`). Other decisions whose record cannot be
 //! queued are answered and counted (`brainstem_audit_unrecorded_total`).
@@ -18,8 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::access::authz::pattern_matches_family;
 use crate::access::config::AuditConfig;
@@ -27,6 +30,7 @@ use crate::access::events::{AuditTrimmed, AuditUnrecorded, AuditWritten};
 use crate::runtime::events::ErrorOccurred;
 use crate::runtime::tasks::Tasks;
 use crate::store::{Record, Store, StoreError, Tree, trees};
+use crate::supervisor::{ActorError, ActorResult, Worker, WorkerContext, WorkerPolicy};
 
 /// Most records one query returns, and most it scans.
 pub const MAX_QUERY_LIMIT: usize = 1000;
@@ -123,24 +127,25 @@ pub struct AuditLog {
     tree: Tree,
     fail_closed: Vec<String>,
     healthy: Arc<AtomicBool>,
+    /// Whether an incarnation of the writer is running.
+    writer_running: watch::Receiver<bool>,
+    /// Where queries run their blocking scans.
+    tasks: Tasks,
     id_prefix: u32,
     next_id: AtomicU64,
 }
 
 impl AuditLog {
-    /// Opens the tree and starts the writer and the age trimmer under `tasks`.
-    pub fn start(
+    /// Opens the tree. Records are queued from now on; they are written once the returned
+    /// [`AuditWriter`] runs under the supervisor.
+    pub fn open(
         store: &Store,
         config: &AuditConfig,
         tasks: &Tasks,
-        token: CancellationToken,
-    ) -> Result<Arc<AuditLog>, StoreError> {
+    ) -> Result<(Arc<AuditLog>, AuditWriter), StoreError> {
         let tree = store.tree(trees::AUDIT)?;
-        let next_seq = match tree.last_key()? {
-            Some(key) => seq_of(&key) + 1,
-            None => 1,
-        };
         let (tx, rx) = mpsc::channel(config.queue_capacity as usize);
+        let (running_tx, running_rx) = watch::channel(false);
         let healthy = Arc::new(AtomicBool::new(true));
         let mut prefix = [0u8; 4];
         // A per-run prefix keeps decision ids unique across restarts; a failed random source only
@@ -151,18 +156,25 @@ impl AuditLog {
             tree: tree.clone(),
             fail_closed: config.fail_closed_actions.clone(),
             healthy: healthy.clone(),
+            writer_running: running_rx,
+            tasks: tasks.clone(),
             id_prefix: u32::from_be_bytes(prefix),
             next_id: AtomicU64::new(0),
         });
-        let writer = Writer {
+        let writer = AuditWriter {
+            queue: tokio::sync::Mutex::new(rx),
             tree,
-            next_seq,
             max_records: config.max_records as usize,
             max_age: Duration::from_secs(config.max_age_seconds),
             healthy,
+            running: running_tx,
         };
-        tasks.spawn("audit.writer", writer.run(rx, token));
-        Ok(log)
+        Ok((log, writer))
+    }
+
+    /// The daemon's task set, for blocking work done on the log's behalf (queries).
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
     }
 
     /// A new decision id: unique within this run, with a random per-run prefix.
@@ -211,6 +223,9 @@ impl AuditLog {
             if !self.healthy.load(Ordering::Acquire) {
                 return Err(AuditError::WriteFailed);
             }
+            if !*self.writer_running.borrow() {
+                return Err(AuditError::Closed);
+            }
             self.tx
                 .try_send(Pending {
                     record,
@@ -220,10 +235,17 @@ impl AuditLog {
                     mpsc::error::TrySendError::Full(_) => AuditError::QueueFull,
                     mpsc::error::TrySendError::Closed(_) => AuditError::Closed,
                 })?;
-            match done.await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(AuditError::WriteFailed),
-                Err(_) => Err(AuditError::Closed),
+            // The writer may end (stop, panic) before it reaches this record: then deny rather than
+            // wait for an incarnation that may never come.
+            let mut running = self.writer_running.clone();
+            tokio::select! {
+                biased;
+                written = done => match written {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(AuditError::WriteFailed),
+                    Err(_) => Err(AuditError::Closed),
+                },
+                _ = running.wait_for(|running| !*running) => Err(AuditError::Closed),
             }
         }
         .await;
@@ -305,38 +327,127 @@ fn seq_of(key: &[u8]) -> u64 {
     key.try_into().map_or(0, u64::from_be_bytes)
 }
 
-struct Writer {
+/// The `audit-writer` worker. It owns the queue's receiving end, so every incarnation reads the same
+/// queue; the sequence number is read back from the tree at each start, so a panic mid-batch cannot
+/// leave it behind.
+pub struct AuditWriter {
+    queue: tokio::sync::Mutex<mpsc::Receiver<Pending>>,
     tree: Tree,
-    next_seq: u64,
     max_records: usize,
     max_age: Duration,
     healthy: Arc<AtomicBool>,
+    running: watch::Sender<bool>,
 }
 
-impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Pending>, token: CancellationToken) {
+/// `true` while an incarnation runs; `false` once it ends, however it ends (a panic included).
+struct RunningFlag<'a>(&'a watch::Sender<bool>);
+
+impl<'a> RunningFlag<'a> {
+    fn raise(flag: &'a watch::Sender<bool>) -> Self {
+        flag.send_replace(true);
+        RunningFlag(flag)
+    }
+}
+
+impl Drop for RunningFlag<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
+}
+
+enum Wake {
+    Batch(usize),
+    Trim,
+    Stop,
+}
+
+impl Worker for AuditWriter {
+    fn name(&self) -> &'static str {
+        "audit-writer"
+    }
+
+    /// Critical: without it nothing is audited and fail-closed actions are all denied. A long stop
+    /// deadline: the final stop writes every queued record first.
+    fn policy(&self) -> WorkerPolicy {
+        WorkerPolicy::CRITICAL.stop_deadline(Duration::from_secs(10))
+    }
+
+    async fn run(self: Arc<Self>, ctx: WorkerContext) -> ActorResult {
+        // An aborted incarnation released the lock when its future was dropped.
+        let mut queue = self.queue.lock().await;
+        let next_seq = match self.tree.last_key().map_err(ActorError::from)? {
+            Some(key) => seq_of(&key) + 1,
+            None => 1,
+        };
+        let mut writer = Writer {
+            tree: &self.tree,
+            next_seq,
+            max_records: self.max_records,
+            max_age: self.max_age,
+            healthy: &self.healthy,
+        };
+        let _running = RunningFlag::raise(&self.running);
+        ctx.ready();
         let mut trim = tokio::time::interval(Duration::from_secs(60));
         trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(BATCH);
         loop {
-            tokio::select! {
-                n = rx.recv_many(&mut batch, BATCH) => {
-                    if n == 0 {
-                        break;
+            let wake = ctx
+                .idle(async {
+                    tokio::select! {
+                        biased;
+                        () = ctx.cancelled() => Wake::Stop,
+                        n = queue.recv_many(&mut batch, BATCH) => Wake::Batch(n),
+                        _ = trim.tick() => Wake::Trim,
                     }
-                    self.write(&mut batch).await;
+                })
+                .await;
+            match wake {
+                Wake::Stop => break,
+                // Every sender is gone (the log was dropped): nothing more can come.
+                Wake::Batch(0) => {
+                    ctx.idle(ctx.cancelled()).await;
+                    break;
                 }
-                _ = trim.tick() => self.trim_by_age(),
-                () = token.cancelled() => break,
+                Wake::Batch(_) => writer.write(&mut batch).await,
+                Wake::Trim => writer.trim_by_age(),
             }
+            ctx.progress();
+            ctx.set_status(format!("next seq {}", writer.next_seq));
         }
-        // Stopping: whatever was queued before the stop is still written.
-        rx.close();
-        while rx.recv_many(&mut batch, BATCH).await > 0 {
-            self.write(&mut batch).await;
+        // Stopping: whatever was queued before the stop is still written. The final stop closes the
+        // queue for good (later records are refused); an operator stop or restart leaves it open for
+        // the next incarnation.
+        if ctx.is_final_stop() {
+            queue.close();
         }
+        loop {
+            while batch.len() < BATCH {
+                match queue.try_recv() {
+                    Ok(pending) => batch.push(pending),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            writer.write(&mut batch).await;
+            ctx.progress();
+        }
+        Ok(())
     }
+}
 
+/// One incarnation's view of the writer.
+struct Writer<'a> {
+    tree: &'a Tree,
+    next_seq: u64,
+    max_records: usize,
+    max_age: Duration,
+    healthy: &'a AtomicBool,
+}
+
+impl Writer<'_> {
     async fn write(&mut self, batch: &mut Vec<Pending>) {
         let now = crate::store::unix_ms_now();
         let mut items = Vec::with_capacity(batch.len());
@@ -420,6 +531,8 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::supervisor::{ActorState, Supervisor, SupervisorBuilder};
+    use tokio_util::sync::CancellationToken;
 
     fn record(principal: &str, action: &str, allowed: bool) -> AuditRecord {
         AuditRecord {
@@ -444,6 +557,20 @@ mod tests {
         }
     }
 
+    /// The log with its writer running under a supervisor, as in the daemon.
+    async fn start(
+        store: &Store,
+        config: &AuditConfig,
+    ) -> (Arc<AuditLog>, Supervisor, Tasks, CancellationToken) {
+        let (tasks, token) = (Tasks::new(), CancellationToken::new());
+        let (log, writer) = AuditLog::open(store, config, &tasks).unwrap();
+        let mut builder =
+            SupervisorBuilder::new(crate::config::Config::default().supervisor, store.clone());
+        builder.add_worker(writer);
+        let supervisor = builder.start(&tasks, token.clone(), None).await;
+        (log, supervisor, tasks, token)
+    }
+
     async fn stop(tasks: Tasks, token: CancellationToken) {
         token.cancel();
         tasks.close();
@@ -454,8 +581,7 @@ mod tests {
     async fn records_persist_in_order_and_filter() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &crate::config::Config::default().store).unwrap();
-        let (tasks, token) = (Tasks::new(), CancellationToken::new());
-        let log = AuditLog::start(&store, &config(1000), &tasks, token.clone()).unwrap();
+        let (log, _supervisor, tasks, token) = start(&store, &config(1000)).await;
         log.record(record("a", "web.post", false)).unwrap();
         log.record(record("b", "web.read", true)).unwrap();
         log.record_durable(record("a", "secrets.read", true))
@@ -534,8 +660,7 @@ mod tests {
 
         // Reopened, numbering continues after the last record.
         let store = Store::open(dir.path(), &crate::config::Config::default().store).unwrap();
-        let (tasks, token) = (Tasks::new(), CancellationToken::new());
-        let log = AuditLog::start(&store, &config(1000), &tasks, token.clone()).unwrap();
+        let (log, _supervisor, tasks, token) = start(&store, &config(1000)).await;
         log.record_durable(record("c", "ml.train", true))
             .await
             .unwrap();
@@ -548,8 +673,7 @@ mod tests {
     async fn queued_records_are_written_at_stop_and_trimmed_by_count() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &crate::config::Config::default().store).unwrap();
-        let (tasks, token) = (Tasks::new(), CancellationToken::new());
-        let log = AuditLog::start(&store, &config(1000), &tasks, token.clone()).unwrap();
+        let (log, _supervisor, tasks, token) = start(&store, &config(1000)).await;
         for i in 0..1500 {
             log.record(record("p", &format!("a.n{i}"), true)).unwrap();
         }
@@ -578,8 +702,7 @@ mod tests {
         let store = Store::open(dir.path(), &crate::config::Config::default().store).unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let _guard = rt.enter();
-        let (tasks, token) = (Tasks::new(), CancellationToken::new());
-        let log = AuditLog::start(&store, &AuditConfig::default(), &tasks, token.clone()).unwrap();
+        let (log, _supervisor, tasks, token) = rt.block_on(start(&store, &AuditConfig::default()));
         assert!(log.fails_closed("secrets.read"));
         assert!(!log.fails_closed("secrets"));
         assert!(!log.fails_closed("web.read"));
@@ -587,5 +710,45 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 20);
         rt.block_on(stop(tasks, token));
+    }
+
+    #[tokio::test]
+    async fn the_queue_outlives_the_writer_and_fail_closed_records_wait_for_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &crate::config::Config::default().store).unwrap();
+        let (log, supervisor, tasks, token) = start(&store, &config(1000)).await;
+        log.record_durable(record("a", "first", true))
+            .await
+            .unwrap();
+
+        // Stopped by an operator: fail-closed records are denied at once instead of waiting, and
+        // ordinary ones wait in the queue.
+        let stopped = supervisor.stop_actor("audit-writer").await.unwrap();
+        assert_eq!(stopped.state, ActorState::Stopped);
+        assert!(matches!(
+            log.record_durable(record("a", "refused", true)).await,
+            Err(AuditError::Closed)
+        ));
+        log.record(record("a", "queued while stopped", true))
+            .unwrap();
+
+        // The next incarnation reads the same queue and continues the numbering.
+        let started = supervisor.start_actor("audit-writer").await.unwrap();
+        assert_eq!((started.state, started.restarts), (ActorState::Running, 1));
+        log.record_durable(record("a", "after restart", true))
+            .await
+            .unwrap();
+        let (all, _) = log.query(&AuditQuery::default()).unwrap();
+        assert_eq!(
+            all.iter()
+                .map(|r| (r.seq, r.action.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                (1, "first"),
+                (2, "queued while stopped"),
+                (3, "after restart")
+            ]
+        );
+        stop(tasks, token).await;
     }
 }

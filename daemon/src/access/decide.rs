@@ -199,11 +199,13 @@ mod tests {
     use crate::config::{Config, DEV_ADMIN_PRINCIPAL};
     use crate::runtime::tasks::Tasks;
     use crate::store::Store;
+    use crate::supervisor::{Supervisor, SupervisorBuilder};
 
     const AGENT: &str = "spiffe://h/agent";
 
     struct Fixture {
         _dir: tempfile::TempDir,
+        _supervisor: Supervisor,
         access: Access,
         tasks: Tasks,
         token: CancellationToken,
@@ -211,7 +213,7 @@ mod tests {
 
     impl Fixture {
         /// The built-in policies; `web.read` is fail-closed; the dev admin holds `*`.
-        fn new() -> Fixture {
+        async fn new() -> Fixture {
             let dir = tempfile::tempdir().unwrap();
             let mut config = Config {
                 dev_mode: true,
@@ -220,11 +222,15 @@ mod tests {
             config.audit.fail_closed_actions = vec!["web.read".to_owned()];
             let store = Store::open(dir.path(), &config.store).unwrap();
             let (tasks, token) = (Tasks::new(), CancellationToken::new());
-            let audit = AuditLog::start(&store, &config.audit, &tasks, token.clone()).unwrap();
+            let (audit, writer) = AuditLog::open(&store, &config.audit, &tasks).unwrap();
+            let mut builder = SupervisorBuilder::new(config.supervisor.clone(), store.clone());
+            builder.add_worker(writer);
+            let supervisor = builder.start(&tasks, token.clone(), None).await;
             let authorizer = Arc::new(Authorizer::new(Grants::from_config(&config)));
             let access = Access::new(authorizer, audit, Access::prepare(&config).unwrap());
             Fixture {
                 _dir: dir,
+                _supervisor: supervisor,
                 access,
                 tasks,
                 token,
@@ -263,7 +269,7 @@ mod tests {
 
     #[tokio::test]
     async fn check_as_is_needed_to_ask_about_someone_else() {
-        let f = Fixture::new();
+        let f = Fixture::new().await;
         let agent = caller(AGENT);
         let err = f
             .access
@@ -305,7 +311,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_rules_verdict_merges_with_the_policies() {
-        let f = Fixture::new();
+        let f = Fixture::new().await;
         let agent = caller(AGENT);
         let refused_by_rules = RulesVerdict {
             allowed: false,
@@ -335,7 +341,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fail_closed_decision_is_denied_when_its_record_cannot_be_written() {
-        let f = Fixture::new();
+        let f = Fixture::new().await;
         let agent = caller(AGENT);
         let written = f
             .access
@@ -370,7 +376,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_resource_outside_the_scope_is_refused_and_audited() {
-        let f = Fixture::new();
+        let f = Fixture::new().await;
         let config = crate::config::parse(
             "t",
             r#"

@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio_util::sync::CancellationToken;
 
 use crate::access::audit::{AuditKind, AuditLog, AuditRecord};
 use crate::access::authz::Authorizer;
@@ -36,6 +35,8 @@ use crate::error::ServiceError;
 use crate::policy::events::PolicyReloaded;
 use crate::policy::{LoadedSet, PolicyEngine, PolicyError, PolicySource};
 use crate::runtime::tasks::Tasks;
+use crate::supervisor::worker::until_cancelled;
+use crate::supervisor::{ActorResult, Worker, WorkerContext, WorkerPolicy};
 
 pub use self::caller::{Caller, caller, require_scope};
 pub use self::decide::{CHECK_AS, Decided, DecisionRequest, RulesVerdict};
@@ -229,44 +230,75 @@ impl Access {
         });
     }
 
-    /// Watches the policy directory and reloads on change; sweeps idle buckets.
-    pub fn spawn_maintenance(
-        self: &Arc<Self>,
-        watch_interval: Duration,
-        tasks: &Tasks,
-        token: CancellationToken,
-    ) {
-        let access = self.clone();
-        tasks.spawn("access.maintenance", async move {
-            let period = if watch_interval.is_zero() {
-                Duration::from_secs(60)
-            } else {
-                watch_interval
-            };
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut fingerprint = access.policy_source.load().fingerprint();
-            let mut last_sweep = Instant::now();
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    () = token.cancelled() => return,
-                }
-                if !watch_interval.is_zero() {
-                    let now = access.policy_source.load().fingerprint();
-                    if now != fingerprint {
-                        fingerprint = now;
-                        let _ = access.reload_policies("file_change");
-                    }
-                }
-                if last_sweep.elapsed() >= Duration::from_secs(60) {
-                    last_sweep = Instant::now();
-                    let limits = access.rate_limits.load();
-                    limits.sweep(limits.now());
-                    let guardrails = access.guardrails.load();
-                    guardrails.sweep(guardrails.now());
+    /// The `policy-watch` worker: watches the policy directory and reloads on change; sweeps idle
+    /// buckets. `watch_interval` zero: no watch, sweeps only.
+    pub fn policy_watch(self: &Arc<Self>, watch_interval: Duration) -> PolicyWatch {
+        PolicyWatch {
+            access: self.clone(),
+            watch_interval,
+            fingerprint: std::sync::Mutex::new(self.policy_source.load().fingerprint()),
+        }
+    }
+
+    /// The daemon's task set, for blocking work the services do (policy validation, audit queries).
+    pub fn tasks(&self) -> &Tasks {
+        self.audit.tasks()
+    }
+}
+
+type Fingerprint = Option<Vec<(String, u64, std::time::SystemTime)>>;
+
+/// See [`Access::policy_watch`]. The last fingerprint seen belongs to the worker, not to one
+/// incarnation, so a change made while it was restarting is still noticed.
+pub struct PolicyWatch {
+    access: Arc<Access>,
+    watch_interval: Duration,
+    fingerprint: std::sync::Mutex<Fingerprint>,
+}
+
+impl Worker for PolicyWatch {
+    fn name(&self) -> &'static str {
+        "policy-watch"
+    }
+
+    /// Optional: without it the last policy set keeps serving (SIGHUP still reloads).
+    fn policy(&self) -> WorkerPolicy {
+        WorkerPolicy::OPTIONAL
+    }
+
+    async fn run(self: Arc<Self>, ctx: WorkerContext) -> ActorResult {
+        let access = &self.access;
+        let period = if self.watch_interval.is_zero() {
+            Duration::from_secs(60)
+        } else {
+            self.watch_interval
+        };
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sweep = Instant::now();
+        ctx.ready();
+        while ctx.idle(until_cancelled(&ctx, tick.tick())).await.is_some() {
+            if !self.watch_interval.is_zero() {
+                let now = access.policy_source.load().fingerprint();
+                let changed = {
+                    let mut seen = self.fingerprint.lock().unwrap_or_else(|e| e.into_inner());
+                    let changed = *seen != now;
+                    *seen = now;
+                    changed
+                };
+                if changed {
+                    let _ = access.reload_policies("file_change");
                 }
             }
-        });
+            if last_sweep.elapsed() >= Duration::from_secs(60) {
+                last_sweep = Instant::now();
+                let limits = access.rate_limits.load();
+                limits.sweep(limits.now());
+                let guardrails = access.guardrails.load();
+                guardrails.sweep(guardrails.now());
+            }
+            ctx.progress();
+        }
+        Ok(())
     }
 }

@@ -207,7 +207,12 @@ impl Policy for PolicyService {
             schema
         };
         // Parsing and validating a large set is CPU work; keep it off the runtime threads.
-        let result = tokio::task::spawn_blocking(move || policy::validate_text(&policies, &schema))
+        let result = self
+            .access
+            .tasks()
+            .spawn_blocking("policy.validate", move || {
+                policy::validate_text(&policies, &schema)
+            })
             .await
             .map_err(|err| ServiceError::internal("policy", "policy validation", err))?;
         Ok(Response::new(match result {

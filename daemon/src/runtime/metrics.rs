@@ -1,9 +1,12 @@
-//! The metrics listener (loopback only): Prometheus text on `/metrics`, and plain `/healthz` (the
-//! process answers) and `/readyz` (200 while serving, 503 while starting or draining) for probes.
+//! The metrics listener (loopback only): Prometheus text on `/metrics`, and plain `/healthz` (liveness:
+//! the process answers) and `/readyz` (200 while ready; 503 while starting, draining, or while a
+//! critical actor or worker is stopped or failed) for probes. It runs as the `metrics-listener`
+//! worker (`supervisor::builtin`); this module knows nothing of the supervisor, only a readiness
+//! check.
 
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -12,8 +15,6 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-use crate::runtime::tasks::Tasks;
 
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -45,9 +46,15 @@ pub fn recorder() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// Answers "is the daemon ready?" for `/readyz`.
+pub type ReadyCheck = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// How often histogram upkeep runs while the listener serves.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 #[derive(Clone)]
 struct AppState {
-    ready: Arc<AtomicBool>,
+    ready: ReadyCheck,
 }
 
 async fn metrics_text() -> (StatusCode, String) {
@@ -61,45 +68,38 @@ async fn metrics_text() -> (StatusCode, String) {
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    if state.ready.load(Ordering::Acquire) {
+    if (state.ready)() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
 }
 
-/// Serves the metrics endpoints until `token` is cancelled; keeps histogram upkeep running.
-pub fn serve(
+/// Serves the metrics endpoints until `token` is cancelled (then finishes open requests), running
+/// histogram upkeep meanwhile. An error means the listener broke.
+pub async fn serve(
     listener: TcpListener,
-    ready: Arc<AtomicBool>,
-    tasks: &Tasks,
+    ready: ReadyCheck,
     token: CancellationToken,
-) {
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(AppState { ready });
-    let serve_token = token.clone();
-    tasks.spawn("metrics.http", async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(serve_token.cancelled_owned())
-            .await;
-        if let Err(err) = result {
-            tracing::error!(error = %err, "metrics listener failed");
-        }
-    });
-    tasks.spawn("metrics.upkeep", async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    let server = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
+    let upkeep = async {
+        let mut tick = tokio::time::interval(UPKEEP_EVERY);
         loop {
-            tokio::select! {
-                _ = token.cancelled() => break,
-                _ = tick.tick() => {
-                    if let Some(handle) = recorder() {
-                        handle.run_upkeep();
-                    }
-                }
+            tick.tick().await;
+            if let Some(handle) = recorder() {
+                handle.run_upkeep();
             }
         }
-    });
+    };
+    tokio::select! {
+        result = server => result,
+        // The upkeep loop never ends on its own.
+        _ = upkeep => Ok(()),
+    }
 }

@@ -1,6 +1,7 @@
 //! Every task the daemon spawns goes through [`Tasks`]: a tokio-util `TaskTracker` (so stop can wait for
 //! completion apart from signalling it) plus the names of what is still running, so a slow stop can say
-//! who is late. Nothing is detached.
+//! who is late. Nothing is detached: blocking work goes through [`Tasks::spawn_blocking`] and is waited
+//! for at stop like the rest.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -39,18 +40,37 @@ impl Tasks {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut running) = self.running.lock() {
-            running.insert(id, name);
-        }
-        let guard = Running {
-            id,
-            running: self.running.clone(),
-        };
+        let guard = self.enter(name);
         self.tracker.spawn(async move {
             let _guard = guard;
             future.await;
         })
+    }
+
+    /// Runs blocking work (CPU-bound parsing, a synchronous store scan) on the blocking pool, named and
+    /// tracked like any task: [`Tasks::wait`] waits for it too, so stop never leaves a blocking call
+    /// behind. The closure cannot be cancelled; keep it bounded.
+    pub fn spawn_blocking<F, T>(&self, name: &'static str, f: F) -> tokio::task::JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let guard = self.enter(name);
+        self.tracker.spawn_blocking(move || {
+            let _guard = guard;
+            f()
+        })
+    }
+
+    fn enter(&self, name: &'static str) -> Running {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut running) = self.running.lock() {
+            running.insert(id, name);
+        }
+        Running {
+            id,
+            running: self.running.clone(),
+        }
     }
 
     /// Names of the tasks still running, with counts: `{"grpc.handshake": 3, "store.flusher": 1}`.
@@ -92,5 +112,24 @@ mod tests {
         tx.send(()).unwrap();
         tasks.wait().await;
         assert!(tasks.running().is_empty());
+    }
+
+    #[tokio::test]
+    async fn stop_waits_for_blocking_work() {
+        let tasks = Tasks::new();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let handle = tasks.spawn_blocking("blocking.job", move || {
+            released.recv().unwrap();
+            7
+        });
+        tasks.close();
+        assert_eq!(tasks.running().get("blocking.job"), Some(&1));
+        let mut wait = Box::pin(tasks.wait());
+        // Not done while the blocking closure still runs.
+        assert!(futures::poll!(wait.as_mut()).is_pending());
+        release.send(()).unwrap();
+        wait.await;
+        assert!(tasks.running().is_empty());
+        assert_eq!(handle.await.unwrap(), 7);
     }
 }

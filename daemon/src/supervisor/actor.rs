@@ -29,6 +29,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::Supervisor;
 use super::mailbox::{Inbox, MailboxStats};
 use super::runtime::Report;
 use crate::store::{Store, StoreError};
@@ -69,6 +70,24 @@ pub trait Actor: Send + Sync + 'static {
     ) -> impl Future<Output = ActorResult> + Send + 'static;
 }
 
+/// What a supervised unit is: an actor (a subsystem with a mailbox the API talks to) or a worker (a
+/// background loop without messages: the audit writer, the policy watch, …). Both run under the same
+/// machinery; the kind only changes how they are shown and that rest_for_one ties actors alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Actor,
+    Worker,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Actor => "actor",
+            Kind::Worker => "worker",
+        }
+    }
+}
+
 /// Lifecycle state of an actor, as the API reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActorState {
@@ -107,6 +126,7 @@ impl ActorState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActorInfo {
     pub name: &'static str,
+    pub kind: Kind,
     pub state: ActorState,
     pub restart: RestartType,
     pub critical: bool,
@@ -141,6 +161,7 @@ pub(crate) struct Dynamic {
 /// Everything about one actor that outlives its incarnations: counters, progress, state.
 pub(crate) struct ActorShared {
     pub name: &'static str,
+    pub kind: Kind,
     pub config: ActorConfig,
     pub health_services: Vec<String>,
     pub mailbox: Arc<dyn MailboxStats>,
@@ -163,6 +184,7 @@ pub(crate) struct ActorShared {
 impl ActorShared {
     pub fn new(
         name: &'static str,
+        kind: Kind,
         config: ActorConfig,
         health_services: Vec<String>,
         mailbox: Arc<dyn MailboxStats>,
@@ -171,6 +193,7 @@ impl ActorShared {
     ) -> Self {
         ActorShared {
             name,
+            kind,
             config,
             health_services,
             mailbox,
@@ -230,8 +253,11 @@ impl ActorShared {
 
     pub fn info(&self) -> ActorInfo {
         let dynamic = self.dynamic();
+        // A worker's mailbox is a formality (nothing sends to it): show none.
+        let has_mailbox = self.kind == Kind::Actor;
         ActorInfo {
             name: self.name,
+            kind: self.kind,
             state: dynamic.state,
             restart: self.config.restart,
             critical: self.config.critical,
@@ -239,9 +265,17 @@ impl ActorShared {
             panics: self.panics.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             kills: self.kills.load(Ordering::Relaxed),
-            mailbox_depth: self.mailbox.depth() as u64,
-            mailbox_capacity: self.mailbox.capacity() as u64,
-            mailbox_drops: self.mailbox.drops(),
+            mailbox_depth: if has_mailbox {
+                self.mailbox.depth() as u64
+            } else {
+                0
+            },
+            mailbox_capacity: if has_mailbox {
+                self.mailbox.capacity() as u64
+            } else {
+                0
+            },
+            mailbox_drops: if has_mailbox { self.mailbox.drops() } else { 0 },
             last_error: dynamic.last_error.clone(),
             status: dynamic.status.clone(),
             since_progress: self.since_progress(),
@@ -257,6 +291,7 @@ impl ActorShared {
 /// What one incarnation of an actor gets from the supervisor.
 pub struct Context<M> {
     shared: Arc<ActorShared>,
+    supervisor: Supervisor,
     token: CancellationToken,
     inbox: Inbox<M>,
     store: Store,
@@ -267,6 +302,7 @@ pub struct Context<M> {
 impl<M: Send> Context<M> {
     pub(crate) fn new(
         shared: Arc<ActorShared>,
+        supervisor: Supervisor,
         token: CancellationToken,
         inbox: Inbox<M>,
         store: Store,
@@ -276,6 +312,7 @@ impl<M: Send> Context<M> {
         shared.blocking.store(0, Ordering::Release);
         Context {
             shared,
+            supervisor,
             token,
             inbox,
             store,
@@ -295,6 +332,18 @@ impl<M: Send> Context<M> {
 
     pub fn is_cancelled(&self) -> bool {
         self.token.is_cancelled()
+    }
+
+    /// Whether this cancellation is the supervisor's final stop (the daemon is stopping), as opposed
+    /// to an operator stop, a restart or a freeze after which another incarnation may run. Work that
+    /// must close something for good (the audit queue) does it only then.
+    pub fn is_final_stop(&self) -> bool {
+        self.supervisor.is_stopping()
+    }
+
+    /// The supervisor this incarnation runs under (its state, to report or react to).
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
     }
 
     /// Resolves when this incarnation is asked to stop.

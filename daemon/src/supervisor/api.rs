@@ -1,7 +1,8 @@
-//! `brainstem.v1.Supervisor`: actor state and control, detailed health, and the mapping of actor
-//! states onto `grpc.health.v1` service names.
+//! `brainstem.v1.Supervisor`: actor and worker state and control, detailed health, and the mapping of
+//! actor states onto `grpc.health.v1` service names (the `health-sync` worker).
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +14,7 @@ use brainstem_proto::v1::{
     RestartActorResponse, StartActorRequest, StartActorResponse, StopActorRequest,
     StopActorResponse, WatchActorsRequest,
 };
-use futures::Stream;
+use futures::{FutureExt, Stream};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -23,9 +24,11 @@ use tonic_health::server::HealthReporter;
 use crate::error::{FieldViolation, ServiceError};
 use crate::grpc::admin::DaemonInfo;
 use crate::grpc::convert::timestamp_now;
-use crate::runtime::tasks::Tasks;
 use crate::supervisor::config::RestartType;
-use crate::supervisor::{self, ActorInfo, ActorState, Supervisor};
+use crate::supervisor::worker::until_cancelled;
+use crate::supervisor::{
+    self, ActorInfo, ActorResult, ActorState, Supervisor, Worker, WorkerContext, WorkerPolicy,
+};
 
 const MAX_NAME_BYTES: usize = 128;
 
@@ -64,6 +67,7 @@ fn restart_type(restart: RestartType) -> &'static str {
 pub fn actor_status(info: &ActorInfo) -> ActorStatus {
     ActorStatus {
         name: info.name.to_owned(),
+        kind: info.kind.as_str().to_owned(),
         state: info.state.as_str().to_owned(),
         restarts: info.restarts,
         panics: info.panics,
@@ -257,9 +261,11 @@ impl SupervisorApi for SupervisorService {
     ) -> Result<Response<GetHealthResponse>, Status> {
         let process = supervisor::process::stats();
         let actors = self.supervisor.list();
+        let not_ready = self.supervisor.critical_down();
         Ok(Response::new(GetHealthResponse {
             live: true,
-            ready: self.ready.load(Ordering::Acquire) && !self.supervisor.critical_failed(),
+            ready: self.ready.load(Ordering::Acquire) && not_ready.is_empty(),
+            not_ready: not_ready.into_iter().map(str::to_owned).collect(),
             uptime_seconds: self.info.started.elapsed().as_secs_f64(),
             rss_bytes: process.rss_bytes.unwrap_or(0),
             threads: process.threads.unwrap_or(0),
@@ -277,8 +283,17 @@ fn serving(state: ActorState, ready: bool) -> ServingStatus {
     }
 }
 
-/// Sets every actor's health services from its current state (NOT_SERVING for all when `ready` is
-/// false).
+/// The overall ("") status: the daemon is ready and no critical actor or worker is down.
+fn overall(supervisor: &Supervisor, ready: bool) -> ServingStatus {
+    if ready && supervisor.critical_down().is_empty() {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    }
+}
+
+/// Sets every actor's health services from its current state, and the overall ("") status from
+/// readiness (NOT_SERVING for all when `ready` is false).
 pub async fn set_actor_health(health: &HealthReporter, supervisor: &Supervisor, ready: bool) {
     for actor in supervisor.list() {
         for service in &actor.health_services {
@@ -287,38 +302,82 @@ pub async fn set_actor_health(health: &HealthReporter, supervisor: &Supervisor, 
                 .await;
         }
     }
+    health
+        .set_service_status("", overall(supervisor, ready))
+        .await;
 }
 
-/// Keeps each actor's `grpc.health.v1` services in step with its state: SERVING while it starts or
-/// runs and the daemon is ready, NOT_SERVING otherwise (restarting, stopped, failed, daemon stopping).
-pub fn spawn_health_sync(
+/// The `health-sync` worker: keeps each actor's `grpc.health.v1` services in step with its state
+/// (SERVING while it starts or runs and the daemon is ready, NOT_SERVING otherwise), and the overall
+/// ("") status with readiness: NOT_SERVING while a critical actor or worker is stopped or failed.
+pub struct HealthSync {
     health: HealthReporter,
-    supervisor: Supervisor,
     ready: Arc<AtomicBool>,
-    tasks: &Tasks,
-    token: CancellationToken,
-) {
-    let mut events = supervisor.subscribe();
-    tasks.spawn("grpc.health_sync", async move {
-        set_actor_health(&health, &supervisor, ready.load(Ordering::Acquire)).await;
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => break,
-                received = events.recv() => match received {
-                    Ok(event) => {
-                        let status = serving(event.actor.state, ready.load(Ordering::Acquire));
-                        for service in &event.actor.health_services {
-                            health.set_service_status(service, status).await;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        set_actor_health(&health, &supervisor, ready.load(Ordering::Acquire)).await;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                },
-            }
+}
+
+impl HealthSync {
+    pub fn new(health: HealthReporter, ready: Arc<AtomicBool>) -> Self {
+        HealthSync { health, ready }
+    }
+}
+
+impl Worker for HealthSync {
+    fn name(&self) -> &'static str {
+        "health-sync"
+    }
+
+    /// Critical: without it health answers go stale.
+    fn policy(&self) -> WorkerPolicy {
+        WorkerPolicy::CRITICAL
+    }
+
+    async fn run(self: Arc<Self>, ctx: WorkerContext) -> ActorResult {
+        let result = AssertUnwindSafe(self.sync(&ctx)).catch_unwind().await;
+        // However this incarnation ends, nobody keeps health current from here on: do not claim
+        // SERVING meanwhile. A restarted incarnation syncs again at once.
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        match result {
+            Ok(result) => result,
+            // Still the supervisor's to count as a panic.
+            Err(panic) => std::panic::resume_unwind(panic),
         }
-    });
+    }
+}
+
+impl HealthSync {
+    async fn sync(&self, ctx: &WorkerContext) -> ActorResult {
+        let supervisor = ctx.supervisor().clone();
+        // Subscribed before the first sync, so no change falls between the two.
+        let mut events = supervisor.subscribe();
+        let ready = || self.ready.load(Ordering::Acquire);
+        set_actor_health(&self.health, &supervisor, ready()).await;
+        ctx.ready();
+        let mut synced = 0u64;
+        while let Some(received) = ctx.idle(until_cancelled(ctx, events.recv())).await {
+            match received {
+                Ok(event) => {
+                    let status = serving(event.actor.state, ready());
+                    for service in &event.actor.health_services {
+                        self.health.set_service_status(service, status).await;
+                    }
+                    self.health
+                        .set_service_status("", overall(&supervisor, ready()))
+                        .await;
+                }
+                // Fell behind: sync everything from the current state.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    set_actor_health(&self.health, &supervisor, ready()).await;
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+            synced += 1;
+            ctx.progress();
+            ctx.set_status(format!("{synced} state changes applied"));
+        }
+        Ok(())
+    }
 }
 
 /// The Supervisor service's registration (see [`crate::grpc::services`]).

@@ -1,4 +1,5 @@
-//! Supervisor events: actor lifecycle, counters and the systemd watchdog ping.
+//! Supervisor events: actor and worker lifecycle, counters, readiness and the systemd watchdog ping.
+//! Workers share the actors' metrics: the `actor` label carries the (static) name of either kind.
 
 use std::time::Duration;
 
@@ -8,52 +9,57 @@ use crate::runtime::events::ErrorOccurred;
 pub fn describe() {
     metrics::describe_counter!(
         "brainstem_supervisor_actor_restarts_total",
-        "new incarnations of an actor after its first start, by actor"
+        "new incarnations of an actor or worker after its first start, by actor"
     );
     metrics::describe_counter!(
         "brainstem_supervisor_actor_panics_total",
-        "actor runs that ended in a panic (caught), by actor"
+        "actor and worker runs that ended in a panic (caught), by actor"
     );
     metrics::describe_counter!(
         "brainstem_supervisor_actor_errors_total",
-        "actor runs that returned an error, and errors actors recorded and survived, by actor"
+        "actor and worker runs that returned an error, and errors they recorded and survived, by actor"
     );
     metrics::describe_counter!(
         "brainstem_supervisor_actor_kills_total",
-        "actors killed by the supervisor, by actor and reason (frozen, stop_deadline)"
+        "actors and workers killed by the supervisor, by actor and reason (frozen, stop_deadline)"
     );
     metrics::describe_counter!(
         "brainstem_supervisor_actor_escalations_total",
-        "actors marked failed for restarting too often, by actor"
+        "actors and workers marked failed for restarting too often, by actor"
     );
     metrics::describe_gauge!(
         "brainstem_supervisor_actor_up",
-        "1 while the actor is starting or running, else 0, by actor"
+        "1 while the actor or worker is starting or running, else 0, by actor"
     );
     metrics::describe_gauge!(
         "brainstem_supervisor_actor_failed",
-        "1 while the actor is failed (escalated), else 0, by actor"
+        "1 while the actor or worker is failed (escalated), else 0, by actor"
     );
     metrics::describe_gauge!(
         "brainstem_supervisor_actor_mailbox_depth",
-        "messages waiting in the actor's mailbox, by actor"
+        "messages waiting in the actor's mailbox, by actor (actors only)"
     );
     metrics::describe_counter!(
         "brainstem_supervisor_actor_mailbox_drops_total",
-        "messages dropped by the drop_oldest / drop_newest overflow policies, by actor"
+        "messages dropped by the drop_oldest / drop_newest overflow policies, by actor (actors only)"
     );
     metrics::describe_gauge!(
         "brainstem_supervisor_actor_since_progress_seconds",
-        "time since the actor last made progress, by actor"
+        "time since the actor or worker last made progress, by actor"
     );
     metrics::describe_counter!(
         "brainstem_supervisor_watchdog_pings_total",
         "systemd watchdog ticks, by result (sent, withheld: a critical actor is failed)"
     );
+    metrics::describe_gauge!(
+        "brainstem_supervisor_critical_down",
+        "critical actors and workers that are stopped or failed; above 0 the daemon is not ready"
+    );
 }
 
 pub struct ActorStateChanged {
     pub actor: &'static str,
+    pub kind: crate::supervisor::Kind,
     pub from: crate::supervisor::ActorState,
     pub to: crate::supervisor::ActorState,
 }
@@ -72,10 +78,27 @@ impl ActorStateChanged {
         );
         tracing::info!(
             actor = self.actor,
+            kind = self.kind.as_str(),
             from = self.from.as_str(),
             to = self.to.as_str(),
             "actor state changed"
         );
+    }
+}
+
+/// The set of critical actors and workers that are not running, after one of them changed state.
+pub struct CriticalDown<'a> {
+    pub down: &'a [&'static str],
+    /// During the ordered start or the final stop units are down on purpose: nothing to warn about.
+    pub expected: bool,
+}
+
+impl CriticalDown<'_> {
+    pub fn emit(self) {
+        metrics::gauge!("brainstem_supervisor_critical_down").set(self.down.len() as f64);
+        if !self.down.is_empty() && !self.expected {
+            tracing::warn!(down = ?self.down, "not ready: critical actors or workers are not running");
+        }
     }
 }
 
@@ -198,17 +221,19 @@ impl ActorEscalated {
 
 pub struct ActorGauges {
     pub actor: &'static str,
-    pub mailbox_depth: u64,
-    pub mailbox_drops: u64,
+    /// (depth, drops); `None` for a worker, which has no mailbox worth showing.
+    pub mailbox: Option<(u64, u64)>,
     pub since_progress: Duration,
 }
 
 impl ActorGauges {
     pub fn emit(self) {
-        metrics::gauge!("brainstem_supervisor_actor_mailbox_depth", "actor" => self.actor)
-            .set(self.mailbox_depth as f64);
-        metrics::counter!("brainstem_supervisor_actor_mailbox_drops_total", "actor" => self.actor)
-            .absolute(self.mailbox_drops);
+        if let Some((depth, drops)) = self.mailbox {
+            metrics::gauge!("brainstem_supervisor_actor_mailbox_depth", "actor" => self.actor)
+                .set(depth as f64);
+            metrics::counter!("brainstem_supervisor_actor_mailbox_drops_total", "actor" => self.actor)
+                .absolute(drops);
+        }
         metrics::gauge!("brainstem_supervisor_actor_since_progress_seconds", "actor" => self.actor)
             .set(self.since_progress.as_secs_f64());
     }

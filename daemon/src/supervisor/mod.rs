@@ -1,8 +1,14 @@
-//! The supervisor: keeps the daemon's subsystem actors alive.
+//! The supervisor: keeps the daemon's subsystem actors and background workers alive.
 //!
 //! - **Contract** ([`Actor`]): a name, `run(ctx)` returning when cancelled or failed, a status line.
 //!   [`Context`] gives the incarnation a child cancellation token, a progress handle, its bounded
 //!   mailbox, the store, and counters.
+//! - **Workers** ([`Worker`]): every background loop of the daemon (audit writer, policy watch, token
+//!   maintenance, metrics listener, store flusher, health sync) is an actor without messages, with
+//!   its restart type and criticality chosen in code. Same panic capture, restarts, counters,
+//!   watchdog and API; [`ActorInfo::kind`] tells them apart.
+//! - **Readiness**: a critical actor or worker that is stopped or failed makes the daemon not ready
+//!   ([`Supervisor::critical_down`]): `/readyz` 503, overall health NOT_SERVING.
 //! - **Mailboxes** ([`mailbox`]): bounded, with the per-actor overflow policy from configuration.
 //!   [`ActorRef`] is how the rest of the daemon talks to an actor.
 //! - **Policy** ([`policy`]): restart types permanent / transient / temporary, strategies one_for_one /
@@ -19,12 +25,14 @@
 
 pub mod actor;
 pub mod api;
+pub mod builtin;
 pub mod config;
 pub mod events;
 pub mod mailbox;
 pub mod policy;
 pub mod process;
 mod runtime;
+pub mod worker;
 
 #[cfg(test)]
 mod tests;
@@ -36,9 +44,12 @@ use futures::future::BoxFuture;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use actor::{Actor, ActorError, ActorInfo, ActorResult, ActorState, BlockingSection, Context};
+pub use actor::{
+    Actor, ActorError, ActorInfo, ActorResult, ActorState, BlockingSection, Context, Kind,
+};
 pub use mailbox::{Delivery, Mailbox, MailboxError};
 pub use runtime::Outcome;
+pub use worker::{Worker, WorkerContext, WorkerPolicy};
 
 use crate::error::ServiceError;
 use crate::runtime::tasks::Tasks;
@@ -174,7 +185,7 @@ pub struct StopReport {
 }
 
 type SpawnFn = Arc<
-    dyn Fn(Arc<ActorShared>, CancellationToken, u64) -> BoxFuture<'static, ActorResult>
+    dyn Fn(Arc<ActorShared>, Supervisor, CancellationToken, u64) -> BoxFuture<'static, ActorResult>
         + Send
         + Sync,
 >;
@@ -221,6 +232,34 @@ impl SupervisorBuilder {
         config: ActorConfig,
         health_services: Vec<String>,
     ) -> Result<ActorRef<A::Message>, SupervisorError> {
+        self.add_kind(Kind::Actor, actor, config, health_services)
+    }
+
+    /// Adds a background worker after the ones already added; its restart type, criticality and stop
+    /// deadline come from [`Worker::policy`].
+    ///
+    /// # Panics
+    /// When the name is taken: worker names are fixed in code, so that is a build defect.
+    pub fn add_worker<W: Worker>(&mut self, worker: W) {
+        let config = worker.policy().actor_config();
+        let name = worker.name();
+        if let Err(err) = self.add_kind(
+            Kind::Worker,
+            worker::AsActor(Arc::new(worker)),
+            config,
+            Vec::new(),
+        ) {
+            panic!("worker {name:?}: {err}");
+        }
+    }
+
+    fn add_kind<A: Actor>(
+        &mut self,
+        kind: Kind,
+        actor: A,
+        config: ActorConfig,
+        health_services: Vec<String>,
+    ) -> Result<ActorRef<A::Message>, SupervisorError> {
         let name = actor.name();
         if self.specs.iter().any(|s| s.shared.name == name) {
             return Err(SupervisorError::Duplicate(name));
@@ -232,6 +271,7 @@ impl SupervisorBuilder {
         );
         let shared = Arc::new(ActorShared::new(
             name,
+            kind,
             config,
             health_services,
             mailbox.stats(),
@@ -241,9 +281,10 @@ impl SupervisorBuilder {
         let actor = Arc::new(actor);
         let store = self.store.clone();
         let inbox_source = mailbox.clone();
-        let spawn: SpawnFn = Arc::new(move |shared, token, incarnation| {
+        let spawn: SpawnFn = Arc::new(move |shared, supervisor, token, incarnation| {
             let ctx = Context::new(
                 shared,
+                supervisor,
                 token,
                 inbox_source.inbox(),
                 store.clone(),
@@ -273,7 +314,16 @@ impl SupervisorBuilder {
         let (stopped_tx, stopped_rx) = oneshot::channel();
         let (started_tx, started_rx) = oneshot::channel();
         let actors: Arc<[Arc<ActorShared>]> = self.specs.iter().map(|s| s.shared.clone()).collect();
+        let supervisor = Supervisor {
+            commands: commands_tx,
+            actors,
+            events: events.clone(),
+            failure: failure.clone(),
+            stopped: Arc::new(tokio::sync::Mutex::new(Some(stopped_rx))),
+            token: token.clone(),
+        };
         let runtime = runtime::Runtime::new(runtime::Parts {
+            handle: supervisor.clone(),
             config: self.config,
             specs: self.specs,
             reports: self.reports,
@@ -288,13 +338,7 @@ impl SupervisorBuilder {
         tasks.spawn("supervisor", runtime.run(started_tx, stopped_tx));
         // The loop answers once every actor has started (or the supervisor was stopped meanwhile).
         let _ = started_rx.await;
-        Supervisor {
-            commands: commands_tx,
-            actors,
-            events,
-            failure,
-            stopped: Arc::new(tokio::sync::Mutex::new(Some(stopped_rx))),
-        }
+        supervisor
     }
 }
 
@@ -306,10 +350,12 @@ pub struct Supervisor {
     events: broadcast::Sender<ActorEvent>,
     failure: CancellationToken,
     stopped: Arc<tokio::sync::Mutex<Option<oneshot::Receiver<StopReport>>>>,
+    /// The supervisor's own token: cancelled when the final stop begins.
+    token: CancellationToken,
 }
 
 impl Supervisor {
-    /// Every actor, in declared order.
+    /// Every actor and worker, in declared order.
     pub fn list(&self) -> Vec<ActorInfo> {
         self.actors.iter().map(|a| a.info()).collect()
     }
@@ -360,6 +406,24 @@ impl Supervisor {
     /// Cancelled when a critical actor failed and the configuration says to exit.
     pub fn critical_failure(&self) -> &CancellationToken {
         &self.failure
+    }
+
+    /// Critical actors and workers that are not running: stopped or failed. Any of them makes the
+    /// daemon not ready (overall health NOT_SERVING, `/readyz` 503); restarting ones do not, a
+    /// backoff is expected to end.
+    pub fn critical_down(&self) -> Vec<&'static str> {
+        self.actors
+            .iter()
+            .filter(|a| {
+                a.config.critical && matches!(a.state(), ActorState::Stopped | ActorState::Failed)
+            })
+            .map(|a| a.name)
+            .collect()
+    }
+
+    /// Whether the final stop has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.token.is_cancelled()
     }
 
     /// Whether any critical actor is failed (the systemd watchdog ping is withheld).

@@ -29,10 +29,13 @@ use tokio_util::sync::CancellationToken;
 use super::actor::{ActorShared, ActorState};
 use super::events::{
     ActorEscalated, ActorExited, ActorGauges, ActorKilled, ActorRestarted, ActorStateChanged,
-    WatchdogPinged,
+    CriticalDown, WatchdogPinged,
 };
 use super::policy::{Intensity, Rng, backoff};
-use super::{ActorEvent, ActorInfo, SpawnFn, Spec, StopReport, SupervisorError, WatchdogPing};
+use super::{
+    ActorEvent, ActorInfo, Kind, SpawnFn, Spec, StopReport, Supervisor, SupervisorError,
+    WatchdogPing,
+};
 use crate::runtime::tasks::Tasks;
 use crate::supervisor::config::{RestartType, Strategy, SupervisorConfig};
 
@@ -136,6 +139,8 @@ struct Slot {
 }
 
 pub struct Parts {
+    /// Handed to every incarnation's context.
+    pub handle: Supervisor,
     pub config: SupervisorConfig,
     pub specs: Vec<Spec>,
     pub reports: (
@@ -152,6 +157,7 @@ pub struct Parts {
 }
 
 pub struct Runtime {
+    handle: Supervisor,
     config: SupervisorConfig,
     slots: Vec<Slot>,
     reports_tx: mpsc::UnboundedSender<Report>,
@@ -167,6 +173,8 @@ pub struct Runtime {
     check_every: Duration,
     next_check: Instant,
     rng: Rng,
+    /// The ordered start is done.
+    started: bool,
 }
 
 impl Runtime {
@@ -193,6 +201,7 @@ impl Runtime {
             })
             .collect();
         Runtime {
+            handle: parts.handle,
             config: parts.config,
             slots,
             reports_tx: parts.reports.0,
@@ -209,6 +218,7 @@ impl Runtime {
             check_every,
             next_check: now + check_every,
             rng: parts.seed.map_or_else(Rng::from_time, Rng::new),
+            started: false,
         }
     }
 
@@ -216,6 +226,7 @@ impl Runtime {
         // If this task ends in any way, every actor is cancelled with it.
         let _children = self.children.clone().drop_guard();
         self.start_in_order().await;
+        self.started = true;
         let _ = started.send(());
         while !self.token.is_cancelled() {
             let wake = self.next_wake();
@@ -289,7 +300,12 @@ impl Runtime {
             slot.shared.restarts.fetch_add(1, Ordering::Relaxed);
             ActorRestarted { actor: name }.emit();
         }
-        let future = (slot.spawn)(slot.shared.clone(), token.clone(), incarnation);
+        let future = (slot.spawn)(
+            slot.shared.clone(),
+            self.handle.clone(),
+            token.clone(),
+            incarnation,
+        );
         let handle = self.tasks.spawn(name, async move {
             let outcome = match AssertUnwindSafe(future).catch_unwind().await {
                 Ok(Ok(())) => Outcome::Normal,
@@ -321,10 +337,19 @@ impl Runtime {
         if previous != state {
             ActorStateChanged {
                 actor: slot.shared.name,
+                kind: slot.shared.kind,
                 from: previous,
                 to: state,
             }
             .emit();
+            if slot.shared.config.critical {
+                let down = self.handle.critical_down();
+                CriticalDown {
+                    down: &down,
+                    expected: !self.started || self.token.is_cancelled(),
+                }
+                .emit();
+            }
             let info = slot.shared.info();
             let _ = self.events.send(ActorEvent {
                 actor: info,
@@ -447,12 +472,18 @@ impl Runtime {
         self.restart_dependents(index, at);
     }
 
-    /// rest_for_one: the actors declared after `index` depend on it; they restart after it.
+    /// rest_for_one: the actors declared after `index` depend on it; they restart after it. Workers
+    /// stand alone: they neither drag actors along nor are dragged.
     fn restart_dependents(&mut self, index: usize, at: Instant) {
-        if self.config.strategy != Strategy::RestForOne {
+        if self.config.strategy != Strategy::RestForOne
+            || self.slots[index].shared.kind != Kind::Actor
+        {
             return;
         }
         for dependent in index + 1..self.slots.len() {
+            if self.slots[dependent].shared.kind != Kind::Actor {
+                continue;
+            }
             match self.slots[dependent].phase {
                 Phase::Starting | Phase::Running => {
                     self.begin_stop(dependent, Then::RestartAt(at));
@@ -589,8 +620,12 @@ impl Runtime {
             let slot = &mut self.slots[index];
             ActorGauges {
                 actor: slot.shared.name,
-                mailbox_depth: slot.shared.mailbox.depth() as u64,
-                mailbox_drops: slot.shared.mailbox.drops(),
+                mailbox: (slot.shared.kind == Kind::Actor).then(|| {
+                    (
+                        slot.shared.mailbox.depth() as u64,
+                        slot.shared.mailbox.drops(),
+                    )
+                }),
                 since_progress: slot.shared.since_progress(),
             }
             .emit();

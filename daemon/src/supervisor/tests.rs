@@ -753,3 +753,281 @@ async fn state_changes_are_streamed() {
     );
     h.stop().await;
 }
+
+// Workers: background loops under the same machinery.
+
+type WorkerBody = Box<dyn Fn(WorkerContext, u64) -> BoxFuture<'static, ActorResult> + Send + Sync>;
+
+struct TestWorker {
+    name: &'static str,
+    policy: WorkerPolicy,
+    runs: AtomicU64,
+    body: WorkerBody,
+}
+
+impl Worker for TestWorker {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn policy(&self) -> WorkerPolicy {
+        self.policy
+    }
+    fn run(
+        self: Arc<Self>,
+        ctx: WorkerContext,
+    ) -> impl std::future::Future<Output = ActorResult> + Send + 'static {
+        let n = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
+        (self.body)(ctx, n)
+    }
+}
+
+fn worker<F>(name: &'static str, policy: WorkerPolicy, body: F) -> TestWorker
+where
+    F: Fn(WorkerContext, u64) -> BoxFuture<'static, ActorResult> + Send + Sync + 'static,
+{
+    TestWorker {
+        name,
+        policy,
+        runs: AtomicU64::new(0),
+        body: Box::new(body),
+    }
+}
+
+/// A well-behaved worker loop: ready, then waits (idle) until cancelled.
+async fn idle_until_cancelled(ctx: WorkerContext) -> ActorResult {
+    ctx.ready();
+    ctx.idle(ctx.cancelled()).await;
+    Ok(())
+}
+
+async fn start_with_workers(
+    config: SupervisorConfig,
+    actors: Vec<(TestActor, ActorConfig)>,
+    workers: Vec<TestWorker>,
+    extra: impl FnOnce(&mut SupervisorBuilder),
+) -> Harness {
+    let (store, dir) = store();
+    let mut builder = SupervisorBuilder::new(config, store).seed(42);
+    for (actor, config) in actors {
+        builder.add(actor, config, Vec::new()).unwrap();
+    }
+    for worker in workers {
+        builder.add_worker(worker);
+    }
+    extra(&mut builder);
+    let tasks = Tasks::new();
+    let token = CancellationToken::new();
+    let supervisor = builder.start(&tasks, token.clone(), None).await;
+    Harness {
+        supervisor,
+        tasks,
+        token,
+        pings: Arc::new(AtomicU64::new(0)),
+        _dir: dir,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_worker_is_restarted_and_counted() {
+    let h = start_with_workers(
+        sup_config(),
+        vec![(well_behaved("subsystem"), actor_config())],
+        vec![worker("loop", WorkerPolicy::OPTIONAL, |ctx, n| {
+            Box::pin(async move {
+                ctx.ready();
+                if n == 1 {
+                    panic!("worker bug");
+                }
+                idle_until_cancelled(ctx).await
+            })
+        })],
+        |_| {},
+    )
+    .await;
+    let info = h
+        .until("loop", "running again", |i| {
+            i.state == ActorState::Running && i.restarts == 1
+        })
+        .await;
+    assert_eq!((info.panics, info.errors), (1, 0));
+    assert_eq!(info.last_error.as_deref(), Some("panicked: worker bug"));
+    assert_eq!(info.mailbox_capacity, 0, "a worker shows no mailbox");
+    // Listed beside the actor, with its kind.
+    let kinds: Vec<_> = h
+        .supervisor
+        .list()
+        .iter()
+        .map(|a| (a.name, a.kind))
+        .collect();
+    assert_eq!(kinds, [("subsystem", Kind::Actor), ("loop", Kind::Worker)]);
+    assert!(h.stop().await.aborted.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_keeps_failing_turns_health_not_serving() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus as Pb;
+    use tonic_health::pb::health_server::Health;
+
+    let reporter = tonic_health::server::HealthReporter::new();
+    let service = tonic_health::server::HealthService::from_health_reporter(reporter.clone());
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sync = super::api::HealthSync::new(reporter.clone(), ready.clone());
+    // Fails its first four runs: three restarts are allowed, the fourth failure escalates.
+    let flaky = worker("writer", WorkerPolicy::CRITICAL, |ctx, n| {
+        Box::pin(async move {
+            if n <= 4 {
+                return Err(ActorError::new(format!("disk gone ({n})")));
+            }
+            idle_until_cancelled(ctx).await
+        })
+    });
+    let h = start_with_workers(
+        SupervisorConfig {
+            max_restarts: 3,
+            ..sup_config()
+        },
+        Vec::new(),
+        vec![flaky],
+        |builder| builder.add_worker(sync),
+    )
+    .await;
+    let overall = || async {
+        service
+            .check(tonic::Request::new(HealthCheckRequest {
+                service: String::new(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    };
+    let info = h
+        .until("writer", "failed", |i| i.state == ActorState::Failed)
+        .await;
+    assert_eq!((info.errors, info.restarts), (4, 3));
+    assert_eq!(h.supervisor.critical_down(), ["writer"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while overall().await != Pb::NotServing as i32 {
+        assert!(
+            Instant::now() < deadline,
+            "overall health never NOT_SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // An operator start (intensity cleared) brings it back, and readiness with it.
+    let started = h.supervisor.start_actor("writer").await.unwrap();
+    assert_eq!(started.state, ActorState::Running);
+    assert!(h.supervisor.critical_down().is_empty());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while overall().await != Pb::Serving as i32 {
+        assert!(
+            Instant::now() < deadline,
+            "overall health never SERVING again"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stopped_critical_worker_is_down_a_restarting_one_is_not() {
+    let h = start_with_workers(
+        sup_config(),
+        Vec::new(),
+        vec![
+            worker("critical", WorkerPolicy::CRITICAL, |ctx, _| {
+                Box::pin(idle_until_cancelled(ctx))
+            }),
+            worker("optional", WorkerPolicy::OPTIONAL, |ctx, _| {
+                Box::pin(idle_until_cancelled(ctx))
+            }),
+        ],
+        |_| {},
+    )
+    .await;
+    assert!(h.supervisor.critical_down().is_empty());
+    h.supervisor.stop_actor("optional").await.unwrap();
+    assert!(
+        h.supervisor.critical_down().is_empty(),
+        "optional: still ready"
+    );
+    h.supervisor.stop_actor("critical").await.unwrap();
+    assert_eq!(h.supervisor.critical_down(), ["critical"]);
+    h.supervisor.start_actor("critical").await.unwrap();
+    assert!(h.supervisor.critical_down().is_empty());
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_can_tell_the_final_stop_from_an_operator_stop() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let h = start_with_workers(
+        sup_config(),
+        Vec::new(),
+        vec![worker("closer", WorkerPolicy::OPTIONAL, move |ctx, _| {
+            let record = record.clone();
+            Box::pin(async move {
+                ctx.ready();
+                ctx.idle(ctx.cancelled()).await;
+                record.lock().unwrap().push(ctx.is_final_stop());
+                Ok(())
+            })
+        })],
+        |_| {},
+    )
+    .await;
+    h.supervisor.stop_actor("closer").await.unwrap();
+    h.supervisor.start_actor("closer").await.unwrap();
+    h.stop().await;
+    assert_eq!(*seen.lock().unwrap(), [false, true]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rest_for_one_leaves_workers_alone() {
+    let h = start_with_workers(
+        SupervisorConfig {
+            strategy: Strategy::RestForOne,
+            ..sup_config()
+        },
+        vec![(well_behaved("first"), actor_config())],
+        vec![worker("loop", WorkerPolicy::OPTIONAL, |ctx, _| {
+            Box::pin(idle_until_cancelled(ctx))
+        })],
+        |builder| {
+            builder
+                .add(well_behaved("second"), actor_config(), Vec::new())
+                .unwrap();
+        },
+    )
+    .await;
+    h.supervisor.restart("first").await.unwrap();
+    h.until("second", "restarted with first", |i| {
+        i.state == ActorState::Running && i.restarts == 1
+    })
+    .await;
+    assert_eq!(h.supervisor.get("loop").unwrap().restarts, 0);
+    h.stop().await;
+}
+
+/// The dependency between the supervisor and the runtime layer (tasks, events, metrics, notify) is
+/// one-way: the supervisor uses them; they never name it. Readiness reaches `/readyz` as a closure.
+#[test]
+fn the_runtime_layer_does_not_import_the_supervisor() {
+    let sources = [
+        ("events.rs", include_str!("../runtime/events.rs")),
+        ("metrics.rs", include_str!("../runtime/metrics.rs")),
+        ("notify.rs", include_str!("../runtime/notify.rs")),
+        ("tasks.rs", include_str!("../runtime/tasks.rs")),
+        ("telemetry.rs", include_str!("../runtime/telemetry.rs")),
+        ("mod.rs", include_str!("../runtime/mod.rs")),
+    ];
+    for (file, text) in sources {
+        assert!(
+            !text.contains("crate::supervisor") && !text.contains("super::supervisor"),
+            "runtime/{file} imports the supervisor"
+        );
+    }
+}

@@ -8,8 +8,8 @@
 //! - Signing keys ([`keys`]) rotate on request and on schedule; a replaced key verifies until retired.
 //!   They are sealed with AES-256-GCM under the master key in the store.
 //! - Issued-token claims (never token strings) and revocations persist in sled; revocations are also held
-//!   in memory, so [`TokenService::verify`] touches no disk. A background task
-//!   ([`TokenService::spawn_maintenance`]) rotates, retires and purges expired records.
+//!   in memory, so [`TokenService::verify`] touches no disk. The `token-maintenance` worker
+//!   ([`TokenService::maintenance_worker`], supervised) rotates, retires and purges expired records.
 //! - Time comes from a [`Clock`], so tests move it instead of sleeping.
 
 pub mod api;
@@ -28,7 +28,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 pub use self::clock::{Clock, ManualClock, SystemClock};
 use self::format::Claims;
@@ -36,8 +35,9 @@ use self::keys::{KeyRecord, KeyRing, Lookup, MasterKey};
 use crate::access::authz::{Holdings, pattern_covers, validate_capability_pattern};
 use crate::error::{FieldViolation, ServiceError};
 use crate::runtime::events::ErrorOccurred;
-use crate::runtime::tasks::Tasks;
 use crate::store::{Record, Store, StoreError, Tree, trees};
+use crate::supervisor::worker::until_cancelled;
+use crate::supervisor::{ActorResult, Worker, WorkerContext, WorkerPolicy};
 use crate::tokens::config::TokensConfig;
 use crate::tokens::events::{
     SigningKeyRetired, SigningKeyRotated, TokenIssued, TokenRevoked, TokenVerifications,
@@ -831,24 +831,12 @@ impl TokenService {
         Ok(done)
     }
 
-    /// Runs [`TokenService::maintain`] every [`MAINTENANCE_INTERVAL`] until `token` is cancelled.
-    pub fn spawn_maintenance(self: &Arc<Self>, tasks: &Tasks, token: CancellationToken) {
-        let service = self.clone();
-        tasks.spawn("tokens.maintenance", async move {
-            let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => break,
-                    _ = tick.tick() => {
-                        if let Err(err) = service.maintain().await {
-                            tracing::error!(error = %err, "token maintenance failed");
-                            ErrorOccurred { subsystem: "tokens", kind: "maintenance" }.emit();
-                        }
-                    }
-                }
-            }
-        });
+    /// The `token-maintenance` worker: runs [`TokenService::maintain`] every
+    /// [`MAINTENANCE_INTERVAL`].
+    pub fn maintenance_worker(self: &Arc<Self>) -> TokenMaintenance {
+        TokenMaintenance {
+            service: self.clone(),
+        }
     }
 
     /// May `who` revoke this token: admin, or issuer/principal of it or of one of its ancestors?
@@ -980,3 +968,41 @@ pub fn rfc3339(unix: u64) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// See [`TokenService::maintenance_worker`].
+pub struct TokenMaintenance {
+    service: Arc<TokenService>,
+}
+
+impl Worker for TokenMaintenance {
+    fn name(&self) -> &'static str {
+        "token-maintenance"
+    }
+
+    /// Optional: without it keys rotate late and stale records stay longer; verification goes on.
+    fn policy(&self) -> WorkerPolicy {
+        WorkerPolicy::OPTIONAL
+    }
+
+    async fn run(self: Arc<Self>, ctx: WorkerContext) -> ActorResult {
+        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ctx.ready();
+        while ctx.idle(until_cancelled(&ctx, tick.tick())).await.is_some() {
+            match self.service.maintain().await {
+                Ok(_) => ctx.set_status("last pass ok"),
+                Err(err) => {
+                    ErrorOccurred {
+                        subsystem: "tokens",
+                        kind: "maintenance",
+                    }
+                    .emit();
+                    ctx.record_error(&err);
+                    ctx.set_status("last pass failed");
+                }
+            }
+            ctx.progress();
+        }
+        Ok(())
+    }
+}

@@ -85,7 +85,10 @@ impl Audit for AuditService {
             until_unix_ms: until,
         };
         let log = self.log.clone();
-        let (records, next) = tokio::task::spawn_blocking(move || log.query(&query))
+        let (records, next) = self
+            .log
+            .tasks()
+            .spawn_blocking("audit.query", move || log.query(&query))
             .await
             .map_err(|err| ServiceError::internal("audit", "audit query", err))?
             .map_err(ServiceError::from)?;
