@@ -29,7 +29,7 @@ use crate::grpc::tls::ReloadableTls;
 use crate::runtime::tasks::Tasks;
 
 /// Sets the overall health and that of every service that follows the daemon's readiness. Services
-/// served by an actor follow their actor instead: see [`crate::supervisor::api::spawn_health_sync`].
+/// served by an actor follow their actor instead: see [`crate::supervisor::api::HealthSync`].
 pub async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
     for service in services::daemon_health_names() {
