@@ -1,12 +1,13 @@
 //! Lifecycle: start, reload, stop. The same code runs under `main` and in tests.
 //!
-//! Start: dev PKI (dev mode) → TLS material → store open + boot record → listeners bound → actors
-//! started in declared order (each reports ready) → services → `READY=1`. Any failure before binding is
+//! Start: dev PKI (dev mode) → TLS material → store open + boot record → listeners bound → each
+//! registered service's set-up step ([`crate::grpc::services`]) → actors and workers started in
+//! declared order (each reports ready) → services served → `READY=1`. Any failure before binding is
 //! reported and nothing is left listening.
 //!
 //! Stop (the `shutdown` token): `STOPPING=1` → health NOT_SERVING, `/readyz` 503 → stop accepting and
-//! drain in-flight calls (≤ `drain_timeout_seconds`) → cancel background tasks and stop the actors in
-//! reverse order (each within its stop deadline; all within `stop_timeout_seconds`, stragglers named in
+//! drain in-flight calls (≤ `drain_timeout_seconds`) → cancel background work and stop the actors and
+//! workers in reverse order (each within its stop deadline; all within `stop_timeout_seconds`, stragglers named in
 //! the log) → mark the clean stop and flush sled.
 //!
 //! A critical actor that escalates (restarted too often) stops the daemon the same way, with exit code
