@@ -11,14 +11,14 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
 use crate::config::TlsPaths;
-use crate::crypto::pki::{PkiError, read_private};
+use crate::crypto::files::{FileError, read_private};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
     #[error(transparent)]
-    Key(#[from] PkiError),
+    Key(#[from] FileError),
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("client certificate verifier: {0}")]

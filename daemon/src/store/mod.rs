@@ -157,7 +157,7 @@ pub struct Tree {
 impl Store {
     /// Opens (creating if needed) the database under `state_dir/db` and brings its schema up to date.
     pub fn open(state_dir: &Path, config: &StoreConfig) -> Result<Store, StoreError> {
-        crate::crypto::pki::create_private_dir(state_dir).map_err(|source| {
+        crate::crypto::files::create_private_dir(state_dir).map_err(|source| {
             StoreError::StateDir {
                 path: state_dir.to_owned(),
                 source,

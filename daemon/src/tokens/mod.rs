@@ -31,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::clock::{Clock, ManualClock, SystemClock};
 use self::format::Claims;
-use self::keys::{KeyRecord, KeyRing, Lookup, MasterKey};
+use self::keys::{KeyRecord, KeyRing, Lookup};
+use crate::crypto::MasterKey;
 use crate::access::authz::{Holdings, pattern_covers};
 use crate::config::{TokensConfig, validate_capability_pattern};
 use crate::error::{FieldViolation, ServiceError};
@@ -316,8 +317,7 @@ pub fn load_master_key(path: &Path) -> Result<MasterKey, TokenError> {
         path: path.display().to_string(),
         reason,
     };
-    let bytes = crate::crypto::pki::read_private(path).map_err(|err| bad(err.to_string()))?;
-    MasterKey::new(&bytes).map_err(bad)
+    MasterKey::load(path).map_err(|err| bad(err.to_string()))
 }
 
 /// The token service: one per daemon, shared by the gRPC service and (for bearer tokens in request

@@ -615,10 +615,10 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn master_key_file_must_be_private_and_32_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("master.key");
-    crate::crypto::pki::write_private(&path, &[3; 16]).unwrap();
+    crate::crypto::files::write_private(&path, &[3; 16]).unwrap();
     let err = load_master_key(&path).unwrap_err();
     assert!(err.to_string().contains("32 bytes"), "{err}");
-    crate::crypto::pki::write_private(&path, &[3; 32]).unwrap();
+    crate::crypto::files::write_private(&path, &[3; 32]).unwrap();
     assert!(load_master_key(&path).is_ok());
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
