@@ -105,7 +105,10 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"second");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(!path.with_extension("tmp").exists(), "no temp file left behind");
+        assert!(
+            !path.with_extension("tmp").exists(),
+            "no temp file left behind"
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
-use crate::files::{FileError, create_private_dir, io_err, read_private, write_private, write_public};
+use crate::files::{
+    FileError, create_private_dir, io_err, read_private, write_private, write_public,
+};
 
 /// The principal of the dev admin certificate the dev PKI mints (`admin.pem`).
 pub const DEV_ADMIN_PRINCIPAL: &str = "spiffe://brainstem.dev/admin";

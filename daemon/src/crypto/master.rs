@@ -115,7 +115,10 @@ mod tests {
         assert_ne!(a, b, "a random nonce per seal");
         assert_eq!(master.unseal(&a, AD).unwrap(), b"signing key bytes");
         assert_eq!(master.unseal(&b, AD).unwrap(), b"signing key bytes");
-        assert_eq!(master.unseal(&master.seal(b"", AD).unwrap(), AD).unwrap(), b"");
+        assert_eq!(
+            master.unseal(&master.seal(b"", AD).unwrap(), AD).unwrap(),
+            b""
+        );
     }
 
     #[test]
@@ -126,7 +129,10 @@ mod tests {
             master.unseal(&sealed, b"brainstem test k2"),
             Err(CryptoError::Unseal)
         ));
-        assert!(matches!(master.unseal(&sealed, b""), Err(CryptoError::Unseal)));
+        assert!(matches!(
+            master.unseal(&sealed, b""),
+            Err(CryptoError::Unseal)
+        ));
     }
 
     #[test]
@@ -136,7 +142,10 @@ mod tests {
             .seal(b"secret", AD)
             .unwrap();
         let other = MasterKey::new(&[8; KEY_LEN]).unwrap();
-        assert!(matches!(other.unseal(&sealed, AD), Err(CryptoError::Unseal)));
+        assert!(matches!(
+            other.unseal(&sealed, AD),
+            Err(CryptoError::Unseal)
+        ));
     }
 
     #[test]
@@ -178,7 +187,10 @@ mod tests {
         crate::crypto::files::write_private(&path, &[3; KEY_LEN]).unwrap();
         let sealed = MasterKey::load(&path).unwrap().seal(b"x", AD).unwrap();
         assert_eq!(
-            MasterKey::new(&[3; KEY_LEN]).unwrap().unseal(&sealed, AD).unwrap(),
+            MasterKey::new(&[3; KEY_LEN])
+                .unwrap()
+                .unseal(&sealed, AD)
+                .unwrap(),
             b"x"
         );
         use std::os::unix::fs::PermissionsExt;

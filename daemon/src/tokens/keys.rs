@@ -226,7 +226,10 @@ mod tests {
             open(&master, "k1", &sealed).unwrap(),
             b"0123456789abcdef0123456789abcdef"
         );
-        assert!(open(&master, "k2", &sealed).is_none(), "bound to its key id");
+        assert!(
+            open(&master, "k2", &sealed).is_none(),
+            "bound to its key id"
+        );
         let other = MasterKey::new(&[2; 32]).unwrap();
         assert!(open(&other, "k1", &sealed).is_none());
     }
