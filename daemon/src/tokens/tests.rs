@@ -61,7 +61,9 @@ impl Fixture {
     /// Drops the service and the store and opens both again: a daemon restart.
     fn reopen(&mut self) {
         self.service = None;
-        self.store = None;
+        if let Some(store) = self.store.take() {
+            store.close().unwrap();
+        }
         let store = Store::open(self.dir.path(), &store_config()).unwrap();
         let master = MasterKey::new(&MASTER).unwrap();
         self.service =
