@@ -893,6 +893,33 @@ mod tests {
         assert_eq!(store.tree(trees::EPISODIC).unwrap().len(), 20 * 200);
     }
 
+    /// A stopped actor can leave a flush behind: the wait for it is cancelled, but sled's own thread
+    /// still holds the database while it writes. Close waits for that thread; dropping alone would not.
+    #[test]
+    fn close_waits_for_a_flush_whose_caller_went_away() {
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..5u64 {
+            let store = Store::open(dir.path(), &config(FlushPolicy::Interval)).unwrap();
+            let tree = store.tree(trees::EPISODIC).unwrap();
+            let blob = "x".repeat(4096);
+            let items: Vec<(Vec<u8>, V1)> = (0..2000u64)
+                .map(|i| {
+                    let key = (round * 10_000 + i).to_be_bytes().to_vec();
+                    (key, V1 { name: blob.clone() })
+                })
+                .collect();
+            futures::executor::block_on(tree.put_batch_async(&items)).unwrap();
+            // Started on sled's thread pool, then abandoned.
+            let _ = store.flush_async().now_or_never();
+            drop(tree);
+            store.close().unwrap();
+            let reopened = Store::open(dir.path(), &config(FlushPolicy::Interval))
+                .expect("the directory is free right after close");
+            reopened.close().unwrap();
+        }
+    }
+
     #[test]
     fn close_refuses_while_other_handles_are_open() {
         let dir = tempfile::tempdir().unwrap();
