@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use brainstemd::access::authz::Holdings;
 use brainstemd::config::{FlushPolicy, StoreConfig, TokensConfig};
+use brainstemd::crypto::MasterKey;
 use brainstemd::store::Store;
-use brainstemd::tokens::keys::MasterKey;
 use brainstemd::tokens::{IssueRequest, ManualClock, Requester, TokenService};
 use criterion::{Criterion, criterion_group, criterion_main};
 
