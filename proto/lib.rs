@@ -3,6 +3,10 @@
 //!
 //! The `.proto` files under `proto/brainstem/v1/` are the public API. Other languages generate their own
 //! stubs from the same files (see the README for Python).
+//!
+//! [`json`]: `google.protobuf.Struct` ↔ JSON, which the daemon and brainstemctl both need.
+
+pub mod json;
 
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]

@@ -7,10 +7,10 @@
 use std::sync::Arc;
 
 use brainstemd::access::authz::Holdings;
+use brainstemd::crypto::MasterKey;
 use brainstemd::store::Store;
 use brainstemd::store::config::{FlushPolicy, StoreConfig};
 use brainstemd::tokens::config::TokensConfig;
-use brainstemd::tokens::keys::MasterKey;
 use brainstemd::tokens::{IssueRequest, ManualClock, Requester, TokenService};
 use criterion::{Criterion, criterion_group, criterion_main};
 

@@ -527,9 +527,16 @@ impl Running {
             tracing::warn!(still_running = ?self.tasks.running(), "tasks ignored cancellation; abandoning them");
         }
 
-        // Phase 3: state.
-        if let Err(err) = self.store.mark_clean_shutdown() {
+        // Phase 3: state. The other holders of store handles are gone (the tasks ended, the server
+        // with its services); the access layer's audit log goes now. Closing then leaves the state
+        // directory free for the next start (a restart in this process, a test) at once.
+        let Running { store, access, .. } = self;
+        drop(access);
+        if let Err(err) = store.mark_clean_shutdown() {
             tracing::error!(error = %err, "final store flush failed");
+        }
+        if let Err(err) = store.close() {
+            tracing::warn!(error = %err, "the store was not closed cleanly");
         }
         tracing::info!(
             stop_ms = stop_started.elapsed().as_millis() as u64,

@@ -14,7 +14,7 @@ use prost::Message;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::harness::{eventually, options_for, violations};
+use crate::harness::{eventually, options_for, violations, wait_for_audit};
 use crate::inprocess::InProcess;
 
 const DEFAULT_POLICIES: &str = include_str!("../../config/policies/default.cedar");
@@ -97,23 +97,19 @@ async fn every_method_refuses_a_principal_without_the_grant() {
     // Each refusal is in the audit log, under the stranger's name.
     let mut admin = daemon.admin().connect().await.unwrap();
     let expected = methods.len() - 2;
-    let refused = eventually("refusals audited", Duration::from_secs(10), || {
-        let mut audit = admin.audit.clone();
-        async move {
-            let reply = audit
-                .query(AuditQueryRequest {
-                    kind: "access".into(),
-                    principal: "spiffe://brainstem.dev/stranger".into(),
-                    limit: 1000,
-                    ..Default::default()
-                })
-                .await
-                .ok()?
-                .into_inner();
-            (reply.records.len() == expected).then_some(reply.records)
-        }
-    })
+    let refused = wait_for_audit(
+        &admin,
+        AuditQueryRequest {
+            kind: "access".into(),
+            principal: "spiffe://brainstem.dev/stranger".into(),
+            limit: 1000,
+            ..Default::default()
+        },
+        expected,
+        Duration::from_secs(10),
+    )
     .await;
+    assert_eq!(refused.len(), expected);
     assert!(
         refused
             .iter()
@@ -323,21 +319,16 @@ roles = ["checker"]
     );
 
     // Every decision is in the audit log with its decision id; explain is not.
-    let records = eventually("decisions audited", Duration::from_secs(10), || {
-        let mut audit = admin.audit.clone();
-        async move {
-            let reply = audit
-                .query(AuditQueryRequest {
-                    kind: "policy".into(),
-                    limit: 1000,
-                    ..Default::default()
-                })
-                .await
-                .ok()?
-                .into_inner();
-            (reply.records.len() >= 107).then_some(reply.records)
-        }
-    })
+    let records = wait_for_audit(
+        &admin,
+        AuditQueryRequest {
+            kind: "policy".into(),
+            limit: 1000,
+            ..Default::default()
+        },
+        107,
+        Duration::from_secs(10),
+    )
     .await;
     assert_eq!(records.len(), 107);
     assert_eq!(records[0].decision_id, post.decision_id);

@@ -29,6 +29,28 @@ where
     }
 }
 
+/// Polls the audit trail with `query` until it holds at least `count` records, or fails the test at
+/// `deadline`. Returns the records of the last answer (newest first, as the service orders them), so the
+/// caller can assert the exact number and their fields. Audit records are written in the background, so
+/// a test that just made calls must wait for them this way, never with a sleep.
+pub async fn wait_for_audit(
+    client: &Client,
+    query: brainstem_client::v1::AuditQueryRequest,
+    count: usize,
+    deadline: Duration,
+) -> Vec<brainstem_client::v1::AuditRecord> {
+    let what = format!("{count} audit records matching {query:?}");
+    eventually(&what, deadline, || {
+        let mut audit = client.audit.clone();
+        let query = query.clone();
+        async move {
+            let reply = audit.query(query).await.ok()?.into_inner();
+            (reply.records.len() >= count).then_some(reply.records)
+        }
+    })
+    .await
+}
+
 static BUILD: Mutex<bool> = Mutex::new(false);
 
 /// Path of a workspace binary next to this test's target directory, built on first use if missing

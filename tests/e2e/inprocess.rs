@@ -233,22 +233,98 @@ async fn bad_requests_get_clear_errors() {
     let err = client.admin.ping(request).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
 
-    // …and a shorter caller deadline wins.
-    let mut request = tonic::Request::new(PingRequest {
-        payload: vec![],
-        delay_ms: 900,
-    });
-    request.set_timeout(Duration::from_millis(100));
-    let err = client.admin.ping(request).await.unwrap_err();
-    // Whichever side's timer fires first answers; the server's says DEADLINE_EXCEEDED.
-    assert!(
-        matches!(err.code(), Code::Cancelled | Code::DeadlineExceeded),
-        "{err:?}"
-    );
+    // …and a shorter caller deadline wins. tonic's client would also time the call itself and answer
+    // CANCELLED when its own timer fires first, so this call goes over plain HTTP/2: the only timer is
+    // the server's, which must honour the caller's 100 ms rather than its own 1 s or the 900 ms delay.
+    let (code, message) = raw_unary(
+        &daemon,
+        "/brainstem.v1.Admin/Ping",
+        Some("100m"),
+        &PingRequest {
+            payload: vec![],
+            delay_ms: 900,
+        },
+    )
+    .await;
+    assert_eq!(code, Code::DeadlineExceeded, "{message}");
+    // "deadline of 100 ms exceeded" (grpc-message may percent-encode the spaces).
+    assert!(message.replace("%20", " ").contains("100 ms"), "{message}");
 
     // The connection is fine afterwards.
     client.admin.ping(PingRequest::default()).await.unwrap();
     daemon.stop().await;
+}
+
+/// One unary call over HTTP/2 without tonic's client (which enforces `grpc-timeout` itself), as the
+/// dev admin. Returns the call's `grpc-status` and `grpc-message`.
+async fn raw_unary(
+    daemon: &InProcess,
+    path: &str,
+    grpc_timeout: Option<&str>,
+    message: &impl prost::Message,
+) -> (Code, String) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    let pki = brainstemd::crypto::pki::DevPki::new(&daemon.state_dir);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(pki.ca_cert()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let chain: Vec<_> = CertificateDer::pem_file_iter(pki.admin_cert())
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(pki.admin_key()).unwrap();
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(daemon.addr()).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut h2, connection) = h2::client::handshake(stream).await.unwrap();
+    let driver = tokio::spawn(connection);
+
+    let mut request = http::Request::post(format!("https://localhost{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(timeout) = grpc_timeout {
+        request = request.header("grpc-timeout", timeout);
+    }
+    let (response, mut body) = h2.send_request(request.body(()).unwrap(), false).unwrap();
+    let payload = message.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    body.send_data(bytes::Bytes::from(frame), true).unwrap();
+
+    let response = response.await.unwrap();
+    let (head, mut incoming) = response.into_parts();
+    // A trailers-only answer carries the status in its headers; otherwise it follows the body.
+    let mut fields = head.headers;
+    if !fields.contains_key("grpc-status") {
+        while let Some(chunk) = incoming.data().await {
+            let chunk = chunk.unwrap();
+            let _ = incoming.flow_control().release_capacity(chunk.len());
+        }
+        fields = incoming.trailers().await.unwrap().expect("trailers");
+    }
+    driver.abort();
+    let code = fields
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .expect("grpc-status");
+    let message = fields
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (Code::from_i32(code), message)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,16 +332,35 @@ async fn connection_limit_refuses_the_extra_connection() {
     let daemon = InProcess::start("max_connections = 1", "").await;
     let mut first = daemon.admin().connect().await.unwrap();
     first.admin.ping(PingRequest::default()).await.unwrap();
+    // The slot is taken (the first call went through its connection), so the listener closes the
+    // second TCP connection before any TLS: the client's eager connect fails in the handshake.
     let second = daemon.admin().connect().await;
-    match second {
-        Err(_) => {}
-        Ok(mut client) => {
-            let err = client.admin.ping(PingRequest::default()).await.unwrap_err();
-            assert_eq!(err.code(), Code::Unavailable);
-        }
-    }
+    assert!(
+        second.is_err(),
+        "a second connection was established past max_connections = 1"
+    );
     first.admin.ping(PingRequest::default()).await.unwrap();
     daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_dir_reopens_as_soon_as_the_daemon_has_stopped() {
+    let mut daemon = InProcess::start("", "").await;
+    let mut client = daemon.client().await;
+    client.admin.ping(PingRequest::default()).await.unwrap();
+    daemon.shutdown.cancel();
+    let code = daemon.daemon.take().expect("running").wait().await;
+    assert_eq!(code, 0);
+    // No waiting and no retries: the stop closed the store, so sled's lock is already free.
+    let store = brainstemd::store::Store::open(
+        &daemon.state_dir,
+        &brainstemd::config::Config::default().store,
+    )
+    .expect("the store opens right after the stop");
+    let boot = store.record_boot().unwrap();
+    assert_eq!(boot.boot_count, 2);
+    assert!(boot.previous_shutdown_clean);
+    store.close().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

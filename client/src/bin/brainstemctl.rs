@@ -629,7 +629,7 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
             out_dir,
             days,
         }) => {
-            let pki = brainstemd::crypto::pki::DevPki::new(&cli.connection.state_dir);
+            let pki = brainstem_keys::pki::DevPki::new(&cli.connection.state_dir);
             let out_dir = out_dir.clone().unwrap_or_else(|| pki.dir.join("clients"));
             let (cert, key) = pki
                 .issue_client(principal, &out_dir, *days)

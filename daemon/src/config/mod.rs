@@ -25,8 +25,9 @@ pub use walker::{Table, Walker, strings, toml_list};
 /// `RestartPreventExitStatus=64` so a broken file is not restarted in a loop.
 pub const EXIT_CONFIG: i32 = 64;
 
-/// Principal of the admin certificate that dev mode mints; dev mode grants it the `admin` role.
-pub const DEV_ADMIN_PRINCIPAL: &str = "spiffe://brainstem.dev/admin";
+/// Principal of the admin certificate that dev mode mints (in `brainstem-keys`, which `brainstemctl`
+/// shares); dev mode grants it the `admin` role.
+pub use brainstem_keys::pki::DEV_ADMIN_PRINCIPAL;
 
 /// Prefix of a path that names a systemd credential (`LoadCredential=`): `credential:server.key` is
 /// `$CREDENTIALS_DIRECTORY/server.key`.

@@ -67,6 +67,8 @@ fn store_status(err: StoreError) -> Status {
         | StoreError::Open { .. }
         | StoreError::StateDir { .. }
         | StoreError::SchemaTooNew { .. }
+        | StoreError::SubsystemSchemaTooNew { .. }
+        | StoreError::NoMigration { .. }
         | StoreError::Encode { .. } => internal("grpc", &err.to_string(), &err),
     }
 }

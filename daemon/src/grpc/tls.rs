@@ -10,7 +10,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
-use crate::crypto::pki::{PkiError, read_private};
+use crate::crypto::files::{FileError, read_private};
 use crate::grpc::config::TlsPaths;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +18,7 @@ pub enum TlsError {
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
     #[error(transparent)]
-    Key(#[from] PkiError),
+    Key(#[from] FileError),
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("client certificate verifier: {0}")]

@@ -7,7 +7,6 @@ use brainstem_proto::v1::{
     BatchCheckReply, BatchCheckRequest, CheckReply, CheckRequest, ExplainReply, GetPolicySetReply,
     GetPolicySetRequest, PolicyInfo, ValidateReply, ValidateRequest,
 };
-use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
 use crate::access::audit::AuditKind;
@@ -259,56 +258,8 @@ impl Policy for PolicyService {
     }
 }
 
-/// A protobuf Struct as JSON. Whole numbers become integers (Cedar has no floats); others stay
-/// floats so validation can name them.
-pub fn struct_to_json(s: &prost_types::Struct) -> Map<String, Value> {
-    s.fields
-        .iter()
-        .map(|(k, v)| (k.clone(), value_to_json(v)))
-        .collect()
-}
-
-fn value_to_json(value: &prost_types::Value) -> Value {
-    use prost_types::value::Kind;
-    match &value.kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::BoolValue(b)) => Value::Bool(*b),
-        Some(Kind::StringValue(s)) => Value::String(s.clone()),
-        Some(Kind::NumberValue(n)) => {
-            if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_992e15 {
-                Value::from(*n as i64)
-            } else {
-                serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number)
-            }
-        }
-        Some(Kind::StructValue(s)) => Value::Object(struct_to_json(s)),
-        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value_to_json).collect()),
-    }
-}
-
-pub fn json_to_struct(map: &Map<String, Value>) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: map
-            .iter()
-            .map(|(k, v)| (k.clone(), json_to_value(v)))
-            .collect(),
-    }
-}
-
-fn json_to_value(value: &Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match value {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(*b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-        Value::String(s) => Kind::StringValue(s.clone()),
-        Value::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.iter().map(json_to_value).collect(),
-        }),
-        Value::Object(map) => Kind::StructValue(json_to_struct(map)),
-    };
-    prost_types::Value { kind: Some(kind) }
-}
+// Struct ↔ JSON is shared with brainstemctl, so it lives beside the generated types.
+pub use brainstem_proto::json::{json_to_struct, struct_to_json};
 
 /// The Policy service's registration (see [`crate::grpc::services`]).
 pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::services::Registration {

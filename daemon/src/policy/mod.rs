@@ -276,40 +276,9 @@ fn verify_signature(key: Option<&[u8; 32]>, message: &[u8], sig_hex: &str) -> Re
         .map_err(|_| "the signature does not match the file and key".to_owned())
 }
 
-/// Signs a policy file's bytes with an Ed25519 PKCS#8 key: the `.sig` file's content.
-pub fn sign(pkcs8: &[u8], message: &[u8]) -> Result<String, String> {
-    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8)
-        .map_err(|_| "not an Ed25519 PKCS#8 key".to_owned())?;
-    Ok(hex_encode(pair.sign(message).as_ref()))
-}
-
-/// A new Ed25519 key pair: (PKCS#8 private key, hex public key).
-pub fn generate_signing_key() -> Result<(Vec<u8>, String), String> {
-    use ring::signature::KeyPair;
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
-        .map_err(|_| "key generation failed".to_owned())?;
-    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
-        .map_err(|_| "key generation failed".to_owned())?;
-    Ok((
-        pkcs8.as_ref().to_vec(),
-        hex_encode(pair.public_key().as_ref()),
-    ))
-}
-
-pub fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
+// Policy signing keys are shared with brainstemctl (`policy keygen` / `sign`), so they live in the
+// `brainstem-keys` crate that both link.
+pub use brainstem_keys::signing::{generate_signing_key, hex_decode, hex_encode, sign};
 
 /// Parses and validates `policies` against `schema_text` as a load would, without applying them.
 /// Returns the number of policies.

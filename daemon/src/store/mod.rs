@@ -5,17 +5,29 @@
 //!   to a caller), never as data.
 //! - A record type declares the version it writes and how to read older ones ([`Record::upgrade`]).
 //! - The schema version lives in the `meta` tree; [`MIGRATIONS`] upgrade an older database on open, and a
-//!   database from a newer build is refused rather than misread.
+//!   database from a newer build is refused rather than misread. Each subsystem also versions its own
+//!   trees: it declares a [`Schema`] with its migrations ([`schema`]), the store runs the pending ones at
+//!   open and records the subsystem's version in `meta`.
+//! - [`Store::transaction`] writes to several trees all or nothing ([`transaction`]).
+//! - [`Store::close`] returns once sled has released its files, so the state directory can be opened
+//!   again right away (a restart in the same process, a test).
 //! - Flush policy: with `flush = "always"` every write is on disk before it returns (acknowledged means
 //!   durable); with `"interval"` the daemon flushes in the background.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::store::config::{FlushPolicy, StoreConfig};
+
+pub mod schema;
+pub mod transaction;
+
+pub use schema::{Schema, SubsystemMigration};
+pub use transaction::{Transaction, TransactionError, TxError};
 
 /// Tree names, in one place so two subsystems cannot collide.
 pub mod config;
@@ -42,7 +54,8 @@ const HEADER_LEN: usize = 6;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const BOOT_KEY: &[u8] = b"boot";
 
-/// Upgrades a database from `to - 1` to `to`. Listed in [`MIGRATIONS`] in ascending order.
+/// Upgrades the store's own layout (envelope, `meta`) from `to - 1` to `to`. Listed in [`MIGRATIONS`]
+/// in ascending order. A subsystem's trees migrate through its [`Schema`] instead.
 pub struct Migration {
     pub to: u32,
     pub run: fn(&Store) -> Result<(), StoreError>,
@@ -77,7 +90,40 @@ pub enum StoreError {
         tree: String,
         source: serde_json::Error,
     },
+    #[error(
+        "the store has {subsystem} schema version {found}, newer than this build understands ({supported}); run a newer brainstemd"
+    )]
+    SubsystemSchemaTooNew {
+        subsystem: String,
+        found: u32,
+        supported: u32,
+    },
+    #[error("no migration of the {subsystem} schema from version {from} towards {to}")]
+    NoMigration {
+        subsystem: String,
+        from: u32,
+        to: u32,
+    },
 }
+
+/// Why [`Store::close`] could not promise that sled let go of the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseError {
+    #[error("final flush failed: {0}")]
+    Flush(#[from] StoreError),
+    #[error("{handles} other store or tree handle(s) are still open")]
+    StillOpen { handles: usize },
+    #[error("sled still holds {path} after {waited:?}")]
+    Timeout { path: PathBuf, waited: Duration },
+    #[error("waiting for sled to release {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// How long [`Store::close`] waits for sled's own background work to let go of the database.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A value type kept in the store.
 pub trait Record: Serialize + DeserializeOwned {
@@ -137,6 +183,14 @@ pub struct Store {
     db: sled::Db,
     flush: FlushPolicy,
     path: PathBuf,
+    handles: Arc<Handles>,
+}
+
+/// Shared by every [`Store`] and [`Tree`] of one open database: its count is how many handles keep sled
+/// open, and it knows the file sled locks.
+#[derive(Debug)]
+struct Handles {
+    lock_file: PathBuf,
 }
 
 impl std::fmt::Debug for Store {
@@ -154,12 +208,24 @@ pub struct Tree {
     name: &'static str,
     tree: sled::Tree,
     durable: bool,
+    _handles: Arc<Handles>,
 }
 
 impl Store {
-    /// Opens (creating if needed) the database under `state_dir/db` and brings its schema up to date.
+    /// Opens (creating if needed) the database under `state_dir/db` and brings its schema, and the
+    /// schema of every subsystem in [`schema::REGISTERED`], up to date.
     pub fn open(state_dir: &Path, config: &StoreConfig) -> Result<Store, StoreError> {
-        crate::crypto::pki::create_private_dir(state_dir).map_err(|source| {
+        Store::open_with(state_dir, config, schema::REGISTERED)
+    }
+
+    /// [`Store::open`] with the subsystem schemas given here: the pending migrations of each run, in
+    /// order, before the store is returned.
+    pub fn open_with(
+        state_dir: &Path,
+        config: &StoreConfig,
+        schemas: &[Schema],
+    ) -> Result<Store, StoreError> {
+        crate::crypto::files::create_private_dir(state_dir).map_err(|source| {
             StoreError::StateDir {
                 path: state_dir.to_owned(),
                 source,
@@ -178,10 +244,38 @@ impl Store {
         let store = Store {
             db,
             flush: config.flush,
+            handles: Arc::new(Handles {
+                // sled keeps an exclusive flock on this file while any of its handles lives.
+                lock_file: path.join("db"),
+            }),
             path,
         };
-        store.migrate()?;
+        let migrated = store
+            .migrate()
+            .and_then(|()| schemas.iter().try_for_each(|s| store.migrate_subsystem(s)));
+        if let Err(err) = migrated {
+            // Let go of the directory before reporting, so a fixed build can open it right away.
+            if let Err(close) = store.close() {
+                tracing::warn!(error = %close, "store not closed after a failed open");
+            }
+            return Err(err);
+        }
         Ok(store)
+    }
+
+    /// Flushes, lets go of the database and returns once sled has released its files: a new
+    /// [`Store::open`] of the same directory then succeeds at once. Every other [`Store`] and [`Tree`]
+    /// handle must be dropped first ([`CloseError::StillOpen`] otherwise). sled finishes some writes on
+    /// its own threads, which hold the database a moment after the last handle is dropped; this waits
+    /// for them (on the file lock, up to a bound) instead of leaving callers to retry.
+    pub fn close(self) -> Result<(), CloseError> {
+        self.flush()?;
+        let Store { db, handles, .. } = self;
+        drop(db);
+        let handles = Arc::try_unwrap(handles).map_err(|shared| CloseError::StillOpen {
+            handles: Arc::strong_count(&shared) - 1,
+        })?;
+        wait_for_release(&handles.lock_file, CLOSE_TIMEOUT)
     }
 
     pub fn path(&self) -> &Path {
@@ -198,6 +292,7 @@ impl Store {
             name,
             tree: self.db.open_tree(name)?,
             durable: self.flush == FlushPolicy::Always,
+            _handles: self.handles.clone(),
         })
     }
 
@@ -536,6 +631,45 @@ pub fn unix_ms_now() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Blocks until nobody holds the flock on `lock_file` (sled's lock), at most `limit`. A helper thread
+/// takes the lock on its own descriptor (flock locks of separate opens conflict even within one
+/// process), then releases it at once and reports.
+fn wait_for_release(lock_file: &Path, limit: Duration) -> Result<(), CloseError> {
+    use std::os::fd::AsRawFd;
+    let lock_err = |source| CloseError::Lock {
+        path: lock_file.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(lock_file).map_err(lock_err)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("store-close".to_owned())
+        .spawn(move || {
+            let result = loop {
+                // SAFETY: flock(2) on a descriptor owned by `file`, which outlives the call.
+                let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+                if rc == 0 {
+                    break Ok(());
+                }
+                let err = std::io::Error::last_os_error();
+                if err.kind() != std::io::ErrorKind::Interrupted {
+                    break Err(err);
+                }
+            };
+            // Closing our descriptor releases the lock before anyone hears that it is free.
+            drop(file);
+            let _ = tx.send(result);
+        })
+        .map_err(lock_err)?;
+    match rx.recv_timeout(limit) {
+        Ok(result) => result.map_err(lock_err),
+        Err(_) => Err(CloseError::Timeout {
+            path: lock_file.to_owned(),
+            waited: limit,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -655,7 +789,8 @@ mod tests {
                 first.previous_shutdown_clean,
                 "a fresh store has no unclean history"
             );
-            // No clean-shutdown mark: this run "crashes".
+            // No clean-shutdown mark: this run "crashes" (closing only lets go of the files).
+            store.close().unwrap();
         }
         let first_start;
         {
@@ -665,6 +800,7 @@ mod tests {
             assert!(!second.previous_shutdown_clean);
             first_start = second.first_start_unix_ms;
             store.mark_clean_shutdown().unwrap();
+            store.close().unwrap();
         }
         let store = Store::open(dir.path(), &config(FlushPolicy::Always)).unwrap();
         let third = store.record_boot().unwrap();
@@ -721,6 +857,7 @@ mod tests {
                 .unwrap()
                 .put(SCHEMA_KEY, &(SCHEMA_VERSION + 1))
                 .unwrap();
+            store.close().unwrap();
         }
         match Store::open(dir.path(), &config(FlushPolicy::Always)) {
             Err(StoreError::SchemaTooNew { found, supported }) => {
@@ -738,5 +875,68 @@ mod tests {
         Store::open(&state, &config(FlushPolicy::Always)).unwrap();
         let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn close_releases_the_directory_for_an_immediate_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..20u64 {
+            let store = Store::open(dir.path(), &config(FlushPolicy::Always)).unwrap();
+            let tree = store.tree(trees::EPISODIC).unwrap();
+            // Enough writes that sled seals buffers and writes them on its own threads.
+            let items: Vec<(Vec<u8>, u64)> = (0..200u64)
+                .map(|i| ((round * 1000 + i).to_be_bytes().to_vec(), i))
+                .collect();
+            futures::executor::block_on(tree.put_batch_async(&items)).unwrap();
+            drop(tree);
+            store.close().unwrap();
+        }
+        let store = Store::open(dir.path(), &config(FlushPolicy::Always)).unwrap();
+        assert_eq!(store.tree(trees::EPISODIC).unwrap().len(), 20 * 200);
+    }
+
+    /// A stopped actor can leave a flush behind: the wait for it is cancelled, but sled's own thread
+    /// still holds the database while it writes. Close waits for that thread; dropping alone would not.
+    #[test]
+    fn close_waits_for_a_flush_whose_caller_went_away() {
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..5u64 {
+            let store = Store::open(dir.path(), &config(FlushPolicy::Interval)).unwrap();
+            let tree = store.tree(trees::EPISODIC).unwrap();
+            let blob = "x".repeat(4096);
+            let items: Vec<(Vec<u8>, V1)> = (0..2000u64)
+                .map(|i| {
+                    let key = (round * 10_000 + i).to_be_bytes().to_vec();
+                    (key, V1 { name: blob.clone() })
+                })
+                .collect();
+            futures::executor::block_on(tree.put_batch_async(&items)).unwrap();
+            // Started on sled's thread pool, then abandoned.
+            let _ = store.flush_async().now_or_never();
+            drop(tree);
+            store.close().unwrap();
+            let reopened = Store::open(dir.path(), &config(FlushPolicy::Interval))
+                .expect("the directory is free right after close");
+            reopened.close().unwrap();
+        }
+    }
+
+    #[test]
+    fn close_refuses_while_other_handles_are_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &config(FlushPolicy::Always)).unwrap();
+        let tree = store.tree(trees::META).unwrap();
+        let other = store.clone();
+        match store.close() {
+            Err(CloseError::StillOpen { handles }) => assert_eq!(handles, 2),
+            other => panic!("expected StillOpen, got {other:?}"),
+        }
+        drop(tree);
+        other.close().unwrap();
+        Store::open(dir.path(), &config(FlushPolicy::Always))
+            .unwrap()
+            .close()
+            .unwrap();
     }
 }

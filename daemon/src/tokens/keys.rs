@@ -1,7 +1,8 @@
 //! Signing keys: 32 random bytes each, HMAC-SHA256, identified by `k<seq>`. Stored in the
-//! `tokens.keys` tree sealed with AES-256-GCM under the master key (random 96-bit nonce per seal, the
-//! key id as associated data so a sealed key cannot be moved to another id). Only the master key, read
-//! from a 0600 file or a systemd credential, can open them; it never touches the store.
+//! `tokens.keys` tree sealed under the master key ([`crate::crypto::MasterKey`]: AES-256-GCM, random
+//! 96-bit nonce per seal, the key id as associated data so a sealed key cannot be moved to another id).
+//! The stored form keeps nonce and ciphertext apart, in base64. Only the master key, read from a 0600
+//! file or a systemd credential, can open them; it never touches the store.
 //!
 //! The newest key signs. A replaced key verifies until `retire_after_seconds` after its successor was
 //! created; then it is retired: its sealed material is erased and a tombstone remains so that a token it
@@ -9,74 +10,44 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::aead::NONCE_LEN;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use super::TokenError;
+use crate::crypto::MasterKey;
 use crate::store::Record;
 
-/// Length of the master key and of every signing key.
+/// Length of every signing key.
 pub const KEY_LEN: usize = 32;
 
-/// The key that seals signing keys at rest.
-pub struct MasterKey(LessSafeKey);
-
-impl std::fmt::Debug for MasterKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MasterKey(..)")
-    }
-}
-
+/// The associated data a signing key is sealed with: its id, so sealed material cannot be moved to
+/// another id.
 fn aad(kid: &str) -> Vec<u8> {
     format!("brainstem tokens signing key {kid}").into_bytes()
 }
 
-impl MasterKey {
-    /// Exactly 32 bytes; the caller names the source in its error.
-    pub fn new(bytes: &[u8]) -> Result<MasterKey, String> {
-        if bytes.len() != KEY_LEN {
-            return Err(format!(
-                "a master key is {KEY_LEN} bytes; this one is {}",
-                bytes.len()
-            ));
-        }
-        let key = UnboundKey::new(&AES_256_GCM, bytes)
-            .map_err(|_| "AES-256-GCM refused the key".to_owned())?;
-        Ok(MasterKey(LessSafeKey::new(key)))
-    }
+/// Seals a signing key under the master key, in the stored form (nonce and ciphertext apart, base64).
+fn seal(master: &MasterKey, kid: &str, plaintext: &[u8]) -> Result<Sealed, TokenError> {
+    let sealed = master
+        .seal(plaintext, &aad(kid))
+        .map_err(|_| TokenError::Random)?;
+    let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+    Ok(Sealed {
+        nonce: B64.encode(nonce),
+        ciphertext: B64.encode(ciphertext),
+    })
+}
 
-    fn seal(&self, kid: &str, plaintext: &[u8], rng: &SystemRandom) -> Result<Sealed, TokenError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        rng.fill(&mut nonce).map_err(|_| TokenError::Random)?;
-        let mut in_out = plaintext.to_vec();
-        self.0
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(kid)),
-                &mut in_out,
-            )
-            .map_err(|_| TokenError::Random)?;
-        Ok(Sealed {
-            nonce: B64.encode(nonce),
-            ciphertext: B64.encode(in_out),
-        })
+/// Opens a stored signing key; `None` if it does not open with this master key under this id.
+fn open(master: &MasterKey, kid: &str, sealed: &Sealed) -> Option<Vec<u8>> {
+    let mut bytes = B64.decode(&sealed.nonce).ok()?;
+    if bytes.len() != NONCE_LEN {
+        return None;
     }
-
-    fn open(&self, kid: &str, sealed: &Sealed) -> Option<Vec<u8>> {
-        let nonce: [u8; NONCE_LEN] = B64.decode(&sealed.nonce).ok()?.try_into().ok()?;
-        let mut in_out = B64.decode(&sealed.ciphertext).ok()?;
-        let plain = self
-            .0
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(kid)),
-                &mut in_out,
-            )
-            .ok()?;
-        Some(plain.to_vec())
-    }
+    bytes.extend(B64.decode(&sealed.ciphertext).ok()?);
+    master.unseal(&bytes, &aad(kid)).ok()
 }
 
 /// A signing key as stored.
@@ -149,8 +120,7 @@ impl KeyRing {
                 ring.retired.insert(record.kid);
                 continue;
             };
-            let bytes = master
-                .open(&record.kid, sealed)
+            let bytes = open(master, &record.kid, sealed)
                 .filter(|b| b.len() == KEY_LEN)
                 .ok_or_else(|| TokenError::Undecryptable {
                     kid: record.kid.clone(),
@@ -206,7 +176,7 @@ impl KeyRing {
             seq,
             kid: kid.clone(),
             created_at: now,
-            sealed: Some(master.seal(&kid, &bytes, rng)?),
+            sealed: Some(seal(master, &kid, &bytes)?),
         };
         let mut ring = self.clone();
         ring.next_seq = seq + 1;
@@ -250,18 +220,43 @@ mod tests {
 
     #[test]
     fn sealed_keys_open_only_with_their_master_key_and_id() {
-        let rng = SystemRandom::new();
         let master = MasterKey::new(&[1; 32]).unwrap();
-        let sealed = master
-            .seal("k1", b"0123456789abcdef0123456789abcdef", &rng)
-            .unwrap();
+        let sealed = seal(&master, "k1", b"0123456789abcdef0123456789abcdef").unwrap();
         assert_eq!(
-            master.open("k1", &sealed).unwrap(),
+            open(&master, "k1", &sealed).unwrap(),
             b"0123456789abcdef0123456789abcdef"
         );
-        assert!(master.open("k2", &sealed).is_none(), "bound to its key id");
+        assert!(
+            open(&master, "k2", &sealed).is_none(),
+            "bound to its key id"
+        );
         let other = MasterKey::new(&[2; 32]).unwrap();
-        assert!(other.open("k1", &sealed).is_none());
-        assert!(MasterKey::new(&[0; 16]).unwrap_err().contains("32 bytes"));
+        assert!(open(&other, "k1", &sealed).is_none());
+    }
+
+    /// A key sealed by the previous code (ring AES-256-GCM directly, same nonce/ciphertext fields and
+    /// associated data) still opens: the stored format did not change.
+    #[test]
+    fn keys_sealed_before_the_crypto_module_still_open() {
+        use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+        let legacy = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[1; 32]).unwrap());
+        let nonce = [9u8; NONCE_LEN];
+        let mut in_out = b"0123456789abcdef0123456789abcdef".to_vec();
+        legacy
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad("k7")),
+                &mut in_out,
+            )
+            .unwrap();
+        let stored = Sealed {
+            nonce: B64.encode(nonce),
+            ciphertext: B64.encode(&in_out),
+        };
+        let master = MasterKey::new(&[1; 32]).unwrap();
+        assert_eq!(
+            open(&master, "k7", &stored).unwrap(),
+            b"0123456789abcdef0123456789abcdef"
+        );
     }
 }

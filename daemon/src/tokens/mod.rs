@@ -31,8 +31,9 @@ use serde::{Deserialize, Serialize};
 
 pub use self::clock::{Clock, ManualClock, SystemClock};
 use self::format::Claims;
-use self::keys::{KeyRecord, KeyRing, Lookup, MasterKey};
+use self::keys::{KeyRecord, KeyRing, Lookup};
 use crate::access::authz::{Holdings, pattern_covers, validate_capability_pattern};
+use crate::crypto::MasterKey;
 use crate::error::{FieldViolation, ServiceError};
 use crate::runtime::events::ErrorOccurred;
 use crate::store::{Record, Store, StoreError, Tree, trees};
@@ -325,8 +326,7 @@ pub fn load_master_key(path: &Path) -> Result<MasterKey, TokenError> {
         path: path.display().to_string(),
         reason,
     };
-    let bytes = crate::crypto::pki::read_private(path).map_err(|err| bad(err.to_string()))?;
-    MasterKey::new(&bytes).map_err(bad)
+    MasterKey::load(path).map_err(|err| bad(err.to_string()))
 }
 
 /// The token service: one per daemon, shared by the gRPC service and (for bearer tokens in request

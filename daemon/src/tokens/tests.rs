@@ -61,7 +61,9 @@ impl Fixture {
     /// Drops the service and the store and opens both again: a daemon restart.
     fn reopen(&mut self) {
         self.service = None;
-        self.store = None;
+        if let Some(store) = self.store.take() {
+            store.close().unwrap();
+        }
         let store = Store::open(self.dir.path(), &store_config()).unwrap();
         let master = MasterKey::new(&MASTER).unwrap();
         self.service =
@@ -615,10 +617,10 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn master_key_file_must_be_private_and_32_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("master.key");
-    crate::crypto::pki::write_private(&path, &[3; 16]).unwrap();
+    crate::crypto::files::write_private(&path, &[3; 16]).unwrap();
     let err = load_master_key(&path).unwrap_err();
     assert!(err.to_string().contains("32 bytes"), "{err}");
-    crate::crypto::pki::write_private(&path, &[3; 32]).unwrap();
+    crate::crypto::files::write_private(&path, &[3; 32]).unwrap();
     assert!(load_master_key(&path).is_ok());
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -97,7 +97,7 @@ fn question(q: &Question) -> Result<CheckRequest, CliError> {
     let context = match &q.context {
         None => None,
         Some(text) => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(map)) => Some(brainstemd::policy::api::json_to_struct(&map)),
+            Ok(Value::Object(map)) => Some(brainstem_proto::json::json_to_struct(&map)),
             _ => {
                 return Err(CliError::Local(
                     "--context must be a JSON object".to_owned(),
@@ -141,8 +141,8 @@ pub async fn policy(
     match command {
         PolicyCommand::Keygen { out } => {
             let (pkcs8, public) =
-                brainstemd::policy::generate_signing_key().map_err(CliError::Local)?;
-            brainstemd::crypto::pki::write_private(out, &pkcs8)
+                brainstem_keys::signing::generate_signing_key().map_err(CliError::Local)?;
+            brainstem_keys::files::write_private(out, &pkcs8)
                 .map_err(|err| CliError::Local(err.to_string()))?;
             let public_path = PathBuf::from(format!("{}.pub", out.display()));
             std::fs::write(&public_path, format!("{public}\n"))
@@ -159,10 +159,10 @@ pub async fn policy(
             return Ok(exit::OK);
         }
         PolicyCommand::Sign { key, file } => {
-            let key_bytes = brainstemd::crypto::pki::read_private(key)
+            let key_bytes = brainstem_keys::files::read_private(key)
                 .map_err(|err| CliError::Local(err.to_string()))?;
             let sig =
-                brainstemd::policy::sign(&key_bytes, &read(file)?).map_err(CliError::Local)?;
+                brainstem_keys::signing::sign(&key_bytes, &read(file)?).map_err(CliError::Local)?;
             let sig_path = PathBuf::from(format!("{}.sig", file.display()));
             std::fs::write(&sig_path, format!("{sig}\n"))
                 .map_err(|err| CliError::Local(format!("{}: {err}", sig_path.display())))?;

@@ -33,26 +33,12 @@ struct Running {
     supervisor: Supervisor,
     tasks: Tasks,
     token: CancellationToken,
-}
-
-/// Opens the store, waiting (up to a deadline) for a previous instance in this process to let go of
-/// sled's file lock: its last handle can be released by a background flush a moment after a stop.
-fn open_store(dir: &Path, config: &crate::store::config::StoreConfig) -> Store {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match Store::open(dir, config) {
-            Ok(store) => return store,
-            Err(_) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(err) => panic!("store did not open: {err}"),
-        }
-    }
+    store: Store,
 }
 
 async fn start(dir: &Path, config: &EpisodicConfig) -> Running {
     let defaults = Config::default();
-    let store = open_store(dir, &defaults.store);
+    let store = Store::open(dir, &defaults.store).unwrap();
     let mut builder = SupervisorBuilder::new(defaults.supervisor.clone(), store.clone());
     let episodic =
         Episodic::register(&mut builder, config, ActorConfig::default(), &store).unwrap();
@@ -64,15 +50,26 @@ async fn start(dir: &Path, config: &EpisodicConfig) -> Running {
         supervisor,
         tasks,
         token,
+        store,
     }
 }
 
 impl Running {
+    /// Stops the actor and closes the store: the directory can be opened again at once.
     async fn stop(self) {
-        self.token.cancel();
-        self.supervisor.wait_stopped().await.unwrap();
-        self.tasks.close();
-        self.tasks.wait().await;
+        let Running {
+            episodic,
+            supervisor,
+            tasks,
+            token,
+            store,
+        } = self;
+        token.cancel();
+        supervisor.wait_stopped().await.unwrap();
+        tasks.close();
+        tasks.wait().await;
+        drop((episodic, supervisor));
+        store.close().unwrap();
     }
 }
 
@@ -434,10 +431,12 @@ async fn a_damaged_record_is_skipped_and_reported_not_served() {
         running.stop().await;
     }
     {
-        let store = open_store(dir.path(), &Config::default().store);
+        let store = Store::open(dir.path(), &Config::default().store).unwrap();
         let tree = store.tree(trees::EPISODIC).unwrap();
         // Not an episode record: its envelope is fine, its payload is not an EpisodeRecord.
         tree.put(&actor::episode_key(0), &7u64).unwrap();
+        drop(tree);
+        store.close().unwrap();
     }
     let running = start(dir.path(), &config(2, 10)).await;
     let texts: Vec<String> = running

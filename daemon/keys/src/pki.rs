@@ -1,12 +1,10 @@
 //! Dev-mode PKI: a local CA, a server certificate for localhost and a client certificate per principal,
-//! minted with rcgen (ECDSA P-256). Also the private-file helpers that every key and secret goes through.
+//! minted with rcgen (ECDSA P-256). Keys go through [`crate::files`].
 //!
 //! Files under `<state_dir>/pki/`: `ca.pem`, `ca.key`, `server.pem`, `server.key`, `admin.pem`,
 //! `admin.key`; and `<state_dir>/master.key` (32 random bytes, for the secrets store). Keys are 0600 and
 //! written atomically (temp file + rename), so a crash never leaves half a key.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -14,7 +12,12 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
-use crate::config::DEV_ADMIN_PRINCIPAL;
+use crate::files::{
+    FileError, create_private_dir, io_err, read_private, write_private, write_public,
+};
+
+/// The principal of the dev admin certificate the dev PKI mints (`admin.pem`).
+pub const DEV_ADMIN_PRINCIPAL: &str = "spiffe://brainstem.dev/admin";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -31,10 +34,12 @@ pub enum PkiError {
     Principal { principal: String, reason: String },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
-    move |source| PkiError::Io {
-        path: path.to_owned(),
-        source,
+impl From<FileError> for PkiError {
+    fn from(err: FileError) -> Self {
+        match err {
+            FileError::Io { path, source } => PkiError::Io { path, source },
+            FileError::Permissions { path, mode } => PkiError::Permissions { path, mode },
+        }
     }
 }
 
@@ -262,62 +267,10 @@ fn set_validity(params: &mut CertificateParams, days: u32) {
     params.not_after = now + time::Duration::days(i64::from(days.max(1)));
 }
 
-/// Creates a directory (and parents) that only the owner can enter (0700).
-pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if path.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-}
-
-/// Writes a file only the owner can read (0600), atomically.
-pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
-    write_atomic(path, contents, 0o600)
-}
-
-fn write_public(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
-    write_atomic(path, contents, 0o644)
-}
-
-fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    file.write_all(contents).map_err(io_err(&tmp))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
-}
-
-/// Reads a key or secret file, refusing one that group or others can read. Files that systemd handed
-/// over as credentials are exempt: `$CREDENTIALS_DIRECTORY` is private to the service, and newer
-/// systemd shows them as 0440 with an ACL for the service user.
-pub fn read_private(path: &Path) -> Result<Vec<u8>, PkiError> {
-    let meta = std::fs::metadata(path).map_err(io_err(path))?;
-    let mode = meta.permissions().mode() & 0o777;
-    let from_credentials = std::env::var_os("CREDENTIALS_DIRECTORY")
-        .is_some_and(|dir| path.starts_with(Path::new(&dir)));
-    if mode & 0o077 != 0 && !from_credentials {
-        return Err(PkiError::Permissions {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    std::fs::read(path).map_err(io_err(path))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -338,19 +291,6 @@ mod tests {
         let admin_before = std::fs::read(pki.admin_cert()).unwrap();
         assert_eq!(pki.ensure().unwrap(), Ensured::Existing);
         assert_eq!(std::fs::read(pki.admin_cert()).unwrap(), admin_before);
-    }
-
-    #[test]
-    fn group_readable_keys_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k");
-        write_private(&path, b"secret").unwrap();
-        assert_eq!(read_private(&path).unwrap(), b"secret");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(matches!(
-            read_private(&path),
-            Err(PkiError::Permissions { mode: 0o640, .. })
-        ));
     }
 
     #[test]

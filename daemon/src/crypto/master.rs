@@ -1,0 +1,203 @@
+//! The master key: 32 bytes read from a 0600 file or a systemd credential, never stored. It seals key
+//! material at rest with AES-256-GCM (ring): a random 96-bit nonce per seal and caller-chosen
+//! associated data that is authenticated but not stored, so a sealed value only opens in the context
+//! it was sealed for (a token signing key under its key id, a secret under its path).
+//!
+//! Sealed layout: `nonce (12 bytes) || ciphertext || tag (16 bytes)`.
+
+use std::path::Path;
+
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::crypto::files::{FileError, read_private};
+
+/// Length of the master key.
+pub const KEY_LEN: usize = 32;
+/// Bytes a sealed value adds to its plaintext: the nonce and the tag.
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("a master key is {KEY_LEN} bytes; this one is {0}")]
+    KeyLength(usize),
+    #[error("the system random source failed")]
+    Random,
+    #[error(
+        "sealed data does not open (another master key, other associated data, or damaged data)"
+    )]
+    Unseal,
+}
+
+/// The key that seals key material at rest.
+pub struct MasterKey {
+    key: LessSafeKey,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+impl MasterKey {
+    /// Exactly [`KEY_LEN`] bytes.
+    pub fn new(bytes: &[u8]) -> Result<MasterKey, CryptoError> {
+        if bytes.len() != KEY_LEN {
+            return Err(CryptoError::KeyLength(bytes.len()));
+        }
+        let key = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| CryptoError::KeyLength(0))?;
+        Ok(MasterKey {
+            key: LessSafeKey::new(key),
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// Reads the key file (refused if group or others can read it, unless it is a systemd credential).
+    pub fn load(path: &Path) -> Result<MasterKey, CryptoError> {
+        MasterKey::new(&read_private(path)?)
+    }
+
+    /// Encrypts `plaintext` bound to `associated_data`: `nonce || ciphertext || tag`.
+    pub fn seal(&self, plaintext: &[u8], associated_data: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| CryptoError::Random)?;
+        let mut in_out = plaintext.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(associated_data),
+                &mut in_out,
+            )
+            .map_err(|_| CryptoError::Random)?;
+        let mut sealed = Vec::with_capacity(NONCE_LEN + in_out.len());
+        sealed.extend_from_slice(&nonce);
+        sealed.extend_from_slice(&in_out);
+        Ok(sealed)
+    }
+
+    /// Decrypts what [`MasterKey::seal`] produced with the same `associated_data`. Another key, other
+    /// associated data or any changed byte is [`CryptoError::Unseal`].
+    pub fn unseal(&self, sealed: &[u8], associated_data: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(CryptoError::Unseal);
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| CryptoError::Unseal)?;
+        let mut in_out = ciphertext.to_vec();
+        let plain = self
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(associated_data),
+                &mut in_out,
+            )
+            .map_err(|_| CryptoError::Unseal)?;
+        Ok(plain.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AD: &[u8] = b"brainstem test k1";
+
+    #[test]
+    fn sealed_data_round_trips_with_a_fresh_nonce_each_time() {
+        let master = MasterKey::new(&[7; KEY_LEN]).unwrap();
+        let a = master.seal(b"signing key bytes", AD).unwrap();
+        let b = master.seal(b"signing key bytes", AD).unwrap();
+        assert_eq!(a.len(), b"signing key bytes".len() + SEAL_OVERHEAD);
+        assert_ne!(a, b, "a random nonce per seal");
+        assert_eq!(master.unseal(&a, AD).unwrap(), b"signing key bytes");
+        assert_eq!(master.unseal(&b, AD).unwrap(), b"signing key bytes");
+        assert_eq!(
+            master.unseal(&master.seal(b"", AD).unwrap(), AD).unwrap(),
+            b""
+        );
+    }
+
+    #[test]
+    fn other_associated_data_does_not_open() {
+        let master = MasterKey::new(&[7; KEY_LEN]).unwrap();
+        let sealed = master.seal(b"secret", AD).unwrap();
+        assert!(matches!(
+            master.unseal(&sealed, b"brainstem test k2"),
+            Err(CryptoError::Unseal)
+        ));
+        assert!(matches!(
+            master.unseal(&sealed, b""),
+            Err(CryptoError::Unseal)
+        ));
+    }
+
+    #[test]
+    fn another_key_does_not_open() {
+        let sealed = MasterKey::new(&[7; KEY_LEN])
+            .unwrap()
+            .seal(b"secret", AD)
+            .unwrap();
+        let other = MasterKey::new(&[8; KEY_LEN]).unwrap();
+        assert!(matches!(
+            other.unseal(&sealed, AD),
+            Err(CryptoError::Unseal)
+        ));
+    }
+
+    #[test]
+    fn any_changed_or_missing_byte_is_refused() {
+        let master = MasterKey::new(&[7; KEY_LEN]).unwrap();
+        let sealed = master.seal(b"secret", AD).unwrap();
+        for i in 0..sealed.len() {
+            let mut tampered = sealed.clone();
+            tampered[i] ^= 0x01;
+            assert!(
+                matches!(master.unseal(&tampered, AD), Err(CryptoError::Unseal)),
+                "byte {i} flipped"
+            );
+        }
+        assert!(matches!(
+            master.unseal(&sealed[..sealed.len() - 1], AD),
+            Err(CryptoError::Unseal)
+        ));
+        assert!(matches!(
+            master.unseal(&sealed[..SEAL_OVERHEAD - 1], AD),
+            Err(CryptoError::Unseal)
+        ));
+    }
+
+    #[test]
+    fn keys_must_be_32_bytes_and_files_private() {
+        assert!(matches!(
+            MasterKey::new(&[0; 16]),
+            Err(CryptoError::KeyLength(16))
+        ));
+        assert!(
+            MasterKey::new(&[0; 16])
+                .unwrap_err()
+                .to_string()
+                .contains("32 bytes")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        crate::crypto::files::write_private(&path, &[3; KEY_LEN]).unwrap();
+        let sealed = MasterKey::load(&path).unwrap().seal(b"x", AD).unwrap();
+        assert_eq!(
+            MasterKey::new(&[3; KEY_LEN])
+                .unwrap()
+                .unseal(&sealed, AD)
+                .unwrap(),
+            b"x"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            MasterKey::load(&path),
+            Err(CryptoError::File(FileError::Permissions { .. }))
+        ));
+    }
+}
