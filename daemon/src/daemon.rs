@@ -169,9 +169,7 @@ impl Daemon {
 
         crate::runtime::metrics::recorder();
         crate::runtime::events::describe(VERSION);
-        crate::tokens::events::describe();
-        crate::policy::events::describe();
-        crate::access::events::describe();
+        grpc::services::describe();
         crate::runtime::events::Booted {
             boot_count: boot.boot_count,
         }
@@ -247,8 +245,6 @@ impl Daemon {
         }
         actors.add_worker(HealthSync::new(health.clone(), ready.clone()));
 
-        crate::supervisor::events::describe();
-        crate::actors::episodic::events::describe();
         // systemd's watchdog is pinged from the supervisor loop, at half the interval systemd asked
         // for, and only while no critical actor is failed.
         let ping = watchdog_interval().map(|interval| {

@@ -121,6 +121,7 @@ pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::servi
             ),
         ],
     },
+    describe: crate::runtime::events::describe_none,
     setup: |_| {
         Ok(Some(crate::grpc::services::handler(
             |shared, routes, limits| {

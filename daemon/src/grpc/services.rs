@@ -56,6 +56,8 @@ pub enum Health {
 /// A service: its spec and its start-up step.
 pub struct Registration {
     pub spec: ServiceSpec,
+    /// Describes the service's metrics (its `events::describe`); runs once the recorder is installed.
+    pub describe: fn(),
     /// Runs at start, before the actors start and before anything listens: opens the service's state
     /// and registers its actors and workers. Returns how to build the handler once the daemon's shared
     /// parts are up, or `None` when the service is disabled (its methods answer UNIMPLEMENTED).
@@ -121,6 +123,13 @@ pub fn daemon_health_names() -> impl Iterator<Item = &'static str> {
     specs()
         .filter(|spec| spec.health == Health::Daemon)
         .map(|spec| spec.name)
+}
+
+/// Describes every registered service's metrics (describing one twice is harmless).
+pub fn describe() {
+    for registration in REGISTRY {
+        (registration.describe)();
+    }
 }
 
 /// Runs every service's set-up step, in registry order.

@@ -290,6 +290,7 @@ pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::servi
             ),
         ],
     },
+    describe: crate::policy::events::describe,
     setup: |_| {
         Ok(Some(crate::grpc::services::handler(
             |shared, routes, limits| {

@@ -417,6 +417,7 @@ pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::servi
             ),
         ],
     },
+    describe: crate::supervisor::events::describe,
     setup: |_| {
         Ok(Some(crate::grpc::services::handler(
             |shared, routes, limits| {

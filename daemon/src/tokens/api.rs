@@ -279,6 +279,7 @@ pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::servi
             ),
         ],
     },
+    describe: crate::tokens::events::describe,
     setup: |_| {
         Ok(Some(crate::grpc::services::handler(
             |shared, routes, limits| {

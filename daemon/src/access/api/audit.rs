@@ -126,6 +126,7 @@ pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::servi
             crate::grpc::methods::Requirement::Capability("audit.read"),
         )],
     },
+    describe: crate::access::events::describe,
     setup: |_| {
         Ok(Some(crate::grpc::services::handler(
             |shared, routes, limits| {

@@ -216,6 +216,7 @@ pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::servi
             ),
         ],
     },
+    describe: crate::access::events::describe,
     setup: |_| {
         Ok(Some(crate::grpc::services::handler(
             |shared, routes, limits| {

@@ -249,6 +249,7 @@ pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::servi
             ),
         ],
     },
+    describe: crate::actors::episodic::events::describe,
     setup: |setup| {
         if !setup.config.episodic.enabled {
             return Ok(None);
