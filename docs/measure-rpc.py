@@ -6,7 +6,7 @@ time per call: utime + stime from /proc/<pid>/stat, read before the bench starts
 server is idle (so work a call leaves queued, such as audit writes, is charged to the calls that caused
 it). The bench runs without a warm-up, so every call counted is one the CPU window saw.
 
-    cargo build --release --workspace --examples
+    cargo build --release --workspace --bins --examples
     python3 docs/measure-rpc.py target/release [--rounds 3] [--seconds 10] [--scenario ping]
 
 Prints one line per round and server, then the median ratio to bare (calls/s and CPU per call).
