@@ -13,6 +13,8 @@ use super::convert::timestamp_from_unix_ms as timestamp;
 use crate::access::authz::Authorizer;
 use crate::access::caller;
 use crate::error::{FieldViolation, ServiceError};
+use crate::grpc::methods::Requirement;
+use crate::grpc::services::{Health, Registration, ServiceSpec};
 use crate::store::{BootInfo, Store};
 
 /// Longest `PingRequest.delay_ms` accepted.
@@ -101,40 +103,26 @@ impl Admin for AdminService {
 }
 
 /// The Admin service's registration (see [`crate::grpc::services`]).
-pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::services::Registration {
-    spec: crate::grpc::services::ServiceSpec {
+pub const REGISTRATION: Registration = Registration {
+    spec: ServiceSpec {
         name: "brainstem.v1.Admin",
         descriptors: brainstem_proto::v1::FILE_DESCRIPTOR_SET,
-        health: crate::grpc::services::Health::Daemon,
+        health: Health::Daemon,
         methods: &[
-            (
-                "/brainstem.v1.Admin/Ping",
-                crate::grpc::methods::Requirement::Authenticated,
-            ),
-            (
-                "/brainstem.v1.Admin/WhoAmI",
-                crate::grpc::methods::Requirement::Authenticated,
-            ),
+            ("/brainstem.v1.Admin/Ping", Requirement::Authenticated),
+            ("/brainstem.v1.Admin/WhoAmI", Requirement::Authenticated),
             (
                 "/brainstem.v1.Admin/GetStatus",
-                crate::grpc::methods::Requirement::Capability("admin.status"),
+                Requirement::Capability("admin.status"),
             ),
         ],
     },
     describe: crate::runtime::events::describe_none,
-    setup: |_| {
-        Ok(Some(crate::grpc::services::handler(
-            |shared, routes, limits| {
-                crate::route!(
-                    routes,
-                    limits,
-                    brainstem_proto::v1::admin_server::AdminServer::new(AdminService::new(
-                        shared.access.authorizer.clone(),
-                        shared.info.clone(),
-                        shared.store.clone()
-                    ))
-                )
-            },
-        )))
-    },
+    setup: crate::stateless_setup!(
+        |shared| brainstem_proto::v1::admin_server::AdminServer::new(AdminService::new(
+            shared.access.authorizer.clone(),
+            shared.info.clone(),
+            shared.store.clone()
+        ))
+    ),
 };

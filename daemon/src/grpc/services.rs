@@ -106,6 +106,19 @@ macro_rules! route {
     }};
 }
 
+/// The `setup` of a service that keeps no state of its own: it only builds its handler from the
+/// daemon's shared parts, e.g. `stateless_setup!(|shared| PolicyServer::new(…shared.access…))`.
+#[macro_export]
+macro_rules! stateless_setup {
+    (|$shared:ident| $server:expr) => {
+        |_| {
+            Ok(Some($crate::grpc::services::handler(
+                |$shared, routes, limits| $crate::route!(routes, limits, $server),
+            )))
+        }
+    };
+}
+
 /// A handler builder for a service that needs no set-up step.
 pub fn handler(
     build: impl FnOnce(&Shared, &mut RoutesBuilder, Limits) + Send + 'static,

@@ -13,6 +13,8 @@ use crate::access::audit::AuditKind;
 use crate::access::{Access, Caller, Decided, DecisionRequest, caller};
 use crate::error::{FieldViolation, ServiceError};
 use crate::grpc::convert::timestamp_from_unix_ms as timestamp;
+use crate::grpc::methods::Requirement;
+use crate::grpc::services::{Health, Registration, ServiceSpec};
 use crate::policy::events::DecisionMetrics;
 use crate::policy::{self, PolicyError};
 
@@ -262,46 +264,38 @@ impl Policy for PolicyService {
 pub use brainstem_proto::json::{json_to_struct, struct_to_json};
 
 /// The Policy service's registration (see [`crate::grpc::services`]).
-pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::services::Registration {
-    spec: crate::grpc::services::ServiceSpec {
+pub const REGISTRATION: Registration = Registration {
+    spec: ServiceSpec {
         name: "brainstem.v1.Policy",
         descriptors: brainstem_proto::v1::FILE_DESCRIPTOR_SET,
-        health: crate::grpc::services::Health::Daemon,
+        health: Health::Daemon,
         methods: &[
             (
                 "/brainstem.v1.Policy/Check",
-                crate::grpc::methods::Requirement::Capability("policy.check"),
+                Requirement::Capability("policy.check"),
             ),
             (
                 "/brainstem.v1.Policy/BatchCheck",
-                crate::grpc::methods::Requirement::Capability("policy.check"),
+                Requirement::Capability("policy.check"),
             ),
             (
                 "/brainstem.v1.Policy/Explain",
-                crate::grpc::methods::Requirement::Capability("policy.explain"),
+                Requirement::Capability("policy.explain"),
             ),
             (
                 "/brainstem.v1.Policy/Validate",
-                crate::grpc::methods::Requirement::Capability("policy.validate"),
+                Requirement::Capability("policy.validate"),
             ),
             (
                 "/brainstem.v1.Policy/GetPolicySet",
-                crate::grpc::methods::Requirement::Capability("policy.read"),
+                Requirement::Capability("policy.read"),
             ),
         ],
     },
     describe: crate::policy::events::describe,
-    setup: |_| {
-        Ok(Some(crate::grpc::services::handler(
-            |shared, routes, limits| {
-                crate::route!(
-                    routes,
-                    limits,
-                    brainstem_proto::v1::policy_server::PolicyServer::new(PolicyService::new(
-                        shared.access.clone()
-                    ))
-                )
-            },
-        )))
-    },
+    setup: crate::stateless_setup!(
+        |shared| brainstem_proto::v1::policy_server::PolicyServer::new(PolicyService::new(
+            shared.access.clone()
+        ))
+    ),
 };

@@ -24,6 +24,8 @@ use tonic_health::server::HealthReporter;
 use crate::error::{FieldViolation, ServiceError};
 use crate::grpc::admin::DaemonInfo;
 use crate::grpc::convert::timestamp_now;
+use crate::grpc::methods::Requirement;
+use crate::grpc::services::{Health, Registration, ServiceSpec};
 use crate::supervisor::config::RestartType;
 use crate::supervisor::worker::until_cancelled;
 use crate::supervisor::{
@@ -381,59 +383,49 @@ impl HealthSync {
 }
 
 /// The Supervisor service's registration (see [`crate::grpc::services`]).
-pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::services::Registration {
-    spec: crate::grpc::services::ServiceSpec {
+pub const REGISTRATION: Registration = Registration {
+    spec: ServiceSpec {
         name: "brainstem.v1.Supervisor",
         descriptors: brainstem_proto::v1::FILE_DESCRIPTOR_SET,
-        health: crate::grpc::services::Health::Daemon,
+        health: Health::Daemon,
         methods: &[
             (
                 "/brainstem.v1.Supervisor/ListActors",
-                crate::grpc::methods::Requirement::Capability("supervisor.read"),
+                Requirement::Capability("supervisor.read"),
             ),
             (
                 "/brainstem.v1.Supervisor/GetActor",
-                crate::grpc::methods::Requirement::Capability("supervisor.read"),
+                Requirement::Capability("supervisor.read"),
             ),
             (
                 "/brainstem.v1.Supervisor/WatchActors",
-                crate::grpc::methods::Requirement::Capability("supervisor.read"),
+                Requirement::Capability("supervisor.read"),
             ),
             (
                 "/brainstem.v1.Supervisor/GetHealth",
-                crate::grpc::methods::Requirement::Capability("supervisor.read"),
+                Requirement::Capability("supervisor.read"),
             ),
             (
                 "/brainstem.v1.Supervisor/RestartActor",
-                crate::grpc::methods::Requirement::Capability("supervisor.admin"),
+                Requirement::Capability("supervisor.admin"),
             ),
             (
                 "/brainstem.v1.Supervisor/StopActor",
-                crate::grpc::methods::Requirement::Capability("supervisor.admin"),
+                Requirement::Capability("supervisor.admin"),
             ),
             (
                 "/brainstem.v1.Supervisor/StartActor",
-                crate::grpc::methods::Requirement::Capability("supervisor.admin"),
+                Requirement::Capability("supervisor.admin"),
             ),
         ],
     },
     describe: crate::supervisor::events::describe,
-    setup: |_| {
-        Ok(Some(crate::grpc::services::handler(
-            |shared, routes, limits| {
-                crate::route!(
-                    routes,
-                    limits,
-                    brainstem_proto::v1::supervisor_server::SupervisorServer::new(
-                        SupervisorService::new(
-                            shared.supervisor.clone(),
-                            shared.info.clone(),
-                            shared.server_token.clone(),
-                            shared.ready.clone()
-                        )
-                    )
-                )
-            },
-        )))
-    },
+    setup: crate::stateless_setup!(|shared| {
+        brainstem_proto::v1::supervisor_server::SupervisorServer::new(SupervisorService::new(
+            shared.supervisor.clone(),
+            shared.info.clone(),
+            shared.server_token.clone(),
+            shared.ready.clone(),
+        ))
+    }),
 };

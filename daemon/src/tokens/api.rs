@@ -17,6 +17,8 @@ use crate::access::authz::{Authorizer, Holdings};
 use crate::access::caller;
 use crate::error::{FieldViolation, ServiceError};
 use crate::grpc::convert::timestamp_from_secs as timestamp;
+use crate::grpc::methods::Requirement;
+use crate::grpc::services::{Health, Registration, ServiceSpec};
 use crate::tokens::{AttenuateRequest, IssueRequest, Requester, TokenService};
 
 pub struct TokensService {
@@ -247,51 +249,43 @@ impl Tokens for TokensService {
 }
 
 /// The Tokens service's registration (see [`crate::grpc::services`]).
-pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::services::Registration {
-    spec: crate::grpc::services::ServiceSpec {
+pub const REGISTRATION: Registration = Registration {
+    spec: ServiceSpec {
         name: "brainstem.v1.Tokens",
         descriptors: brainstem_proto::v1::FILE_DESCRIPTOR_SET,
-        health: crate::grpc::services::Health::Daemon,
+        health: Health::Daemon,
         methods: &[
             (
                 "/brainstem.v1.Tokens/Issue",
-                crate::grpc::methods::Requirement::Capability("tokens.issue"),
+                Requirement::Capability("tokens.issue"),
             ),
             (
                 "/brainstem.v1.Tokens/Verify",
-                crate::grpc::methods::Requirement::Capability("tokens.verify"),
+                Requirement::Capability("tokens.verify"),
             ),
             (
                 "/brainstem.v1.Tokens/Revoke",
-                crate::grpc::methods::Requirement::Capability("tokens.revoke"),
+                Requirement::Capability("tokens.revoke"),
             ),
             (
                 "/brainstem.v1.Tokens/List",
-                crate::grpc::methods::Requirement::Capability("tokens.list"),
+                Requirement::Capability("tokens.list"),
             ),
             (
                 "/brainstem.v1.Tokens/Attenuate",
-                crate::grpc::methods::Requirement::Capability("tokens.attenuate"),
+                Requirement::Capability("tokens.attenuate"),
             ),
             (
                 "/brainstem.v1.Tokens/RotateKey",
-                crate::grpc::methods::Requirement::Capability("tokens.rotate"),
+                Requirement::Capability("tokens.rotate"),
             ),
         ],
     },
     describe: crate::tokens::events::describe,
-    setup: |_| {
-        Ok(Some(crate::grpc::services::handler(
-            |shared, routes, limits| {
-                crate::route!(
-                    routes,
-                    limits,
-                    brainstem_proto::v1::tokens_server::TokensServer::new(TokensService::new(
-                        shared.tokens.clone(),
-                        shared.access.authorizer.clone()
-                    ))
-                )
-            },
-        )))
-    },
+    setup: crate::stateless_setup!(
+        |shared| brainstem_proto::v1::tokens_server::TokensServer::new(TokensService::new(
+            shared.tokens.clone(),
+            shared.access.authorizer.clone()
+        ))
+    ),
 };

@@ -9,6 +9,8 @@ use tonic::{Request, Response, Status};
 use crate::access::audit::{AuditKind, AuditLog, AuditQuery, MAX_QUERY_LIMIT};
 use crate::error::{FieldViolation, ServiceError};
 use crate::grpc::convert::{timestamp_from_unix_ms, timestamp_to_ms};
+use crate::grpc::methods::Requirement;
+use crate::grpc::services::{Health, Registration, ServiceSpec};
 
 pub struct AuditService {
     log: Arc<AuditLog>,
@@ -116,28 +118,20 @@ impl Audit for AuditService {
 }
 
 /// The Audit service's registration (see [`crate::grpc::services`]).
-pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::services::Registration {
-    spec: crate::grpc::services::ServiceSpec {
+pub const REGISTRATION: Registration = Registration {
+    spec: ServiceSpec {
         name: "brainstem.v1.Audit",
         descriptors: brainstem_proto::v1::FILE_DESCRIPTOR_SET,
-        health: crate::grpc::services::Health::Daemon,
+        health: Health::Daemon,
         methods: &[(
             "/brainstem.v1.Audit/Query",
-            crate::grpc::methods::Requirement::Capability("audit.read"),
+            Requirement::Capability("audit.read"),
         )],
     },
     describe: crate::access::events::describe,
-    setup: |_| {
-        Ok(Some(crate::grpc::services::handler(
-            |shared, routes, limits| {
-                crate::route!(
-                    routes,
-                    limits,
-                    brainstem_proto::v1::audit_server::AuditServer::new(AuditService::new(
-                        shared.access.audit.clone()
-                    ))
-                )
-            },
-        )))
-    },
+    setup: crate::stateless_setup!(
+        |shared| brainstem_proto::v1::audit_server::AuditServer::new(AuditService::new(
+            shared.access.audit.clone()
+        ))
+    ),
 };

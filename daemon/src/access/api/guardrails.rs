@@ -12,6 +12,8 @@ use crate::access::events::GuardrailDecided;
 use crate::access::guardrails::Verdict;
 use crate::access::{Access, Caller, DecisionRequest, RulesVerdict, caller};
 use crate::error::{FieldViolation, ServiceError};
+use crate::grpc::methods::Requirement;
+use crate::grpc::services::{Health, Registration, ServiceSpec};
 
 const MAX_CORRELATION_ID: usize = 256;
 const MAX_TARGET: usize = 1024;
@@ -196,38 +198,30 @@ impl GuardrailsApi for GuardrailsService {
 }
 
 /// The Guardrails service's registration (see [`crate::grpc::services`]).
-pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::services::Registration {
-    spec: crate::grpc::services::ServiceSpec {
+pub const REGISTRATION: Registration = Registration {
+    spec: ServiceSpec {
         name: "brainstem.v1.Guardrails",
         descriptors: brainstem_proto::v1::FILE_DESCRIPTOR_SET,
-        health: crate::grpc::services::Health::Daemon,
+        health: Health::Daemon,
         methods: &[
             (
                 "/brainstem.v1.Guardrails/CheckNavigation",
-                crate::grpc::methods::Requirement::Capability("guardrails.check"),
+                Requirement::Capability("guardrails.check"),
             ),
             (
                 "/brainstem.v1.Guardrails/CheckClick",
-                crate::grpc::methods::Requirement::Capability("guardrails.check"),
+                Requirement::Capability("guardrails.check"),
             ),
             (
                 "/brainstem.v1.Guardrails/CheckFormSubmit",
-                crate::grpc::methods::Requirement::Capability("guardrails.check"),
+                Requirement::Capability("guardrails.check"),
             ),
         ],
     },
     describe: crate::access::events::describe,
-    setup: |_| {
-        Ok(Some(crate::grpc::services::handler(
-            |shared, routes, limits| {
-                crate::route!(
-                    routes,
-                    limits,
-                    brainstem_proto::v1::guardrails_server::GuardrailsServer::new(
-                        GuardrailsService::new(shared.access.clone())
-                    )
-                )
-            },
-        )))
-    },
+    setup: crate::stateless_setup!(|shared| {
+        brainstem_proto::v1::guardrails_server::GuardrailsServer::new(GuardrailsService::new(
+            shared.access.clone(),
+        ))
+    }),
 };

@@ -9,6 +9,8 @@ use tonic::{Request, Response, Status};
 use crate::actors::episodic::{self, Episodic, ForgetTarget, NewEpisode};
 use crate::error::{FieldViolation, ServiceError};
 use crate::grpc::convert::{timestamp_from_ms as timestamp, timestamp_to_ms};
+use crate::grpc::methods::Requirement;
+use crate::grpc::services::{Health, Registration, ServiceSpec};
 
 pub struct EpisodicService {
     episodic: Episodic,
@@ -217,35 +219,35 @@ impl EpisodicApi for EpisodicService {
 }
 
 /// The Episodic service's registration (see [`crate::grpc::services`]).
-pub const REGISTRATION: crate::grpc::services::Registration = crate::grpc::services::Registration {
-    spec: crate::grpc::services::ServiceSpec {
+pub const REGISTRATION: Registration = Registration {
+    spec: ServiceSpec {
         name: "brainstem.v1.Episodic",
         descriptors: brainstem_proto::v1::FILE_DESCRIPTOR_SET,
-        health: crate::grpc::services::Health::Actor,
+        health: Health::Actor,
         methods: &[
             (
                 "/brainstem.v1.Episodic/Store",
-                crate::grpc::methods::Requirement::Capability("episodic.write"),
+                Requirement::Capability("episodic.write"),
             ),
             (
                 "/brainstem.v1.Episodic/StoreBatch",
-                crate::grpc::methods::Requirement::Capability("episodic.write"),
+                Requirement::Capability("episodic.write"),
             ),
             (
                 "/brainstem.v1.Episodic/Forget",
-                crate::grpc::methods::Requirement::Capability("episodic.write"),
+                Requirement::Capability("episodic.write"),
             ),
             (
                 "/brainstem.v1.Episodic/Query",
-                crate::grpc::methods::Requirement::Capability("episodic.read"),
+                Requirement::Capability("episodic.read"),
             ),
             (
                 "/brainstem.v1.Episodic/Recent",
-                crate::grpc::methods::Requirement::Capability("episodic.read"),
+                Requirement::Capability("episodic.read"),
             ),
             (
                 "/brainstem.v1.Episodic/Get",
-                crate::grpc::methods::Requirement::Capability("episodic.read"),
+                Requirement::Capability("episodic.read"),
             ),
         ],
     },
