@@ -3,6 +3,11 @@
 //! The principal is the certificate's first SAN URI (e.g. `spiffe://host/agent/web`), else its subject
 //! CN. It is worked out once per connection, at the handshake, and reaches handlers as a typed request
 //! extension ([`Principal`]).
+//!
+//! The two sources never name the same principal: a SAN URI principal must start with a URI scheme
+//! (`scheme:`), and a CN principal must contain no `:`. A certificate that breaks this (a CN such as
+//! `spiffe://brainstem.dev/admin`, or a SAN URI with no scheme) names no principal, so its calls answer
+//! UNAUTHENTICATED; a CN can therefore never pose as a SAN URI that a grant names.
 
 use std::fmt;
 use std::sync::Arc;
@@ -44,9 +49,27 @@ pub enum IdentityError {
     Malformed(String),
     #[error("client certificate names no principal (no SAN URI and no subject CN)")]
     NoPrincipal,
+    #[error(
+        "client certificate's subject CN contains ':', which only SAN URI principals may; put a URI identity in a SAN URI"
+    )]
+    UriLikeCommonName,
+    #[error("client certificate's first SAN URI has no URI scheme, so it names no principal")]
+    SchemelessUri,
 }
 
-/// Extracts the principal from a DER certificate: first SAN URI, else subject CN.
+/// Whether `name` starts with an RFC 3986 scheme and its `:` (`ALPHA *( ALPHA / DIGIT / "+" / "-" /
+/// "." ) ":"`).
+fn has_uri_scheme(name: &str) -> bool {
+    let Some((scheme, _)) = name.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// Extracts the principal from a DER certificate: first SAN URI (which must have a scheme), else subject
+/// CN (which must contain no `:`).
 pub fn principal_from_der(der: &[u8]) -> Result<Principal, IdentityError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|err| IdentityError::Malformed(err.to_string()))?;
@@ -56,6 +79,9 @@ pub fn principal_from_der(der: &[u8]) -> Result<Principal, IdentityError> {
             _ => None,
         });
         if let Some(uri) = uri {
+            if !has_uri_scheme(uri) {
+                return Err(IdentityError::SchemelessUri);
+            }
             return Ok(Principal {
                 name: uri.to_owned(),
                 source: PrincipalSource::SanUri,
@@ -67,6 +93,7 @@ pub fn principal_from_der(der: &[u8]) -> Result<Principal, IdentityError> {
         .iter_common_name()
         .find_map(|attr| attr.as_str().ok().filter(|s| !s.is_empty()));
     match cn {
+        Some(cn) if cn.contains(':') => Err(IdentityError::UriLikeCommonName),
         Some(cn) => Ok(Principal {
             name: cn.to_owned(),
             source: PrincipalSource::CommonName,
@@ -130,5 +157,62 @@ mod tests {
             principal_from_der(b"not a certificate"),
             Err(IdentityError::Malformed(_))
         ));
+    }
+
+    /// Issue 9: a CN of `spiffe://brainstem.dev/admin` (no SAN) must not become the admin principal
+    /// that grants name by SAN URI; nor may any CN that reads as `scheme:…`.
+    #[test]
+    fn a_cn_that_looks_like_a_uri_names_no_principal() {
+        for cn in [
+            "spiffe://brainstem.dev/admin",
+            "urn:brainstem:admin",
+            "admin:",
+            "x:y",
+        ] {
+            let mut params = CertificateParams::new(vec!["host.example".to_owned()]).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            assert_eq!(
+                principal_from_der(&der(params)),
+                Err(IdentityError::UriLikeCommonName),
+                "{cn}"
+            );
+        }
+        // The same name as a SAN URI is the principal, from the other namespace.
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "admin");
+        params.subject_alt_names.push(SanType::URI(
+            "spiffe://brainstem.dev/admin".try_into().unwrap(),
+        ));
+        let p = principal_from_der(&der(params)).unwrap();
+        assert_eq!(
+            (p.name.as_str(), p.source),
+            ("spiffe://brainstem.dev/admin", PrincipalSource::SanUri)
+        );
+    }
+
+    #[test]
+    fn a_san_uri_without_a_scheme_names_no_principal() {
+        for uri in ["reader", "/agent/web", "1x:y", ":nothing"] {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, "reader");
+            params
+                .subject_alt_names
+                .push(SanType::URI(uri.try_into().unwrap()));
+            assert_eq!(
+                principal_from_der(&der(params)),
+                Err(IdentityError::SchemelessUri),
+                "{uri}"
+            );
+        }
+    }
+
+    #[test]
+    fn uri_schemes() {
+        for yes in ["spiffe://x", "urn:a:b", "a+b-c.d:x", "A:"] {
+            assert!(has_uri_scheme(yes), "{yes}");
+        }
+        for no in ["reader", ":x", "1a:x", "a b:x", "web/x:y", ""] {
+            assert!(!has_uri_scheme(no), "{no}");
+        }
     }
 }
