@@ -21,17 +21,32 @@ use crate::error::ServiceError;
 use crate::runtime::events::{AccessDenied, InFlight, MethodMetrics, RateLimited};
 use crate::tokens::TokenService;
 
-/// The bearer token of a request, if any. `Err` for an `authorization` header that is not one.
-fn bearer(headers: &http::HeaderMap) -> Option<Result<&str, ()>> {
-    let value = headers.get(http::header::AUTHORIZATION)?;
+/// Why an `authorization` header could not be read as one bearer token.
+#[derive(Debug, PartialEq, Eq)]
+enum BadAuthorization {
+    /// Not `Bearer <token>` (the scheme is case-insensitive, RFC 9110 §11.1).
+    NotBearer,
+    /// More than one `authorization` header: which token narrows the call would be a guess, so the
+    /// call has no valid credentials.
+    Repeated,
+}
+
+/// The bearer token of a request, if any.
+fn bearer(headers: &http::HeaderMap) -> Option<Result<&str, BadAuthorization>> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return Some(Err(BadAuthorization::Repeated));
+    }
     Some(
         value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
-            .ok_or(()),
+            .ok_or(BadAuthorization::NotBearer),
     )
 }
 
@@ -115,9 +130,19 @@ impl<S> AuthService<S> {
         };
         let token = match bearer(req.headers()) {
             None => None,
+            Some(Err(BadAuthorization::Repeated)) => {
+                // UNAUTHENTICATED, not PERMISSION_DENIED: no token was read, so nothing was decided
+                // about permissions; the call's credentials are ambiguous until the caller sends one.
+                self.access
+                    .audit_refusal(&principal.name, entry.label, "repeated-authorization");
+                return Err(ServiceError::Unauthenticated(
+                    "more than one authorization header; send at most one \"Bearer <token>\""
+                        .to_owned(),
+                ));
+            }
             Some(presented) => {
                 let verified = presented
-                    .map_err(|()| "the authorization header is not \"Bearer <token>\"".to_owned())
+                    .map_err(|_| "the authorization header is not \"Bearer <token>\"".to_owned())
                     .and_then(|token| {
                         self.tokens
                             .verify_presented(token, &principal.name)
@@ -322,5 +347,39 @@ mod tests {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
         assert_eq!(parse_grpc_timeout(None), None);
+    }
+
+    #[test]
+    fn bearer_header() {
+        let one = |v: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+            headers
+        };
+        assert_eq!(bearer(&http::HeaderMap::new()), None);
+        for (value, token) in [
+            ("Bearer abc", "abc"),
+            ("bearer abc", "abc"),
+            ("BEARER  abc ", "abc"),
+            ("bEaReR abc", "abc"),
+        ] {
+            assert_eq!(bearer(&one(value)), Some(Ok(token)), "{value:?}");
+        }
+        for value in ["Bearer", "Bearer ", "Basic abc", "Bearerabc", "abc"] {
+            assert_eq!(
+                bearer(&one(value)),
+                Some(Err(BadAuthorization::NotBearer)),
+                "{value:?}"
+            );
+        }
+        let mut two = one("Bearer wide");
+        two.append(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("Bearer narrow"),
+        );
+        assert_eq!(bearer(&two), Some(Err(BadAuthorization::Repeated)));
     }
 }
