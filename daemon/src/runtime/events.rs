@@ -31,6 +31,10 @@ pub fn describe(version: &str) {
         "configuration reloads, by result (applied, refused)"
     );
     metrics::describe_counter!("brainstem_errors_total", "errors by subsystem and kind");
+    metrics::describe_counter!(
+        "brainstem_notify_dropped_total",
+        "sd_notify messages dropped because the service manager's socket queue was full"
+    );
     metrics::describe_gauge!("brainstem_build_info", "always 1; labels carry the version");
     metrics::describe_gauge!(
         "brainstem_boot_count",
@@ -166,6 +170,25 @@ pub struct ConnectionClosed;
 impl ConnectionClosed {
     pub fn emit(self) {
         metrics::gauge!("brainstem_grpc_connections_open").decrement(1.0);
+    }
+}
+
+/// An sd_notify message dropped on a full socket queue (the send never blocks).
+pub struct NotifyDropped<'a> {
+    pub message: &'a str,
+    /// The first drop since messages last went through: logged; later ones are only counted.
+    pub first: bool,
+}
+
+impl NotifyDropped<'_> {
+    pub fn emit(self) {
+        metrics::counter!("brainstem_notify_dropped_total").increment(1);
+        if self.first {
+            tracing::warn!(
+                message = self.message,
+                "sd_notify: the service manager's socket queue is full; dropping messages until it drains"
+            );
+        }
     }
 }
 

@@ -3,11 +3,20 @@
 //!
 //! Without `$NOTIFY_SOCKET` (not started by systemd, or `Type=simple`) every call is a no-op, so the
 //! daemon code sends unconditionally.
+//!
+//! Sends never block: the socket is non-blocking, and a message the manager's queue has no room for
+//! (EAGAIN; a Unix datagram queue holds `net.unix.max_dgram_qlen` messages, 10 by default) is dropped
+//! and counted ([`NotifyDropped`]). A manager that does not drain its socket therefore costs status
+//! updates, never the daemon's ability to reload or stop.
 
 use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use crate::runtime::events::NotifyDropped;
 
 #[derive(Debug, Clone)]
 enum Target {
@@ -19,6 +28,8 @@ enum Target {
 #[derive(Debug, Clone, Default)]
 pub struct Notifier {
     target: Option<Target>,
+    /// Set while messages are being dropped, so the log says so once per episode, not per message.
+    dropping: Arc<AtomicBool>,
 }
 
 impl Notifier {
@@ -35,7 +46,10 @@ impl Notifier {
                 String::from_utf8_lossy(&bytes).into_owned(),
             ))),
         };
-        Notifier { target }
+        Notifier {
+            target,
+            ..Notifier::default()
+        }
     }
 
     /// A notifier that sends nothing.
@@ -47,11 +61,20 @@ impl Notifier {
         self.target.is_some()
     }
 
-    /// Sends one message, e.g. `"READY=1\nSTATUS=serving"`. Errors are logged, never fatal: the
-    /// daemon keeps serving if the manager went away.
+    /// Sends one message, e.g. `"READY=1\nSTATUS=serving"`, without blocking. Errors are logged,
+    /// never fatal: the daemon keeps serving if the manager went away. A full queue drops the message.
     pub fn notify(&self, message: &str) {
-        if let Err(err) = self.send(message) {
-            tracing::warn!(error = %err, message, "sd_notify failed");
+        match self.send(message) {
+            Ok(()) => {
+                if self.dropping.swap(false, Ordering::Relaxed) {
+                    tracing::info!("sd_notify: the service manager takes messages again");
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                let first = !self.dropping.swap(true, Ordering::Relaxed);
+                NotifyDropped { message, first }.emit();
+            }
+            Err(err) => tracing::warn!(error = %err, message, "sd_notify failed"),
         }
     }
 
@@ -60,6 +83,7 @@ impl Notifier {
             return Ok(());
         };
         let socket = UnixDatagram::unbound()?;
+        socket.set_nonblocking(true)?;
         match target {
             Target::Path(path) => socket.send_to(message.as_bytes(), path)?,
             Target::Abstract(name) => {
@@ -141,6 +165,7 @@ mod tests {
         let receiver = UnixDatagram::bind(&path).unwrap();
         let notifier = Notifier {
             target: Some(Target::Path(path)),
+            ..Notifier::default()
         };
         notifier.reloading();
         let mut buf = [0u8; 256];
@@ -161,11 +186,40 @@ mod tests {
         let receiver = UnixDatagram::bind_addr(&addr).unwrap();
         let notifier = Notifier {
             target: Some(Target::Abstract(name.into_bytes())),
+            ..Notifier::default()
         };
         notifier.watchdog();
         let mut buf = [0u8; 64];
         let n = receiver.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"WATCHDOG=1");
+    }
+
+    /// Issue 9: a manager that never reads its socket must not block the sender.
+    #[test]
+    fn a_full_socket_drops_messages_instead_of_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let receiver = UnixDatagram::bind(&path).unwrap();
+        let notifier = Notifier {
+            target: Some(Target::Path(path)),
+            ..Notifier::default()
+        };
+        // Far more than any queue holds; a blocking send would hang this test on the first full one.
+        for _ in 0..10_000 {
+            notifier.watchdog();
+            if notifier.dropping.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        assert!(notifier.dropping.load(Ordering::Relaxed), "never dropped");
+        notifier.status("still not blocking");
+        // Drained, it sends again.
+        receiver.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        while receiver.recv(&mut buf).is_ok() {}
+        notifier.watchdog();
+        assert!(!notifier.dropping.load(Ordering::Relaxed));
+        assert_eq!(receiver.recv(&mut buf).unwrap(), b"WATCHDOG=1".len());
     }
 
     #[test]
