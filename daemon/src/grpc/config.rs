@@ -13,6 +13,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_message_bytes: u64,
     pub max_connections: u64,
+    pub max_pending_handshakes: u64,
+    pub max_pending_handshakes_per_address: u64,
+    pub first_byte_timeout_seconds: u64,
     pub max_concurrent_streams: u64,
     pub request_timeout_seconds: u64,
     pub handshake_timeout_seconds: u64,
@@ -27,6 +30,9 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             max_message_bytes: 4 * MIB,
             max_connections: 1024,
+            max_pending_handshakes: 256,
+            max_pending_handshakes_per_address: 64,
+            first_byte_timeout_seconds: 2,
             max_concurrent_streams: 256,
             request_timeout_seconds: 30,
             handshake_timeout_seconds: 10,
@@ -56,6 +62,24 @@ impl Section for ServerConfig {
             "max_connections",
             1..=1_000_000,
             &mut self.max_connections,
+        );
+        walker.integer(
+            &t,
+            "max_pending_handshakes",
+            1..=65_536,
+            &mut self.max_pending_handshakes,
+        );
+        walker.integer(
+            &t,
+            "max_pending_handshakes_per_address",
+            1..=65_536,
+            &mut self.max_pending_handshakes_per_address,
+        );
+        walker.integer(
+            &t,
+            "first_byte_timeout_seconds",
+            1..=60,
+            &mut self.first_byte_timeout_seconds,
         );
         walker.integer(
             &t,
@@ -96,13 +120,43 @@ impl Section for ServerConfig {
         walker.finish(t);
     }
 
+    fn validate(&self, _config: &Config, issues: &mut Issues) {
+        if self.max_pending_handshakes_per_address > self.max_pending_handshakes {
+            issues.push(
+                "server.max_pending_handshakes_per_address",
+                format!(
+                    "must not exceed server.max_pending_handshakes ({})",
+                    self.max_pending_handshakes
+                ),
+            );
+        }
+        if self.first_byte_timeout_seconds > self.handshake_timeout_seconds {
+            issues.push(
+                "server.first_byte_timeout_seconds",
+                format!(
+                    "must not exceed server.handshake_timeout_seconds ({})",
+                    self.handshake_timeout_seconds
+                ),
+            );
+        }
+    }
+
     fn default_text(&self) -> String {
         format!(
             r#"[server]
 # gRPC over mutual TLS.
 listen = "{listen}"
 max_message_bytes = {max_message_bytes}
+# Established (TLS-handshaken) connections; more are closed before any TLS work.
 max_connections = {max_connections}
+# Connections still in their TLS handshake count apart from max_connections, in all and per source
+# address. When either is full, the oldest one that has sent nothing yet is closed to make room; only
+# when all of them are talking is a new connection refused.
+max_pending_handshakes = {max_pending_handshakes}
+max_pending_handshakes_per_address = {max_pending_handshakes_per_address}
+# A connection that sends nothing this long after accept is closed (a TLS client speaks at once);
+# handshake_timeout_seconds bounds the whole handshake.
+first_byte_timeout_seconds = {first_byte_timeout_seconds}
 # HTTP/2 streams (concurrent calls) per connection.
 max_concurrent_streams = {max_concurrent_streams}
 # Deadline for calls that carry none; a shorter grpc-timeout from the caller wins.
@@ -118,6 +172,9 @@ stop_timeout_seconds = {stop_timeout_seconds}
             listen = self.listen,
             max_message_bytes = self.max_message_bytes,
             max_connections = self.max_connections,
+            max_pending_handshakes = self.max_pending_handshakes,
+            max_pending_handshakes_per_address = self.max_pending_handshakes_per_address,
+            first_byte_timeout_seconds = self.first_byte_timeout_seconds,
             max_concurrent_streams = self.max_concurrent_streams,
             request_timeout_seconds = self.request_timeout_seconds,
             handshake_timeout_seconds = self.handshake_timeout_seconds,

@@ -71,10 +71,7 @@ pub fn serve(
     let incoming = incoming::spawn_accept_loop(
         listener,
         tls,
-        incoming::AcceptLimits {
-            max_connections: config.max_connections as usize,
-            handshake_timeout: Duration::from_secs(config.handshake_timeout_seconds),
-        },
+        incoming::AcceptLimits::from(config),
         tasks,
         token.clone(),
     );

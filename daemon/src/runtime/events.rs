@@ -19,7 +19,9 @@ pub fn describe(version: &str) {
     );
     metrics::describe_counter!(
         "brainstem_grpc_connections_total",
-        "TLS connections, by outcome (accepted, handshake_failed, handshake_timeout, rejected_limit)"
+        "TCP connections accepted by the gRPC listener, by outcome (accepted, handshake_failed, \
+         handshake_timeout, first_byte_timeout, evicted_silent, rejected_limit, rejected_pending, \
+         rejected_pending_address)"
     );
     metrics::describe_gauge!("brainstem_grpc_connections_open", "open gRPC connections");
     metrics::describe_gauge!(
@@ -134,12 +136,22 @@ impl AccessDenied<'_> {
     }
 }
 
-#[derive(Clone, Copy)]
+/// What became of an accepted TCP connection. Source addresses go to the log line, never to a label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnectionOutcome {
     Accepted,
     HandshakeFailed,
     HandshakeTimeout,
+    /// Sent nothing within `first_byte_timeout_seconds`.
+    FirstByteTimeout,
+    /// Closed while silent to make room for a newer connection in a full pending table.
+    EvictedSilent,
+    /// `max_connections` established connections.
     RejectedLimit,
+    /// `max_pending_handshakes`, all of them talking.
+    RejectedPending,
+    /// `max_pending_handshakes_per_address` from this address, all of them talking.
+    RejectedPendingAddress,
 }
 
 impl ConnectionOutcome {
@@ -148,7 +160,11 @@ impl ConnectionOutcome {
             ConnectionOutcome::Accepted => "accepted",
             ConnectionOutcome::HandshakeFailed => "handshake_failed",
             ConnectionOutcome::HandshakeTimeout => "handshake_timeout",
+            ConnectionOutcome::FirstByteTimeout => "first_byte_timeout",
+            ConnectionOutcome::EvictedSilent => "evicted_silent",
             ConnectionOutcome::RejectedLimit => "rejected_limit",
+            ConnectionOutcome::RejectedPending => "rejected_pending",
+            ConnectionOutcome::RejectedPendingAddress => "rejected_pending_address",
         };
         metrics::counter!("brainstem_grpc_connections_total", "outcome" => outcome).increment(1);
         match self {
@@ -157,6 +173,17 @@ impl ConnectionOutcome {
             }
             ConnectionOutcome::RejectedLimit => {
                 tracing::warn!(?peer, "connection refused: max_connections reached")
+            }
+            ConnectionOutcome::RejectedPending | ConnectionOutcome::RejectedPendingAddress => {
+                tracing::warn!(
+                    ?peer,
+                    outcome,
+                    "connection refused: too many TLS handshakes in progress"
+                )
+            }
+            // Expected under an idle-connection flood: one line each would be the flood again.
+            ConnectionOutcome::FirstByteTimeout | ConnectionOutcome::EvictedSilent => {
+                tracing::debug!(?peer, outcome, "connection closed before it sent anything")
             }
             ConnectionOutcome::HandshakeFailed | ConnectionOutcome::HandshakeTimeout => {
                 tracing::info!(?peer, outcome, detail, "TLS handshake did not complete")
