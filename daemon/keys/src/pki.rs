@@ -217,8 +217,21 @@ fn server_certificate(issuer: &Issuer<'_, KeyPair>) -> Result<(String, String), 
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// A client certificate. A URI principal (`scheme://…`) goes into the SAN URI, with its last segment as
-/// CN; any other principal becomes the CN alone. Either way brainstemd reads back exactly `principal`.
+/// Whether `name` starts with an RFC 3986 scheme and its `:` (`ALPHA *( ALPHA / DIGIT / "+" / "-" /
+/// "." ) ":"`). brainstemd takes principals with a `:` only from SAN URIs that pass this, and
+/// principals without one only from CNs, so the two never name the same principal.
+pub fn has_uri_scheme(name: &str) -> bool {
+    let Some((scheme, _)) = name.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// A client certificate. A principal with a `:` must be a URI (`spiffe://…`, `urn:…`) and goes into
+/// the SAN URI, with its last segment as CN; any other principal becomes the CN alone. Either way
+/// brainstemd reads back exactly `principal`.
 pub fn client_certificate(
     issuer: &Issuer<'_, KeyPair>,
     principal: &str,
@@ -238,7 +251,12 @@ pub fn client_certificate(
         return Err(bad("must not contain spaces or control characters"));
     }
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    if principal.contains("://") {
+    if principal.contains(':') {
+        if !has_uri_scheme(principal) {
+            return Err(bad(
+                "a name with ':' must be a URI with a scheme (e.g. spiffe://org/agent, urn:org:agent)",
+            ));
+        }
         let uri = rcgen::string::Ia5String::try_from(principal)
             .map_err(|_| bad("a URI principal must be ASCII"))?;
         params.subject_alt_names.push(SanType::URI(uri));

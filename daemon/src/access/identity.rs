@@ -57,16 +57,7 @@ pub enum IdentityError {
     SchemelessUri,
 }
 
-/// Whether `name` starts with an RFC 3986 scheme and its `:` (`ALPHA *( ALPHA / DIGIT / "+" / "-" /
-/// "." ) ":"`).
-fn has_uri_scheme(name: &str) -> bool {
-    let Some((scheme, _)) = name.split_once(':') else {
-        return false;
-    };
-    let mut chars = scheme.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-}
+use brainstem_keys::pki::has_uri_scheme;
 
 /// Extracts the principal from a DER certificate: first SAN URI (which must have a scheme), else subject
 /// CN (which must contain no `:`).
@@ -118,6 +109,35 @@ mod tests {
     fn der(params: CertificateParams) -> Vec<u8> {
         let key = KeyPair::generate().unwrap();
         params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    /// What the dev PKI mints for a name is read back as exactly that name: names with a `:` as SAN
+    /// URIs (any scheme, not only `scheme://`), others as CNs; a `:` without a scheme is refused.
+    #[test]
+    fn minted_client_certificates_name_their_principal() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = brainstem_keys::pki::DevPki::new(dir.path());
+        pki.ensure().unwrap();
+        let issuer = pki.issuer().unwrap();
+        for name in ["urn:brainstem:agent", "spiffe://org/agent/web", "reader"] {
+            let (pem, _key) = brainstem_keys::pki::client_certificate(&issuer, name, 1).unwrap();
+            let der = pem_to_der(&pem);
+            assert_eq!(principal_from_der(&der).unwrap().name, name);
+        }
+        for bad in ["1x:y", ":nothing"] {
+            assert!(
+                brainstem_keys::pki::client_certificate(&issuer, bad, 1).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    fn pem_to_der(pem: &str) -> Vec<u8> {
+        let body: String = pem
+            .lines()
+            .filter(|line| !line.starts_with("-----"))
+            .collect();
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body).unwrap()
     }
 
     #[test]
