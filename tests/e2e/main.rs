@@ -5,5 +5,6 @@ mod access;
 mod harness;
 mod inprocess;
 mod process;
+mod stress;
 mod supervision;
 mod tokens;
