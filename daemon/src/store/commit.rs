@@ -60,7 +60,8 @@ pub struct Durable(tokio::sync::oneshot::Receiver<Result<(), StoreError>>);
 
 impl Durable {
     /// Waits for the committer's answer. Cancel-safe: a wait given up (a timeout) can be resumed by
-    /// calling it again; dropping the `Durable` does not undo the write.
+    /// calling it again; dropping the `Durable` does not undo the write. Once it has returned, the
+    /// answer is spent: do not wait again.
     pub async fn wait(&mut self) -> Result<(), StoreError> {
         (&mut self.0).await.unwrap_or_else(|_| Err(stopped()))
     }
