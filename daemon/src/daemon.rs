@@ -43,7 +43,9 @@ use crate::store::config::FlushPolicy;
 use crate::store::{Store, StoreError};
 pub use crate::supervisor::EXIT_CRITICAL_FAILURE;
 use crate::supervisor::api::HealthSync;
-use crate::supervisor::builtin::{MetricsListener, StoreFlusher};
+use crate::supervisor::builtin::{
+    MetricsListener, STORE_PROBE_DEADLINE, STORE_PROBE_EVERY, StoreFlusher, StoreProbe,
+};
 use crate::supervisor::{Supervisor, SupervisorBuilder, WatchdogPing};
 use crate::tokens::{SystemClock, TokenError, TokenService};
 
@@ -169,6 +171,7 @@ impl Daemon {
 
         crate::runtime::metrics::recorder();
         crate::runtime::events::describe(VERSION);
+        crate::store::events::describe();
         grpc::services::describe();
         crate::runtime::events::Booted {
             boot_count: boot.boot_count,
@@ -225,6 +228,11 @@ impl Daemon {
             let every = Duration::from_millis(config.store.flush_interval_ms);
             actors.add_worker(StoreFlusher::new(store.clone(), every));
         }
+        actors.add_worker(StoreProbe::new(
+            &store,
+            STORE_PROBE_EVERY,
+            STORE_PROBE_DEADLINE,
+        )?);
         let handlers = grpc::services::setup(&mut Setup {
             config: &config,
             store: &store,

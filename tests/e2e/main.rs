@@ -6,5 +6,6 @@ mod hardening;
 mod harness;
 mod inprocess;
 mod process;
+mod stress;
 mod supervision;
 mod tokens;

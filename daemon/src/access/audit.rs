@@ -410,7 +410,7 @@ impl Worker for AuditWriter {
                     break;
                 }
                 Wake::Batch(_) => writer.write(&mut batch).await,
-                Wake::Trim => writer.trim_by_age(),
+                Wake::Trim => writer.trim_by_age().await,
             }
             ctx.progress();
             ctx.set_status(format!("next seq {}", writer.next_seq));
@@ -483,10 +483,10 @@ impl Writer<'_> {
                 let _ = written.send(ok);
             }
         }
-        self.trim_by_count();
+        self.trim_by_count().await;
     }
 
-    fn trim_by_count(&self) {
+    async fn trim_by_count(&self) {
         let excess = self.tree.len().saturating_sub(self.max_records);
         if excess == 0 {
             return;
@@ -495,10 +495,10 @@ impl Writer<'_> {
             return;
         };
         let end = key(seq_of(&first).saturating_add(excess as u64));
-        self.remove_below(&end, excess, "count");
+        self.remove_below(&end, excess, "count").await;
     }
 
-    fn trim_by_age(&self) {
+    async fn trim_by_age(&self) {
         let cutoff = crate::store::unix_ms_now().saturating_sub(self.max_age.as_millis() as u64);
         // Sequence order is time order, so the first record young enough bounds the removal.
         let mut end = None;
@@ -516,11 +516,11 @@ impl Writer<'_> {
             }
         }
         let end = end.unwrap_or_else(|| key(self.next_seq));
-        self.remove_below(&end, usize::MAX, "age");
+        self.remove_below(&end, usize::MAX, "age").await;
     }
 
-    fn remove_below(&self, end: &[u8], limit: usize, why: &'static str) {
-        match self.tree.remove_below(end, limit) {
+    async fn remove_below(&self, end: &[u8], limit: usize, why: &'static str) {
+        match self.tree.remove_below(end, limit).await {
             Ok(0) => {}
             Ok(n) => AuditTrimmed { records: n, why }.emit(),
             Err(err) => tracing::warn!(error = %err, "audit trim failed"),

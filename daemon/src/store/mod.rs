@@ -13,6 +13,9 @@
 //!   again right away (a restart in the same process, a test).
 //! - Flush policy: with `flush = "always"` every write is on disk before it returns (acknowledged means
 //!   durable); with `"interval"` the daemon flushes in the background.
+//! - One committer thread ([`commit`]) applies batches and is the only caller of sled's flush:
+//!   concurrent flushes deadlock sled 0.34 (spacejam/sled#1308). Concurrent writers share a flush
+//!   (group commit); async writers await it without blocking a runtime worker.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,8 +26,13 @@ use serde::de::DeserializeOwned;
 
 use crate::store::config::{FlushPolicy, StoreConfig};
 
+pub mod commit;
+pub mod events;
 pub mod schema;
 pub mod transaction;
+
+use commit::Committer;
+pub use commit::{CommitStats, Durable};
 
 pub use schema::{Schema, SubsystemMigration};
 pub use transaction::{Transaction, TransactionError, TxError};
@@ -187,10 +195,10 @@ pub struct Store {
 }
 
 /// Shared by every [`Store`] and [`Tree`] of one open database: its count is how many handles keep sled
-/// open, and it knows the file sled locks.
-#[derive(Debug)]
+/// open; it knows the file sled locks and owns the committer.
 struct Handles {
     lock_file: PathBuf,
+    committer: Committer,
 }
 
 impl std::fmt::Debug for Store {
@@ -208,7 +216,7 @@ pub struct Tree {
     name: &'static str,
     tree: sled::Tree,
     durable: bool,
-    _handles: Arc<Handles>,
+    handles: Arc<Handles>,
 }
 
 impl Store {
@@ -241,12 +249,17 @@ impl Store {
                 path: path.clone(),
                 source,
             })?;
+        let committer = Committer::start(db.clone()).map_err(|err| StoreError::Open {
+            path: path.clone(),
+            source: sled::Error::Io(err),
+        })?;
         let store = Store {
             db,
             flush: config.flush,
             handles: Arc::new(Handles {
                 // sled keeps an exclusive flock on this file while any of its handles lives.
                 lock_file: path.join("db"),
+                committer,
             }),
             path,
         };
@@ -268,13 +281,25 @@ impl Store {
     /// handle must be dropped first ([`CloseError::StillOpen`] otherwise). sled finishes some writes on
     /// its own threads, which hold the database a moment after the last handle is dropped; this waits
     /// for them (on the file lock, up to a bound) instead of leaving callers to retry.
+    ///
+    /// The final flush and the committer's end are bounded by the same timeout, so a stop ends even
+    /// when the disk does not answer.
     pub fn close(self) -> Result<(), CloseError> {
-        self.flush()?;
+        self.handles
+            .committer
+            .commit_blocking(None, true, Some(CLOSE_TIMEOUT))?;
         let Store { db, handles, .. } = self;
         drop(db);
         let handles = Arc::try_unwrap(handles).map_err(|shared| CloseError::StillOpen {
             handles: Arc::strong_count(&shared) - 1,
         })?;
+        // The committer holds a database handle of its own; it lets go when its thread ends.
+        if !handles.committer.stop(CLOSE_TIMEOUT) {
+            return Err(CloseError::Timeout {
+                path: handles.lock_file.clone(),
+                waited: CLOSE_TIMEOUT,
+            });
+        }
         wait_for_release(&handles.lock_file, CLOSE_TIMEOUT)
     }
 
@@ -292,19 +317,29 @@ impl Store {
             name,
             tree: self.db.open_tree(name)?,
             durable: self.flush == FlushPolicy::Always,
-            _handles: self.handles.clone(),
+            handles: self.handles.clone(),
         })
     }
 
-    /// Writes everything buffered to disk.
+    /// Writes everything buffered to disk: blocks until the committer's next flush completed.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        self.handles.committer.commit_blocking(None, true, None)
     }
 
+    /// [`Store::flush`] without blocking a runtime thread.
     pub async fn flush_async(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.handles.committer.begin(None, true).wait().await
+    }
+
+    /// How many flushes the committer did and how many durable writes they answered.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.handles.committer.stats()
+    }
+
+    /// Test hook: while held the committer takes no work, as if sled or the disk stalled.
+    #[cfg(test)]
+    pub(crate) fn hold_commits(&self, held: bool) {
+        self.handles.committer.hold(held);
     }
 
     pub fn schema_version(&self) -> Result<u32, StoreError> {
@@ -354,14 +389,20 @@ impl Store {
         })
     }
 
-    /// Marks the current run as stopped cleanly and flushes. The last store write of a graceful stop.
+    /// Marks the current run as stopped cleanly and flushes. The last store write of a graceful stop;
+    /// bounded like [`Store::close`], so a stalled store cannot hold the stop.
     pub fn mark_clean_shutdown(&self) -> Result<(), StoreError> {
         let meta = self.tree(trees::META)?;
+        let mut batch = None;
         if let Some(mut record) = meta.get::<BootRecord>(BOOT_KEY)? {
             record.clean_shutdown = true;
-            meta.put_durable(BOOT_KEY, &record)?;
+            let mut write = Batch::default();
+            write.put(&meta, BOOT_KEY, &record)?;
+            batch = Some((meta.tree.clone(), write.inner));
         }
-        self.flush()
+        self.handles
+            .committer
+            .commit_blocking(batch, true, Some(CLOSE_TIMEOUT))
     }
 }
 
@@ -384,35 +425,45 @@ impl Tree {
         }
     }
 
-    /// Writes one value, flushed before returning when the flush policy is `always`.
+    /// Writes one value, flushed before returning when the flush policy is `always`. Blocks the
+    /// calling thread on the committer: for start-up, tests and blocking threads; async code uses
+    /// [`Tree::put_async`].
     pub fn put<T: Record>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
-        self.insert(key, value)?;
-        if self.durable {
-            self.tree.flush()?;
-        }
-        Ok(())
+        let batch = self.single_put(key, value)?;
+        self.committer()
+            .commit_blocking(Some(batch), self.durable, None)
     }
 
-    /// Async [`Tree::put`]: the flush does not block a runtime thread.
+    /// Async [`Tree::put`]: the write and the flush happen on the committer; nothing blocks a runtime
+    /// thread.
     pub async fn put_async<T: Record>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
-        self.insert(key, value)?;
-        if self.durable {
-            self.tree.flush_async().await?;
-        }
-        Ok(())
+        let batch = self.single_put(key, value)?;
+        self.committer()
+            .begin(Some(batch), self.durable)
+            .wait()
+            .await
     }
 
     /// Writes one value and flushes, whatever the policy (bookkeeping that must survive a crash).
+    /// Blocking, like [`Tree::put`].
     pub fn put_durable<T: Record>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
-        self.insert(key, value)?;
-        self.tree.flush()?;
-        Ok(())
+        let batch = self.single_put(key, value)?;
+        self.committer().commit_blocking(Some(batch), true, None)
     }
 
+    /// Hands one write with a flush to the committer and returns at once; the write is durable when
+    /// the returned [`Durable`] resolves `Ok`. The wait can be given up and resumed (the store probe
+    /// keeps an outstanding canary across its restarts).
+    pub fn put_then_flush<T: Record>(&self, key: &[u8], value: &T) -> Result<Durable, StoreError> {
+        let batch = self.single_put(key, value)?;
+        Ok(self.committer().begin(Some(batch), true))
+    }
+
+    /// Removes a key; whether it was there. Blocking, like [`Tree::put`].
     pub fn remove(&self, key: &[u8]) -> Result<bool, StoreError> {
         let existed = self.tree.remove(key)?.is_some();
         if self.durable {
-            self.tree.flush()?;
+            self.committer().commit_blocking(None, true, None)?;
         }
         Ok(existed)
     }
@@ -430,11 +481,10 @@ impl Tree {
             })?;
             batch.insert(key.as_slice(), bytes);
         }
-        self.tree.apply_batch(batch)?;
-        if self.durable {
-            self.tree.flush_async().await?;
-        }
-        Ok(())
+        self.committer()
+            .begin(Some((self.tree.clone(), batch)), self.durable)
+            .wait()
+            .await
     }
 
     /// Decoded values whose keys fall in `range`, in key order (descending when `reverse`). A value
@@ -468,15 +518,17 @@ impl Tree {
 
     /// Removes several keys and flushes once (when the policy is `always`).
     pub async fn remove_many(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
         let mut batch = sled::Batch::default();
         for key in keys {
             batch.remove(key.as_slice());
         }
-        self.tree.apply_batch(batch)?;
-        if self.durable && !keys.is_empty() {
-            self.tree.flush_async().await?;
-        }
-        Ok(())
+        self.committer()
+            .begin(Some((self.tree.clone(), batch)), self.durable)
+            .wait()
+            .await
     }
 
     /// The raw stored bytes of a key, envelope included (for tests that inspect what is on disk).
@@ -494,16 +546,18 @@ impl Tree {
     }
 
     /// Removes every key below `end` (exclusive), oldest first, at most `limit`; returns how many.
-    pub fn remove_below(&self, end: &[u8], limit: usize) -> Result<usize, StoreError> {
+    pub async fn remove_below(&self, end: &[u8], limit: usize) -> Result<usize, StoreError> {
         let mut batch = sled::Batch::default();
         let mut removed = 0;
         for entry in self.tree.range(..end.to_vec()).keys().take(limit) {
             batch.remove(entry?);
             removed += 1;
         }
-        self.tree.apply_batch(batch)?;
-        if self.durable && removed > 0 {
-            self.tree.flush()?;
+        if removed > 0 {
+            self.committer()
+                .begin(Some((self.tree.clone(), batch)), self.durable)
+                .wait()
+                .await?;
         }
         Ok(removed)
     }
@@ -533,33 +587,39 @@ impl Tree {
     /// Applies a batch atomically (all or nothing, also across a crash), flushed before returning when
     /// the flush policy is `always`.
     pub async fn apply_async(&self, batch: Batch) -> Result<(), StoreError> {
-        self.tree.apply_batch(batch.inner)?;
-        if self.durable {
-            self.tree.flush_async().await?;
-        }
-        Ok(())
+        self.committer()
+            .begin(Some((self.tree.clone(), batch.inner)), self.durable)
+            .wait()
+            .await
     }
 
     /// Blocking [`Tree::apply_async`].
     pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        self.tree.apply_batch(batch.inner)?;
-        if self.durable {
-            self.tree.flush()?;
-        }
-        Ok(())
+        self.committer()
+            .commit_blocking(Some((self.tree.clone(), batch.inner)), self.durable, None)
     }
 
     pub fn is_empty(&self) -> bool {
         self.tree.is_empty()
     }
 
-    fn insert<T: Record>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
+    fn committer(&self) -> &Committer {
+        &self.handles.committer
+    }
+
+    /// One encoded write, as a batch for the committer.
+    fn single_put<T: Record>(
+        &self,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(sled::Tree, sled::Batch), StoreError> {
         let bytes = encode(value).map_err(|source| StoreError::Encode {
             tree: self.name.to_owned(),
             source,
         })?;
-        self.tree.insert(key, bytes)?;
-        Ok(())
+        let mut batch = sled::Batch::default();
+        batch.insert(key, bytes);
+        Ok((self.tree.clone(), batch))
     }
 }
 

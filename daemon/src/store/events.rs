@@ -1,0 +1,71 @@
+//! Store events: the committer's flushes and the store probe. No labels besides a fixed `result`.
+
+use std::time::Duration;
+
+use crate::runtime::events::ErrorOccurred;
+
+/// Registers the store's metric descriptions.
+pub fn describe() {
+    metrics::describe_counter!(
+        "brainstem_store_flushes_total",
+        "sled flushes (one fsync of the log each) by the store committer, by result (ok, error)"
+    );
+    metrics::describe_counter!(
+        "brainstem_store_flushed_writes_total",
+        "durable writes answered by a flush; divided by brainstem_store_flushes_total it is the mean group-commit size"
+    );
+    metrics::describe_histogram!(
+        "brainstem_store_flush_duration_seconds",
+        metrics::Unit::Seconds,
+        "time one committer flush took"
+    );
+    metrics::describe_counter!(
+        "brainstem_store_probe_stalls_total",
+        "store probes whose canary write was not durable within the probe deadline"
+    );
+}
+
+/// The committer flushed for `writes` waiting writes.
+pub struct StoreFlushed {
+    pub writes: u64,
+    pub duration: Duration,
+    pub ok: bool,
+}
+
+impl StoreFlushed {
+    pub fn emit(self) {
+        let result = if self.ok { "ok" } else { "error" };
+        metrics::counter!("brainstem_store_flushes_total", "result" => result).increment(1);
+        metrics::counter!("brainstem_store_flushed_writes_total").increment(self.writes);
+        metrics::histogram!("brainstem_store_flush_duration_seconds")
+            .record(self.duration.as_secs_f64());
+        if !self.ok {
+            ErrorOccurred {
+                subsystem: "store",
+                kind: "flush",
+            }
+            .emit();
+        }
+    }
+}
+
+/// The probe's canary write did not become durable in time: the store makes no progress. Emitted
+/// once per stall (not again by the probe's restarts while the same canary is outstanding).
+pub struct StoreStalled {
+    pub waited: Duration,
+}
+
+impl StoreStalled {
+    pub fn emit(self) {
+        metrics::counter!("brainstem_store_probe_stalls_total").increment(1);
+        ErrorOccurred {
+            subsystem: "store",
+            kind: "stall",
+        }
+        .emit();
+        tracing::error!(
+            waited_ms = self.waited.as_millis() as u64,
+            "store stalled: the probe's canary write was not durable in time; the daemon is not ready and withholds the watchdog"
+        );
+    }
+}
