@@ -581,7 +581,7 @@ mod tests {
     async fn records_persist_in_order_and_filter() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &crate::config::Config::default().store).unwrap();
-        let (log, _supervisor, tasks, token) = start(&store, &config(1000)).await;
+        let (log, supervisor, tasks, token) = start(&store, &config(1000)).await;
         log.record(record("a", "web.post", false)).unwrap();
         log.record(record("b", "web.read", true)).unwrap();
         log.record_durable(record("a", "secrets.read", true))
@@ -655,8 +655,8 @@ mod tests {
             Vec::<String>::new()
         );
         stop(tasks, token).await;
-        drop(log);
-        drop(store);
+        drop((log, supervisor));
+        store.close().unwrap();
 
         // Reopened, numbering continues after the last record.
         let store = Store::open(dir.path(), &crate::config::Config::default().store).unwrap();
