@@ -10,9 +10,12 @@ use crate::store::StoreError;
 pub const MAX_ECHO_BYTES: usize = 128;
 /// The most field violations one INVALID_ARGUMENT reply lists; the rest are counted in one more.
 pub const MAX_VIOLATIONS: usize = 20;
-/// The most bytes of any one text in an error reply (a message, a violation's description): the
-/// safety net for messages that quote request data without [`truncate_for_reply`].
-pub const MAX_REPLY_TEXT_BYTES: usize = 1024;
+/// The most bytes of a violation's description in a reply (an echoed value plus its explanation).
+pub const MAX_DESCRIPTION_BYTES: usize = 192;
+/// The most bytes of an error message: the safety net for messages that quote request data without
+/// [`truncate_for_reply`]. With the violations' caps, a reply's status and details stay well under
+/// the 16 KiB header limit of default clients.
+pub const MAX_REPLY_TEXT_BYTES: usize = 2048;
 
 /// `text` cut to [`MAX_ECHO_BYTES`] on a character boundary, with "…" when something was cut. Every
 /// error message that repeats a request value passes it through here, so a reply stays small
@@ -41,7 +44,7 @@ pub fn bounded_violations(violations: &[FieldViolation]) -> Vec<FieldViolation> 
         .take(MAX_VIOLATIONS)
         .map(|v| FieldViolation {
             field: truncate_for_reply(&v.field).into_owned(),
-            description: truncate_to(&v.description, MAX_REPLY_TEXT_BYTES / 4).into_owned(),
+            description: truncate_to(&v.description, MAX_DESCRIPTION_BYTES).into_owned(),
         })
         .collect();
     if violations.len() > MAX_VIOLATIONS {
@@ -103,8 +106,8 @@ pub enum ServiceError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The request message could not be decoded (not protobuf, a string that is not UTF-8, a `Struct`
-    /// nested deeper than the decoder's limit of 32, a truncated frame). The text says why, briefly.
+    /// The request message could not be decoded (not protobuf, a string that is not UTF-8, messages
+    /// nested past the decoder's limit, a truncated frame). The text says why, briefly.
     #[error("the request could not be decoded: {0}")]
     Undecodable(String),
 }
@@ -128,12 +131,24 @@ impl ServiceError {
     }
 }
 
+/// "field: description; …" for the message, bounded like the details: at most [`MAX_VIOLATIONS`]
+/// and fewer when they would not fit [`MAX_REPLY_TEXT_BYTES`], then "… and N more".
 fn summarize(violations: &[FieldViolation]) -> String {
-    bounded_violations(violations)
-        .iter()
-        .map(|v| format!("{}: {}", v.field, v.description))
-        .collect::<Vec<_>>()
-        .join("; ")
+    // Room for "invalid request: " before and "; … and N more" after.
+    const BUDGET: usize = MAX_REPLY_TEXT_BYTES - 64;
+    let mut out = String::new();
+    for (i, v) in bounded_violations(violations).iter().enumerate() {
+        let item = format!("{}: {}", v.field, v.description);
+        if i == MAX_VIOLATIONS || out.len() + item.len() + 2 > BUDGET {
+            out.push_str(&format!("; … and {} more", violations.len() - i));
+            break;
+        }
+        if i > 0 {
+            out.push_str("; ");
+        }
+        out.push_str(&item);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -173,8 +188,17 @@ mod tests {
                 .all(|v| v.description.len() <= MAX_REPLY_TEXT_BYTES)
         );
         let message = ServiceError::InvalidArgument(many).to_string();
-        assert!(message.len() < 8 * 1024, "{} bytes", message.len());
-        assert!(message.ends_with("… and 99980 more"), "{message}");
+        assert!(
+            message.len() <= MAX_REPLY_TEXT_BYTES,
+            "{} bytes",
+            message.len()
+        );
+        assert!(message.ends_with(" more"), "{message}");
+        let listed = message.matches("ids[").count();
+        assert!(
+            message.ends_with(&format!("… and {} more", 100_000 - listed)),
+            "{message}"
+        );
 
         let few = vec![FieldViolation::new("a", "b")];
         assert_eq!(bounded_violations(&few), few);

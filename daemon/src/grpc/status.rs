@@ -116,7 +116,7 @@ fn internal(
 
 /// The request-decoding failure behind a response, if it is one. tonic decodes the request message
 /// inside the generated service, before the handler runs, and answers a message it cannot decode (a
-/// prost `DecodeError`: not protobuf, a string that is not UTF-8, nesting deeper than 32; a truncated
+/// prost `DecodeError`: not protobuf, a string that is not UTF-8, nesting past prost's limit; a truncated
 /// frame; a bad compressed flag; no message at all) with a trailers-only INTERNAL. Everything this
 /// daemon answers INTERNAL is built by [`internal`] above and carries [`ERROR_ID_KEY`] (and nothing
 /// else in `daemon/src` builds a `Status`, which the scanner below holds), so a trailers-only INTERNAL
@@ -135,7 +135,7 @@ pub fn undecodable<B>(response: &http::Response<B>) -> Option<ServiceError> {
 /// be as deep as the nesting that was refused).
 fn decode_reason(message: &str) -> String {
     let reason = if message.contains("recursion limit reached") {
-        "messages (a Struct, a ListValue) nested deeper than 32 levels"
+        "messages nested too deeply (a Struct or ListValue more than 32 levels deep may be refused)"
     } else if message.contains("not UTF-8") {
         "a string field is not valid UTF-8"
     } else if message.starts_with("failed to decode Protobuf message") {
@@ -287,7 +287,7 @@ mod tests {
         let status = Status::from(err);
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(
-            status.message().contains("deeper than 32"),
+            status.message().contains("nested too deeply"),
             "{}",
             status.message()
         );
