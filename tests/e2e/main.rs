@@ -4,6 +4,7 @@
 mod access;
 mod harness;
 mod inprocess;
+mod inputs;
 mod process;
 mod supervision;
 mod tokens;
