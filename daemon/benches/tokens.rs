@@ -2,6 +2,15 @@
 //! that presents a bearer token): parse, key lookup, HMAC-SHA256, claims decode, expiry, revocation
 //! and capability checks. Also Issue (which writes a record) for scale.
 //!
+//! `tokens_scale`: Revoke and List with 1,000 and 20,000 tokens stored, of which the caller holds 10.
+//! Both look the caller's tokens up in an index, so their cost should not grow with the tokens stored
+//! (before the index: Revoke p50 1.1 ms → 12.8 ms, List 10 ms → 231 ms over RPC).
+//!
+//! Measured on the 2-core dev box, shared (criterion median, 3 s): before the index, list_own 0.79 ms
+//! at 1k → 18.9 ms at 20k, revoke 3.9 ms → 20.7 ms; with it, list_own 12 µs → 18 µs, revoke 30 µs →
+//! 24 µs. Each revoke iteration issues its token first, so the store grows by the iteration count
+//! during that case (which is why the old 1k revoke figure is above 1k tokens' worth of scan).
+//!
 //! `cargo bench -p brainstemd --bench tokens`
 
 use std::sync::Arc;
@@ -12,7 +21,7 @@ use brainstemd::store::Store;
 use brainstemd::store::config::{FlushPolicy, StoreConfig};
 use brainstemd::tokens::config::TokensConfig;
 use brainstemd::tokens::{IssueRequest, ManualClock, Requester, TokenService};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 
 fn service(dir: &std::path::Path) -> TokenService {
     let store = Store::open(
@@ -114,5 +123,61 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+fn bench_scale(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let admin_holdings = Holdings {
+        roles: vec![],
+        capabilities: vec!["*".to_owned()],
+    };
+    let admin = Requester {
+        principal: "spiffe://b/admin",
+        holdings: &admin_holdings,
+    };
+    let web_holdings = Holdings {
+        roles: vec![],
+        capabilities: vec!["tokens.list".to_owned(), "tokens.revoke".to_owned()],
+    };
+    let web = Requester {
+        principal: "spiffe://b/agent/web",
+        holdings: &web_holdings,
+    };
+    let issue = |tokens: &TokenService, principal: &str| {
+        runtime
+            .block_on(tokens.issue(
+                admin,
+                IssueRequest {
+                    principal: principal.to_owned(),
+                    capabilities: vec!["web.read".to_owned()],
+                    ttl_seconds: 600,
+                },
+            ))
+            .expect("issue")
+    };
+    let mut group = c.benchmark_group("tokens_scale");
+    for stored in [1_000usize, 20_000] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tokens = service(dir.path());
+        for i in 0..stored - 10 {
+            issue(&tokens, &format!("spiffe://b/agent/bulk-{}", i % 100));
+        }
+        for _ in 0..10 {
+            issue(&tokens, web.principal);
+        }
+        group.bench_with_input(BenchmarkId::new("list_own", stored), &stored, |b, _| {
+            b.iter(|| tokens.list(web, None, false).expect("list"))
+        });
+        group.bench_with_input(BenchmarkId::new("revoke", stored), &stored, |b, _| {
+            b.iter_batched(
+                || issue(&tokens, web.principal).id,
+                |id| runtime.block_on(tokens.revoke(web, &id)).expect("revoke"),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_scale);
 criterion_main!(benches);

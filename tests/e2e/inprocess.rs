@@ -263,6 +263,27 @@ async fn raw_unary(
     grpc_timeout: Option<&str>,
     message: &impl prost::Message,
 ) -> (Code, String) {
+    let reply = raw_call(daemon, path, grpc_timeout, &message.encode_to_vec()).await;
+    (reply.code, reply.message)
+}
+
+/// What [`raw_call`] saw.
+pub struct RawReply {
+    pub code: Code,
+    /// `grpc-message`, as sent (percent-encoded).
+    pub message: String,
+    /// Bytes of the header or trailer block that carried the status (names and values).
+    pub status_block_bytes: usize,
+}
+
+/// One unary call whose message is `payload`, any bytes at all, framed as gRPC (uncompressed) and sent
+/// over plain HTTP/2 as the dev admin: undecodable requests cannot be built with tonic's client.
+pub async fn raw_call(
+    daemon: &InProcess,
+    path: &str,
+    grpc_timeout: Option<&str>,
+    payload: &[u8],
+) -> RawReply {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -296,10 +317,9 @@ async fn raw_unary(
         request = request.header("grpc-timeout", timeout);
     }
     let (response, mut body) = h2.send_request(request.body(()).unwrap(), false).unwrap();
-    let payload = message.encode_to_vec();
     let mut frame = vec![0u8];
     frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&payload);
+    frame.extend_from_slice(payload);
     body.send_data(bytes::Bytes::from(frame), true).unwrap();
 
     let response = response.await.unwrap();
@@ -324,7 +344,15 @@ async fn raw_unary(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    (Code::from_i32(code), message)
+    let status_block_bytes = fields
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    RawReply {
+        code: Code::from_i32(code),
+        message,
+        status_block_bytes,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@ mod access;
 mod hardening;
 mod harness;
 mod inprocess;
+mod inputs;
 mod process;
 mod stress;
 mod supervision;

@@ -290,6 +290,11 @@ where
                 )))
                 .into_http(),
             };
+            // tonic answers an undecodable request INTERNAL; the caller's mistake is INVALID_ARGUMENT.
+            let response = match super::status::undecodable(&response) {
+                Some(err) => Status::from(err).into_http(),
+                None => response,
+            };
             drop(in_flight);
             if let Some(metrics) = method_metrics {
                 metrics.completed(response_code(&response), started.elapsed());

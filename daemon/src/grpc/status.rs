@@ -1,43 +1,60 @@
 //! The one place where domain errors become `tonic::Status`. The match is exhaustive (no `_` arm): a
 //! new error variant does not compile until someone decides its code.
 //!
-//! INTERNAL answers carry no internals: the cause is logged with an error id that the message repeats.
+//! INTERNAL answers carry no internals: the cause is logged with an error id that the message repeats
+//! (and the `brainstem-error-id` metadata carries).
+//!
+//! Replies are bounded: at most [`crate::error::MAX_VIOLATIONS`] field violations (plus one that counts the rest),
+//! and no message or description longer than [`MAX_REPLY_TEXT_BYTES`]. Messages that quote a request
+//! value cut it with [`crate::error::truncate_for_reply`] where they are written; the caps here are the
+//! net for any that do not.
+
+use std::borrow::Cow;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::error::ServiceError;
+use crate::error::{MAX_REPLY_TEXT_BYTES, ServiceError, bounded_violations};
 use crate::store::StoreError;
+
+/// The metadata key of the error id on every INTERNAL answer this file builds. An INTERNAL answer
+/// without it was built by tonic itself (see [`undecodable`]).
+pub const ERROR_ID_KEY: &str = "brainstem-error-id";
+
+fn bounded(text: &str) -> Cow<'_, str> {
+    crate::error::truncate_to(text, MAX_REPLY_TEXT_BYTES)
+}
 
 impl From<ServiceError> for Status {
     fn from(err: ServiceError) -> Status {
         match err {
             ServiceError::InvalidArgument(violations) => {
                 let mut details = ErrorDetails::new();
-                for v in &violations {
-                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
+                for v in bounded_violations(&violations) {
+                    details.add_bad_request_violation(v.field, v.description);
                 }
+                // The message lists the same bounded violations (`ServiceError`'s Display).
                 let message = ServiceError::InvalidArgument(violations).to_string();
-                Status::with_error_details(Code::InvalidArgument, message, details)
+                Status::with_error_details(Code::InvalidArgument, bounded(&message), details)
             }
-            ServiceError::Unauthenticated(reason) => Status::unauthenticated(reason),
-            ServiceError::PermissionDenied(reason) => Status::permission_denied(reason),
+            ServiceError::Unauthenticated(reason) => Status::unauthenticated(bounded(&reason)),
+            ServiceError::PermissionDenied(reason) => Status::permission_denied(bounded(&reason)),
             ServiceError::ResourceExhausted { what, retry_after } => {
                 let mut details = ErrorDetails::new();
                 details.set_retry_info(Some(retry_after));
-                Status::with_error_details(
-                    Code::ResourceExhausted,
-                    format!(
-                        "{what} exhausted; retry after {} ms",
-                        retry_after.as_millis().max(1)
-                    ),
-                    details,
-                )
+                let message = format!(
+                    "{what} exhausted; retry after {} ms",
+                    retry_after.as_millis().max(1)
+                );
+                Status::with_error_details(Code::ResourceExhausted, bounded(&message), details)
             }
-            ServiceError::NotFound(what) => Status::not_found(what),
-            ServiceError::FailedPrecondition(why) => Status::failed_precondition(why),
-            ServiceError::Unavailable(why) => Status::unavailable(why),
-            ServiceError::DeadlineExceeded(why) => Status::deadline_exceeded(why),
+            ServiceError::NotFound(what) => Status::not_found(bounded(&what)),
+            ServiceError::FailedPrecondition(why) => Status::failed_precondition(bounded(&why)),
+            ServiceError::Unavailable(why) => Status::unavailable(bounded(&why)),
+            ServiceError::DeadlineExceeded(why) => Status::deadline_exceeded(bounded(&why)),
+            ServiceError::Undecodable(why) => {
+                Status::invalid_argument(format!("the request could not be decoded: {why}"))
+            }
             ServiceError::Internal {
                 subsystem,
                 ref what,
@@ -92,13 +109,50 @@ fn internal(
         kind: "internal",
     }
     .emit();
-    Status::internal(format!("internal error (id {id}); see the daemon log"))
+    let mut status = Status::internal(format!("internal error (id {id}); see the daemon log"));
+    status.metadata_mut().insert(ERROR_ID_KEY, id.into());
+    status
+}
+
+/// The request-decoding failure behind a response, if it is one. tonic decodes the request message
+/// inside the generated service, before the handler runs, and answers a message it cannot decode (a
+/// prost `DecodeError`: not protobuf, a string that is not UTF-8, nesting past prost's limit; a truncated
+/// frame; a bad compressed flag; no message at all) with a trailers-only INTERNAL. Everything this
+/// daemon answers INTERNAL is built by [`internal`] above and carries [`ERROR_ID_KEY`] (and nothing
+/// else in `daemon/src` builds a `Status`, which the scanner below holds), so a trailers-only INTERNAL
+/// without that key comes from tonic's request path: the caller sent something undecodable. Response
+/// encoding failures would arrive in trailers after the headers, never here.
+pub fn undecodable<B>(response: &http::Response<B>) -> Option<ServiceError> {
+    let headers = response.headers();
+    if headers.get("grpc-status")?.as_bytes() != b"13" || headers.contains_key(ERROR_ID_KEY) {
+        return None;
+    }
+    let status = Status::from_header_map(headers)?;
+    Some(ServiceError::Undecodable(decode_reason(status.message())))
+}
+
+/// A short reason for tonic's or prost's decode message, without the decoder's field path (which can
+/// be as deep as the nesting that was refused).
+fn decode_reason(message: &str) -> String {
+    let reason = if message.contains("recursion limit reached") {
+        "messages nested too deeply (a Struct or ListValue more than 32 levels deep may be refused)"
+    } else if message.contains("not UTF-8") {
+        "a string field is not valid UTF-8"
+    } else if message.starts_with("failed to decode Protobuf message") {
+        "the message is not valid protobuf for this method"
+    } else if message.contains("Missing request message") {
+        "the request carries no message"
+    } else {
+        // Framing: a truncated frame, a compressed flag without an encoding, …
+        return crate::error::truncate_for_reply(message).into_owned();
+    };
+    reason.to_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::FieldViolation;
+    use crate::error::{FieldViolation, MAX_VIOLATIONS};
 
     #[test]
     fn invalid_argument_carries_field_violations() {
@@ -174,6 +228,89 @@ mod tests {
             assert_eq!(status.code(), Code::Internal, "{status:?}");
             assert!(!status.message().contains("master"), "{}", status.message());
         }
+    }
+
+    #[test]
+    fn replies_are_bounded_however_large_the_input() {
+        let huge = "c".repeat(1 << 20);
+        let mut many: Vec<FieldViolation> = (0..100_000)
+            .map(|i| FieldViolation::new(format!("ids[{i}]"), "not an id"))
+            .collect();
+        many[0].description = huge.clone();
+        many[1].field = huge.clone();
+        let status: Status = ServiceError::InvalidArgument(many).into();
+        assert!(status.message().len() <= MAX_REPLY_TEXT_BYTES + 3);
+        let details = status.get_error_details();
+        let bad = details.bad_request().expect("BadRequest detail");
+        assert_eq!(bad.field_violations.len(), MAX_VIOLATIONS + 1);
+        assert_eq!(
+            bad.field_violations[MAX_VIOLATIONS].description,
+            "… and 99980 more"
+        );
+        assert!(
+            status.details().len() < 8 * 1024,
+            "{}",
+            status.details().len()
+        );
+
+        for err in [
+            ServiceError::PermissionDenied(huge.clone()),
+            ServiceError::NotFound(huge.clone()),
+            ServiceError::FailedPrecondition(huge.clone()),
+            ServiceError::Unauthenticated(huge.clone()),
+            ServiceError::Unavailable(huge.clone()),
+            ServiceError::DeadlineExceeded(huge.clone()),
+            ServiceError::ResourceExhausted {
+                what: huge.clone(),
+                retry_after: std::time::Duration::from_secs(1),
+            },
+        ] {
+            let status = Status::from(err);
+            assert!(
+                status.message().len() <= MAX_REPLY_TEXT_BYTES + 3,
+                "{:?}: {} bytes",
+                status.code(),
+                status.message().len()
+            );
+        }
+    }
+
+    #[test]
+    fn tonic_decode_failures_become_invalid_argument_and_ours_stay_internal() {
+        // What tonic answers for a prost DecodeError: a trailers-only INTERNAL with the decoder path.
+        let deep = format!(
+            "failed to decode Protobuf message: {}recursion limit reached",
+            "Struct.fields: Value.kind: ".repeat(40)
+        );
+        let from_tonic: http::Response<()> = Status::internal(deep).into_http();
+        let err = undecodable(&from_tonic).expect("a decode failure");
+        let status = Status::from(err);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().contains("nested too deeply"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            !status.message().contains("Struct.fields"),
+            "{}",
+            status.message()
+        );
+
+        let utf8 = Status::internal(
+            "failed to decode Protobuf message: PingRequest.x: invalid string value: data is not UTF-8 encoded",
+        );
+        let err = undecodable(&utf8.into_http::<()>()).expect("a decode failure");
+        assert!(err.to_string().contains("UTF-8"), "{err}");
+
+        // Our own INTERNAL carries the error id and is left alone; so is every other code.
+        let ours: Status = ServiceError::internal("audit", "x", std::io::Error::other("y")).into();
+        assert!(ours.metadata().get(ERROR_ID_KEY).is_some());
+        assert!(undecodable(&ours.into_http::<()>()).is_none());
+        let denied: Status = ServiceError::PermissionDenied("no".into()).into();
+        assert!(undecodable(&denied.into_http::<()>()).is_none());
+        let ok = http::Response::new(());
+        assert!(undecodable(&ok).is_none());
     }
 
     #[test]

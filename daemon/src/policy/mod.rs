@@ -850,6 +850,7 @@ pub fn validate_query(
     }
     for (key, value) in context {
         if let Some(why) = unsupported_value(value) {
+            let key = crate::error::truncate_for_reply(key);
             violations.push(FieldViolation::new(field(&format!("context.{key}")), why));
         }
     }

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::access::authz::validate_capability_pattern;
 use crate::access::authz::{Authorizer, Holdings};
 use crate::access::caller;
-use crate::error::{FieldViolation, ServiceError};
+use crate::error::{FieldViolation, ServiceError, truncate_for_reply};
 use crate::grpc::convert::timestamp_from_secs as timestamp;
 use crate::grpc::methods::Requirement;
 use crate::grpc::services::{Health, Registration, ServiceSpec};
@@ -107,7 +107,10 @@ impl Tokens for TokensService {
         if !capability.is_empty() {
             if let Err(message) = validate_capability_pattern(&capability) {
                 return Err(error(ServiceError::InvalidArgument(vec![
-                    FieldViolation::new("capability", format!("{capability:?}: {message}")),
+                    FieldViolation::new(
+                        "capability",
+                        format!("{:?}: {message}", truncate_for_reply(&capability)),
+                    ),
                 ])));
             }
         }

@@ -17,11 +17,13 @@ pub mod clock;
 pub mod config;
 pub mod events;
 pub mod format;
+mod index;
 pub mod keys;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -34,7 +36,7 @@ use self::format::Claims;
 use self::keys::{KeyRecord, KeyRing, Lookup};
 use crate::access::authz::{Holdings, pattern_covers, validate_capability_pattern};
 use crate::crypto::MasterKey;
-use crate::error::{FieldViolation, ServiceError};
+use crate::error::{FieldViolation, ServiceError, truncate_for_reply};
 use crate::runtime::events::ErrorOccurred;
 use crate::store::{Record, Store, StoreError, Tree, trees};
 use crate::supervisor::worker::until_cancelled;
@@ -342,6 +344,11 @@ pub struct TokenService {
     ring: ArcSwap<KeyRing>,
     /// Revoked id → when the token expires (for the purge).
     revoked: RwLock<HashMap<String, u64>>,
+    /// Who holds and issued each stored token, and what derives from it: Revoke and List look up
+    /// rather than scan. Built at open, kept in step on mint and purge.
+    index: RwLock<index::TokenIndex>,
+    /// Issued-token records Revoke and List have read, so a test can see they do not scan.
+    records_read: AtomicU64,
     /// Serialises key-ring changes (rotation, retirement).
     key_change: tokio::sync::Mutex<()>,
     metrics: TokenVerifications,
@@ -390,6 +397,11 @@ impl TokenService {
             let (_, record) = item?;
             revoked.insert(record.id, record.expires_at);
         }
+        let mut index = index::TokenIndex::default();
+        for item in issued.scan::<TokenRecord>() {
+            let (_, record) = item?;
+            index.insert(&record);
+        }
         let labels: Vec<&'static str> = RejectKind::ALL.iter().map(|k| k.label()).collect();
         Ok(TokenService {
             settings: settings.clone(),
@@ -401,6 +413,8 @@ impl TokenService {
             revoked_tree,
             ring: ArcSwap::from_pointee(ring),
             revoked: RwLock::new(revoked),
+            index: RwLock::new(index),
+            records_read: AtomicU64::new(0),
             key_change: tokio::sync::Mutex::new(()),
             metrics: TokenVerifications::new(&labels),
         })
@@ -627,8 +641,7 @@ impl TokenService {
             )]));
         }
         let record = self
-            .issued
-            .get::<TokenRecord>(id.as_bytes())?
+            .record(id)?
             .ok_or_else(|| TokenError::NotFound(id.to_owned()))?;
         if !self.may_manage(who, &record)? {
             return Err(TokenError::Denied(format!(
@@ -636,13 +649,7 @@ impl TokenService {
                 who.principal
             )));
         }
-        let mut descendants = 0u32;
-        for item in self.issued.scan::<TokenRecord>() {
-            let (_, other) = item?;
-            if other.parents.iter().any(|p| p == id) {
-                descendants += 1;
-            }
-        }
+        let descendants = u32::try_from(self.index().derived_count(id)).unwrap_or(u32::MAX);
         let now = self.clock.now();
         let (already_revoked, own_entry) = {
             let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
@@ -698,9 +705,27 @@ impl TokenService {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        // Only an administrator listing everyone reads every record (all of them are the answer);
+        // otherwise the index names the candidates.
+        let candidates = match (admin, principal) {
+            (true, None) => None,
+            (_, Some(p)) => Some(self.index().held_by(p)),
+            (false, None) => Some(self.index().held_or_issued_by(who.principal)),
+        };
+        let records: Box<dyn Iterator<Item = Result<TokenRecord, TokenError>>> = match candidates {
+            None => Box::new(self.issued.scan::<TokenRecord>().map(|item| {
+                self.records_read.fetch_add(1, Ordering::Relaxed);
+                Ok(item?.1)
+            })),
+            // An id whose record is gone was purged since the index was read: skip it.
+            Some(ids) => Box::new(
+                ids.into_iter()
+                    .filter_map(|id| self.record(&id).transpose()),
+            ),
+        };
         let mut out = Vec::new();
-        for item in self.issued.scan::<TokenRecord>() {
-            let (_, r) = item?;
+        for r in records {
+            let r = r?;
             if principal.is_some_and(|p| p != r.principal) {
                 continue;
             }
@@ -801,13 +826,21 @@ impl TokenService {
         }
         let horizon = self.clock.now().saturating_sub(PURGE_GRACE_SECONDS);
         let mut stale = Vec::new();
+        let mut stale_records = Vec::new();
         for item in self.issued.scan::<TokenRecord>() {
             let (key, record) = item?;
             if record.expires_at <= horizon {
                 stale.push(key);
+                stale_records.push(record);
             }
         }
         self.issued.remove_many(&stale).await?;
+        {
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            for record in &stale_records {
+                index.remove(record);
+            }
+        }
         done.purged_issued = stale.len();
         let stale_revocations: Vec<Vec<u8>> = {
             let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
@@ -879,6 +912,10 @@ impl TokenService {
             key_id: key.kid.clone(),
         };
         self.issued.put_async(record.id.as_bytes(), &record).await?;
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(&record);
         TokenIssued {
             id: &record.id,
             principal: &record.principal,
@@ -892,6 +929,21 @@ impl TokenService {
             expires_at: record.expires_at,
             parent_id: record.parents.last().cloned(),
         })
+    }
+
+    /// The stored record of token `id`, counted in [`Self::records_read`].
+    fn record(&self, id: &str) -> Result<Option<TokenRecord>, TokenError> {
+        self.records_read.fetch_add(1, Ordering::Relaxed);
+        Ok(self.issued.get::<TokenRecord>(id.as_bytes())?)
+    }
+
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, index::TokenIndex> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many issued-token records Revoke and List have read since the service opened.
+    pub fn records_read(&self) -> u64 {
+        self.records_read.load(Ordering::Relaxed)
     }
 
     fn new_id(&self) -> Result<String, TokenError> {
@@ -947,7 +999,7 @@ fn check_capabilities(requested: &[String], violations: &mut Vec<FieldViolation>
             Ok(()) => {}
             Err(message) => violations.push(FieldViolation::new(
                 format!("capabilities[{i}]"),
-                format!("{cap:?}: {message}"),
+                format!("{:?}: {message}", truncate_for_reply(cap)),
             )),
         }
     }

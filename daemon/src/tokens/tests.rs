@@ -809,3 +809,71 @@ async fn an_issuer_with_a_scoped_grant_issues_only_inside_it() {
         }
     }
 }
+
+/// Revoke and List read the records they concern, not every token ever issued: with 300 tokens of
+/// another principal stored, listing and revoking WEB's read only WEB's (a count of records read,
+/// kept by the service). Holds across a restart, where the index is rebuilt, and after a purge.
+#[tokio::test]
+async fn revoke_and_list_look_up_instead_of_scanning() {
+    let mut f = Fixture::new(settings());
+    const OTHER: &str = "spiffe://h/agent/other";
+    for _ in 0..300 {
+        f.svc()
+            .issue(f.admin(), issue_request(OTHER, &["web.read"], 600))
+            .await
+            .unwrap();
+    }
+    let root = f.issue(&["web.read", "web.write"], 600).await;
+    let child = f.attenuate(&root.token, &["web.read"], 0).await.unwrap();
+    let short = f.issue(&["web.read"], 10).await;
+
+    let plain = holdings(&["tokens.list", "tokens.revoke", "web.read", "web.write"]);
+    let web = Requester {
+        principal: WEB,
+        holdings: &plain,
+    };
+    fn listed(f: &Fixture, who: Requester<'_>, principal: Option<&str>) -> (Vec<String>, u64) {
+        let before = f.svc().records_read();
+        let ids = f
+            .svc()
+            .list(who, principal, true)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        (ids, f.svc().records_read() - before)
+    }
+    let (ids, read) = listed(&f, web, None);
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert_eq!(read, 3, "listing WEB's tokens read {read} records");
+    let (ids, read) = listed(&f, f.admin(), Some(WEB));
+    assert_eq!((ids.len(), read), (3, 3));
+    // An administrator listing everyone reads everything: all of it is the answer.
+    let (ids, read) = listed(&f, f.admin(), None);
+    assert_eq!((ids.len(), read), (303, 303));
+
+    let before = f.svc().records_read();
+    let outcome = f.svc().revoke(web, &root.id).await.unwrap();
+    assert_eq!(outcome.descendants, 1);
+    assert_eq!(
+        f.svc().records_read() - before,
+        1,
+        "revoke read more than its record"
+    );
+    assert_eq!(f.rejection(&child.token, None).kind, RejectKind::Revoked);
+
+    // Rebuilt at open.
+    f.reopen();
+    let (ids, read) = listed(&f, web, None);
+    assert_eq!((ids.len(), read), (3, 3));
+    let before = f.svc().records_read();
+    assert!(f.svc().revoke(web, &root.id).await.unwrap().already_revoked);
+    assert_eq!(f.svc().records_read() - before, 1);
+
+    // A purged token leaves the index with its record.
+    f.clock.advance(10 + PURGE_GRACE_SECONDS);
+    assert_eq!(f.svc().maintain().await.unwrap().purged_issued, 1);
+    let (ids, read) = listed(&f, web, None);
+    assert!(!ids.contains(&short.id), "{ids:?}");
+    assert_eq!((ids.len(), read), (2, 2));
+}
