@@ -90,6 +90,8 @@ impl StartError {
                 EXIT_CONFIG
             }
             StartError::Pki(PkiError::Io { .. } | PkiError::Generate(_)) => 1,
+            // A restart cannot mend damaged files: 64 keeps systemd from restarting in a loop.
+            StartError::Store(StoreError::Damaged { .. }) => EXIT_CONFIG,
             StartError::Store(_) | StartError::Setup { .. } | StartError::Bind { .. } => 1,
             StartError::Tokens(TokenError::MasterKey { .. } | TokenError::Undecryptable { .. }) => {
                 EXIT_CONFIG

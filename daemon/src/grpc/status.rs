@@ -82,6 +82,7 @@ fn store_status(err: StoreError) -> Status {
         }
         StoreError::Io(_)
         | StoreError::Open { .. }
+        | StoreError::Damaged { .. }
         | StoreError::StateDir { .. }
         | StoreError::SchemaTooNew { .. }
         | StoreError::SubsystemSchemaTooNew { .. }

@@ -76,6 +76,11 @@ pub const MIGRATIONS: &[Migration] = &[];
 pub enum StoreError {
     #[error("cannot open the store at {path}: {source}")]
     Open { path: PathBuf, source: sled::Error },
+    /// The database files are damaged: sled reported corruption, or panicked reading them.
+    #[error(
+        "the store at {path} is damaged and cannot be opened ({detail}); restore the state directory from a backup, or move {path} aside to start with an empty store (its tokens, episodes and audit records are then lost)"
+    )]
+    Damaged { path: PathBuf, detail: String },
     #[error("cannot prepare the state directory {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -240,15 +245,27 @@ impl Store {
             }
         })?;
         let path = state_dir.join("db");
-        let db = sled::Config::new()
+        let sled_config = sled::Config::new()
             .path(&path)
             .cache_capacity(config.cache_capacity_bytes)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| StoreError::Open {
+            .flush_every_ms(None);
+        // sled panics on some damaged files ("tried to serialize Uninitialized"); an operator gets a
+        // message that names the directory and what to do, not a Rust panic and exit 101.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sled_config.open()))
+            .map_err(|panic| StoreError::Damaged {
+                path: path.clone(),
+                detail: panic_text(panic.as_ref()),
+            })?;
+        let db = opened.map_err(|source| match source {
+            sled::Error::Corruption { .. } => StoreError::Damaged {
+                path: path.clone(),
+                detail: source.to_string(),
+            },
+            source => StoreError::Open {
                 path: path.clone(),
                 source,
-            })?;
+            },
+        })?;
         let committer = Committer::start(db.clone()).map_err(|err| StoreError::Open {
             path: path.clone(),
             source: sled::Error::Io(err),
@@ -694,6 +711,15 @@ pub fn unix_ms_now() -> u64 {
 /// Blocks until nobody holds the flock on `lock_file` (sled's lock), at most `limit`. A helper thread
 /// takes the lock on its own descriptor (flock locks of separate opens conflict even within one
 /// process), then releases it at once and reports.
+/// The text of a caught panic's payload.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "sled panicked while reading its files".to_owned())
+}
+
 fn wait_for_release(lock_file: &Path, limit: Duration) -> Result<(), CloseError> {
     use std::os::fd::AsRawFd;
     let lock_err = |source| CloseError::Lock {
@@ -935,6 +961,83 @@ mod tests {
         Store::open(&state, &config(FlushPolicy::Always)).unwrap();
         let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    /// Bytes flipped anywhere in sled's files never escape as a panic: the open answers the data, or
+    /// an error (`Damaged` names the directory and the way out).
+    #[test]
+    fn damaged_files_are_an_error_never_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &config(FlushPolicy::Always)).unwrap();
+        let tree = store.tree(trees::EPISODIC).unwrap();
+        let items: Vec<(Vec<u8>, V1)> = (0..3000u64)
+            .map(|i| {
+                let name = format!("record {i} {}", "x".repeat(200));
+                (i.to_be_bytes().to_vec(), V1 { name })
+            })
+            .collect();
+        futures::executor::block_on(tree.put_batch_async(&items)).unwrap();
+        drop(tree);
+        store.close().unwrap();
+        let original = dir.path().join("db");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&original)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file() && p.metadata().unwrap().len() > 64)
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "sled wrote no files");
+        let mut outcomes = std::collections::BTreeMap::new();
+        for file in &files {
+            let len = file.metadata().unwrap().len() as usize;
+            for step in 0..16usize {
+                let at = len * step / 16;
+                let case = tempfile::tempdir().unwrap();
+                let copy = case.path().join("db");
+                std::fs::create_dir_all(&copy).unwrap();
+                for entry in std::fs::read_dir(&original).unwrap() {
+                    let entry = entry.unwrap();
+                    if entry.path().is_file() {
+                        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+                    }
+                }
+                let target = copy.join(file.file_name().unwrap());
+                let mut bytes = std::fs::read(&target).unwrap();
+                for b in bytes.iter_mut().skip(at).take(16) {
+                    *b ^= 0xA5;
+                }
+                std::fs::write(&target, bytes).unwrap();
+                let opened = std::panic::catch_unwind(|| {
+                    Store::open(case.path(), &config(FlushPolicy::Always)).map(|s| s.close())
+                });
+                let outcome = match opened {
+                    Err(_) => panic!("{}: a flip at {at} escaped as a panic", file.display()),
+                    Ok(Ok(_)) => "opened",
+                    Ok(Err(StoreError::Damaged { path, .. })) => {
+                        assert_eq!(path, copy);
+                        "damaged"
+                    }
+                    Ok(Err(_)) => "error",
+                };
+                *outcomes.entry(outcome).or_insert(0) += 1;
+            }
+        }
+        assert!(outcomes.values().sum::<usize>() >= 16, "{outcomes:?}");
+    }
+
+    #[test]
+    fn a_damaged_store_names_the_directory_and_the_way_out() {
+        let err = StoreError::Damaged {
+            path: PathBuf::from("/var/lib/brainstem/db"),
+            detail: panic_text(&"tried to serialize Uninitialized"),
+        };
+        let text = err.to_string();
+        assert!(text.contains("/var/lib/brainstem/db"), "{text}");
+        assert!(text.contains("tried to serialize Uninitialized"), "{text}");
+        assert!(
+            text.contains("restore the state directory from a backup"),
+            "{text}"
+        );
     }
 
     #[test]
