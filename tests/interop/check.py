@@ -415,6 +415,10 @@ def main():
             by_name = {a.name: a for a in reply.actors}
             expect("episodic" in by_name, f"actors {list(by_name)!r}")
             expect(by_name["episodic"].state == "running", f"state {by_name['episodic'].state!r}")
+            expect(by_name["episodic"].kind == "actor", f"episodic kind {by_name['episodic'].kind!r}")
+            writer = by_name.get("audit-writer")
+            expect(writer is not None and writer.kind == "worker", f"audit-writer {writer!r}")
+            expect(writer.state == "running", f"audit-writer state {writer.state!r}")
             stub = health_pb2_grpc.HealthStub(admin_ch)
             reply = stub.Check(health_pb2.HealthCheckRequest(service="brainstem.v1.Episodic"), timeout=RPC_TIMEOUT_S)
             expect(reply.status == health_pb2.HealthCheckResponse.SERVING, f"Episodic health {reply.status}")
@@ -430,6 +434,31 @@ def main():
                 expect(err.code() == grpc.StatusCode.NOT_FOUND, f"{describe_rpc_error(err)}, want NOT_FOUND")
             else:
                 raise CheckFailed("RestartActor of an unknown actor succeeded")
+
+        def critical_worker_readiness():
+            # A stopped critical worker makes the daemon not ready, naming it; starting it restores that.
+            health_stub = health_pb2_grpc.HealthStub(admin_ch)
+            supervisor.StopActor(supervisor_pb2.StopActorRequest(name="audit-writer"), timeout=RPC_TIMEOUT_S)
+            try:
+                reply = supervisor.GetHealth(supervisor_pb2.GetHealthRequest(), timeout=RPC_TIMEOUT_S)
+                expect(not reply.ready, "ready with the audit writer stopped")
+                expect(list(reply.not_ready) == ["audit-writer"], f"not_ready {list(reply.not_ready)!r}")
+                overall = health_stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=RPC_TIMEOUT_S)
+                expect(overall.status == health_pb2.HealthCheckResponse.NOT_SERVING, f"overall health {overall.status}")
+            finally:
+                supervisor.StartActor(supervisor_pb2.StartActorRequest(name="audit-writer"), timeout=RPC_TIMEOUT_S)
+            reply = supervisor.GetHealth(supervisor_pb2.GetHealthRequest(), timeout=RPC_TIMEOUT_S)
+            expect(reply.ready and not reply.not_ready, f"after start: ready {reply.ready}, not_ready {list(reply.not_ready)!r}")
+
+        def undecodable_invalid_argument():
+            # Bytes that are no PingRequest: the daemon answers INVALID_ARGUMENT, not INTERNAL.
+            raw = admin_ch.unary_unary("/brainstem.v1.Admin/Ping")
+            try:
+                raw(b"\xff\xff\xff\xff", timeout=RPC_TIMEOUT_S)
+            except grpc.RpcError as err:
+                expect(err.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{describe_rpc_error(err)}, want INVALID_ARGUMENT")
+            else:
+                raise CheckFailed("garbage bytes were accepted as a PingRequest")
 
         def watch_actors():
             stream = supervisor.WatchActors(supervisor_pb2.WatchActorsRequest(name="episodic"), timeout=RPC_TIMEOUT_S)
@@ -585,6 +614,8 @@ def main():
         results.run("supervisor_list_actors", list_actors)
         results.run("supervisor_restart_actor", restart_actor)
         results.run("supervisor_watch_actors", watch_actors)
+        results.run("supervisor_critical_worker_readiness", critical_worker_readiness)
+        results.run("undecodable_request_invalid_argument", undecodable_invalid_argument)
         results.run("episodic_store_and_query", store_and_query)
         results.run("episodic_bad_dimension_details", query_bad_dimension)
         results.run("tokens_issue_verify_revoke", tokens_issue_verify_revoke)
