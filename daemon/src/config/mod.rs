@@ -192,6 +192,22 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// `value` when nothing was found, else every problem found.
+    pub(crate) fn unless<T>(
+        origin: &str,
+        issues: Vec<ConfigIssue>,
+        value: T,
+    ) -> Result<T, ConfigError> {
+        if issues.is_empty() {
+            Ok(value)
+        } else {
+            Err(ConfigError {
+                origin: origin.to_owned(),
+                issues,
+            })
+        }
+    }
+
     pub fn single(origin: &str, key: &str, message: impl Into<String>) -> Self {
         ConfigError {
             origin: origin.to_owned(),
@@ -274,28 +290,14 @@ pub fn load_text(origin: &str, text: &str, overrides: &Overrides) -> Result<Conf
             .into_iter()
             .filter(|issue| !failed.iter().any(|key| key == &issue.key)),
     );
-    if issues.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigError {
-            origin: origin.to_owned(),
-            issues,
-        })
-    }
+    ConfigError::unless(origin, issues, config)
 }
 
 /// Parses a configuration file's text (types, ranges, unknown keys; no cross-field validation).
 /// Missing keys take their defaults.
 pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
     let (config, issues) = parse_lenient(origin, text)?;
-    if issues.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigError {
-            origin: origin.to_owned(),
-            issues,
-        })
-    }
+    ConfigError::unless(origin, issues, config)
 }
 
 /// Parses what it can: bad values keep their defaults and are reported. Only text that is not TOML at
@@ -340,15 +342,7 @@ impl Config {
 
     /// [`Config::check`] as a `Result`.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let issues = self.check();
-        if issues.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError {
-                origin: origin.to_owned(),
-                issues,
-            })
-        }
+        ConfigError::unless(origin, self.check(), ())
     }
 
     /// Keys whose change a reload cannot apply: every key whose value differs, unless its section

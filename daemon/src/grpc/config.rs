@@ -282,13 +282,6 @@ impl Config {
             cert: resolve("tls.cert_file", &self.tls.cert_file),
             key: resolve("tls.key_file", &self.tls.key_file),
         };
-        if issues.is_empty() {
-            Ok(paths)
-        } else {
-            Err(ConfigError {
-                origin: "tls".to_owned(),
-                issues,
-            })
-        }
+        ConfigError::unless("tls", issues, paths)
     }
 }
