@@ -33,4 +33,7 @@ pub mod store;
 pub mod supervisor;
 pub mod tokens;
 
+#[cfg(test)]
+mod testing;
+
 pub use daemon::{Daemon, ReloadOutcome, RunEnv, StartError};

@@ -327,36 +327,15 @@ mod tests {
     /// `Status::from(ServiceError)` (this file's mapping) is the one allowed way in.
     #[test]
     fn no_status_is_built_outside_this_file() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut offenders = Vec::new();
-        let mut scanned = 0;
-        let mut dirs = vec![root.clone()];
-        while let Some(dir) = dirs.pop() {
-            for entry in std::fs::read_dir(&dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    dirs.push(path);
-                    continue;
-                }
-                let relative = path
-                    .strip_prefix(&root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                if path.extension().is_none_or(|e| e != "rs")
-                    || relative == "grpc/status.rs"
-                    || path.file_name().is_some_and(|n| n == "tests.rs")
-                {
-                    continue;
-                }
-                scanned += 1;
-                let text = std::fs::read_to_string(&path).unwrap();
-                for (line, hit) in status_constructions(&text) {
-                    offenders.push(format!("{relative}:{line}: {hit}"));
-                }
+        for (relative, text) in crate::testing::sources() {
+            if relative == "grpc/status.rs" || relative.ends_with("tests.rs") {
+                continue;
+            }
+            for (line, hit) in status_constructions(&text) {
+                offenders.push(format!("{relative}:{line}: {hit}"));
             }
         }
-        assert!(scanned > 20, "scanned only {scanned} files under {root:?}");
         assert!(
             offenders.is_empty(),
             "build these through ServiceError instead:\n{}",

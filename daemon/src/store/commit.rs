@@ -411,23 +411,14 @@ mod tests {
     /// The rule behind the committer: sled's flush is called in this file and nowhere else.
     #[test]
     fn only_the_committer_calls_sleds_flush() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut offenders = Vec::new();
-        let mut dirs = vec![root.clone()];
-        while let Some(dir) = dirs.pop() {
-            for entry in std::fs::read_dir(&dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    dirs.push(path);
-                } else if path.extension().is_some_and(|e| e == "rs")
-                    && !path.ends_with("store/commit.rs")
-                {
-                    let text = std::fs::read_to_string(&path).unwrap();
-                    for pattern in ["db.flush", "tree.flush", "pagecache.flush"] {
-                        if text.contains(pattern) {
-                            offenders.push(format!("{}: {pattern}", path.display()));
-                        }
-                    }
+        for (relative, text) in crate::testing::sources() {
+            if relative == "store/commit.rs" {
+                continue;
+            }
+            for pattern in ["db.flush", "tree.flush", "pagecache.flush"] {
+                if text.contains(pattern) {
+                    offenders.push(format!("{relative}: {pattern}"));
                 }
             }
         }
