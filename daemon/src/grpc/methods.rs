@@ -104,14 +104,9 @@ mod tests {
     #[test]
     fn every_rpc_declares_its_requirement() {
         let mut declared = Vec::new();
-        let mut seen_sets = Vec::new();
-        for spec in crate::grpc::services::specs() {
-            if seen_sets.contains(&spec.descriptors.as_ptr()) {
-                continue;
-            }
-            seen_sets.push(spec.descriptors.as_ptr());
-            let set = prost_types::FileDescriptorSet::decode(spec.descriptors)
-                .expect("descriptor set decodes");
+        for encoded in crate::grpc::services::descriptor_sets() {
+            let set =
+                prost_types::FileDescriptorSet::decode(encoded).expect("descriptor set decodes");
             for file in &set.file {
                 let package = file.package();
                 for service in &file.service {

@@ -79,14 +79,9 @@ pub fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
     let mut reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-    let mut registered: Vec<*const u8> = Vec::new();
-    for spec in services::specs() {
-        if !registered.contains(&spec.descriptors.as_ptr()) {
-            registered.push(spec.descriptors.as_ptr());
-            reflection_v1 = reflection_v1.register_encoded_file_descriptor_set(spec.descriptors);
-            reflection_v1alpha =
-                reflection_v1alpha.register_encoded_file_descriptor_set(spec.descriptors);
-        }
+    for set in services::descriptor_sets() {
+        reflection_v1 = reflection_v1.register_encoded_file_descriptor_set(set);
+        reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(set);
     }
 
     let mut routes = RoutesBuilder::default();

@@ -131,6 +131,17 @@ pub fn specs() -> impl Iterator<Item = &'static ServiceSpec> {
     REGISTRY.iter().map(|r| &r.spec)
 }
 
+/// The registered services' descriptor sets, each once (several services share a package's set).
+pub fn descriptor_sets() -> Vec<&'static [u8]> {
+    let mut sets: Vec<&'static [u8]> = Vec::new();
+    for spec in specs() {
+        if !sets.iter().any(|set| std::ptr::eq(*set, spec.descriptors)) {
+            sets.push(spec.descriptors);
+        }
+    }
+    sets
+}
+
 /// Names of the services whose health follows the daemon's readiness.
 pub fn daemon_health_names() -> impl Iterator<Item = &'static str> {
     specs()
