@@ -30,6 +30,7 @@ fn service(dir: &std::path::Path) -> TokenService {
             flush: FlushPolicy::Interval,
             flush_interval_ms: 500,
             cache_capacity_bytes: 64 << 20,
+            min_free_bytes: 0,
         },
     )
     .expect("store opens");

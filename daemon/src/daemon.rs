@@ -91,7 +91,9 @@ impl StartError {
             }
             StartError::Pki(PkiError::Io { .. } | PkiError::Generate(_)) => 1,
             // A restart cannot mend damaged files: 64 keeps systemd from restarting in a loop.
-            StartError::Store(StoreError::Damaged { .. }) => EXIT_CONFIG,
+            StartError::Store(StoreError::Damaged { .. } | StoreError::Integrity { .. }) => {
+                EXIT_CONFIG
+            }
             StartError::Store(_) | StartError::Setup { .. } | StartError::Bind { .. } => 1,
             StartError::Tokens(TokenError::MasterKey { .. } | TokenError::Undecryptable { .. }) => {
                 EXIT_CONFIG
@@ -99,6 +101,36 @@ impl StartError {
             StartError::Tokens(_) => 1,
         }
     }
+}
+
+/// A `brainstemd recover --accept-loss` ran since the last start: say so once (log, metric), and
+/// since revocations may have been lost, retire every token signing key before serving — first, so
+/// a crash in between repeats the retirement rather than skipping it.
+async fn announce_recoveries(store: &Store, tokens: &TokenService) -> Result<(), StartError> {
+    let fresh: Vec<_> = store
+        .recoveries()?
+        .into_iter()
+        .filter(|r| !r.announced)
+        .collect();
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    let retired = tokens.distrust_all_keys().await?;
+    for recovery in store.announce_recoveries()? {
+        tracing::warn!(
+            at_unix_ms = recovery.at_unix_ms,
+            problems = %recovery.problems.join("; "),
+            moved_aside = recovery.moved_aside.as_deref().unwrap_or("-"),
+            retired_signing_keys = retired,
+            "this state was recovered with `brainstemd recover --accept-loss`; tokens issued before it no longer verify"
+        );
+        ErrorOccurred {
+            subsystem: "store",
+            kind: "recovered_with_loss",
+        }
+        .emit();
+    }
+    Ok(())
 }
 
 /// What the daemon needs from its environment besides the configuration.
@@ -188,6 +220,7 @@ impl Daemon {
             &store,
             Arc::new(SystemClock),
         )?);
+        announce_recoveries(&store, &tokens).await?;
 
         let grpc_listener = TcpListener::bind(config.server.listen)
             .await
@@ -253,7 +286,9 @@ impl Daemon {
         if let Some(listener) = metrics_listener {
             actors.add_worker(listener);
         }
-        actors.add_worker(HealthSync::new(health.clone(), ready.clone()));
+        actors.add_worker(
+            HealthSync::new(health.clone(), ready.clone()).with_store_writes(store.space_watch()),
+        );
 
         // systemd's watchdog is pinged from the supervisor loop, at half the interval systemd asked
         // for, and only while no critical actor is failed.

@@ -50,6 +50,15 @@ enum Command {
     CheckConfig,
     /// Print the default configuration file.
     PrintDefaultConfig,
+    /// Open a state directory that fails its integrity check (rolled back, damaged, emptied or
+    /// missing database) and accept what is lost: a database sled cannot open is moved aside, the
+    /// recovery is recorded (the next start logs and audits it; tokens issued before it stop
+    /// verifying) and a new integrity record is written. The daemon must not be running.
+    Recover {
+        /// Required: confirms that whatever the check cannot vouch for is given up.
+        #[arg(long)]
+        accept_loss: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -96,6 +105,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckConfig => check_config(&source),
+        Command::Recover { accept_loss } => recover(&source, accept_loss),
         Command::Run => run(source),
     }
 }
@@ -142,6 +152,43 @@ fn check_config(source: &ConfigSource) -> ExitCode {
         config.effective_grants().len(),
     );
     ExitCode::SUCCESS
+}
+
+fn recover(source: &ConfigSource, accept_loss: bool) -> ExitCode {
+    let config = match source.load() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let dir = config.state_dir.display().to_string();
+    if !accept_loss {
+        eprintln!(
+            "brainstemd recover gives up whatever the integrity check of {dir} cannot vouch for; run it again with --accept-loss to confirm (or restore {dir} from a backup instead)"
+        );
+        return ExitCode::from(EXIT_CONFIG as u8);
+    }
+    match brainstemd::store::Store::recover(&config.state_dir, &config.store) {
+        Ok(report) if report.problems.is_empty() => {
+            println!("the state in {dir} passes its integrity check: nothing to recover");
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            println!("recovered the state in {dir}, accepting the loss of:");
+            for problem in &report.problems {
+                println!("  - {problem}");
+            }
+            println!(
+                "the next start logs and audits this recovery; capability tokens issued before it no longer verify"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("cannot recover {dir}: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run(source: ConfigSource) -> ExitCode {

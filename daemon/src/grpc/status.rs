@@ -65,6 +65,9 @@ impl From<ServiceError> for Status {
     }
 }
 
+/// The retry delay a write refused for a full disk suggests.
+const NO_SPACE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn store_status(err: StoreError) -> Status {
     match err {
         StoreError::Corrupt {
@@ -80,7 +83,26 @@ fn store_status(err: StoreError) -> Status {
                 "stored record {tree}/{key} is damaged and was not returned"
             ))
         }
+        StoreError::NoSpace { .. } => {
+            // Logged by the store's guard once per interval, not here per call.
+            let mut details = ErrorDetails::new();
+            details.set_retry_info(Some(NO_SPACE_RETRY));
+            details.set_error_info(
+                "STORE_NO_SPACE",
+                "brainstem",
+                std::collections::HashMap::new(),
+            );
+            Status::with_error_details(
+                Code::ResourceExhausted,
+                bounded(&format!(
+                    "{err}; retry after {} ms",
+                    NO_SPACE_RETRY.as_millis()
+                )),
+                details,
+            )
+        }
         StoreError::Io(_)
+        | StoreError::Integrity { .. }
         | StoreError::Open { .. }
         | StoreError::Damaged { .. }
         | StoreError::StateDir { .. }

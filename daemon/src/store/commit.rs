@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use super::StoreError;
 use super::events::StoreFlushed;
+use super::integrity::{self, IntegrityFile};
+use super::{StoreError, space};
 
 /// At most this many jobs share one flush, so one reply never waits behind an unbounded queue.
 const MAX_GROUP: usize = 4096;
@@ -32,7 +33,22 @@ pub(super) struct Job {
     pub batch: Option<(sled::Tree, sled::Batch)>,
     /// Flush before replying (the `always` policy, bookkeeping, an explicit flush).
     pub durable: bool,
+    /// The caller wrote through sled itself (a transaction, a removal) and asks for the flush that
+    /// makes it durable: counted as a write (generation, disk-space reserve).
+    pub wrote: bool,
+    pub mark: Mark,
     pub reply: Reply,
+}
+
+/// What the committer does with the integrity record after this job's flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Mark {
+    /// Within [`integrity::CHECKPOINT_INTERVAL`] of the flush.
+    Later,
+    /// Right after the flush (the store's open).
+    Checkpoint,
+    /// A clean stop: the exact per-tree state, `clean = true`. Nothing is written after it.
+    Seal,
 }
 
 pub(super) enum Reply {
@@ -81,6 +97,22 @@ pub(super) struct Committer {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<(std::thread::JoinHandle<()>, mpsc::Receiver<()>)>>,
     shared: Arc<Shared>,
+    space: tokio::sync::watch::Receiver<bool>,
+    /// The guard's reserve (only tests change it).
+    #[cfg_attr(not(test), allow(dead_code))]
+    reserve: Arc<AtomicU64>,
+}
+
+/// What the committer keeps besides sled.
+pub(super) struct Keeper {
+    /// The `meta` tree, where each flush that carries writes bumps the generation.
+    pub meta: sled::Tree,
+    pub generation: u64,
+    /// The integrity record, once created; `None` for a committer tested on its own.
+    pub record: Option<IntegrityFile>,
+    /// The record to create at the first checkpoint (after the store's opening flush).
+    pub create: Option<(std::path::PathBuf, integrity::IntegrityRecord)>,
+    pub guard: space::Guard,
 }
 
 /// Counters and the test gate, shared with the thread.
@@ -90,6 +122,10 @@ struct Shared {
     submitted: AtomicU64,
     flushes: AtomicU64,
     writes: AtomicU64,
+    /// The boot count the integrity record names (set by `record_boot`).
+    boot_count: AtomicU64,
+    /// The generation of the last flush that carried writes.
+    generation: AtomicU64,
     /// While `true` the committer takes no jobs (tests: a store that stalls).
     held: Mutex<bool>,
     released: Condvar,
@@ -105,16 +141,22 @@ impl Shared {
 }
 
 impl Committer {
-    /// Starts the `store-committer` thread over `db`.
-    pub fn start(db: sled::Db) -> std::io::Result<Committer> {
+    /// Starts the `store-committer` thread over `db`, keeping `keeper`'s integrity record and disk-space
+    /// guard.
+    pub fn start(db: sled::Db, keeper: Keeper) -> std::io::Result<Committer> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (exited_tx, exited_rx) = mpsc::sync_channel::<()>(1);
         let shared = Arc::new(Shared::default());
+        shared
+            .generation
+            .store(keeper.generation, Ordering::Relaxed);
+        let space = keeper.guard.watch();
+        let reserve = keeper.guard.reserve();
         let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("store-committer".to_owned())
             .spawn(move || {
-                run(&db, &rx, &thread_shared);
+                run(&db, &rx, &thread_shared, keeper);
                 // sled's files are released once its last handle goes: this one goes first.
                 drop(db);
                 let _ = exited_tx.send(());
@@ -123,7 +165,28 @@ impl Committer {
             jobs: Mutex::new(Some(tx)),
             thread: Mutex::new(Some((handle, exited_rx))),
             shared,
+            space,
+            reserve,
         })
+    }
+
+    /// Test hook: a new disk-space reserve, as if the filesystem filled up or was freed.
+    #[cfg(test)]
+    pub fn set_reserve(&self, reserve: u64) {
+        self.reserve.store(reserve, Ordering::Relaxed);
+    }
+
+    /// `true` while writes are refused for lack of disk space.
+    pub fn space_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.space.clone()
+    }
+
+    pub fn set_boot_count(&self, boot_count: u64) {
+        self.shared.boot_count.store(boot_count, Ordering::Relaxed);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Relaxed)
     }
 
     /// Queues a job; if the committer has stopped the job is answered at once with an error.
@@ -142,10 +205,23 @@ impl Committer {
     /// Queues `batch` (if any), with a flush when `durable`; the returned [`Durable`] resolves once
     /// that is done.
     pub fn begin(&self, batch: Option<(sled::Tree, sled::Batch)>, durable: bool) -> Durable {
+        let wrote = batch.is_some();
+        self.begin_job(batch, durable, wrote)
+    }
+
+    /// [`Committer::begin`] for a caller that wrote through sled itself when `wrote`.
+    pub fn begin_job(
+        &self,
+        batch: Option<(sled::Tree, sled::Batch)>,
+        durable: bool,
+        wrote: bool,
+    ) -> Durable {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.submit(Job {
             batch,
             durable,
+            wrote,
+            mark: Mark::Later,
             reply: Reply::Async(tx),
         });
         Durable(rx)
@@ -159,10 +235,25 @@ impl Committer {
         durable: bool,
         limit: Option<Duration>,
     ) -> Result<(), StoreError> {
+        let wrote = batch.is_some();
+        self.commit_job(batch, durable, wrote, Mark::Later, limit)
+    }
+
+    /// [`Committer::commit_blocking`] with every field of the job given.
+    pub fn commit_job(
+        &self,
+        batch: Option<(sled::Tree, sled::Batch)>,
+        durable: bool,
+        wrote: bool,
+        mark: Mark,
+        limit: Option<Duration>,
+    ) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.submit(Job {
             batch,
             durable,
+            wrote,
+            mark,
             reply: Reply::Blocking(tx),
         });
         match limit {
@@ -226,6 +317,23 @@ impl Drop for Committer {
     }
 }
 
+/// The same error for each of a group's writers (`StoreError` is not `Clone`).
+fn duplicate(err: &StoreError) -> StoreError {
+    match err {
+        StoreError::Io(err) => StoreError::Io(err.clone()),
+        StoreError::NoSpace {
+            path,
+            available,
+            reserve,
+        } => StoreError::NoSpace {
+            path: path.clone(),
+            available: *available,
+            reserve: *reserve,
+        },
+        other => StoreError::Io(sled::Error::Io(std::io::Error::other(other.to_string()))),
+    }
+}
+
 fn stopped() -> StoreError {
     StoreError::Io(sled::Error::Io(std::io::Error::new(
         std::io::ErrorKind::BrokenPipe,
@@ -234,10 +342,32 @@ fn stopped() -> StoreError {
 }
 
 /// The committer loop: runs until every sender is gone and the queue is empty.
-fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared) {
+fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared, mut keeper: Keeper) {
     let mut group = Vec::new();
     let mut waiting = Vec::new();
-    while let Ok(first) = jobs.recv() {
+    // Writes applied since the last generation bump.
+    let mut dirty = false;
+    // Since when a flushed generation waits for the integrity record to name it.
+    let mut unrecorded: Option<Instant> = None;
+    loop {
+        let first = match unrecorded {
+            None => jobs.recv().ok(),
+            Some(since) => {
+                match jobs
+                    .recv_timeout(integrity::CHECKPOINT_INTERVAL.saturating_sub(since.elapsed()))
+                {
+                    Ok(job) => Some(job),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if keeper.checkpoint(db, shared, false).is_ok() {
+                            unrecorded = None;
+                        }
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                }
+            }
+        };
+        let Some(first) = first else { break };
         group.push(first);
         while group.len() < MAX_GROUP {
             match jobs.try_recv() {
@@ -246,22 +376,40 @@ fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared) {
             }
         }
         shared.wait_while_held();
+        let mut mark = Mark::Later;
         for job in group.drain(..) {
+            mark = mark.max(job.mark);
             let applied = match job.batch {
-                Some((tree, batch)) => tree.apply_batch(batch).map_err(StoreError::Io),
+                Some((tree, batch)) => keeper.guard.check().and_then(|()| {
+                    tree.apply_batch(batch)
+                        .map_err(|e| keeper.guard.classify(e))
+                }),
                 None => Ok(()),
             };
+            if applied.is_ok() && job.wrote {
+                dirty = true;
+            }
             match applied {
-                Ok(()) if job.durable => waiting.push(job.reply),
+                Ok(()) if job.durable || job.mark != Mark::Later => waiting.push(job.reply),
                 other => job.reply.send(other),
             }
         }
         if waiting.is_empty() {
             continue;
         }
+        if dirty {
+            // The generation travels in the same flush as the writes it counts.
+            let next = shared.generation.load(Ordering::Relaxed) + 1;
+            if let Ok(bytes) = super::encode(&next)
+                && keeper.meta.insert(super::GENERATION_KEY, bytes).is_ok()
+            {
+                shared.generation.store(next, Ordering::Relaxed);
+                dirty = false;
+            }
+        }
         // Every write in `waiting` finished before this flush starts.
         let started = Instant::now();
-        let result = db.flush().map(drop);
+        let mut result = db.flush().map(drop).map_err(|e| keeper.guard.classify(e));
         let writes = waiting.len() as u64;
         shared.flushes.fetch_add(1, Ordering::Relaxed);
         shared.writes.fetch_add(writes, Ordering::Relaxed);
@@ -271,9 +419,67 @@ fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared) {
             ok: result.is_ok(),
         }
         .emit();
-        for reply in waiting.drain(..) {
-            reply.send(result.clone().map_err(StoreError::Io));
+        if result.is_ok() {
+            keeper.guard.written();
+            let recorded = keeper.recorded_generation();
+            if mark != Mark::Later
+                || (recorded.is_some_and(|g| g != shared.generation.load(Ordering::Relaxed))
+                    && unrecorded.get_or_insert_with(Instant::now).elapsed()
+                        >= integrity::CHECKPOINT_INTERVAL)
+            {
+                let checkpoint = keeper.checkpoint(db, shared, mark == Mark::Seal);
+                match checkpoint {
+                    Ok(()) => unrecorded = None,
+                    Err(err) if mark != Mark::Later => result = Err(err),
+                    Err(_) => {}
+                }
+            }
         }
+        for reply in waiting.drain(..) {
+            reply.send(result.as_ref().map(|_| ()).map_err(duplicate));
+        }
+    }
+    if unrecorded.is_some() {
+        let _ = keeper.checkpoint(db, shared, false);
+    }
+}
+
+impl Keeper {
+    fn recorded_generation(&self) -> Option<u64> {
+        self.record.as_ref().map(|r| r.record().generation)
+    }
+
+    /// Writes the integrity record for the generation on disk now; a seal adds every tree's state.
+    fn checkpoint(&mut self, db: &sled::Db, shared: &Shared, seal: bool) -> Result<(), StoreError> {
+        if let Some((dir, first)) = self.create.take() {
+            let created = IntegrityFile::create(&dir, first.clone()).map_err(|err| {
+                self.create = Some((dir.clone(), first));
+                tracing::warn!(error = %err, "store: cannot create the integrity record");
+                StoreError::Io(sled::Error::Io(err))
+            })?;
+            self.record = Some(created);
+        }
+        let Some(record) = self.record.as_mut() else {
+            return Ok(());
+        };
+        let trees = if seal {
+            super::tree_marks(db)?
+        } else {
+            Default::default()
+        };
+        let generation = shared.generation.load(Ordering::Relaxed);
+        let boot_count = shared.boot_count.load(Ordering::Relaxed);
+        record
+            .update(|r| {
+                r.generation = generation;
+                r.boot_count = r.boot_count.max(boot_count);
+                r.clean = seal;
+                r.trees = trees;
+            })
+            .map_err(|err| {
+                tracing::warn!(error = %err, "store: cannot write the integrity record");
+                StoreError::Io(sled::Error::Io(err))
+            })
     }
 }
 
@@ -288,6 +494,7 @@ mod tests {
             flush,
             flush_interval_ms: 100,
             cache_capacity_bytes: 8 << 20,
+            min_free_bytes: 0,
         };
         Store::open(dir, &config).unwrap()
     }
@@ -378,7 +585,14 @@ mod tests {
             .open()
             .unwrap();
         let tree = db.open_tree("t").unwrap();
-        let committer = Committer::start(db).unwrap();
+        let keeper = Keeper {
+            meta: db.open_tree("meta").unwrap(),
+            generation: 0,
+            record: None,
+            create: None,
+            guard: space::Guard::new(dir.path(), 0),
+        };
+        let committer = Committer::start(db, keeper).unwrap();
         let mut batch = sled::Batch::default();
         batch.insert(b"a".as_slice(), b"1".as_slice());
         committer

@@ -16,6 +16,8 @@ pub struct StoreConfig {
     pub flush: FlushPolicy,
     pub flush_interval_ms: u64,
     pub cache_capacity_bytes: u64,
+    /// Writes are refused (RESOURCE_EXHAUSTED) while the filesystem has less than this free.
+    pub min_free_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -24,6 +26,7 @@ impl Default for StoreConfig {
             flush: FlushPolicy::Always,
             flush_interval_ms: 500,
             cache_capacity_bytes: 64 * MIB,
+            min_free_bytes: 64 * MIB,
         }
     }
 }
@@ -56,6 +59,12 @@ impl Section for StoreConfig {
             MIB..=64 * 1024 * MIB,
             &mut self.cache_capacity_bytes,
         );
+        walker.integer(
+            &t,
+            "min_free_bytes",
+            0..=1024 * 1024 * MIB,
+            &mut self.min_free_bytes,
+        );
         walker.finish(t);
     }
 
@@ -67,13 +76,18 @@ impl Section for StoreConfig {
 flush = "{}"
 flush_interval_ms = {}
 cache_capacity_bytes = {}
+# Writes are refused (RESOURCE_EXHAUSTED; reads keep serving) while the filesystem holding the state
+# directory has less than this free, and resume by themselves when space returns. 0: only sled's own
+# "no space" errors stop writes.
+min_free_bytes = {}
 "#,
             match self.flush {
                 FlushPolicy::Always => "always",
                 FlushPolicy::Interval => "interval",
             },
             self.flush_interval_ms,
-            self.cache_capacity_bytes
+            self.cache_capacity_bytes,
+            self.min_free_bytes
         )
     }
 }

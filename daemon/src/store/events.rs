@@ -19,6 +19,14 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "time one committer flush took"
     );
+    metrics::describe_gauge!(
+        "brainstem_store_disk_full",
+        "1 while the store refuses writes because the filesystem holding it has less than [store] min_free_bytes free (alert on it), else 0"
+    );
+    metrics::describe_counter!(
+        "brainstem_store_writes_refused_total",
+        "writes the store refused because the filesystem was full (RESOURCE_EXHAUSTED to the caller)"
+    );
     metrics::describe_counter!(
         "brainstem_store_probe_stalls_total",
         "store probes whose canary write was not durable within the probe deadline"
@@ -67,5 +75,25 @@ impl StoreStalled {
             waited_ms = self.waited.as_millis() as u64,
             "store stalled: the probe's canary write was not durable in time; the daemon is not ready and withholds the watchdog"
         );
+    }
+}
+
+/// Whether the store refuses writes for lack of disk space (the alert gauge).
+pub struct DiskSpace {
+    pub full: bool,
+}
+
+impl DiskSpace {
+    pub fn emit(self) {
+        metrics::gauge!("brainstem_store_disk_full").set(if self.full { 1.0 } else { 0.0 });
+    }
+}
+
+/// One write refused for lack of disk space (logged by the guard, not per write).
+pub struct WritesRefused;
+
+impl WritesRefused {
+    pub fn emit(self) {
+        metrics::counter!("brainstem_store_writes_refused_total").increment(1);
     }
 }

@@ -106,6 +106,7 @@ mod tests {
             flush: FlushPolicy::Always,
             flush_interval_ms: 100,
             cache_capacity_bytes: 8 << 20,
+            min_free_bytes: 0,
         }
     }
 

@@ -152,9 +152,10 @@ impl Store {
     where
         F: Fn(&Transaction<'_, E>) -> Result<R, TxError<E>>,
     {
+        self.refuse_if_full()?;
         let result = self.commit(trees, body)?;
         if self.flush == crate::store::config::FlushPolicy::Always {
-            self.flush()?;
+            self.flush_written()?;
         }
         Ok(result)
     }
@@ -168,9 +169,10 @@ impl Store {
     where
         F: Fn(&Transaction<'_, E>) -> Result<R, TxError<E>>,
     {
+        self.refuse_if_full()?;
         let result = self.commit(trees, body)?;
         if self.flush == crate::store::config::FlushPolicy::Always {
-            self.flush_async().await?;
+            self.flush_written_async().await?;
         }
         Ok(result)
     }
@@ -222,6 +224,7 @@ mod tests {
             flush: FlushPolicy::Always,
             flush_interval_ms: 100,
             cache_capacity_bytes: 8 << 20,
+            min_free_bytes: 0,
         };
         Store::open(dir, &config).unwrap()
     }

@@ -312,14 +312,41 @@ pub async fn set_actor_health(health: &HealthReporter, supervisor: &Supervisor, 
 /// The `health-sync` worker: keeps each actor's `grpc.health.v1` services in step with its state
 /// (SERVING while it starts or runs and the daemon is ready, NOT_SERVING otherwise), and the overall
 /// ("") status with readiness: NOT_SERVING while a critical actor or worker is stopped or failed.
+/// It also keeps the `store.writes` health service: NOT_SERVING while the store refuses writes for
+/// lack of disk space (reads, and so the overall status, keep serving).
 pub struct HealthSync {
     health: HealthReporter,
     ready: Arc<AtomicBool>,
+    store_writes: Option<tokio::sync::watch::Receiver<bool>>,
 }
+
+/// The `grpc.health.v1` service name of the store's write path.
+pub const STORE_WRITES_HEALTH: &str = "store.writes";
 
 impl HealthSync {
     pub fn new(health: HealthReporter, ready: Arc<AtomicBool>) -> Self {
-        HealthSync { health, ready }
+        HealthSync {
+            health,
+            ready,
+            store_writes: None,
+        }
+    }
+
+    /// Also publishes `store.writes` from the store's disk-space watch (`true`: writes refused).
+    pub fn with_store_writes(mut self, full: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.store_writes = Some(full);
+        self
+    }
+
+    async fn set_store_writes(&self, full: bool) {
+        let status = if full {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        };
+        self.health
+            .set_service_status(STORE_WRITES_HEALTH, status)
+            .await;
     }
 }
 
@@ -355,9 +382,37 @@ impl HealthSync {
         let mut events = supervisor.subscribe();
         let ready = || self.ready.load(Ordering::Acquire);
         set_actor_health(&self.health, &supervisor, ready()).await;
+        let mut store_writes = self.store_writes.clone();
+        if let Some(full) = store_writes.as_mut() {
+            let now = *full.borrow_and_update();
+            self.set_store_writes(now).await;
+        }
         ctx.ready();
         let mut synced = 0u64;
-        while let Some(received) = ctx.idle(until_cancelled(ctx, events.recv())).await {
+        loop {
+            let step = async {
+                let space_changed = async {
+                    if let Some(full) = store_writes.as_mut()
+                        && full.changed().await.is_ok()
+                    {
+                        return *full.borrow_and_update();
+                    }
+                    std::future::pending().await
+                };
+                tokio::select! {
+                    received = events.recv() => Ok(received),
+                    full = space_changed => Err(full),
+                }
+            };
+            let received = match ctx.idle(until_cancelled(ctx, step)).await {
+                None => break,
+                Some(Err(full)) => {
+                    self.set_store_writes(full).await;
+                    ctx.progress();
+                    continue;
+                }
+                Some(Ok(received)) => received,
+            };
             match received {
                 Ok(event) => {
                     let status = serving(event.actor.state, ready());

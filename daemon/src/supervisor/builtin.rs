@@ -194,6 +194,12 @@ impl Worker for StoreProbe {
                     ctx.progress();
                     ctx.set_status(format!("canary {} durable", self.canaries()));
                 }
+                // The disk is full: the store is alive and refuses writes on purpose (its guard
+                // logs and publishes that); the canary goes through again once space returns.
+                Some(Ok(Err(StoreError::NoSpace { .. }))) => {
+                    ctx.progress();
+                    ctx.set_status("writes refused: the filesystem is full".to_owned());
+                }
                 Some(Ok(Err(err))) => {
                     return Err(ActorError::new(format!(
                         "store probe: the canary write failed: {err}"

@@ -191,6 +191,26 @@ impl KeyRing {
         Ok((ring, record))
     }
 
+    /// The ring with every key retired at once, and the tombstones to store for them (after a recovery
+    /// that may have lost revocations, no token signed before is trusted).
+    pub fn retire_all(&self) -> (KeyRing, Vec<KeyRecord>) {
+        let mut ring = self.clone();
+        let tombstones: Vec<KeyRecord> = ring
+            .keys
+            .drain(..)
+            .map(|key| KeyRecord {
+                seq: key.seq,
+                kid: key.kid,
+                created_at: key.created_at,
+                sealed: None,
+            })
+            .collect();
+        for tomb in &tombstones {
+            ring.retired.insert(tomb.kid.clone());
+        }
+        (ring, tombstones)
+    }
+
     /// The ring without keys whose retirement has come, and the tombstones to store for them.
     pub fn retire_due(&self, now: u64) -> (KeyRing, Vec<KeyRecord>) {
         let mut ring = self.clone();

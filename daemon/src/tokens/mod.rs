@@ -778,6 +778,21 @@ impl TokenService {
             .collect()
     }
 
+    /// After `brainstemd recover --accept-loss`: revocations may have been lost, and a lost revocation
+    /// must never make a revoked token valid again. So no token signed before the recovery is trusted:
+    /// every key is retired (its tokens answer `key_retired`) and a new key signs from now on. Returns
+    /// how many keys were retired.
+    pub async fn distrust_all_keys(&self) -> Result<usize, TokenError> {
+        let _guard = self.key_change.lock().await;
+        let (ring, tombstones) = self.ring.load().retire_all();
+        for tomb in &tombstones {
+            self.keys_tree.put_async(tomb.kid.as_bytes(), tomb).await?;
+        }
+        self.ring.store(Arc::new(ring));
+        self.rotate_locked("recovery").await?;
+        Ok(tombstones.len())
+    }
+
     async fn rotate_locked(&self, trigger: &'static str) -> Result<String, TokenError> {
         let current = self.ring.load_full();
         let (ring, record) = current.rotated(
