@@ -123,6 +123,11 @@ pub struct DaemonProcess {
 impl DaemonProcess {
     /// Starts (or restarts) `brainstemd --dev` over `dir/state` and waits for `READY=1`.
     pub async fn start_in(dir: &Path) -> DaemonProcess {
+        DaemonProcess::start_with(dir, &[]).await
+    }
+
+    /// [`DaemonProcess::start_in`] with further arguments (e.g. `--config FILE`).
+    pub async fn start_with(dir: &Path, args: &[&std::ffi::OsStr]) -> DaemonProcess {
         let state_dir = dir.join("state");
         let socket_path = dir.join("notify.sock");
         let _ = std::fs::remove_file(&socket_path);
@@ -132,6 +137,7 @@ impl DaemonProcess {
             .args(["--dev", "--state-dir"])
             .arg(&state_dir)
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(args)
             .env("NOTIFY_SOCKET", &socket_path)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

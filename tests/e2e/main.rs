@@ -6,6 +6,7 @@ mod hardening;
 mod harness;
 mod inprocess;
 mod inputs;
+mod integrity;
 mod process;
 mod stress;
 mod supervision;
