@@ -317,23 +317,6 @@ impl Drop for Committer {
     }
 }
 
-/// The same error for each of a group's writers (`StoreError` is not `Clone`).
-fn duplicate(err: &StoreError) -> StoreError {
-    match err {
-        StoreError::Io(err) => StoreError::Io(err.clone()),
-        StoreError::NoSpace {
-            path,
-            available,
-            reserve,
-        } => StoreError::NoSpace {
-            path: path.clone(),
-            available: *available,
-            reserve: *reserve,
-        },
-        other => StoreError::Io(sled::Error::Io(std::io::Error::other(other.to_string()))),
-    }
-}
-
 fn stopped() -> StoreError {
     StoreError::Io(sled::Error::Io(std::io::Error::new(
         std::io::ErrorKind::BrokenPipe,
@@ -436,7 +419,7 @@ fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared, mut keeper: K
             }
         }
         for reply in waiting.drain(..) {
-            reply.send(result.as_ref().map(|_| ()).map_err(duplicate));
+            reply.send(result.as_ref().map(|_| ()).map_err(StoreError::duplicate));
         }
     }
     if unrecorded.is_some() {

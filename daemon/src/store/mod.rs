@@ -147,6 +147,32 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// The same error again, for each of several callers that failed together (`StoreError` is not
+    /// `Clone`: some sources are not). A full disk stays [`StoreError::NoSpace`], sled's errors stay
+    /// themselves; anything else keeps its text.
+    pub fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::Io(err) => StoreError::Io(err.clone()),
+            StoreError::NoSpace {
+                path,
+                available,
+                reserve,
+            } => StoreError::NoSpace {
+                path: path.clone(),
+                available: *available,
+                reserve: *reserve,
+            },
+            StoreError::Corrupt { tree, key, reason } => StoreError::Corrupt {
+                tree: tree.clone(),
+                key: key.clone(),
+                reason: reason.clone(),
+            },
+            other => StoreError::Io(sled::Error::Io(std::io::Error::other(other.to_string()))),
+        }
+    }
+}
+
 /// Why [`Store::close`] could not promise that sled let go of the state directory.
 #[derive(Debug, thiserror::Error)]
 pub enum CloseError {

@@ -377,6 +377,15 @@ impl<M: Send> Context<M> {
         message
     }
 
+    /// The next message if one is already queued, without waiting (an actor batching the work that
+    /// piled up behind the message it is handling); `None` when none is, or once cancelled.
+    pub fn try_recv(&mut self) -> Option<M> {
+        if self.token.is_cancelled() {
+            return None;
+        }
+        self.inbox.try_recv()
+    }
+
     /// Heartbeat: "I am busy and moving". A busy actor without progress for `hung_after` is frozen.
     pub fn progress(&self) {
         self.shared.bump_progress();

@@ -132,18 +132,44 @@ impl Actor for EpisodicActor {
             "episodic buffer loaded"
         );
 
-        while let Some(command) = ctx.recv().await {
+        let mut next = ctx.recv().await;
+        while let Some(command) = next.take() {
             match command {
                 Command::Store {
                     episodes,
                     now_ms,
                     reply,
                 } => {
-                    let result = self.store(episodes, now_ms).await;
-                    if let Err(err) = &result {
-                        ctx.record_error(err);
+                    // Group commit: the Store commands queued behind this one share its write and
+                    // its flush (concurrent callers no longer wait for one flush each).
+                    let mut group = vec![(episodes, now_ms, reply)];
+                    let mut total = group[0].0.len();
+                    while total < MAX_GROUP_EPISODES {
+                        match ctx.try_recv() {
+                            Some(Command::Store {
+                                episodes,
+                                now_ms,
+                                reply,
+                            }) => {
+                                total += episodes.len();
+                                group.push((episodes, now_ms, reply));
+                            }
+                            Some(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            None => break,
+                        }
                     }
-                    let _ = reply.send(result);
+                    let commands = group.len();
+                    let (results, replies) = self.store_group(group).await;
+                    for (result, reply) in results.into_iter().zip(replies) {
+                        if let Err(err) = &result {
+                            ctx.record_error(err);
+                        }
+                        let _ = reply.send(result);
+                    }
+                    super::events::StoreGrouped { commands }.emit();
                 }
                 Command::Forget { target, reply } => {
                     let result = self.forget(target).await;
@@ -155,6 +181,9 @@ impl Actor for EpisodicActor {
             }
             ctx.progress();
             ctx.set_status(status(self.held()));
+            if next.is_none() {
+                next = ctx.recv().await;
+            }
         }
         Ok(())
     }
@@ -246,7 +275,67 @@ fn load(
     Ok(Loaded { ring, skipped })
 }
 
+/// At most this many episodes share one group commit.
+const MAX_GROUP_EPISODES: usize = 1024;
+
+type StoreReply = oneshot::Sender<Result<Stored, EpisodicError>>;
+
 impl EpisodicActor {
+    /// Stores several commands' episodes in one write and one flush, answering each command as if it
+    /// had been stored alone, in order: its own ids and timestamps, and the older episodes its
+    /// episodes evicted. A failed write fails every command of the group (none of it was applied).
+    async fn store_group(
+        &self,
+        group: Vec<(Vec<NewEpisode>, i64, StoreReply)>,
+    ) -> (Vec<Result<Stored, EpisodicError>>, Vec<StoreReply>) {
+        let mut replies = Vec::with_capacity(group.len());
+        if group.len() == 1 {
+            let (episodes, now_ms, reply) = group.into_iter().next().expect("one command");
+            replies.push(reply);
+            return (vec![self.store(episodes, now_ms).await], replies);
+        }
+        let (mut held, capacity) = match self.shared.read() {
+            Ok(guard) => match guard.as_ref() {
+                Some(ring) => (ring.len(), ring.capacity()),
+                None => (0, 0),
+            },
+            Err(_) => (0, 0),
+        };
+        let mut counts = Vec::with_capacity(group.len());
+        let mut all = Vec::new();
+        let mut last_now = 0;
+        for (mut episodes, now_ms, reply) in group {
+            // Each command keeps its own "now".
+            for episode in &mut episodes {
+                episode.timestamp_ms.get_or_insert(now_ms);
+            }
+            // What storing this command alone would have evicted.
+            let n = episodes.len();
+            let evicted = ((held + n).saturating_sub(capacity)).min(held) as u64;
+            held = (held + n).min(capacity);
+            counts.push((n, evicted));
+            all.extend(episodes);
+            replies.push(reply);
+            last_now = now_ms;
+        }
+        let results = match self.store(all, last_now).await {
+            Ok(stored) => {
+                let mut ids = stored.episodes.into_iter();
+                counts
+                    .into_iter()
+                    .map(|(n, evicted)| {
+                        Ok(Stored {
+                            episodes: ids.by_ref().take(n).collect(),
+                            evicted,
+                        })
+                    })
+                    .collect()
+            }
+            Err(err) => counts.iter().map(|_| Err(err.duplicate())).collect(),
+        };
+        (results, replies)
+    }
+
     fn held(&self) -> usize {
         self.shared
             .ring

@@ -25,6 +25,10 @@ pub fn describe() {
         "episodic queries by cache result (hit, miss)"
     );
     metrics::describe_histogram!(
+        "brainstem_episodic_store_group_commands",
+        "Store commands that shared one write and one flush (the episodic actor's group commit)"
+    );
+    metrics::describe_histogram!(
         "brainstem_episodic_query_duration_seconds",
         metrics::Unit::Seconds,
         "time to scan the ring for one query (cache misses only)"
@@ -73,5 +77,16 @@ impl EpisodicWritten {
                 "episodes forgotten"
             );
         }
+    }
+}
+
+/// Several queued Store commands were written together.
+pub struct StoreGrouped {
+    pub commands: usize,
+}
+
+impl StoreGrouped {
+    pub fn emit(self) {
+        metrics::histogram!("brainstem_episodic_store_group_commands").record(self.commands as f64);
     }
 }

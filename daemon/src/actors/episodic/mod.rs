@@ -74,6 +74,19 @@ pub enum EpisodicError {
     Store(#[from] StoreError),
 }
 
+impl EpisodicError {
+    /// The same error again, for each command of a group that failed together.
+    pub(crate) fn duplicate(&self) -> EpisodicError {
+        match self {
+            EpisodicError::Invalid(violations) => EpisodicError::Invalid(violations.clone()),
+            EpisodicError::NotFound(id) => EpisodicError::NotFound(id.clone()),
+            EpisodicError::Loading => EpisodicError::Loading,
+            EpisodicError::Store(err) => EpisodicError::Store(err.duplicate()),
+            EpisodicError::Actor(err) => EpisodicError::Actor(err.clone()),
+        }
+    }
+}
+
 impl From<EpisodicError> for ServiceError {
     fn from(err: EpisodicError) -> Self {
         match err {

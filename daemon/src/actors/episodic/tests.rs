@@ -666,3 +666,83 @@ fn embeddings_round_trip_exactly_through_the_record_encoding() {
     assert_eq!(parse_id("42"), None);
     let _ = Duration::ZERO;
 }
+
+/// Store commands that queue while a write is in flight share the next write and its flush, and
+/// each caller still gets its own ids, in order, and its own eviction count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_stores_share_one_write_and_one_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), &config(4, 8)).await;
+    let episodic = running.episodic.clone();
+    // Six held: the ring (capacity 8) has room for two more before commands start to evict.
+    episodic
+        .store(
+            "episodes",
+            (0..6)
+                .map(|i| episode(&format!("old {i}"), vec![1.0, 0.0, 0.0, i as f32]))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let before = running.store.commit_stats();
+    // The committer stalls: whichever command the actor takes first waits in its write, and the other
+    // ten queue in the mailbox behind it.
+    running.store.hold_commits(true);
+    let first = tokio::spawn({
+        let episodic = episodic.clone();
+        async move {
+            episodic
+                .store("episodes", vec![episode("first", vec![0.0, 1.0, 0.0, 0.0])])
+                .await
+        }
+    });
+    let queued: Vec<_> = (0..10)
+        .map(|i| {
+            let episodic = episodic.clone();
+            tokio::spawn(async move {
+                episodic
+                    .store(
+                        "episodes",
+                        vec![episode(
+                            &format!("queued {i}"),
+                            vec![0.0, 0.0, 1.0, i as f32],
+                        )],
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while running.supervisor.get(ACTOR_NAME).unwrap().mailbox_depth < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ten stores never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    running.store.hold_commits(false);
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.episodes.len(), 1);
+    let mut ids = vec![first.episodes[0].0.clone()];
+    let mut evicted = vec![first.evicted];
+    for handle in queued {
+        let stored = handle.await.unwrap().unwrap();
+        assert_eq!(stored.episodes.len(), 1, "each caller gets its own id");
+        ids.push(stored.episodes[0].0.clone());
+        evicted.push(stored.evicted);
+    }
+    let flushes = running.store.commit_stats().flushes - before.flushes;
+    assert!(flushes <= 2, "eleven stores took {flushes} flushes");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 11, "distinct ids");
+    // 6 held + 11 stored into 8 slots: the first two fill the room, each of the other nine evicts one.
+    assert_eq!(evicted.iter().sum::<u64>(), 9, "{evicted:?}");
+    assert_eq!(
+        evicted.iter().filter(|e| **e == 0).count(),
+        2,
+        "{evicted:?}"
+    );
+    assert_eq!(episodic.recent(8, &Filter::default()).unwrap().len(), 8);
+    running.stop().await;
+}
