@@ -103,6 +103,7 @@ fn store_status(err: StoreError) -> Status {
         }
         StoreError::Io(_)
         | StoreError::Integrity { .. }
+        | StoreError::Locked { .. }
         | StoreError::Open { .. }
         | StoreError::Damaged { .. }
         | StoreError::StateDir { .. }

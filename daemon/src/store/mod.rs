@@ -109,6 +109,13 @@ pub enum StoreError {
         available: u64,
         reserve: u64,
     },
+    /// Another process (another brainstemd) has the database open.
+    #[error(
+        "another process{} holds the state directory {}: stop it first, or give this brainstemd another --state-dir",
+        holder.map(|pid| format!(" (pid {pid}{})", process_name(pid))).unwrap_or_default(),
+        path.parent().unwrap_or(path).display()
+    )]
+    Locked { path: PathBuf, holder: Option<u32> },
     #[error("cannot prepare the state directory {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -1047,6 +1054,12 @@ fn open_sled(path: &Path, config: &StoreConfig) -> Result<sled::Db, StoreError> 
             detail: panic_text(panic.as_ref()),
         })?;
     opened.map_err(|source| match source {
+        sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
+            StoreError::Locked {
+                path: path.to_owned(),
+                holder: lock_holder(&path.join("db")),
+            }
+        }
         sled::Error::Corruption { .. } => StoreError::Damaged {
             path: path.to_owned(),
             detail: source.to_string(),
@@ -1056,6 +1069,27 @@ fn open_sled(path: &Path, config: &StoreConfig) -> Result<sled::Db, StoreError> 
             source,
         },
     })
+}
+
+/// The pid holding a flock on `file`, from `/proc/locks` (Linux), if it can be known.
+fn lock_holder(file: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(file).ok()?.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        // "1: FLOCK  ADVISORY  WRITE 19242 fe:00:6357019 0 EOF"
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let device_inode = fields.get(5)?;
+        let found: u64 = device_inode.rsplit(':').next()?.parse().ok()?;
+        (found == inode).then(|| fields.get(4)?.parse().ok())?
+    })
+}
+
+/// `" brainstemd"`-style suffix naming the process `pid` runs, when /proc says.
+fn process_name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|name| format!(", {}", name.trim()))
+        .unwrap_or_default()
 }
 
 fn new_store_id() -> Result<String, StoreError> {
@@ -1757,6 +1791,27 @@ mod tests {
         tree.put(b"later", &4u64).unwrap();
         assert!(!*watch.borrow());
         drop(tree);
+        store.close().unwrap();
+    }
+
+    #[test]
+    fn a_second_open_of_a_held_directory_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &config(FlushPolicy::Always)).unwrap();
+        let err = Store::open(dir.path(), &config(FlushPolicy::Always)).unwrap_err();
+        match &err {
+            StoreError::Locked { holder, .. } => {
+                assert_eq!(*holder, Some(std::process::id()), "{err}")
+            }
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        assert!(!text.contains("WouldBlock"), "no raw Debug error: {text}");
         store.close().unwrap();
     }
 

@@ -172,9 +172,8 @@ impl Store {
         self.refuse_if_full()?;
         // sled runs the transaction on the calling thread and may wait on its write lock; on the
         // multi-thread runtime the worker hands its other tasks away first (`block_in_place`).
-        let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| {
-            h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-        });
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let result = if multi_thread {
             tokio::task::block_in_place(|| self.commit(trees, body))?
         } else {
