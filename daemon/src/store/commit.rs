@@ -304,7 +304,7 @@ impl Committer {
     }
 
     #[cfg(test)]
-    fn submitted(&self) -> u64 {
+    pub(super) fn submitted(&self) -> u64 {
         self.shared.submitted.load(Ordering::Relaxed)
     }
 }

@@ -650,6 +650,12 @@ impl Store {
         self.handles.committer.set_reserve(reserve);
     }
 
+    /// Test hook: jobs handed to the committer so far.
+    #[cfg(test)]
+    pub(crate) fn commits_submitted(&self) -> u64 {
+        self.handles.committer.submitted()
+    }
+
     /// Test hook: while held the committer takes no work, as if sled or the disk stalled.
     #[cfg(test)]
     pub(crate) fn hold_commits(&self, held: bool) {

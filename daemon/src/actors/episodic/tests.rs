@@ -685,8 +685,9 @@ async fn queued_stores_share_one_write_and_one_flush() {
         .await
         .unwrap();
     let before = running.store.commit_stats();
-    // The committer stalls: whichever command the actor takes first waits in its write, and the other
-    // ten queue in the mailbox behind it.
+    // The committer stalls: the first command's write waits there, alone in its group (nothing else
+    // was sent yet); the next ten queue in the mailbox behind it.
+    let submitted = running.store.commits_submitted();
     running.store.hold_commits(true);
     let first = tokio::spawn({
         let episodic = episodic.clone();
@@ -696,6 +697,14 @@ async fn queued_stores_share_one_write_and_one_flush() {
                 .await
         }
     });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while running.store.commits_submitted() == submitted {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first write never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let queued: Vec<_> = (0..10)
         .map(|i| {
             let episodic = episodic.clone();
