@@ -333,3 +333,16 @@ pub fn violations(status: &tonic::Status) -> Vec<String> {
         .map(|v| v.field.clone())
         .collect()
 }
+
+/// The `grpc.health.v1` status of `service` ("" for the daemon as a whole).
+pub async fn health(client: &mut Client, service: &str) -> i32 {
+    client
+        .health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .expect("health check")
+        .into_inner()
+        .status
+}

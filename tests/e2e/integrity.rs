@@ -14,10 +14,9 @@ use brainstem_client::v1::{
     VerifyTokenRequest,
 };
 use tonic::Code;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::harness::{DaemonProcess, bin, eventually, http_get, metric_value};
+use crate::harness::{DaemonProcess, bin, eventually, health, http_get, metric_value};
 
 /// Runs `brainstemd ARGS` to its end (at most 30 s): exit code, stdout + stderr.
 async fn run_to_exit(args: &[&OsStr]) -> (i32, String) {
@@ -215,16 +214,17 @@ fn episode(text: &str) -> StoreRequest {
     }
 }
 
-async fn health(client: &mut Client, service: &str) -> i32 {
-    client
-        .health
-        .check(HealthCheckRequest {
-            service: service.to_owned(),
-        })
-        .await
-        .expect("health answers")
-        .into_inner()
-        .status
+/// Waits until the `store.writes` health service reports `status`.
+async fn store_writes_becomes(client: &Client, status: ServingStatus) {
+    eventually(
+        &format!("store.writes {status:?}"),
+        Duration::from_secs(10),
+        || {
+            let mut client = client.clone();
+            async move { (health(&mut client, "store.writes").await == status as i32).then_some(()) }
+        },
+    )
+    .await;
 }
 
 /// The state directory on a 48 MiB tmpfs (needs root to mount; CI runs as root).
@@ -306,14 +306,7 @@ async fn a_full_disk_refuses_writes_keeps_serving_and_recovers_when_space_return
     assert!(recent.episodes.iter().any(|e| e.text == "before"));
     assert!(!recent.episodes.iter().any(|e| e.text.starts_with("more")));
     assert_eq!(health(&mut client, "").await, ServingStatus::Serving as i32);
-    eventually("store.writes NOT_SERVING", Duration::from_secs(10), || {
-        let mut client = client.clone();
-        async move {
-            (health(&mut client, "store.writes").await == ServingStatus::NotServing as i32)
-                .then_some(())
-        }
-    })
-    .await;
+    store_writes_becomes(&client, ServingStatus::NotServing).await;
     let (_, metrics) = http_get(daemon.metrics_addr, "/metrics").await;
     assert_eq!(
         metric_value(&metrics, "brainstem_store_disk_full"),
@@ -339,14 +332,7 @@ async fn a_full_disk_refuses_writes_keeps_serving_and_recovers_when_space_return
         },
     )
     .await;
-    eventually("store.writes SERVING", Duration::from_secs(10), || {
-        let mut client = client.clone();
-        async move {
-            (health(&mut client, "store.writes").await == ServingStatus::Serving as i32)
-                .then_some(())
-        }
-    })
-    .await;
+    store_writes_becomes(&client, ServingStatus::Serving).await;
     let (_, metrics) = http_get(daemon.metrics_addr, "/metrics").await;
     assert_eq!(
         metric_value(&metrics, "brainstem_store_disk_full"),

@@ -3,17 +3,15 @@
 
 use std::time::Duration;
 
-use brainstem_client::Client;
 use brainstem_client::v1::{
     Episode, EpisodeFilter, ForgetRequest, GetActorRequest, GetEpisodeRequest, GetHealthRequest,
     ListActorsRequest, QueryRequest, RecentRequest, RestartActorRequest, StartActorRequest,
     StopActorRequest, StoreBatchRequest, StoreRequest, WatchActorsRequest,
 };
 use tonic::Code;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::harness::{DaemonProcess, options_for, violations};
+use crate::harness::{DaemonProcess, health, options_for, violations};
 use crate::inprocess::InProcess;
 
 fn episode(text: &str, embedding: Vec<f32>) -> Episode {
@@ -31,18 +29,6 @@ fn axis(i: usize, dim: usize) -> Vec<f32> {
     (0..dim)
         .map(|j| if j == i % dim { 1.0 } else { 0.01 })
         .collect()
-}
-
-async fn health(client: &mut Client, service: &str) -> i32 {
-    client
-        .health
-        .check(HealthCheckRequest {
-            service: service.to_owned(),
-        })
-        .await
-        .expect("health check")
-        .into_inner()
-        .status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
