@@ -341,9 +341,11 @@ fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared, mut keeper: K
                 {
                     Ok(job) => Some(job),
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if keeper.checkpoint(db, shared, false).is_ok() {
-                            unrecorded = None;
-                        }
+                        // On failure (logged), try again an interval later, not at once.
+                        unrecorded = match keeper.checkpoint(db, shared, false) {
+                            Ok(()) => None,
+                            Err(_) => Some(Instant::now()),
+                        };
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => None,
@@ -360,8 +362,12 @@ fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared, mut keeper: K
         }
         shared.wait_while_held();
         let mut mark = Mark::Later;
+        // A batch was applied: the disk took a write (only that ends a "disk full" spell; a flush
+        // with nothing new to write proves nothing).
+        let mut applied_any = false;
         for job in group.drain(..) {
             mark = mark.max(job.mark);
+            let had_batch = job.batch.is_some();
             let applied = match job.batch {
                 Some((tree, batch)) => keeper.guard.check().and_then(|()| {
                     tree.apply_batch(batch)
@@ -371,6 +377,7 @@ fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared, mut keeper: K
             };
             if applied.is_ok() && job.wrote {
                 dirty = true;
+                applied_any |= had_batch;
             }
             match applied {
                 Ok(()) if job.durable || job.mark != Mark::Later => waiting.push(job.reply),
@@ -403,7 +410,9 @@ fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared, mut keeper: K
         }
         .emit();
         if result.is_ok() {
-            keeper.guard.written();
+            if applied_any {
+                keeper.guard.written();
+            }
             let recorded = keeper.recorded_generation();
             if mark != Mark::Later
                 || (recorded.is_some_and(|g| g != shared.generation.load(Ordering::Relaxed))

@@ -1780,6 +1780,9 @@ mod tests {
         let err = tree.put(b"after", &2u64).unwrap_err();
         assert!(matches!(err, StoreError::NoSpace { .. }), "{err}");
         assert!(*watch.borrow(), "the write path reports the full disk");
+        // A flush with nothing new to write does not end the spell.
+        store.flush().unwrap();
+        assert!(*watch.borrow(), "an empty flush proves nothing about space");
         assert_eq!(tree.get::<u64>(b"before").unwrap(), Some(1), "reads serve");
         assert_eq!(
             tree.get::<u64>(b"after").unwrap(),
