@@ -99,7 +99,6 @@ pub(super) struct Committer {
     shared: Arc<Shared>,
     space: tokio::sync::watch::Receiver<bool>,
     /// The guard's reserve (only tests change it).
-    #[cfg_attr(not(test), allow(dead_code))]
     reserve: Arc<AtomicU64>,
 }
 
@@ -174,6 +173,11 @@ impl Committer {
     #[cfg(test)]
     pub fn set_reserve(&self, reserve: u64) {
         self.reserve.store(reserve, Ordering::Relaxed);
+    }
+
+    /// The free space below which writes are refused.
+    pub fn reserve(&self) -> u64 {
+        self.reserve.load(Ordering::Relaxed)
     }
 
     /// `true` while writes are refused for lack of disk space.

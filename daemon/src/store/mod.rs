@@ -349,6 +349,10 @@ impl Store {
                 path: path.clone(),
                 detail: source.to_string(),
             },
+            corrupt @ StoreError::Corrupt { .. } => StoreError::Damaged {
+                path: path.clone(),
+                detail: corrupt.to_string(),
+            },
             other => other,
         };
         let read_state = || -> Result<_, StoreError> {
@@ -399,11 +403,14 @@ impl Store {
             Some(id) => (id, false),
             None => (new_store_id()?, true),
         };
-        // Continue the file's write count when it names this database.
+        // Continue the file's write count, so the new record outranks both old slots (also when
+        // `recover` replaces a record that named another database).
         let mut next = IntegrityRecord::new(store_id.clone(), generation);
-        if let Some(previous) = record.filter(|r| r.store_id == store_id) {
+        if let Some(previous) = &record {
             next.sequence = previous.sequence;
-            next.boot_count = previous.boot_count;
+            if previous.store_id == store_id {
+                next.boot_count = previous.boot_count;
+            }
         }
         let guard = space::Guard::new(state_dir, config.min_free_bytes);
         let committer = Committer::start(
@@ -467,7 +474,7 @@ impl Store {
     /// check says (moving a database sled cannot open aside to `db.damaged-<unix ms>` and starting an
     /// empty one), records the recovery in `meta` (the next start logs and audits it, and the token
     /// service distrusts every token issued before it) and seals a new integrity record for what is
-    /// there now. Returns what was wrong; nothing is written when nothing was.
+    /// there now. Returns what was wrong; no recovery is recorded when nothing was.
     pub fn recover(state_dir: &Path, config: &StoreConfig) -> Result<RecoveryReport, StoreError> {
         let mut moved_aside = None;
         let (store, mut problems) =
@@ -551,7 +558,7 @@ impl Store {
             return Err(StoreError::NoSpace {
                 path: self.path.clone(),
                 available: space::available_bytes(&self.path).unwrap_or(0),
-                reserve: 0,
+                reserve: self.handles.committer.reserve(),
             });
         }
         Ok(())
