@@ -27,11 +27,76 @@ impl Requirement {
     }
 }
 
-/// One method's entry: the metric label (the full method path) and its requirement.
+/// What repeating a call does, from the method's `option idempotency_level` in its proto (the
+/// registered descriptor sets). A method that declares nothing is [`Effect::Mutating`]: a forgotten
+/// declaration costs a stored reply, never a double write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// `NO_SIDE_EFFECTS`: reads only.
+    ReadOnly,
+    /// `IDEMPOTENT`: repeating it leaves the state as one call did (decisions that are audited,
+    /// revoking, stopping).
+    Idempotent,
+    /// Anything else: a repeat would apply twice, so the daemon honours the `idempotency-key`
+    /// metadata entry on it ([`super::idempotency`]).
+    Mutating,
+    /// A streaming method: never deduplicated (its reply is not one message).
+    Streaming,
+}
+
+/// One method's entry: the metric label (the full method path), its requirement and its effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MethodEntry {
     pub label: &'static str,
     pub requirement: Requirement,
+    pub effect: Effect,
+}
+
+/// The effect of every method of the registered descriptor sets, by full path; read once.
+fn effects() -> &'static std::collections::HashMap<String, Effect> {
+    use prost::Message;
+    use prost_types::method_options::IdempotencyLevel;
+    static EFFECTS: std::sync::OnceLock<std::collections::HashMap<String, Effect>> =
+        std::sync::OnceLock::new();
+    EFFECTS.get_or_init(|| {
+        let mut effects = std::collections::HashMap::new();
+        for encoded in super::services::descriptor_sets() {
+            // Compiled in by build.rs; a set that does not decode leaves its methods Mutating.
+            let Ok(set) = prost_types::FileDescriptorSet::decode(encoded) else {
+                continue;
+            };
+            for file in &set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        let path =
+                            format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                        let level = method
+                            .options
+                            .as_ref()
+                            .map_or(IdempotencyLevel::IdempotencyUnknown, |o| {
+                                o.idempotency_level()
+                            });
+                        let effect = if method.client_streaming() || method.server_streaming() {
+                            Effect::Streaming
+                        } else {
+                            match level {
+                                IdempotencyLevel::NoSideEffects => Effect::ReadOnly,
+                                IdempotencyLevel::Idempotent => Effect::Idempotent,
+                                IdempotencyLevel::IdempotencyUnknown => Effect::Mutating,
+                            }
+                        };
+                        effects.insert(path, effect);
+                    }
+                }
+            }
+        }
+        effects
+    })
+}
+
+/// A method's [`Effect`] (Mutating for a path no descriptor names).
+pub fn effect(path: &str) -> Effect {
+    effects().get(path).copied().unwrap_or(Effect::Mutating)
 }
 
 /// Every method of every registered service, by full path.
@@ -69,6 +134,7 @@ pub fn lookup(path: &str) -> Option<MethodEntry> {
         return Some(MethodEntry {
             label,
             requirement: *requirement,
+            effect: effect(label),
         });
     }
     OPEN_SERVICES
@@ -77,6 +143,7 @@ pub fn lookup(path: &str) -> Option<MethodEntry> {
         .map(|prefix| MethodEntry {
             label: prefix,
             requirement: Requirement::Authenticated,
+            effect: Effect::ReadOnly,
         })
 }
 
@@ -137,6 +204,23 @@ mod tests {
             doc.contains(&table),
             "docs/AUTHORIZATION.md's method table drifted; replace it with:\n{table}"
         );
+    }
+
+    #[test]
+    fn effects_come_from_the_protos_idempotency_level() {
+        assert_eq!(effect("/brainstem.v1.Admin/Ping"), Effect::ReadOnly);
+        assert_eq!(effect("/brainstem.v1.Policy/Check"), Effect::Idempotent);
+        assert_eq!(effect("/brainstem.v1.Episodic/Store"), Effect::Mutating);
+        assert_eq!(effect("/brainstem.v1.Tokens/Issue"), Effect::Mutating);
+        assert_eq!(
+            effect("/brainstem.v1.Supervisor/WatchActors"),
+            Effect::Streaming
+        );
+        assert_eq!(effect("/brainstem.v1.Nope/Nope"), Effect::Mutating);
+        // Every registered method has an effect read from a descriptor.
+        for (path, _) in all() {
+            assert!(effects().contains_key(*path), "{path} has no descriptor");
+        }
     }
 
     #[test]
