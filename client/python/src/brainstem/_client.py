@@ -93,10 +93,10 @@ class _Call:
 
     __slots__ = ("metadata", "deadline", "retryable", "policy")
 
-    def __init__(self, client, info: _MethodInfo, timeout, metadata, idempotency_key, retry, token):
+    def __init__(self, client, info: _MethodInfo, timeout, metadata, idempotency_key, retry, bearer):
         md: List[Tuple[str, str]] = list(client._metadata)
-        if token is not None:
-            md = [(k, v) for k, v in md if k != "authorization"] + [("authorization", f"Bearer {token}")]
+        if bearer is not None:
+            md = [(k, v) for k, v in md if k != "authorization"] + [("authorization", f"Bearer {bearer}")]
         md.extend(metadata or ())
         if idempotency_key is not None:
             if not isinstance(idempotency_key, str) or not idempotency_key:
@@ -141,7 +141,13 @@ def _open(breaker: CircuitBreaker, info: _MethodInfo, endpoint: str):
 
 
 class _Method:
-    """A synchronous RPC: ``method(request_or_fields..., timeout=, metadata=, idempotency_key=, retry=, token=)``."""
+    """A synchronous RPC: ``method(request_or_fields..., timeout=, metadata=, idempotency_key=, retry=, bearer=)``.
+
+    The request is a message, or its field values (positional in declaration order, or by name). The
+    call options are keyword-only: ``timeout`` (seconds, the whole call's deadline), ``metadata``
+    (extra ``(key, value)`` pairs), ``idempotency_key``, ``retry`` (a :class:`RetryPolicy`) and
+    ``bearer`` (a capability token for this call). A request field with one of these names is given
+    by passing the request message."""
 
     def __init__(self, client: "Client", info: _MethodInfo, channel: grpc.Channel):
         self._client = client
@@ -161,9 +167,9 @@ class _Method:
     def __repr__(self):
         return f"<brainstem method {self.info.path}>"
 
-    def __call__(self, *args, timeout=None, metadata=None, idempotency_key=None, retry=None, token=None, **fields):
+    def __call__(self, *args, timeout=None, metadata=None, idempotency_key=None, retry=None, bearer=None, **fields):
         info, client = self.info, self._client
-        call = _Call(client, info, timeout, metadata, idempotency_key, retry, token)
+        call = _Call(client, info, timeout, metadata, idempotency_key, retry, bearer)
         request = args[0] if info.client_streaming else info.request(args, fields)
         if info.server_streaming:
             _open(client.breaker, info, client.endpoint)
@@ -226,9 +232,9 @@ class _SyncStream:
 class _AsyncMethod(_Method):
     """An asyncio RPC: ``await method(...)``; a server stream is an async iterator."""
 
-    def __call__(self, *args, timeout=None, metadata=None, idempotency_key=None, retry=None, token=None, **fields):
+    def __call__(self, *args, timeout=None, metadata=None, idempotency_key=None, retry=None, bearer=None, **fields):
         info, client = self.info, self._client
-        call = _Call(client, info, timeout, metadata, idempotency_key, retry, token)
+        call = _Call(client, info, timeout, metadata, idempotency_key, retry, bearer)
         request = args[0] if info.client_streaming else info.request(args, fields)
         if info.server_streaming:
             _open(client.breaker, info, client.endpoint)
