@@ -11,6 +11,7 @@
 //! ```
 
 pub mod bench;
+pub mod resilience;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,6 +24,10 @@ use brainstem_proto::v1::policy_client::PolicyClient;
 use brainstem_proto::v1::supervisor_client::SupervisorClient;
 use brainstem_proto::v1::tokens_client::TokensClient;
 pub use brainstem_proto::{code_name, v1};
+pub use resilience::{
+    BreakerState, CircuitBreaker, Resilience, Resilient, RetryPolicy, new_idempotency_key,
+    with_idempotency_key,
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 pub use tonic_health::pb::health_client::HealthClient;
 
@@ -37,8 +42,11 @@ pub struct ConnectOptions {
     /// TLS name to verify instead of the endpoint's host.
     pub server_name: Option<String>,
     pub connect_timeout: Duration,
-    /// Deadline sent with every call (grpc-timeout).
+    /// Deadline of every call (grpc-timeout), retries included.
     pub call_timeout: Duration,
+    /// Retries and the circuit breaker ([`resilience`]); `None` (the default of [`ConnectOptions::dev`])
+    /// sends each call once and reports the daemon's answer as it is.
+    pub resilience: Option<Resilience>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,18 +97,28 @@ impl ClientError {
     }
 }
 
-/// Stubs for every service, sharing one channel (one HTTP/2 connection).
+/// Stubs for every service, sharing one channel (one HTTP/2 connection) through [`Resilient`]
+/// (deadlines, retries, the breaker, as [`ConnectOptions::resilience`] says).
 #[derive(Clone)]
 pub struct Client {
+    /// The raw channel (no retries, no breaker).
     pub channel: Channel,
-    pub admin: AdminClient<Channel>,
-    pub tokens: TokensClient<Channel>,
-    pub health: HealthClient<Channel>,
-    pub policy: PolicyClient<Channel>,
-    pub audit: AuditClient<Channel>,
-    pub guardrails: GuardrailsClient<Channel>,
-    pub supervisor: SupervisorClient<Channel>,
-    pub episodic: EpisodicClient<Channel>,
+    pub admin: AdminClient<Resilient>,
+    pub tokens: TokensClient<Resilient>,
+    pub health: HealthClient<Resilient>,
+    pub policy: PolicyClient<Resilient>,
+    pub audit: AuditClient<Resilient>,
+    pub guardrails: GuardrailsClient<Resilient>,
+    pub supervisor: SupervisorClient<Resilient>,
+    pub episodic: EpisodicClient<Resilient>,
+    resilient: Resilient,
+}
+
+impl Client {
+    /// The endpoint's circuit breaker, when the connection has one.
+    pub fn breaker(&self) -> Option<&std::sync::Arc<CircuitBreaker>> {
+        self.resilient.breaker()
+    }
 }
 
 impl ConnectOptions {
@@ -115,6 +133,7 @@ impl ConnectOptions {
             server_name: None,
             connect_timeout: Duration::from_secs(5),
             call_timeout: Duration::from_secs(30),
+            resilience: None,
         }
     }
 
@@ -176,15 +195,17 @@ impl ConnectOptions {
     /// Connects and returns stubs for every service.
     pub async fn connect(&self) -> Result<Client, ClientError> {
         let channel = self.channel().await?;
+        let resilient = Resilient::new(channel.clone(), self.resilience.clone(), self.call_timeout);
         Ok(Client {
-            admin: AdminClient::new(channel.clone()),
-            tokens: TokensClient::new(channel.clone()),
-            health: HealthClient::new(channel.clone()),
-            policy: PolicyClient::new(channel.clone()),
-            audit: AuditClient::new(channel.clone()),
-            guardrails: GuardrailsClient::new(channel.clone()),
-            supervisor: SupervisorClient::new(channel.clone()),
-            episodic: EpisodicClient::new(channel.clone()),
+            admin: AdminClient::new(resilient.clone()),
+            tokens: TokensClient::new(resilient.clone()),
+            health: HealthClient::new(resilient.clone()),
+            policy: PolicyClient::new(resilient.clone()),
+            audit: AuditClient::new(resilient.clone()),
+            guardrails: GuardrailsClient::new(resilient.clone()),
+            supervisor: SupervisorClient::new(resilient.clone()),
+            episodic: EpisodicClient::new(resilient.clone()),
+            resilient,
             channel,
         })
     }

@@ -17,9 +17,10 @@ use brainstem_client::v1::{
     RevokeTokenRequest, RotateKeyRequest, StartActorRequest, StopActorRequest, VerifyTokenRequest,
     WatchActorsRequest, WhoAmIRequest,
 };
-use brainstem_client::{ClientError, ConnectOptions, exit};
+use brainstem_client::{ClientError, ConnectOptions, Resilience, exit, with_idempotency_key};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
+use tonic::Request;
 use tonic_health::pb::HealthCheckRequest;
 
 #[derive(Parser)]
@@ -62,10 +63,15 @@ struct Connection {
     #[arg(long, global = true, env = "BRAINSTEM_KEY", requires = "cert")]
     key: Option<PathBuf>,
     /// TLS server name to verify, when it differs from the endpoint host.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "BRAINSTEM_SERVER_NAME")]
     server_name: Option<String>,
-    /// Deadline for each call, in seconds.
-    #[arg(long, global = true, default_value_t = 10)]
+    /// Deadline for each call (retries included), in seconds.
+    #[arg(
+        long,
+        global = true,
+        env = "BRAINSTEM_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
     timeout_seconds: u64,
 }
 
@@ -241,11 +247,11 @@ async fn tokens_command(
         } => {
             let reply = client
                 .tokens
-                .issue(IssueTokenRequest {
+                .issue(with_idempotency_key(Request::new(IssueTokenRequest {
                     principal: principal.clone(),
                     capabilities: capabilities.clone(),
                     ttl_seconds: *ttl_seconds,
-                })
+                })))
                 .await?
                 .into_inner();
             let expires = rfc3339(reply.expires_at);
@@ -358,11 +364,11 @@ async fn tokens_command(
         } => {
             let reply = client
                 .tokens
-                .attenuate(AttenuateTokenRequest {
+                .attenuate(with_idempotency_key(Request::new(AttenuateTokenRequest {
                     token: token_arg(token)?,
                     capabilities: capabilities.clone(),
                     ttl_seconds: *ttl_seconds,
-                })
+                })))
                 .await?
                 .into_inner();
             let expires = rfc3339(reply.expires_at);
@@ -380,7 +386,7 @@ async fn tokens_command(
         TokensCommand::RotateKey => {
             let reply = client
                 .tokens
-                .rotate_key(RotateKeyRequest {})
+                .rotate_key(with_idempotency_key(Request::new(RotateKeyRequest {})))
                 .await?
                 .into_inner();
             let mut human = vec![format!("new signing key {}", reply.key_id)];
@@ -421,6 +427,9 @@ impl Connection {
         }
         options.server_name = self.server_name.clone();
         options.call_timeout = Duration::from_secs(self.timeout_seconds.max(1));
+        // Safe calls (and the mutating ones, which carry an idempotency key) are retried on
+        // UNAVAILABLE and RESOURCE_EXHAUSTED within the call's deadline.
+        options.resilience = Some(Resilience::default());
         options
     }
 }
@@ -658,6 +667,11 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
             dimension,
             prefill,
         } => {
+            // The bench measures the daemon: every call is sent once, no retries, no breaker.
+            let options = ConnectOptions {
+                resilience: None,
+                ..options.clone()
+            };
             if *prefill > 0 {
                 let mut client = options.connect().await?;
                 bench::prefill(&mut client, *prefill, *dimension).await?;
@@ -841,7 +855,9 @@ async fn actors(
         ActorsCommand::Restart { name } => {
             let reply = client
                 .supervisor
-                .restart_actor(RestartActorRequest { name: name.clone() })
+                .restart_actor(with_idempotency_key(Request::new(RestartActorRequest {
+                    name: name.clone(),
+                })))
                 .await?;
             one(reply.into_inner().actor)
         }
