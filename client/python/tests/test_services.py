@@ -72,7 +72,9 @@ def test_supervisor(bs):
     assert after.state == "running" and after.restarts == before.restarts + 1
     stopped = bs.supervisor.stop_actor(name="episodic").actor
     assert stopped.state == "stopped"
-    assert bs.supervisor.start_actor(name="episodic").actor.state == "running"
+    started = bs.supervisor.start_actor(name="episodic").actor
+    assert started.state == "running"
+    assert started.restarts == after.restarts, "starting a stopped actor is not a restart"
     assert bs.supervisor.get_health().live
     stream = bs.supervisor.watch_actors(name="episodic", timeout=10)
     first = next(iter(stream))

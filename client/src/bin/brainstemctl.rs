@@ -173,8 +173,12 @@ enum CertsCommand {
         /// Where to write <name>.pem and <name>.key. Default: <state-dir>/pki/clients
         #[arg(long)]
         out_dir: Option<PathBuf>,
+        /// Validity of the certificate, in days.
         #[arg(long, default_value_t = 365)]
         days: u32,
+        /// Replace an existing certificate and key of the same name.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -182,11 +186,13 @@ enum CertsCommand {
 enum TokensCommand {
     /// Mint a token for PRINCIPAL (needs tokens.issue and every capability requested).
     Issue {
+        /// Who may present the token (its certificate's principal).
         #[arg(long)]
         principal: String,
         /// A capability pattern; repeat for more (-c vision.* -c web.read).
         #[arg(long = "capability", short = 'c', required = true)]
         capabilities: Vec<String>,
+        /// Lifetime of the token, in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl_seconds: u64,
     },
@@ -195,15 +201,21 @@ enum TokensCommand {
         /// The token, or "-" to read it from standard input (keeps it out of the process list).
         #[arg(long)]
         token: String,
+        /// Also check that the token covers this capability.
         #[arg(long, default_value = "")]
         capability: String,
     },
     /// Revoke a token and every token derived from it.
-    Revoke { id: String },
+    Revoke {
+        /// The token's id (from `tokens issue` or `tokens list`).
+        id: String,
+    },
     /// Tokens you issued or hold (all of them with tokens.admin).
     List {
+        /// Only tokens held by this principal.
         #[arg(long)]
         principal: Option<String>,
+        /// Also list expired tokens (until they are purged).
         #[arg(long)]
         include_expired: bool,
     },
@@ -212,9 +224,10 @@ enum TokensCommand {
         /// The parent token, or "-" for standard input.
         #[arg(long)]
         token: String,
+        /// A capability the child keeps (covered by the parent's); repeat for more.
         #[arg(long = "capability", short = 'c', required = true)]
         capabilities: Vec<String>,
-        /// 0: until the parent expires.
+        /// Lifetime of the child, in seconds; 0: until the parent expires.
         #[arg(long, default_value_t = 0)]
         ttl_seconds: u64,
     },
@@ -462,6 +475,9 @@ enum CliError {
     Client(#[from] ClientError),
     #[error("{0}")]
     Local(String),
+    /// A command line the daemon was never asked about (exit 2).
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl From<tonic::Status> for CliError {
@@ -475,6 +491,7 @@ impl CliError {
         match self {
             CliError::Client(err) => err.exit_code(),
             CliError::Local(_) => exit::LOCAL,
+            CliError::Usage(_) => exit::USAGE,
         }
     }
 }
@@ -637,9 +654,23 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
             principal,
             out_dir,
             days,
+            force,
         }) => {
             let pki = brainstem_keys::pki::DevPki::new(&cli.connection.state_dir);
             let out_dir = out_dir.clone().unwrap_or_else(|| pki.dir.join("clients"));
+            let stem = brainstem_keys::pki::file_stem(principal);
+            for existing in [
+                out_dir.join(format!("{stem}.pem")),
+                out_dir.join(format!("{stem}.key")),
+            ] {
+                if existing.exists() && !force {
+                    return Err(CliError::Local(format!(
+                        "{} already exists (a certificate for {principal:?} or another principal \
+                         with the same last name segment); pass --force to replace it, or --out-dir",
+                        existing.display()
+                    )));
+                }
+            }
             let (cert, key) = pki
                 .issue_client(principal, &out_dir, *days)
                 .map_err(|err| CliError::Local(err.to_string()))?;
