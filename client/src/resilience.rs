@@ -443,12 +443,13 @@ impl Service<http::Request<Body>> for Resilient {
         let deadline_after = grpc_timeout(request.headers()).unwrap_or(self.deadline);
         Box::pin(async move {
             let breaker = resilience.breaker.clone();
+            // Some(answer): the breaker refuses the call (answered without sending).
             let check_breaker = || match breaker.as_ref().map(|b| b.allow()) {
-                Some(Err(wait)) => Err(unavailable(format!(
+                Some(Err(wait)) => Some(unavailable(format!(
                     "circuit breaker open after repeated failures; next probe in {} ms",
                     wait.as_millis()
                 ))),
-                _ => Ok(()),
+                _ => None,
             };
             let record = |code: Code| {
                 if let Some(b) = breaker.as_ref() {
@@ -456,7 +457,7 @@ impl Service<http::Request<Body>> for Resilient {
                 }
             };
             if !retryable {
-                if let Err(refused) = check_breaker() {
+                if let Some(refused) = check_breaker() {
                     return Ok(refused);
                 }
                 let result = ready.call(request).await;
@@ -478,7 +479,7 @@ impl Service<http::Request<Body>> for Resilient {
             let mut ready = Some(ready);
             loop {
                 attempt += 1;
-                if let Err(refused) = check_breaker() {
+                if let Some(refused) = check_breaker() {
                     return Ok(refused);
                 }
                 let mut next = http::Request::builder()

@@ -258,7 +258,7 @@ async fn resource_exhausted_waits_at_least_the_retry_info_delay() {
         .await
         .unwrap();
     assert_eq!(script.statuses.load(Ordering::SeqCst), 2);
-    let waits = waits.lock().unwrap();
+    let waits = waits.lock().unwrap().clone();
     assert_eq!(waits.len(), 1);
     assert_eq!(waits[0].3, Code::ResourceExhausted);
     assert!(
