@@ -297,34 +297,18 @@ pub enum MethodKind {
 pub fn method_kind(path: &str) -> MethodKind {
     static KINDS: OnceLock<HashMap<String, MethodKind>> = OnceLock::new();
     let kinds = KINDS.get_or_init(|| {
-        use prost::Message;
-        use prost_types::method_options::IdempotencyLevel;
-        let mut kinds = HashMap::new();
-        let Ok(set) = prost_types::FileDescriptorSet::decode(crate::v1::FILE_DESCRIPTOR_SET) else {
-            return kinds;
-        };
-        for file in &set.file {
-            for service in &file.service {
-                for method in &service.method {
-                    let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
-                    let level = method
-                        .options
-                        .as_ref()
-                        .map_or(IdempotencyLevel::IdempotencyUnknown, |o| {
-                            o.idempotency_level()
-                        });
-                    let kind = if method.client_streaming() || method.server_streaming() {
-                        MethodKind::Streaming
-                    } else if level == IdempotencyLevel::IdempotencyUnknown {
-                        MethodKind::Mutating
-                    } else {
-                        MethodKind::Safe
-                    };
-                    kinds.insert(path, kind);
-                }
-            }
-        }
-        kinds
+        use brainstem_proto::Repeat;
+        brainstem_proto::method_repeats(crate::v1::FILE_DESCRIPTOR_SET)
+            .into_iter()
+            .map(|(path, repeat)| {
+                let kind = match repeat {
+                    Repeat::NoSideEffects | Repeat::Idempotent => MethodKind::Safe,
+                    Repeat::Changes => MethodKind::Mutating,
+                    Repeat::Streaming => MethodKind::Streaming,
+                };
+                (path, kind)
+            })
+            .collect()
     });
     kinds
         .get(path)

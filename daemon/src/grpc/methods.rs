@@ -54,43 +54,23 @@ pub struct MethodEntry {
 
 /// The effect of every method of the registered descriptor sets, by full path; read once.
 fn effects() -> &'static std::collections::HashMap<String, Effect> {
-    use prost::Message;
-    use prost_types::method_options::IdempotencyLevel;
+    use brainstem_proto::Repeat;
     static EFFECTS: std::sync::OnceLock<std::collections::HashMap<String, Effect>> =
         std::sync::OnceLock::new();
     EFFECTS.get_or_init(|| {
-        let mut effects = std::collections::HashMap::new();
-        for encoded in super::services::descriptor_sets() {
-            // Compiled in by build.rs; a set that does not decode leaves its methods Mutating.
-            let Ok(set) = prost_types::FileDescriptorSet::decode(encoded) else {
-                continue;
-            };
-            for file in &set.file {
-                for service in &file.service {
-                    for method in &service.method {
-                        let path =
-                            format!("/{}.{}/{}", file.package(), service.name(), method.name());
-                        let level = method
-                            .options
-                            .as_ref()
-                            .map_or(IdempotencyLevel::IdempotencyUnknown, |o| {
-                                o.idempotency_level()
-                            });
-                        let effect = if method.client_streaming() || method.server_streaming() {
-                            Effect::Streaming
-                        } else {
-                            match level {
-                                IdempotencyLevel::NoSideEffects => Effect::ReadOnly,
-                                IdempotencyLevel::Idempotent => Effect::Idempotent,
-                                IdempotencyLevel::IdempotencyUnknown => Effect::Mutating,
-                            }
-                        };
-                        effects.insert(path, effect);
-                    }
-                }
-            }
-        }
-        effects
+        super::services::descriptor_sets()
+            .into_iter()
+            .flat_map(brainstem_proto::method_repeats)
+            .map(|(path, repeat)| {
+                let effect = match repeat {
+                    Repeat::NoSideEffects => Effect::ReadOnly,
+                    Repeat::Idempotent => Effect::Idempotent,
+                    Repeat::Changes => Effect::Mutating,
+                    Repeat::Streaming => Effect::Streaming,
+                };
+                (path, effect)
+            })
+            .collect()
     })
 }
 
