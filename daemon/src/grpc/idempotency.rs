@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tonic::Status;
 use tonic::body::Body;
 
+use super::events::IdempotentCall;
 use super::methods::Effect;
 use crate::error::{FieldViolation, ServiceError};
 use crate::store::{Record, Store, StoreError, Tree, unix_ms_now};
@@ -139,6 +140,7 @@ impl Idempotency {
         max_request_bytes: usize,
         window: Duration,
     ) -> Result<Self, StoreError> {
+        super::events::describe();
         Ok(Idempotency {
             replies: store.tree("idempotency")?,
             expiry: store.tree("idempotency.expiry")?,
@@ -199,6 +201,10 @@ impl Idempotency {
         match self.replies.get::<StoredReply>(record_key.as_bytes()) {
             Ok(Some(stored)) if self.fresh(stored.created_ms) => {
                 if stored.request_sha256 != request_sha256 {
+                    IdempotentCall {
+                        outcome: "conflict",
+                    }
+                    .emit();
                     return Ok(Status::from(ServiceError::InvalidArgument(vec![
                         FieldViolation::new(
                             KEY_HEADER,
@@ -210,7 +216,13 @@ impl Idempotency {
                     .into_http());
                 }
                 match base64::engine::general_purpose::STANDARD.decode(&stored.body) {
-                    Ok(body) => return Ok(replay(Bytes::from(body))),
+                    Ok(body) => {
+                        IdempotentCall {
+                            outcome: "replayed",
+                        }
+                        .emit();
+                        return Ok(replay(Bytes::from(body)));
+                    }
                     Err(err) => {
                         tracing::warn!(error = %err, method, "undecodable stored reply; running the call");
                     }
@@ -227,6 +239,10 @@ impl Idempotency {
         .await?;
         // An error is a trailers-only response (grpc-status in the headers): nothing to keep.
         if response.headers().contains_key("grpc-status") {
+            IdempotentCall {
+                outcome: "not_kept",
+            }
+            .emit();
             return Ok(response);
         }
         let (parts, body) = response.into_parts();
@@ -240,9 +256,11 @@ impl Idempotency {
             .as_ref()
             .and_then(|t| t.get("grpc-status"))
             .is_some_and(|s| s.as_bytes() == b"0");
-        if ok {
-            self.keep(&record_key, request_sha256, &data).await;
+        let kept = ok && self.keep(&record_key, request_sha256, &data).await;
+        IdempotentCall {
+            outcome: if kept { "stored" } else { "not_kept" },
         }
+        .emit();
         Ok(http::Response::from_parts(parts, framed(data, trailers)))
     }
 
@@ -250,8 +268,9 @@ impl Idempotency {
         unix_ms_now().saturating_sub(created_ms) < self.window.as_millis() as u64
     }
 
-    /// Stores a reply (a failure is logged: the call itself succeeded and is answered).
-    async fn keep(&self, record_key: &str, request_sha256: String, data: &Bytes) {
+    /// Stores a reply; whether it was kept (a failure is logged: the call itself succeeded and is
+    /// answered).
+    async fn keep(&self, record_key: &str, request_sha256: String, data: &Bytes) -> bool {
         let created_ms = unix_ms_now();
         let stored = StoredReply {
             request_sha256,
@@ -267,13 +286,14 @@ impl Idempotency {
         .await;
         if let Err(err) = written {
             tracing::error!(error = %err, "could not keep an idempotent reply; a repeat will apply again");
-            return;
+            return false;
         }
         if self.stored.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1 {
             if let Err(err) = self.purge().await {
                 tracing::warn!(error = %err, "purging expired idempotent replies failed");
             }
         }
+        true
     }
 
     /// Removes up to [`PURGE_BATCH`] replies older than the window; how many.
