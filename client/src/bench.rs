@@ -32,6 +32,9 @@ pub enum Scenario {
     EpisodicQuery,
     /// `Episodic.Store` of one episode with a random embedding (durable before the reply).
     EpisodicStore,
+    /// `Episodic.Store` as above, each call with a fresh `idempotency-key`: the cost of the daemon
+    /// keeping the reply for repeats (compare with `episodic-store`).
+    EpisodicStoreKeyed,
 }
 
 /// Per-worker state a scenario needs (random embeddings).
@@ -113,7 +116,8 @@ impl Scenario {
             | Scenario::PolicyCheck
             | Scenario::PolicyBatch
             | Scenario::EpisodicQuery
-            | Scenario::EpisodicStore => Ok(Prepared::default()),
+            | Scenario::EpisodicStore
+            | Scenario::EpisodicStoreKeyed => Ok(Prepared::default()),
             Scenario::TokenVerify => {
                 let me = client
                     .admin
@@ -177,6 +181,15 @@ impl Scenario {
                 .store(brainstem_proto::v1::StoreRequest {
                     episode: Some(bench_episode(state)),
                 })
+                .await
+                .map(drop),
+            Scenario::EpisodicStoreKeyed => client
+                .episodic
+                .store(crate::with_idempotency_key(tonic::Request::new(
+                    brainstem_proto::v1::StoreRequest {
+                        episode: Some(bench_episode(state)),
+                    },
+                )))
                 .await
                 .map(drop),
             Scenario::Ping => client.admin.ping(PingRequest::default()).await.map(drop),

@@ -17,6 +17,7 @@
 //! - Calls with the same key wait for each other: the second gets the first's reply once it is stored.
 //! - Replies are kept [`WINDOW`] (persisted in the store, tree `idempotency`, so a repeat after a daemon
 //!   restart is still answered from it); older ones are ignored and purged as new ones are written.
+//!   A reply and its expiry entry are one batch, so keeping a reply costs one commit (one flush).
 //!   A replayed reply carries the response header `idempotency-replayed: true`.
 
 use std::collections::HashMap;
@@ -36,7 +37,7 @@ use tonic::body::Body;
 use super::events::IdempotentCall;
 use super::methods::Effect;
 use crate::error::{FieldViolation, ServiceError};
-use crate::store::{Record, Store, StoreError, Tree, unix_ms_now};
+use crate::store::{Batch, Record, Store, StoreError, Tree, unix_ms_now};
 
 /// The request metadata entry that names one operation.
 pub const KEY_HEADER: &str = "idempotency-key";
@@ -102,11 +103,27 @@ impl Record for StoredReply {
     const VERSION: u8 = 1;
 }
 
+/// Key prefixes in the `idempotency` tree: `r` ++ id → [`StoredReply`]; `e` ++ `created_ms`
+/// (big-endian) ++ id → `created_ms`, the purge order.
+const REPLY: u8 = b'r';
+const EXPIRY: u8 = b'e';
+
+fn reply_key(id_hex: &str) -> Vec<u8> {
+    let mut key = vec![REPLY];
+    key.extend_from_slice(id_hex.as_bytes());
+    key
+}
+
+fn expiry_key(created_ms: u64, id_hex: &str) -> Vec<u8> {
+    let mut key = vec![EXPIRY];
+    key.extend_from_slice(&created_ms.to_be_bytes());
+    key.extend_from_slice(id_hex.as_bytes());
+    key
+}
+
 /// The idempotency cache over the store.
 pub struct Idempotency {
-    replies: Tree,
-    /// `created_ms` (big-endian) ++ id → created_ms: the purge order.
-    expiry: Tree,
+    tree: Tree,
     window: Duration,
     max_request_bytes: usize,
     in_flight: Mutex<HashMap<[u8; 32], Weak<tokio::sync::Mutex<()>>>>,
@@ -142,8 +159,7 @@ impl Idempotency {
     ) -> Result<Self, StoreError> {
         super::events::describe();
         Ok(Idempotency {
-            replies: store.tree("idempotency")?,
-            expiry: store.tree("idempotency.expiry")?,
+            tree: store.tree("idempotency")?,
             window,
             max_request_bytes,
             in_flight: Mutex::new(HashMap::new()),
@@ -198,7 +214,7 @@ impl Idempotency {
         let slot = self.slot(id);
         let _one_at_a_time = slot.lock().await;
 
-        match self.replies.get::<StoredReply>(record_key.as_bytes()) {
+        match self.tree.get::<StoredReply>(&reply_key(&record_key)) {
             Ok(Some(stored)) if self.fresh(stored.created_ms) => {
                 if stored.request_sha256 != request_sha256 {
                     IdempotentCall {
@@ -277,11 +293,11 @@ impl Idempotency {
             created_ms,
             body: base64::engine::general_purpose::STANDARD.encode(data),
         };
-        let mut order = created_ms.to_be_bytes().to_vec();
-        order.extend_from_slice(record_key.as_bytes());
         let written = async {
-            self.expiry.put_async(&order, &created_ms).await?;
-            self.replies.put_async(record_key.as_bytes(), &stored).await
+            let mut batch = Batch::default();
+            batch.put(&self.tree, &expiry_key(created_ms, record_key), &created_ms)?;
+            batch.put(&self.tree, &reply_key(record_key), &stored)?;
+            self.tree.apply_async(batch).await
         }
         .await;
         if let Err(err) = written {
@@ -299,19 +315,26 @@ impl Idempotency {
     /// Removes up to [`PURGE_BATCH`] replies older than the window; how many.
     pub async fn purge(&self) -> Result<usize, StoreError> {
         let cutoff = unix_ms_now().saturating_sub(self.window.as_millis() as u64);
-        let end = cutoff.to_be_bytes().to_vec();
-        let mut ids = Vec::new();
+        let start = vec![EXPIRY];
+        let end = expiry_key(cutoff, "");
+        let mut batch = Batch::default();
+        let mut purged = 0;
         for entry in self
-            .expiry
-            .range::<u64, _>(..end.clone(), false)
+            .tree
+            .range::<u64, _>(start..end, false)
             .take(PURGE_BATCH)
         {
             let (key, _) = entry?;
-            ids.push(key[8..].to_vec());
+            batch.remove(&key);
+            let mut reply = vec![REPLY];
+            reply.extend_from_slice(&key[9..]);
+            batch.remove(&reply);
+            purged += 1;
         }
-        self.replies.remove_many(&ids).await?;
-        self.expiry.remove_below(&end, PURGE_BATCH).await?;
-        Ok(ids.len())
+        if purged > 0 {
+            self.tree.apply_async(batch).await?;
+        }
+        Ok(purged)
     }
 }
 
@@ -514,14 +537,13 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(cache.purge().await.unwrap() >= 1);
-        assert!(cache.replies.is_empty());
-        assert!(cache.expiry.is_empty());
+        assert!(cache.tree.is_empty(), "replies and expiry entries are gone");
     }
 
     fn cache_created_bound(cache: &Idempotency) -> u64 {
         cache
-            .expiry
-            .scan::<u64>()
+            .tree
+            .range::<u64, _>(vec![EXPIRY]..vec![EXPIRY + 1], false)
             .map(|e| e.unwrap().1)
             .max()
             .unwrap_or(0)
