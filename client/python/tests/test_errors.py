@@ -69,3 +69,12 @@ def test_a_bearer_token_narrows_a_call(bs):
     with pytest.raises(errors.PermissionDenied):
         bs.admin.get_status(bearer=narrow.token)
     assert bs.admin.get_status().boot_count >= 1
+
+
+def test_unavailable_names_the_likely_cause(daemon):
+    from conftest import free_port
+
+    with brainstem.connect(f"127.0.0.1:{free_port()}", state_dir=daemon.state_dir, retry=brainstem.NO_RETRY, breaker=False) as bs:
+        with pytest.raises(errors.Unavailable) as info:
+            bs.admin.ping()
+    assert "is brainstemd running" in str(info.value), str(info.value)

@@ -176,9 +176,25 @@ class Internal(BrainstemError):
 
 
 class Unavailable(BrainstemError):
-    """The daemon could not be reached, or is stopping."""
+    """The daemon could not be reached, or is stopping. :attr:`hint` names the likely cause of a
+    connection failure."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+    @property
+    def hint(self) -> Optional[str]:
+        text = self.message
+        if "Connection refused" in text:
+            return "nothing listens at the endpoint: is brainstemd running? (or set BRAINSTEM_ENDPOINT)"
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            return "the daemon's certificate is not signed by the CA given (a daemon from another state dir?)"
+        if "handshake" in text.lower() or "CERTIFICATE_REQUIRED" in text:
+            return "the TLS handshake failed: is the client certificate signed by the daemon's CA?"
+        return None
+
+    def __str__(self) -> str:
+        hint = self.hint
+        return super().__str__() + (f" [likely: {hint}]" if hint else "")
 
 
 class CircuitOpen(Unavailable):
