@@ -473,6 +473,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn concurrent_calls_with_one_key_apply_once() {
+        let f = fixture();
+        let cache = Idempotency::open(&f.store, 1024).unwrap();
+        let applied = AtomicUsize::new(0);
+        let release = tokio::sync::Notify::new();
+        let handler = |_req: http::Request<Body>| async {
+            let n = applied.fetch_add(1, Ordering::SeqCst);
+            release.notified().await;
+            Ok::<_, std::convert::Infallible>(ok_reply(format!("reply {n}").as_bytes()))
+        };
+        let first = cache.call("p", "/m", "k", request(b"r"), handler);
+        let second = cache.call("p", "/m", "k", request(b"r"), handler);
+        let releaser = async {
+            // The first call is inside the handler; the second waits on the key, not in the handler.
+            while applied.load(Ordering::SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(applied.load(Ordering::SeqCst), 1);
+            release.notify_one();
+        };
+        let (a, b, ()) = tokio::join!(first, second, releaser);
+        let (a, b) = (body_of(a.unwrap()).await, body_of(b.unwrap()).await);
+        assert_eq!(applied.load(Ordering::SeqCst), 1);
+        assert_eq!(a.0, b.0);
+        assert!(a.1 != b.1, "one of them is the replay");
+    }
+
+    #[tokio::test]
     async fn failures_are_not_kept_and_replies_survive_a_reopen() {
         let f = fixture();
         let cache = Idempotency::open(&f.store, 1024).unwrap();
