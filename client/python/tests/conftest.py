@@ -74,7 +74,20 @@ class Daemon:
                 m = re.search(r"grpc=(\S+)", status)
                 assert m, f"no grpc= in {status!r}"
                 self.addr = m.group(1)
+                metrics = re.search(r"metrics=(\S+)", status)
+                self.metrics_addr = metrics.group(1) if metrics else None
                 return self
+
+    def metric(self, line_prefix: str) -> float:
+        """The value of the first /metrics line starting with `line_prefix` (0 when absent)."""
+        import urllib.request
+
+        assert self.metrics_addr, "no metrics= in the daemon's STATUS"
+        with urllib.request.urlopen(f"http://{self.metrics_addr}/metrics", timeout=10) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith(line_prefix):
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
 
     @property
     def pki(self) -> str:

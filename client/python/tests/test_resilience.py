@@ -122,3 +122,24 @@ def test_clients_of_one_endpoint_share_its_breaker(daemon):
     finally:
         a.close()
         b.close()
+
+
+def test_automatic_idempotency_keys_make_mutating_calls_retryable(daemon):
+    waits = []
+    policy = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.01)
+    with brainstem.connect(f"127.0.0.1:{free_port()}", state_dir=daemon.state_dir, retry=policy, breaker=False,
+                           auto_idempotency_keys=True, on_retry=lambda *a: waits.append(a)) as bs:
+        with pytest.raises(errors.Unavailable):
+            bs.tokens.rotate_key()
+    assert [w[0] for w in waits] == ["/brainstem.v1.Tokens/RotateKey"]
+
+
+def test_automatic_keys_reach_the_daemon(daemon):
+    stored = 'brainstem_idempotency_calls_total{outcome="stored"}'
+    before = daemon.metric(stored)
+    with daemon.connect(auto_idempotency_keys=True) as bs:
+        a = bs.episodic.store(episode={"text": "auto", "source": "pytest-auto", "embedding": [0.1] * 384})
+        b = bs.episodic.store(episode={"text": "auto", "source": "pytest-auto", "embedding": [0.1] * 384})
+        bs.admin.ping()  # a read: no key
+    assert a.id != b.id, "each call gets its own key: two stores"
+    assert daemon.metric(stored) == before + 2

@@ -48,7 +48,7 @@ __version__ = "0.1.0"
 _MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
-def _prepare(endpoint, ca, cert, key, state_dir, server_name, timeout, breaker):
+def _prepare(endpoint, ca, cert, key, state_dir, server_name, timeout, breaker):  # noqa: PLR0913
     settings = resolve(endpoint, ca=ca, cert=cert, key=key, state_dir=state_dir, server_name=server_name, timeout=timeout)
     creds = grpc.ssl_channel_credentials(root_certificates=settings.ca, private_key=settings.key, certificate_chain=settings.cert)
     options = [
@@ -79,6 +79,7 @@ def connect(
     retry: RetryPolicy = RetryPolicy(),
     breaker: Union[CircuitBreaker, None, bool] = None,
     on_retry: Optional[Callable[[str, int, float, errors.BrainstemError], None]] = None,
+    auto_idempotency_keys: bool = False,
 ) -> Client:
     """Connects to brainstemd over mutual TLS and returns a :class:`Client`.
 
@@ -90,13 +91,16 @@ def connect(
     bytes. ``timeout`` is every call's default deadline in seconds (10). ``token`` is a capability token
     sent with every call. ``breaker``: ``None`` shares the endpoint's process-wide breaker, a
     :class:`CircuitBreaker` uses that one, ``False`` disables it. ``on_retry(method, attempt, delay,
-    error)`` is called before each retry's wait.
+    error)`` is called before each retry's wait. ``auto_idempotency_keys=True`` gives every call of a
+    mutating method a fresh idempotency key, so those calls are retried too (each kept reply costs the
+    daemon a durable write).
 
     The channel connects lazily: an unreachable daemon shows on the first call (``Unavailable``).
     """
     settings, creds, options, breaker = _prepare(endpoint, ca, cert, key, state_dir, server_name, timeout, breaker)
     channel = grpc.secure_channel(settings.endpoint, creds, options=options)
-    return Client(settings, channel, retry=retry, breaker=breaker, token=token, on_retry=on_retry)
+    return Client(settings, channel, retry=retry, breaker=breaker, token=token, on_retry=on_retry,
+                  auto_idempotency_keys=auto_idempotency_keys)
 
 
 def connect_async(
@@ -112,9 +116,11 @@ def connect_async(
     retry: RetryPolicy = RetryPolicy(),
     breaker: Union[CircuitBreaker, None, bool] = None,
     on_retry: Optional[Callable[[str, int, float, errors.BrainstemError], None]] = None,
+    auto_idempotency_keys: bool = False,
 ) -> AsyncClient:
     """Like :func:`connect`, for asyncio (``grpc.aio``): ``await bs.admin.ping()``. Call it inside the
     event loop that will use the client."""
     settings, creds, options, breaker = _prepare(endpoint, ca, cert, key, state_dir, server_name, timeout, breaker)
     channel = grpc.aio.secure_channel(settings.endpoint, creds, options=options)
-    return AsyncClient(settings, channel, retry=retry, breaker=breaker, token=token, on_retry=on_retry)
+    return AsyncClient(settings, channel, retry=retry, breaker=breaker, token=token, on_retry=on_retry,
+                       auto_idempotency_keys=auto_idempotency_keys)

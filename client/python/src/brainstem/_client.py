@@ -98,6 +98,10 @@ class _Call:
         if bearer is not None:
             md = [(k, v) for k, v in md if k != "authorization"] + [("authorization", f"Bearer {bearer}")]
         md.extend(metadata or ())
+        unary = not info.client_streaming and not info.server_streaming
+        if idempotency_key is None and client.auto_idempotency_keys and unary and not info.idempotent:
+            if not any(k == IDEMPOTENCY_KEY for k, _ in md):
+                idempotency_key = new_idempotency_key()
         if idempotency_key is not None:
             if not isinstance(idempotency_key, str) or not idempotency_key:
                 raise TypeError("idempotency_key must be a non-empty str (see brainstem.new_idempotency_key())")
@@ -331,8 +335,11 @@ class Client:
         breaker: CircuitBreaker,
         token: Optional[str] = None,
         on_retry: Optional[Callable[[str, int, float, errors.BrainstemError], None]] = None,
+        auto_idempotency_keys: bool = False,
     ):
         self.endpoint = settings.endpoint
+        #: Give every call of a mutating method a fresh idempotency key (so it is retried safely).
+        self.auto_idempotency_keys = auto_idempotency_keys
         self.timeout = settings.timeout
         self.retry = retry
         self.breaker = breaker
