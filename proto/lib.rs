@@ -2,7 +2,7 @@
 //! clients for callers, and the encoded descriptor set that server reflection serves.
 //!
 //! The `.proto` files under `proto/brainstem/v1/` are the public API. Other languages generate their own
-//! stubs from the same files (see the README for Python).
+//! stubs from the same files (the Python package in `client/python`, docs/CLIENTS.md).
 //!
 //! [`json`]: `google.protobuf.Struct` ↔ JSON, which the daemon and brainstemctl both need.
 
@@ -15,6 +15,56 @@ pub mod v1 {
     /// Encoded `FileDescriptorSet` of every `brainstem.v1` file, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("brainstem_v1_descriptor");
+}
+
+/// What calling a method again does, as its proto declares it (`option idempotency_level`). The
+/// daemon deduplicates keyed calls of [`Repeat::Changes`] methods; clients retry only the others (and
+/// keyed calls). See ARCHITECTURE.md, "A mutating RPC honours idempotency-key".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repeat {
+    /// `NO_SIDE_EFFECTS`: a read.
+    NoSideEffects,
+    /// `IDEMPOTENT`: a repeat leaves the state as one call did.
+    Idempotent,
+    /// Declares nothing: a repeat would apply again.
+    Changes,
+    /// A client- or server-streaming method (never repeated as a whole).
+    Streaming,
+}
+
+/// Every method of an encoded `FileDescriptorSet`, by full path (`/package.Service/Method`), with
+/// its [`Repeat`]. A set that does not decode has no methods.
+pub fn method_repeats(descriptor_set: &[u8]) -> Vec<(String, Repeat)> {
+    use prost::Message;
+    use prost_types::method_options::IdempotencyLevel;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(descriptor_set) else {
+        return Vec::new();
+    };
+    let mut methods = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                let level = method
+                    .options
+                    .as_ref()
+                    .map_or(IdempotencyLevel::IdempotencyUnknown, |o| {
+                        o.idempotency_level()
+                    });
+                let repeat = if method.client_streaming() || method.server_streaming() {
+                    Repeat::Streaming
+                } else {
+                    match level {
+                        IdempotencyLevel::NoSideEffects => Repeat::NoSideEffects,
+                        IdempotencyLevel::Idempotent => Repeat::Idempotent,
+                        IdempotencyLevel::IdempotencyUnknown => Repeat::Changes,
+                    }
+                };
+                methods.push((path, repeat));
+            }
+        }
+    }
+    methods
 }
 
 /// The canonical name of a gRPC status code (`PERMISSION_DENIED`), as metrics labels and CLI output use.

@@ -32,6 +32,9 @@ pub enum Scenario {
     EpisodicQuery,
     /// `Episodic.Store` of one episode with a random embedding (durable before the reply).
     EpisodicStore,
+    /// `Episodic.Store` as above, each call with a fresh `idempotency-key`: the cost of the daemon
+    /// keeping the reply for repeats (compare with `episodic-store`).
+    EpisodicStoreKeyed,
 }
 
 /// Per-worker state a scenario needs (random embeddings).
@@ -80,6 +83,8 @@ fn policy_question(i: usize) -> CheckRequest {
 #[derive(Debug, Clone, Default)]
 struct Prepared {
     token: Arc<str>,
+    /// The token the run minted, revoked when it ends (`None`: nothing to clean up).
+    token_id: Option<String>,
 }
 
 /// Stores `count` episodes in batches (for `episodic-query` runs).
@@ -99,14 +104,20 @@ pub async fn prefill(client: &mut Client, count: usize, dim: usize) -> Result<()
 }
 
 impl Scenario {
-    async fn prepare(self, client: &mut Client) -> Result<Prepared, ClientError> {
+    /// What the scenario needs before the clock starts; `lifetime` bounds anything it mints.
+    async fn prepare(
+        self,
+        client: &mut Client,
+        lifetime: Duration,
+    ) -> Result<Prepared, ClientError> {
         match self {
             Scenario::Ping
             | Scenario::Whoami
             | Scenario::PolicyCheck
             | Scenario::PolicyBatch
             | Scenario::EpisodicQuery
-            | Scenario::EpisodicStore => Ok(Prepared::default()),
+            | Scenario::EpisodicStore
+            | Scenario::EpisodicStoreKeyed => Ok(Prepared::default()),
             Scenario::TokenVerify => {
                 let me = client
                     .admin
@@ -118,12 +129,14 @@ impl Scenario {
                     .issue(brainstem_proto::v1::IssueTokenRequest {
                         principal: me.principal,
                         capabilities: vec!["bench.*".to_owned()],
-                        ttl_seconds: 3600,
+                        // Expires soon after the run even if the revoke at its end never happens.
+                        ttl_seconds: lifetime.as_secs() + 60,
                     })
                     .await?
                     .into_inner();
                 Ok(Prepared {
                     token: issued.token.into(),
+                    token_id: Some(issued.id),
                 })
             }
         }
@@ -168,6 +181,15 @@ impl Scenario {
                 .store(brainstem_proto::v1::StoreRequest {
                     episode: Some(bench_episode(state)),
                 })
+                .await
+                .map(drop),
+            Scenario::EpisodicStoreKeyed => client
+                .episodic
+                .store(crate::with_idempotency_key(tonic::Request::new(
+                    brainstem_proto::v1::StoreRequest {
+                        episode: Some(bench_episode(state)),
+                    },
+                )))
                 .await
                 .map(drop),
             Scenario::Ping => client.admin.ping(PingRequest::default()).await.map(drop),
@@ -231,8 +253,9 @@ pub async fn run(
     for _ in 0..bench.connections.max(1) {
         clients.push(options.connect().await?);
     }
+    let lifetime = bench.warmup + bench.duration;
     let prepared = match clients.first_mut() {
-        Some(client) => bench.scenario.prepare(client).await?,
+        Some(client) => bench.scenario.prepare(client, lifetime).await?,
         None => Prepared::default(),
     };
     let start = Instant::now();
@@ -290,6 +313,13 @@ pub async fn run(
         let _ = histogram.add(&result.histogram);
         errors += result.errors;
         first_error = first_error.or(result.first_error);
+    }
+    // Clean up what the run minted: a bench leaves no usable token behind.
+    if let (Some(id), Some(client)) = (&prepared.token_id, clients.first_mut()) {
+        client
+            .tokens
+            .revoke(brainstem_proto::v1::RevokeTokenRequest { id: id.clone() })
+            .await?;
     }
     let measured = end.saturating_duration_since(measure_from).as_secs_f64();
     let calls = histogram.len();

@@ -11,6 +11,7 @@
 //! ```
 
 pub mod bench;
+pub mod resilience;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,6 +24,10 @@ use brainstem_proto::v1::policy_client::PolicyClient;
 use brainstem_proto::v1::supervisor_client::SupervisorClient;
 use brainstem_proto::v1::tokens_client::TokensClient;
 pub use brainstem_proto::{code_name, v1};
+pub use resilience::{
+    BreakerState, CircuitBreaker, Resilience, Resilient, RetryPolicy, new_idempotency_key,
+    with_idempotency_key,
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 pub use tonic_health::pb::health_client::HealthClient;
 
@@ -37,8 +42,11 @@ pub struct ConnectOptions {
     /// TLS name to verify instead of the endpoint's host.
     pub server_name: Option<String>,
     pub connect_timeout: Duration,
-    /// Deadline sent with every call (grpc-timeout).
+    /// Deadline of every call (grpc-timeout), retries included.
     pub call_timeout: Duration,
+    /// Retries and the circuit breaker ([`resilience`]); `None` (the default of [`ConnectOptions::dev`])
+    /// sends each call once and reports the daemon's answer as it is.
+    pub resilience: Option<Resilience>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +56,15 @@ pub enum ClientError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A certificate or key file that does not exist: what was looked for, where, and how to point
+    /// the client elsewhere.
+    #[error(
+        "no {what} at {}: point at the daemon's state directory with --state-dir or \
+         BRAINSTEM_STATE_DIR (or give --ca, --cert and --key), or start `brainstemd --dev` there first \
+         (it creates the dev PKI)",
+        path.display()
+    )]
+    Missing { what: &'static str, path: PathBuf },
     #[error("invalid endpoint {endpoint:?}: {reason}")]
     Endpoint { endpoint: String, reason: String },
     #[error("cannot connect to {endpoint}: {reason}")]
@@ -77,7 +94,7 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         use tonic::Code;
         match self {
-            ClientError::File { .. } => exit::LOCAL,
+            ClientError::File { .. } | ClientError::Missing { .. } => exit::LOCAL,
             ClientError::Endpoint { .. } => exit::USAGE,
             ClientError::Connect { .. } => exit::UNREACHABLE,
             ClientError::Rpc(status) => match status.code() {
@@ -89,18 +106,28 @@ impl ClientError {
     }
 }
 
-/// Stubs for every service, sharing one channel (one HTTP/2 connection).
+/// Stubs for every service, sharing one channel (one HTTP/2 connection) through [`Resilient`]
+/// (deadlines, retries, the breaker, as [`ConnectOptions::resilience`] says).
 #[derive(Clone)]
 pub struct Client {
+    /// The raw channel (no retries, no breaker).
     pub channel: Channel,
-    pub admin: AdminClient<Channel>,
-    pub tokens: TokensClient<Channel>,
-    pub health: HealthClient<Channel>,
-    pub policy: PolicyClient<Channel>,
-    pub audit: AuditClient<Channel>,
-    pub guardrails: GuardrailsClient<Channel>,
-    pub supervisor: SupervisorClient<Channel>,
-    pub episodic: EpisodicClient<Channel>,
+    pub admin: AdminClient<Resilient>,
+    pub tokens: TokensClient<Resilient>,
+    pub health: HealthClient<Resilient>,
+    pub policy: PolicyClient<Resilient>,
+    pub audit: AuditClient<Resilient>,
+    pub guardrails: GuardrailsClient<Resilient>,
+    pub supervisor: SupervisorClient<Resilient>,
+    pub episodic: EpisodicClient<Resilient>,
+    resilient: Resilient,
+}
+
+impl Client {
+    /// The endpoint's circuit breaker, when the connection has one.
+    pub fn breaker(&self) -> Option<&std::sync::Arc<CircuitBreaker>> {
+        self.resilient.breaker()
+    }
 }
 
 impl ConnectOptions {
@@ -115,6 +142,7 @@ impl ConnectOptions {
             server_name: None,
             connect_timeout: Duration::from_secs(5),
             call_timeout: Duration::from_secs(30),
+            resilience: None,
         }
     }
 
@@ -133,19 +161,28 @@ impl ConnectOptions {
         }
     }
 
-    fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
-        std::fs::read(path).map_err(|source| ClientError::File {
-            path: path.to_owned(),
-            source,
+    fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ClientError> {
+        std::fs::read(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ClientError::Missing {
+                    what,
+                    path: std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
+                }
+            } else {
+                ClientError::File {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
         })
     }
 
     /// Opens one mutual-TLS HTTP/2 connection.
     pub async fn channel(&self) -> Result<Channel, ClientError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let ca = Self::read(&self.ca)?;
-        let cert = Self::read(&self.cert)?;
-        let key = Self::read(&self.key)?;
+        let ca = Self::read("CA certificate", &self.ca)?;
+        let cert = Self::read("client certificate", &self.cert)?;
+        let key = Self::read("client key", &self.key)?;
         let uri = self.uri();
         let bad_endpoint = |reason: String| ClientError::Endpoint {
             endpoint: self.endpoint.clone(),
@@ -169,35 +206,131 @@ impl ConnectOptions {
             .await
             .map_err(|err| ClientError::Connect {
                 endpoint: self.endpoint.clone(),
-                reason: error_chain(&err),
+                reason: self.connect_failure(&error_chain(&err)),
             })
+    }
+
+    /// A failed connection's reason with its likely cause first.
+    fn connect_failure(&self, chain: &str) -> String {
+        let has = |needle: &str| chain.contains(needle);
+        let cause = if has("Connection refused") {
+            "nothing listens there: is brainstemd running? (start it, or pass --endpoint / \
+             BRAINSTEM_ENDPOINT)"
+                .to_owned()
+        } else if has("BadSignature") || has("UnknownIssuer") || has("invalid peer certificate") {
+            format!(
+                "the daemon's certificate is not signed by the CA {} (a daemon from another state \
+                 directory? pass its CA with --ca or its --state-dir)",
+                self.ca.display()
+            )
+        } else if has("NotValidForName") {
+            "the daemon's certificate does not name this host (pass --server-name)".to_owned()
+        } else if has("CertificateRequired") || has("BadCertificate") || has("UnknownCA") {
+            format!(
+                "the daemon refused the client certificate {} (not signed by its CA?)",
+                self.cert.display()
+            )
+        } else if has("timed out") || has("deadline has elapsed") {
+            format!("no answer within {} s", self.connect_timeout.as_secs_f32())
+        } else {
+            return chain.to_owned();
+        };
+        format!("{cause} [{chain}]")
     }
 
     /// Connects and returns stubs for every service.
     pub async fn connect(&self) -> Result<Client, ClientError> {
         let channel = self.channel().await?;
+        let resilient = Resilient::new(channel.clone(), self.resilience.clone(), self.call_timeout);
         Ok(Client {
-            admin: AdminClient::new(channel.clone()),
-            tokens: TokensClient::new(channel.clone()),
-            health: HealthClient::new(channel.clone()),
-            policy: PolicyClient::new(channel.clone()),
-            audit: AuditClient::new(channel.clone()),
-            guardrails: GuardrailsClient::new(channel.clone()),
-            supervisor: SupervisorClient::new(channel.clone()),
-            episodic: EpisodicClient::new(channel.clone()),
+            admin: AdminClient::new(resilient.clone()),
+            tokens: TokensClient::new(resilient.clone()),
+            health: HealthClient::new(resilient.clone()),
+            policy: PolicyClient::new(resilient.clone()),
+            audit: AuditClient::new(resilient.clone()),
+            guardrails: GuardrailsClient::new(resilient.clone()),
+            supervisor: SupervisorClient::new(resilient.clone()),
+            episodic: EpisodicClient::new(resilient.clone()),
+            resilient,
             channel,
         })
     }
 }
 
-/// An error and its causes on one line.
+/// An error and its causes on one line, each text once: a cause whose text its parent's message
+/// already holds (tonic and hyper repeat their sources) is not repeated.
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct E(&'static str, Option<Box<E>>);
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for E {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn error_chains_say_each_cause_once() {
+        let err = E(
+            "tcp connect error",
+            Some(Box::new(E(
+                "tcp connect error",
+                Some(Box::new(E("Connection refused (os error 111)", None))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&err),
+            "tcp connect error: Connection refused (os error 111)"
+        );
+    }
+
+    #[test]
+    fn connect_failures_name_the_likely_cause() {
+        let options = ConnectOptions::dev(Path::new("/s"), "127.0.0.1:1");
+        let refused =
+            options.connect_failure("tcp connect error: Connection refused (os error 111)");
+        assert!(refused.starts_with("nothing listens there"), "{refused}");
+        let other_ca = options.connect_failure("invalid peer certificate: BadSignature");
+        assert!(
+            other_ca.contains("not signed by the CA /s/pki/ca.pem"),
+            "{other_ca}"
+        );
+        assert_eq!(options.connect_failure("something new"), "something new");
+    }
+
+    #[tokio::test]
+    async fn a_missing_ca_says_where_it_looked_and_how_to_point_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = ConnectOptions::dev(&dir.path().join("nowhere"), "127.0.0.1:1");
+        let err = options.channel().await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("no CA certificate at"), "{text}");
+        assert!(text.contains("nowhere/pki/ca.pem"), "{text}");
+        assert!(
+            text.contains("--state-dir") && text.contains("brainstemd --dev"),
+            "{text}"
+        );
+        assert_eq!(err.exit_code(), exit::LOCAL);
+    }
 }

@@ -114,7 +114,7 @@ fn check_config(source: &ConfigSource) -> ExitCode {
     let config = match source.load() {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("{err}");
+            report_config_error(source, &err.to_string());
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
@@ -195,7 +195,7 @@ fn run(source: ConfigSource) -> ExitCode {
     let config = match source.load() {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("{err}");
+            report_config_error(&source, &err.to_string());
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
@@ -244,6 +244,24 @@ fn run(source: ConfigSource) -> ExitCode {
     })
 }
 
+/// Prints a configuration error, and the way out a newcomer most likely wants.
+fn report_config_error(source: &ConfigSource, text: &str) {
+    eprintln!("{text}");
+    if let Some(hint) = config_hint(source.overrides.dev_mode, text) {
+        eprintln!("{hint}");
+    }
+}
+
+/// Outside systemd the production configuration's `credential:` paths cannot resolve; someone trying
+/// brainstemd on a workstation wants dev mode.
+fn config_hint(dev_mode: bool, error: &str) -> Option<&'static str> {
+    (!dev_mode && error.contains("$CREDENTIALS_DIRECTORY")).then_some(
+        "hint: outside systemd there are no credentials to read; to try brainstemd locally run \
+         `brainstemd --dev` (its own CA and certificates under ./.brainstem-dev), or give --config \
+         a file whose TLS and key paths are plain files",
+    )
+}
+
 async fn handle_signals(
     mut signals: signal_hook_tokio::Signals,
     shutdown: CancellationToken,
@@ -267,5 +285,18 @@ async fn handle_signals(
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config_hint;
+
+    #[test]
+    fn missing_credentials_outside_dev_mode_point_at_dev_mode() {
+        let err = "tls.key_file: \"credential:server.key\" needs $CREDENTIALS_DIRECTORY (systemd's LoadCredential=)";
+        assert!(config_hint(false, err).is_some_and(|h| h.contains("brainstemd --dev")));
+        assert_eq!(config_hint(true, err), None);
+        assert_eq!(config_hint(false, "server.listen: invalid address"), None);
     }
 }

@@ -162,9 +162,10 @@ roles = ["checker"]
         .await
         .unwrap()
         .into_inner();
+    // Default deny; an action no schema entry or policy knows is marked (a typo reads differently).
     assert!(
-        !unknown.allowed && unknown.reasons.is_empty(),
-        "default deny"
+        !unknown.allowed && unknown.reasons == ["unknown-action"],
+        "default deny: {unknown:?}"
     );
     let write = admin
         .policy

@@ -573,7 +573,9 @@ def main():
             expect(capture.allowed, f"vision.capture denied: {capture}")
             expect(list(capture.reasons) == ["permit-vision-capture"], f"reasons {list(capture.reasons)!r}")
             unknown = policy.Check(policy_pb2.CheckRequest(action="net.scan"), timeout=RPC_TIMEOUT_S)
-            expect(not unknown.allowed and not unknown.reasons, f"default deny: {unknown}")
+            expect(not unknown.allowed and list(unknown.reasons) == ["unknown-action"], f"default deny, marked unknown: {unknown}")
+            declared = policy.Check(policy_pb2.CheckRequest(action="secrets.read"), timeout=RPC_TIMEOUT_S)
+            expect(not declared.allowed and not declared.reasons, f"declared but unpermitted: {declared}")
 
         def policy_float_context_invalid_argument():
             ctx = struct_pb2.Struct()

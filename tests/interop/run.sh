@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Python interop check for brainstemd: runs tests/interop/check.py against already-built binaries.
+# Python checks for brainstemd against already-built binaries: tests/interop/check.py (raw grpcio over
+# mTLS), then the Python client package: a wheel of client/python is built, installed into the venv,
+# and its pytest suite (client/python/tests) runs against the real daemon.
 #
 #   bash tests/interop/run.sh [BIN_DIR]          # BIN_DIR defaults to target/debug; relative paths are from the repo root
 #
@@ -33,4 +35,12 @@ if ! cmp -s "$here/requirements.txt" "$stamp" 2>/dev/null; then
     cp "$here/requirements.txt" "$stamp"
 fi
 
-exec "$venv/bin/python" "$here/check.py" --bin-dir "$bin_dir" --proto-dir "$root/proto"
+"$venv/bin/python" "$here/check.py" --bin-dir "$bin_dir" --proto-dir "$root/proto"
+
+# The package as a user gets it: a wheel built from the repository (stubs generated from proto/ at
+# build time), installed, then tested.
+wheel_dir="target/python-dist"
+rm -rf "$wheel_dir"
+"$venv/bin/python" -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$wheel_dir" ./client/python
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall "$wheel_dir"/brainstem_client-*.whl
+BRAINSTEM_BIN_DIR="$bin_dir" "$venv/bin/python" -m pytest -q -p no:cacheprovider client/python/tests

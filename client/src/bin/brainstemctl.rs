@@ -17,9 +17,10 @@ use brainstem_client::v1::{
     RevokeTokenRequest, RotateKeyRequest, StartActorRequest, StopActorRequest, VerifyTokenRequest,
     WatchActorsRequest, WhoAmIRequest,
 };
-use brainstem_client::{ClientError, ConnectOptions, exit};
+use brainstem_client::{ClientError, ConnectOptions, Resilience, exit, with_idempotency_key};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
+use tonic::Request;
 use tonic_health::pb::HealthCheckRequest;
 
 #[derive(Parser)]
@@ -62,10 +63,15 @@ struct Connection {
     #[arg(long, global = true, env = "BRAINSTEM_KEY", requires = "cert")]
     key: Option<PathBuf>,
     /// TLS server name to verify, when it differs from the endpoint host.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "BRAINSTEM_SERVER_NAME")]
     server_name: Option<String>,
-    /// Deadline for each call, in seconds.
-    #[arg(long, global = true, default_value_t = 10)]
+    /// Deadline for each call (retries included), in seconds.
+    #[arg(
+        long,
+        global = true,
+        env = "BRAINSTEM_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
     timeout_seconds: u64,
 }
 
@@ -167,8 +173,12 @@ enum CertsCommand {
         /// Where to write <name>.pem and <name>.key. Default: <state-dir>/pki/clients
         #[arg(long)]
         out_dir: Option<PathBuf>,
+        /// Validity of the certificate, in days.
         #[arg(long, default_value_t = 365)]
         days: u32,
+        /// Replace an existing certificate and key of the same name.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -176,11 +186,13 @@ enum CertsCommand {
 enum TokensCommand {
     /// Mint a token for PRINCIPAL (needs tokens.issue and every capability requested).
     Issue {
+        /// Who may present the token (its certificate's principal).
         #[arg(long)]
         principal: String,
         /// A capability pattern; repeat for more (-c vision.* -c web.read).
         #[arg(long = "capability", short = 'c', required = true)]
         capabilities: Vec<String>,
+        /// Lifetime of the token, in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl_seconds: u64,
     },
@@ -189,15 +201,21 @@ enum TokensCommand {
         /// The token, or "-" to read it from standard input (keeps it out of the process list).
         #[arg(long)]
         token: String,
+        /// Also check that the token covers this capability.
         #[arg(long, default_value = "")]
         capability: String,
     },
     /// Revoke a token and every token derived from it.
-    Revoke { id: String },
+    Revoke {
+        /// The token's id (from `tokens issue` or `tokens list`).
+        id: String,
+    },
     /// Tokens you issued or hold (all of them with tokens.admin).
     List {
+        /// Only tokens held by this principal.
         #[arg(long)]
         principal: Option<String>,
+        /// Also list expired tokens (until they are purged).
         #[arg(long)]
         include_expired: bool,
     },
@@ -206,9 +224,10 @@ enum TokensCommand {
         /// The parent token, or "-" for standard input.
         #[arg(long)]
         token: String,
+        /// A capability the child keeps (covered by the parent's); repeat for more.
         #[arg(long = "capability", short = 'c', required = true)]
         capabilities: Vec<String>,
-        /// 0: until the parent expires.
+        /// Lifetime of the child, in seconds; 0: until the parent expires.
         #[arg(long, default_value_t = 0)]
         ttl_seconds: u64,
     },
@@ -241,11 +260,11 @@ async fn tokens_command(
         } => {
             let reply = client
                 .tokens
-                .issue(IssueTokenRequest {
+                .issue(with_idempotency_key(Request::new(IssueTokenRequest {
                     principal: principal.clone(),
                     capabilities: capabilities.clone(),
                     ttl_seconds: *ttl_seconds,
-                })
+                })))
                 .await?
                 .into_inner();
             let expires = rfc3339(reply.expires_at);
@@ -358,11 +377,11 @@ async fn tokens_command(
         } => {
             let reply = client
                 .tokens
-                .attenuate(AttenuateTokenRequest {
+                .attenuate(with_idempotency_key(Request::new(AttenuateTokenRequest {
                     token: token_arg(token)?,
                     capabilities: capabilities.clone(),
                     ttl_seconds: *ttl_seconds,
-                })
+                })))
                 .await?
                 .into_inner();
             let expires = rfc3339(reply.expires_at);
@@ -380,7 +399,7 @@ async fn tokens_command(
         TokensCommand::RotateKey => {
             let reply = client
                 .tokens
-                .rotate_key(RotateKeyRequest {})
+                .rotate_key(with_idempotency_key(Request::new(RotateKeyRequest {})))
                 .await?
                 .into_inner();
             let mut human = vec![format!("new signing key {}", reply.key_id)];
@@ -421,6 +440,9 @@ impl Connection {
         }
         options.server_name = self.server_name.clone();
         options.call_timeout = Duration::from_secs(self.timeout_seconds.max(1));
+        // Safe calls (and the mutating ones, which carry an idempotency key) are retried on
+        // UNAVAILABLE and RESOURCE_EXHAUSTED within the call's deadline.
+        options.resilience = Some(Resilience::default());
         options
     }
 }
@@ -453,6 +475,9 @@ enum CliError {
     Client(#[from] ClientError),
     #[error("{0}")]
     Local(String),
+    /// A command line the daemon was never asked about (exit 2).
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl From<tonic::Status> for CliError {
@@ -466,6 +491,7 @@ impl CliError {
         match self {
             CliError::Client(err) => err.exit_code(),
             CliError::Local(_) => exit::LOCAL,
+            CliError::Usage(_) => exit::USAGE,
         }
     }
 }
@@ -628,9 +654,23 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
             principal,
             out_dir,
             days,
+            force,
         }) => {
             let pki = brainstem_keys::pki::DevPki::new(&cli.connection.state_dir);
             let out_dir = out_dir.clone().unwrap_or_else(|| pki.dir.join("clients"));
+            let stem = brainstem_keys::pki::file_stem(principal);
+            for existing in [
+                out_dir.join(format!("{stem}.pem")),
+                out_dir.join(format!("{stem}.key")),
+            ] {
+                if existing.exists() && !force {
+                    return Err(CliError::Local(format!(
+                        "{} already exists (a certificate for {principal:?} or another principal \
+                         with the same last name segment); pass --force to replace it, or --out-dir",
+                        existing.display()
+                    )));
+                }
+            }
             let (cert, key) = pki
                 .issue_client(principal, &out_dir, *days)
                 .map_err(|err| CliError::Local(err.to_string()))?;
@@ -658,6 +698,11 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
             dimension,
             prefill,
         } => {
+            // The bench measures the daemon: every call is sent once, no retries, no breaker.
+            let options = ConnectOptions {
+                resilience: None,
+                ..options.clone()
+            };
             if *prefill > 0 {
                 let mut client = options.connect().await?;
                 bench::prefill(&mut client, *prefill, *dimension).await?;
@@ -841,7 +886,9 @@ async fn actors(
         ActorsCommand::Restart { name } => {
             let reply = client
                 .supervisor
-                .restart_actor(RestartActorRequest { name: name.clone() })
+                .restart_actor(with_idempotency_key(Request::new(RestartActorRequest {
+                    name: name.clone(),
+                })))
                 .await?;
             one(reply.into_inner().actor)
         }

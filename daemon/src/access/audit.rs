@@ -734,7 +734,7 @@ mod tests {
 
         // The next incarnation reads the same queue and continues the numbering.
         let started = supervisor.start_actor("audit-writer").await.unwrap();
-        assert_eq!((started.state, started.restarts), (ActorState::Running, 1));
+        assert_eq!((started.state, started.restarts), (ActorState::Running, 0));
         log.record_durable(record("a", "after restart", true))
             .await
             .unwrap();

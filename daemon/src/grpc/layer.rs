@@ -1,6 +1,7 @@
 //! The authorization layer: runs before every handler. It reads the connection's identity (fixed at the
 //! handshake), looks the method up in [`super::methods`], checks the caller's grants, and hands the
-//! handler a typed [`Caller`] extension. It also times every call for metrics.
+//! handler a typed [`Caller`] extension. It also times every call for metrics, and runs keyed calls of
+//! mutating methods through the idempotency cache ([`super::idempotency`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,6 +14,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
+use super::idempotency::{self, Idempotency};
 use super::methods::{self, Requirement};
 use crate::access::Access;
 pub use crate::access::Caller;
@@ -57,11 +59,18 @@ pub struct AuthLayer {
     in_flight: metrics::Gauge,
     method_metrics: Arc<HashMap<&'static str, MethodMetrics>>,
     default_timeout: Duration,
+    idempotency: Option<Arc<Idempotency>>,
 }
 
 impl AuthLayer {
     /// `default_timeout` bounds calls that carry no `grpc-timeout`; a shorter caller deadline wins.
-    pub fn new(access: Arc<Access>, tokens: Arc<TokenService>, default_timeout: Duration) -> Self {
+    /// `idempotency` answers repeats of keyed mutating calls (`None`: such calls answer UNAVAILABLE).
+    pub fn new(
+        access: Arc<Access>,
+        tokens: Arc<TokenService>,
+        default_timeout: Duration,
+        idempotency: Option<Arc<Idempotency>>,
+    ) -> Self {
         AuthLayer {
             access,
             tokens,
@@ -72,6 +81,7 @@ impl AuthLayer {
                     .collect(),
             ),
             default_timeout,
+            idempotency,
         }
     }
 }
@@ -87,6 +97,7 @@ impl<S> Layer<S> for AuthLayer {
             in_flight: self.in_flight.clone(),
             method_metrics: self.method_metrics.clone(),
             default_timeout: self.default_timeout,
+            idempotency: self.idempotency.clone(),
         }
     }
 }
@@ -99,13 +110,24 @@ pub struct AuthService<S> {
     in_flight: metrics::Gauge,
     method_metrics: Arc<HashMap<&'static str, MethodMetrics>>,
     default_timeout: Duration,
+    idempotency: Option<Arc<Idempotency>>,
+}
+
+/// A keyed call of a mutating method: who, which method, which key.
+struct Keyed {
+    principal: String,
+    method: &'static str,
+    key: String,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 impl<S> AuthService<S> {
-    /// Decides a request: `Ok((label, caller))` to go on, `Err(error)` to answer at once.
-    fn authorize(&self, req: &http::Request<Body>) -> Result<(&'static str, Caller), ServiceError> {
+    /// Decides a request: `Ok((label, caller, keyed))` to go on, `Err(error)` to answer at once.
+    fn authorize(
+        &self,
+        req: &http::Request<Body>,
+    ) -> Result<(&'static str, Caller, Option<Keyed>), ServiceError> {
         let path = req.uri().path();
         let principal = match req.extensions().get::<PeerInfo>().map(|p| &p.principal) {
             Some(Ok(principal)) => principal.clone(),
@@ -194,7 +216,15 @@ impl<S> AuthService<S> {
                 });
             }
         }
-        Ok((entry.label, caller))
+        // Validated on every method (a client learns of a bad key at once); used on mutating ones.
+        let keyed = idempotency::key_of(req.headers())?
+            .filter(|_| idempotency::applies_to(entry.effect))
+            .map(|key| Keyed {
+                principal: caller.principal.name.clone(),
+                method: entry.label,
+                key,
+            });
+        Ok((entry.label, caller, keyed))
     }
 
     /// Refuses (audited, counted) a caller that does not hold `capability` as `holding` says. A
@@ -266,7 +296,7 @@ where
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         let started = Instant::now();
-        let (label, caller) = match self.authorize(&req) {
+        let (label, caller, keyed) = match self.authorize(&req) {
             Ok(ok) => ok,
             Err(err) => return Box::pin(std::future::ready(Ok(Status::from(err).into_http()))),
         };
@@ -276,7 +306,25 @@ where
         // The clone is the one that was driven to readiness; keep the fresh one for the next call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let future = inner.call(req);
+        let future: BoxFuture<Result<Self::Response, Self::Error>> = match keyed {
+            None => Box::pin(inner.call(req)),
+            Some(keyed) => match self.idempotency.clone() {
+                Some(cache) => Box::pin(async move {
+                    cache
+                        .call(&keyed.principal, keyed.method, &keyed.key, req, |req| {
+                            inner.call(req)
+                        })
+                        .await
+                }),
+                None => Box::pin(std::future::ready(Ok(Status::from(
+                    ServiceError::Unavailable(
+                        "the idempotency cache is unavailable; send the call without an idempotency-key or retry later"
+                            .to_owned(),
+                    ),
+                )
+                .into_http()))),
+            },
+        };
         let in_flight = InFlight::enter(&self.in_flight);
         let method_metrics = self.method_metrics.get(label).cloned();
         Box::pin(async move {

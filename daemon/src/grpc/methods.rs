@@ -27,11 +27,56 @@ impl Requirement {
     }
 }
 
-/// One method's entry: the metric label (the full method path) and its requirement.
+/// What repeating a call does, from the method's `option idempotency_level` in its proto (the
+/// registered descriptor sets). A method that declares nothing is [`Effect::Mutating`]: a forgotten
+/// declaration costs a stored reply, never a double write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// `NO_SIDE_EFFECTS`: reads only.
+    ReadOnly,
+    /// `IDEMPOTENT`: repeating it leaves the state as one call did (decisions that are audited,
+    /// revoking, stopping).
+    Idempotent,
+    /// Anything else: a repeat would apply twice, so the daemon honours the `idempotency-key`
+    /// metadata entry on it ([`super::idempotency`]).
+    Mutating,
+    /// A streaming method: never deduplicated (its reply is not one message).
+    Streaming,
+}
+
+/// One method's entry: the metric label (the full method path), its requirement and its effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MethodEntry {
     pub label: &'static str,
     pub requirement: Requirement,
+    pub effect: Effect,
+}
+
+/// The effect of every method of the registered descriptor sets, by full path; read once.
+fn effects() -> &'static std::collections::HashMap<String, Effect> {
+    use brainstem_proto::Repeat;
+    static EFFECTS: std::sync::OnceLock<std::collections::HashMap<String, Effect>> =
+        std::sync::OnceLock::new();
+    EFFECTS.get_or_init(|| {
+        super::services::descriptor_sets()
+            .into_iter()
+            .flat_map(brainstem_proto::method_repeats)
+            .map(|(path, repeat)| {
+                let effect = match repeat {
+                    Repeat::NoSideEffects => Effect::ReadOnly,
+                    Repeat::Idempotent => Effect::Idempotent,
+                    Repeat::Changes => Effect::Mutating,
+                    Repeat::Streaming => Effect::Streaming,
+                };
+                (path, effect)
+            })
+            .collect()
+    })
+}
+
+/// A method's [`Effect`] (Mutating for a path no descriptor names).
+pub fn effect(path: &str) -> Effect {
+    effects().get(path).copied().unwrap_or(Effect::Mutating)
 }
 
 /// Every method of every registered service, by full path.
@@ -69,6 +114,7 @@ pub fn lookup(path: &str) -> Option<MethodEntry> {
         return Some(MethodEntry {
             label,
             requirement: *requirement,
+            effect: effect(label),
         });
     }
     OPEN_SERVICES
@@ -77,6 +123,7 @@ pub fn lookup(path: &str) -> Option<MethodEntry> {
         .map(|prefix| MethodEntry {
             label: prefix,
             requirement: Requirement::Authenticated,
+            effect: Effect::ReadOnly,
         })
 }
 
@@ -137,6 +184,23 @@ mod tests {
             doc.contains(&table),
             "docs/AUTHORIZATION.md's method table drifted; replace it with:\n{table}"
         );
+    }
+
+    #[test]
+    fn effects_come_from_the_protos_idempotency_level() {
+        assert_eq!(effect("/brainstem.v1.Admin/Ping"), Effect::ReadOnly);
+        assert_eq!(effect("/brainstem.v1.Policy/Check"), Effect::Idempotent);
+        assert_eq!(effect("/brainstem.v1.Episodic/Store"), Effect::Mutating);
+        assert_eq!(effect("/brainstem.v1.Tokens/Issue"), Effect::Mutating);
+        assert_eq!(
+            effect("/brainstem.v1.Supervisor/WatchActors"),
+            Effect::Streaming
+        );
+        assert_eq!(effect("/brainstem.v1.Nope/Nope"), Effect::Mutating);
+        // Every registered method has an effect read from a descriptor.
+        for (path, _) in all() {
+            assert!(effects().contains_key(*path), "{path} has no descriptor");
+        }
     }
 
     #[test]

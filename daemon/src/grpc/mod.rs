@@ -5,6 +5,8 @@
 pub mod admin;
 pub mod config;
 pub mod convert;
+pub mod events;
+pub mod idempotency;
 pub mod incoming;
 pub mod layer;
 pub mod methods;
@@ -97,6 +99,17 @@ pub fn serve(
     }
     let access = shared.access.clone();
     let tokens = shared.tokens.clone();
+    // A gRPC frame header (5 bytes) on top of the largest message.
+    let idempotency = match idempotency::Idempotency::open(
+        &shared.store,
+        limits.max_message_bytes + 5,
+    ) {
+        Ok(cache) => Some(Arc::new(cache)),
+        Err(err) => {
+            tracing::error!(error = %err, "idempotency cache unavailable; keyed calls answer UNAVAILABLE");
+            None
+        }
+    };
     for handler in handlers {
         handler(&shared, &mut routes, limits);
     }
@@ -109,6 +122,7 @@ pub fn serve(
             access,
             tokens,
             Duration::from_secs(config.request_timeout_seconds),
+            idempotency,
         ))
         .add_routes(routes.routes());
     tasks.spawn("grpc.server", async move {

@@ -115,7 +115,14 @@ pub struct LoadedSet {
     pub loaded_unix_ms: u64,
     /// The schema's text, the default for `Validate`.
     pub schema_text: String,
+    /// Every action the schema declares or a policy names: a request for anything else is marked
+    /// [`UNKNOWN_ACTION`] (a typo reads differently from an ordinary deny).
+    known_actions: HashSet<EntityUid>,
 }
+
+/// The reason a decision carries when its action is declared by no schema entry and named by no
+/// policy (`policy check --action web.pots`): denied, and most likely a typo.
+pub const UNKNOWN_ACTION: &str = "unknown-action";
 
 /// One source file's text.
 struct Source {
@@ -387,6 +394,11 @@ fn build(origin: String, schema_text: &str, sources: &[Source]) -> Result<Loaded
         digest.update(&[u8::from(source.signed)]);
     }
     let slices = Slices::new(&all)?;
+    let mut known_actions: HashSet<EntityUid> = schema
+        .as_ref()
+        .map(|schema| schema.actions().cloned().collect())
+        .unwrap_or_default();
+    known_actions.extend(slices.by_action.keys().cloned());
     static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(LoadedSet {
         generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -399,6 +411,7 @@ fn build(origin: String, schema_text: &str, sources: &[Source]) -> Result<Loaded
         origin,
         loaded_unix_ms: crate::store::unix_ms_now(),
         schema_text: schema_text.to_owned(),
+        known_actions,
     })
 }
 
@@ -625,7 +638,7 @@ impl PolicyEngine {
             }
         }
         let prepared = self.prepare(&set, query)?;
-        let decision = self.evaluate_sliced(&set.slices, &prepared);
+        let decision = self.decide_prepared(&set, &prepared);
         if let Some(key) = key {
             self.cache.put(key, set.generation, decision.clone());
         }
@@ -636,7 +649,17 @@ impl PolicyEngine {
     pub fn decide_uncached(&self, query: &Query) -> Result<Decision, FieldViolation> {
         let set = self.current.load();
         let prepared = self.prepare(&set, query)?;
-        Ok(self.evaluate_sliced(&set.slices, &prepared))
+        Ok(self.decide_prepared(&set, &prepared))
+    }
+
+    /// The sliced evaluation, with a denied request for an action nobody knows marked
+    /// [`UNKNOWN_ACTION`].
+    fn decide_prepared(&self, set: &LoadedSet, prepared: &Prepared) -> Decision {
+        let mut decision = self.evaluate_sliced(&set.slices, prepared);
+        if !decision.allowed && !set.known_actions.contains(&prepared.action) {
+            decision.reasons.push(UNKNOWN_ACTION.to_owned());
+        }
+        decision
     }
 
     /// Evaluates the slices that can apply and combines them as one evaluation of the whole set.
@@ -682,7 +705,7 @@ impl PolicyEngine {
     pub fn explain(&self, query: &Query) -> Result<Explanation, FieldViolation> {
         let set = self.current.load();
         let prepared = self.prepare(&set, query)?;
-        let decision = self.evaluate_sliced(&set.slices, &prepared);
+        let decision = self.decide_prepared(&set, &prepared);
         let matched_permits = self.evaluate(&set.permits, &prepared).reasons;
         let matched_forbids = self.evaluate(&set.forbids, &prepared).reasons;
         Ok(Explanation {

@@ -83,16 +83,17 @@ fn seed_defaults() {
 #[test]
 fn default_deny() {
     let engine = builtin();
-    for action in [
-        "net.scan",
-        "secrets.read",
-        "vision",
-        "vision.capture.raw",
-        "a",
-    ] {
+    // Declared actions no policy permits: an ordinary deny, no reasons.
+    for action in ["secrets.read", "vision"] {
         let d = decide(&engine, action);
         assert!(!d.allowed, "{action}");
         assert!(d.reasons.is_empty(), "{action}: {:?}", d.reasons);
+    }
+    // Actions neither the schema nor a policy knows (typos, made-up names): denied and marked.
+    for action in ["net.scan", "web.pots", "vision.capture.raw", "a"] {
+        let d = decide(&engine, action);
+        assert!(!d.allowed, "{action}");
+        assert_eq!(d.reasons, [crate::policy::UNKNOWN_ACTION], "{action}");
     }
 }
 
@@ -366,8 +367,9 @@ fn slices_decide_exactly_like_the_whole_set() {
                 for resource in ["r", "blocked", "open"] {
                     let mut q = query(principal, roles, action);
                     q.resource = resource.to_owned();
-                    let sliced = engine.decide(&q).unwrap();
                     let prepared = engine.prepare(&set, &q).unwrap();
+                    // The slices alone (decide() adds the unknown-action mark on top).
+                    let sliced = engine.evaluate_sliced(&set.slices, &prepared);
                     let permits = engine.evaluate(&set.permits, &prepared);
                     let forbids = engine.evaluate(&set.forbids, &prepared);
                     let allowed = forbids.reasons.is_empty() && permits.allowed;

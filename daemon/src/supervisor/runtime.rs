@@ -290,13 +290,19 @@ impl Runtime {
     }
 
     fn spawn(&mut self, index: usize) {
+        self.launch(index, true);
+    }
+
+    /// Starts a fresh incarnation. `counts_as_restart`: false for an operator's `StartActor` of a
+    /// stopped or failed actor (starting is not restarting; the restart counter measures trouble).
+    fn launch(&mut self, index: usize, counts_as_restart: bool) {
         let reports = self.reports_tx.clone();
         let token = self.children.child_token();
         let slot = &mut self.slots[index];
         slot.incarnation += 1;
         let incarnation = slot.incarnation;
         let name = slot.shared.name;
-        if incarnation > 1 {
+        if incarnation > 1 && counts_as_restart {
             slot.shared.restarts.fetch_add(1, Ordering::Relaxed);
             ActorRestarted { actor: name }.emit();
         }
@@ -727,7 +733,7 @@ impl Runtime {
                 let slot = &mut self.slots[index];
                 slot.intensity.reset();
                 slot.consecutive = 0;
-                self.spawn(index);
+                self.launch(index, matches!(op, Op::Restart));
             }
             // Already starting: the waiter is answered once it reports ready.
             (Op::Start, Phase::Starting) => {}

@@ -98,10 +98,17 @@ fn question(q: &Question) -> Result<CheckRequest, CliError> {
         None => None,
         Some(text) => match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(map)) => Some(brainstem_proto::json::json_to_struct(&map)),
-            _ => {
-                return Err(CliError::Local(
-                    "--context must be a JSON object".to_owned(),
-                ));
+            Ok(other) => {
+                return Err(CliError::Usage(format!(
+                    "--context must be a JSON object such as '{{\"path_depth\": 2}}', not {}",
+                    json_kind(&other)
+                )));
+            }
+            Err(err) => {
+                return Err(CliError::Usage(format!(
+                    "--context is not valid JSON ({err}); keys need double quotes: \
+                     '{{\"path_depth\": 2}}'"
+                )));
             }
         },
     };
@@ -114,18 +121,35 @@ fn question(q: &Question) -> Result<CheckRequest, CliError> {
     })
 }
 
+/// The reason the daemon gives a denied action that no schema entry or policy knows.
+const UNKNOWN_ACTION: &str = "unknown-action";
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 fn read(path: &PathBuf) -> Result<Vec<u8>, CliError> {
     std::fs::read(path).map_err(|err| CliError::Local(format!("{}: {err}", path.display())))
 }
 
 fn verdict(output: Output, what: &str, allowed: bool, reasons: &[String], extra: Value) -> u8 {
     let word = if allowed { "ALLOW" } else { "DENY" };
-    let why = if reasons.is_empty() {
+    let unknown = reasons.iter().any(|r| r == UNKNOWN_ACTION);
+    let why = if unknown {
+        "(unknown action: no schema entry or policy names it; a typo?)".to_owned()
+    } else if reasons.is_empty() {
         "(no policy permits it)".to_owned()
     } else {
         reasons.join(", ")
     };
-    let mut value = json!({"allowed": allowed, "reasons": reasons});
+    let mut value = json!({"allowed": allowed, "reasons": reasons, "unknown_action": unknown});
     if let (Value::Object(v), Value::Object(e)) = (&mut value, extra) {
         v.extend(e);
     }
