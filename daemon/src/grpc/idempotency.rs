@@ -159,7 +159,7 @@ impl Idempotency {
     ) -> Result<Self, StoreError> {
         super::events::describe();
         Ok(Idempotency {
-            tree: store.tree("idempotency")?,
+            tree: store.tree(crate::store::trees::IDEMPOTENCY)?,
             window,
             max_request_bytes,
             in_flight: Mutex::new(HashMap::new()),

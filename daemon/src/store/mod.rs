@@ -55,6 +55,8 @@ pub mod trees {
     pub const TOKENS_REVOKED: &str = "tokens.revoked";
     /// The episodic buffer: `e` + big-endian sequence number → episode; `m:…` bookkeeping.
     pub const EPISODIC: &str = "episodic";
+    /// Replies kept for idempotency keys (`grpc::idempotency`), with their expiry index.
+    pub const IDEMPOTENCY: &str = "idempotency";
     /// Trees whose silent loss would weaken security: a clean stop records a digest of their
     /// contents in the integrity record, and the next start checks it.
     pub const DIGESTED: &[&str] = &[TOKEN_KEYS, TOKENS_REVOKED];
