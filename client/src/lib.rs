@@ -18,11 +18,12 @@ use std::time::Duration;
 use brainstem_proto::v1::admin_client::AdminClient;
 use brainstem_proto::v1::audit_client::AuditClient;
 use brainstem_proto::v1::episodic_client::EpisodicClient;
+use brainstem_proto::v1::flags_client::FlagsClient;
 use brainstem_proto::v1::guardrails_client::GuardrailsClient;
 use brainstem_proto::v1::policy_client::PolicyClient;
 use brainstem_proto::v1::supervisor_client::SupervisorClient;
 use brainstem_proto::v1::tokens_client::TokensClient;
-pub use brainstem_proto::{code_name, v1};
+pub use brainstem_proto::{code_name, flagd, v1};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 pub use tonic_health::pb::health_client::HealthClient;
 
@@ -101,6 +102,7 @@ pub struct Client {
     pub guardrails: GuardrailsClient<Channel>,
     pub supervisor: SupervisorClient<Channel>,
     pub episodic: EpisodicClient<Channel>,
+    pub flags: FlagsClient<Channel>,
 }
 
 impl ConnectOptions {
@@ -185,6 +187,7 @@ impl ConnectOptions {
             guardrails: GuardrailsClient::new(channel.clone()),
             supervisor: SupervisorClient::new(channel.clone()),
             episodic: EpisodicClient::new(channel.clone()),
+            flags: FlagsClient::new(channel.clone()),
             channel,
         })
     }
