@@ -327,5 +327,33 @@ async fn overrides_survive_a_restart_of_the_real_binary() {
         .unwrap();
     let (value, _, _) = evaluate(&mut client, "safety.dry_run_mode", json!({})).await.unwrap();
     assert_eq!(value, json!(false));
+
+    // The same through brainstemctl.
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(crate::harness::bin("brainstemctl"))
+            .arg("--endpoint")
+            .arg(daemon.grpc_addr.to_string())
+            .arg("--state-dir")
+            .arg(&daemon.state_dir)
+            .args(["-o", "json", "flags"])
+            .args(args)
+            .output()
+            .expect("run brainstemctl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code(), serde_json::from_str::<Value>(text.trim()).unwrap_or(Value::Null))
+    };
+    let (code, set) = ctl(&["set", "modules.voice", "--state", "disabled"]);
+    assert_eq!(code, Some(0), "{set}");
+    let (_, eval) = ctl(&["eval", "modules.voice"]);
+    assert_eq!((eval["value"].clone(), eval["reason"].clone()), (Value::Null, json!("DISABLED")));
+    let (_, listed) = ctl(&["list"]);
+    let voice = listed["flags"].as_array().unwrap().iter().find(|f| f["key"] == "modules.voice").unwrap();
+    assert_eq!(voice["effective_state"], json!("DISABLED"));
+    let (code, cleared) = ctl(&["clear", "modules.voice"]);
+    assert_eq!((code, cleared["cleared"].clone()), (Some(0), json!(true)));
+    let (code, status) = ctl(&["status"]);
+    assert_eq!((code, status["using_defaults"].clone()), (Some(0), json!(true)));
+    let (code, _) = ctl(&["eval", "no.such.flag"]);
+    assert_ne!(code, Some(0));
     daemon.stop().await;
 }
