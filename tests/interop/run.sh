@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Python interop check for brainstemd: runs tests/interop/check.py against already-built binaries.
+# Python interop checks for brainstemd: runs tests/interop/check.py (grpcio stubs) and
+# tests/interop/openfeature_check.py (the OpenFeature flagd provider) against already-built binaries.
 #
 #   bash tests/interop/run.sh [BIN_DIR]          # BIN_DIR defaults to target/debug; relative paths are from the repo root
 #
@@ -33,4 +34,13 @@ if ! cmp -s "$here/requirements.txt" "$stamp" 2>/dev/null; then
     cp "$here/requirements.txt" "$stamp"
 fi
 
-exec "$venv/bin/python" "$here/check.py" --bin-dir "$bin_dir" --proto-dir "$root/proto"
+# The OpenFeature check uses the real PyPI SDK and flagd provider, unpinned: it proves that what
+# providers ship today works against brainstemd.
+if ! "$venv/bin/python" -c "import openfeature.contrib.provider.flagd" 2>/dev/null; then
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check openfeature-sdk openfeature-provider-flagd
+fi
+
+status=0
+"$venv/bin/python" "$here/check.py" --bin-dir "$bin_dir" --proto-dir "$root/proto" || status=$?
+"$venv/bin/python" "$here/openfeature_check.py" --bin-dir "$bin_dir" || status=$?
+exit "$status"
