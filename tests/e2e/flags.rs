@@ -6,8 +6,8 @@ use std::time::Duration;
 use brainstem_client::Client;
 use brainstem_client::flagd::evaluation::{v1 as fv1, v2 as fv2};
 use brainstem_client::v1::{
-    ClearFlagOverrideRequest, EvaluateAllFlagsRequest, EvaluateFlagRequest, FlagRollout,
-    FlagType, ListFlagsRequest, SetFlagOverrideRequest, WatchFlagsRequest,
+    ClearFlagOverrideRequest, EvaluateAllFlagsRequest, EvaluateFlagRequest, FlagRollout, FlagType,
+    ListFlagsRequest, SetFlagOverrideRequest, WatchFlagsRequest,
 };
 use brainstem_proto::json::{json_to_struct, value_to_json};
 use serde_json::{Value, json};
@@ -49,7 +49,11 @@ fn definitions(banner_default: &str) -> String {
     .to_string()
 }
 
-async fn evaluate(client: &mut Client, key: &str, ctx: Value) -> Result<(Value, String, String), tonic::Status> {
+async fn evaluate(
+    client: &mut Client,
+    key: &str,
+    ctx: Value,
+) -> Result<(Value, String, String), tonic::Status> {
     let reply = client
         .flags
         .evaluate(EvaluateFlagRequest {
@@ -60,7 +64,11 @@ async fn evaluate(client: &mut Client, key: &str, ctx: Value) -> Result<(Value, 
         .await?
         .into_inner();
     Ok((
-        reply.value.as_ref().map(value_to_json).unwrap_or(Value::Null),
+        reply
+            .value
+            .as_ref()
+            .map(value_to_json)
+            .unwrap_or(Value::Null),
         reply.variant,
         reply.reason,
     ))
@@ -68,7 +76,10 @@ async fn evaluate(client: &mut Client, key: &str, ctx: Value) -> Result<(Value, 
 
 async fn banner(client: &Client) -> Option<Value> {
     let mut client = client.clone();
-    evaluate(&mut client, "banner", json!({})).await.ok().map(|(v, _, _)| v)
+    evaluate(&mut client, "banner", json!({}))
+        .await
+        .ok()
+        .map(|(v, _, _)| v)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,9 +89,16 @@ async fn flags_and_the_flagd_protocol_over_mtls_follow_the_file() {
     let file = daemon.state_dir.join("flags.json");
 
     // No file yet: the shipped defaults serve.
-    let (value, variant, reason) = evaluate(&mut client, "modules.vision", json!({})).await.unwrap();
-    assert_eq!((value, variant.as_str(), reason.as_str()), (json!(true), "on", "STATIC"));
-    let status = evaluate(&mut client, "no.such.flag", json!({})).await.unwrap_err();
+    let (value, variant, reason) = evaluate(&mut client, "modules.vision", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (value, variant.as_str(), reason.as_str()),
+        (json!(true), "on", "STATIC")
+    );
+    let status = evaluate(&mut client, "no.such.flag", json!({}))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     let mismatch = client
         .flags
@@ -94,10 +112,19 @@ async fn flags_and_the_flagd_protocol_over_mtls_follow_the_file() {
     assert_eq!(mismatch.code(), Code::InvalidArgument, "{mismatch:?}");
 
     // Subscribe before the file appears: Watch and both EventStreams see the change.
-    let mut watch = client.flags.watch(WatchFlagsRequest {}).await.unwrap().into_inner();
+    let mut watch = client
+        .flags
+        .watch(WatchFlagsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let mut v2 = fv2::service_client::ServiceClient::new(client.channel.clone());
     let mut v1 = fv1::service_client::ServiceClient::new(client.channel.clone());
-    let mut events = v2.event_stream(fv2::EventStreamRequest {}).await.unwrap().into_inner();
+    let mut events = v2
+        .event_stream(fv2::EventStreamRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let first = events.message().await.unwrap().unwrap();
     assert_eq!(first.r#type, "provider_ready");
 
@@ -108,22 +135,45 @@ async fn flags_and_the_flagd_protocol_over_mtls_follow_the_file() {
         .unwrap()
         .unwrap();
     assert_eq!(change.cause, "file");
-    assert!(change.flags.iter().any(|c| c.key == "banner" && c.kind == "write"), "{change:?}");
+    assert!(
+        change
+            .flags
+            .iter()
+            .any(|c| c.key == "banner" && c.kind == "write"),
+        "{change:?}"
+    );
     let event = next_of(&mut events, "configuration_change").await;
-    let data = Value::Object(brainstem_proto::json::struct_to_json(event.data.as_ref().unwrap()));
+    let data = Value::Object(brainstem_proto::json::struct_to_json(
+        event.data.as_ref().unwrap(),
+    ));
     assert_eq!(data["flags"]["banner"]["type"], json!("write"), "{data}");
-    assert_eq!(data["flags"]["modules.vision"]["type"], json!("delete"), "{data}");
+    assert_eq!(
+        data["flags"]["modules.vision"]["type"],
+        json!("delete"),
+        "{data}"
+    );
     // Silence: keep_alive (configured to 1 s here).
     next_of(&mut events, "keep_alive").await;
 
     // flagd v2: typed resolvers, values as defined.
     let b = v2
-        .resolve_boolean(fv2::ResolveBooleanRequest { flag_key: "banner".into(), context: None })
+        .resolve_boolean(fv2::ResolveBooleanRequest {
+            flag_key: "banner".into(),
+            context: None,
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((b.value, b.variant.as_deref(), b.reason.as_str()), (Some(false), Some("off"), "STATIC"));
-    for (name, suit) in [("jack", "hearts"), ("queen", "spades"), ("ten", "clubs"), ("nine", "diamonds")] {
+    assert_eq!(
+        (b.value, b.variant.as_deref(), b.reason.as_str()),
+        (Some(false), Some("off"), "STATIC")
+    );
+    for (name, suit) in [
+        ("jack", "hearts"),
+        ("queen", "spades"),
+        ("ten", "clubs"),
+        ("nine", "diamonds"),
+    ] {
         let s = v2
             .resolve_string(fv2::ResolveStringRequest {
                 flag_key: "fractional-flag".into(),
@@ -145,13 +195,19 @@ async fn flags_and_the_flagd_protocol_over_mtls_follow_the_file() {
         .into_inner();
     assert_eq!((i.value, i.reason.as_str()), (Some(10), "TARGETING_MATCH"));
     let f = v2
-        .resolve_float(fv2::ResolveFloatRequest { flag_key: "ratio".into(), context: None })
+        .resolve_float(fv2::ResolveFloatRequest {
+            flag_key: "ratio".into(),
+            context: None,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(f.value, Some(0.25));
     let o = v2
-        .resolve_object(fv2::ResolveObjectRequest { flag_key: "layout".into(), context: None })
+        .resolve_object(fv2::ResolveObjectRequest {
+            flag_key: "layout".into(),
+            context: None,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -163,32 +219,52 @@ async fn flags_and_the_flagd_protocol_over_mtls_follow_the_file() {
     assert_eq!(metadata["team"], json!("platform"));
     // Disabled in v2: no value, no variant.
     let d = v2
-        .resolve_boolean(fv2::ResolveBooleanRequest { flag_key: "legacy".into(), context: None })
+        .resolve_boolean(fv2::ResolveBooleanRequest {
+            flag_key: "legacy".into(),
+            context: None,
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((d.value, d.variant, d.reason.as_str()), (None, None, "DISABLED"));
+    assert_eq!(
+        (d.value, d.variant, d.reason.as_str()),
+        (None, None, "DISABLED")
+    );
     // Status codes providers rely on.
     let missing = v2
-        .resolve_boolean(fv2::ResolveBooleanRequest { flag_key: "nope".into(), context: None })
+        .resolve_boolean(fv2::ResolveBooleanRequest {
+            flag_key: "nope".into(),
+            context: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
     let wrong = v2
-        .resolve_string(fv2::ResolveStringRequest { flag_key: "banner".into(), context: None })
+        .resolve_string(fv2::ResolveStringRequest {
+            flag_key: "banner".into(),
+            context: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(wrong.code(), Code::InvalidArgument);
 
     // flagd v1: zero values when disabled; ResolveAll.
     let d = v1
-        .resolve_boolean(fv1::ResolveBooleanRequest { flag_key: "legacy".into(), context: None })
+        .resolve_boolean(fv1::ResolveBooleanRequest {
+            flag_key: "legacy".into(),
+            context: None,
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((d.value, d.variant.as_str(), d.reason.as_str()), (false, "", "DISABLED"));
+    assert_eq!(
+        (d.value, d.variant.as_str(), d.reason.as_str()),
+        (false, "", "DISABLED")
+    );
     let all = v1
-        .resolve_all(fv1::ResolveAllRequest { context: context(json!({"user": {"name": "jack"}})) })
+        .resolve_all(fv1::ResolveAllRequest {
+            context: context(json!({"user": {"name": "jack"}})),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -196,7 +272,10 @@ async fn flags_and_the_flagd_protocol_over_mtls_follow_the_file() {
         all.flags["fractional-flag"].value,
         Some(fv1::any_flag::Value::StringValue("hearts".into()))
     );
-    assert!(!all.flags.contains_key("legacy"), "disabled flags have no value to report");
+    assert!(
+        !all.flags.contains_key("legacy"),
+        "disabled flags have no value to report"
+    );
 
     // EvaluateAll over brainstem.v1.
     let every = client
@@ -227,21 +306,33 @@ async fn flags_and_the_flagd_protocol_over_mtls_follow_the_file() {
             key: "banner".into(),
             state: "SOMETIMES".into(),
             default_variant: String::new(),
-            rollout: Some(FlagRollout { variant: "maybe".into(), percent: 150 }),
+            rollout: Some(FlagRollout {
+                variant: "maybe".into(),
+                percent: 150,
+            }),
         })
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
-    let listed = client.flags.list(ListFlagsRequest {}).await.unwrap().into_inner();
-    let info = listed.flags.iter().find(|f| f.key == "banner").unwrap();
-    assert_eq!(info.r#override.as_ref().unwrap().default_variant, "on");
-    assert!(client
+    let listed = client
         .flags
-        .clear_override(ClearFlagOverrideRequest { key: "banner".into() })
+        .list(ListFlagsRequest {})
         .await
         .unwrap()
-        .into_inner()
-        .cleared);
+        .into_inner();
+    let info = listed.flags.iter().find(|f| f.key == "banner").unwrap();
+    assert_eq!(info.r#override.as_ref().unwrap().default_variant, "on");
+    assert!(
+        client
+            .flags
+            .clear_override(ClearFlagOverrideRequest {
+                key: "banner".into()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .cleared
+    );
     assert_eq!(banner(&client).await, Some(json!(false)));
 
     // A broken file is refused: the old flags keep serving; List shows why.
@@ -249,7 +340,12 @@ async fn flags_and_the_flagd_protocol_over_mtls_follow_the_file() {
     let source = eventually("List to show the refusal", Duration::from_secs(10), || {
         let mut flags = client.flags.clone();
         async move {
-            let source = flags.list(ListFlagsRequest {}).await.ok()?.into_inner().source?;
+            let source = flags
+                .list(ListFlagsRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .source?;
             (source.refused > 0).then_some(source)
         }
     })
@@ -258,11 +354,20 @@ async fn flags_and_the_flagd_protocol_over_mtls_follow_the_file() {
     assert_eq!(banner(&client).await, Some(json!(false)));
     // The fixed file is applied and the error clears.
     std::fs::write(&file, definitions("on")).unwrap();
-    eventually("the fixed file to serve", Duration::from_secs(10), || async {
-        (banner(&client).await == Some(json!(true))).then_some(())
-    })
+    eventually(
+        "the fixed file to serve",
+        Duration::from_secs(10),
+        || async { (banner(&client).await == Some(json!(true))).then_some(()) },
+    )
     .await;
-    let source = client.flags.list(ListFlagsRequest {}).await.unwrap().into_inner().source.unwrap();
+    let source = client
+        .flags
+        .list(ListFlagsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .source
+        .unwrap();
     assert_eq!(source.last_error, "");
 
     drop((watch, events));
@@ -292,7 +397,10 @@ async fn a_principal_without_flags_evaluate_is_denied() {
     let channel: Channel = options.channel().await.unwrap();
     let mut v2 = fv2::service_client::ServiceClient::new(channel.clone());
     let denied = v2
-        .resolve_boolean(fv2::ResolveBooleanRequest { flag_key: "modules.vision".into(), context: None })
+        .resolve_boolean(fv2::ResolveBooleanRequest {
+            flag_key: "modules.vision".into(),
+            context: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
@@ -318,14 +426,20 @@ async fn overrides_survive_a_restart_of_the_real_binary() {
 
     let daemon = DaemonProcess::start_in(dir.path()).await;
     let mut client = daemon.client().await;
-    let (value, variant, _) = evaluate(&mut client, "safety.dry_run_mode", json!({})).await.unwrap();
+    let (value, variant, _) = evaluate(&mut client, "safety.dry_run_mode", json!({}))
+        .await
+        .unwrap();
     assert_eq!((value, variant.as_str()), (json!(true), "on"));
     client
         .flags
-        .clear_override(ClearFlagOverrideRequest { key: "safety.dry_run_mode".into() })
+        .clear_override(ClearFlagOverrideRequest {
+            key: "safety.dry_run_mode".into(),
+        })
         .await
         .unwrap();
-    let (value, _, _) = evaluate(&mut client, "safety.dry_run_mode", json!({})).await.unwrap();
+    let (value, _, _) = evaluate(&mut client, "safety.dry_run_mode", json!({}))
+        .await
+        .unwrap();
     assert_eq!(value, json!(false));
 
     // The same through brainstemctl.
@@ -340,19 +454,33 @@ async fn overrides_survive_a_restart_of_the_real_binary() {
             .output()
             .expect("run brainstemctl");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        (out.status.code(), serde_json::from_str::<Value>(text.trim()).unwrap_or(Value::Null))
+        (
+            out.status.code(),
+            serde_json::from_str::<Value>(text.trim()).unwrap_or(Value::Null),
+        )
     };
     let (code, set) = ctl(&["set", "modules.voice", "--state", "disabled"]);
     assert_eq!(code, Some(0), "{set}");
     let (_, eval) = ctl(&["eval", "modules.voice"]);
-    assert_eq!((eval["value"].clone(), eval["reason"].clone()), (Value::Null, json!("DISABLED")));
+    assert_eq!(
+        (eval["value"].clone(), eval["reason"].clone()),
+        (Value::Null, json!("DISABLED"))
+    );
     let (_, listed) = ctl(&["list"]);
-    let voice = listed["flags"].as_array().unwrap().iter().find(|f| f["key"] == "modules.voice").unwrap();
+    let voice = listed["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["key"] == "modules.voice")
+        .unwrap();
     assert_eq!(voice["effective_state"], json!("DISABLED"));
     let (code, cleared) = ctl(&["clear", "modules.voice"]);
     assert_eq!((code, cleared["cleared"].clone()), (Some(0), json!(true)));
     let (code, status) = ctl(&["status"]);
-    assert_eq!((code, status["using_defaults"].clone()), (Some(0), json!(true)));
+    assert_eq!(
+        (code, status["using_defaults"].clone()),
+        (Some(0), json!(true))
+    );
     let (code, _) = ctl(&["eval", "no.such.flag"]);
     assert_ne!(code, Some(0));
     daemon.stop().await;

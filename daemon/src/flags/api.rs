@@ -24,9 +24,10 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::modules::ModuleSwitch;
 use super::{
-    Change, FlagType, Flags, FlagsWatch, OVERRIDES_TREE, Override, OverrideRequest,
-    Reason, Resolution, Rollout, State,
+    Change, FlagType, Flags, FlagsWatch, OVERRIDES_TREE, Override, OverrideRequest, Reason,
+    Resolution, Rollout, State,
 };
 use crate::access::audit::{AuditKind, AuditLog, AuditRecord};
 use crate::access::caller;
@@ -584,31 +585,85 @@ impl FlagdV1 {
 }
 
 const FLAGS_METHODS: &[(&str, Requirement)] = &[
-    ("/brainstem.v1.Flags/Evaluate", Requirement::Capability(EVALUATE)),
-    ("/brainstem.v1.Flags/EvaluateAll", Requirement::Capability(EVALUATE)),
-    ("/brainstem.v1.Flags/List", Requirement::Capability(EVALUATE)),
-    ("/brainstem.v1.Flags/SetOverride", Requirement::Capability(OVERRIDE)),
-    ("/brainstem.v1.Flags/ClearOverride", Requirement::Capability(OVERRIDE)),
+    (
+        "/brainstem.v1.Flags/Evaluate",
+        Requirement::Capability(EVALUATE),
+    ),
+    (
+        "/brainstem.v1.Flags/EvaluateAll",
+        Requirement::Capability(EVALUATE),
+    ),
+    (
+        "/brainstem.v1.Flags/List",
+        Requirement::Capability(EVALUATE),
+    ),
+    (
+        "/brainstem.v1.Flags/SetOverride",
+        Requirement::Capability(OVERRIDE),
+    ),
+    (
+        "/brainstem.v1.Flags/ClearOverride",
+        Requirement::Capability(OVERRIDE),
+    ),
     ("/brainstem.v1.Flags/Watch", Requirement::Capability(WATCH)),
 ];
 
 const FLAGD_V2_METHODS: &[(&str, Requirement)] = &[
-    ("/flagd.evaluation.v2.Service/ResolveBoolean", Requirement::Capability(EVALUATE)),
-    ("/flagd.evaluation.v2.Service/ResolveString", Requirement::Capability(EVALUATE)),
-    ("/flagd.evaluation.v2.Service/ResolveFloat", Requirement::Capability(EVALUATE)),
-    ("/flagd.evaluation.v2.Service/ResolveInt", Requirement::Capability(EVALUATE)),
-    ("/flagd.evaluation.v2.Service/ResolveObject", Requirement::Capability(EVALUATE)),
-    ("/flagd.evaluation.v2.Service/EventStream", Requirement::Capability(EVALUATE)),
+    (
+        "/flagd.evaluation.v2.Service/ResolveBoolean",
+        Requirement::Capability(EVALUATE),
+    ),
+    (
+        "/flagd.evaluation.v2.Service/ResolveString",
+        Requirement::Capability(EVALUATE),
+    ),
+    (
+        "/flagd.evaluation.v2.Service/ResolveFloat",
+        Requirement::Capability(EVALUATE),
+    ),
+    (
+        "/flagd.evaluation.v2.Service/ResolveInt",
+        Requirement::Capability(EVALUATE),
+    ),
+    (
+        "/flagd.evaluation.v2.Service/ResolveObject",
+        Requirement::Capability(EVALUATE),
+    ),
+    (
+        "/flagd.evaluation.v2.Service/EventStream",
+        Requirement::Capability(EVALUATE),
+    ),
 ];
 
 const FLAGD_V1_METHODS: &[(&str, Requirement)] = &[
-    ("/flagd.evaluation.v1.Service/ResolveAll", Requirement::Capability(EVALUATE)),
-    ("/flagd.evaluation.v1.Service/ResolveBoolean", Requirement::Capability(EVALUATE)),
-    ("/flagd.evaluation.v1.Service/ResolveString", Requirement::Capability(EVALUATE)),
-    ("/flagd.evaluation.v1.Service/ResolveFloat", Requirement::Capability(EVALUATE)),
-    ("/flagd.evaluation.v1.Service/ResolveInt", Requirement::Capability(EVALUATE)),
-    ("/flagd.evaluation.v1.Service/ResolveObject", Requirement::Capability(EVALUATE)),
-    ("/flagd.evaluation.v1.Service/EventStream", Requirement::Capability(EVALUATE)),
+    (
+        "/flagd.evaluation.v1.Service/ResolveAll",
+        Requirement::Capability(EVALUATE),
+    ),
+    (
+        "/flagd.evaluation.v1.Service/ResolveBoolean",
+        Requirement::Capability(EVALUATE),
+    ),
+    (
+        "/flagd.evaluation.v1.Service/ResolveString",
+        Requirement::Capability(EVALUATE),
+    ),
+    (
+        "/flagd.evaluation.v1.Service/ResolveFloat",
+        Requirement::Capability(EVALUATE),
+    ),
+    (
+        "/flagd.evaluation.v1.Service/ResolveInt",
+        Requirement::Capability(EVALUATE),
+    ),
+    (
+        "/flagd.evaluation.v1.Service/ResolveObject",
+        Requirement::Capability(EVALUATE),
+    ),
+    (
+        "/flagd.evaluation.v1.Service/EventStream",
+        Requirement::Capability(EVALUATE),
+    ),
 ];
 
 /// `brainstem.v1.Flags`; its handler also serves both flagd versions (one [`Flags`] for all).
@@ -636,8 +691,16 @@ pub const REGISTRATION: Registration = Registration {
             config.watch,
             Duration::from_millis(config.settle_ms),
         ));
+        let (supervisor_tx, supervisor_rx) = tokio::sync::watch::channel(None);
+        setup.actors.add_worker(ModuleSwitch::new(
+            flags.clone(),
+            supervisor_rx,
+            super::modules::MODULES,
+        ));
         let keep_alive = Duration::from_secs(config.keep_alive_seconds);
         Ok(Some(handler(move |shared, routes, limits| {
+            // The flags-modules worker drives actors through the running supervisor.
+            supervisor_tx.send_replace(Some(shared.supervisor.clone()));
             let flagd = Flagd {
                 flags: flags.clone(),
                 keep_alive,

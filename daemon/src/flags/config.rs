@@ -53,7 +53,12 @@ impl Section for FlagsConfig {
         walker.path(&t, "file", &mut self.file);
         walker.boolean(&t, "watch", &mut self.watch);
         walker.integer(&t, "settle_ms", 0..=10_000, &mut self.settle_ms);
-        walker.integer(&t, "keep_alive_seconds", 1..=3600, &mut self.keep_alive_seconds);
+        walker.integer(
+            &t,
+            "keep_alive_seconds",
+            1..=3600,
+            &mut self.keep_alive_seconds,
+        );
         walker.finish(t);
     }
 

@@ -127,7 +127,10 @@ pub fn parse(text: &str) -> Result<FlagSet, Vec<String>> {
     };
     let mut problems = Vec::new();
     for key in root.keys() {
-        if !matches!(key.as_str(), "$schema" | "flags" | "$evaluators" | "metadata") {
+        if !matches!(
+            key.as_str(),
+            "$schema" | "flags" | "$evaluators" | "metadata"
+        ) {
             problems.push(format!(
                 "{key}: unknown key (expected flags, $evaluators, metadata, $schema)"
             ));
@@ -161,7 +164,11 @@ pub fn parse(text: &str) -> Result<FlagSet, Vec<String>> {
     }
 }
 
-fn metadata_of(value: Option<&Value>, path: &str, problems: &mut Vec<String>) -> Map<String, Value> {
+fn metadata_of(
+    value: Option<&Value>,
+    path: &str,
+    problems: &mut Vec<String>,
+) -> Map<String, Value> {
     match value {
         None => Map::new(),
         Some(Value::Object(map)) => {
@@ -230,9 +237,10 @@ fn parse_flag(
                 flag_type = Some(match (flag_type, t) {
                     (None, t) => t,
                     (Some(a), b) if a == b => a,
-                    (Some(FlagType::Integer | FlagType::Float), FlagType::Integer | FlagType::Float) => {
-                        FlagType::Float
-                    }
+                    (
+                        Some(FlagType::Integer | FlagType::Float),
+                        FlagType::Integer | FlagType::Float,
+                    ) => FlagType::Float,
                     (Some(a), b) => {
                         problems.push(format!(
                             "{path}.variants.{name}: is a {} but other variants are {}; all variants of a flag share one type",
@@ -260,9 +268,7 @@ fn parse_flag(
             Some(name.clone())
         }
         Some(_) => {
-            problems.push(format!(
-                "{path}.defaultVariant: a variant name or null"
-            ));
+            problems.push(format!("{path}.defaultVariant: a variant name or null"));
             None
         }
     };
@@ -270,7 +276,12 @@ fn parse_flag(
         None => (None, None),
         Some(Value::Object(map)) if map.is_empty() => (None, None),
         Some(Value::Object(_)) => {
-            let resolved = resolve_refs(&def["targeting"], evaluators, 0, &format!("{path}.targeting"));
+            let resolved = resolve_refs(
+                &def["targeting"],
+                evaluators,
+                0,
+                &format!("{path}.targeting"),
+            );
             match resolved.and_then(|json| {
                 Rule::compile(&json)
                     .map(|rule| (rule, json))
@@ -317,7 +328,9 @@ fn resolve_refs(
                 return Err(format!("{path}: $ref takes an evaluator name"));
             };
             let Some(rule) = evaluators.get(name) else {
-                return Err(format!("{path}: $ref {name:?} names no entry of $evaluators"));
+                return Err(format!(
+                    "{path}: $ref {name:?} names no entry of $evaluators"
+                ));
             };
             if depth >= MAX_REF_DEPTH {
                 return Err(format!(
@@ -329,7 +342,10 @@ fn resolve_refs(
         Value::Object(map) => {
             let mut out = Map::new();
             for (k, v) in map {
-                out.insert(k.clone(), resolve_refs(v, evaluators, depth, &format!("{path}.{k}"))?);
+                out.insert(
+                    k.clone(),
+                    resolve_refs(v, evaluators, depth, &format!("{path}.{k}"))?,
+                );
             }
             Ok(Value::Object(out))
         }

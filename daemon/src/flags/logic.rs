@@ -279,9 +279,9 @@ fn eval(expr: &Expr, data: &Value, env: &Env<'_>) -> Value {
         Expr::Lit(value) => value.clone(),
         Expr::Array(items) => Value::Array(items.iter().map(|e| eval(e, data, env)).collect()),
         Expr::Var { path, default } => match lookup(data, path, env) {
-            Some(Value::Null) | None => default
-                .as_ref()
-                .map_or(Value::Null, |d| eval(d, data, env)),
+            Some(Value::Null) | None => {
+                default.as_ref().map_or(Value::Null, |d| eval(d, data, env))
+            }
             Some(found) => found,
         },
         Expr::VarDyn { path, default } => {
@@ -292,9 +292,9 @@ fn eval(expr: &Expr, data: &Value, env: &Env<'_>) -> Value {
                 _ => return Value::Null,
             };
             match lookup(data, &path, env) {
-                Some(Value::Null) | None => default
-                    .as_ref()
-                    .map_or(Value::Null, |d| eval(d, data, env)),
+                Some(Value::Null) | None => {
+                    default.as_ref().map_or(Value::Null, |d| eval(d, data, env))
+                }
                 Some(found) => found,
             }
         }
@@ -357,8 +357,7 @@ fn apply(op: Op, args: &[Expr], data: &Value, env: &Env<'_>) -> Value {
         Op::Ge => Value::Bool(less(&v[1], &v[0], true)),
         Op::Lt | Op::Le => {
             let or_equal = op == Op::Le;
-            let ok = less(&v[0], &v[1], or_equal)
-                && (v.len() < 3 || less(&v[1], &v[2], or_equal));
+            let ok = less(&v[0], &v[1], or_equal) && (v.len() < 3 || less(&v[1], &v[2], or_equal));
             Value::Bool(ok)
         }
         Op::Max | Op::Min => {
@@ -476,10 +475,8 @@ fn missing(keys: &[Value], data: &Value, env: &Env<'_>) -> Vec<Value> {
                 Value::Number(n) => vec![n.to_string()],
                 _ => return true,
             };
-            matches!(
-                lookup(data, &path, env),
-                None | Some(Value::Null)
-            ) || matches!(lookup(data, &path, env), Some(Value::String(s)) if s.is_empty())
+            matches!(lookup(data, &path, env), None | Some(Value::Null))
+                || matches!(lookup(data, &path, env), Some(Value::String(s)) if s.is_empty())
         })
         .cloned()
         .collect()
@@ -633,12 +630,8 @@ fn loose_eq(a: &Value, b: &Value) -> bool {
         (Value::String(x), Value::String(y)) => x == y,
         (Value::Bool(x), Value::Bool(y)) => x == y,
         (Value::Array(_) | Value::Object(_), Value::Array(_) | Value::Object(_)) => false,
-        (Value::Array(_) | Value::Object(_), _) => {
-            loose_eq(&Value::String(to_text(a)), b)
-        }
-        (_, Value::Array(_) | Value::Object(_)) => {
-            loose_eq(a, &Value::String(to_text(b)))
-        }
+        (Value::Array(_) | Value::Object(_), _) => loose_eq(&Value::String(to_text(a)), b),
+        (_, Value::Array(_) | Value::Object(_)) => loose_eq(a, &Value::String(to_text(b))),
         _ => to_number(a) == to_number(b),
     }
 }

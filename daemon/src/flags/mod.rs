@@ -5,6 +5,7 @@
 //! - [`logic`]: JsonLogic with flagd's `fractional`, `starts_with`, `ends_with`, `sem_ver`.
 //! - [`Flags`]: the live set (an [`ArcSwap`]: evaluation never takes a lock), overrides, reloads and
 //!   the change feed; `watch` runs the `flags-watch` worker (file events, SIGHUP).
+//! - [`modules`]: `modules.*` flags start and stop supervised actors (the `flags-modules` worker).
 //! - `api.rs`: `brainstem.v1.Flags` and the flagd evaluation protocol (`flagd.evaluation.v1/v2`).
 //!
 //! Precedence for one flag: an override's `state` beats the file's; an override's rollout sends its
@@ -16,6 +17,7 @@ pub mod config;
 pub mod definition;
 pub mod events;
 pub mod logic;
+pub mod modules;
 mod murmur;
 mod semver;
 mod watch;
@@ -119,12 +121,14 @@ impl EvalError {
 impl From<EvalError> for ServiceError {
     fn from(err: EvalError) -> Self {
         match &err {
-            EvalError::NotFound(key) => ServiceError::NotFound(format!(
-                "flag {:?} is not defined",
-                truncate_for_reply(key)
-            )),
+            EvalError::NotFound(key) => {
+                ServiceError::NotFound(format!("flag {:?} is not defined", truncate_for_reply(key)))
+            }
             EvalError::TypeMismatch { .. } => {
-                ServiceError::InvalidArgument(vec![FieldViolation::new("flag_key", err.to_string())])
+                ServiceError::InvalidArgument(vec![FieldViolation::new(
+                    "flag_key",
+                    err.to_string(),
+                )])
             }
             EvalError::NotAVariant { key, chose } => ServiceError::FailedPrecondition(format!(
                 "flag {:?}: targeting chose {:?}, which is not one of its variants",
@@ -266,9 +270,8 @@ impl Flags {
             }
             Err(err) => return Err(format!("{}: {err}", path.display())),
         };
-        let set = definition::parse(&text).map_err(|problems| {
-            format!("{}: {}", path.display(), problems.join("; "))
-        })?;
+        let set = definition::parse(&text)
+            .map_err(|problems| format!("{}: {}", path.display(), problems.join("; ")))?;
         let mut overrides = BTreeMap::new();
         for entry in tree.scan::<Override>() {
             let (key, value) = entry.map_err(|err: StoreError| err.to_string())?;
@@ -428,7 +431,8 @@ impl Flags {
         let flags = diff(old, &new);
         let count = flags.len();
         let revision = new.revision;
-        self.metrics.loaded(new.set.flags.len(), new.overrides.len());
+        self.metrics
+            .loaded(new.set.flags.len(), new.overrides.len());
         self.active.store(Arc::new(new));
         if count > 0 {
             // No subscriber is not an error.
@@ -560,7 +564,8 @@ fn diff(old: &Active, new: &Active) -> Vec<(String, ChangeKind)> {
         match old.set.flags.get(key) {
             None => out.push((key.clone(), ChangeKind::Write)),
             Some(before) => {
-                if !same_definition(before, flag) || old.overrides.get(key) != new.overrides.get(key)
+                if !same_definition(before, flag)
+                    || old.overrides.get(key) != new.overrides.get(key)
                 {
                     out.push((key.clone(), ChangeKind::Update));
                 }
@@ -599,7 +604,13 @@ pub fn evaluate_in(
             actual: flag.flag_type.as_str(),
         });
     }
-    evaluate_flag(flag, active.overrides.get(key), &active.set.metadata, context, now)
+    evaluate_flag(
+        flag,
+        active.overrides.get(key),
+        &active.set.metadata,
+        context,
+        now,
+    )
 }
 
 /// Integer and float requests both accept any number flag (flagd reads ints as floats and casts).

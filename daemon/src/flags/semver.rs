@@ -204,8 +204,17 @@ mod tests {
     #[test]
     fn refuses_what_go_semver_refuses() {
         for bad in [
-            "", "v", "1.2.3.4", "01.2.3", "1.02.3", "1.2-beta", "1.2.3-", "1.2.3-01", "x.y.z",
-            "1.2.3+", "1.2.3-a..b",
+            "",
+            "v",
+            "1.2.3.4",
+            "01.2.3",
+            "1.02.3",
+            "1.2-beta",
+            "1.2.3-",
+            "1.2.3-01",
+            "x.y.z",
+            "1.2.3+",
+            "1.2.3-a..b",
         ] {
             assert!(Version::parse(bad).is_none(), "{bad:?} parsed");
         }

@@ -33,13 +33,9 @@ fn value(active: &Active, key: &str, context: Value) -> Value {
 
 /// The testbed's card-suit flags and friends, written as the testbed defines them.
 fn testbed() -> Active {
-    let suits = |variants: Value, rule: Value| {
-        json!({"state": "ENABLED", "variants": variants, "defaultVariant": "wild", "targeting": rule})
-    };
+    let suits = |variants: Value, rule: Value| json!({"state": "ENABLED", "variants": variants, "defaultVariant": "wild", "targeting": rule});
     let four = json!({"clubs": "clubs", "diamonds": "diamonds", "hearts": "hearts", "spades": "spades", "wild": "wild"});
-    let quarters = |first: Value| {
-        json!({"fractional": [first, ["clubs", 25], ["diamonds", 25], ["hearts", 25], ["spades", 25]]})
-    };
+    let quarters = |first: Value| json!({"fractional": [first, ["clubs", 25], ["diamonds", 25], ["hearts", 25], ["spades", 25]]});
     set(json!({
         "fractional-flag": suits(four.clone(), quarters(json!({"cat": [{"var": "$flagd.flagKey"}, {"var": "user.name"}]}))),
         "fractional-flag-A-shared-seed": suits(four, quarters(json!({"cat": ["shared-seed", {"var": "user.name"}]}))),
@@ -90,12 +86,24 @@ fn fractional_matches_flagds_vectors() {
         ("nine", "clubs", "ace-of-clubs"),
         ("two", "spades", "ace-of-spades"),
     ] {
-        assert_eq!(value(&flags, "fractional-flag-A-shared-seed", user(name)), json!(a));
-        assert_eq!(value(&flags, "fractional-flag-B-shared-seed", user(name)), json!(b));
+        assert_eq!(
+            value(&flags, "fractional-flag-A-shared-seed", user(name)),
+            json!(a)
+        );
+        assert_eq!(
+            value(&flags, "fractional-flag-B-shared-seed", user(name)),
+            json!(b)
+        );
     }
     let tk = |key: &str| json!({"targetingKey": key});
-    assert_eq!(value(&flags, "fractional-flag-shorthand", tk("jon@company.com")), json!("heads"));
-    assert_eq!(value(&flags, "fractional-flag-shorthand", tk("jane@company.com")), json!("tails"));
+    assert_eq!(
+        value(&flags, "fractional-flag-shorthand", tk("jon@company.com")),
+        json!("heads")
+    );
+    assert_eq!(
+        value(&flags, "fractional-flag-shorthand", tk("jane@company.com")),
+        json!("tails")
+    );
     for (key, want) in [
         ("ejOoVL", "lower"),
         ("bY9fO-", "lower"),
@@ -103,9 +111,20 @@ fn fractional_matches_flagds_vectors() {
         ("6LvT0", "upper"),
         ("ceQdGm", "upper"),
     ] {
-        assert_eq!(value(&flags, "fractional-hash-edge-flag", tk(key)), json!(want), "{key}");
+        assert_eq!(
+            value(&flags, "fractional-hash-edge-flag", tk(key)),
+            json!(want),
+            "{key}"
+        );
     }
-    assert_eq!(value(&flags, "fractional-single-entry-flag", tk("some-targeting-key")), json!("single"));
+    assert_eq!(
+        value(
+            &flags,
+            "fractional-single-entry-flag",
+            tk("some-targeting-key")
+        ),
+        json!("single")
+    );
     let with = |key: &str, tier: &str| json!({"targetingKey": key, "tier": tier});
     for (key, tier, want) in [
         ("jon@company.com", "premium", "premium"),
@@ -113,7 +132,10 @@ fn fractional_matches_flagds_vectors() {
         ("user1", "premium", "standard"),
         ("user1", "basic", "standard"),
     ] {
-        assert_eq!(value(&flags, "fractional-nested-if-flag", with(key, tier)), json!(want));
+        assert_eq!(
+            value(&flags, "fractional-nested-if-flag", with(key, tier)),
+            json!(want)
+        );
     }
     for (key, tier, want) in [
         ("jon@company.com", "premium", "red"),
@@ -121,38 +143,71 @@ fn fractional_matches_flagds_vectors() {
         ("user1", "premium", "red"),
         ("user1", "basic", "blue"),
     ] {
-        assert_eq!(value(&flags, "fractional-nested-weight-flag", with(key, tier)), json!(want));
+        assert_eq!(
+            value(&flags, "fractional-nested-weight-flag", with(key, tier)),
+            json!(want)
+        );
     }
-    assert_eq!(value(&flags, "fractional-as-condition-flag", tk("some-targeting-key")), json!("hundreds"));
+    assert_eq!(
+        value(
+            &flags,
+            "fractional-as-condition-flag",
+            tk("some-targeting-key")
+        ),
+        json!("hundreds")
+    );
     // No bucketing key: no match, the default variant with reason DEFAULT.
     let r = eval(&flags, "fractional-null-bucket-key-flag", json!({}));
-    assert_eq!((r.value, r.reason), (Some(json!("fallback")), Reason::Default));
+    assert_eq!(
+        (r.value, r.reason),
+        (Some(json!("fallback")), Reason::Default)
+    );
     let r = eval(&flags, "fractional-zero-weights-flag", tk("x"));
-    assert_eq!((r.value, r.reason), (Some(json!("fallback")), Reason::Default));
+    assert_eq!(
+        (r.value, r.reason),
+        (Some(json!("fallback")), Reason::Default)
+    );
     // A negative weight counts as zero.
-    assert_eq!(value(&flags, "fractional-negative-weight-flag", tk("anyone")), json!("two"));
+    assert_eq!(
+        value(&flags, "fractional-negative-weight-flag", tk("anyone")),
+        json!("two")
+    );
 }
 
 #[test]
 fn the_issue_vector_buckets_rachel_at_42() {
-    assert_eq!(murmur3_x86_32(b"headerColorrachel@faas.com", 0), 1_805_633_606);
+    assert_eq!(
+        murmur3_x86_32(b"headerColorrachel@faas.com", 0),
+        1_805_633_606
+    );
     assert_eq!(logic::bucket_of("headerColorrachel@faas.com", 100), 42);
     // Default bucketing key: flag key + targeting key, no separator.
     let flags = set(json!({"headerColor": {"state": "ENABLED",
         "variants": {"a": "a", "b": "b", "c": "c"}, "defaultVariant": "a",
         "targeting": {"fractional": [["a", 42], ["b", 1], ["c", 57]]}}}));
-    assert_eq!(value(&flags, "headerColor", json!({"targetingKey": "rachel@faas.com"})), json!("b"));
+    assert_eq!(
+        value(
+            &flags,
+            "headerColor",
+            json!({"targetingKey": "rachel@faas.com"})
+        ),
+        json!("b")
+    );
 }
 
 fn rollout_flag(weights: [u64; 2]) -> Active {
-    set(json!({"rollout": {"state": "ENABLED", "variants": {"on": true, "off": false},
+    set(
+        json!({"rollout": {"state": "ENABLED", "variants": {"on": true, "off": false},
         "defaultVariant": "off",
-        "targeting": {"fractional": [["on", weights[0]], ["off", weights[1]]]}}}))
+        "targeting": {"fractional": [["on", weights[0]], ["off", weights[1]]]}}}),
+    )
 }
 
 #[test]
 fn fractional_spreads_10000_keys_evenly_and_sticks() {
-    let keys: Vec<String> = (0..10_000).map(|i| format!("user-{i}@example.com")).collect();
+    let keys: Vec<String> = (0..10_000)
+        .map(|i| format!("user-{i}@example.com"))
+        .collect();
     let on_for = |flags: &Active| -> Vec<bool> {
         keys.iter()
             .map(|k| value(flags, "rollout", json!({"targetingKey": k})) == json!(true))
@@ -198,15 +253,24 @@ fn semver_and_string_operators_match_the_testbed() {
     }));
     let v = |key: &str, ctx: Value| value(&flags, key, ctx);
     assert_eq!(v("v-prefix", json!({"version": "1.0.0"})), json!("match"));
-    assert_eq!(v("v-prefix", json!({"version": "1.0.1"})), json!("no-match"));
+    assert_eq!(
+        v("v-prefix", json!({"version": "1.0.1"})),
+        json!("no-match")
+    );
     assert_eq!(v("partial", json!({"version": "1.9.3"})), json!("match"));
     assert_eq!(v("partial", json!({"version": "2.0.0"})), json!("no-match"));
-    assert_eq!(v("build", json!({"version": "1.0.0+other"})), json!("match"));
+    assert_eq!(
+        v("build", json!({"version": "1.0.0+other"})),
+        json!("match")
+    );
     assert_eq!(v("numeric", json!({"version": 1.2})), json!("match"));
     assert_eq!(v("numeric", json!({"version": 1})), json!("no-match"));
     // Not a version: the rule yields nothing, so the default variant (reason DEFAULT).
     let r = eval(&flags, "invalid", json!({"version": "not-a-version"}));
-    assert_eq!((r.value, r.reason), (Some(json!("fallback")), Reason::Default));
+    assert_eq!(
+        (r.value, r.reason),
+        (Some(json!("fallback")), Reason::Default)
+    );
     // true/false results name the variants "true" and "false".
     assert_eq!(v("invalid", json!({"version": "1.0.0"})), json!("true"));
     assert_eq!(v("starts-ends", json!({"id": "abcdef"})), json!("prefix"));
@@ -233,14 +297,24 @@ fn targeting_reads_context_and_flagd_properties() {
             "targeting": {"if": [{"some": [{"var": "roles"}, {"==": [{"var": ""}, "admin"]}]}, "yes", "no"]}},
     }));
     let r = eval(&flags, "by-email", json!({"email": "ann@example.com"}));
-    assert_eq!((r.value, r.variant, r.reason), (Some(json!("gold")), Some("staff".into()), Reason::TargetingMatch));
+    assert_eq!(
+        (r.value, r.variant, r.reason),
+        (
+            Some(json!("gold")),
+            Some("staff".into()),
+            Reason::TargetingMatch
+        )
+    );
     let r = eval(&flags, "by-email", json!({"email": "bob@else.org"}));
     assert_eq!((r.value, r.reason), (Some(json!("grey")), Reason::Default));
     assert_eq!(value(&flags, "self-named", json!({})), json!(1));
     assert_eq!(value(&flags, "after", json!({})), json!(true));
     assert_eq!(value(&flags, "numbers", json!({"age": "30"})), json!("big"));
     assert_eq!(value(&flags, "numbers", json!({"age": 12})), json!("small"));
-    assert_eq!(value(&flags, "map", json!({"roles": ["dev", "admin"]})), json!("yes"));
+    assert_eq!(
+        value(&flags, "map", json!({"roles": ["dev", "admin"]})),
+        json!("yes")
+    );
     assert_eq!(value(&flags, "map", json!({"roles": ["dev"]})), json!("no"));
 }
 
@@ -258,19 +332,33 @@ fn static_disabled_default_and_errors() {
         "metadata": {"owner": "platform", "version": "3"},
     }));
     let r = eval(&flags, "static", json!({}));
-    assert_eq!((r.value.clone(), r.reason), (Some(json!("B")), Reason::Static));
+    assert_eq!(
+        (r.value.clone(), r.reason),
+        (Some(json!("B")), Reason::Static)
+    );
     // The flag's own metadata wins over the set's.
     assert_eq!(r.metadata.get("owner"), Some(&json!("web")));
     assert_eq!(r.metadata.get("version"), Some(&json!("3")));
     let r = eval(&flags, "off", json!({}));
-    assert_eq!((r.value, r.variant, r.reason), (None, None, Reason::Disabled));
-    let r = eval(&flags, "no-default", json!({}));
-    assert_eq!((r.value, r.variant, r.reason), (None, None, Reason::Default));
     assert_eq!(
-        evaluate_in(&flags, "bad-choice", &json!({"pick": "zzz"}), None, 0).unwrap_err().code(),
+        (r.value, r.variant, r.reason),
+        (None, None, Reason::Disabled)
+    );
+    let r = eval(&flags, "no-default", json!({}));
+    assert_eq!(
+        (r.value, r.variant, r.reason),
+        (None, None, Reason::Default)
+    );
+    assert_eq!(
+        evaluate_in(&flags, "bad-choice", &json!({"pick": "zzz"}), None, 0)
+            .unwrap_err()
+            .code(),
         "GENERAL"
     );
-    assert_eq!(value(&flags, "bad-choice", json!({"pick": "a"})), json!("A"));
+    assert_eq!(
+        value(&flags, "bad-choice", json!({"pick": "a"})),
+        json!("A")
+    );
     assert!(matches!(
         evaluate_in(&flags, "nope", &json!({}), None, 0),
         Err(EvalError::NotFound(_))
@@ -294,8 +382,14 @@ fn evaluators_are_shared_through_ref() {
             "has_email": {"!!": [{"var": "email"}]},
         },
     }));
-    assert_eq!(value(&flags, "staff", json!({"email": "a@example.com"})), json!(true));
-    assert_eq!(value(&flags, "staff", json!({"email": "a@else.com"})), json!(false));
+    assert_eq!(
+        value(&flags, "staff", json!({"email": "a@example.com"})),
+        json!(true)
+    );
+    assert_eq!(
+        value(&flags, "staff", json!({"email": "a@else.com"})),
+        json!(false)
+    );
     assert_eq!(value(&flags, "staff", json!({})), json!(false));
 }
 
@@ -377,31 +471,65 @@ fn overrides_take_precedence_in_the_documented_order() {
         set_at_unix_ms: 0,
     };
     // A 100 % rollout sends every targeting key to "on" (reason SPLIT) before targeting runs.
-    with(&mut flags, Override {
-        rollout: Some(Rollout { variant: "on".into(), percent: 100 }),
-        ..base.clone()
-    });
+    with(
+        &mut flags,
+        Override {
+            rollout: Some(Rollout {
+                variant: "on".into(),
+                percent: 100,
+            }),
+            ..base.clone()
+        },
+    );
     let r = eval(&flags, key, json!({"targetingKey": "anyone"}));
     assert_eq!((r.value, r.reason), (Some(json!(true)), Reason::Split));
     // Without a targeting key the rollout cannot bucket: targeting decides.
     assert_eq!(eval(&flags, key, json!({})).reason, Reason::Default);
     // State beats everything.
-    with(&mut flags, Override {
-        state: Some(State::Disabled),
-        rollout: Some(Rollout { variant: "on".into(), percent: 100 }),
-        ..base.clone()
-    });
-    assert_eq!(eval(&flags, key, json!({"targetingKey": "x"})).reason, Reason::Disabled);
+    with(
+        &mut flags,
+        Override {
+            state: Some(State::Disabled),
+            rollout: Some(Rollout {
+                variant: "on".into(),
+                percent: 100,
+            }),
+            ..base.clone()
+        },
+    );
+    assert_eq!(
+        eval(&flags, key, json!({"targetingKey": "x"})).reason,
+        Reason::Disabled
+    );
     // The default variant replaces the file's.
-    let mut plain = set(json!({key: {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"}}));
-    with(&mut plain, Override { default_variant: Some("on".into()), ..base.clone() });
+    let mut plain = set(
+        json!({key: {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"}}),
+    );
+    with(
+        &mut plain,
+        Override {
+            default_variant: Some("on".into()),
+            ..base.clone()
+        },
+    );
     assert_eq!(value(&plain, key, json!({})), json!(true));
     // A rollout percentage is sticky too: keys at 20 % stay at 40 %.
     let on_at = |percent| {
         let mut f = rollout_flag([0, 100]);
-        with(&mut f, Override { rollout: Some(Rollout { variant: "on".into(), percent }), ..base.clone() });
+        with(
+            &mut f,
+            Override {
+                rollout: Some(Rollout {
+                    variant: "on".into(),
+                    percent,
+                }),
+                ..base.clone()
+            },
+        );
         (0..2000)
-            .map(|i| eval(&f, key, json!({"targetingKey": format!("k{i}")})).reason == Reason::Split)
+            .map(|i| {
+                eval(&f, key, json!({"targetingKey": format!("k{i}")})).reason == Reason::Split
+            })
             .collect::<Vec<_>>()
     };
     let (low, high) = (on_at(20), on_at(40));
@@ -454,7 +582,11 @@ fn colour(default: &str) -> String {
 }
 
 fn colour_of(flags: &Flags) -> Value {
-    flags.evaluate("colour", &json!({}), None).unwrap().value.unwrap()
+    flags
+        .evaluate("colour", &json!({}), None)
+        .unwrap()
+        .value
+        .unwrap()
 }
 
 #[tokio::test]
@@ -469,8 +601,16 @@ async fn a_missing_file_serves_the_defaults_until_it_appears() {
     assert!(!flags.status().using_defaults);
     assert_eq!(colour_of(&flags), json!("red"));
     let change = changes.recv().await.unwrap();
-    assert!(change.flags.contains(&("colour".to_owned(), ChangeKind::Write)));
-    assert!(change.flags.contains(&("modules.vision".to_owned(), ChangeKind::Delete)));
+    assert!(
+        change
+            .flags
+            .contains(&("colour".to_owned(), ChangeKind::Write))
+    );
+    assert!(
+        change
+            .flags
+            .contains(&("modules.vision".to_owned(), ChangeKind::Delete))
+    );
     live.close(flags);
 }
 
@@ -483,18 +623,30 @@ async fn an_invalid_file_is_refused_and_the_old_flags_keep_serving() {
     // Half a file, as an editor writing in pieces leaves it for a moment.
     let whole = colour("blue");
     std::fs::write(live.path(), &whole[..whole.len() / 2]).unwrap();
-    assert!(matches!(flags.reload("watch").await, ReloadResult::Refused(_)));
+    assert!(matches!(
+        flags.reload("watch").await,
+        ReloadResult::Refused(_)
+    ));
     assert_eq!(colour_of(&flags), json!("red"));
     let status = flags.status();
     assert_eq!(status.refused, 1);
-    assert!(status.last_error.as_deref().unwrap().contains("not JSON"), "{status:?}");
+    assert!(
+        status.last_error.as_deref().unwrap().contains("not JSON"),
+        "{status:?}"
+    );
     // The watch seeing the same bad text again is not another refusal; SIGHUP asks again.
     assert_eq!(flags.reload("watch").await, ReloadResult::Unchanged);
-    assert!(matches!(flags.reload("sighup").await, ReloadResult::Refused(_)));
+    assert!(matches!(
+        flags.reload("sighup").await,
+        ReloadResult::Refused(_)
+    ));
     assert_eq!(flags.status().refused, 2);
     // A valid definition with a semantic problem is refused too.
     std::fs::write(live.path(), colour("green")).unwrap();
-    assert!(matches!(flags.reload("watch").await, ReloadResult::Refused(_)));
+    assert!(matches!(
+        flags.reload("watch").await,
+        ReloadResult::Refused(_)
+    ));
     assert_eq!(colour_of(&flags), json!("red"));
     // The rest of the file arrives: applied, error cleared, one change.
     std::fs::write(live.path(), &whole).unwrap();
@@ -502,7 +654,10 @@ async fn an_invalid_file_is_refused_and_the_old_flags_keep_serving() {
     assert_eq!(colour_of(&flags), json!("blue"));
     assert_eq!(flags.status().last_error, None);
     let change = changes.try_recv().unwrap();
-    assert_eq!(change.flags, vec![("colour".to_owned(), ChangeKind::Update)]);
+    assert_eq!(
+        change.flags,
+        vec![("colour".to_owned(), ChangeKind::Update)]
+    );
     assert!(changes.try_recv().is_err(), "refusals sent no change");
     live.close(flags);
 }
@@ -554,7 +709,10 @@ async fn overrides_persist_across_restart_and_clear_returns_to_the_file() {
         .set_override(
             "colour",
             OverrideRequest {
-                rollout: Some(Rollout { variant: "green".into(), percent: 101 }),
+                rollout: Some(Rollout {
+                    variant: "green".into(),
+                    percent: 101,
+                }),
                 ..OverrideRequest::default()
             },
             "admin",
@@ -562,9 +720,14 @@ async fn overrides_persist_across_restart_and_clear_returns_to_the_file() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("rollout.variant") && err.contains("rollout.percent"), "{err}");
+    assert!(
+        err.contains("rollout.variant") && err.contains("rollout.percent"),
+        "{err}"
+    );
     assert!(matches!(
-        flags.set_override("ghost", OverrideRequest::default(), "admin").await,
+        flags
+            .set_override("ghost", OverrideRequest::default(), "admin")
+            .await,
         Err(ServiceError::NotFound(_))
     ));
     live.close(flags);
@@ -583,5 +746,107 @@ async fn overrides_persist_across_restart_and_clear_returns_to_the_file() {
     let flags = live.open();
     assert_eq!(colour_of(&flags), json!("red"));
     assert!(flags.active().overrides.is_empty());
+    live.close(flags);
+}
+
+// ---- flags that drive the daemon ----
+
+/// Stands in for the vision actor until it exists: runs until cancelled.
+struct StandIn;
+
+impl crate::supervisor::actor::Actor for StandIn {
+    type Message = ();
+
+    fn name(&self) -> &'static str {
+        "vision"
+    }
+
+    fn run(
+        self: Arc<Self>,
+        mut ctx: crate::supervisor::actor::Context<()>,
+    ) -> impl std::future::Future<Output = crate::supervisor::actor::ActorResult> + Send + 'static
+    {
+        async move {
+            ctx.ready();
+            while ctx.recv().await.is_some() {}
+            Ok(())
+        }
+    }
+}
+
+async fn until_state(
+    supervisor: &crate::supervisor::Supervisor,
+    want: crate::supervisor::actor::ActorState,
+) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let state = supervisor.get("vision").unwrap().state;
+        if state == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "vision never {want:?}; last {state:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn module_flags_stop_and_start_a_stand_in_actor() {
+    use crate::runtime::tasks::Tasks;
+    use crate::supervisor::SupervisorBuilder;
+    use crate::supervisor::actor::ActorState;
+    use crate::supervisor::config::{ActorConfig, SupervisorConfig};
+    use modules::{MODULES, ModuleAction, ModuleSwitch, apply_modules};
+
+    let mut live = Live::new();
+    let flags = Arc::new(live.open());
+    let store = live.store.clone().unwrap();
+    let mut builder = SupervisorBuilder::new(SupervisorConfig::default(), store);
+    builder
+        .add(
+            StandIn,
+            ActorConfig {
+                stop_deadline_ms: 500,
+                ..ActorConfig::default()
+            },
+            vec![],
+        )
+        .unwrap();
+    let (handle, receiver) = tokio::sync::watch::channel(None);
+    builder.add_worker(ModuleSwitch::new(flags.clone(), receiver, MODULES));
+    let tasks = Tasks::new();
+    let token = tokio_util::sync::CancellationToken::new();
+    let supervisor = builder.start(&tasks, token.clone(), None).await;
+    handle.send_replace(Some(supervisor.clone()));
+    // modules.vision is on by default: the actor keeps running; the others do not exist yet.
+    let report = apply_modules(&flags, &supervisor, MODULES).await;
+    assert_eq!(
+        report,
+        vec![
+            ("vision", ModuleAction::Unchanged),
+            ("voice", ModuleAction::Absent),
+            ("learning", ModuleAction::Absent),
+        ]
+    );
+    let off = OverrideRequest {
+        default_variant: Some("off".into()),
+        ..OverrideRequest::default()
+    };
+    flags
+        .set_override("modules.vision", off, "admin")
+        .await
+        .unwrap();
+    until_state(&supervisor, ActorState::Stopped).await;
+    assert!(flags.clear_override("modules.vision").await.unwrap());
+    until_state(&supervisor, ActorState::Running).await;
+
+    token.cancel();
+    supervisor.wait_stopped().await.expect("stop report");
+    tasks.close();
+    tasks.wait().await;
+    drop(handle);
+    let flags = Arc::try_unwrap(flags).expect("the worker let go of the flags");
     live.close(flags);
 }

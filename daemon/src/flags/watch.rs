@@ -40,13 +40,14 @@ impl FlagsWatch {
     /// cannot be watched.
     fn watcher(&self, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
         let dir = self.flags.path().parent()?.to_owned();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                // Full: a wake-up is already pending, which is all a burst needs.
-                let _ = tx.try_send(());
-            }
-        })
-        .ok()?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    // Full: a wake-up is already pending, which is all a burst needs.
+                    let _ = tx.try_send(());
+                }
+            })
+            .ok()?;
         match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
             Ok(()) => Some(watcher),
             Err(err) => {

@@ -227,7 +227,11 @@ pub async fn flags(
             let o = reply.r#override.unwrap_or_default();
             print(
                 output,
-                format!("{key}: override set by {} at {}", o.set_by, rfc3339(o.set_at)),
+                format!(
+                    "{key}: override set by {} at {}",
+                    o.set_by,
+                    rfc3339(o.set_at)
+                ),
                 json!({"key": key, "set_by": o.set_by, "set_at": rfc3339(o.set_at)}),
             );
             Ok(exit::OK)
