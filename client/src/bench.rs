@@ -32,6 +32,8 @@ pub enum Scenario {
     EpisodicQuery,
     /// `Episodic.Store` of one episode with a random embedding (durable before the reply).
     EpisodicStore,
+    /// `Flags.Evaluate` of `modules.vision` (a shipped default flag) with a one-key context.
+    FlagsEval,
 }
 
 /// Per-worker state a scenario needs (random embeddings).
@@ -106,7 +108,8 @@ impl Scenario {
             | Scenario::PolicyCheck
             | Scenario::PolicyBatch
             | Scenario::EpisodicQuery
-            | Scenario::EpisodicStore => Ok(Prepared::default()),
+            | Scenario::EpisodicStore
+            | Scenario::FlagsEval => Ok(Prepared::default()),
             Scenario::TokenVerify => {
                 let me = client
                     .admin
@@ -171,6 +174,25 @@ impl Scenario {
                 .await
                 .map(drop),
             Scenario::Ping => client.admin.ping(PingRequest::default()).await.map(drop),
+            Scenario::FlagsEval => client
+                .flags
+                .evaluate(brainstem_proto::v1::EvaluateFlagRequest {
+                    key: "modules.vision".to_owned(),
+                    context: Some(prost_types::Struct {
+                        fields: [(
+                            "targetingKey".to_owned(),
+                            prost_types::Value {
+                                kind: Some(prost_types::value::Kind::StringValue(
+                                    "bench".to_owned(),
+                                )),
+                            },
+                        )]
+                        .into(),
+                    }),
+                    r#type: 0,
+                })
+                .await
+                .map(drop),
             Scenario::Whoami => client
                 .admin
                 .who_am_i(brainstem_proto::v1::WhoAmIRequest {})

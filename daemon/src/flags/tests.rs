@@ -761,16 +761,13 @@ impl crate::supervisor::actor::Actor for StandIn {
         "vision"
     }
 
-    fn run(
+    async fn run(
         self: Arc<Self>,
         mut ctx: crate::supervisor::actor::Context<()>,
-    ) -> impl std::future::Future<Output = crate::supervisor::actor::ActorResult> + Send + 'static
-    {
-        async move {
-            ctx.ready();
-            while ctx.recv().await.is_some() {}
-            Ok(())
-        }
+    ) -> crate::supervisor::actor::ActorResult {
+        ctx.ready();
+        while ctx.recv().await.is_some() {}
+        Ok(())
     }
 }
 
