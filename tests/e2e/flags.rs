@@ -485,3 +485,27 @@ async fn overrides_survive_a_restart_of_the_real_binary() {
     assert_ne!(code, Some(0));
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_file_when_the_watch_is_off() {
+    let daemon = InProcess::start("", "[flags]\nwatch = false\n").await;
+    let client = daemon.client().await;
+    std::fs::write(daemon.state_dir.join("flags.json"), definitions("off")).unwrap();
+    // Nothing watches the file: the defaults keep serving until SIGHUP.
+    assert_eq!(
+        banner(&client).await,
+        None,
+        "banner is not defined by the shipped defaults"
+    );
+    // The flags-watch worker of this in-process daemon listens for SIGHUP (no other handler in this
+    // test process would act on it; other in-process daemons only re-read an unchanged file).
+    // SAFETY: kill(2) on our own pid with a valid signal number.
+    assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGHUP) }, 0);
+    eventually(
+        "SIGHUP to load the file",
+        Duration::from_secs(10),
+        || async { (banner(&client).await == Some(json!(false))).then_some(()) },
+    )
+    .await;
+    assert_eq!(daemon.stop().await, 0);
+}
