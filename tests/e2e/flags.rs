@@ -43,6 +43,7 @@ fn definitions(banner_default: &str) -> String {
             "layout": {"state": "ENABLED", "variants": {"a": {"columns": 2}, "b": {"columns": 3}},
                 "defaultVariant": "b"},
             "legacy": {"state": "DISABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"},
+            "undecided": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": null},
         },
         "metadata": {"team": "platform"},
     })
@@ -230,6 +231,19 @@ async fn flags_and_the_flagd_protocol_over_mtls_follow_the_file() {
         (d.value, d.variant, d.reason.as_str()),
         (None, None, "DISABLED")
     );
+    // No default variant: v2 says DEFAULT without a value (the caller's default applies).
+    let u = v2
+        .resolve_boolean(fv2::ResolveBooleanRequest {
+            flag_key: "undecided".into(),
+            context: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (u.value, u.variant, u.reason.as_str()),
+        (None, None, "DEFAULT")
+    );
     // Status codes providers rely on.
     let missing = v2
         .resolve_boolean(fv2::ResolveBooleanRequest {
@@ -261,6 +275,15 @@ async fn flags_and_the_flagd_protocol_over_mtls_follow_the_file() {
         (d.value, d.variant.as_str(), d.reason.as_str()),
         (false, "", "DISABLED")
     );
+    // v1 cannot say "no value": NOT_FOUND, as flagd answers there.
+    let u = v1
+        .resolve_boolean(fv1::ResolveBooleanRequest {
+            flag_key: "undecided".into(),
+            context: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(u.code(), Code::NotFound, "{u:?}");
     let all = v1
         .resolve_all(fv1::ResolveAllRequest {
             context: context(json!({"user": {"name": "jack"}})),
@@ -284,7 +307,7 @@ async fn flags_and_the_flagd_protocol_over_mtls_follow_the_file() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(every.flags.len(), 6);
+    assert_eq!(every.flags.len(), 7);
 
     // An override reaches Watch and changes the answer; clearing it returns to the file.
     client

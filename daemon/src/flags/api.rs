@@ -427,7 +427,7 @@ fn object(value: &Option<Value>) -> Option<prost_types::Struct> {
 /// Implements one flagd version's typed resolvers. v2 leaves value and variant unset when there is
 /// no value (disabled, no default variant); v1 sends zero values and an empty variant.
 macro_rules! flagd_service {
-    ($module:ident, $server:ident, $wrap:ident, { $($extra:tt)* }) => {
+    ($module:ident, $server:ident, $wrap:ident, $post:ident, { $($extra:tt)* }) => {
         #[tonic::async_trait]
         impl $module::service_server::Service for $server {
             async fn resolve_boolean(
@@ -435,7 +435,7 @@ macro_rules! flagd_service {
                 request: Request<$module::ResolveBooleanRequest>,
             ) -> Result<Response<$module::ResolveBooleanResponse>, Status> {
                 let request = request.into_inner();
-                let r = self.0.resolve(&request.flag_key, request.context.as_ref(), FlagType::Boolean)?;
+                let r = $post(self.0.resolve(&request.flag_key, request.context.as_ref(), FlagType::Boolean)?, &request.flag_key)?;
                 Ok(Response::new($module::ResolveBooleanResponse {
                     value: $wrap(r.value.as_ref().and_then(Value::as_bool)),
                     reason: r.reason.as_str().to_owned(),
@@ -449,7 +449,7 @@ macro_rules! flagd_service {
                 request: Request<$module::ResolveStringRequest>,
             ) -> Result<Response<$module::ResolveStringResponse>, Status> {
                 let request = request.into_inner();
-                let r = self.0.resolve(&request.flag_key, request.context.as_ref(), FlagType::String)?;
+                let r = $post(self.0.resolve(&request.flag_key, request.context.as_ref(), FlagType::String)?, &request.flag_key)?;
                 Ok(Response::new($module::ResolveStringResponse {
                     value: $wrap(r.value.as_ref().and_then(Value::as_str).map(str::to_owned)),
                     reason: r.reason.as_str().to_owned(),
@@ -463,7 +463,7 @@ macro_rules! flagd_service {
                 request: Request<$module::ResolveFloatRequest>,
             ) -> Result<Response<$module::ResolveFloatResponse>, Status> {
                 let request = request.into_inner();
-                let r = self.0.resolve(&request.flag_key, request.context.as_ref(), FlagType::Float)?;
+                let r = $post(self.0.resolve(&request.flag_key, request.context.as_ref(), FlagType::Float)?, &request.flag_key)?;
                 Ok(Response::new($module::ResolveFloatResponse {
                     value: $wrap(number(&r.value)),
                     reason: r.reason.as_str().to_owned(),
@@ -477,7 +477,7 @@ macro_rules! flagd_service {
                 request: Request<$module::ResolveIntRequest>,
             ) -> Result<Response<$module::ResolveIntResponse>, Status> {
                 let request = request.into_inner();
-                let r = self.0.resolve(&request.flag_key, request.context.as_ref(), FlagType::Integer)?;
+                let r = $post(self.0.resolve(&request.flag_key, request.context.as_ref(), FlagType::Integer)?, &request.flag_key)?;
                 Ok(Response::new($module::ResolveIntResponse {
                     // As flagd: the number read as a float, then truncated.
                     value: $wrap(number(&r.value).map(|f| f as i64)),
@@ -492,7 +492,7 @@ macro_rules! flagd_service {
                 request: Request<$module::ResolveObjectRequest>,
             ) -> Result<Response<$module::ResolveObjectResponse>, Status> {
                 let request = request.into_inner();
-                let r = self.0.resolve(&request.flag_key, request.context.as_ref(), FlagType::Object)?;
+                let r = $post(self.0.resolve(&request.flag_key, request.context.as_ref(), FlagType::Object)?, &request.flag_key)?;
                 Ok(Response::new($module::ResolveObjectResponse {
                     value: object(&r.value),
                     reason: r.reason.as_str().to_owned(),
@@ -532,13 +532,31 @@ fn zero<T: Default>(value: Option<T>) -> T {
     value.unwrap_or_default()
 }
 
+/// v2: a flag without a value (no default variant, nothing matched) answers reason DEFAULT with
+/// value and variant unset; the provider uses the caller's default.
+fn as_is(r: Resolution, _key: &str) -> Result<Resolution, Status> {
+    Ok(r)
+}
+
+/// v1 has no way to say "no value": flagd answers NOT_FOUND there, and so do we.
+fn no_fallback(r: Resolution, key: &str) -> Result<Resolution, Status> {
+    if r.reason == Reason::Default && r.value.is_none() {
+        return Err(ServiceError::NotFound(format!(
+            "flag {:?} has no default variant and its targeting matched nothing",
+            truncate_for_reply(key)
+        ))
+        .into());
+    }
+    Ok(r)
+}
+
 /// `flagd.evaluation.v2.Service`.
 pub struct FlagdV2(Flagd);
 /// `flagd.evaluation.v1.Service`.
 pub struct FlagdV1(Flagd);
 
-flagd_service!(fv2, FlagdV2, optional, {});
-flagd_service!(fv1, FlagdV1, zero, {
+flagd_service!(fv2, FlagdV2, optional, as_is, {});
+flagd_service!(fv1, FlagdV1, zero, no_fallback, {
     async fn resolve_all(
         &self,
         request: Request<fv1::ResolveAllRequest>,

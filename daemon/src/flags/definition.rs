@@ -89,11 +89,6 @@ impl FlagType {
             Value::Null | Value::Array(_) => return None,
         })
     }
-
-    /// Whether a value of type `self` satisfies a request for `wanted` (an integer is a float too).
-    pub fn satisfies(self, wanted: FlagType) -> bool {
-        self == wanted || (self == FlagType::Integer && wanted == FlagType::Float)
-    }
 }
 
 /// One flag as the file defines it.
