@@ -6,6 +6,9 @@
 //! starts a quiet period (`settle_ms`, restarted by every further event) after which the file is read
 //! once; a read equal to what is serving changes nothing. A directory that cannot be watched (it
 //! does not exist yet) is polled every second instead, and SIGHUP reloads in every case.
+//!
+//! `notify` reads inotify on a thread of its own; the watcher (and so that thread) belongs to the
+//! worker's incarnation and ends with it. Its callback only wakes this loop; all work happens here.
 
 use std::sync::Arc;
 use std::time::Duration;
