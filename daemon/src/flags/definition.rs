@@ -103,6 +103,8 @@ pub struct Flag {
     /// The targeting as written, `$ref`s resolved (for List).
     pub targeting_json: Option<Value>,
     pub metadata: Map<String, Value>,
+    /// What an evaluation reports: the set's metadata with the flag's over it (merged at load).
+    pub resolved_metadata: Arc<Map<String, Value>>,
     pub flag_type: FlagType,
 }
 
@@ -144,7 +146,10 @@ pub fn parse(text: &str) -> Result<FlagSet, Vec<String>> {
     match root.get("flags") {
         Some(Value::Object(defs)) => {
             for (key, def) in defs {
-                if let Some(flag) = parse_flag(key, def, &evaluators, &mut problems) {
+                if let Some(mut flag) = parse_flag(key, def, &evaluators, &mut problems) {
+                    let mut merged = metadata.clone();
+                    merged.extend(flag.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    flag.resolved_metadata = Arc::new(merged);
                     flags.insert(key.clone(), Arc::new(flag));
                 }
             }
@@ -306,6 +311,7 @@ fn parse_flag(
         targeting,
         targeting_json,
         metadata,
+        resolved_metadata: Arc::default(),
         flag_type: flag_type.expect("variants checked non-empty"),
     })
 }

@@ -86,8 +86,8 @@ pub struct Resolution {
     pub value: Option<Value>,
     pub variant: Option<String>,
     pub reason: Reason,
-    /// The flag's metadata, plus the set's (the flag's own keys win).
-    pub metadata: Map<String, Value>,
+    /// The flag's metadata, plus the set's (the flag's own keys win); shared, merged at load.
+    pub metadata: Arc<Map<String, Value>>,
     pub flag_type: FlagType,
 }
 
@@ -604,13 +604,7 @@ pub fn evaluate_in(
             actual: flag.flag_type.as_str(),
         });
     }
-    evaluate_flag(
-        flag,
-        active.overrides.get(key),
-        &active.set.metadata,
-        context,
-        now,
-    )
+    evaluate_flag(flag, active.overrides.get(key), context, now)
 }
 
 /// Integer and float requests both accept any number flag (flagd reads ints as floats and casts).
@@ -623,19 +617,16 @@ fn type_satisfies(actual: FlagType, wanted: FlagType) -> bool {
 pub fn evaluate_flag(
     flag: &Flag,
     ov: Option<&Override>,
-    set_metadata: &Map<String, Value>,
     context: &Value,
     now: i64,
 ) -> Result<Resolution, EvalError> {
-    let mut metadata = set_metadata.clone();
-    metadata.extend(flag.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
     let resolved = |variant: Option<&str>, reason: Reason| {
         let value = variant.and_then(|v| flag.variants.get(v)).cloned();
         Resolution {
             variant: value.as_ref().and(variant.map(str::to_owned)),
             value,
             reason,
-            metadata: metadata.clone(),
+            metadata: flag.resolved_metadata.clone(),
             flag_type: flag.flag_type,
         }
     };
