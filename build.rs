@@ -1,5 +1,6 @@
-//! Compiles `proto/brainstem/v1/*.proto` with the vendored protoc (no system protoc needed) and writes the
-//! descriptor set that server reflection serves.
+//! Compiles `proto/brainstem/v1/*.proto` and the flagd evaluation protocol (`proto/flagd/evaluation/
+//! v1` and `v2`) with the vendored protoc (no system protoc needed) and writes one descriptor set per
+//! package family for server reflection.
 
 use std::error::Error;
 use std::path::PathBuf;
@@ -20,6 +21,17 @@ fn main() -> Result<(), Box<dyn Error>> {
         .file_descriptor_set_path(out_dir.join("brainstem_v1_descriptor.bin"))
         .compile_with_config(config, &protos, std::slice::from_ref(&proto_dir))?;
 
+    let flagd: Vec<PathBuf> = ["v1", "v2"]
+        .iter()
+        .map(|v| proto_dir.join(format!("flagd/evaluation/{v}/evaluation.proto")))
+        .collect();
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("flagd_descriptor.bin"))
+        .compile_with_config(config, &flagd, std::slice::from_ref(&proto_dir))?;
+
     println!("cargo:rerun-if-changed=proto/brainstem");
+    println!("cargo:rerun-if-changed=proto/flagd");
     Ok(())
 }

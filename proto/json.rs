@@ -12,7 +12,8 @@ pub fn struct_to_json(s: &prost_types::Struct) -> Map<String, Value> {
         .collect()
 }
 
-fn value_to_json(value: &prost_types::Value) -> Value {
+/// A protobuf Value as JSON (whole numbers as integers, as [`struct_to_json`]).
+pub fn value_to_json(value: &prost_types::Value) -> Value {
     use prost_types::value::Kind;
     match &value.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,
@@ -40,7 +41,8 @@ pub fn json_to_struct(map: &Map<String, Value>) -> prost_types::Struct {
     }
 }
 
-fn json_to_value(value: &Value) -> prost_types::Value {
+/// A JSON value as a protobuf Value.
+pub fn json_to_value(value: &Value) -> prost_types::Value {
     use prost_types::value::Kind;
     let kind = match value {
         Value::Null => Kind::NullValue(0),

@@ -4,6 +4,8 @@
 //! The `.proto` files under `proto/brainstem/v1/` are the public API. Other languages generate their own
 //! stubs from the same files (the Python package in `client/python`, docs/CLIENTS.md).
 //!
+//! [`flagd`]: the flagd evaluation protocol (`flagd.evaluation.v1`, `v2`), with its own descriptor set.
+//!
 //! [`json`]: `google.protobuf.Struct` ↔ JSON, which the daemon and brainstemctl both need.
 
 pub mod json;
@@ -65,6 +67,24 @@ pub fn method_repeats(descriptor_set: &[u8]) -> Vec<(String, Repeat)> {
         }
     }
     methods
+}
+
+/// The flagd flag-evaluation protocol (open-feature/flagd-schemas), served so that OpenFeature flagd
+/// providers work unchanged.
+pub mod flagd {
+    pub mod evaluation {
+        pub mod v1 {
+            #![allow(clippy::all, missing_docs)]
+            tonic::include_proto!("flagd.evaluation.v1");
+        }
+        pub mod v2 {
+            #![allow(clippy::all, missing_docs)]
+            tonic::include_proto!("flagd.evaluation.v2");
+        }
+    }
+
+    /// Encoded `FileDescriptorSet` of `flagd.evaluation.v1` and `v2`, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("flagd_descriptor");
 }
 
 /// The canonical name of a gRPC status code (`PERMISSION_DENIED`), as metrics labels and CLI output use.

@@ -35,6 +35,8 @@ pub enum Scenario {
     /// `Episodic.Store` as above, each call with a fresh `idempotency-key`: the cost of the daemon
     /// keeping the reply for repeats (compare with `episodic-store`).
     EpisodicStoreKeyed,
+    /// `Flags.Evaluate` of `modules.vision` (a shipped default flag) with a one-key context.
+    FlagsEval,
 }
 
 /// Per-worker state a scenario needs (random embeddings).
@@ -117,7 +119,8 @@ impl Scenario {
             | Scenario::PolicyBatch
             | Scenario::EpisodicQuery
             | Scenario::EpisodicStore
-            | Scenario::EpisodicStoreKeyed => Ok(Prepared::default()),
+            | Scenario::EpisodicStoreKeyed
+            | Scenario::FlagsEval => Ok(Prepared::default()),
             Scenario::TokenVerify => {
                 let me = client
                     .admin
@@ -193,6 +196,25 @@ impl Scenario {
                 .await
                 .map(drop),
             Scenario::Ping => client.admin.ping(PingRequest::default()).await.map(drop),
+            Scenario::FlagsEval => client
+                .flags
+                .evaluate(brainstem_proto::v1::EvaluateFlagRequest {
+                    key: "modules.vision".to_owned(),
+                    context: Some(prost_types::Struct {
+                        fields: [(
+                            "targetingKey".to_owned(),
+                            prost_types::Value {
+                                kind: Some(prost_types::value::Kind::StringValue(
+                                    "bench".to_owned(),
+                                )),
+                            },
+                        )]
+                        .into(),
+                    }),
+                    r#type: 0,
+                })
+                .await
+                .map(drop),
             Scenario::Whoami => client
                 .admin
                 .who_am_i(brainstem_proto::v1::WhoAmIRequest {})

@@ -19,11 +19,12 @@ use std::time::Duration;
 use brainstem_proto::v1::admin_client::AdminClient;
 use brainstem_proto::v1::audit_client::AuditClient;
 use brainstem_proto::v1::episodic_client::EpisodicClient;
+use brainstem_proto::v1::flags_client::FlagsClient;
 use brainstem_proto::v1::guardrails_client::GuardrailsClient;
 use brainstem_proto::v1::policy_client::PolicyClient;
 use brainstem_proto::v1::supervisor_client::SupervisorClient;
 use brainstem_proto::v1::tokens_client::TokensClient;
-pub use brainstem_proto::{code_name, v1};
+pub use brainstem_proto::{code_name, flagd, v1};
 pub use resilience::{
     BreakerState, CircuitBreaker, Resilience, Resilient, RetryPolicy, new_idempotency_key,
     with_idempotency_key,
@@ -120,6 +121,7 @@ pub struct Client {
     pub guardrails: GuardrailsClient<Resilient>,
     pub supervisor: SupervisorClient<Resilient>,
     pub episodic: EpisodicClient<Resilient>,
+    pub flags: FlagsClient<Resilient>,
     resilient: Resilient,
 }
 
@@ -251,6 +253,7 @@ impl ConnectOptions {
             guardrails: GuardrailsClient::new(resilient.clone()),
             supervisor: SupervisorClient::new(resilient.clone()),
             episodic: EpisodicClient::new(resilient.clone()),
+            flags: FlagsClient::new(resilient.clone()),
             resilient,
             channel,
         })

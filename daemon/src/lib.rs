@@ -18,6 +18,7 @@
 //! `api.rs` (its gRPC adapter and registration). See ARCHITECTURE.md, "Adding a capability".
 //! - [`policy`]: Cedar policies (Policy service).
 //! - [`tokens`]: capability tokens (Tokens service).
+//! - [`flags`]: feature flags in flagd's format (Flags service, flagd evaluation protocol).
 //! - [`actors`]: the supervised subsystem actors, e.g. [`actors::episodic`] (Episodic service).
 
 pub mod access;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod error;
+pub mod flags;
 pub mod grpc;
 pub mod policy;
 pub mod runtime;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Python checks for brainstemd against already-built binaries: tests/interop/check.py (raw grpcio over
-# mTLS), then the Python client package: a wheel of client/python is built, installed into the venv,
-# and its pytest suite (client/python/tests) runs against the real daemon.
+# mTLS), tests/interop/openfeature_check.py (the real OpenFeature flagd provider), then the Python
+# client package: a wheel of client/python is built, installed into the venv, and its pytest suite
+# (client/python/tests) runs against the real daemon.
 #
 #   bash tests/interop/run.sh [BIN_DIR]          # BIN_DIR defaults to target/debug; relative paths are from the repo root
 #
@@ -35,7 +36,15 @@ if ! cmp -s "$here/requirements.txt" "$stamp" 2>/dev/null; then
     cp "$here/requirements.txt" "$stamp"
 fi
 
-"$venv/bin/python" "$here/check.py" --bin-dir "$bin_dir" --proto-dir "$root/proto"
+# The OpenFeature check uses the real PyPI SDK and flagd provider, unpinned: it proves that what
+# providers ship today works against brainstemd.
+if ! "$venv/bin/python" -c "import openfeature.contrib.provider.flagd" 2>/dev/null; then
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check openfeature-sdk openfeature-provider-flagd
+fi
+
+status=0
+"$venv/bin/python" "$here/check.py" --bin-dir "$bin_dir" --proto-dir "$root/proto" || status=$?
+"$venv/bin/python" "$here/openfeature_check.py" --bin-dir "$bin_dir" || status=$?
 
 # The package as a user gets it: a wheel built from the repository (stubs generated from proto/ at
 # build time), installed, then tested.
@@ -43,4 +52,5 @@ wheel_dir="target/python-dist"
 rm -rf "$wheel_dir"
 "$venv/bin/python" -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$wheel_dir" ./client/python
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall "$wheel_dir"/brainstem_client-*.whl
-BRAINSTEM_BIN_DIR="$bin_dir" "$venv/bin/python" -m pytest -q -p no:cacheprovider client/python/tests
+BRAINSTEM_BIN_DIR="$bin_dir" "$venv/bin/python" -m pytest -q -p no:cacheprovider client/python/tests || status=$?
+exit "$status"

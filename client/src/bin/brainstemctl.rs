@@ -5,6 +5,8 @@
 
 #[path = "ctl/access.rs"]
 mod access;
+#[path = "ctl/flags.rs"]
+mod flags;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -121,6 +123,9 @@ enum Command {
     /// Capability tokens: issue, verify, revoke, list, attenuate; rotate the signing key.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Feature flags: eval, list, set/clear overrides, watch changes, definitions file status.
+    #[command(subcommand)]
+    Flags(flags::FlagsCommand),
     /// Drive a scenario over mTLS and report calls/s, p50 and p99 (last line: JSON).
     Bench {
         #[arg(long, value_enum, default_value = "ping")]
@@ -687,6 +692,7 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
         }
         Command::Policy(command) => access::policy(&options, output, command).await,
         Command::Audit(command) => access::audit(&options, output, command).await,
+        Command::Flags(command) => flags::flags(&options, output, command).await,
         Command::Guardrails(command) => access::guardrails(&options, output, command).await,
         Command::Tokens(command) => tokens_command(&options, output, command).await,
         Command::Bench {

@@ -144,6 +144,7 @@ sections! {
     roles: crate::access::config::Roles,
     grants: crate::access::config::GrantList,
     policy: crate::policy::config::PolicyConfig,
+    flags: crate::flags::config::FlagsConfig,
     audit: crate::access::config::AuditConfig,
     rate_limits: crate::access::config::RateLimits,
     guardrails: crate::access::config::GuardrailsConfig,

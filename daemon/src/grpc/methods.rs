@@ -197,6 +197,13 @@ mod tests {
             Effect::Streaming
         );
         assert_eq!(effect("/brainstem.v1.Nope/Nope"), Effect::Mutating);
+        // A second proto package declares its effects the same way.
+        assert_eq!(effect("/brainstem.v1.Flags/Evaluate"), Effect::ReadOnly);
+        assert_eq!(
+            effect("/flagd.evaluation.v2.Service/ResolveBoolean"),
+            Effect::ReadOnly
+        );
+        assert_eq!(effect("/brainstem.v1.Flags/SetOverride"), Effect::Idempotent);
         // Every registered method has an effect read from a descriptor.
         for (path, _) in all() {
             assert!(effects().contains_key(*path), "{path} has no descriptor");

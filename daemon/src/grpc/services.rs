@@ -29,6 +29,9 @@ pub const REGISTRY: &[Registration] = &[
     crate::tokens::api::REGISTRATION,
     crate::supervisor::api::REGISTRATION,
     crate::actors::episodic::api::REGISTRATION,
+    crate::flags::api::REGISTRATION,
+    crate::flags::api::FLAGD_V2_REGISTRATION,
+    crate::flags::api::FLAGD_V1_REGISTRATION,
 ];
 
 /// What the control plane knows about a service before anything starts.
