@@ -169,7 +169,13 @@ impl Daemon {
         let root = CancellationToken::new();
         let tasks = Tasks::new();
         // Records queue from here; the `audit-writer` worker writes them once the supervisor runs.
-        let (audit, audit_writer) = AuditLog::open(&store, &config.audit, &tasks)?;
+        let (audit, audit_writer) =
+            AuditLog::open(&config.state_dir, &config.audit, &tasks).map_err(|err| {
+                StartError::Setup {
+                    service: "audit log",
+                    source: Box::new(err),
+                }
+            })?;
 
         crate::runtime::metrics::recorder();
         crate::runtime::events::describe(VERSION);
@@ -537,9 +543,14 @@ impl Running {
         // with its services); the access layer's audit log goes now. Closing then leaves the state
         // directory free for the next start (a restart in this process, a test) at once.
         let Running { store, access, .. } = self;
+        // The audit writer drained the queue at its final stop; anything it could not write keeps
+        // the stop from being marked clean (logged once, reported by the next start).
+        let audit_lost = access.audit.finish();
         drop(access);
-        if let Err(err) = store.mark_clean_shutdown() {
-            tracing::error!(error = %err, "final store flush failed");
+        if audit_lost == 0 {
+            if let Err(err) = store.mark_clean_shutdown() {
+                tracing::error!(error = %err, "final store flush failed");
+            }
         }
         if let Err(err) = store.close() {
             tracing::warn!(error = %err, "the store was not closed cleanly");
