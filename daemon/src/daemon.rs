@@ -169,12 +169,10 @@ impl Daemon {
         let root = CancellationToken::new();
         let tasks = Tasks::new();
         // Records queue from here; the `audit-writer` worker writes them once the supervisor runs.
-        let (audit, audit_writer) =
-            AuditLog::open(&config.state_dir, &config.audit, &tasks).map_err(|err| {
-                StartError::Setup {
-                    service: "audit log",
-                    source: Box::new(err),
-                }
+        let (audit, audit_writer) = AuditLog::open(&config.state_dir, &config.audit, &tasks)
+            .map_err(|err| StartError::Setup {
+                service: "audit log",
+                source: Box::new(err),
             })?;
 
         crate::runtime::metrics::recorder();
@@ -543,9 +541,10 @@ impl Running {
         // with its services); the access layer's audit log goes now. Closing then leaves the state
         // directory free for the next start (a restart in this process, a test) at once.
         let Running { store, access, .. } = self;
-        // The audit writer drained the queue at its final stop; anything it could not write keeps
-        // the stop from being marked clean (logged once, reported by the next start).
-        let audit_lost = access.audit.finish();
+        // The audit writer drained the queue at its final stop (finish writes what a stopped or
+        // abandoned writer left); anything not written keeps the stop from being marked clean
+        // (logged once, reported by the next start).
+        let audit_lost = access.audit.finish().await;
         drop(access);
         if audit_lost == 0 {
             if let Err(err) = store.mark_clean_shutdown() {

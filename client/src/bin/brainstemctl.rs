@@ -5,6 +5,8 @@
 
 #[path = "ctl/access.rs"]
 mod access;
+#[path = "ctl/audit.rs"]
+mod audit;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -108,7 +110,7 @@ enum Command {
     Policy(access::PolicyCommand),
     /// The decision audit log.
     #[command(subcommand)]
-    Audit(access::AuditCommand),
+    Audit(audit::AuditCommand),
     /// Web automation guardrails.
     #[command(subcommand)]
     Guardrails(access::GuardrailsCommand),
@@ -646,7 +648,9 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
             Ok(exit::OK)
         }
         Command::Policy(command) => access::policy(&options, output, command).await,
-        Command::Audit(command) => access::audit(&options, output, command).await,
+        Command::Audit(command) => {
+            audit::audit(&options, &cli.connection.state_dir, output, command).await
+        }
         Command::Guardrails(command) => access::guardrails(&options, output, command).await,
         Command::Tokens(command) => tokens_command(&options, output, command).await,
         Command::Bench {

@@ -271,12 +271,7 @@ impl Section for AuditConfig {
             60..=10 * 365 * 86_400,
             &mut self.max_age_seconds,
         );
-        walker.integer(
-            &t,
-            "max_bytes",
-            65_536..=1 << 40,
-            &mut self.max_bytes,
-        );
+        walker.integer(&t, "max_bytes", 65_536..=1 << 40, &mut self.max_bytes);
         walker.integer(
             &t,
             "queue_capacity",

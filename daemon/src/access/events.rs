@@ -14,10 +14,7 @@ pub fn describe() {
         "brainstem_audit_records_trimmed_total",
         "audit records removed by retention, by why (count, bytes, age)"
     );
-    metrics::describe_gauge!(
-        "brainstem_audit_log_records",
-        "records in the audit log"
-    );
+    metrics::describe_gauge!("brainstem_audit_log_records", "records in the audit log");
     metrics::describe_gauge!(
         "brainstem_audit_log_bytes",
         "bytes of the audit log's segment files"

@@ -38,8 +38,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::access::authz::pattern_matches_family;
 use crate::access::config::AuditConfig;
 use crate::access::events::{
-    AuditLogSize, AuditStopLost, AuditTrimmed, AuditUnrecorded, AuditUnrecordedLogged,
-    AuditWritten,
+    AuditLogSize, AuditStopLost, AuditTrimmed, AuditUnrecorded, AuditUnrecordedLogged, AuditWritten,
 };
 use crate::runtime::events::ErrorOccurred;
 use crate::runtime::tasks::Tasks;
@@ -184,8 +183,17 @@ struct Shared {
     next_id: AtomicU64,
 }
 
+/// The queue's receiving end and the appender: the writer's, and at the end of the final stop the
+/// log's, which writes whatever an operator-stopped or abandoned writer left behind.
+struct Core {
+    queue: tokio::sync::Mutex<mpsc::Receiver<Pending>>,
+    segments: Arc<Mutex<SegmentWriter>>,
+    dir: PathBuf,
+}
+
 pub struct AuditLog {
     shared: Arc<Shared>,
+    core: Arc<Core>,
     fail_closed: Vec<String>,
     /// Whether an incarnation of the writer is running.
     writer_running: watch::Receiver<bool>,
@@ -261,20 +269,24 @@ impl AuditLog {
             id_prefix: u32::from_be_bytes(prefix),
             next_id: AtomicU64::new(0),
         });
+        let core = Arc::new(Core {
+            queue: tokio::sync::Mutex::new(rx),
+            segments: Arc::new(Mutex::new(segments)),
+            dir: dir.to_owned(),
+        });
         let log = Arc::new(AuditLog {
             shared: shared.clone(),
+            core: core.clone(),
             fail_closed: config.fail_closed_actions.clone(),
             writer_running: running_rx,
             tasks: tasks.clone(),
             fail_writes,
         });
         let writer = AuditWriter {
-            queue: tokio::sync::Mutex::new(rx),
-            segments: Arc::new(Mutex::new(segments)),
+            core,
             shared,
             tasks: tasks.clone(),
             running: running_tx,
-            dir: dir.to_owned(),
         };
         Ok((log, writer))
     }
@@ -395,8 +407,8 @@ impl AuditLog {
                     }
                     scanned += 1;
                     cursor = frame.seq;
-                    let record =
-                        segment::decode(frame.seq, frame.payload).map_err(|r| corrupt(frame.seq, r))?;
+                    let record = segment::decode(frame.seq, frame.payload)
+                        .map_err(|r| corrupt(frame.seq, r))?;
                     if query.matches(&record) {
                         records.push(record);
                     }
@@ -411,8 +423,8 @@ impl AuditLog {
                     }
                     scanned += 1;
                     cursor = frame.seq;
-                    let record =
-                        segment::decode(frame.seq, frame.payload).map_err(|r| corrupt(frame.seq, r))?;
+                    let record = segment::decode(frame.seq, frame.payload)
+                        .map_err(|r| corrupt(frame.seq, r))?;
                     if query.matches(&record) {
                         records.push(record);
                     }
@@ -447,15 +459,31 @@ impl AuditLog {
         self.fail_writes.store(on, Ordering::SeqCst);
     }
 
-    /// After the final stop: how many records were not written (still queued, refused as closed,
-    /// or failed in the last writes). A non-zero count is logged once and left for the next start
-    /// to report; the caller must not mark the stop clean.
-    pub fn finish(&self) -> u64 {
+    /// After the final stop: writes what the writer left queued (when an operator had stopped it,
+    /// or it was abandoned), then returns how many records were not written (refused as closed,
+    /// failed in the last writes, or still queued). A non-zero count is logged once and left for
+    /// the next start to report; the caller must not mark the stop clean.
+    pub async fn finish(&self) -> u64 {
+        self.shared.flush_refusals(true);
+        if let Ok(mut queue) = self.core.queue.try_lock() {
+            queue.close();
+            let mut rest = Vec::new();
+            while let Ok(pending) = queue.try_recv() {
+                rest.push(pending);
+            }
+            drop(queue);
+            while !rest.is_empty() {
+                let mut batch: Vec<Pending> = rest.drain(..rest.len().min(BATCH)).collect();
+                self.core
+                    .write(&self.shared, &self.tasks, &mut batch, true, false)
+                    .await;
+            }
+        }
         let lost = self.shared.queued.load(Ordering::Acquire)
             + self.shared.lost_at_stop.load(Ordering::Acquire);
         if lost > 0 {
             AuditStopLost { records: lost }.emit();
-            let marker = self.shared.index.dir.join(UNCLEAN_MARKER);
+            let marker = self.core.dir.join(UNCLEAN_MARKER);
             if let Err(err) = std::fs::write(&marker, format!("{lost}\n")) {
                 tracing::warn!(error = %err, path = %marker.display(), "cannot leave the unclean-stop note for the next start");
             }
@@ -539,7 +567,11 @@ impl Shared {
         let time_unix_ms = ready.second * 1000;
         let overflow = (ready.overflow > 0).then(|| {
             (
-                ("*".to_owned(), "*".to_owned(), "refusal-budget-exceeded".to_owned()),
+                (
+                    "*".to_owned(),
+                    "*".to_owned(),
+                    "refusal-budget-exceeded".to_owned(),
+                ),
                 ready.overflow,
             )
         });
@@ -639,12 +671,10 @@ impl AuditQuery {
 /// The `audit-writer` worker. It owns the queue's receiving end and the segment writer, so every
 /// incarnation continues the same queue, numbering and chain.
 pub struct AuditWriter {
-    queue: tokio::sync::Mutex<mpsc::Receiver<Pending>>,
-    segments: Arc<Mutex<SegmentWriter>>,
+    core: Arc<Core>,
     shared: Arc<Shared>,
     tasks: Tasks,
     running: watch::Sender<bool>,
-    dir: PathBuf,
 }
 
 /// `true` while an incarnation runs; `false` once it ends, however it ends (a panic included).
@@ -682,7 +712,7 @@ impl Worker for AuditWriter {
 
     async fn run(self: Arc<Self>, ctx: WorkerContext) -> ActorResult {
         // An aborted incarnation released the lock when its future was dropped.
-        let mut queue = self.queue.lock().await;
+        let mut queue = self.core.queue.lock().await;
         let _running = RunningFlag::raise(&self.running);
         ctx.ready();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -755,22 +785,40 @@ impl Worker for AuditWriter {
     }
 }
 
-impl AuditWriter {
-    /// Appends `batch` as one write and one sync, answers the fail-closed waiters, trims. Returns
-    /// whether the batch was written; a failed batch is counted as unrecorded.
-    async fn write(&self, batch: &mut Vec<Pending>, stopping: bool) -> bool {
+impl Core {
+    /// Appends `batch` (one write and one sync per segment touched), answers the fail-closed
+    /// waiters, trims. Returns whether all of it was written; what failed is counted as
+    /// unrecorded. `wait`: wait for the appender if busy; otherwise (the end of the stop, when it
+    /// may be held by an abandoned write) fail at once.
+    async fn write(
+        &self,
+        shared: &Shared,
+        tasks: &Tasks,
+        batch: &mut Vec<Pending>,
+        stopping: bool,
+        wait: bool,
+    ) -> bool {
         let segments = self.segments.clone();
         let mut taken = std::mem::take(batch);
-        self.shared
+        shared
             .queued
             .fetch_sub(taken.len() as u64, Ordering::AcqRel);
         let count: u64 = taken.iter().map(|p| u64::from(p.record.count.max(1))).sum();
         let kind = taken.first().map_or(AuditKind::Policy, |p| p.record.kind);
-        let now = (self.shared.now)();
-        let done = self
-            .tasks
+        let now = (shared.now)();
+        let done = tasks
             .spawn_blocking("audit.write", move || {
-                let mut writer = segments.lock().unwrap_or_else(|p| p.into_inner());
+                let mut writer = match segments.try_lock() {
+                    Ok(writer) => writer,
+                    Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) if wait => {
+                        segments.lock().unwrap_or_else(|p| p.into_inner())
+                    }
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        let busy = std::io::Error::other("the audit writer is still busy");
+                        return (taken, 0, Some(busy), Vec::new());
+                    }
+                };
                 let mut records: Vec<&mut AuditRecord> =
                     taken.iter_mut().map(|p| &mut p.record).collect();
                 let (written, error) = writer.append(&mut records);
@@ -815,23 +863,31 @@ impl AuditWriter {
                 kind: "write",
             }
             .emit();
-            self.shared.unrecorded(kind, "write-failed", failed);
+            shared.unrecorded(kind, "write-failed", failed);
             if stopping {
-                self.shared.lost_at_stop.fetch_add(failed, Ordering::AcqRel);
+                shared.lost_at_stop.fetch_add(failed, Ordering::AcqRel);
             }
         }
         AuditLogSize {
-            records: self.shared.index.records(),
-            bytes: self.shared.index.bytes(),
-            queued: self.shared.queued.load(Ordering::Acquire),
+            records: shared.index.records(),
+            bytes: shared.index.bytes(),
+            queued: shared.queued.load(Ordering::Acquire),
         }
         .emit();
         ok
     }
+}
+
+impl AuditWriter {
+    async fn write(&self, batch: &mut Vec<Pending>, stopping: bool) -> bool {
+        self.core
+            .write(&self.shared, &self.tasks, batch, stopping, true)
+            .await
+    }
 
     /// Retention when no batch comes (an idle log still ages).
     async fn trim(&self) {
-        let segments = self.segments.clone();
+        let segments = self.core.segments.clone();
         let now = (self.shared.now)();
         if let Ok(trimmed) = self
             .tasks

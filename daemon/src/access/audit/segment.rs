@@ -109,7 +109,8 @@ impl<'a> Cursor<'a> {
     }
     fn str(&mut self) -> Result<String, String> {
         let n = self.u32()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "a text field is not UTF-8".to_owned())
+        String::from_utf8(self.take(n)?.to_vec())
+            .map_err(|_| "a text field is not UTF-8".to_owned())
     }
 }
 

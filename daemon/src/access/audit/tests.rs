@@ -73,7 +73,7 @@ impl Fixture {
         self.token.cancel();
         self.tasks.close();
         self.tasks.wait().await;
-        let lost = self.log.finish();
+        let lost = self.log.finish().await;
         drop(self.supervisor);
         self.store.close().unwrap();
         (self.log, lost)
@@ -202,7 +202,7 @@ async fn queued_records_are_written_at_stop_and_trimmed_by_count() {
         Err(AuditError::Closed)
     ));
     assert!(log.record_durable(record("p", "x", true)).await.is_err());
-    assert_eq!(log.finish(), 1);
+    assert_eq!(log.finish().await, 1);
 }
 
 #[test]
@@ -298,14 +298,29 @@ async fn a_failing_disk_denies_fail_closed_records_counts_the_rest_and_recovers(
 }
 
 #[tokio::test]
-async fn a_stop_that_cannot_write_is_not_clean_and_the_next_start_hears_of_it() {
+async fn a_stop_writes_what_a_stopped_writer_left_queued() {
     let dir = tempfile::tempdir().unwrap();
     let f = start(dir.path(), &config(1000)).await;
-    // Stopped by an operator and not started again: nothing drains the queue at the final stop.
+    // Stopped by an operator and not started again: the end of the final stop writes its queue.
     f.supervisor.stop_actor("audit-writer").await.unwrap();
     for _ in 0..10 {
         f.log.record(record("a", "queued", true)).unwrap();
     }
+    let (log, lost) = f.stop().await;
+    assert_eq!(lost, 0);
+    assert_eq!(log.len(), 10);
+}
+
+#[tokio::test]
+async fn a_stop_that_cannot_write_is_not_clean_and_the_next_start_hears_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = start(dir.path(), &config(1000)).await;
+    f.supervisor.stop_actor("audit-writer").await.unwrap();
+    for _ in 0..10 {
+        f.log.record(record("a", "queued", true)).unwrap();
+    }
+    // The disk is full at the stop.
+    f.log.fail_writes(true);
     let (_, lost) = f.stop().await;
     assert_eq!(lost, 10, "records that could not be written are reported");
     let marker = dir.path().join("audit").join(UNCLEAN_MARKER);
@@ -326,17 +341,29 @@ async fn refusals_are_aggregated_per_caller_method_and_second_within_a_budget() 
     let f = start_with(dir.path(), &config(1000), now).await;
     let log = f.log.clone();
     for _ in 0..10_000 {
-        log.refuse("mallory", "/brainstem.v1.Admin/GetStatus", "missing-capability");
+        log.refuse(
+            "mallory",
+            "/brainstem.v1.Admin/GetStatus",
+            "missing-capability",
+        );
     }
     for i in 0..(REFUSAL_KEYS_PER_SECOND + 6) {
-        log.refuse(&format!("p{i}"), "/brainstem.v1.Admin/GetStatus", "rate-limit");
+        log.refuse(
+            &format!("p{i}"),
+            "/brainstem.v1.Admin/GetStatus",
+            "rate-limit",
+        );
     }
     log.record_durable(record("alice", "secrets.read", true))
         .await
         .unwrap();
     // The next second's first refusal queues the previous second's aggregate.
     ms.fetch_add(1000, Ordering::SeqCst);
-    log.refuse("mallory", "/brainstem.v1.Admin/GetStatus", "missing-capability");
+    log.refuse(
+        "mallory",
+        "/brainstem.v1.Admin/GetStatus",
+        "missing-capability",
+    );
     log.record_durable(record("alice", "secrets.read", true))
         .await
         .unwrap();
@@ -388,13 +415,14 @@ async fn retention_by_bytes_and_by_age_on_paused_time() {
             .await
             .unwrap();
         assert!(log.bytes() <= 65_536, "{} bytes", log.bytes());
-        last = log.query(&AuditQuery {
-            newest_first: true,
-            limit: 1,
-            ..AuditQuery::default()
-        })
-        .unwrap()
-        .0[0]
+        last = log
+            .query(&AuditQuery {
+                newest_first: true,
+                limit: 1,
+                ..AuditQuery::default()
+            })
+            .unwrap()
+            .0[0]
             .seq;
     }
     assert_eq!(last, 40 * 21);
@@ -427,7 +455,10 @@ async fn a_torn_tail_is_cut_off_at_open_and_the_chain_continues() {
     }
     let (log, _) = f.stop().await;
     let info = log.shared.index.segments().pop().unwrap();
-    let path = dir.path().join("audit").join(segment::file_name(info.first_seq));
+    let path = dir
+        .path()
+        .join("audit")
+        .join(segment::file_name(info.first_seq));
     // A crash mid-write: half a frame at the end.
     let mut bytes = std::fs::read(&path).unwrap();
     bytes.extend_from_slice(&[40, 0, 0, 0, 6, 0, 0]);
