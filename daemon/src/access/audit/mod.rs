@@ -472,11 +472,19 @@ impl AuditLog {
                 rest.push(pending);
             }
             drop(queue);
+            let (left, started) = (rest.len(), std::time::Instant::now());
             while !rest.is_empty() {
                 let mut batch: Vec<Pending> = rest.drain(..rest.len().min(BATCH)).collect();
                 self.core
                     .write(&self.shared, &self.tasks, &mut batch, true, false)
                     .await;
+            }
+            if left > 0 {
+                tracing::info!(
+                    records = left,
+                    ms = started.elapsed().as_millis() as u64,
+                    "wrote the audit records the stopped writer left queued"
+                );
             }
         }
         let lost = self.shared.queued.load(Ordering::Acquire)
@@ -803,8 +811,8 @@ impl Core {
         shared
             .queued
             .fetch_sub(taken.len() as u64, Ordering::AcqRel);
-        let count: u64 = taken.iter().map(|p| u64::from(p.record.count.max(1))).sum();
-        let kind = taken.first().map_or(AuditKind::Policy, |p| p.record.kind);
+        // What a failure would lose, by kind (the whole batch when the write task itself failed).
+        let mut failed = by_kind(&taken);
         let now = (shared.now)();
         let done = tasks
             .spawn_blocking("audit.write", move || {
@@ -827,7 +835,6 @@ impl Core {
                 (taken, written, error, trimmed)
             })
             .await;
-        let mut failed = count;
         let ok = match done {
             Ok((mut taken, written, error, trimmed)) => {
                 if written > 0 {
@@ -839,10 +846,7 @@ impl Core {
                 if let Some(err) = &error {
                     tracing::error!(error = %err, records = taken.len() - written, dir = %self.dir.display(), "audit records could not be written");
                 }
-                failed = taken[written..]
-                    .iter()
-                    .map(|p| u64::from(p.record.count.max(1)))
-                    .sum();
+                failed = by_kind(&taken[written..]);
                 for (i, pending) in taken.drain(..).enumerate() {
                     if let Some(answer) = pending.written {
                         let _ = answer.send(i < written);
@@ -853,7 +857,8 @@ impl Core {
                 error.is_none()
             }
             Err(err) => {
-                tracing::error!(error = %err, records = count, "the audit write panicked");
+                let records: u64 = failed.iter().map(|(_, n)| n).sum();
+                tracing::error!(error = %err, records, "the audit write panicked");
                 false
             }
         };
@@ -863,9 +868,11 @@ impl Core {
                 kind: "write",
             }
             .emit();
-            shared.unrecorded(kind, "write-failed", failed);
-            if stopping {
-                shared.lost_at_stop.fetch_add(failed, Ordering::AcqRel);
+            for (kind, records) in failed.into_iter().filter(|(_, n)| *n > 0) {
+                shared.unrecorded(kind, "write-failed", records);
+                if stopping {
+                    shared.lost_at_stop.fetch_add(records, Ordering::AcqRel);
+                }
             }
         }
         AuditLogSize {
@@ -876,6 +883,22 @@ impl Core {
         .emit();
         ok
     }
+}
+
+/// Events `batch` stands for, by kind.
+fn by_kind(batch: &[Pending]) -> [(AuditKind, u64); 4] {
+    let mut counts = [
+        (AuditKind::Policy, 0),
+        (AuditKind::Guardrail, 0),
+        (AuditKind::Access, 0),
+        (AuditKind::Token, 0),
+    ];
+    for pending in batch {
+        if let Some((_, n)) = counts.iter_mut().find(|(k, _)| *k == pending.record.kind) {
+            *n += u64::from(pending.record.count.max(1));
+        }
+    }
+    counts
 }
 
 impl AuditWriter {
