@@ -386,48 +386,59 @@ impl AuditLog {
             key: seq.to_string(),
             reason,
         };
-        let read = |info| {
+        let read = |info: &segment::SegmentInfo, window: &segment::Window| {
             self.shared
                 .index
-                .read(info)
-                .map_err(|err| corrupt(info.first_seq, format!("cannot read the segment: {err}")))
+                .read(info, window)
+                .map_err(|err| corrupt(window.first_seq, format!("cannot read the segment: {err}")))
+        };
+        // Windows of at most MARK_EVERY records, in the order the query walks them.
+        let mut windows: Vec<(&segment::SegmentInfo, segment::Window)> = Vec::new();
+        let before = match query.before {
+            0 => u64::MAX,
+            n => n,
         };
         if query.newest_first {
-            let before = if query.before == 0 {
-                u64::MAX
-            } else {
-                query.before
-            };
             for info in segments.iter().rev().filter(|s| s.first_seq < before) {
-                let bytes = read(info)?;
-                let frames: Vec<_> = segment::Frames::new(&bytes).collect();
-                for frame in frames.iter().rev().filter(|f| f.seq < before) {
-                    if scanned == MAX_QUERY_SCAN || records.len() == limit {
-                        return Ok((records, cursor));
-                    }
-                    scanned += 1;
-                    cursor = frame.seq;
-                    let record = segment::decode(frame.seq, frame.payload)
-                        .map_err(|r| corrupt(frame.seq, r))?;
-                    if query.matches(&record) {
-                        records.push(record);
+                for w in info.windows().into_iter().rev() {
+                    if w.first_seq < before {
+                        windows.push((info, w));
                     }
                 }
             }
         } else {
             for info in segments.iter().filter(|s| s.next_seq > query.after + 1) {
-                let bytes = read(info)?;
-                for frame in segment::Frames::new(&bytes).filter(|f| f.seq > query.after) {
-                    if scanned == MAX_QUERY_SCAN || records.len() == limit {
-                        return Ok((records, cursor));
+                for w in info.windows() {
+                    if w.next_seq > query.after + 1 {
+                        windows.push((info, w));
                     }
-                    scanned += 1;
-                    cursor = frame.seq;
-                    let record = segment::decode(frame.seq, frame.payload)
-                        .map_err(|r| corrupt(frame.seq, r))?;
-                    if query.matches(&record) {
-                        records.push(record);
+                }
+            }
+        }
+        for (info, window) in windows {
+            let bytes = read(info, &window)?;
+            let mut frames: Vec<_> = segment::Frames::new(&bytes)
+                .filter(|f| {
+                    if query.newest_first {
+                        f.seq < before
+                    } else {
+                        f.seq > query.after
                     }
+                })
+                .collect();
+            if query.newest_first {
+                frames.reverse();
+            }
+            for frame in frames {
+                if scanned == MAX_QUERY_SCAN || records.len() == limit {
+                    return Ok((records, cursor));
+                }
+                scanned += 1;
+                cursor = frame.seq;
+                let record =
+                    segment::decode(frame.seq, frame.payload).map_err(|r| corrupt(frame.seq, r))?;
+                if query.matches(&record) {
+                    records.push(record);
                 }
             }
         }

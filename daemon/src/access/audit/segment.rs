@@ -30,6 +30,9 @@ pub const FRAME_HEAD: usize = 44;
 /// A frame larger than this is damage, not a record.
 pub const MAX_PAYLOAD: usize = 1 << 24;
 pub type Hash = [u8; 32];
+/// Every this many records a segment's index notes where the record starts, so a query reads a
+/// window of at most this many records instead of a whole segment.
+pub const MARK_EVERY: u64 = 256;
 
 /// The chain step: the hash of a frame given the hash before it.
 pub fn chain(prev: &Hash, seq: u64, payload: &[u8]) -> Hash {
@@ -219,11 +222,42 @@ pub struct SegmentInfo {
     pub len: u64,
     pub first_ms: u64,
     pub last_ms: u64,
+    /// (seq, byte offset) of every [`MARK_EVERY`]th record, the first included.
+    pub marks: Vec<(u64, u64)>,
+}
+
+/// A run of at most [`MARK_EVERY`] records of a segment: records `first_seq..next_seq` in bytes
+/// `start..end` of the file.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub first_seq: u64,
+    pub next_seq: u64,
+    pub start: u64,
+    pub end: u64,
 }
 
 impl SegmentInfo {
     pub fn records(&self) -> u64 {
         self.next_seq - self.first_seq
+    }
+
+    /// The segment's committed records as windows, oldest first.
+    pub fn windows(&self) -> Vec<Window> {
+        let mut out = Vec::with_capacity(self.marks.len());
+        for (i, &(seq, start)) in self.marks.iter().enumerate() {
+            let (next_seq, end) = self
+                .marks
+                .get(i + 1)
+                .copied()
+                .unwrap_or((self.next_seq, self.len));
+            out.push(Window {
+                first_seq: seq,
+                next_seq,
+                start,
+                end,
+            });
+        }
+        out
     }
 }
 
@@ -254,16 +288,16 @@ impl Index {
             .clone()
     }
 
-    /// The committed frames of a segment (header stripped). A segment trimmed meanwhile is empty.
-    pub fn read(&self, info: &SegmentInfo) -> io::Result<Vec<u8>> {
+    /// The frames of one window of a segment. A segment trimmed meanwhile reads as empty.
+    pub fn read(&self, info: &SegmentInfo, window: &Window) -> io::Result<Vec<u8>> {
         let mut file = match File::open(self.dir.join(file_name(info.first_seq))) {
             Ok(file) => file,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(err) => return Err(err),
         };
-        file.seek(SeekFrom::Start(HEADER_LEN))?;
-        let mut buf = Vec::with_capacity(info.len.saturating_sub(HEADER_LEN) as usize);
-        file.take(info.len.saturating_sub(HEADER_LEN))
+        file.seek(SeekFrom::Start(window.start))?;
+        let mut buf = Vec::with_capacity(window.end.saturating_sub(window.start) as usize);
+        file.take(window.end.saturating_sub(window.start))
             .read_to_end(&mut buf)?;
         Ok(buf)
     }
@@ -362,9 +396,17 @@ impl SegmentWriter {
                 len: HEADER_LEN,
                 first_ms: 0,
                 last_ms: 0,
+                marks: Vec::new(),
             };
             let mut frames = Frames::new(&bytes[HEADER_LEN as usize..]);
-            for frame in frames.by_ref() {
+            loop {
+                let at = HEADER_LEN + frames.pos as u64;
+                let Some(frame) = frames.next() else {
+                    break;
+                };
+                if (frame.seq - first) % MARK_EVERY == 0 {
+                    info.marks.push((frame.seq, at));
+                }
                 let ms = time_of(frame.payload);
                 if info.records() == 0 {
                     info.first_ms = ms;
@@ -463,9 +505,13 @@ impl SegmentWriter {
         self.buf.clear();
         let (mut seq, mut prev) = (self.next_seq, self.prev);
         let (mut first_ms, mut last_ms, mut n) = (0, 0, 0);
+        let mut marks = Vec::new();
         for record in records.iter() {
             if n > 0 && (n as u64 >= room_records || self.buf.len() as u64 >= room_bytes) {
                 break;
+            }
+            if (seq - active.first_seq) % MARK_EVERY == 0 {
+                marks.push((seq, self.committed + self.buf.len() as u64));
             }
             self.payload.clear();
             encode(record, &mut self.payload);
@@ -520,6 +566,7 @@ impl SegmentWriter {
                 last.last_ms = last_ms;
                 last.next_seq = seq;
                 last.len = committed;
+                last.marks.extend(marks);
             }
         });
         Ok(n)
@@ -538,6 +585,7 @@ impl SegmentWriter {
                 len: HEADER_LEN,
                 first_ms: 0,
                 last_ms: 0,
+                marks: Vec::new(),
             })
     }
 
@@ -611,6 +659,7 @@ fn create_segment(dir: &Path, first_seq: u64, prev: &Hash) -> io::Result<(File, 
             len: HEADER_LEN,
             first_ms: 0,
             last_ms: 0,
+            marks: Vec::new(),
         },
     ))
 }
