@@ -220,6 +220,39 @@ async fn audit_verify_finds_an_altered_a_deleted_and_a_truncated_record() {
         client.policy.check(check(action)).await.unwrap();
     }
     drop(client);
+    // The SIEM export: every record since an hour ago, one JSON object per line.
+    let ctl = |args: &[&str]| {
+        let out = Command::new(bin("brainstemctl"))
+            .arg("--state-dir")
+            .arg(&daemon.state_dir)
+            .args(["--endpoint", &daemon.grpc_addr.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let exported: Vec<serde_json::Value> =
+        eventually("20 records exported", Duration::from_secs(10), || {
+            let lines = ctl(&["audit", "export", "--since", "1h"]);
+            let records: Vec<serde_json::Value> = lines
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            async move { (records.len() == 20).then_some(records) }
+        })
+        .await;
+    assert_eq!(exported[0]["seq"], 1);
+    assert_eq!(exported[0]["action"], "web.read");
+    assert_eq!(exported[19]["seq"], 20);
+    let filtered = ctl(&["audit", "export", "--since", "1h", "--action", "web.post"]);
+    assert_eq!(filtered.lines().count(), 5);
+    let future = ctl(&["audit", "export", "--since", "2999-01-01T00:00:00Z"]);
+    assert_eq!(future, "");
     daemon.stop().await;
     let audit = dir.path().join("state/audit");
     let (code, out) = verify(&audit);
