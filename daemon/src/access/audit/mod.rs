@@ -743,8 +743,9 @@ impl Worker for AuditWriter {
                     tokio::select! {
                         biased;
                         () = ctx.cancelled() => Wake::Stop,
-                        n = queue.recv_many(&mut batch, BATCH) => Wake::Batch(n),
+                        // Before the queue: under constant load the tick still comes once a second.
                         _ = tick.tick() => Wake::Tick,
+                        n = queue.recv_many(&mut batch, BATCH) => Wake::Batch(n),
                     }
                 })
                 .await;
