@@ -150,7 +150,7 @@ async fn main() {
         while done < n {
             let mut records: Vec<AuditRecord> = (done..(done + batch).min(n)).map(record).collect();
             let mut refs: Vec<&mut AuditRecord> = records.iter_mut().collect();
-            let (written, error) = writer.append(&mut refs);
+            let (written, error) = writer.append(&mut refs, true);
             assert!(error.is_none());
             done += written as u64;
         }

@@ -3,8 +3,11 @@
 //! `<state_dir>/audit/` ([`segment`]; docs/AUDIT.md).
 //!
 //! Recording costs the caller an enqueue: a record goes into a bounded queue and the
-//! `audit-writer` worker appends whatever has queued meanwhile as one batch, with one `fdatasync`
-//! (group commit), on a blocking thread. The writer runs under the supervisor (critical,
+//! `audit-writer` worker appends whatever has queued meanwhile as one batch (one `write`), on a
+//! blocking thread. A batch holding a fail-closed record is synced before its waiters are answered
+//! (group commit); otherwise the log is synced at least every [`segment::SYNC_EVERY`] and once a
+//! second when idle, so a kill -9 loses nothing handed to the kernel and a power loss at most that
+//! interval of records nobody waited for. The writer runs under the supervisor (critical,
 //! permanent); the queue, owned by the worker rather than one incarnation, survives a restart.
 //!
 //! Actions listed in `[audit] fail_closed_actions` (default `secrets.*`) are answered only once
@@ -825,6 +828,8 @@ impl Core {
             .fetch_sub(taken.len() as u64, Ordering::AcqRel);
         // What a failure would lose, by kind (the whole batch when the write task itself failed).
         let mut failed = by_kind(&taken);
+        // Group commit for fail-closed records (and at stop); the rest are synced every SYNC_EVERY.
+        let sync = stopping || taken.iter().any(|p| p.written.is_some());
         let now = (shared.now)();
         let done = tasks
             .spawn_blocking("audit.write", move || {
@@ -841,7 +846,7 @@ impl Core {
                 };
                 let mut records: Vec<&mut AuditRecord> =
                     taken.iter_mut().map(|p| &mut p.record).collect();
-                let (written, error) = writer.append(&mut records);
+                let (written, error) = writer.append(&mut records, sync);
                 drop(records);
                 let trimmed = writer.trim(now);
                 (taken, written, error, trimmed)
@@ -859,9 +864,11 @@ impl Core {
                     tracing::error!(error = %err, records = taken.len() - written, dir = %self.dir.display(), "audit records could not be written");
                 }
                 failed = by_kind(&taken[written..]);
+                // After a failed sync nothing is known to be on disk: fail-closed waiters hear no.
+                let durable = if error.is_some() { 0 } else { written };
                 for (i, pending) in taken.drain(..).enumerate() {
                     if let Some(answer) = pending.written {
-                        let _ = answer.send(i < written);
+                        let _ = answer.send(i < durable);
                     }
                 }
                 // Keep the allocation for the next batch.
@@ -920,14 +927,19 @@ impl AuditWriter {
             .await
     }
 
-    /// Retention when no batch comes (an idle log still ages).
+    /// Once a second: syncs what the last batches wrote, and retention when no batch comes (an
+    /// idle log still ages).
     async fn trim(&self) {
         let segments = self.core.segments.clone();
         let now = (self.shared.now)();
         if let Ok(trimmed) = self
             .tasks
             .spawn_blocking("audit.trim", move || {
-                segments.lock().unwrap_or_else(|p| p.into_inner()).trim(now)
+                let mut writer = segments.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(err) = writer.sync() {
+                    tracing::warn!(error = %err, "audit log sync failed");
+                }
+                writer.trim(now)
             })
             .await
         {

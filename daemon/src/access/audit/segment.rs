@@ -356,9 +356,15 @@ pub struct SegmentWriter {
     next_seq: u64,
     buf: Vec<u8>,
     payload: Vec<u8>,
+    /// Written since the last `fdatasync`.
+    unsynced: bool,
+    last_sync: std::time::Instant,
     /// Test hook: while set, every write fails as a full disk would.
     pub fail: Arc<AtomicBool>,
 }
+
+/// Records not waited for are synced at least this often (fail-closed ones at once).
+pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl SegmentWriter {
     /// Opens `dir` (created if needed): walks every segment once to rebuild the index, and cuts a
@@ -458,6 +464,8 @@ impl SegmentWriter {
                 next_seq,
                 buf: Vec::new(),
                 payload: Vec::new(),
+                unsynced: false,
+                last_sync: std::time::Instant::now(),
                 fail: Arc::new(AtomicBool::new(false)),
             },
             recovered,
@@ -472,11 +480,18 @@ impl SegmentWriter {
         self.next_seq
     }
 
-    /// Appends `records` (numbering them) and makes them durable: one write and one
-    /// `fdatasync` per segment the batch touches (a full segment is sealed and the next begun on
-    /// the way). Returns how many were written, and the error that stopped the rest: a failed part
-    /// is cut back off the file, and the numbering and chain continue from the last written one.
-    pub fn append(&mut self, records: &mut [&mut AuditRecord]) -> (usize, Option<io::Error>) {
+    /// Appends `records` (numbering them): one `write` per segment the batch touches (a full
+    /// segment is synced, sealed and the next begun on the way), then one `fdatasync` when `sync`
+    /// (a fail-closed record waits) or when the last one is [`SYNC_EVERY`] old. Returns how many
+    /// were written, and the error that stopped the rest: a failed part is cut back off the file,
+    /// and the numbering and chain continue from the last written one. A failed sync is returned
+    /// as the error with every record counted as written (they are in the file, perhaps not on
+    /// the platter): waiters must then be told no.
+    pub fn append(
+        &mut self,
+        records: &mut [&mut AuditRecord],
+        sync: bool,
+    ) -> (usize, Option<io::Error>) {
         let mut done = 0;
         while done < records.len() {
             match self.append_part(&mut records[done..]) {
@@ -484,7 +499,22 @@ impl SegmentWriter {
                 Err(err) => return (done, Some(err)),
             }
         }
+        if sync || self.last_sync.elapsed() >= SYNC_EVERY {
+            if let Err(err) = self.sync() {
+                return (done, Some(err));
+            }
+        }
         (done, None)
+    }
+
+    /// `fdatasync` if anything was written since the last one.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.unsynced {
+            self.file.sync_data()?;
+            self.unsynced = false;
+        }
+        self.last_sync = std::time::Instant::now();
+        Ok(())
     }
 
     /// Appends as many of `records` as fit in the active segment (at least one).
@@ -539,10 +569,7 @@ impl SegmentWriter {
                 "injected: no space left on device",
             ));
         }
-        let written = self
-            .file
-            .write_all(&self.buf)
-            .and_then(|()| self.file.sync_data());
+        let written = self.file.write_all(&self.buf);
         if let Err(err) = written {
             // Best effort: the next append tries again while `dirty` stays set.
             if self.file.set_len(self.committed).is_ok() {
@@ -551,6 +578,7 @@ impl SegmentWriter {
             return Err(err);
         }
         self.dirty = false;
+        self.unsynced = true;
         for (record, s) in records.iter_mut().zip(self.next_seq..seq) {
             record.seq = s;
         }
@@ -591,6 +619,7 @@ impl SegmentWriter {
 
     /// Seals the active segment and begins the next, chained to it.
     fn roll(&mut self) -> io::Result<()> {
+        self.sync()?;
         let (file, info) = create_segment(&self.index.dir, self.next_seq, &self.prev)?;
         self.file = file;
         self.committed = info.len;
