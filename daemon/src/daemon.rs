@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::access::Access;
-use crate::access::audit::AuditLog;
+use crate::access::audit::{AuditKind, AuditLog, AuditRecord};
 use crate::access::authz::{Authorizer, Grants};
 use crate::config::{Config, ConfigError, ConfigSource, EXIT_CONFIG};
 use crate::crypto::pki::{DevPki, Ensured, PkiError};
@@ -106,7 +106,11 @@ impl StartError {
 /// A `brainstemd recover --accept-loss` ran since the last start: say so once (log, metric), and
 /// since revocations may have been lost, retire every token signing key before serving — first, so
 /// a crash in between repeats the retirement rather than skipping it.
-async fn announce_recoveries(store: &Store, tokens: &TokenService) -> Result<(), StartError> {
+async fn announce_recoveries(
+    store: &Store,
+    tokens: &TokenService,
+    audit: &AuditLog,
+) -> Result<(), StartError> {
     let fresh: Vec<_> = store
         .recoveries()?
         .into_iter()
@@ -129,6 +133,29 @@ async fn announce_recoveries(store: &Store, tokens: &TokenService) -> Result<(),
             kind: "recovered_with_loss",
         }
         .emit();
+        let mut reasons: Vec<String> = recovery
+            .problems
+            .iter()
+            .map(|p| crate::error::truncate_to(p, 512).into_owned())
+            .collect();
+        reasons.push(format!("retired_signing_keys={retired}"));
+        let record = AuditRecord {
+            seq: 0,
+            time_unix_ms: recovery.at_unix_ms,
+            decision_id: audit.decision_id(),
+            kind: AuditKind::Admin,
+            caller: "brainstemd recover".to_owned(),
+            principal: "operator".to_owned(),
+            action: "store.recover".to_owned(),
+            resource: store.path().display().to_string(),
+            allowed: true,
+            reasons,
+            correlation_id: String::new(),
+            count: 1,
+        };
+        if let Err(err) = audit.record(record) {
+            tracing::warn!(error = %err, "the store recovery could not be audited");
+        }
     }
     Ok(())
 }
@@ -201,7 +228,11 @@ impl Daemon {
         let root = CancellationToken::new();
         let tasks = Tasks::new();
         // Records queue from here; the `audit-writer` worker writes them once the supervisor runs.
-        let (audit, audit_writer) = AuditLog::open(&store, &config.audit, &tasks)?;
+        let (audit, audit_writer) = AuditLog::open(&config.state_dir, &config.audit, &tasks)
+            .map_err(|err| StartError::Setup {
+                service: "audit log",
+                source: Box::new(err),
+            })?;
 
         crate::runtime::metrics::recorder();
         crate::runtime::events::describe(VERSION);
@@ -220,7 +251,7 @@ impl Daemon {
             &store,
             Arc::new(SystemClock),
         )?);
-        announce_recoveries(&store, &tokens).await?;
+        announce_recoveries(&store, &tokens, &audit).await?;
 
         let grpc_listener = TcpListener::bind(config.server.listen)
             .await
@@ -572,9 +603,15 @@ impl Running {
         // with its services); the access layer's audit log goes now. Closing then leaves the state
         // directory free for the next start (a restart in this process, a test) at once.
         let Running { store, access, .. } = self;
+        // The audit writer drained the queue at its final stop (finish writes what a stopped or
+        // abandoned writer left); anything not written keeps the stop from being marked clean
+        // (logged once, reported by the next start).
+        let audit_lost = access.audit.finish().await;
         drop(access);
-        if let Err(err) = store.mark_clean_shutdown() {
-            tracing::error!(error = %err, "final store flush failed");
+        if audit_lost == 0 {
+            if let Err(err) = store.mark_clean_shutdown() {
+                tracing::error!(error = %err, "final store flush failed");
+            }
         }
         if let Err(err) = store.close() {
             tracing::warn!(error = %err, "the store was not closed cleanly");

@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 
 use brainstem_client::Client;
 use brainstem_client::v1::{
-    Episode, IssueTokenRequest, PingRequest, RecentRequest, RevokeTokenRequest, StoreRequest,
-    VerifyTokenRequest,
+    AuditQueryRequest, Episode, IssueTokenRequest, PingRequest, RecentRequest, RevokeTokenRequest,
+    StoreRequest, VerifyTokenRequest,
 };
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::harness::{DaemonProcess, bin, eventually, health, http_get, metric_value};
+use crate::harness::{
+    DaemonProcess, bin, eventually, health, http_get, metric_value, wait_for_audit,
+};
 
 /// Runs `brainstemd ARGS` to its end (at most 30 s): exit code, stdout + stderr.
 async fn run_to_exit(args: &[&OsStr]) -> (i32, String) {
@@ -156,6 +158,27 @@ async fn a_damaged_revocation_refuses_the_start_and_recovery_never_revives_the_t
     assert!(!valid && reason.starts_with("key_retired"), "{reason}");
     let (_, fresh) = issue(&mut client).await;
     assert!(verify(&mut client, &fresh).await.0, "new tokens verify");
+    // The recovery is in the audit trail, with what was accepted as lost.
+    let audited = wait_for_audit(
+        &client,
+        AuditQueryRequest {
+            kind: "admin".to_owned(),
+            action: "store.recover".to_owned(),
+            ..Default::default()
+        },
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(audited.len(), 1);
+    assert!(
+        audited[0]
+            .reasons
+            .iter()
+            .any(|r| r.starts_with("retired_signing_keys=")),
+        "{:?}",
+        audited[0].reasons
+    );
     drop(client);
     let log = daemon.stderr();
     assert!(

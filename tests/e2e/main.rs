@@ -2,6 +2,7 @@
 //! the daemon library in-process, always on 127.0.0.1 port 0 with a temp state dir and its own dev PKI.
 
 mod access;
+mod audit;
 mod flags;
 mod hardening;
 mod harness;

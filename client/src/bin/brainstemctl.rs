@@ -5,6 +5,8 @@
 
 #[path = "ctl/access.rs"]
 mod access;
+#[path = "ctl/audit.rs"]
+mod audit;
 #[path = "ctl/flags.rs"]
 mod flags;
 
@@ -116,7 +118,7 @@ enum Command {
     Policy(access::PolicyCommand),
     /// The decision audit log.
     #[command(subcommand)]
-    Audit(access::AuditCommand),
+    Audit(audit::AuditCommand),
     /// Web automation guardrails.
     #[command(subcommand)]
     Guardrails(access::GuardrailsCommand),
@@ -691,7 +693,9 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
             Ok(exit::OK)
         }
         Command::Policy(command) => access::policy(&options, output, command).await,
-        Command::Audit(command) => access::audit(&options, output, command).await,
+        Command::Audit(command) => {
+            audit::audit(&options, &cli.connection.state_dir, output, command).await
+        }
         Command::Flags(command) => flags::flags(&options, output, command).await,
         Command::Guardrails(command) => access::guardrails(&options, output, command).await,
         Command::Tokens(command) => tokens_command(&options, output, command).await,

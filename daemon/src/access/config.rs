@@ -57,6 +57,8 @@ pub struct AuditConfig {
     pub max_records: u64,
     /// Records older than this are trimmed.
     pub max_age_seconds: u64,
+    /// Oldest records are trimmed beyond this many bytes of segment files.
+    pub max_bytes: u64,
     /// Decisions waiting to be written; when full, see `fail_closed_actions`.
     pub queue_capacity: u64,
     /// Action patterns that are denied when their decision cannot be audited.
@@ -93,6 +95,7 @@ impl Default for AuditConfig {
         AuditConfig {
             max_records: 1_000_000,
             max_age_seconds: 30 * 24 * 3600,
+            max_bytes: 1 << 30,
             queue_capacity: 65_536,
             fail_closed_actions: strings(&["secrets.*"]),
         }
@@ -268,6 +271,7 @@ impl Section for AuditConfig {
             60..=10 * 365 * 86_400,
             &mut self.max_age_seconds,
         );
+        walker.integer(&t, "max_bytes", 65_536..=1 << 40, &mut self.max_bytes);
         walker.integer(
             &t,
             "queue_capacity",
@@ -293,16 +297,20 @@ impl Section for AuditConfig {
         format!(
             r#"[audit]
 # Every policy decision, guardrail decision, refused call and token change is appended to the
-# audit log in the store; the oldest records are trimmed by count and by age.
+# hash-chained audit log in <state_dir>/audit (docs/AUDIT.md); whole segments, oldest first, are
+# removed beyond any of these limits (each segment holds 1/16 of a limit).
 max_records = {}
 max_age_seconds = {}
-# Decisions are written in the background. When the queue is full or the store fails, decisions
-# on these actions are denied (fail closed); others are answered and counted as unaudited.
+max_bytes = {}
+# Decisions are written in the background, in batches. When the queue is full or the disk fails,
+# decisions on these actions are denied (fail closed); others are answered and counted as
+# unrecorded (brainstem_audit_unrecorded_total).
 queue_capacity = {}
 fail_closed_actions = {}
 "#,
             self.max_records,
             self.max_age_seconds,
+            self.max_bytes,
             self.queue_capacity,
             toml_list(&self.fail_closed_actions)
         )

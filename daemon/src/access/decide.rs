@@ -147,6 +147,7 @@ impl Access {
                 allowed,
                 reasons,
                 correlation_id,
+                count: 1,
             },
             errors: policy.errors,
         })
@@ -222,7 +223,7 @@ mod tests {
             config.audit.fail_closed_actions = vec!["web.read".to_owned()];
             let store = Store::open(dir.path(), &config.store).unwrap();
             let (tasks, token) = (Tasks::new(), CancellationToken::new());
-            let (audit, writer) = AuditLog::open(&store, &config.audit, &tasks).unwrap();
+            let (audit, writer) = AuditLog::open(dir.path(), &config.audit, &tasks).unwrap();
             let mut builder = SupervisorBuilder::new(config.supervisor.clone(), store.clone());
             builder.add_worker(writer);
             let supervisor = builder.start(&tasks, token.clone(), None).await;

@@ -4,15 +4,24 @@
 pub fn describe() {
     metrics::describe_counter!(
         "brainstem_audit_records_written_total",
-        "audit records written to the store"
+        "audit records written (on disk, synced)"
     );
     metrics::describe_counter!(
         "brainstem_audit_unrecorded_total",
-        "decisions whose audit record could not be written, by kind"
+        "decisions and refusals whose audit record could not be written, by kind and reason (queue-full, write-failed, closed, timed-out)"
     );
     metrics::describe_counter!(
         "brainstem_audit_records_trimmed_total",
-        "audit records removed by retention, by why (count, age)"
+        "audit records removed by retention, by why (count, bytes, age)"
+    );
+    metrics::describe_gauge!("brainstem_audit_log_records", "records in the audit log");
+    metrics::describe_gauge!(
+        "brainstem_audit_log_bytes",
+        "bytes of the audit log's segment files"
+    );
+    metrics::describe_gauge!(
+        "brainstem_audit_queued",
+        "audit records queued, not yet written"
     );
     metrics::describe_counter!(
         "brainstem_guardrail_decisions_total",
@@ -30,27 +39,77 @@ impl AuditWritten {
     }
 }
 
-pub struct AuditUnrecorded<'a> {
+/// Records that will not be written. Counted here; logged by [`AuditUnrecordedLogged`], at most
+/// once a second.
+pub struct AuditUnrecorded {
     pub kind: &'static str,
-    pub reason: &'a dyn std::fmt::Display,
+    pub reason: &'static str,
+    pub records: u64,
 }
 
-impl AuditUnrecorded<'_> {
+impl AuditUnrecorded {
     pub fn emit(self) {
-        metrics::counter!("brainstem_audit_unrecorded_total", "kind" => self.kind).increment(1);
-        tracing::warn!(kind = self.kind, reason = %self.reason, "decision not audited");
+        metrics::counter!("brainstem_audit_unrecorded_total", "kind" => self.kind, "reason" => self.reason)
+            .increment(self.records);
+    }
+}
+
+/// The one log line a second about unrecorded records.
+pub struct AuditUnrecordedLogged {
+    /// Since the previous line.
+    pub records: u64,
+    /// The latest reason.
+    pub reason: &'static str,
+}
+
+impl AuditUnrecordedLogged {
+    pub fn emit(self) {
+        tracing::warn!(
+            records = self.records,
+            reason = self.reason,
+            "audit records not written since the last report (see brainstem_audit_unrecorded_total)"
+        );
+    }
+}
+
+/// The final stop could not write every record.
+pub struct AuditStopLost {
+    pub records: u64,
+}
+
+impl AuditStopLost {
+    pub fn emit(self) {
+        tracing::error!(
+            records = self.records,
+            "the stop could not write every queued audit record; the stop is not marked clean"
+        );
+    }
+}
+
+/// The log's size after a batch.
+pub struct AuditLogSize {
+    pub records: u64,
+    pub bytes: u64,
+    pub queued: u64,
+}
+
+impl AuditLogSize {
+    pub fn emit(self) {
+        metrics::gauge!("brainstem_audit_log_records").set(self.records as f64);
+        metrics::gauge!("brainstem_audit_log_bytes").set(self.bytes as f64);
+        metrics::gauge!("brainstem_audit_queued").set(self.queued as f64);
     }
 }
 
 pub struct AuditTrimmed {
-    pub records: usize,
+    pub records: u64,
     pub why: &'static str,
 }
 
 impl AuditTrimmed {
     pub fn emit(self) {
         metrics::counter!("brainstem_audit_records_trimmed_total", "why" => self.why)
-            .increment(self.records as u64);
+            .increment(self.records);
     }
 }
 

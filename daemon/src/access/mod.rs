@@ -208,26 +208,16 @@ impl Access {
                 allowed: false,
                 reasons: vec!["outside-scope".to_owned()],
                 correlation_id: String::new(),
+                count: 1,
             });
         }
         result
     }
 
-    /// Audits a call the authorization layer refused.
+    /// Audits a call the authorization layer refused (aggregated: one record per caller, method,
+    /// reason and second).
     pub fn audit_refusal(&self, caller: &str, method: &str, reason: &str) {
-        let _ = self.audit.record(AuditRecord {
-            seq: 0,
-            time_unix_ms: 0,
-            decision_id: self.audit.decision_id(),
-            kind: AuditKind::Access,
-            caller: caller.to_owned(),
-            principal: caller.to_owned(),
-            action: method.to_owned(),
-            resource: String::new(),
-            allowed: false,
-            reasons: vec![reason.to_owned()],
-            correlation_id: String::new(),
-        });
+        self.audit.refuse(caller, method, reason);
     }
 
     /// The `policy-watch` worker: watches the policy directory and reloads on change; sweeps idle

@@ -121,7 +121,7 @@ impl FlagsService {
             seq: 0,
             time_unix_ms: unix_ms_now(),
             decision_id: self.audit.decision_id(),
-            kind: AuditKind::Access,
+            kind: AuditKind::Admin,
             caller: who.to_owned(),
             principal: who.to_owned(),
             action: action.to_owned(),
@@ -129,6 +129,7 @@ impl FlagsService {
             allowed: true,
             reasons: vec![detail],
             correlation_id: String::new(),
+            count: 1,
         };
         if let Err(err) = self.audit.record(record) {
             tracing::warn!(error = %err, flag = key, action, "flag override change not audited");

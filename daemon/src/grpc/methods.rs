@@ -203,7 +203,10 @@ mod tests {
             effect("/flagd.evaluation.v2.Service/ResolveBoolean"),
             Effect::ReadOnly
         );
-        assert_eq!(effect("/brainstem.v1.Flags/SetOverride"), Effect::Idempotent);
+        assert_eq!(
+            effect("/brainstem.v1.Flags/SetOverride"),
+            Effect::Idempotent
+        );
         // Every registered method has an effect read from a descriptor.
         for (path, _) in all() {
             assert!(effects().contains_key(*path), "{path} has no descriptor");

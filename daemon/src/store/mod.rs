@@ -45,7 +45,7 @@ pub mod config;
 
 pub mod trees {
     pub const META: &str = "meta";
-    /// Audit records keyed by big-endian sequence number.
+    /// Audit records of builds before the segment log (`access/audit/`): no longer written or read.
     pub const AUDIT: &str = "audit";
     /// Token signing keys, encrypted under the master key (`tokens::keys`).
     pub const TOKEN_KEYS: &str = "tokens.keys";

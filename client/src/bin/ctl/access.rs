@@ -1,11 +1,11 @@
-//! `brainstemctl policy …`, `brainstemctl audit …` and `brainstemctl guardrails …`.
+//! `brainstemctl policy …` and `brainstemctl guardrails …`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use brainstem_client::v1::{
-    AuditQueryRequest, CheckRequest, ClickRequest, FormField, FormSubmitRequest,
-    GetPolicySetRequest, GuardrailReply, NavigationRequest, ValidateRequest,
+    CheckRequest, ClickRequest, FormField, FormSubmitRequest, GetPolicySetRequest, GuardrailReply,
+    NavigationRequest, ValidateRequest,
 };
 use brainstem_client::{ConnectOptions, exit};
 use clap::{Args, Subcommand};
@@ -56,27 +56,6 @@ pub struct Question {
     /// A JSON object, e.g. '{"hour": 10}'.
     #[arg(long)]
     context: Option<String>,
-}
-
-#[derive(Subcommand)]
-pub enum AuditCommand {
-    /// The newest records, oldest first; --follow keeps printing new ones (needs audit.read).
-    Tail {
-        #[arg(long, short = 'n', default_value_t = 20)]
-        lines: u32,
-        #[arg(long, short)]
-        follow: bool,
-        #[arg(long, default_value = "")]
-        principal: String,
-        /// An action or family (web matches web.post).
-        #[arg(long, default_value = "")]
-        action: String,
-        /// policy, guardrail, access or token.
-        #[arg(long, default_value = "")]
-        kind: String,
-        #[arg(long)]
-        denied: bool,
-    },
 }
 
 #[derive(Subcommand)]
@@ -312,95 +291,6 @@ pub async fn policy(
         }
         PolicyCommand::Keygen { .. } | PolicyCommand::Sign { .. } => Ok(exit::OK),
     }
-}
-
-pub async fn audit(
-    options: &ConnectOptions,
-    output: Output,
-    command: &AuditCommand,
-) -> Result<u8, CliError> {
-    let AuditCommand::Tail {
-        lines,
-        follow,
-        principal,
-        action,
-        kind,
-        denied,
-    } = command;
-    let mut client = options.connect().await?;
-    let filter = AuditQueryRequest {
-        principal: principal.clone(),
-        action: action.clone(),
-        kind: kind.clone(),
-        only_denied: *denied,
-        ..Default::default()
-    };
-    // The last N, newest first, then printed oldest first.
-    let newest = client
-        .audit
-        .query(AuditQueryRequest {
-            newest_first: true,
-            limit: (*lines).clamp(1, 1000),
-            ..filter.clone()
-        })
-        .await?
-        .into_inner();
-    let mut after = newest.records.first().map_or(0, |r| r.seq);
-    for record in newest.records.iter().rev() {
-        print_record(output, record);
-    }
-    if after == 0 {
-        after = newest.next_after.saturating_sub(1);
-    }
-    if !*follow {
-        return Ok(exit::OK);
-    }
-    loop {
-        let page = client
-            .audit
-            .query(AuditQueryRequest {
-                after,
-                limit: 1000,
-                ..filter.clone()
-            })
-            .await?
-            .into_inner();
-        for record in &page.records {
-            print_record(output, record);
-        }
-        if page.next_after > after {
-            after = page.next_after;
-        } else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-}
-
-fn print_record(output: Output, r: &brainstem_client::v1::AuditRecord) {
-    let word = if r.allowed { "ALLOW" } else { "DENY " };
-    let on_behalf = if r.principal != r.caller && !r.principal.is_empty() {
-        format!(" for {}", r.principal)
-    } else {
-        String::new()
-    };
-    print(
-        output,
-        format!(
-            "{:>8} {} {word} {:<9} {}{on_behalf} {} {} [{}] {}",
-            r.seq,
-            rfc3339(r.time),
-            r.kind,
-            r.caller,
-            r.action,
-            r.resource,
-            r.reasons.join(", "),
-            r.decision_id
-        ),
-        json!({"seq": r.seq, "time": rfc3339(r.time), "decision_id": r.decision_id, "kind": r.kind,
-               "caller": r.caller, "principal": r.principal, "action": r.action,
-               "resource": r.resource, "allowed": r.allowed, "reasons": r.reasons,
-               "correlation_id": r.correlation_id}),
-    );
 }
 
 pub async fn guardrails(

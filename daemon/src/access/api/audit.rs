@@ -107,7 +107,7 @@ impl Audit for AuditService {
                     action: r.action,
                     resource: r.resource,
                     allowed: r.allowed,
-                    reasons: r.reasons,
+                    reasons: with_count(r.reasons, r.count),
                     correlation_id: r.correlation_id,
                 })
                 .collect(),
@@ -115,6 +115,15 @@ impl Audit for AuditService {
             total: self.log.len() as u64,
         }))
     }
+}
+
+/// An aggregated record (refusals) says how many events it stands for as a last reason,
+/// `count=N`: the reply keeps its shape.
+fn with_count(mut reasons: Vec<String>, count: u32) -> Vec<String> {
+    if count > 1 {
+        reasons.push(format!("count={count}"));
+    }
+    reasons
 }
 
 /// The Audit service's registration (see [`crate::grpc::services`]).

@@ -1,0 +1,960 @@
+//! The audit log: every policy and guardrail decision, every call the authorization layer refuses
+//! and every token change, appended in sequence order to hash-chained segment files under
+//! `<state_dir>/audit/` ([`segment`]; docs/AUDIT.md).
+//!
+//! Recording costs the caller an enqueue: a record goes into a bounded queue and the
+//! `audit-writer` worker appends whatever has queued meanwhile as one batch (one `write`), on a
+//! blocking thread. A batch holding a fail-closed record is synced before its waiters are answered
+//! (group commit); otherwise the log is synced at least every [`segment::SYNC_EVERY`] and once a
+//! second when idle, so a kill -9 loses nothing handed to the kernel and a power loss at most that
+//! interval of records nobody waited for. The writer runs under the supervisor (critical,
+//! permanent); the queue, owned by the worker rather than one incarnation, survives a restart.
+//!
+//! Actions listed in `[audit] fail_closed_actions` (default `secrets.*`) are answered only once
+//! their record is on disk, and denied (`audit-unavailable`) when it cannot be written. Any other
+//! record that finds the queue full, or whose batch fails to write, is counted
+//! (`brainstem_audit_unrecorded_total`) and logged at most once a second; the decision stands.
+//! Nothing waits for a disk except a fail-closed decision, and that at most [`DURABLE_WAIT`].
+//!
+//! Refusals by the authorization layer are aggregated: one record per caller, method, reason and
+//! second, carrying a count, and at most [`REFUSAL_KEYS_PER_SECOND`] of them per second (the rest
+//! fold into one `refusal-budget-exceeded` record), so a flood of refused calls cannot push
+//! decisions out of the log.
+//!
+//! The final stop writes everything queued before it ends; what could not be written is counted,
+//! logged once, keeps the stop from being marked clean ([`AuditLog::finish`]), and is reported by
+//! the next start.
+//!
+//! Retention removes whole segments, oldest first, beyond `max_records`, `max_bytes` or
+//! `max_age_seconds` (checked after each batch and every second, from counts the index keeps).
+
+pub mod segment;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::access::authz::pattern_matches_family;
+use crate::access::config::AuditConfig;
+use crate::access::events::{
+    AuditLogSize, AuditStopLost, AuditTrimmed, AuditUnrecorded, AuditUnrecordedLogged, AuditWritten,
+};
+use crate::runtime::events::ErrorOccurred;
+use crate::runtime::tasks::Tasks;
+use crate::store::StoreError;
+use crate::supervisor::{ActorResult, Worker, WorkerContext, WorkerPolicy};
+use segment::{Index, Limits, SegmentWriter};
+
+/// Most records one query returns, and most it scans.
+pub const MAX_QUERY_LIMIT: usize = 1000;
+const MAX_QUERY_SCAN: usize = 100_000;
+/// Most records one batch (one write, one `fdatasync`) holds.
+const BATCH: usize = 8192;
+/// Distinct (caller, method, reason) refusal records per second; the rest are folded into one.
+pub const REFUSAL_KEYS_PER_SECOND: usize = 64;
+/// Longest a fail-closed decision waits for its record to be on disk before it is denied.
+pub const DURABLE_WAIT: Duration = Duration::from_secs(5);
+/// After a failed write the writer waits this long before the next attempt.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
+/// Written at a stop that lost records, read (and removed) by the next start.
+const UNCLEAN_MARKER: &str = "unclean-stop";
+
+/// Milliseconds since the Unix epoch; injectable so tests move time instead of sleeping.
+pub type Now = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditKind {
+    /// A Policy.Check / BatchCheck decision.
+    Policy,
+    /// A Guardrails decision.
+    Guardrail,
+    /// A call the authorization layer refused (missing capability, rate limit, bad token).
+    Access,
+    /// A capability token issued, attenuated or revoked.
+    Token,
+    /// An operator's change to the daemon's state: a flag override set or cleared, a store recovered
+    /// with accepted loss.
+    Admin,
+}
+
+impl AuditKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::Policy => "policy",
+            AuditKind::Guardrail => "guardrail",
+            AuditKind::Access => "access",
+            AuditKind::Token => "token",
+            AuditKind::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AuditKind> {
+        [
+            AuditKind::Policy,
+            AuditKind::Guardrail,
+            AuditKind::Access,
+            AuditKind::Token,
+            AuditKind::Admin,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Assigned by the writer; 0 until written.
+    pub seq: u64,
+    /// Set when queued if left 0.
+    pub time_unix_ms: u64,
+    pub decision_id: String,
+    pub kind: AuditKind,
+    pub caller: String,
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+    pub allowed: bool,
+    pub reasons: Vec<String>,
+    pub correlation_id: String,
+    /// How many identical events the record stands for: 1, or more for aggregated refusals.
+    pub count: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("the audit queue is full")]
+    QueueFull,
+    #[error("the audit log is not accepting records (stopping or failed)")]
+    Closed,
+    #[error("the audit record could not be written")]
+    WriteFailed,
+    #[error("the audit record was not on disk within {DURABLE_WAIT:?}")]
+    TimedOut,
+}
+
+impl AuditError {
+    fn reason(&self) -> &'static str {
+        match self {
+            AuditError::QueueFull => "queue-full",
+            AuditError::Closed => "closed",
+            AuditError::WriteFailed => "write-failed",
+            AuditError::TimedOut => "timed-out",
+        }
+    }
+}
+
+/// The audit log cannot be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the audit log in {dir}: {source}")]
+pub struct OpenError {
+    pub dir: PathBuf,
+    pub source: std::io::Error,
+}
+
+struct Pending {
+    record: AuditRecord,
+    written: Option<oneshot::Sender<bool>>,
+}
+
+/// What to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub after: u64,
+    pub newest_first: bool,
+    pub before: u64,
+    pub limit: usize,
+    pub principal: String,
+    pub action: String,
+    pub kind: Option<AuditKind>,
+    pub allowed: Option<bool>,
+    pub since_unix_ms: u64,
+    pub until_unix_ms: u64,
+}
+
+/// What the log and its writer share.
+struct Shared {
+    tx: mpsc::Sender<Pending>,
+    index: Arc<Index>,
+    now: Now,
+    refusals: Mutex<Refusals>,
+    warn: WarnOncePerSecond,
+    /// Records in the queue (the channel forgets its contents when the writer is dropped).
+    queued: AtomicU64,
+    /// Records lost once the final stop began (refused as closed, failed in the last writes).
+    lost_at_stop: AtomicU64,
+    id_prefix: u32,
+    next_id: AtomicU64,
+}
+
+/// The queue's receiving end and the appender: the writer's, and at the end of the final stop the
+/// log's, which writes whatever an operator-stopped or abandoned writer left behind.
+struct Core {
+    queue: tokio::sync::Mutex<mpsc::Receiver<Pending>>,
+    segments: Arc<Mutex<SegmentWriter>>,
+    dir: PathBuf,
+}
+
+pub struct AuditLog {
+    shared: Arc<Shared>,
+    core: Arc<Core>,
+    fail_closed: Vec<String>,
+    /// Whether an incarnation of the writer is running.
+    writer_running: watch::Receiver<bool>,
+    /// Where queries run their blocking reads.
+    tasks: Tasks,
+    /// Test hook: while set, every write fails as on a full disk.
+    fail_writes: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AuditLog {
+    /// Opens `<state_dir>/audit`. Records are queued from now on; they are written once the
+    /// returned [`AuditWriter`] runs under the supervisor.
+    pub fn open(
+        state_dir: &Path,
+        config: &AuditConfig,
+        tasks: &Tasks,
+    ) -> Result<(Arc<AuditLog>, AuditWriter), OpenError> {
+        Self::open_with(
+            &state_dir.join("audit"),
+            config,
+            tasks,
+            Arc::new(crate::store::unix_ms_now),
+        )
+    }
+
+    /// [`AuditLog::open`] on a directory of its own, with an injected clock.
+    pub fn open_with(
+        dir: &Path,
+        config: &AuditConfig,
+        tasks: &Tasks,
+        now: Now,
+    ) -> Result<(Arc<AuditLog>, AuditWriter), OpenError> {
+        let open_error = |source| OpenError {
+            dir: dir.to_owned(),
+            source,
+        };
+        let limits = Limits {
+            max_records: config.max_records,
+            max_bytes: config.max_bytes,
+            max_age_ms: config.max_age_seconds.saturating_mul(1000),
+        };
+        let (segments, recovered) = SegmentWriter::open(dir, limits).map_err(open_error)?;
+        if recovered.torn_bytes > 0 {
+            tracing::warn!(
+                bytes = recovered.torn_bytes,
+                "the audit log ended in a partly written record (the previous run stopped mid-write); it was cut off"
+            );
+        }
+        let marker = dir.join(UNCLEAN_MARKER);
+        if let Ok(text) = std::fs::read_to_string(&marker) {
+            tracing::warn!(
+                records = text.trim(),
+                "the previous stop could not write every queued audit record"
+            );
+            let _ = std::fs::remove_file(&marker);
+        }
+        let (tx, rx) = mpsc::channel(config.queue_capacity as usize);
+        let (running_tx, running_rx) = watch::channel(false);
+        let mut prefix = [0u8; 4];
+        // A per-run prefix keeps decision ids unique across restarts; a failed random source only
+        // makes them less unique, never wrong.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut prefix);
+        let index = segments.index().clone();
+        let fail_writes = segments.fail.clone();
+        let shared = Arc::new(Shared {
+            tx,
+            index,
+            now,
+            refusals: Mutex::new(Refusals::default()),
+            warn: WarnOncePerSecond::default(),
+            queued: AtomicU64::new(0),
+            lost_at_stop: AtomicU64::new(0),
+            id_prefix: u32::from_be_bytes(prefix),
+            next_id: AtomicU64::new(0),
+        });
+        let core = Arc::new(Core {
+            queue: tokio::sync::Mutex::new(rx),
+            segments: Arc::new(Mutex::new(segments)),
+            dir: dir.to_owned(),
+        });
+        let log = Arc::new(AuditLog {
+            shared: shared.clone(),
+            core: core.clone(),
+            fail_closed: config.fail_closed_actions.clone(),
+            writer_running: running_rx,
+            tasks: tasks.clone(),
+            fail_writes,
+        });
+        let writer = AuditWriter {
+            core,
+            shared,
+            tasks: tasks.clone(),
+            running: running_tx,
+        };
+        Ok((log, writer))
+    }
+
+    /// The daemon's task set, for blocking work done on the log's behalf (queries).
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
+    /// A new decision id: unique within this run, with a random per-run prefix.
+    pub fn decision_id(&self) -> String {
+        self.shared.decision_id()
+    }
+
+    /// Must a decision on `action` be on disk before it is answered? A resource scope in a
+    /// `fail_closed_actions` pattern (which names actions, not resources) is ignored, so such a
+    /// pattern errs towards failing closed.
+    pub fn fails_closed(&self, action: &str) -> bool {
+        self.fail_closed
+            .iter()
+            .any(|p| pattern_matches_family(p, action))
+    }
+
+    /// Queues a record without waiting. An error means the record is lost (and counted).
+    pub fn record(&self, record: AuditRecord) -> Result<(), AuditError> {
+        self.shared.record(record)
+    }
+
+    /// Queues a record and waits until it is on disk (fail-closed decisions), at most
+    /// [`DURABLE_WAIT`].
+    pub async fn record_durable(&self, mut record: AuditRecord) -> Result<(), AuditError> {
+        let (kind, count) = (record.kind, record.count.max(1));
+        if record.time_unix_ms == 0 {
+            record.time_unix_ms = (self.shared.now)();
+        }
+        let (written, done) = oneshot::channel();
+        let result = async {
+            if !*self.writer_running.borrow() {
+                return Err(AuditError::Closed);
+            }
+            self.shared
+                .tx
+                .try_send(Pending {
+                    record,
+                    written: Some(written),
+                })
+                .map_err(|err| match err {
+                    mpsc::error::TrySendError::Full(_) => AuditError::QueueFull,
+                    mpsc::error::TrySendError::Closed(_) => AuditError::Closed,
+                })?;
+            self.shared.queued.fetch_add(1, Ordering::AcqRel);
+            // The writer may end (stop, panic) before it reaches this record: then deny rather than
+            // wait for an incarnation that may never come.
+            let mut running = self.writer_running.clone();
+            tokio::select! {
+                biased;
+                written = done => match written {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(AuditError::WriteFailed),
+                    Err(_) => Err(AuditError::Closed),
+                },
+                _ = running.wait_for(|running| !*running) => Err(AuditError::Closed),
+                () = tokio::time::sleep(DURABLE_WAIT) => Err(AuditError::TimedOut),
+            }
+        }
+        .await;
+        if let Err(err) = &result {
+            // A record that failed in its batch was counted by the writer.
+            if !matches!(err, AuditError::WriteFailed) {
+                self.shared.unrecorded(kind, err.reason(), u64::from(count));
+            }
+        }
+        result
+    }
+
+    /// Counts a refusal by the authorization layer; see the module documentation.
+    pub fn refuse(&self, caller: &str, method: &str, reason: &str) {
+        self.shared.refuse(caller, method, reason);
+    }
+
+    /// Records matching `query`, and the cursor to continue from.
+    pub fn query(&self, query: &AuditQuery) -> Result<(Vec<AuditRecord>, u64), StoreError> {
+        let limit = match query.limit {
+            0 => 100,
+            n => n.min(MAX_QUERY_LIMIT),
+        };
+        let segments = self.shared.index.segments();
+        let mut records = Vec::new();
+        let mut scanned = 0;
+        let mut cursor = if query.newest_first {
+            query.before
+        } else {
+            query.after
+        };
+        let corrupt = |seq: u64, reason: String| StoreError::Corrupt {
+            tree: "audit".to_owned(),
+            key: seq.to_string(),
+            reason,
+        };
+        let read = |info: &segment::SegmentInfo, window: &segment::Window| {
+            self.shared
+                .index
+                .read(info, window)
+                .map_err(|err| corrupt(window.first_seq, format!("cannot read the segment: {err}")))
+        };
+        // Windows of at most MARK_EVERY records, in the order the query walks them.
+        let mut windows: Vec<(&segment::SegmentInfo, segment::Window)> = Vec::new();
+        let before = match query.before {
+            0 => u64::MAX,
+            n => n,
+        };
+        if query.newest_first {
+            for info in segments.iter().rev().filter(|s| s.first_seq < before) {
+                for w in info.windows().into_iter().rev() {
+                    if w.first_seq < before {
+                        windows.push((info, w));
+                    }
+                }
+            }
+        } else {
+            for info in segments.iter().filter(|s| s.next_seq > query.after + 1) {
+                for w in info.windows() {
+                    if w.next_seq > query.after + 1 {
+                        windows.push((info, w));
+                    }
+                }
+            }
+        }
+        for (info, window) in windows {
+            let bytes = read(info, &window)?;
+            let mut frames: Vec<_> = segment::Frames::new(&bytes)
+                .filter(|f| {
+                    if query.newest_first {
+                        f.seq < before
+                    } else {
+                        f.seq > query.after
+                    }
+                })
+                .collect();
+            if query.newest_first {
+                frames.reverse();
+            }
+            for frame in frames {
+                if scanned == MAX_QUERY_SCAN || records.len() == limit {
+                    return Ok((records, cursor));
+                }
+                scanned += 1;
+                cursor = frame.seq;
+                let record =
+                    segment::decode(frame.seq, frame.payload).map_err(|r| corrupt(frame.seq, r))?;
+                if query.matches(&record) {
+                    records.push(record);
+                }
+            }
+        }
+        Ok((records, cursor))
+    }
+
+    /// Records in the log (kept by the writer, not counted).
+    pub fn len(&self) -> usize {
+        self.shared.index.records() as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes the log's segments hold.
+    pub fn bytes(&self) -> u64 {
+        self.shared.index.bytes()
+    }
+
+    /// The directory of the segment files.
+    pub fn dir(&self) -> &Path {
+        &self.shared.index.dir
+    }
+
+    /// Test hook: while `on`, every write fails as it would on a full disk.
+    #[doc(hidden)]
+    pub fn fail_writes(&self, on: bool) {
+        self.fail_writes.store(on, Ordering::SeqCst);
+    }
+
+    /// After the final stop: writes what the writer left queued (when an operator had stopped it,
+    /// or it was abandoned), then returns how many records were not written (refused as closed,
+    /// failed in the last writes, or still queued). A non-zero count is logged once and left for
+    /// the next start to report; the caller must not mark the stop clean.
+    pub async fn finish(&self) -> u64 {
+        self.shared.flush_refusals(true);
+        if let Ok(mut queue) = self.core.queue.try_lock() {
+            queue.close();
+            let mut rest = Vec::new();
+            while let Ok(pending) = queue.try_recv() {
+                rest.push(pending);
+            }
+            drop(queue);
+            let (left, started) = (rest.len(), std::time::Instant::now());
+            while !rest.is_empty() {
+                let mut batch: Vec<Pending> = rest.drain(..rest.len().min(BATCH)).collect();
+                self.core
+                    .write(&self.shared, &self.tasks, &mut batch, true, false)
+                    .await;
+            }
+            if left > 0 {
+                tracing::info!(
+                    records = left,
+                    ms = started.elapsed().as_millis() as u64,
+                    "wrote the audit records the stopped writer left queued"
+                );
+            }
+        }
+        let lost = self.shared.queued.load(Ordering::Acquire)
+            + self.shared.lost_at_stop.load(Ordering::Acquire);
+        if lost > 0 {
+            AuditStopLost { records: lost }.emit();
+            let marker = self.core.dir.join(UNCLEAN_MARKER);
+            if let Err(err) = std::fs::write(&marker, format!("{lost}\n")) {
+                tracing::warn!(error = %err, path = %marker.display(), "cannot leave the unclean-stop note for the next start");
+            }
+        }
+        lost
+    }
+}
+
+impl Shared {
+    fn decision_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{n:012x}", self.id_prefix)
+    }
+
+    fn record(&self, mut record: AuditRecord) -> Result<(), AuditError> {
+        if record.time_unix_ms == 0 {
+            record.time_unix_ms = (self.now)();
+        }
+        match self.tx.try_send(Pending {
+            record,
+            written: None,
+        }) {
+            Ok(()) => {
+                self.queued.fetch_add(1, Ordering::AcqRel);
+                Ok(())
+            }
+            Err(err) => {
+                let (error, pending) = match err {
+                    mpsc::error::TrySendError::Full(p) => (AuditError::QueueFull, p),
+                    mpsc::error::TrySendError::Closed(p) => (AuditError::Closed, p),
+                };
+                let count = u64::from(pending.record.count.max(1));
+                if matches!(error, AuditError::Closed) {
+                    self.lost_at_stop.fetch_add(count, Ordering::AcqRel);
+                }
+                self.unrecorded(pending.record.kind, error.reason(), count);
+                Err(error)
+            }
+        }
+    }
+
+    /// Counts records that will not be written; one log line a second at most.
+    fn unrecorded(&self, kind: AuditKind, reason: &'static str, records: u64) {
+        AuditUnrecorded {
+            kind: kind.as_str(),
+            reason,
+            records,
+        }
+        .emit();
+        if let Some(records) = self.warn.note(records, (self.now)()) {
+            AuditUnrecordedLogged { records, reason }.emit();
+        }
+    }
+
+    fn refuse(&self, caller: &str, method: &str, reason: &str) {
+        let second = (self.now)() / 1000;
+        let ready = {
+            let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+            let ready = (refusals.second != second).then(|| refusals.take(second));
+            refusals.add(caller, method, reason);
+            ready
+        };
+        if let Some(ready) = ready {
+            self.write_refusals(ready);
+        }
+    }
+
+    /// Queues the aggregated refusals of past seconds (`all`: of the current one too).
+    fn flush_refusals(&self, all: bool) {
+        let second = (self.now)() / 1000;
+        let ready = {
+            let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+            (all || refusals.second < second).then(|| refusals.take(second))
+        };
+        if let Some(ready) = ready {
+            self.write_refusals(ready);
+        }
+    }
+
+    fn write_refusals(&self, ready: Refusals) {
+        let time_unix_ms = ready.second * 1000;
+        let overflow = (ready.overflow > 0).then(|| {
+            (
+                (
+                    "*".to_owned(),
+                    "*".to_owned(),
+                    "refusal-budget-exceeded".to_owned(),
+                ),
+                ready.overflow,
+            )
+        });
+        for ((caller, method, reason), count) in ready.keys.into_iter().chain(overflow) {
+            let _ = self.record(AuditRecord {
+                seq: 0,
+                time_unix_ms,
+                decision_id: self.decision_id(),
+                kind: AuditKind::Access,
+                principal: caller.clone(),
+                caller,
+                action: method,
+                resource: String::new(),
+                allowed: false,
+                reasons: vec![reason],
+                correlation_id: String::new(),
+                count,
+            });
+        }
+    }
+}
+
+/// One second's refusals, by (caller, method, reason).
+#[derive(Default)]
+struct Refusals {
+    second: u64,
+    keys: HashMap<(String, String, String), u32>,
+    overflow: u32,
+}
+
+impl Refusals {
+    fn add(&mut self, caller: &str, method: &str, reason: &str) {
+        // Looked up by reference first: a repeat (the flood case) allocates nothing.
+        if let Some((_, n)) = self
+            .keys
+            .iter_mut()
+            .find(|((c, m, r), _)| c == caller && m == method && r == reason)
+        {
+            *n = n.saturating_add(1);
+        } else if self.keys.len() < REFUSAL_KEYS_PER_SECOND {
+            self.keys
+                .insert((caller.to_owned(), method.to_owned(), reason.to_owned()), 1);
+        } else {
+            self.overflow = self.overflow.saturating_add(1);
+        }
+    }
+
+    /// The gathered refusals; `self` starts over for `second`.
+    fn take(&mut self, second: u64) -> Refusals {
+        std::mem::replace(
+            self,
+            Refusals {
+                second,
+                ..Refusals::default()
+            },
+        )
+    }
+}
+
+/// Gathers counts and lets one log line through per second.
+#[derive(Default)]
+struct WarnOncePerSecond {
+    last_second: AtomicU64,
+    pending: AtomicU64,
+}
+
+impl WarnOncePerSecond {
+    /// Adds `n`; returns the count to log when this second has not logged yet.
+    fn note(&self, n: u64, now_ms: u64) -> Option<u64> {
+        self.pending.fetch_add(n, Ordering::AcqRel);
+        let second = now_ms / 1000 + 1;
+        let last = self.last_second.load(Ordering::Acquire);
+        (last != second
+            && self
+                .last_second
+                .compare_exchange(last, second, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok())
+        .then(|| self.pending.swap(0, Ordering::AcqRel))
+    }
+}
+
+impl AuditQuery {
+    fn matches(&self, r: &AuditRecord) -> bool {
+        (self.principal.is_empty() || r.principal == self.principal || r.caller == self.principal)
+            && (self.action.is_empty()
+                || r.action == self.action
+                || r.action
+                    .strip_prefix(self.action.as_str())
+                    .is_some_and(|rest| rest.starts_with('.')))
+            && self.kind.is_none_or(|k| k == r.kind)
+            && self.allowed.is_none_or(|a| a == r.allowed)
+            && (self.since_unix_ms == 0 || r.time_unix_ms >= self.since_unix_ms)
+            && (self.until_unix_ms == 0 || r.time_unix_ms < self.until_unix_ms)
+    }
+}
+
+/// The `audit-writer` worker. It owns the queue's receiving end and the segment writer, so every
+/// incarnation continues the same queue, numbering and chain.
+pub struct AuditWriter {
+    core: Arc<Core>,
+    shared: Arc<Shared>,
+    tasks: Tasks,
+    running: watch::Sender<bool>,
+}
+
+/// `true` while an incarnation runs; `false` once it ends, however it ends (a panic included).
+struct RunningFlag<'a>(&'a watch::Sender<bool>);
+
+impl<'a> RunningFlag<'a> {
+    fn raise(flag: &'a watch::Sender<bool>) -> Self {
+        flag.send_replace(true);
+        RunningFlag(flag)
+    }
+}
+
+impl Drop for RunningFlag<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
+}
+
+enum Wake {
+    Batch(usize),
+    Tick,
+    Stop,
+}
+
+impl Worker for AuditWriter {
+    fn name(&self) -> &'static str {
+        "audit-writer"
+    }
+
+    /// Critical: without it nothing is audited and fail-closed actions are all denied. A long stop
+    /// deadline: the final stop writes every queued record first.
+    fn policy(&self) -> WorkerPolicy {
+        WorkerPolicy::CRITICAL.stop_deadline(Duration::from_secs(10))
+    }
+
+    async fn run(self: Arc<Self>, ctx: WorkerContext) -> ActorResult {
+        // An aborted incarnation released the lock when its future was dropped.
+        let mut queue = self.core.queue.lock().await;
+        let _running = RunningFlag::raise(&self.running);
+        ctx.ready();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            let wake = ctx
+                .idle(async {
+                    tokio::select! {
+                        biased;
+                        () = ctx.cancelled() => Wake::Stop,
+                        // Before the queue: under constant load the tick still comes once a second.
+                        _ = tick.tick() => Wake::Tick,
+                        n = queue.recv_many(&mut batch, BATCH) => Wake::Batch(n),
+                    }
+                })
+                .await;
+            match wake {
+                Wake::Stop => break,
+                // The queue was closed (a final stop of an earlier incarnation): nothing more comes.
+                Wake::Batch(0) => {
+                    ctx.idle(ctx.cancelled()).await;
+                    break;
+                }
+                Wake::Batch(_) => {
+                    if !self.write(&mut batch, false).await {
+                        let pause = tokio::time::sleep(RETRY_AFTER);
+                        ctx.idle(async {
+                            tokio::select! {
+                                () = ctx.cancelled() => {}
+                                () = pause => {}
+                            }
+                        })
+                        .await;
+                    }
+                }
+                Wake::Tick => {
+                    self.shared.flush_refusals(false);
+                    self.trim().await;
+                }
+            }
+            ctx.progress();
+            ctx.set_status(format!(
+                "{} records, {} bytes",
+                self.shared.index.records(),
+                self.shared.index.bytes()
+            ));
+        }
+        // Stopping: whatever was queued before the stop is still written. The final stop closes the
+        // queue for good (later records are refused and counted); an operator stop or restart
+        // leaves it open for the next incarnation.
+        let last = ctx.is_final_stop();
+        if last {
+            self.shared.flush_refusals(true);
+            queue.close();
+        }
+        loop {
+            while batch.len() < BATCH {
+                match queue.try_recv() {
+                    Ok(pending) => batch.push(pending),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            self.write(&mut batch, last).await;
+            ctx.progress();
+        }
+        Ok(())
+    }
+}
+
+impl Core {
+    /// Appends `batch` (one write and one sync per segment touched), answers the fail-closed
+    /// waiters, trims. Returns whether all of it was written; what failed is counted as
+    /// unrecorded. `wait`: wait for the appender if busy; otherwise (the end of the stop, when it
+    /// may be held by an abandoned write) fail at once.
+    async fn write(
+        &self,
+        shared: &Shared,
+        tasks: &Tasks,
+        batch: &mut Vec<Pending>,
+        stopping: bool,
+        wait: bool,
+    ) -> bool {
+        let segments = self.segments.clone();
+        let mut taken = std::mem::take(batch);
+        shared
+            .queued
+            .fetch_sub(taken.len() as u64, Ordering::AcqRel);
+        // What a failure would lose, by kind (the whole batch when the write task itself failed).
+        let mut failed = by_kind(&taken);
+        // Group commit for fail-closed records (and at stop); the rest are synced every SYNC_EVERY.
+        let sync = stopping || taken.iter().any(|p| p.written.is_some());
+        let now = (shared.now)();
+        let done = tasks
+            .spawn_blocking("audit.write", move || {
+                let mut writer = match segments.try_lock() {
+                    Ok(writer) => writer,
+                    Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) if wait => {
+                        segments.lock().unwrap_or_else(|p| p.into_inner())
+                    }
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        let busy = std::io::Error::other("the audit writer is still busy");
+                        return (taken, 0, Some(busy), Vec::new());
+                    }
+                };
+                let mut records: Vec<&mut AuditRecord> =
+                    taken.iter_mut().map(|p| &mut p.record).collect();
+                let (written, error) = writer.append(&mut records, sync);
+                drop(records);
+                let trimmed = writer.trim(now);
+                (taken, written, error, trimmed)
+            })
+            .await;
+        let ok = match done {
+            Ok((mut taken, written, error, trimmed)) => {
+                if written > 0 {
+                    AuditWritten { records: written }.emit();
+                }
+                for (why, records) in trimmed {
+                    AuditTrimmed { records, why }.emit();
+                }
+                if let Some(err) = &error {
+                    tracing::error!(error = %err, records = taken.len() - written, dir = %self.dir.display(), "audit records could not be written");
+                }
+                failed = by_kind(&taken[written..]);
+                // After a failed sync nothing is known to be on disk: fail-closed waiters hear no.
+                let durable = if error.is_some() { 0 } else { written };
+                for (i, pending) in taken.drain(..).enumerate() {
+                    if let Some(answer) = pending.written {
+                        let _ = answer.send(i < durable);
+                    }
+                }
+                // Keep the allocation for the next batch.
+                *batch = taken;
+                error.is_none()
+            }
+            Err(err) => {
+                let records: u64 = failed.iter().map(|(_, n)| n).sum();
+                tracing::error!(error = %err, records, "the audit write panicked");
+                false
+            }
+        };
+        if !ok {
+            ErrorOccurred {
+                subsystem: "audit",
+                kind: "write",
+            }
+            .emit();
+            for (kind, records) in failed.into_iter().filter(|(_, n)| *n > 0) {
+                shared.unrecorded(kind, "write-failed", records);
+                if stopping {
+                    shared.lost_at_stop.fetch_add(records, Ordering::AcqRel);
+                }
+            }
+        }
+        AuditLogSize {
+            records: shared.index.records(),
+            bytes: shared.index.bytes(),
+            queued: shared.queued.load(Ordering::Acquire),
+        }
+        .emit();
+        ok
+    }
+}
+
+/// Events `batch` stands for, by kind.
+fn by_kind(batch: &[Pending]) -> [(AuditKind, u64); 5] {
+    let mut counts = [
+        (AuditKind::Policy, 0),
+        (AuditKind::Guardrail, 0),
+        (AuditKind::Access, 0),
+        (AuditKind::Token, 0),
+        (AuditKind::Admin, 0),
+    ];
+    for pending in batch {
+        if let Some((_, n)) = counts.iter_mut().find(|(k, _)| *k == pending.record.kind) {
+            *n += u64::from(pending.record.count.max(1));
+        }
+    }
+    counts
+}
+
+impl AuditWriter {
+    async fn write(&self, batch: &mut Vec<Pending>, stopping: bool) -> bool {
+        self.core
+            .write(&self.shared, &self.tasks, batch, stopping, true)
+            .await
+    }
+
+    /// Once a second: syncs what the last batches wrote, and retention when no batch comes (an
+    /// idle log still ages).
+    async fn trim(&self) {
+        let segments = self.core.segments.clone();
+        let now = (self.shared.now)();
+        if let Ok(trimmed) = self
+            .tasks
+            .spawn_blocking("audit.trim", move || {
+                let mut writer = segments.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(err) = writer.sync() {
+                    tracing::warn!(error = %err, "audit log sync failed");
+                }
+                writer.trim(now)
+            })
+            .await
+        {
+            for (why, records) in trimmed {
+                AuditTrimmed { records, why }.emit();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,696 @@
+//! The audit log on disk: an append-only directory of segment files, each a hash chain of binary
+//! frames (docs/AUDIT.md describes the format byte by byte; `brainstemctl audit verify` reads it
+//! independently of this code).
+//!
+//! ```text
+//! <state_dir>/audit/00000000000000000001.seg   first sequence number in the name
+//! segment = header frame*
+//! header  = "BSAUDIT1" first_seq:u64le prev_hash:[32]     prev_hash: the last frame's hash of the
+//!                                                         previous segment (zeros for the first)
+//! frame   = len:u32le seq:u64le hash:[32] payload[len]
+//! hash    = SHA-256(prev_hash ‖ seq:u64le ‖ payload)      prev_hash: the previous frame's hash
+//! ```
+//!
+//! Only the writer appends ([`SegmentWriter`], one per log, used from blocking threads); readers
+//! take a snapshot of the segment list ([`Index`]) and read each file up to the length the writer
+//! committed, so they never see half a frame. Counts and sizes are kept in the index: nothing here
+//! counts by scanning, except the one walk over the frames when the log is opened.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use super::{AuditKind, AuditRecord};
+
+pub const MAGIC: &[u8; 8] = b"BSAUDIT1";
+pub const HEADER_LEN: u64 = 48;
+pub const FRAME_HEAD: usize = 44;
+/// A frame larger than this is damage, not a record.
+pub const MAX_PAYLOAD: usize = 1 << 24;
+pub type Hash = [u8; 32];
+/// Every this many records a segment's index notes where the record starts, so a query reads a
+/// window of at most this many records instead of a whole segment.
+pub const MARK_EVERY: u64 = 256;
+
+/// The chain step: the hash of a frame given the hash before it.
+pub fn chain(prev: &Hash, seq: u64, payload: &[u8]) -> Hash {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(prev);
+    ctx.update(&seq.to_le_bytes());
+    ctx.update(payload);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+pub fn file_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.seg")
+}
+
+fn parse_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".seg")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+// ---- the record payload ----------------------------------------------------------------------
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Appends the binary form of `r` (everything but `seq`, which the frame carries).
+pub fn encode(r: &AuditRecord, out: &mut Vec<u8>) {
+    out.extend_from_slice(&r.time_unix_ms.to_le_bytes());
+    out.push(match r.kind {
+        AuditKind::Policy => 0,
+        AuditKind::Guardrail => 1,
+        AuditKind::Access => 2,
+        AuditKind::Token => 3,
+        AuditKind::Admin => 4,
+    });
+    out.push(u8::from(r.allowed));
+    out.extend_from_slice(&r.count.to_le_bytes());
+    for s in [
+        &r.decision_id,
+        &r.caller,
+        &r.principal,
+        &r.action,
+        &r.resource,
+        &r.correlation_id,
+    ] {
+        put_str(out, s);
+    }
+    out.extend_from_slice(&(r.reasons.len() as u32).to_le_bytes());
+    for reason in &r.reasons {
+        put_str(out, reason);
+    }
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err("record ends early".to_owned());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn str(&mut self) -> Result<String, String> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.take(n)?.to_vec())
+            .map_err(|_| "a text field is not UTF-8".to_owned())
+    }
+}
+
+/// The time a payload carries (its first field), without decoding the rest.
+pub fn time_of(payload: &[u8]) -> u64 {
+    Cursor(payload).u64().unwrap_or(0)
+}
+
+pub fn decode(seq: u64, payload: &[u8]) -> Result<AuditRecord, String> {
+    let mut c = Cursor(payload);
+    let time_unix_ms = c.u64()?;
+    let kind = match c.take(1)?[0] {
+        0 => AuditKind::Policy,
+        1 => AuditKind::Guardrail,
+        2 => AuditKind::Access,
+        3 => AuditKind::Token,
+        4 => AuditKind::Admin,
+        other => return Err(format!("unknown kind {other}")),
+    };
+    let allowed = c.take(1)?[0] != 0;
+    let count = c.u32()?;
+    let decision_id = c.str()?;
+    let caller = c.str()?;
+    let principal = c.str()?;
+    let action = c.str()?;
+    let resource = c.str()?;
+    let correlation_id = c.str()?;
+    let n = c.u32()? as usize;
+    let mut reasons = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        reasons.push(c.str()?);
+    }
+    if !c.0.is_empty() {
+        return Err("trailing bytes after the record".to_owned());
+    }
+    Ok(AuditRecord {
+        seq,
+        time_unix_ms,
+        decision_id,
+        kind,
+        caller,
+        principal,
+        action,
+        resource,
+        allowed,
+        reasons,
+        correlation_id,
+        count,
+    })
+}
+
+// ---- frames ----------------------------------------------------------------------------------
+
+pub struct Frame<'a> {
+    pub seq: u64,
+    pub hash: Hash,
+    pub payload: &'a [u8],
+}
+
+/// Walks the frames of a segment's bytes (after the header). Stops at the first frame that does
+/// not fit; [`Frames::pos`] is then the offset of the last whole frame's end.
+pub struct Frames<'a> {
+    buf: &'a [u8],
+    pub pos: usize,
+}
+
+impl<'a> Frames<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Frames { buf, pos: 0 }
+    }
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Frame<'a>;
+
+    fn next(&mut self) -> Option<Frame<'a>> {
+        let rest = &self.buf[self.pos..];
+        if rest.len() < FRAME_HEAD {
+            return None;
+        }
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if len > MAX_PAYLOAD || rest.len() < FRAME_HEAD + len {
+            return None;
+        }
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&rest[4..12]);
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&rest[12..44]);
+        self.pos += FRAME_HEAD + len;
+        Some(Frame {
+            seq: u64::from_le_bytes(seq),
+            hash,
+            payload: &rest[FRAME_HEAD..FRAME_HEAD + len],
+        })
+    }
+}
+
+// ---- the index -------------------------------------------------------------------------------
+
+/// One segment as the index knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub first_seq: u64,
+    /// One past the last record's sequence number.
+    pub next_seq: u64,
+    /// Bytes committed (header included); readers read no further.
+    pub len: u64,
+    pub first_ms: u64,
+    pub last_ms: u64,
+    /// (seq, byte offset) of every [`MARK_EVERY`]th record, the first included.
+    pub marks: Vec<(u64, u64)>,
+}
+
+/// A run of at most [`MARK_EVERY`] records of a segment: records `first_seq..next_seq` in bytes
+/// `start..end` of the file.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub first_seq: u64,
+    pub next_seq: u64,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl SegmentInfo {
+    pub fn records(&self) -> u64 {
+        self.next_seq - self.first_seq
+    }
+
+    /// The segment's committed records as windows, oldest first.
+    pub fn windows(&self) -> Vec<Window> {
+        let mut out = Vec::with_capacity(self.marks.len());
+        for (i, &(seq, start)) in self.marks.iter().enumerate() {
+            let (next_seq, end) = self
+                .marks
+                .get(i + 1)
+                .copied()
+                .unwrap_or((self.next_seq, self.len));
+            out.push(Window {
+                first_seq: seq,
+                next_seq,
+                start,
+                end,
+            });
+        }
+        out
+    }
+}
+
+/// What readers share with the writer: the segment list and the totals, kept up to date by the
+/// writer so nothing needs to count.
+#[derive(Debug)]
+pub struct Index {
+    pub dir: PathBuf,
+    segments: RwLock<Vec<SegmentInfo>>,
+    records: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Index {
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Acquire)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// The segments, oldest first (the last one is being appended to).
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The frames of one window of a segment. A segment trimmed meanwhile reads as empty.
+    pub fn read(&self, info: &SegmentInfo, window: &Window) -> io::Result<Vec<u8>> {
+        let mut file = match File::open(self.dir.join(file_name(info.first_seq))) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(err),
+        };
+        file.seek(SeekFrom::Start(window.start))?;
+        let mut buf = Vec::with_capacity(window.end.saturating_sub(window.start) as usize);
+        file.take(window.end.saturating_sub(window.start))
+            .read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Vec<SegmentInfo>)) {
+        let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        f(&mut segments);
+        self.records.store(
+            segments.iter().map(SegmentInfo::records).sum(),
+            Ordering::Release,
+        );
+        self.bytes
+            .store(segments.iter().map(|s| s.len).sum(), Ordering::Release);
+    }
+}
+
+/// What opening found worth telling the operator.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Bytes of a torn last frame cut off the active segment (a crash mid-write).
+    pub torn_bytes: u64,
+}
+
+// ---- the writer ------------------------------------------------------------------------------
+
+/// When the active segment is closed and a new one begun.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_records: u64,
+    pub max_bytes: u64,
+    pub max_age_ms: u64,
+}
+
+impl Limits {
+    /// Retention works on whole segments; 1/16 of each limit per segment keeps what remains within
+    /// a sixteenth of the limit.
+    fn segment_records(&self) -> u64 {
+        (self.max_records / 16).max(64)
+    }
+    fn segment_bytes(&self) -> u64 {
+        (self.max_bytes / 16).clamp(4096, 64 << 20)
+    }
+}
+
+/// The one appender. Not shared between threads at once (the worker holds it in a mutex).
+#[derive(Debug)]
+pub struct SegmentWriter {
+    index: Arc<Index>,
+    limits: Limits,
+    file: File,
+    /// Bytes of the active file known good.
+    committed: u64,
+    /// A write began and did not finish (an error or a panic): cut back to `committed` first.
+    dirty: bool,
+    prev: Hash,
+    next_seq: u64,
+    buf: Vec<u8>,
+    payload: Vec<u8>,
+    /// Written since the last `fdatasync`.
+    unsynced: bool,
+    last_sync: std::time::Instant,
+    /// Test hook: while set, every write fails as a full disk would.
+    pub fail: Arc<AtomicBool>,
+}
+
+/// Records not waited for are synced at least this often (fail-closed ones at once).
+pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl SegmentWriter {
+    /// Opens `dir` (created if needed): walks every segment once to rebuild the index, and cuts a
+    /// torn tail off the last one.
+    pub fn open(dir: &Path, limits: Limits) -> io::Result<(SegmentWriter, Recovered)> {
+        crate::crypto::files::create_private_dir(dir)?;
+        let mut firsts = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            if let Some(first) = entry.file_name().to_str().and_then(parse_name) {
+                firsts.push(first);
+            }
+        }
+        firsts.sort_unstable();
+        let mut segments = Vec::new();
+        let mut recovered = Recovered::default();
+        let mut prev = [0u8; 32];
+        let mut next_seq = 1;
+        let count = firsts.len();
+        for (i, first) in firsts.into_iter().enumerate() {
+            let path = dir.join(file_name(first));
+            let bytes = fs::read(&path)?;
+            if bytes.len() < HEADER_LEN as usize || &bytes[..8] != MAGIC {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is not an audit segment (bad header); move it aside",
+                        path.display()
+                    ),
+                ));
+            }
+            let mut info = SegmentInfo {
+                first_seq: first,
+                next_seq: first,
+                len: HEADER_LEN,
+                first_ms: 0,
+                last_ms: 0,
+                marks: Vec::new(),
+            };
+            let mut frames = Frames::new(&bytes[HEADER_LEN as usize..]);
+            loop {
+                let at = HEADER_LEN + frames.pos as u64;
+                let Some(frame) = frames.next() else {
+                    break;
+                };
+                if (frame.seq - first) % MARK_EVERY == 0 {
+                    info.marks.push((frame.seq, at));
+                }
+                let ms = time_of(frame.payload);
+                if info.records() == 0 {
+                    info.first_ms = ms;
+                }
+                info.last_ms = ms;
+                info.next_seq = frame.seq + 1;
+                prev = frame.hash;
+            }
+            if info.records() == 0 {
+                prev.copy_from_slice(&bytes[16..48]);
+            }
+            info.len = HEADER_LEN + frames.pos as u64;
+            let torn = bytes.len() as u64 - info.len;
+            if torn > 0 && i + 1 == count {
+                let file = OpenOptions::new().write(true).open(&path)?;
+                file.set_len(info.len)?;
+                file.sync_all()?;
+                recovered.torn_bytes = torn;
+            }
+            next_seq = info.next_seq;
+            segments.push(info);
+        }
+        let index = Arc::new(Index {
+            dir: dir.to_owned(),
+            segments: RwLock::new(Vec::new()),
+            records: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        });
+        let file = match segments.last() {
+            Some(last) => OpenOptions::new()
+                .append(true)
+                .open(dir.join(file_name(last.first_seq)))?,
+            None => {
+                let (file, info) = create_segment(dir, next_seq, &prev)?;
+                segments.push(info);
+                file
+            }
+        };
+        let committed = segments.last().map_or(HEADER_LEN, |s| s.len);
+        index.update(|s| *s = segments);
+        Ok((
+            SegmentWriter {
+                index,
+                limits,
+                file,
+                committed,
+                dirty: false,
+                prev,
+                next_seq,
+                buf: Vec::new(),
+                payload: Vec::new(),
+                unsynced: false,
+                last_sync: std::time::Instant::now(),
+                fail: Arc::new(AtomicBool::new(false)),
+            },
+            recovered,
+        ))
+    }
+
+    pub fn index(&self) -> &Arc<Index> {
+        &self.index
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Appends `records` (numbering them): one `write` per segment the batch touches (a full
+    /// segment is synced, sealed and the next begun on the way), then one `fdatasync` when `sync`
+    /// (a fail-closed record waits) or when the last one is [`SYNC_EVERY`] old. Returns how many
+    /// were written, and the error that stopped the rest: a failed part is cut back off the file,
+    /// and the numbering and chain continue from the last written one. A failed sync is returned
+    /// as the error with every record counted as written (they are in the file, perhaps not on
+    /// the platter): waiters must then be told no.
+    pub fn append(
+        &mut self,
+        records: &mut [&mut AuditRecord],
+        sync: bool,
+    ) -> (usize, Option<io::Error>) {
+        let mut done = 0;
+        while done < records.len() {
+            match self.append_part(&mut records[done..]) {
+                Ok(n) => done += n,
+                Err(err) => return (done, Some(err)),
+            }
+        }
+        if sync || self.last_sync.elapsed() >= SYNC_EVERY {
+            if let Err(err) = self.sync() {
+                return (done, Some(err));
+            }
+        }
+        (done, None)
+    }
+
+    /// `fdatasync` if anything was written since the last one.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.unsynced {
+            self.file.sync_data()?;
+            self.unsynced = false;
+        }
+        self.last_sync = std::time::Instant::now();
+        Ok(())
+    }
+
+    /// Appends as many of `records` as fit in the active segment (at least one).
+    fn append_part(&mut self, records: &mut [&mut AuditRecord]) -> io::Result<usize> {
+        if self.dirty {
+            self.file.set_len(self.committed)?;
+            self.dirty = false;
+        }
+        let mut active = self.active();
+        if active.records() >= self.limits.segment_records()
+            || active.len >= self.limits.segment_bytes()
+        {
+            self.roll()?;
+            active = self.active();
+        }
+        let room_records = self.limits.segment_records() - active.records();
+        let room_bytes = self.limits.segment_bytes() - active.len;
+        self.buf.clear();
+        let (mut seq, mut prev) = (self.next_seq, self.prev);
+        let (mut first_ms, mut last_ms, mut n) = (0, 0, 0);
+        let mut marks = Vec::new();
+        for record in records.iter() {
+            if n > 0 && (n as u64 >= room_records || self.buf.len() as u64 >= room_bytes) {
+                break;
+            }
+            if (seq - active.first_seq) % MARK_EVERY == 0 {
+                marks.push((seq, self.committed + self.buf.len() as u64));
+            }
+            self.payload.clear();
+            encode(record, &mut self.payload);
+            let hash = chain(&prev, seq, &self.payload);
+            self.buf
+                .extend_from_slice(&(self.payload.len() as u32).to_le_bytes());
+            self.buf.extend_from_slice(&seq.to_le_bytes());
+            self.buf.extend_from_slice(&hash);
+            self.buf.extend_from_slice(&self.payload);
+            if n == 0 {
+                first_ms = record.time_unix_ms;
+            }
+            last_ms = record.time_unix_ms;
+            prev = hash;
+            seq += 1;
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        self.dirty = true;
+        if self.fail.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "injected: no space left on device",
+            ));
+        }
+        let written = self.file.write_all(&self.buf);
+        if let Err(err) = written {
+            // Best effort: the next append tries again while `dirty` stays set.
+            if self.file.set_len(self.committed).is_ok() {
+                self.dirty = false;
+            }
+            return Err(err);
+        }
+        self.dirty = false;
+        self.unsynced = true;
+        for (record, s) in records.iter_mut().zip(self.next_seq..seq) {
+            record.seq = s;
+        }
+        self.committed += self.buf.len() as u64;
+        self.next_seq = seq;
+        self.prev = prev;
+        let committed = self.committed;
+        self.index.update(|segments| {
+            if let Some(last) = segments.last_mut() {
+                if last.records() == 0 {
+                    last.first_ms = first_ms;
+                }
+                last.last_ms = last_ms;
+                last.next_seq = seq;
+                last.len = committed;
+                last.marks.extend(marks);
+            }
+        });
+        Ok(n)
+    }
+
+    fn active(&self) -> SegmentInfo {
+        self.index
+            .segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .last()
+            .cloned()
+            .unwrap_or(SegmentInfo {
+                first_seq: self.next_seq,
+                next_seq: self.next_seq,
+                len: HEADER_LEN,
+                first_ms: 0,
+                last_ms: 0,
+                marks: Vec::new(),
+            })
+    }
+
+    /// Seals the active segment and begins the next, chained to it.
+    fn roll(&mut self) -> io::Result<()> {
+        self.sync()?;
+        let (file, info) = create_segment(&self.index.dir, self.next_seq, &self.prev)?;
+        self.file = file;
+        self.committed = info.len;
+        self.index.update(|segments| segments.push(info));
+        Ok(())
+    }
+
+    /// Removes whole segments, oldest first, while the log is beyond a limit; never the active one.
+    /// Returns how many records went, by why.
+    pub fn trim(&mut self, now_ms: u64) -> Vec<(&'static str, u64)> {
+        let mut trimmed: Vec<(&'static str, u64)> = Vec::new();
+        loop {
+            let segments = self.index.segments();
+            let (Some(oldest), true) = (segments.first(), segments.len() > 1) else {
+                break;
+            };
+            let why = if self.index.records() > self.limits.max_records {
+                "count"
+            } else if self.index.bytes() > self.limits.max_bytes {
+                "bytes"
+            } else if oldest.last_ms < now_ms.saturating_sub(self.limits.max_age_ms) {
+                "age"
+            } else {
+                break;
+            };
+            if let Err(err) = fs::remove_file(self.index.dir.join(file_name(oldest.first_seq))) {
+                if err.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(error = %err, segment = oldest.first_seq, "audit retention could not remove a segment");
+                    break;
+                }
+            }
+            let records = oldest.records();
+            self.index.update(|s| {
+                s.remove(0);
+            });
+            match trimmed.iter_mut().find(|(w, _)| *w == why) {
+                Some((_, n)) => *n += records,
+                None => trimmed.push((why, records)),
+            }
+        }
+        trimmed
+    }
+}
+
+fn create_segment(dir: &Path, first_seq: u64, prev: &Hash) -> io::Result<(File, SegmentInfo)> {
+    let path = dir.join(file_name(first_seq));
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    // A leftover file of that name (a roll cut short) starts over.
+    file.set_len(0)?;
+    let mut header = Vec::with_capacity(HEADER_LEN as usize);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&first_seq.to_le_bytes());
+    header.extend_from_slice(prev);
+    file.write_all(&header)?;
+    file.sync_all()?;
+    File::open(dir)?.sync_all()?;
+    Ok((
+        file,
+        SegmentInfo {
+            first_seq,
+            next_seq: first_seq,
+            len: HEADER_LEN,
+            first_ms: 0,
+            last_ms: 0,
+            marks: Vec::new(),
+        },
+    ))
+}
