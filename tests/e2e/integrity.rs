@@ -216,15 +216,6 @@ impl Drop for Mounted {
     }
 }
 
-fn available(path: &Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid C string and an out-parameter of the right type.
-    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut stat) }, 0);
-    stat.f_bavail as u64 * stat.f_frsize as u64
-}
-
 fn episode(text: &str) -> StoreRequest {
     StoreRequest {
         episode: Some(Episode {
@@ -285,7 +276,7 @@ async fn a_full_disk_refuses_writes_keeps_serving_and_recovers_when_space_return
         use std::io::Write;
         let mut file = std::fs::File::create(&filler).unwrap();
         let chunk = vec![0u8; 1 << 20];
-        while available(&small) > 8 << 20 {
+        while brainstemd::store::space::available_bytes(&small).unwrap() > 8 << 20 {
             file.write_all(&chunk).unwrap();
         }
         file.sync_all().unwrap();
