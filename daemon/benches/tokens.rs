@@ -39,7 +39,7 @@ fn service(dir: &std::path::Path) -> TokenService {
         rotate_after_seconds: 0,
         retire_after_seconds: 3600,
     };
-    let master = MasterKey::new(&[7; 32]).expect("32-byte key");
+    let master = std::sync::Arc::new(MasterKey::new(&[7; 32]).expect("32-byte key"));
     TokenService::open(
         &settings,
         master,

@@ -244,10 +244,10 @@ impl Daemon {
         .emit();
 
         // After the recorder: the service registers its hot-path counters once.
-        let master = crate::tokens::load_master_key(&config.master_key_path()?)?;
+        let master = Arc::new(crate::tokens::load_master_key(&config.master_key_path()?)?);
         let tokens = Arc::new(TokenService::open(
             &config.tokens,
-            master,
+            master.clone(),
             &store,
             Arc::new(SystemClock),
         )?);
@@ -302,6 +302,7 @@ impl Daemon {
         let handlers = grpc::services::setup(&mut Setup {
             config: &config,
             store: &store,
+            master: &master,
             actors: &mut actors,
         })?;
 

@@ -89,6 +89,9 @@ pub enum ServiceError {
     /// The request is valid but the system is not in a state to run it.
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// Stored data is damaged and was not returned (DATA_LOSS); the text names what, never a value.
+    #[error("data loss: {0}")]
+    DataLoss(String),
     /// The subsystem is temporarily unable to serve (stopped, failed, restarting).
     #[error("unavailable: {0}")]
     Unavailable(String),

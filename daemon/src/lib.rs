@@ -31,6 +31,7 @@ pub mod flags;
 pub mod grpc;
 pub mod policy;
 pub mod runtime;
+pub mod secrets;
 pub mod store;
 pub mod supervisor;
 pub mod tokens;

@@ -145,6 +145,7 @@ sections! {
     grants: crate::access::config::GrantList,
     policy: crate::policy::config::PolicyConfig,
     flags: crate::flags::config::FlagsConfig,
+    secrets: crate::secrets::config::SecretsConfig,
     audit: crate::access::config::AuditConfig,
     rate_limits: crate::access::config::RateLimits,
     guardrails: crate::access::config::GuardrailsConfig,

@@ -35,11 +35,12 @@ pub enum CryptoError {
 pub struct MasterKey {
     key: LessSafeKey,
     rng: SystemRandom,
+    id: String,
 }
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MasterKey(..)")
+        write!(f, "MasterKey({})", self.id)
     }
 }
 
@@ -53,7 +54,14 @@ impl MasterKey {
         Ok(MasterKey {
             key: LessSafeKey::new(key),
             rng: SystemRandom::new(),
+            id: key_id(bytes),
         })
+    }
+
+    /// The key's id: 16 hex digits of a domain-separated SHA-256 of the key. It names which key
+    /// sealed a value (master-key rotation, error messages) without revealing the key.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// Reads the key file (refused if group or others can read it, unless it is a systemd credential).
@@ -100,6 +108,17 @@ impl MasterKey {
     }
 }
 
+fn key_id(bytes: &[u8]) -> String {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    context.update(b"brainstem master key id v1\0");
+    context.update(bytes);
+    let digest = context.finish();
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +138,17 @@ mod tests {
             master.unseal(&master.seal(b"", AD).unwrap(), AD).unwrap(),
             b""
         );
+    }
+
+    #[test]
+    fn key_ids_tell_keys_apart_without_showing_them() {
+        let a = MasterKey::new(&[7; KEY_LEN]).unwrap();
+        let b = MasterKey::new(&[8; KEY_LEN]).unwrap();
+        assert_eq!(a.id().len(), 16);
+        assert_eq!(a.id(), MasterKey::new(&[7; KEY_LEN]).unwrap().id());
+        assert_ne!(a.id(), b.id());
+        assert!(!a.id().contains("0707"), "the id is not the key");
+        assert_eq!(format!("{a:?}"), format!("MasterKey({})", a.id()));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tonic::service::RoutesBuilder;
 
 use crate::access::Access;
 use crate::config::Config;
+use crate::crypto::MasterKey;
 use crate::daemon::StartError;
 use crate::grpc::admin::DaemonInfo;
 use crate::grpc::methods::Requirement;
@@ -32,6 +33,7 @@ pub const REGISTRY: &[Registration] = &[
     crate::flags::api::REGISTRATION,
     crate::flags::api::FLAGD_V2_REGISTRATION,
     crate::flags::api::FLAGD_V1_REGISTRATION,
+    crate::secrets::api::REGISTRATION,
 ];
 
 /// What the control plane knows about a service before anything starts.
@@ -74,6 +76,8 @@ pub type Handler = Box<dyn FnOnce(&Shared, &mut RoutesBuilder, Limits) + Send>;
 pub struct Setup<'a> {
     pub config: &'a Config,
     pub store: &'a Store,
+    /// The master key (`[keys]`), for services that keep key material at rest.
+    pub master: &'a Arc<MasterKey>,
     /// Actors and workers registered here start in declared order once every service is set up.
     pub actors: &'a mut SupervisorBuilder,
 }

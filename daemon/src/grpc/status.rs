@@ -50,6 +50,7 @@ impl From<ServiceError> for Status {
             }
             ServiceError::NotFound(what) => Status::not_found(bounded(&what)),
             ServiceError::FailedPrecondition(why) => Status::failed_precondition(bounded(&why)),
+            ServiceError::DataLoss(what) => Status::data_loss(bounded(&what)),
             ServiceError::Unavailable(why) => Status::unavailable(bounded(&why)),
             ServiceError::DeadlineExceeded(why) => Status::deadline_exceeded(bounded(&why)),
             ServiceError::Undecodable(why) => {

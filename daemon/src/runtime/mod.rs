@@ -5,5 +5,6 @@ pub mod config;
 pub mod events;
 pub mod metrics;
 pub mod notify;
+pub mod redact;
 pub mod tasks;
 pub mod telemetry;

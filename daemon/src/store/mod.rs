@@ -55,6 +55,9 @@ pub mod trees {
     pub const TOKENS_REVOKED: &str = "tokens.revoked";
     /// The episodic buffer: `e` + big-endian sequence number → episode; `m:…` bookkeeping.
     pub const EPISODIC: &str = "episodic";
+    /// Secrets (`secrets`): `m:<path>` → metadata, `v:<path>\0<version, big-endian>` → the sealed
+    /// value and its wrapped data key, `k:check` → what proves the master key is the right one.
+    pub const SECRETS: &str = "secrets";
     /// Replies kept for idempotency keys (`grpc::idempotency`), with their expiry index.
     pub const IDEMPOTENCY: &str = "idempotency";
     /// Trees whose silent loss would weaken security: a clean stop records a digest of their
@@ -923,6 +926,32 @@ impl Tree {
             .begin(Some((self.tree.clone(), batch.inner)), self.durable)
             .wait()
             .await
+    }
+
+    /// Applies `batch` on the calling thread, so readers see it when this returns, and hands its
+    /// flush to the committer: the batch is durable (policy `always`) once the returned [`Durable`]
+    /// resolves `Ok`. For a writer that keeps an in-memory mirror of the tree and must not let a
+    /// cancelled wait leave the mirror behind the disk: it updates the mirror between the two. The
+    /// disk-space guard refuses the batch before sled sees it. On the multi-thread runtime sled's
+    /// apply runs under `block_in_place`, as a transaction's does.
+    pub fn apply_now(&self, batch: Batch) -> Result<Durable, StoreError> {
+        if *self.committer().space_watch().borrow() {
+            let lock = &self.handles.lock_file;
+            let path = lock.parent().unwrap_or(lock).to_path_buf();
+            return Err(StoreError::NoSpace {
+                available: space::available_bytes(&path).unwrap_or(0),
+                path,
+                reserve: self.committer().reserve(),
+            });
+        }
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            tokio::task::block_in_place(|| self.tree.apply_batch(batch.inner))?;
+        } else {
+            self.tree.apply_batch(batch.inner)?;
+        }
+        Ok(self.committer().begin_job(None, self.durable, true))
     }
 
     /// Blocking [`Tree::apply_async`].

@@ -336,7 +336,7 @@ pub fn load_master_key(path: &Path) -> Result<MasterKey, TokenError> {
 pub struct TokenService {
     settings: TokensConfig,
     clock: Arc<dyn Clock>,
-    master: MasterKey,
+    master: Arc<MasterKey>,
     rng: SystemRandom,
     keys_tree: Tree,
     issued: Tree,
@@ -368,7 +368,7 @@ impl TokenService {
     /// stops the start rather than verifying with partial state.
     pub fn open(
         settings: &TokensConfig,
-        master: MasterKey,
+        master: Arc<MasterKey>,
         store: &Store,
         clock: Arc<dyn Clock>,
     ) -> Result<TokenService, TokenError> {

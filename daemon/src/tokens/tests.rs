@@ -66,7 +66,7 @@ impl Fixture {
             store.close().unwrap();
         }
         let store = Store::open(self.dir.path(), &store_config()).unwrap();
-        let master = MasterKey::new(&MASTER).unwrap();
+        let master = std::sync::Arc::new(MasterKey::new(&MASTER).unwrap());
         self.service =
             Some(TokenService::open(&self.settings, master, &store, self.clock.clone()).unwrap());
         self.store = Some(store);
@@ -594,7 +594,7 @@ async fn signing_keys_are_not_stored_in_plaintext() {
     // Another master key cannot open the keys: the start fails closed.
     drop(f.service);
     let store = f.store.unwrap();
-    let other = MasterKey::new(&[1; 32]).unwrap();
+    let other = std::sync::Arc::new(MasterKey::new(&[1; 32]).unwrap());
     match TokenService::open(&settings(), other, &store, f.clock.clone()) {
         Err(TokenError::Undecryptable { kid }) => assert_eq!(kid, "k1"),
         other => panic!("expected Undecryptable, got {other:?}"),

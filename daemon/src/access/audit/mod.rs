@@ -80,6 +80,9 @@ pub enum AuditKind {
     /// An operator's change to the daemon's state: a flag override set or cleared, a store recovered
     /// with accepted loss.
     Admin,
+    /// A change to a secret (put, rotate, delete, undelete, destroy, metadata) or the master key; the
+    /// record names the path and version, never the value.
+    Secret,
 }
 
 impl AuditKind {
@@ -90,6 +93,7 @@ impl AuditKind {
             AuditKind::Access => "access",
             AuditKind::Token => "token",
             AuditKind::Admin => "admin",
+            AuditKind::Secret => "secret",
         }
     }
 
@@ -100,6 +104,7 @@ impl AuditKind {
             AuditKind::Access,
             AuditKind::Token,
             AuditKind::Admin,
+            AuditKind::Secret,
         ]
         .into_iter()
         .find(|k| k.as_str() == text)
@@ -910,13 +915,14 @@ impl Core {
 }
 
 /// Events `batch` stands for, by kind.
-fn by_kind(batch: &[Pending]) -> [(AuditKind, u64); 5] {
+fn by_kind(batch: &[Pending]) -> [(AuditKind, u64); 6] {
     let mut counts = [
         (AuditKind::Policy, 0),
         (AuditKind::Guardrail, 0),
         (AuditKind::Access, 0),
         (AuditKind::Token, 0),
         (AuditKind::Admin, 0),
+        (AuditKind::Secret, 0),
     ];
     for pending in batch {
         if let Some((_, n)) = counts.iter_mut().find(|(k, _)| *k == pending.record.kind) {

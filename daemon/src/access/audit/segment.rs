@@ -72,6 +72,7 @@ pub fn encode(r: &AuditRecord, out: &mut Vec<u8>) {
         AuditKind::Access => 2,
         AuditKind::Token => 3,
         AuditKind::Admin => 4,
+        AuditKind::Secret => 5,
     });
     out.push(u8::from(r.allowed));
     out.extend_from_slice(&r.count.to_le_bytes());
@@ -132,6 +133,7 @@ pub fn decode(seq: u64, payload: &[u8]) -> Result<AuditRecord, String> {
         2 => AuditKind::Access,
         3 => AuditKind::Token,
         4 => AuditKind::Admin,
+        5 => AuditKind::Secret,
         other => return Err(format!("unknown kind {other}")),
     };
     let allowed = c.take(1)?[0] != 0;

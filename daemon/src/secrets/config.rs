@@ -1,0 +1,59 @@
+//! `[secrets]`: the secrets store's limits (docs/SECRETS.md).
+
+use crate::config::{Section, Table, Walker};
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SecretsConfig {
+    /// Serve `brainstem.v1.Secrets`.
+    pub enabled: bool,
+    /// Largest value, in bytes.
+    pub max_value_bytes: u64,
+    /// Versions kept per secret unless its metadata says otherwise; older ones are pruned.
+    pub max_versions: u32,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        SecretsConfig {
+            enabled: true,
+            max_value_bytes: 512 * 1024,
+            max_versions: 10,
+        }
+    }
+}
+
+impl Section for SecretsConfig {
+    const KEY: &'static str = "secrets";
+
+    fn parse(&mut self, walker: &mut Walker, root: &Table<'_>) {
+        let Some(t) = walker.table(root, Self::KEY) else {
+            return;
+        };
+        walker.boolean(&t, "enabled", &mut self.enabled);
+        walker.integer(
+            &t,
+            "max_value_bytes",
+            1..=16 * 1024 * 1024,
+            &mut self.max_value_bytes,
+        );
+        let mut versions = u64::from(self.max_versions);
+        walker.integer(&t, "max_versions", 1..=1000, &mut versions);
+        self.max_versions = u32::try_from(versions).unwrap_or(10);
+        walker.finish(t);
+    }
+
+    fn default_text(&self) -> String {
+        format!(
+            r#"[secrets]
+# The secrets store (docs/SECRETS.md): values encrypted under per-version data keys wrapped by the
+# master key ([keys]), versioned like Vault's KV v2, rotated by the daemon.
+enabled = {}
+# Largest value, in bytes (at most 16 MiB; gRPC's message limit in [server] applies too).
+max_value_bytes = {}
+# Versions kept per secret unless its metadata sets its own max_versions; older ones are pruned.
+max_versions = {}
+"#,
+            self.enabled, self.max_value_bytes, self.max_versions
+        )
+    }
+}

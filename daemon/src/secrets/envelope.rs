@@ -1,0 +1,206 @@
+//! Envelope encryption: every secret version gets its own random 256-bit data key; the value is
+//! sealed with it (AES-256-GCM, ring) and the data key is sealed with the master key. Both seals
+//! bind the secret's path and version as associated data, so a ciphertext or a wrapped key copied
+//! to another path or version does not open: [`OpenError`], never another secret's plaintext.
+//!
+//! Layout of both seals: `nonce (12) || ciphertext || tag (16)`. Data keys and plaintext buffers
+//! are wiped (`zeroize`) when dropped.
+
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+use crate::crypto::{CryptoError, MasterKey};
+
+const DATA_KEY_LEN: usize = 32;
+const TAG_LEN: usize = 16;
+
+/// A sealed version: which master key wrapped its data key, the wrapped key, the sealed value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub kek: String,
+    pub wrapped_key: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealed")
+            .field("kek", &self.kek)
+            .field("ciphertext_bytes", &self.ciphertext.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a version does not open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    #[error("its data key does not unwrap with the master key")]
+    Key,
+    #[error("its ciphertext does not open with its data key")]
+    Value,
+}
+
+fn ad(kind: &str, path: &str, version: u64) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(32 + path.len());
+    ad.extend_from_slice(b"brainstem secret ");
+    ad.extend_from_slice(kind.as_bytes());
+    ad.push(0);
+    ad.extend_from_slice(path.as_bytes());
+    ad.push(0);
+    ad.extend_from_slice(&version.to_be_bytes());
+    ad
+}
+
+/// Seals `value` as version `version` of `path`.
+pub fn seal(
+    master: &MasterKey,
+    rng: &SystemRandom,
+    path: &str,
+    version: u64,
+    value: &[u8],
+) -> Result<Sealed, CryptoError> {
+    let mut data_key = Zeroizing::new([0u8; DATA_KEY_LEN]);
+    rng.fill(&mut data_key[..])
+        .map_err(|_| CryptoError::Random)?;
+    let wrapped_key = master.seal(&data_key[..], &ad("key", path, version))?;
+    let key = LessSafeKey::new(
+        UnboundKey::new(&AES_256_GCM, &data_key[..]).map_err(|_| CryptoError::Random)?,
+    );
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill(&mut nonce).map_err(|_| CryptoError::Random)?;
+    let mut ciphertext = Vec::with_capacity(NONCE_LEN + value.len() + TAG_LEN);
+    ciphertext.extend_from_slice(&nonce);
+    ciphertext.extend_from_slice(value);
+    let tag = key
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(ad("value", path, version)),
+            &mut ciphertext[NONCE_LEN..],
+        )
+        .map_err(|_| CryptoError::Random)?;
+    ciphertext.extend_from_slice(tag.as_ref());
+    Ok(Sealed {
+        kek: master.id().to_owned(),
+        wrapped_key,
+        ciphertext,
+    })
+}
+
+/// Opens version `version` of `path`. The plaintext is wiped when the returned buffer is dropped.
+pub fn open(
+    master: &MasterKey,
+    path: &str,
+    version: u64,
+    sealed: &Sealed,
+) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+    let data_key = Zeroizing::new(
+        master
+            .unseal(&sealed.wrapped_key, &ad("key", path, version))
+            .map_err(|_| OpenError::Key)?,
+    );
+    let key =
+        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &data_key).map_err(|_| OpenError::Key)?);
+    if sealed.ciphertext.len() < NONCE_LEN + TAG_LEN {
+        return Err(OpenError::Value);
+    }
+    let (nonce, body) = sealed.ciphertext.split_at(NONCE_LEN);
+    let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| OpenError::Value)?;
+    let mut buffer = Zeroizing::new(body.to_vec());
+    let len = key
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(ad("value", path, version)),
+            &mut buffer,
+        )
+        .map_err(|_| OpenError::Value)?
+        .len();
+    buffer.truncate(len);
+    Ok(buffer)
+}
+
+/// Re-wraps the data key of a sealed version under `new` (master-key rotation); the value's
+/// ciphertext is untouched.
+pub fn rewrap(
+    old: &MasterKey,
+    new: &MasterKey,
+    path: &str,
+    version: u64,
+    sealed: &Sealed,
+) -> Result<Sealed, OpenError> {
+    let data_key = Zeroizing::new(
+        old.unseal(&sealed.wrapped_key, &ad("key", path, version))
+            .map_err(|_| OpenError::Key)?,
+    );
+    let wrapped_key = new
+        .seal(&data_key, &ad("key", path, version))
+        .map_err(|_| OpenError::Key)?;
+    Ok(Sealed {
+        kek: new.id().to_owned(),
+        wrapped_key,
+        ciphertext: sealed.ciphertext.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn master(b: u8) -> MasterKey {
+        MasterKey::new(&[b; 32]).unwrap()
+    }
+
+    #[test]
+    fn a_version_opens_only_at_its_path_and_version() {
+        let m = master(1);
+        let rng = SystemRandom::new();
+        let sealed = seal(&m, &rng, "/a/b", 3, b"hunter2-but-longer").unwrap();
+        assert_eq!(sealed.kek, m.id());
+        assert_eq!(
+            &open(&m, "/a/b", 3, &sealed).unwrap()[..],
+            b"hunter2-but-longer"
+        );
+        assert_eq!(open(&m, "/a/c", 3, &sealed), Err(OpenError::Key));
+        assert_eq!(open(&m, "/a/b", 4, &sealed), Err(OpenError::Key));
+        assert_eq!(open(&master(2), "/a/b", 3, &sealed), Err(OpenError::Key));
+        // A value moved under another version's (valid) data key still does not open.
+        let other = seal(&m, &rng, "/a/b", 4, b"x").unwrap();
+        let swapped = Sealed {
+            ciphertext: sealed.ciphertext.clone(),
+            ..other
+        };
+        assert_eq!(open(&m, "/a/b", 4, &swapped), Err(OpenError::Value));
+        assert!(!format!("{sealed:?}").contains("wrapped"));
+    }
+
+    #[test]
+    fn every_flipped_byte_is_refused() {
+        let m = master(1);
+        let sealed = seal(&m, &SystemRandom::new(), "/p", 1, b"value").unwrap();
+        for i in 0..sealed.ciphertext.len() {
+            let mut bad = sealed.clone();
+            bad.ciphertext[i] ^= 1;
+            assert_eq!(open(&m, "/p", 1, &bad), Err(OpenError::Value), "byte {i}");
+        }
+        for i in 0..sealed.wrapped_key.len() {
+            let mut bad = sealed.clone();
+            bad.wrapped_key[i] ^= 1;
+            assert_eq!(open(&m, "/p", 1, &bad), Err(OpenError::Key), "key byte {i}");
+        }
+        let mut short = sealed.clone();
+        short.ciphertext.truncate(10);
+        assert_eq!(open(&m, "/p", 1, &short), Err(OpenError::Value));
+    }
+
+    #[test]
+    fn rewrapping_keeps_the_value_and_moves_the_key() {
+        let (old, new) = (master(1), master(2));
+        let sealed = seal(&old, &SystemRandom::new(), "/p", 1, b"value").unwrap();
+        let moved = rewrap(&old, &new, "/p", 1, &sealed).unwrap();
+        assert_eq!(moved.kek, new.id());
+        assert_eq!(moved.ciphertext, sealed.ciphertext);
+        assert_eq!(&open(&new, "/p", 1, &moved).unwrap()[..], b"value");
+        assert_eq!(open(&old, "/p", 1, &moved), Err(OpenError::Key));
+        assert_eq!(rewrap(&new, &old, "/p", 1, &sealed), Err(OpenError::Key));
+    }
+}

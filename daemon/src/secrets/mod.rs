@@ -1,0 +1,1125 @@
+//! The secrets store (docs/SECRETS.md): the "give me that credential" service other processes on
+//! the host call instead of reading `.env` files.
+//!
+//! - Values are sealed per version with a fresh data key, itself wrapped by the master key
+//!   ([`envelope`]); path and version are bound as associated data.
+//! - Versions follow Vault's KV v2: check-and-set, soft delete / undelete / destroy, `max_versions`
+//!   pruning, `delete_version_after`, custom metadata. Rotation (which Vault's KV lacks) is a
+//!   period and a [`Generator`] per secret, run by the supervised `secrets-rotation` worker
+//!   ([`rotation`]), also for periods that elapsed while the daemon was stopped.
+//! - One tree ([`trees::SECRETS`]): `m:<path>` → [`SecretMeta`], `v:<path>\0<version BE>` → the
+//!   sealed version. A change is one sled batch (atomic), applied under a per-path lock and flushed
+//!   by the store's committer, so concurrent puts to different paths share a flush (group commit).
+//! - Every path's metadata is mirrored in memory (loaded at open): Get reads one stored record,
+//!   List and the rotation schedule read memory only, nothing is counted by scanning.
+//! - Every change is sent to watchers ([`Change`]: path, version, kind, never the value) and audited
+//!   (kind `secret`, the principal and correlation id, never the value). Every stored value of at
+//!   least 8 bytes is handed to the log redactor, which removes it from any log line.
+
+pub mod api;
+pub mod config;
+mod envelope;
+pub mod events;
+mod generator;
+pub mod path;
+mod rotation;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ring::rand::SystemRandom;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use zeroize::Zeroizing;
+
+use self::envelope::{OpenError, Sealed};
+use self::events::{ReadResult, SecretsMetrics};
+pub use self::generator::Generator;
+pub use self::rotation::SecretsRotation;
+use crate::access::audit::{AuditKind, AuditLog, AuditRecord};
+use crate::crypto::MasterKey;
+use crate::error::{FieldViolation, ServiceError};
+use crate::store::{Batch, Record, StoreError, Tree, unix_ms_now};
+
+/// Vault's limits on custom metadata.
+pub const MAX_CUSTOM_KEYS: usize = 64;
+pub const MAX_CUSTOM_KEY_BYTES: usize = 128;
+pub const MAX_CUSTOM_VALUE_BYTES: usize = 512;
+/// Largest `max_versions` a secret may set.
+pub const MAX_VERSIONS_LIMIT: u32 = 1000;
+/// Per-path write locks (a path always maps to the same one).
+const STRIPES: usize = 64;
+/// Changes a watcher may fall behind by before it is told to re-read (`resync`).
+const CHANGE_BACKLOG: usize = 1024;
+/// A rotation that failed is tried again this much later.
+const ROTATION_RETRY_MS: u64 = 60_000;
+
+/// Wall-clock milliseconds, injectable so tests move time instead of sleeping.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now_ms(&self) -> u64;
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        unix_ms_now()
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    pub fn new(now_ms: u64) -> Self {
+        ManualClock(AtomicU64::new(now_ms))
+    }
+
+    pub fn advance_ms(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// How a version came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Put,
+    Rotate,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Put => "put",
+            Origin::Rotate => "rotate",
+        }
+    }
+}
+
+/// One version's times. Its value lives in its own record until it is destroyed or pruned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub created_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroyed_ms: Option<u64>,
+    pub origin: Origin,
+}
+
+/// What a version is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionState {
+    Live,
+    /// Soft-deleted at this time (by Delete, or by `delete_version_after`).
+    Deleted(u64),
+    Destroyed(u64),
+}
+
+/// A secret's metadata: settings and every kept version's times; never a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretMeta {
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// The latest version written (it may be deleted or destroyed).
+    pub current: u64,
+    /// 0: the `[secrets] max_versions` default.
+    #[serde(default)]
+    pub max_versions: u32,
+    #[serde(default)]
+    pub cas_required: bool,
+    /// 0: versions are not deleted by age.
+    #[serde(default)]
+    pub delete_after_s: u64,
+    /// 0: no scheduled rotation.
+    #[serde(default)]
+    pub rotation_period_s: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_ms: Option<u64>,
+    #[serde(default)]
+    pub custom: BTreeMap<String, String>,
+    pub versions: BTreeMap<u64, VersionInfo>,
+}
+
+impl Record for SecretMeta {
+    const VERSION: u8 = 1;
+}
+
+impl SecretMeta {
+    fn new(now_ms: u64) -> SecretMeta {
+        SecretMeta {
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            current: 0,
+            max_versions: 0,
+            cas_required: false,
+            delete_after_s: 0,
+            rotation_period_s: 0,
+            generator: None,
+            next_rotation_ms: None,
+            custom: BTreeMap::new(),
+            versions: BTreeMap::new(),
+        }
+    }
+
+    /// The state of `info` at `now_ms` (age deletion included).
+    pub fn state_of(&self, info: &VersionInfo, now_ms: u64) -> VersionState {
+        if let Some(at) = info.destroyed_ms {
+            return VersionState::Destroyed(at);
+        }
+        if let Some(at) = info.deleted_ms {
+            return VersionState::Deleted(at);
+        }
+        if self.delete_after_s > 0 {
+            let due = info
+                .created_ms
+                .saturating_add(self.delete_after_s.saturating_mul(1000));
+            if due <= now_ms {
+                return VersionState::Deleted(due);
+            }
+        }
+        VersionState::Live
+    }
+
+    /// The oldest version kept.
+    pub fn oldest(&self) -> u64 {
+        self.versions.keys().next().copied().unwrap_or(0)
+    }
+}
+
+/// A sealed version as stored.
+#[derive(Serialize, Deserialize)]
+struct StoredVersion {
+    kek: String,
+    key: String,
+    value: String,
+}
+
+impl Record for StoredVersion {
+    const VERSION: u8 = 1;
+}
+
+/// What kind of change a [`Change`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Put,
+    Rotate,
+    Delete,
+    Undelete,
+    Destroy,
+    Metadata,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Put => "put",
+            ChangeKind::Rotate => "rotate",
+            ChangeKind::Delete => "delete",
+            ChangeKind::Undelete => "undelete",
+            ChangeKind::Destroy => "destroy",
+            ChangeKind::Metadata => "metadata",
+        }
+    }
+}
+
+/// One change, as watchers see it: never the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub path: String,
+    pub version: u64,
+    pub kind: ChangeKind,
+    pub at_ms: u64,
+}
+
+/// Who made a change, for the audit record.
+#[derive(Debug, Clone, Default)]
+pub struct Actor {
+    pub principal: String,
+    pub correlation_id: String,
+}
+
+impl Actor {
+    /// The daemon itself (scheduled rotation).
+    pub fn daemon() -> Actor {
+        Actor {
+            principal: "brainstemd".to_owned(),
+            correlation_id: String::new(),
+        }
+    }
+}
+
+/// A Put, validated by the API.
+pub struct PutRequest {
+    /// Canonical ([`path::canonical`]).
+    pub path: String,
+    /// `None`: generate with the request's or the secret's generator.
+    pub value: Option<Zeroizing<Vec<u8>>>,
+    pub cas: Option<u64>,
+    /// 0: keep the secret's setting.
+    pub rotation_period_s: u64,
+    pub generator: Option<Generator>,
+}
+
+/// A new version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub version: u64,
+    pub created_ms: u64,
+}
+
+/// A value read.
+pub struct Value {
+    pub value: Vec<u8>,
+    pub version: u64,
+    pub created_ms: u64,
+}
+
+/// Changes to a secret's settings; `None` keeps a setting.
+#[derive(Debug, Clone, Default)]
+pub struct MetadataUpdate {
+    pub max_versions: Option<u32>,
+    pub cas_required: Option<bool>,
+    pub delete_after_s: Option<u64>,
+    pub rotation_period_s: Option<u64>,
+    /// `Some(None)`: remove the generator.
+    pub generator: Option<Option<Generator>>,
+    pub custom: Option<BTreeMap<String, String>>,
+}
+
+/// Delete, Undelete or Destroy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionOp {
+    Delete,
+    Undelete,
+    Destroy,
+}
+
+/// The in-memory mirror of the metadata.
+#[derive(Default)]
+struct State {
+    metas: BTreeMap<String, Arc<SecretMeta>>,
+    /// Paths whose metadata record is damaged: reads answer DATA_LOSS.
+    damaged: BTreeSet<String>,
+    /// `(next rotation, path)` of every secret with a rotation period.
+    due: BTreeSet<(u64, String)>,
+}
+
+/// The secrets store.
+pub struct Secrets {
+    tree: Tree,
+    master: Arc<MasterKey>,
+    rng: SystemRandom,
+    clock: Arc<dyn Clock>,
+    max_value_bytes: usize,
+    default_max_versions: u32,
+    state: RwLock<State>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    changes: broadcast::Sender<Change>,
+    /// Woken when the rotation schedule changes.
+    schedule: tokio::sync::Notify,
+    audit: OnceLock<Arc<AuditLog>>,
+    metrics: SecretsMetrics,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("master", &self.master)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the secrets could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenFailure {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn meta_key(path: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + path.len());
+    key.extend_from_slice(b"m:");
+    key.extend_from_slice(path.as_bytes());
+    key
+}
+
+fn version_key(path: &str, version: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(11 + path.len());
+    key.extend_from_slice(b"v:");
+    key.extend_from_slice(path.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+fn invalid(field: &str, why: impl Into<String>) -> ServiceError {
+    ServiceError::InvalidArgument(vec![FieldViolation::new(field, why)])
+}
+
+fn stored(sealed: &Sealed) -> StoredVersion {
+    StoredVersion {
+        kek: sealed.kek.clone(),
+        key: B64.encode(&sealed.wrapped_key),
+        value: B64.encode(&sealed.ciphertext),
+    }
+}
+
+fn unstored(record: &StoredVersion) -> Option<Sealed> {
+    Some(Sealed {
+        kek: record.kek.clone(),
+        wrapped_key: B64.decode(&record.key).ok()?,
+        ciphertext: B64.decode(&record.value).ok()?,
+    })
+}
+
+/// Hands a stored value to the log redactor.
+fn redact_value(value: &[u8]) {
+    crate::runtime::redact::global().remember(value);
+}
+
+/// Takes a value that is no longer stored out of the log redactor.
+fn unredact_value(value: &[u8]) {
+    crate::runtime::redact::global().forget(value);
+}
+
+impl Secrets {
+    /// Opens the secrets in `tree`: loads every secret's metadata into memory, hands every stored
+    /// value to the log redactor, and builds the rotation schedule. A damaged record is reported
+    /// and answered DATA_LOSS later; it does not stop the start.
+    pub fn open(
+        tree: Tree,
+        master: Arc<MasterKey>,
+        config: &config::SecretsConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Secrets, OpenFailure> {
+        let mut state = State::default();
+        for item in tree.scan_prefix::<SecretMeta>(b"m:") {
+            match item {
+                Ok((key, meta)) => {
+                    let path = String::from_utf8_lossy(&key[2..]).into_owned();
+                    if let Some(at) = meta.next_rotation_ms {
+                        state.due.insert((at, path.clone()));
+                    }
+                    state.metas.insert(path, Arc::new(meta));
+                }
+                Err(StoreError::Corrupt { key, reason, .. }) => {
+                    let path = key.strip_prefix("m:").unwrap_or(&key).to_owned();
+                    tracing::error!(secret = %path, %reason, "a secret's metadata is damaged; its reads answer DATA_LOSS");
+                    state.damaged.insert(path);
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        let (changes, _) = broadcast::channel(CHANGE_BACKLOG);
+        let secrets = Secrets {
+            tree,
+            master,
+            rng: SystemRandom::new(),
+            clock,
+            max_value_bytes: usize::try_from(config.max_value_bytes).unwrap_or(usize::MAX),
+            default_max_versions: config.max_versions,
+            state: RwLock::new(state),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            changes,
+            schedule: tokio::sync::Notify::new(),
+            audit: OnceLock::new(),
+            metrics: SecretsMetrics::new(),
+        };
+        secrets.redact_stored_values();
+        let state = secrets.read_state();
+        secrets.metrics.stored(state.metas.len());
+        drop(state);
+        Ok(secrets)
+    }
+
+    /// Records changes in the audit log from now on (the log exists once the daemon's shared parts
+    /// are up, after the set-up step that opened the secrets).
+    pub fn set_audit(&self, audit: Arc<AuditLog>) {
+        let _ = self.audit.set(audit);
+    }
+
+    /// The largest value a Put may carry.
+    pub fn max_value_bytes(&self) -> usize {
+        self.max_value_bytes
+    }
+
+    fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stripe(&self, path: &str) -> &tokio::sync::Mutex<()> {
+        let hash = path.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        &self.stripes[(hash % STRIPES as u64) as usize]
+    }
+
+    fn redact_stored_values(&self) {
+        let metas: Vec<(String, Arc<SecretMeta>)> = self
+            .read_state()
+            .metas
+            .iter()
+            .map(|(p, m)| (p.clone(), m.clone()))
+            .collect();
+        let mut unreadable = 0u64;
+        for (path, meta) in metas {
+            for (version, info) in &meta.versions {
+                if info.destroyed_ms.is_some() {
+                    continue;
+                }
+                match self.open_version(&path, *version) {
+                    Ok(value) => redact_value(&value),
+                    Err(_) => unreadable += 1,
+                }
+            }
+        }
+        if unreadable > 0 {
+            tracing::error!(
+                versions = unreadable,
+                "secret versions do not open (damaged, or sealed under another master key); reading them answers DATA_LOSS"
+            );
+        }
+    }
+
+    /// Opens one stored version; the error is the DATA_LOSS the caller gets.
+    fn open_version(&self, path: &str, version: u64) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+        let lost = |why: &str| {
+            ServiceError::DataLoss(format!(
+                "version {version} of {path} {why}; the other versions are unaffected"
+            ))
+        };
+        let record = match self.tree.get::<StoredVersion>(&version_key(path, version)) {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err(lost("is missing from the store")),
+            Err(StoreError::Corrupt { .. }) => return Err(lost("is damaged")),
+            Err(err) => return Err(err.into()),
+        };
+        let sealed = unstored(&record).ok_or_else(|| lost("is damaged"))?;
+        if sealed.kek != self.master.id() {
+            return Err(lost(&format!(
+                "is sealed under master key {}, not the configured {}",
+                sealed.kek,
+                self.master.id()
+            )));
+        }
+        envelope::open(&self.master, path, version, &sealed).map_err(|err| match err {
+            OpenError::Key => lost("is damaged (its data key does not unwrap)"),
+            OpenError::Value => lost("is damaged (its ciphertext does not open)"),
+        })
+    }
+
+    fn meta(&self, path: &str) -> Result<Arc<SecretMeta>, ServiceError> {
+        let state = self.read_state();
+        if let Some(meta) = state.metas.get(path) {
+            return Ok(meta.clone());
+        }
+        if state.damaged.contains(path) {
+            return Err(ServiceError::DataLoss(format!(
+                "the metadata of {path} is damaged; destroy and write it again"
+            )));
+        }
+        Err(ServiceError::NotFound(format!(
+            "secret {path} does not exist"
+        )))
+    }
+
+    /// The value of `version` (or the current one) of `path`.
+    pub fn get(&self, path: &str, version: Option<u64>) -> Result<Value, ServiceError> {
+        let result = self.get_inner(path, version);
+        self.metrics.read(match &result {
+            Ok(_) => ReadResult::Ok,
+            Err(ServiceError::DataLoss(_)) => ReadResult::DataLoss,
+            Err(_) => ReadResult::NotFound,
+        });
+        result
+    }
+
+    fn get_inner(&self, path: &str, version: Option<u64>) -> Result<Value, ServiceError> {
+        let meta = self.meta(path)?;
+        let version = version.filter(|v| *v > 0).unwrap_or(meta.current);
+        let info = meta
+            .versions
+            .get(&version)
+            .ok_or_else(|| missing_version(path, version, &meta))?;
+        match meta.state_of(info, self.clock.now_ms()) {
+            VersionState::Live => {}
+            VersionState::Deleted(_) => {
+                return Err(ServiceError::NotFound(format!(
+                    "version {version} of {path} is deleted (Undelete restores it)"
+                )));
+            }
+            VersionState::Destroyed(_) => {
+                return Err(ServiceError::NotFound(format!(
+                    "version {version} of {path} is destroyed"
+                )));
+            }
+        }
+        let mut value = self.open_version(path, version)?;
+        Ok(Value {
+            value: std::mem::take(&mut *value),
+            version,
+            created_ms: info.created_ms,
+        })
+    }
+
+    /// Up to `limit` paths under `prefix` (canonical, see [`path::canonical_prefix`]) after
+    /// `after`, that `visible` lets through; and where the next page starts.
+    pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        visible: impl Fn(&str) -> bool,
+    ) -> (Vec<String>, Option<String>) {
+        use std::ops::Bound;
+        let state = self.read_state();
+        let start = match after {
+            Some(after) => Bound::Excluded(after.to_owned()),
+            None => Bound::Included(prefix.to_owned()),
+        };
+        let mut paths = Vec::new();
+        let mut more = false;
+        for path in state
+            .metas
+            .range::<String, _>((start, Bound::Unbounded))
+            .map(|(p, _)| p)
+            .take_while(|p| p.starts_with(prefix))
+            .filter(|p| path::under(p, prefix) && visible(p))
+        {
+            if paths.len() == limit {
+                more = true;
+                break;
+            }
+            paths.push(path.clone());
+        }
+        let next = if more { paths.last().cloned() } else { None };
+        (paths, next)
+    }
+
+    /// A secret's metadata.
+    pub fn metadata(&self, path: &str) -> Result<Arc<SecretMeta>, ServiceError> {
+        self.meta(path)
+    }
+
+    /// The clock's now, for the API's view of version states.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// Stores a new version.
+    pub async fn put(&self, actor: &Actor, request: PutRequest) -> Result<Written, ServiceError> {
+        let _lock = self.stripe(&request.path).lock().await;
+        self.put_locked(actor, request, Origin::Put).await
+    }
+
+    /// Stores a generated version now (RotateNow, and the rotation worker).
+    pub async fn rotate(&self, actor: &Actor, path: &str) -> Result<Written, ServiceError> {
+        let _lock = self.stripe(path).lock().await;
+        let request = PutRequest {
+            path: path.to_owned(),
+            value: None,
+            cas: None,
+            rotation_period_s: 0,
+            generator: None,
+        };
+        self.put_locked(actor, request, Origin::Rotate).await
+    }
+
+    async fn put_locked(
+        &self,
+        actor: &Actor,
+        request: PutRequest,
+        origin: Origin,
+    ) -> Result<Written, ServiceError> {
+        let path = request.path.as_str();
+        let old = match self.meta(path) {
+            Ok(meta) => Some(meta),
+            Err(ServiceError::NotFound(_)) => None,
+            Err(err) => return Err(err),
+        };
+        if origin == Origin::Rotate && old.is_none() {
+            return Err(ServiceError::NotFound(format!(
+                "secret {path} does not exist"
+            )));
+        }
+        let current = old.as_ref().map_or(0, |m| m.current);
+        if origin == Origin::Put {
+            check_and_set(path, old.as_deref(), request.cas)?;
+        }
+        let generator = match (
+            &request.generator,
+            old.as_ref().and_then(|m| m.generator.as_ref()),
+        ) {
+            (Some(g), _) => Some(*g),
+            (None, Some(text)) => Some(
+                Generator::parse(text, "generator")
+                    .map_err(|v| ServiceError::InvalidArgument(vec![v]))?,
+            ),
+            (None, None) => None,
+        };
+        if request.rotation_period_s > 0 && generator.is_none() {
+            return Err(invalid(
+                "generator",
+                "a rotation period needs a generator (alphanumeric:N, hex:N or bytes:N)",
+            ));
+        }
+        let value = match request.value {
+            Some(value) => value,
+            None => {
+                let Some(generator) = generator else {
+                    return Err(if origin == Origin::Rotate {
+                        ServiceError::FailedPrecondition(format!(
+                            "{path} has no generator to rotate with; set one with Put or UpdateMetadata"
+                        ))
+                    } else {
+                        invalid(
+                            "value",
+                            "required (or set generator to store a generated value)",
+                        )
+                    });
+                };
+                generator.generate(&self.rng).map_err(|_| {
+                    ServiceError::internal(
+                        "secrets",
+                        "generate a value",
+                        "the system random source failed",
+                    )
+                })?
+            }
+        };
+        let now = self.clock.now_ms();
+        let version = current + 1;
+        let sealed = envelope::seal(&self.master, &self.rng, path, version, &value)
+            .map_err(|err| ServiceError::internal("secrets", "seal a value", err))?;
+        let mut meta = old
+            .as_deref()
+            .cloned()
+            .unwrap_or_else(|| SecretMeta::new(now));
+        meta.current = version;
+        meta.updated_ms = now;
+        meta.versions.insert(
+            version,
+            VersionInfo {
+                created_ms: now,
+                deleted_ms: None,
+                destroyed_ms: None,
+                origin,
+            },
+        );
+        if let Some(g) = request.generator {
+            meta.generator = Some(g.to_string());
+        }
+        if request.rotation_period_s > 0 {
+            meta.rotation_period_s = request.rotation_period_s;
+        }
+        if meta.rotation_period_s > 0 {
+            meta.next_rotation_ms =
+                Some(now.saturating_add(meta.rotation_period_s.saturating_mul(1000)));
+        }
+        let mut batch = Batch::default();
+        let forgotten = self.prune(path, &mut meta, &mut batch);
+        batch.put(&self.tree, &version_key(path, version), &stored(&sealed))?;
+        let kind = match origin {
+            Origin::Put => ChangeKind::Put,
+            Origin::Rotate => ChangeKind::Rotate,
+        };
+        redact_value(&value);
+        self.commit(actor, path, meta, batch, kind, &[version], forgotten)
+            .await?;
+        Ok(Written {
+            version,
+            created_ms: now,
+        })
+    }
+
+    /// Removes the oldest versions beyond `max_versions` from `meta` and `batch`; returns their
+    /// values, to be taken out of the log redactor once the change is applied.
+    fn prune(
+        &self,
+        path: &str,
+        meta: &mut SecretMeta,
+        batch: &mut Batch,
+    ) -> Vec<Zeroizing<Vec<u8>>> {
+        let keep = match meta.max_versions {
+            0 => self.default_max_versions,
+            n => n,
+        }
+        .max(1) as usize;
+        let mut forgotten = Vec::new();
+        while meta.versions.len() > keep {
+            let Some((&oldest, info)) = meta.versions.iter().next() else {
+                break;
+            };
+            if info.destroyed_ms.is_none() {
+                if let Ok(value) = self.open_version(path, oldest) {
+                    forgotten.push(value);
+                }
+                batch.remove(&version_key(path, oldest));
+            }
+            meta.versions.remove(&oldest);
+        }
+        forgotten
+    }
+
+    /// Deletes, undeletes or destroys versions (the current one when `versions` is empty); returns
+    /// those whose state changed.
+    pub async fn set_versions(
+        &self,
+        actor: &Actor,
+        path: &str,
+        versions: &[u64],
+        op: VersionOp,
+    ) -> Result<Vec<u64>, ServiceError> {
+        let _lock = self.stripe(path).lock().await;
+        let old = self.meta(path)?;
+        let wanted: Vec<u64> = if versions.is_empty() {
+            vec![old.current]
+        } else {
+            versions.to_vec()
+        };
+        let now = self.clock.now_ms();
+        let mut meta = (*old).clone();
+        let mut batch = Batch::default();
+        let mut changed = Vec::new();
+        let mut forgotten = Vec::new();
+        for version in wanted {
+            let Some(info) = meta.versions.get_mut(&version) else {
+                return Err(missing_version(path, version, &old));
+            };
+            let did = match op {
+                VersionOp::Delete => {
+                    let live = info.deleted_ms.is_none() && info.destroyed_ms.is_none();
+                    if live {
+                        info.deleted_ms = Some(now);
+                    }
+                    live
+                }
+                VersionOp::Undelete => {
+                    let deleted = info.deleted_ms.is_some() && info.destroyed_ms.is_none();
+                    if deleted {
+                        info.deleted_ms = None;
+                    }
+                    deleted
+                }
+                VersionOp::Destroy => {
+                    let present = info.destroyed_ms.is_none();
+                    if present {
+                        info.destroyed_ms = Some(now);
+                        if let Ok(value) = self.open_version(path, version) {
+                            forgotten.push(value);
+                        }
+                        batch.remove(&version_key(path, version));
+                    }
+                    present
+                }
+            };
+            if did && !changed.contains(&version) {
+                changed.push(version);
+            }
+        }
+        if changed.is_empty() {
+            return Ok(changed);
+        }
+        meta.updated_ms = now;
+        let kind = match op {
+            VersionOp::Delete => ChangeKind::Delete,
+            VersionOp::Undelete => ChangeKind::Undelete,
+            VersionOp::Destroy => ChangeKind::Destroy,
+        };
+        self.commit(actor, path, meta, batch, kind, &changed, forgotten)
+            .await?;
+        Ok(changed)
+    }
+
+    /// Changes a secret's settings.
+    pub async fn update_metadata(
+        &self,
+        actor: &Actor,
+        path: &str,
+        update: MetadataUpdate,
+    ) -> Result<Arc<SecretMeta>, ServiceError> {
+        let _lock = self.stripe(path).lock().await;
+        let old = self.meta(path)?;
+        let mut meta = (*old).clone();
+        let now = self.clock.now_ms();
+        if let Some(n) = update.max_versions {
+            if n > MAX_VERSIONS_LIMIT {
+                return Err(invalid(
+                    "max_versions",
+                    format!("{n} is more than {MAX_VERSIONS_LIMIT}"),
+                ));
+            }
+            meta.max_versions = n;
+        }
+        if let Some(required) = update.cas_required {
+            meta.cas_required = required;
+        }
+        if let Some(after) = update.delete_after_s {
+            meta.delete_after_s = after;
+        }
+        if let Some(generator) = update.generator {
+            meta.generator = generator.map(|g| g.to_string());
+        }
+        if let Some(period) = update.rotation_period_s {
+            meta.rotation_period_s = period;
+        }
+        if meta.rotation_period_s > 0 && meta.generator.is_none() {
+            return Err(invalid(
+                "rotation_period_seconds",
+                "rotation needs a generator (set generator too)",
+            ));
+        }
+        meta.next_rotation_ms = (meta.rotation_period_s > 0).then(|| {
+            let from = if update.rotation_period_s.is_some() {
+                now
+            } else {
+                meta.updated_ms.max(now)
+            };
+            old.next_rotation_ms
+                .filter(|_| update.rotation_period_s.is_none())
+                .unwrap_or_else(|| from.saturating_add(meta.rotation_period_s.saturating_mul(1000)))
+        });
+        if let Some(custom) = update.custom {
+            check_custom(&custom)?;
+            meta.custom = custom;
+        }
+        meta.updated_ms = now;
+        let mut batch = Batch::default();
+        let forgotten = self.prune(path, &mut meta, &mut batch);
+        let current = meta.current;
+        self.commit(
+            actor,
+            path,
+            meta,
+            batch,
+            ChangeKind::Metadata,
+            &[current],
+            forgotten,
+        )
+        .await?;
+        self.meta(path)
+    }
+
+    /// Applies one change: the batch (with the new metadata) reaches sled and the mirror together,
+    /// under the path's lock, then watchers and the audit hear of it, then the flush is awaited. A
+    /// caller that gives up waiting leaves memory and disk in step.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit(
+        &self,
+        actor: &Actor,
+        path: &str,
+        meta: SecretMeta,
+        mut batch: Batch,
+        kind: ChangeKind,
+        versions: &[u64],
+        forgotten: Vec<Zeroizing<Vec<u8>>>,
+    ) -> Result<(), ServiceError> {
+        batch.put(&self.tree, &meta_key(path), &meta)?;
+        let mut durable = self.tree.apply_now(batch)?;
+        let now = meta.updated_ms;
+        {
+            let mut state = self.write_state();
+            if let Some(old) = state.metas.get(path) {
+                if let Some(at) = old.next_rotation_ms {
+                    state.due.remove(&(at, path.to_owned()));
+                }
+            }
+            if let Some(at) = meta.next_rotation_ms {
+                state.due.insert((at, path.to_owned()));
+            }
+            state.damaged.remove(path);
+            state.metas.insert(path.to_owned(), Arc::new(meta));
+            self.metrics.stored(state.metas.len());
+        }
+        self.schedule.notify_one();
+        for value in &forgotten {
+            unredact_value(value);
+        }
+        self.metrics.changed(kind.as_str());
+        for &version in versions {
+            let _ = self.changes.send(Change {
+                path: path.to_owned(),
+                version,
+                kind,
+                at_ms: now,
+            });
+        }
+        self.audit_change(actor, path, kind, versions);
+        durable.wait().await?;
+        Ok(())
+    }
+
+    fn audit_change(&self, actor: &Actor, path: &str, kind: ChangeKind, versions: &[u64]) {
+        let Some(audit) = self.audit.get() else {
+            return;
+        };
+        let list: Vec<String> = versions.iter().map(u64::to_string).collect();
+        let record = AuditRecord {
+            seq: 0,
+            time_unix_ms: 0,
+            decision_id: audit.decision_id(),
+            kind: AuditKind::Secret,
+            caller: actor.principal.clone(),
+            principal: actor.principal.clone(),
+            action: format!("secrets.{}", kind.as_str()),
+            resource: format!("secret:{path}"),
+            allowed: true,
+            reasons: vec![format!("versions {}", list.join(","))],
+            correlation_id: actor.correlation_id.clone(),
+            count: 1,
+        };
+        if let Err(err) = audit.record(record) {
+            tracing::warn!(error = %err, secret = %path, action = kind.as_str(), "secret change not audited");
+        }
+    }
+
+    /// The earliest scheduled rotation, if any.
+    pub fn next_rotation_ms(&self) -> Option<u64> {
+        self.read_state().due.first().map(|(at, _)| *at)
+    }
+
+    /// Rotates every secret whose rotation is due at `now_ms`; returns how many were rotated. A
+    /// rotation that fails is logged, counted and tried again [`ROTATION_RETRY_MS`] later.
+    pub async fn rotate_due(&self) -> usize {
+        let now = self.clock.now_ms();
+        let due: Vec<String> = {
+            let state = self.read_state();
+            state
+                .due
+                .iter()
+                .take_while(|(at, _)| *at <= now)
+                .map(|(_, path)| path.clone())
+                .collect()
+        };
+        self.metrics.due(due.len());
+        let mut rotated = 0;
+        for path in due {
+            match self.rotate(&Actor::daemon(), &path).await {
+                Ok(written) => {
+                    rotated += 1;
+                    self.metrics.rotated("schedule", true);
+                    tracing::info!(secret = %path, version = written.version, "secret rotated on schedule");
+                }
+                Err(err) => {
+                    self.metrics.rotated("schedule", false);
+                    tracing::warn!(secret = %path, error = %err, "scheduled rotation failed; trying again in a minute");
+                    let mut state = self.write_state();
+                    let entry = state.due.iter().find(|(_, p)| *p == path).cloned();
+                    if let Some(entry) = entry {
+                        state.due.remove(&entry);
+                        state.due.insert((now + ROTATION_RETRY_MS, path));
+                    }
+                }
+            }
+        }
+        self.metrics.due(0);
+        rotated
+    }
+
+    /// Counts a manual rotation (RotateNow) in the rotation metric.
+    pub fn rotated_manually(&self, ok: bool) {
+        self.metrics.rotated("manual", ok);
+    }
+
+    /// Resolves when the rotation schedule changed.
+    pub async fn schedule_changed(&self) {
+        self.schedule.notified().await;
+    }
+}
+
+fn missing_version(path: &str, version: u64, meta: &SecretMeta) -> ServiceError {
+    if version > 0 && version < meta.oldest() {
+        ServiceError::NotFound(format!(
+            "version {version} of {path} was pruned (the oldest kept is {})",
+            meta.oldest()
+        ))
+    } else {
+        ServiceError::NotFound(format!(
+            "version {version} of {path} does not exist (the current version is {})",
+            meta.current
+        ))
+    }
+}
+
+fn check_and_set(
+    path: &str,
+    old: Option<&SecretMeta>,
+    cas: Option<u64>,
+) -> Result<(), ServiceError> {
+    let current = old.map_or(0, |m| m.current);
+    match cas {
+        None if old.is_some_and(|m| m.cas_required) => Err(ServiceError::FailedPrecondition(
+            format!("{path} requires check-and-set: send cas = {current} (its current version)"),
+        )),
+        None => Ok(()),
+        Some(0) if current > 0 => Err(ServiceError::FailedPrecondition(format!(
+            "check-and-set: {path} already exists (current version {current}); cas = 0 writes only a new secret"
+        ))),
+        Some(cas) if cas != current => Err(ServiceError::FailedPrecondition(format!(
+            "check-and-set: the current version of {path} is {current}, not {cas}"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Vault's limits on custom metadata.
+pub fn check_custom(custom: &BTreeMap<String, String>) -> Result<(), ServiceError> {
+    let mut violations = Vec::new();
+    if custom.len() > MAX_CUSTOM_KEYS {
+        violations.push(FieldViolation::new(
+            "custom_metadata",
+            format!("{} keys; at most {MAX_CUSTOM_KEYS}", custom.len()),
+        ));
+    }
+    for (key, value) in custom {
+        if key.is_empty() || key.len() > MAX_CUSTOM_KEY_BYTES {
+            violations.push(FieldViolation::new(
+                "custom_metadata",
+                format!(
+                    "a key of {} bytes; keys are 1..={MAX_CUSTOM_KEY_BYTES} bytes",
+                    key.len()
+                ),
+            ));
+        }
+        if value.len() > MAX_CUSTOM_VALUE_BYTES {
+            violations.push(FieldViolation::new(
+                format!("custom_metadata[{}]", crate::error::truncate_for_reply(key)),
+                format!(
+                    "{} bytes; values are at most {MAX_CUSTOM_VALUE_BYTES}",
+                    value.len()
+                ),
+            ));
+        }
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(ServiceError::InvalidArgument(violations))
+    }
+}

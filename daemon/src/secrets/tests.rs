@@ -1,0 +1,605 @@
+//! The secrets store against a real (temporary) sled store: KV v2 semantics, sealing, rotation,
+//! damage, paging, reopening.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use zeroize::Zeroizing;
+
+use super::*;
+use crate::store::{Store, trees};
+use crate::store::config::{FlushPolicy, StoreConfig};
+
+const T0: u64 = 1_800_000_000_000;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+    config: config::SecretsConfig,
+    store: Option<Store>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture {
+            dir: tempfile::tempdir().unwrap(),
+            clock: Arc::new(ManualClock::new(T0)),
+            config: config::SecretsConfig::default(),
+            store: None,
+        }
+    }
+
+    fn open_with(&mut self, key: u8) -> Secrets {
+        if self.store.is_none() {
+            let config = StoreConfig {
+                flush: FlushPolicy::Always,
+                flush_interval_ms: 100,
+                cache_capacity_bytes: 8 << 20,
+                min_free_bytes: 0,
+            };
+            self.store = Some(Store::open(&self.dir.path().join("state"), &config).unwrap());
+        }
+        let tree = self.store.as_ref().unwrap().tree(trees::SECRETS).unwrap();
+        let master = Arc::new(MasterKey::new(&[key; 32]).unwrap());
+        Secrets::open(tree, master, &self.config, self.clock.clone()).unwrap()
+    }
+
+    fn open(&mut self) -> Secrets {
+        self.open_with(7)
+    }
+
+    fn tree(&self) -> Tree {
+        self.store.as_ref().unwrap().tree(trees::SECRETS).unwrap()
+    }
+}
+
+fn me() -> Actor {
+    Actor {
+        principal: "tester".into(),
+        correlation_id: "c-1".into(),
+    }
+}
+
+fn put_req(path: &str, value: &[u8], cas: Option<u64>) -> PutRequest {
+    PutRequest {
+        path: path.to_owned(),
+        value: Some(Zeroizing::new(value.to_vec())),
+        cas,
+        rotation_period_s: 0,
+        generator: None,
+    }
+}
+
+fn not_found(err: ServiceError) -> String {
+    match err {
+        ServiceError::NotFound(why) => why,
+        other => panic!("expected NOT_FOUND, got {other:?}"),
+    }
+}
+
+fn precondition(err: ServiceError) -> String {
+    match err {
+        ServiceError::FailedPrecondition(why) => why,
+        other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn versions_count_up_and_each_reads_back() {
+    let mut f = Fixture::new();
+    let s = f.open();
+    for i in 1..=3u64 {
+        let w = s
+            .put(
+                &me(),
+                put_req("/a/db", format!("value-{i}").as_bytes(), None),
+            )
+            .await
+            .unwrap();
+        assert_eq!(w.version, i);
+    }
+    let latest = s.get("/a/db", None).unwrap();
+    assert_eq!(
+        (latest.value.as_slice(), latest.version),
+        (&b"value-3"[..], 3)
+    );
+    assert_eq!(s.get("/a/db", Some(1)).unwrap().value, b"value-1");
+    assert_eq!(
+        s.get("/a/db", Some(0)).unwrap().version,
+        3,
+        "0 means latest"
+    );
+    assert!(not_found(s.get("/a/db", Some(4)).err().unwrap()).contains("current version is 3"));
+    assert!(not_found(s.get("/nope", None).err().unwrap()).contains("/nope does not exist"));
+}
+
+#[tokio::test]
+async fn check_and_set_names_the_current_version() {
+    let mut f = Fixture::new();
+    let s = f.open();
+    assert_eq!(
+        s.put(&me(), put_req("/p", b"one", Some(0)))
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    let why = precondition(
+        s.put(&me(), put_req("/p", b"two", Some(0)))
+            .await
+            .unwrap_err(),
+    );
+    assert!(why.contains("already exists (current version 1)"), "{why}");
+    let why = precondition(
+        s.put(&me(), put_req("/p", b"two", Some(5)))
+            .await
+            .unwrap_err(),
+    );
+    assert!(why.contains("current version of /p is 1, not 5"), "{why}");
+    assert_eq!(
+        s.put(&me(), put_req("/p", b"two", Some(1)))
+            .await
+            .unwrap()
+            .version,
+        2
+    );
+    assert_eq!(
+        s.get("/p", None).unwrap().value,
+        b"two",
+        "a refused write changed nothing"
+    );
+
+    s.update_metadata(
+        &me(),
+        "/p",
+        MetadataUpdate {
+            cas_required: Some(true),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let why = precondition(
+        s.put(&me(), put_req("/p", b"three", None))
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        why.contains("requires check-and-set: send cas = 2"),
+        "{why}"
+    );
+    assert_eq!(
+        s.put(&me(), put_req("/p", b"three", Some(2)))
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+}
+
+#[tokio::test]
+async fn concurrent_check_and_set_lets_exactly_one_win() {
+    let mut f = Fixture::new();
+    let s = Arc::new(f.open());
+    s.put(&me(), put_req("/race", b"v1", None)).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.put(
+                &me(),
+                put_req("/race", format!("writer-{i}").as_bytes(), Some(1)),
+            )
+            .await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(w) => {
+                assert_eq!(w.version, 2);
+                won += 1;
+            }
+            Err(err) => assert!(precondition(err).contains("is 2, not 1")),
+        }
+    }
+    assert_eq!(won, 1);
+}
+
+#[tokio::test]
+async fn old_versions_are_pruned_beyond_max_versions() {
+    let mut f = Fixture::new();
+    f.config.max_versions = 3;
+    let s = f.open();
+    for i in 1..=5u64 {
+        s.put(&me(), put_req("/p", format!("v{i}-value").as_bytes(), None))
+            .await
+            .unwrap();
+    }
+    let meta = s.metadata("/p").unwrap();
+    assert_eq!(
+        meta.versions.keys().copied().collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    assert_eq!((meta.oldest(), meta.current), (3, 5));
+    assert!(
+        not_found(s.get("/p", Some(2)).err().unwrap())
+            .contains("was pruned (the oldest kept is 3)")
+    );
+    // Their sealed values are gone from the store too.
+    assert!(f.tree().raw(&version_key("/p", 1)).unwrap().is_none());
+    assert!(f.tree().raw(&version_key("/p", 3)).unwrap().is_some());
+    // Lowering max_versions prunes at once.
+    s.update_metadata(
+        &me(),
+        "/p",
+        MetadataUpdate {
+            max_versions: Some(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.metadata("/p").unwrap().versions.len(), 1);
+    assert_eq!(s.get("/p", None).unwrap().value, b"v5-value");
+}
+
+#[tokio::test]
+async fn delete_undelete_destroy_follow_vault() {
+    let mut f = Fixture::new();
+    let s = f.open();
+    for v in [b"first-value", b"secnd-value", b"third-value"] {
+        s.put(&me(), put_req("/p", v, None)).await.unwrap();
+    }
+    // Empty version list: the current one.
+    assert_eq!(
+        s.set_versions(&me(), "/p", &[], VersionOp::Delete)
+            .await
+            .unwrap(),
+        vec![3]
+    );
+    assert!(not_found(s.get("/p", None).err().unwrap()).contains("version 3 of /p is deleted"));
+    assert_eq!(s.get("/p", Some(2)).unwrap().value, b"secnd-value");
+    // Deleting again changes nothing.
+    assert!(
+        s.set_versions(&me(), "/p", &[3], VersionOp::Delete)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.set_versions(&me(), "/p", &[3], VersionOp::Undelete)
+            .await
+            .unwrap(),
+        vec![3]
+    );
+    assert_eq!(s.get("/p", None).unwrap().value, b"third-value");
+
+    assert_eq!(
+        s.set_versions(&me(), "/p", &[1, 2], VersionOp::Destroy)
+            .await
+            .unwrap(),
+        vec![1, 2]
+    );
+    assert!(
+        not_found(s.get("/p", Some(1)).err().unwrap()).contains("version 1 of /p is destroyed")
+    );
+    assert!(
+        f.tree().raw(&version_key("/p", 1)).unwrap().is_none(),
+        "ciphertext and data key wiped"
+    );
+    // A destroyed version cannot be undeleted or deleted.
+    assert!(
+        s.set_versions(&me(), "/p", &[1], VersionOp::Undelete)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let meta = s.metadata("/p").unwrap();
+    let state = |v: u64| meta.state_of(&meta.versions[&v], s.now_ms());
+    assert!(matches!(state(1), VersionState::Destroyed(_)));
+    assert_eq!(state(3), VersionState::Live);
+    // Unknown versions are named.
+    assert!(
+        not_found(
+            s.set_versions(&me(), "/p", &[9], VersionOp::Delete)
+                .await
+                .unwrap_err()
+        )
+        .contains("version 9 of /p does not exist")
+    );
+}
+
+#[tokio::test]
+async fn versions_older_than_delete_version_after_read_as_deleted() {
+    let mut f = Fixture::new();
+    let s = f.open();
+    s.put(&me(), put_req("/p", b"old-value", None))
+        .await
+        .unwrap();
+    s.update_metadata(
+        &me(),
+        "/p",
+        MetadataUpdate {
+            delete_after_s: Some(60),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    f.clock.advance_ms(30_000);
+    s.put(&me(), put_req("/p", b"new-value", None))
+        .await
+        .unwrap();
+    f.clock.advance_ms(31_000);
+    assert!(not_found(s.get("/p", Some(1)).err().unwrap()).contains("is deleted"));
+    assert_eq!(s.get("/p", Some(2)).unwrap().value, b"new-value");
+}
+
+#[tokio::test]
+async fn rotation_runs_when_due_and_after_downtime() {
+    let mut f = Fixture::new();
+    {
+        let s = f.open();
+        let w = s
+            .put(
+                &me(),
+                PutRequest {
+                    path: "/svc/token".into(),
+                    value: None,
+                    cas: None,
+                    rotation_period_s: 3600,
+                    generator: Some(Generator::Hex(40)),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(w.version, 1);
+        let first = s.get("/svc/token", None).unwrap().value;
+        assert_eq!(first.len(), 40);
+        assert_eq!(s.next_rotation_ms(), Some(T0 + 3_600_000));
+        f.clock.advance_ms(3_599_000);
+        assert_eq!(s.rotate_due().await, 0, "not due yet");
+        f.clock.advance_ms(1_000);
+        assert_eq!(s.rotate_due().await, 1);
+        let meta = s.metadata("/svc/token").unwrap();
+        assert_eq!(meta.current, 2);
+        assert_eq!(meta.versions[&2].origin, Origin::Rotate);
+        assert_ne!(s.get("/svc/token", None).unwrap().value, first);
+        assert_eq!(s.next_rotation_ms(), Some(T0 + 7_200_000));
+    }
+    // Stopped across two periods: one rotation at the next start, then the schedule goes on.
+    f.clock.advance_ms(8_000_000);
+    let s = f.open();
+    assert!(s.next_rotation_ms().unwrap() <= s.now_ms());
+    assert_eq!(s.rotate_due().await, 1);
+    assert_eq!(s.metadata("/svc/token").unwrap().current, 3);
+    assert_eq!(s.rotate_due().await, 0);
+    // RotateNow needs a generator.
+    s.put(&me(), put_req("/plain", b"static-value", None))
+        .await
+        .unwrap();
+    assert!(precondition(s.rotate(&me(), "/plain").await.unwrap_err()).contains("no generator"));
+    assert_eq!(s.rotate(&me(), "/svc/token").await.unwrap().version, 4);
+}
+
+#[tokio::test]
+async fn a_rotation_period_needs_a_generator() {
+    let mut f = Fixture::new();
+    let s = f.open();
+    let err = s
+        .put(
+            &me(),
+            PutRequest {
+                rotation_period_s: 60,
+                ..put_req("/p", b"value-123", None)
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ServiceError::InvalidArgument(ref v) if v[0].field == "generator"),
+        "{err:?}"
+    );
+    assert!(s.metadata("/p").is_err(), "nothing written");
+}
+
+#[tokio::test]
+async fn a_damaged_version_is_data_loss_and_the_others_still_read() {
+    let mut f = Fixture::new();
+    let s = f.open();
+    for v in [b"value-one", b"value-two"] {
+        s.put(&me(), put_req("/p", v, None)).await.unwrap();
+    }
+    let tree = f.tree();
+    let key = version_key("/p", 1);
+    let mut record: StoredVersion = tree.get(&key).unwrap().unwrap();
+    let mut bytes = B64.decode(&record.value).unwrap();
+    bytes[14] ^= 0x01;
+    record.value = B64.encode(&bytes);
+    tree.put(&key, &record).unwrap();
+    match s.get("/p", Some(1)) {
+        Err(ServiceError::DataLoss(why)) => {
+            assert!(why.contains("version 1 of /p is damaged"), "{why}");
+            assert!(!why.contains("value-one"));
+        }
+        Err(other) => panic!("expected DATA_LOSS, got {other:?}"),
+        Ok(_) => panic!("expected DATA_LOSS, got a value"),
+    }
+    assert_eq!(s.get("/p", Some(2)).unwrap().value, b"value-two");
+
+    // A sealed version copied to another path or version does not open there.
+    s.put(&me(), put_req("/q", b"value-q", None)).await.unwrap();
+    let two: StoredVersion = tree.get(&version_key("/p", 2)).unwrap().unwrap();
+    tree.put(&version_key("/q", 1), &two).unwrap();
+    assert!(matches!(
+        s.get("/q", Some(1)),
+        Err(ServiceError::DataLoss(_))
+    ));
+}
+
+#[tokio::test]
+async fn another_master_key_reads_nothing() {
+    let mut f = Fixture::new();
+    f.open()
+        .put(&me(), put_req("/p", b"value-one", None))
+        .await
+        .unwrap();
+    let other = f.open_with(8);
+    match other.get("/p", None) {
+        Err(ServiceError::DataLoss(why)) => {
+            assert!(why.contains("sealed under master key"), "{why}")
+        }
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("opened with another key"),
+    }
+}
+
+#[tokio::test]
+async fn state_survives_reopening() {
+    let mut f = Fixture::new();
+    {
+        let s = f.open();
+        s.put(&me(), put_req("/a", b"value-a1", None))
+            .await
+            .unwrap();
+        s.put(&me(), put_req("/a", b"value-a2", None))
+            .await
+            .unwrap();
+        s.set_versions(&me(), "/a", &[1], VersionOp::Delete)
+            .await
+            .unwrap();
+    }
+    let s = f.open();
+    let meta = s.metadata("/a").unwrap();
+    assert_eq!(meta.current, 2);
+    assert!(meta.versions[&1].deleted_ms.is_some());
+    assert_eq!(s.get("/a", None).unwrap().value, b"value-a2");
+    assert_eq!(
+        s.put(&me(), put_req("/a", b"value-a3", Some(2)))
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+}
+
+#[tokio::test]
+async fn list_pages_through_a_folder_and_hides_what_the_caller_may_not_read() {
+    let mut f = Fixture::new();
+    let s = f.open();
+    for p in ["/a/x", "/a/y", "/a/z", "/a-b", "/a", "/ab/c", "/b/q"] {
+        s.put(&me(), put_req(p, b"value-123", None)).await.unwrap();
+    }
+    let all = |_: &str| true;
+    let (page, next) = s.list("/a", None, 2, all);
+    assert_eq!(page, vec!["/a", "/a/x"]);
+    let (page, next) = s.list("/a", next.as_deref(), 2, all);
+    assert_eq!(page, vec!["/a/y", "/a/z"]);
+    assert!(next.is_none() || s.list("/a", next.as_deref(), 2, all).0.is_empty());
+    assert_eq!(s.list("", None, 100, all).0.len(), 7);
+    let (visible, _) = s.list("", None, 100, |p| p.starts_with("/a/"));
+    assert_eq!(visible, vec!["/a/x", "/a/y", "/a/z"]);
+}
+
+#[tokio::test]
+async fn watchers_hear_every_change_without_its_value() {
+    let mut f = Fixture::new();
+    let s = f.open();
+    let mut rx = s.subscribe();
+    s.put(&me(), put_req("/w", b"value-w1", None))
+        .await
+        .unwrap();
+    s.set_versions(&me(), "/w", &[1], VersionOp::Delete)
+        .await
+        .unwrap();
+    s.set_versions(&me(), "/w", &[1], VersionOp::Destroy)
+        .await
+        .unwrap();
+    let kinds: Vec<(ChangeKind, u64)> = (0..3)
+        .map(|_| {
+            let c = rx.try_recv().unwrap();
+            assert_eq!(c.path, "/w");
+            assert!(!format!("{c:?}").contains("value-w1"));
+            (c.kind, c.version)
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (ChangeKind::Put, 1),
+            (ChangeKind::Delete, 1),
+            (ChangeKind::Destroy, 1)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_share_flushes() {
+    let mut f = Fixture::new();
+    let s = Arc::new(f.open());
+    let before = f.store.as_ref().unwrap().commit_stats();
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for j in 0..8 {
+                s.put(
+                    &me(),
+                    put_req(
+                        &format!("/load/{i}"),
+                        format!("value-{i}-{j}").as_bytes(),
+                        None,
+                    ),
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let after = f.store.as_ref().unwrap().commit_stats();
+    let (writes, flushes) = (after.writes - before.writes, after.flushes - before.flushes);
+    assert_eq!(writes, 512);
+    assert!(
+        flushes < writes,
+        "{writes} durable puts took {flushes} flushes: no group commit"
+    );
+    assert_eq!(s.get("/load/63", None).unwrap().value, b"value-63-7");
+}
+
+#[test]
+fn custom_metadata_keeps_vaults_limits() {
+    let ok: BTreeMap<String, String> = (0..64)
+        .map(|i| (format!("k{i}"), "v".repeat(512)))
+        .collect();
+    assert!(check_custom(&ok).is_ok());
+    let mut too_many = ok.clone();
+    too_many.insert("k64".into(), "v".into());
+    assert!(check_custom(&too_many).is_err());
+    let long_key: BTreeMap<String, String> = [("k".repeat(129), "v".into())].into();
+    assert!(check_custom(&long_key).is_err());
+    let long_value: BTreeMap<String, String> = [("k".into(), "v".repeat(513))].into();
+    match check_custom(&long_value) {
+        Err(ServiceError::InvalidArgument(v)) => assert_eq!(v[0].field, "custom_metadata[k]"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn values_never_show_in_debug_output() {
+    let sealed = envelope::seal(
+        &MasterKey::new(&[1; 32]).unwrap(),
+        &SystemRandom::new(),
+        "/p",
+        1,
+        b"super-secret-value",
+    )
+    .unwrap();
+    let text = format!("{sealed:?}");
+    assert!(!text.contains("super"));
+    assert!(!text.contains(&B64.encode(&sealed.ciphertext)));
+}
