@@ -759,3 +759,298 @@ pub async fn secrets(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<SecretsCommand, clap::Error> {
+        let cli = Cli::try_parse_from(["brainstemctl", "secrets"].iter().chain(args))?;
+        match cli.command {
+            Command::Secrets(command) => Ok(command),
+            _ => unreachable!("parsed a secrets command"),
+        }
+    }
+
+    fn put(args: &[&str]) -> PutArgs {
+        match parse(args) {
+            Ok(SecretsCommand::Put(put)) => put,
+            Ok(_) => panic!("not put"),
+            Err(err) => panic!("{args:?}: {err}"),
+        }
+    }
+
+    #[test]
+    fn put_reads_stdin_unless_told_otherwise() {
+        assert_eq!(put(&["put", "/agents/web/db"]).source(), ValueSource::Stdin);
+        assert_eq!(
+            put(&["put", "/a", "--file", "v.txt"]).source(),
+            ValueSource::File("v.txt".into())
+        );
+        assert_eq!(
+            put(&["put", "/a", "--value-from-argv", "hunter2"]).source(),
+            ValueSource::Argv("hunter2".into())
+        );
+        let generated = put(&["put", "/a", "--generate", "--generator", "alphanumeric:32"]);
+        assert_eq!(generated.source(), ValueSource::Generate);
+        assert_eq!(generated.generator.as_deref(), Some("alphanumeric:32"));
+        // A bare second positional is not a value: values never come from argv by accident.
+        assert!(parse(&["put", "/a", "hunter2"]).is_err());
+    }
+
+    #[test]
+    fn put_refuses_conflicting_sources_and_generate_without_a_generator() {
+        for args in [
+            &["put", "/a", "--file", "f", "--value-from-argv", "v"][..],
+            &["put", "/a", "--file", "f", "--generate", "--generator", "hex:8"],
+            &["put", "/a", "--value-from-argv", "v", "--generate", "--generator", "hex:8"],
+            &["put", "/a", "--generate"],
+            &["put", "/a", "--generate", "--generator", "hex:8", "--strip-newline"],
+            &["put", "/a", "--generator", "base64:8"],
+            &["put", "/a", "--generator", "hex:0"],
+            &["put", "/a", "--generator", "hex:4097"],
+            &["put", "/a", "--rotate-every", "0"],
+            &["put", "/a", "--rotate-every", "soon"],
+            &["put", "/a", "--cas", "-1"],
+        ] {
+            let err = parse(args).err().unwrap_or_else(|| panic!("{args:?} parsed"));
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn put_options_reach_the_request_fields() {
+        let args = put(&[
+            "put",
+            "/a",
+            "--cas",
+            "0",
+            "--rotate-every",
+            "1h30m",
+            "--generator",
+            "bytes:32",
+            "--strip-newline",
+        ]);
+        assert_eq!(args.cas, Some(0));
+        assert_eq!(args.rotate_every, Some(5400));
+        assert!(args.strip_newline);
+        assert_eq!(put(&["put", "/a", "--rotate-every", "86400"]).rotate_every, Some(86_400));
+    }
+
+    #[test]
+    fn values_keep_every_byte_and_strip_one_newline_only_when_asked() {
+        let read = |source: &ValueSource, strip: bool, input: &[u8]| {
+            read_value(source, strip, &mut &input[..])
+        };
+        let bytes = b"s3cr\x00t\r\n\n".to_vec();
+        assert_eq!(read(&ValueSource::Stdin, false, &bytes).unwrap(), bytes);
+        assert_eq!(
+            read(&ValueSource::Stdin, true, &bytes).unwrap(),
+            b"s3cr\x00t\r\n".to_vec()
+        );
+        assert_eq!(read(&ValueSource::Stdin, true, b"x").unwrap(), b"x".to_vec());
+        assert_eq!(
+            read(&ValueSource::Argv("v\n".into()), false, b"ignored").unwrap(),
+            b"v\n".to_vec()
+        );
+        assert!(read(&ValueSource::Generate, false, b"ignored").unwrap().is_empty());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("value");
+        std::fs::write(&file, b"from a file\n").unwrap();
+        assert_eq!(
+            read(&ValueSource::File(file.clone()), true, b"ignored").unwrap(),
+            b"from a file".to_vec()
+        );
+        let missing = read(&ValueSource::File(dir.path().join("nope")), false, b"")
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("nope"), "{missing}");
+    }
+
+    #[test]
+    fn an_empty_value_is_refused_rather_than_generated() {
+        for (input, strip) in [(&b""[..], false), (b"\n", true)] {
+            let err = read_value(&ValueSource::Stdin, strip, &mut &input[..]).unwrap_err();
+            assert_eq!(err.exit_code(), exit::USAGE);
+            assert!(err.to_string().contains("is empty"), "{err}");
+        }
+    }
+
+    #[test]
+    fn durations_parse_as_seconds_or_units() {
+        for (text, seconds) in [
+            ("0", 0),
+            ("3600", 3600),
+            ("90s", 90),
+            ("15m", 900),
+            ("1h", 3600),
+            ("1h30m", 5400),
+            ("30d", 2_592_000),
+            ("2w", 1_209_600),
+        ] {
+            assert_eq!(parse_duration(text), Ok(seconds), "{text}");
+        }
+        for bad in ["", "h", "1x", "-1", "1.5h", "1h30", " 1h", "99999999999999999999s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        for seconds in [0, 59, 90, 3600, 5400, 2_592_000, 1_209_600 + 1] {
+            assert_eq!(parse_duration(&format_duration(seconds)), Ok(seconds));
+        }
+        assert_eq!(format_duration(5400), "1h30m");
+        assert_eq!(format_duration(2_592_000), "4w2d");
+    }
+
+    #[test]
+    fn settings_parse_into_an_update_request() {
+        let command = parse(&[
+            "metadata",
+            "/agents/web/db",
+            "--set",
+            "max_versions=5",
+            "--set",
+            "cas_required=true",
+            "--set",
+            "delete_version_after=30d",
+            "--set",
+            "rotation_period=1h",
+            "--set",
+            "generator=hex:32",
+            "--custom",
+            "owner=web=team",
+        ])
+        .unwrap();
+        let SecretsCommand::Metadata {
+            path,
+            set,
+            custom,
+            replace_custom,
+            ..
+        } = command
+        else {
+            panic!("not metadata");
+        };
+        let request = update_request(&path, &set, &custom, replace_custom).unwrap();
+        assert_eq!(request.path, "/agents/web/db");
+        assert_eq!(request.max_versions, Some(5));
+        assert_eq!(request.cas_required, Some(true));
+        assert_eq!(request.delete_version_after_seconds, Some(2_592_000));
+        assert_eq!(request.rotation_period_seconds, Some(3600));
+        assert_eq!(request.generator.as_deref(), Some("hex:32"));
+        assert_eq!(request.custom_metadata["owner"], "web=team");
+        assert!(!request.replace_custom_metadata);
+
+        let off = update_request("/a", &[parse_setting("rotation_period=0").unwrap()], &[], false)
+            .unwrap();
+        assert_eq!(off.rotation_period_seconds, Some(0));
+        assert_eq!(off.max_versions, None);
+    }
+
+    #[test]
+    fn bad_settings_say_what_is_wrong() {
+        for (text, says) in [
+            ("max_versions", "is not KEY=VALUE"),
+            ("ttl=5", "unknown setting \"ttl\""),
+            ("max_versions=five", "a whole number"),
+            ("max_versions=-1", "a whole number"),
+            ("cas_required=yes", "true or false"),
+            ("delete_version_after=forever", "delete_version_after"),
+            ("rotation_period=1y", "rotation_period"),
+            ("generator=hex", "not a generator"),
+        ] {
+            let err = parse_setting(text).unwrap_err();
+            assert!(err.contains(says), "{text}: {err}");
+        }
+        let err = parse(&["metadata", "/a", "--set", "ttl=5"]).err().unwrap();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("unknown setting"), "{err}");
+        assert!(parse(&["metadata", "/a", "--custom", "=v"]).is_err());
+
+        let twice = [
+            parse_setting("max_versions=1").unwrap(),
+            parse_setting("max_versions=2").unwrap(),
+        ];
+        let err = update_request("/a", &twice, &[], false).unwrap_err();
+        assert_eq!(err.exit_code(), exit::USAGE);
+        assert!(err.to_string().contains("more than once"), "{err}");
+    }
+
+    #[test]
+    fn versions_lists_are_comma_separated() {
+        let Ok(SecretsCommand::Destroy(args)) = parse(&["destroy", "/a", "--versions", "1,2,3"])
+        else {
+            panic!("not destroy");
+        };
+        assert_eq!(args.versions, vec![1, 2, 3]);
+        let Ok(SecretsCommand::Delete(args)) = parse(&["delete", "/a"]) else {
+            panic!("not delete");
+        };
+        assert!(args.versions.is_empty());
+        assert!(parse(&["undelete", "/a", "--versions", "1,x"]).is_err());
+    }
+
+    #[test]
+    fn the_master_key_file_is_sent_as_an_absolute_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("master.key");
+        std::fs::write(&key, [0u8; 32]).unwrap();
+        let sent = key_file_path(&dir.path().join("sub/../master.key"));
+        // `sub` does not exist, so canonicalizing fails; the path is absolute and is sent as given.
+        assert!(sent.unwrap().starts_with('/'));
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let sent = key_file_path(&dir.path().join("sub/../master.key")).unwrap();
+        assert_eq!(Path::new(&sent), key.canonicalize().unwrap());
+        let err = key_file_path(Path::new("surely-not-here.key")).unwrap_err();
+        assert!(err.to_string().contains("absolute path"), "{err}");
+    }
+
+    #[test]
+    fn out_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("value");
+        std::fs::write(&out, b"old").unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+        brainstem_keys::files::write_private(&out, b"new").unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"new");
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn metadata_output_shows_settings_versions_and_custom_metadata() {
+        let m = SecretMetadata {
+            path: "/agents/web/db".into(),
+            current_version: 2,
+            oldest_version: 1,
+            max_versions: 10,
+            rotation_period_seconds: 3600,
+            generator: "hex:32".into(),
+            custom_metadata: [("owner".to_owned(), "web".to_owned())].into(),
+            versions: vec![
+                brainstem_client::v1::SecretVersionInfo {
+                    version: 1,
+                    deleted: true,
+                    origin: "put".into(),
+                    ..Default::default()
+                },
+                brainstem_client::v1::SecretVersionInfo {
+                    version: 2,
+                    origin: "rotate".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let text = metadata_text(&m);
+        assert!(text.contains("rotation          every 1h with hex:32"), "{text}");
+        assert!(text.contains("owner=web"), "{text}");
+        assert!(text.contains("deleted"), "{text}");
+        let value = metadata_json(&m);
+        assert_eq!(value["versions"][0]["state"], "deleted");
+        assert_eq!(value["versions"][1]["origin"], "rotate");
+        assert_eq!(value["custom_metadata"]["owner"], "web");
+    }
+}
