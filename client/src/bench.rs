@@ -461,9 +461,21 @@ mod tests {
 
     #[test]
     fn scenario_names_are_kebab_case_on_the_command_line_and_in_reports() {
-        let names: Vec<String> = Scenario::value_variants().iter().map(|s| name(*s)).collect();
-        for expected in ["ping", "flags-eval", "token-verify", "secrets-get", "secrets-put"] {
-            assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
+        let names: Vec<String> = Scenario::value_variants()
+            .iter()
+            .map(|s| name(*s))
+            .collect();
+        for expected in [
+            "ping",
+            "flags-eval",
+            "token-verify",
+            "secrets-get",
+            "secrets-put",
+        ] {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} in {names:?}"
+            );
         }
         for scenario in Scenario::value_variants() {
             let json = serde_json::to_value(scenario).unwrap();

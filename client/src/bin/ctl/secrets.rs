@@ -202,7 +202,8 @@ pub fn read_value(
 
 /// A duration: whole seconds (`3600`), or numbers with units s, m, h, d, w (`90s`, `1h30m`, `30d`).
 pub fn parse_duration(text: &str) -> Result<u64, String> {
-    let bad = || format!("{text:?} is not a duration: give seconds or e.g. 90s, 15m, 1h30m, 30d, 2w");
+    let bad =
+        || format!("{text:?} is not a duration: give seconds or e.g. 90s, 15m, 1h30m, 30d, 2w");
     if text.is_empty() {
         return Err(bad());
     }
@@ -299,7 +300,9 @@ pub fn parse_setting(text: &str) -> Result<Setting, String> {
             .map(Setting::RotationPeriod)
             .map_err(|err| format!("rotation_period: {err} (0: off)")),
         "generator" => parse_generator(value).map(Setting::Generator),
-        other => Err(format!("unknown setting {other:?}; the settings are {SETTINGS}")),
+        other => Err(format!(
+            "unknown setting {other:?}; the settings are {SETTINGS}"
+        )),
     }
 }
 
@@ -372,7 +375,13 @@ pub fn format_duration(mut seconds: u64) -> String {
         return "0s".to_owned();
     }
     let mut text = String::new();
-    for (unit, size) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+    for (unit, size) in [
+        ("w", 7 * 86_400),
+        ("d", 86_400),
+        ("h", 3600),
+        ("m", 60),
+        ("s", 1),
+    ] {
         if seconds >= size {
             text.push_str(&format!("{}{unit}", seconds / size));
             seconds %= size;
@@ -396,9 +405,10 @@ pub fn key_file_path(path: &Path) -> Result<String, CliError> {
             )));
         }
     };
-    resolved.into_os_string().into_string().map_err(|path| {
-        CliError::Local(format!("{}: not valid UTF-8", Path::new(&path).display()))
-    })
+    resolved
+        .into_os_string()
+        .into_string()
+        .map_err(|path| CliError::Local(format!("{}: not valid UTF-8", Path::new(&path).display())))
 }
 
 fn versions_text(versions: &[u64]) -> String {
@@ -804,10 +814,33 @@ mod tests {
     fn put_refuses_conflicting_sources_and_generate_without_a_generator() {
         for args in [
             &["put", "/a", "--file", "f", "--value-from-argv", "v"][..],
-            &["put", "/a", "--file", "f", "--generate", "--generator", "hex:8"],
-            &["put", "/a", "--value-from-argv", "v", "--generate", "--generator", "hex:8"],
+            &[
+                "put",
+                "/a",
+                "--file",
+                "f",
+                "--generate",
+                "--generator",
+                "hex:8",
+            ],
+            &[
+                "put",
+                "/a",
+                "--value-from-argv",
+                "v",
+                "--generate",
+                "--generator",
+                "hex:8",
+            ],
             &["put", "/a", "--generate"],
-            &["put", "/a", "--generate", "--generator", "hex:8", "--strip-newline"],
+            &[
+                "put",
+                "/a",
+                "--generate",
+                "--generator",
+                "hex:8",
+                "--strip-newline",
+            ],
             &["put", "/a", "--generator", "base64:8"],
             &["put", "/a", "--generator", "hex:0"],
             &["put", "/a", "--generator", "hex:4097"],
@@ -815,7 +848,9 @@ mod tests {
             &["put", "/a", "--rotate-every", "soon"],
             &["put", "/a", "--cas", "-1"],
         ] {
-            let err = parse(args).err().unwrap_or_else(|| panic!("{args:?} parsed"));
+            let err = parse(args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} parsed"));
             assert_eq!(err.exit_code(), 2, "{args:?}");
         }
     }
@@ -836,7 +871,10 @@ mod tests {
         assert_eq!(args.cas, Some(0));
         assert_eq!(args.rotate_every, Some(5400));
         assert!(args.strip_newline);
-        assert_eq!(put(&["put", "/a", "--rotate-every", "86400"]).rotate_every, Some(86_400));
+        assert_eq!(
+            put(&["put", "/a", "--rotate-every", "86400"]).rotate_every,
+            Some(86_400)
+        );
     }
 
     #[test]
@@ -850,12 +888,19 @@ mod tests {
             read(&ValueSource::Stdin, true, &bytes).unwrap(),
             b"s3cr\x00t\r\n".to_vec()
         );
-        assert_eq!(read(&ValueSource::Stdin, true, b"x").unwrap(), b"x".to_vec());
+        assert_eq!(
+            read(&ValueSource::Stdin, true, b"x").unwrap(),
+            b"x".to_vec()
+        );
         assert_eq!(
             read(&ValueSource::Argv("v\n".into()), false, b"ignored").unwrap(),
             b"v\n".to_vec()
         );
-        assert!(read(&ValueSource::Generate, false, b"ignored").unwrap().is_empty());
+        assert!(
+            read(&ValueSource::Generate, false, b"ignored")
+                .unwrap()
+                .is_empty()
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("value");
@@ -893,7 +938,16 @@ mod tests {
         ] {
             assert_eq!(parse_duration(text), Ok(seconds), "{text}");
         }
-        for bad in ["", "h", "1x", "-1", "1.5h", "1h30", " 1h", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "h",
+            "1x",
+            "-1",
+            "1.5h",
+            "1h30",
+            " 1h",
+            "99999999999999999999s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
         for seconds in [0, 59, 90, 3600, 5400, 2_592_000, 1_209_600 + 1] {
@@ -942,8 +996,13 @@ mod tests {
         assert_eq!(request.custom_metadata["owner"], "web=team");
         assert!(!request.replace_custom_metadata);
 
-        let off = update_request("/a", &[parse_setting("rotation_period=0").unwrap()], &[], false)
-            .unwrap();
+        let off = update_request(
+            "/a",
+            &[parse_setting("rotation_period=0").unwrap()],
+            &[],
+            false,
+        )
+        .unwrap();
         assert_eq!(off.rotation_period_seconds, Some(0));
         assert_eq!(off.max_versions, None);
     }
@@ -1045,7 +1104,10 @@ mod tests {
             ..Default::default()
         };
         let text = metadata_text(&m);
-        assert!(text.contains("rotation          every 1h with hex:32"), "{text}");
+        assert!(
+            text.contains("rotation          every 1h with hex:32"),
+            "{text}"
+        );
         assert!(text.contains("owner=web"), "{text}");
         assert!(text.contains("deleted"), "{text}");
         let value = metadata_json(&m);
