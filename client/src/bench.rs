@@ -37,17 +37,67 @@ pub enum Scenario {
     EpisodicStoreKeyed,
     /// `Flags.Evaluate` of `modules.vision` (a shipped default flag) with a one-key context.
     FlagsEval,
+    /// `Secrets.Get` of `/bench/secret`, a 32-byte value put before the run: decrypting one version
+    /// (its data key unwrapped under the master key) per call.
+    SecretsGet,
+    /// `Secrets.Put` of a fresh 32-byte value, no check-and-set, to one of 256 paths
+    /// `/bench/put/<n>`; each caller strides through them so concurrent calls mostly hit different
+    /// secrets (a new version, sealed and durable before the reply).
+    SecretsPut,
 }
 
-/// Per-worker state a scenario needs (random embeddings).
+/// The secret `secrets-get` reads.
+pub const BENCH_SECRET: &str = "/bench/secret";
+/// How many paths `secrets-put` spreads its writes over.
+pub const BENCH_PUT_PATHS: u64 = 256;
+
+/// Per-worker state a scenario needs (random embeddings and values, the next secret path).
 pub struct CallState {
     rng: u64,
     dim: usize,
+    /// This worker's index among `workers`, and how many calls it has made.
+    worker: u64,
+    workers: u64,
+    calls: u64,
 }
 
 impl CallState {
     fn new(seed: u64, dim: usize) -> Self {
-        CallState { rng: seed | 1, dim }
+        CallState {
+            rng: seed | 1,
+            dim,
+            worker: 0,
+            workers: 1,
+            calls: 0,
+        }
+    }
+
+    fn for_worker(worker: u64, workers: u64, dim: usize) -> Self {
+        CallState {
+            worker,
+            workers: workers.max(1),
+            ..CallState::new(worker + 1, dim)
+        }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// 32 pseudo-random bytes: a value of a typical secret's size.
+    fn secret_value(&mut self) -> Vec<u8> {
+        (0..4).flat_map(|_| self.next_u64().to_le_bytes()).collect()
+    }
+
+    /// The path of this worker's next `secrets-put` call: worker `i` of `W` writes `i`, `i + W`,
+    /// `i + 2W`, … (mod 256), so callers in step write different secrets.
+    fn next_put_path(&mut self) -> String {
+        let n = (self.worker + self.calls * self.workers) % BENCH_PUT_PATHS;
+        self.calls += 1;
+        format!("/bench/put/{n}")
     }
 
     /// Uniform values in [-1, 1) from a xorshift generator: cheap next to an RPC.
@@ -120,7 +170,19 @@ impl Scenario {
             | Scenario::EpisodicQuery
             | Scenario::EpisodicStore
             | Scenario::EpisodicStoreKeyed
-            | Scenario::FlagsEval => Ok(Prepared::default()),
+            | Scenario::FlagsEval
+            | Scenario::SecretsPut => Ok(Prepared::default()),
+            Scenario::SecretsGet => {
+                client
+                    .secrets
+                    .put(brainstem_proto::v1::PutSecretRequest {
+                        path: BENCH_SECRET.to_owned(),
+                        value: CallState::new(0x5ec7e7, 0).secret_value(),
+                        ..Default::default()
+                    })
+                    .await?;
+                Ok(Prepared::default())
+            }
             Scenario::TokenVerify => {
                 let me = client
                     .admin
@@ -196,6 +258,23 @@ impl Scenario {
                 .await
                 .map(drop),
             Scenario::Ping => client.admin.ping(PingRequest::default()).await.map(drop),
+            Scenario::SecretsGet => client
+                .secrets
+                .get(brainstem_proto::v1::GetSecretRequest {
+                    path: BENCH_SECRET.to_owned(),
+                    version: None,
+                })
+                .await
+                .map(drop),
+            Scenario::SecretsPut => client
+                .secrets
+                .put(brainstem_proto::v1::PutSecretRequest {
+                    path: state.next_put_path(),
+                    value: state.secret_value(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
             Scenario::FlagsEval => client
                 .flags
                 .evaluate(brainstem_proto::v1::EvaluateFlagRequest {
@@ -284,12 +363,14 @@ pub async fn run(
     let measure_from = start + bench.warmup;
     let end = measure_from + bench.duration;
     let mut workers = Vec::new();
+    let total_workers = (clients.len() * bench.concurrency.max(1)) as u64;
     for client in &clients {
         for _ in 0..bench.concurrency.max(1) {
             let mut client = client.clone();
             let scenario = bench.scenario;
             let prepared = prepared.clone();
-            let mut state = CallState::new(workers.len() as u64 + 1, bench.dimension);
+            let mut state =
+                CallState::for_worker(workers.len() as u64, total_workers, bench.dimension);
             workers.push(tokio::spawn(async move {
                 let mut result = WorkerResult {
                     histogram: Histogram::new_with_bounds(1, 60_000_000, 3)
@@ -363,4 +444,76 @@ pub async fn run(
         max_us: histogram.max(),
         first_error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::ValueEnum;
+
+    fn name(scenario: Scenario) -> String {
+        scenario
+            .to_possible_value()
+            .expect("every scenario is selectable")
+            .get_name()
+            .to_owned()
+    }
+
+    #[test]
+    fn scenario_names_are_kebab_case_on_the_command_line_and_in_reports() {
+        let names: Vec<String> = Scenario::value_variants()
+            .iter()
+            .map(|s| name(*s))
+            .collect();
+        for expected in [
+            "ping",
+            "flags-eval",
+            "token-verify",
+            "secrets-get",
+            "secrets-put",
+        ] {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} in {names:?}"
+            );
+        }
+        for scenario in Scenario::value_variants() {
+            let json = serde_json::to_value(scenario).unwrap();
+            assert_eq!(json, serde_json::Value::String(name(*scenario)));
+        }
+        assert_eq!(
+            Scenario::from_str("secrets-put", false),
+            Ok(Scenario::SecretsPut)
+        );
+    }
+
+    #[test]
+    fn secrets_put_callers_in_step_write_different_paths() {
+        let workers = 64;
+        let mut states: Vec<CallState> = (0..workers)
+            .map(|w| CallState::for_worker(w, workers, 0))
+            .collect();
+        for _round in 0..8 {
+            let paths: std::collections::HashSet<String> =
+                states.iter_mut().map(CallState::next_put_path).collect();
+            assert_eq!(paths.len(), workers as usize);
+            for path in &paths {
+                let n: u64 = path.strip_prefix("/bench/put/").unwrap().parse().unwrap();
+                assert!(n < BENCH_PUT_PATHS, "{path}");
+            }
+        }
+        let mut one = CallState::for_worker(0, 1, 0);
+        let first: Vec<String> = (0..257).map(|_| one.next_put_path()).collect();
+        assert_eq!(first[0], "/bench/put/0");
+        assert_eq!(first[255], "/bench/put/255");
+        assert_eq!(first[256], "/bench/put/0");
+    }
+
+    #[test]
+    fn secret_values_are_32_bytes_and_differ_per_call() {
+        let mut state = CallState::new(7, 0);
+        let (a, b) = (state.secret_value(), state.secret_value());
+        assert_eq!((a.len(), b.len()), (32, 32));
+        assert_ne!(a, b);
+    }
 }

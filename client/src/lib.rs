@@ -22,6 +22,7 @@ use brainstem_proto::v1::episodic_client::EpisodicClient;
 use brainstem_proto::v1::flags_client::FlagsClient;
 use brainstem_proto::v1::guardrails_client::GuardrailsClient;
 use brainstem_proto::v1::policy_client::PolicyClient;
+use brainstem_proto::v1::secrets_client::SecretsClient;
 use brainstem_proto::v1::supervisor_client::SupervisorClient;
 use brainstem_proto::v1::tokens_client::TokensClient;
 pub use brainstem_proto::{code_name, flagd, v1};
@@ -122,6 +123,7 @@ pub struct Client {
     pub supervisor: SupervisorClient<Resilient>,
     pub episodic: EpisodicClient<Resilient>,
     pub flags: FlagsClient<Resilient>,
+    pub secrets: SecretsClient<Resilient>,
     resilient: Resilient,
 }
 
@@ -254,6 +256,7 @@ impl ConnectOptions {
             supervisor: SupervisorClient::new(resilient.clone()),
             episodic: EpisodicClient::new(resilient.clone()),
             flags: FlagsClient::new(resilient.clone()),
+            secrets: SecretsClient::new(resilient.clone()),
             resilient,
             channel,
         })

@@ -9,6 +9,8 @@ mod access;
 mod audit;
 #[path = "ctl/flags.rs"]
 mod flags;
+#[path = "ctl/secrets.rs"]
+mod secrets;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -128,6 +130,10 @@ enum Command {
     /// Feature flags: eval, list, set/clear overrides, watch changes, definitions file status.
     #[command(subcommand)]
     Flags(flags::FlagsCommand),
+    /// Secrets: put, get, list, delete/undelete/destroy versions, metadata, rotate, watch changes,
+    /// rotate the master key. Values are read from stdin or a file, never from argv by default.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
     /// Drive a scenario over mTLS and report calls/s, p50 and p99 (last line: JSON).
     Bench {
         #[arg(long, value_enum, default_value = "ping")]
@@ -697,6 +703,7 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
             audit::audit(&options, &cli.connection.state_dir, output, command).await
         }
         Command::Flags(command) => flags::flags(&options, output, command).await,
+        Command::Secrets(command) => secrets::secrets(&options, output, command).await,
         Command::Guardrails(command) => access::guardrails(&options, output, command).await,
         Command::Tokens(command) => tokens_command(&options, output, command).await,
         Command::Bench {
