@@ -244,13 +244,21 @@ impl Daemon {
         .emit();
 
         // After the recorder: the service registers its hot-path counters once.
-        let master = Arc::new(crate::tokens::load_master_key(&config.master_key_path()?)?);
-        let tokens = Arc::new(TokenService::open(
-            &config.tokens,
-            master.clone(),
-            &store,
-            Arc::new(SystemClock),
-        )?);
+        let key_path = config.master_key_path()?;
+        let master = Arc::new(crate::tokens::load_master_key(&key_path)?);
+        let tokens = Arc::new(
+            TokenService::open(&config.tokens, master.clone(), &store, Arc::new(SystemClock))
+                .map_err(|err| match err {
+                    TokenError::Undecryptable { kid } => TokenError::MasterKey {
+                        path: key_path.display().to_string(),
+                        reason: format!(
+                            "not the key this state was sealed with (id {}): signing key {kid} does not open with it; nothing was changed",
+                            master.id()
+                        ),
+                    },
+                    other => other,
+                })?,
+        );
         announce_recoveries(&store, &tokens, &audit).await?;
 
         let grpc_listener = TcpListener::bind(config.server.listen)

@@ -128,32 +128,12 @@ impl DaemonProcess {
 
     /// [`DaemonProcess::start_in`] with further arguments (e.g. `--config FILE`).
     pub async fn start_with(dir: &Path, args: &[&std::ffi::OsStr]) -> DaemonProcess {
-        let state_dir = dir.join("state");
-        let socket_path = dir.join("notify.sock");
-        let _ = std::fs::remove_file(&socket_path);
-        let notify = UnixDatagram::bind(&socket_path).expect("bind notify socket");
-        let stderr = std::fs::File::create(dir.join("stderr.log")).expect("stderr log");
-        let child = Command::new(bin("brainstemd"))
-            .args(["--dev", "--state-dir"])
-            .arg(&state_dir)
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .args(args)
-            .env("NOTIFY_SOCKET", &socket_path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn brainstemd");
-        let mut process = DaemonProcess {
-            child,
-            dir: dir.to_owned(),
-            state_dir,
-            grpc_addr: "0.0.0.0:0".parse().expect("placeholder"),
-            metrics_addr: "0.0.0.0:0".parse().expect("placeholder"),
-            notify,
-            messages: Vec::new(),
-        };
+        DaemonProcess::start_logging(dir, args, "info").await
+    }
+
+    /// [`DaemonProcess::start_with`] with `RUST_LOG=log`.
+    pub async fn start_logging(dir: &Path, args: &[&std::ffi::OsStr], log: &str) -> DaemonProcess {
+        let mut process = DaemonProcess::spawn_only(dir, args, log);
         let ready = process
             .wait_message("READY=1", Duration::from_secs(30))
             .await;
@@ -171,6 +151,37 @@ impl DaemonProcess {
         process.grpc_addr = field("grpc=");
         process.metrics_addr = field("metrics=");
         process
+    }
+
+    /// Spawns `brainstemd --dev` over `dir/state` without waiting for anything (a start expected to
+    /// fail, or one the test follows itself).
+    pub fn spawn_only(dir: &Path, args: &[&std::ffi::OsStr], log: &str) -> DaemonProcess {
+        let state_dir = dir.join("state");
+        let socket_path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&socket_path);
+        let notify = UnixDatagram::bind(&socket_path).expect("bind notify socket");
+        let stderr = std::fs::File::create(dir.join("stderr.log")).expect("stderr log");
+        let child = Command::new(bin("brainstemd"))
+            .args(["--dev", "--state-dir"])
+            .arg(&state_dir)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(args)
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("RUST_LOG", log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn brainstemd");
+        DaemonProcess {
+            child,
+            dir: dir.to_owned(),
+            state_dir,
+            grpc_addr: "0.0.0.0:0".parse().expect("placeholder"),
+            metrics_addr: "0.0.0.0:0".parse().expect("placeholder"),
+            notify,
+            messages: Vec::new(),
+        }
     }
 
     /// Waits for a notify datagram containing `needle`; fails early if the process exits.

@@ -8,8 +8,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use zeroize::Zeroizing;
 
 use super::*;
-use crate::store::{Store, trees};
 use crate::store::config::{FlushPolicy, StoreConfig};
+use crate::store::{Store, trees};
 
 const T0: u64 = 1_800_000_000_000;
 
