@@ -39,7 +39,14 @@ fn service(dir: &std::path::Path) -> TokenService {
         rotate_after_seconds: 0,
         retire_after_seconds: 3600,
     };
-    let master = std::sync::Arc::new(MasterKey::new(&[7; 32]).expect("32-byte key"));
+    let master = std::sync::Arc::new(
+        brainstemd::crypto::keyset::KeySet::open(
+            &store,
+            MasterKey::new(&[7; 32]).expect("32-byte key"),
+            std::path::Path::new("bench.key"),
+        )
+        .expect("no key record yet"),
+    );
     TokenService::open(
         &settings,
         master,

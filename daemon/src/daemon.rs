@@ -31,6 +31,7 @@ use crate::access::Access;
 use crate::access::audit::{AuditKind, AuditLog, AuditRecord};
 use crate::access::authz::{Authorizer, Grants};
 use crate::config::{Config, ConfigError, ConfigSource, EXIT_CONFIG};
+use crate::crypto::keyset::{KeyError, KeySet};
 use crate::crypto::pki::{DevPki, Ensured, PkiError};
 use crate::grpc;
 use crate::grpc::services::{Setup, Shared};
@@ -68,6 +69,8 @@ pub enum StartError {
     Policy(String),
     #[error("capability tokens: {0}")]
     Tokens(#[from] TokenError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
     #[error("cannot set up {service}: {source}")]
     Setup {
         service: &'static str,
@@ -99,6 +102,8 @@ impl StartError {
                 EXIT_CONFIG
             }
             StartError::Tokens(_) => 1,
+            StartError::Keys(KeyError::Key { .. }) => EXIT_CONFIG,
+            StartError::Keys(KeyError::Store(_)) => 1,
         }
     }
 }
@@ -245,20 +250,24 @@ impl Daemon {
 
         // After the recorder: the service registers its hot-path counters once.
         let key_path = config.master_key_path()?;
-        let master = Arc::new(crate::tokens::load_master_key(&key_path)?);
+        let master = crate::tokens::load_master_key(&key_path)?;
+        // Checked against the state's record before anything is unsealed (a wrong key overwrites
+        // nothing); recorded once the token signing keys opened with it.
+        let keys = Arc::new(KeySet::open(&store, master, &key_path)?);
         let tokens = Arc::new(
-            TokenService::open(&config.tokens, master.clone(), &store, Arc::new(SystemClock))
+            TokenService::open(&config.tokens, keys.clone(), &store, Arc::new(SystemClock))
                 .map_err(|err| match err {
                     TokenError::Undecryptable { kid } => TokenError::MasterKey {
                         path: key_path.display().to_string(),
                         reason: format!(
                             "not the key this state was sealed with (id {}): signing key {kid} does not open with it; nothing was changed",
-                            master.id()
+                            keys.current().id()
                         ),
                     },
                     other => other,
                 })?,
         );
+        keys.adopt()?;
         announce_recoveries(&store, &tokens, &audit).await?;
 
         let grpc_listener = TcpListener::bind(config.server.listen)
@@ -310,7 +319,7 @@ impl Daemon {
         let handlers = grpc::services::setup(&mut Setup {
             config: &config,
             store: &store,
-            master: &master,
+            keys: &keys,
             actors: &mut actors,
         })?;
 

@@ -6,6 +6,7 @@
 //!   `brainstemctl` shares (re-exported here so the daemon has one place to look).
 
 pub mod config;
+pub mod keyset;
 pub mod master;
 
 pub use brainstem_keys::{files, pki};

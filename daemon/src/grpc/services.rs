@@ -13,7 +13,7 @@ use tonic::service::RoutesBuilder;
 
 use crate::access::Access;
 use crate::config::Config;
-use crate::crypto::MasterKey;
+use crate::crypto::keyset::KeySet;
 use crate::daemon::StartError;
 use crate::grpc::admin::DaemonInfo;
 use crate::grpc::methods::Requirement;
@@ -76,8 +76,8 @@ pub type Handler = Box<dyn FnOnce(&Shared, &mut RoutesBuilder, Limits) + Send>;
 pub struct Setup<'a> {
     pub config: &'a Config,
     pub store: &'a Store,
-    /// The master key (`[keys]`), for services that keep key material at rest.
-    pub master: &'a Arc<MasterKey>,
+    /// The master keys (`[keys]`), for services that keep key material at rest.
+    pub keys: &'a Arc<KeySet>,
     /// Actors and workers registered here start in declared order once every service is set up.
     pub actors: &'a mut SupervisorBuilder,
 }

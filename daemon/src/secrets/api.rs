@@ -21,14 +21,19 @@ use super::{
     Actor, Generator, MetadataUpdate, PutRequest, SecretMeta, Secrets, SecretsRotation,
     SystemClock, VersionOp, VersionState, path,
 };
+use std::path::PathBuf;
+
 use crate::access::Access;
 use crate::access::caller::{Caller, caller};
+use crate::crypto::MasterKey;
+use crate::crypto::keyset::KeySet;
 use crate::daemon::StartError;
 use crate::error::{FieldViolation, ServiceError};
 use crate::grpc::convert::timestamp_from_unix_ms as timestamp;
 use crate::grpc::methods::Requirement;
 use crate::grpc::services::{Health, Registration, ServiceSpec, handler};
 use crate::store::trees;
+use crate::tokens::TokenService;
 
 /// Read values, list and watch paths, read metadata (scoped by path).
 pub const READ: &str = "secrets.read";
@@ -48,6 +53,8 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// `brainstem.v1.Secrets`.
 pub struct SecretsService {
     secrets: Arc<Secrets>,
+    keys: Arc<KeySet>,
+    tokens: Arc<TokenService>,
     access: Arc<Access>,
     stop: CancellationToken,
 }
@@ -416,12 +423,48 @@ impl SecretsApi for SecretsService {
 
     async fn rotate_master_key(
         &self,
-        _request: Request<RotateMasterKeyRequest>,
+        request: Request<RotateMasterKeyRequest>,
     ) -> Result<Response<RotateMasterKeyReply>, Status> {
-        Err(ServiceError::FailedPrecondition(
-            "master-key rotation is not available in this build".to_owned(),
-        )
-        .into())
+        let (_, actor) = actor_of(&request)?;
+        let file = PathBuf::from(request.into_inner().new_key_file);
+        if !file.is_absolute() {
+            return Err(one(
+                "new_key_file",
+                "an absolute path on the daemon's host is required",
+            )
+            .into());
+        }
+        // The file's own checks: exactly 32 bytes, not readable by group or others.
+        let new = MasterKey::load(&file).map_err(|err| one("new_key_file", err.to_string()))?;
+        let key_id = new.id().to_owned();
+        let guard = self
+            .keys
+            .begin(new, &file)
+            .await
+            .map_err(ServiceError::FailedPrecondition)?;
+        // Token signing keys first (one batch: all or none), then every data key; a crash in
+        // between leaves everything readable with one of the two keys, and a re-run finishes.
+        let signing_keys = self
+            .tokens
+            .reseal_keys()
+            .await
+            .map_err(ServiceError::from)?;
+        let rewrapped = self.secrets.rewrap_all().await?;
+        self.keys.finish(guard).await.map_err(ServiceError::from)?;
+        self.secrets
+            .audit_master_key(&actor, &key_id, rewrapped, signing_keys);
+        tracing::warn!(
+            key_id = %key_id,
+            new_key_file = %file.display(),
+            rewrapped,
+            signing_keys,
+            "the master key was rotated; point [keys] master_key_file (or the master.key credential) at the new key before the next start"
+        );
+        Ok(Response::new(RotateMasterKeyReply {
+            rewrapped,
+            signing_keys: signing_keys as u64,
+            key_id,
+        }))
     }
 }
 
@@ -463,8 +506,9 @@ pub const REGISTRATION: Registration = Registration {
             return Ok(None);
         }
         let tree = setup.store.tree(trees::SECRETS)?;
+        let keys = setup.keys.clone();
         let secrets = Arc::new(
-            Secrets::open(tree, setup.master.clone(), config, Arc::new(SystemClock)).map_err(
+            Secrets::open(tree, setup.keys.clone(), config, Arc::new(SystemClock)).map_err(
                 |err| StartError::Setup {
                     service: "brainstem.v1.Secrets",
                     source: err.into(),
@@ -481,6 +525,8 @@ pub const REGISTRATION: Registration = Registration {
                 limits,
                 SecretsServer::new(SecretsService {
                     secrets,
+                    keys,
+                    tokens: shared.tokens.clone(),
                     access: shared.access.clone(),
                     stop: shared.server_token.clone(),
                 })

@@ -42,7 +42,7 @@ use self::events::{ReadResult, SecretsMetrics};
 pub use self::generator::Generator;
 pub use self::rotation::SecretsRotation;
 use crate::access::audit::{AuditKind, AuditLog, AuditRecord};
-use crate::crypto::MasterKey;
+use crate::crypto::keyset::KeySet;
 use crate::error::{FieldViolation, ServiceError};
 use crate::store::{Batch, Record, StoreError, Tree, unix_ms_now};
 
@@ -324,7 +324,7 @@ struct State {
 /// The secrets store.
 pub struct Secrets {
     tree: Tree,
-    master: Arc<MasterKey>,
+    keys: Arc<KeySet>,
     rng: SystemRandom,
     clock: Arc<dyn Clock>,
     max_value_bytes: usize,
@@ -341,7 +341,7 @@ pub struct Secrets {
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Secrets")
-            .field("master", &self.master)
+            .field("keys", &self.keys)
             .finish_non_exhaustive()
     }
 }
@@ -405,7 +405,7 @@ impl Secrets {
     /// and answered DATA_LOSS later; it does not stop the start.
     pub fn open(
         tree: Tree,
-        master: Arc<MasterKey>,
+        keys: Arc<KeySet>,
         config: &config::SecretsConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Secrets, OpenFailure> {
@@ -430,7 +430,7 @@ impl Secrets {
         let (changes, _) = broadcast::channel(CHANGE_BACKLOG);
         let secrets = Secrets {
             tree,
-            master,
+            keys,
             rng: SystemRandom::new(),
             clock,
             max_value_bytes: usize::try_from(config.max_value_bytes).unwrap_or(usize::MAX),
@@ -516,14 +516,15 @@ impl Secrets {
             Err(err) => return Err(err.into()),
         };
         let sealed = unstored(&record).ok_or_else(|| lost("is damaged"))?;
-        if sealed.kek != self.master.id() {
+        let keys = self.keys.keys();
+        let Some(master) = keys.by_id(&sealed.kek) else {
             return Err(lost(&format!(
-                "is sealed under master key {}, not the configured {}",
+                "is sealed under master key {}, which is not in use (the current one is {})",
                 sealed.kek,
-                self.master.id()
+                keys.current.id()
             )));
-        }
-        envelope::open(&self.master, path, version, &sealed).map_err(|err| match err {
+        };
+        envelope::open(master, path, version, &sealed).map_err(|err| match err {
             OpenError::Key => lost("is damaged (its data key does not unwrap)"),
             OpenError::Value => lost("is damaged (its ciphertext does not open)"),
         })
@@ -715,7 +716,7 @@ impl Secrets {
         };
         let now = self.clock.now_ms();
         let version = current + 1;
-        let sealed = envelope::seal(&self.master, &self.rng, path, version, &value)
+        let sealed = envelope::seal(&self.keys.current(), &self.rng, path, version, &value)
             .map_err(|err| ServiceError::internal("secrets", "seal a value", err))?;
         let mut meta = old
             .as_deref()
@@ -996,6 +997,91 @@ impl Secrets {
         };
         if let Err(err) = audit.record(record) {
             tracing::warn!(error = %err, secret = %path, action = kind.as_str(), "secret change not audited");
+        }
+    }
+
+    /// Re-wraps every data key not yet under the key set's current key (master-key rotation), path
+    /// by path under each path's lock, one batch per path; values are not touched. Resumable: what
+    /// an interrupted run re-wrapped is skipped. Returns how many data keys this run re-wrapped.
+    pub async fn rewrap_all(&self) -> Result<u64, ServiceError> {
+        let paths: Vec<String> = self.read_state().metas.keys().cloned().collect();
+        let mut rewrapped = 0u64;
+        for path in paths {
+            let _lock = self.stripe(&path).lock().await;
+            let Ok(meta) = self.meta(&path) else {
+                continue;
+            };
+            let keys = self.keys.keys();
+            let mut batch = Batch::default();
+            let mut count = 0u64;
+            for (version, info) in &meta.versions {
+                if info.destroyed_ms.is_some() {
+                    continue;
+                }
+                let key = version_key(&path, *version);
+                let Some(record) = self.tree.get::<StoredVersion>(&key)? else {
+                    continue;
+                };
+                let Some(sealed) = unstored(&record) else {
+                    continue;
+                };
+                if sealed.kek == keys.current.id() {
+                    continue;
+                }
+                let Some(old) = keys.by_id(&sealed.kek) else {
+                    return Err(ServiceError::FailedPrecondition(format!(
+                        "version {version} of {path} is sealed under master key {}, which is not in use; nothing more was re-wrapped",
+                        sealed.kek
+                    )));
+                };
+                match envelope::rewrap(old, &keys.current, &path, *version, &sealed) {
+                    Ok(moved) => {
+                        batch.put(&self.tree, &key, &stored(&moved))?;
+                        count += 1;
+                    }
+                    Err(err) => {
+                        tracing::error!(secret = %path, version, error = %err, "a damaged version was left as it is")
+                    }
+                }
+            }
+            if count > 0 {
+                self.tree.apply_now(batch)?.wait().await?;
+                rewrapped += count;
+            }
+        }
+        self.metrics.changed("rewrap");
+        Ok(rewrapped)
+    }
+
+    /// Audits a finished master-key rotation.
+    pub fn audit_master_key(
+        &self,
+        actor: &Actor,
+        key_id: &str,
+        rewrapped: u64,
+        signing_keys: usize,
+    ) {
+        let Some(audit) = self.audit.get() else {
+            return;
+        };
+        let record = AuditRecord {
+            seq: 0,
+            time_unix_ms: 0,
+            decision_id: audit.decision_id(),
+            kind: AuditKind::Secret,
+            caller: actor.principal.clone(),
+            principal: actor.principal.clone(),
+            action: "secrets.rotate_master_key".to_owned(),
+            resource: format!("master-key:{key_id}"),
+            allowed: true,
+            reasons: vec![format!(
+                "re-wrapped {rewrapped} data keys and {signing_keys} signing keys"
+            )],
+            correlation_id: actor.correlation_id.clone(),
+            count: 1,
+        };
+        if let Err(err) = audit.record(record) {
+            tracing::warn!(error = %err, "master-key rotation not audited");
         }
     }
 

@@ -54,7 +54,7 @@ impl Worker for SecretsRotation {
             }
             let rotated = self.secrets.rotate_due().await;
             if rotated > 0 {
-                ctx.set_status(&format!("rotated {rotated} secrets"));
+                ctx.set_status(format!("rotated {rotated} secrets"));
             }
             ctx.progress();
             if ctx.is_cancelled() {

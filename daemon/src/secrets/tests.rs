@@ -8,6 +8,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use zeroize::Zeroizing;
 
 use super::*;
+use crate::crypto::MasterKey;
 use crate::store::config::{FlushPolicy, StoreConfig};
 use crate::store::{Store, trees};
 
@@ -41,8 +42,14 @@ impl Fixture {
             self.store = Some(Store::open(&self.dir.path().join("state"), &config).unwrap());
         }
         let tree = self.store.as_ref().unwrap().tree(trees::SECRETS).unwrap();
-        let master = Arc::new(MasterKey::new(&[key; 32]).unwrap());
-        Secrets::open(tree, master, &self.config, self.clock.clone()).unwrap()
+        let master = MasterKey::new(&[key; 32]).unwrap();
+        let keys = KeySet::open(
+            self.store.as_ref().unwrap(),
+            master,
+            std::path::Path::new("test.key"),
+        )
+        .unwrap();
+        Secrets::open(tree, Arc::new(keys), &self.config, self.clock.clone()).unwrap()
     }
 
     fn open(&mut self) -> Secrets {
@@ -602,4 +609,87 @@ fn values_never_show_in_debug_output() {
     let text = format!("{sealed:?}");
     assert!(!text.contains("super"));
     assert!(!text.contains(&B64.encode(&sealed.ciphertext)));
+}
+
+#[tokio::test]
+async fn a_master_key_rotation_rewraps_every_data_key_and_resumes_after_a_crash() {
+    let mut f = Fixture::new();
+    f.open(); // the store
+    let store = f.store.clone().unwrap();
+    let old = f.dir.path().join("old.key");
+    let new = f.dir.path().join("new.key");
+    crate::crypto::files::write_private(&old, &[1; 32]).unwrap();
+    crate::crypto::files::write_private(&new, &[2; 32]).unwrap();
+    let open_with = |path: &std::path::Path| {
+        let keys = Arc::new(KeySet::open(&store, MasterKey::load(path).unwrap(), path).unwrap());
+        let secrets = Secrets::open(f.tree(), keys.clone(), &f.config, f.clock.clone()).unwrap();
+        (keys, secrets)
+    };
+    let (keys, s) = open_with(&old);
+    keys.adopt().unwrap();
+    for i in 0..5 {
+        s.put(
+            &me(),
+            put_req(&format!("/r/{i}"), format!("value-{i}-a").as_bytes(), None),
+        )
+        .await
+        .unwrap();
+        s.put(
+            &me(),
+            put_req(&format!("/r/{i}"), format!("value-{i}-b").as_bytes(), None),
+        )
+        .await
+        .unwrap();
+    }
+    let kek = |path: &str, v: u64| -> String {
+        f.tree()
+            .get::<StoredVersion>(&version_key(path, v))
+            .unwrap()
+            .unwrap()
+            .kek
+    };
+    let old_id = kek("/r/0", 1);
+
+    // Begin, write one version under the new key, "crash" before re-wrapping anything.
+    let guard = keys
+        .begin(MasterKey::load(&new).unwrap(), &new)
+        .await
+        .unwrap();
+    s.put(&me(), put_req("/r/0", b"value-0-c", None))
+        .await
+        .unwrap();
+    drop(guard);
+    drop(s);
+    drop(keys);
+    let new_id = kek("/r/0", 3);
+    assert_ne!(old_id, new_id);
+
+    // The start with the old key still configured reads everything with one of the two keys.
+    let (keys, s) = open_with(&old);
+    assert_eq!(s.get("/r/0", Some(1)).unwrap().value, b"value-0-a");
+    assert_eq!(s.get("/r/0", Some(3)).unwrap().value, b"value-0-c");
+    // The re-run finishes: every data key moves, no value changes.
+    let guard = keys
+        .begin(MasterKey::load(&new).unwrap(), &new)
+        .await
+        .unwrap();
+    assert_eq!(s.rewrap_all().await.unwrap(), 10);
+    keys.finish(guard).await.unwrap();
+    assert_eq!(s.rewrap_all().await.unwrap(), 0, "nothing left to re-wrap");
+    for i in 0..5 {
+        assert_eq!(kek(&format!("/r/{i}"), 1), new_id);
+        assert_eq!(
+            s.get(&format!("/r/{i}"), Some(2)).unwrap().value,
+            format!("value-{i}-b").as_bytes()
+        );
+    }
+    drop(s);
+    drop(keys);
+    // Afterwards only the new key opens the state, and the old one is refused naming the new file.
+    let err = KeySet::open(&store, MasterKey::load(&old).unwrap(), &old)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("new.key"), "{err}");
+    let (_, s) = open_with(&new);
+    assert_eq!(s.get("/r/4", None).unwrap().value, b"value-4-b");
 }

@@ -15,6 +15,8 @@ use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use super::TokenError;
 use crate::crypto::MasterKey;
 use crate::store::Record;
@@ -48,6 +50,33 @@ fn open(master: &MasterKey, kid: &str, sealed: &Sealed) -> Option<Vec<u8>> {
     }
     bytes.extend(B64.decode(&sealed.ciphertext).ok()?);
     master.unseal(&bytes, &aad(kid)).ok()
+}
+
+/// `record` sealed under `current` when it is sealed under another of `masters` (master-key
+/// rotation); `None` when it needs nothing (retired, or already under `current`).
+pub fn resealed(
+    record: &KeyRecord,
+    masters: &[Arc<MasterKey>],
+    current: &MasterKey,
+) -> Result<Option<KeyRecord>, TokenError> {
+    let Some(sealed) = &record.sealed else {
+        return Ok(None);
+    };
+    if open(current, &record.kid, sealed).is_some() {
+        return Ok(None);
+    }
+    let bytes = zeroize::Zeroizing::new(
+        masters
+            .iter()
+            .find_map(|master| open(master, &record.kid, sealed))
+            .ok_or_else(|| TokenError::Undecryptable {
+                kid: record.kid.clone(),
+            })?,
+    );
+    Ok(Some(KeyRecord {
+        sealed: Some(seal(current, &record.kid, &bytes)?),
+        ..record.clone()
+    }))
 }
 
 /// A signing key as stored.
@@ -107,10 +136,11 @@ pub enum Lookup<'a> {
 }
 
 impl KeyRing {
-    /// Builds the ring from stored records, opening every live key with `master`.
+    /// Builds the ring from stored records, opening every live key with one of `masters` (two during
+    /// a master-key rotation).
     pub fn load(
         records: Vec<KeyRecord>,
-        master: &MasterKey,
+        masters: &[Arc<MasterKey>],
         retire_after: u64,
     ) -> Result<KeyRing, TokenError> {
         let mut ring = KeyRing::default();
@@ -120,7 +150,9 @@ impl KeyRing {
                 ring.retired.insert(record.kid);
                 continue;
             };
-            let bytes = open(master, &record.kid, sealed)
+            let bytes = masters
+                .iter()
+                .find_map(|master| open(master, &record.kid, sealed))
                 .filter(|b| b.len() == KEY_LEN)
                 .ok_or_else(|| TokenError::Undecryptable {
                     kid: record.kid.clone(),

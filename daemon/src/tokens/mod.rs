@@ -36,9 +36,10 @@ use self::format::Claims;
 use self::keys::{KeyRecord, KeyRing, Lookup};
 use crate::access::authz::{Holdings, pattern_covers, validate_capability_pattern};
 use crate::crypto::MasterKey;
+use crate::crypto::keyset::KeySet;
 use crate::error::{FieldViolation, ServiceError, truncate_for_reply};
 use crate::runtime::events::ErrorOccurred;
-use crate::store::{Record, Store, StoreError, Tree, trees};
+use crate::store::{Batch, Record, Store, StoreError, Tree, trees};
 use crate::supervisor::worker::until_cancelled;
 use crate::supervisor::{ActorResult, Worker, WorkerContext, WorkerPolicy};
 use crate::tokens::config::TokensConfig;
@@ -336,7 +337,7 @@ pub fn load_master_key(path: &Path) -> Result<MasterKey, TokenError> {
 pub struct TokenService {
     settings: TokensConfig,
     clock: Arc<dyn Clock>,
-    master: Arc<MasterKey>,
+    keys: Arc<KeySet>,
     rng: SystemRandom,
     keys_tree: Tree,
     issued: Tree,
@@ -368,7 +369,7 @@ impl TokenService {
     /// stops the start rather than verifying with partial state.
     pub fn open(
         settings: &TokensConfig,
-        master: Arc<MasterKey>,
+        keys: Arc<KeySet>,
         store: &Store,
         clock: Arc<dyn Clock>,
     ) -> Result<TokenService, TokenError> {
@@ -380,10 +381,14 @@ impl TokenService {
             .map(|item| item.map(|(_, record)| record))
             .collect::<Result<Vec<_>, _>>()?;
         let rng = SystemRandom::new();
-        let mut ring = KeyRing::load(records, &master, settings.retire_after_seconds)?;
+        let mut ring = KeyRing::load(records, &keys.keys().all(), settings.retire_after_seconds)?;
         if ring.active().is_none() {
-            let (new_ring, record) =
-                ring.rotated(clock.now(), &master, &rng, settings.retire_after_seconds)?;
+            let (new_ring, record) = ring.rotated(
+                clock.now(),
+                &keys.current(),
+                &rng,
+                settings.retire_after_seconds,
+            )?;
             keys_tree.put_durable(record.kid.as_bytes(), &record)?;
             SigningKeyRotated {
                 kid: &record.kid,
@@ -406,7 +411,7 @@ impl TokenService {
         Ok(TokenService {
             settings: settings.clone(),
             clock,
-            master,
+            keys,
             rng,
             keys_tree,
             issued,
@@ -797,7 +802,7 @@ impl TokenService {
         let current = self.ring.load_full();
         let (ring, record) = current.rotated(
             self.clock.now(),
-            &self.master,
+            &self.keys.current(),
             &self.rng,
             self.settings.retire_after_seconds,
         )?;
@@ -881,6 +886,27 @@ impl TokenService {
 
     /// The `token-maintenance` worker: runs [`TokenService::maintain`] every
     /// [`MAINTENANCE_INTERVAL`].
+    /// Re-seals every signing key under the key set's current key (master-key rotation), in one
+    /// atomic batch; returns how many were re-sealed.
+    pub async fn reseal_keys(&self) -> Result<usize, TokenError> {
+        let _change = self.key_change.lock().await;
+        let keys = self.keys.keys();
+        let masters = keys.all();
+        let mut batch = Batch::default();
+        let mut resealed = 0;
+        for item in self.keys_tree.scan::<KeyRecord>() {
+            let (key, record) = item?;
+            if let Some(record) = keys::resealed(&record, &masters, &keys.current)? {
+                batch.put(&self.keys_tree, &key, &record)?;
+                resealed += 1;
+            }
+        }
+        if resealed > 0 {
+            self.keys_tree.apply_async(batch).await?;
+        }
+        Ok(resealed)
+    }
+
     pub fn maintenance_worker(self: &Arc<Self>) -> TokenMaintenance {
         TokenMaintenance {
             service: self.clone(),

@@ -5,6 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::hmac;
 
 use super::*;
+use crate::crypto::keyset::KeySet;
 use crate::store::config::{FlushPolicy, StoreConfig};
 
 const T0: u64 = 1_800_000_000;
@@ -66,7 +67,9 @@ impl Fixture {
             store.close().unwrap();
         }
         let store = Store::open(self.dir.path(), &store_config()).unwrap();
-        let master = std::sync::Arc::new(MasterKey::new(&MASTER).unwrap());
+        let master = std::sync::Arc::new(
+            KeySet::open(&store, MasterKey::new(&MASTER).unwrap(), Path::new("t.key")).unwrap(),
+        );
         self.service =
             Some(TokenService::open(&self.settings, master, &store, self.clock.clone()).unwrap());
         self.store = Some(store);
@@ -594,7 +597,14 @@ async fn signing_keys_are_not_stored_in_plaintext() {
     // Another master key cannot open the keys: the start fails closed.
     drop(f.service);
     let store = f.store.unwrap();
-    let other = std::sync::Arc::new(MasterKey::new(&[1; 32]).unwrap());
+    let other = std::sync::Arc::new(
+        KeySet::open(
+            &store,
+            MasterKey::new(&[1; 32]).unwrap(),
+            Path::new("t.key"),
+        )
+        .unwrap(),
+    );
     match TokenService::open(&settings(), other, &store, f.clock.clone()) {
         Err(TokenError::Undecryptable { kid }) => assert_eq!(kid, "k1"),
         other => panic!("expected Undecryptable, got {other:?}"),
