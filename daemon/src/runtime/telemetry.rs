@@ -1,13 +1,18 @@
 //! Logging: tracing-subscriber, human or JSON lines on stderr (journald adds timestamps and units), the
-//! filter from `RUST_LOG` or else `log.level`, and a handle that changes the level on reload.
+//! filter from `RUST_LOG` or else `log.level`, and a handle that changes the level on reload. Every
+//! formatted event passes through [`redact::global`] before it is written ([`redacting_writer`]).
 
+use std::io::Write;
 use std::sync::Arc;
+
+use tracing_subscriber::fmt::MakeWriter;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
 use crate::runtime::config::LogFormat;
+use crate::runtime::redact::{self, Redactor};
 
 /// Changes the log filter of the running process.
 pub trait LogControl: Send + Sync {
@@ -42,7 +47,7 @@ pub fn init(format: LogFormat, level: &str) -> Arc<dyn LogControl> {
     let registry = tracing_subscriber::registry().with(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(redacting_writer(redact::global(), std::io::stderr))
         .with_ansi(ansi);
     match format {
         LogFormat::Human => registry.with(fmt.with_target(true)).init(),
@@ -54,4 +59,80 @@ pub fn init(format: LogFormat, level: &str) -> Arc<dyn LogControl> {
         handle,
         env_override,
     })
+}
+
+/// A [`MakeWriter`] that hands each formatted event to `redactor` and writes what is left to
+/// `inner` in one `write_all`. Used for stderr by [`init`]; tests wrap a buffer.
+pub fn redacting_writer<M>(redactor: &'static Redactor, inner: M) -> RedactingMakeWriter<M> {
+    RedactingMakeWriter { redactor, inner }
+}
+
+/// See [`redacting_writer`].
+pub struct RedactingMakeWriter<M> {
+    redactor: &'static Redactor,
+    inner: M,
+}
+
+impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for RedactingMakeWriter<M> {
+    type Writer = RedactingWriter<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingWriter::new(self.redactor, self.inner.make_writer())
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        RedactingWriter::new(self.redactor, self.inner.make_writer_for(meta))
+    }
+}
+
+/// One event's writer. The fmt layer formats an event into its own buffer and writes it with one
+/// `write_all`, which arrives here as one `write` of a whole line: that is redacted and written at once
+/// without copying. Anything written in pieces is collected and redacted whole when the writer is
+/// dropped (the end of the event), so a value is never split between two redaction calls.
+pub struct RedactingWriter<W: Write> {
+    redactor: &'static Redactor,
+    inner: W,
+    pending: Vec<u8>,
+}
+
+impl<W: Write> RedactingWriter<W> {
+    fn new(redactor: &'static Redactor, inner: W) -> Self {
+        RedactingWriter {
+            redactor,
+            inner,
+            pending: Vec::new(),
+        }
+    }
+
+    fn write_redacted(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let text = String::from_utf8_lossy(bytes);
+        let redacted = self.redactor.redact(&text);
+        self.inner.write_all(redacted.as_bytes())
+    }
+}
+
+impl<W: Write> Write for RedactingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.pending.is_empty() && buf.ends_with(b"\n") {
+            self.write_redacted(buf)?;
+        } else {
+            self.pending.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        // Pending text waits for the end of the event; a flush must not split it.
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> Drop for RedactingWriter<W> {
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            let _ = self.write_redacted(&pending);
+            let _ = self.inner.flush();
+        }
+    }
 }
