@@ -432,25 +432,53 @@ impl Redactor {
     /// `[redacted]`; borrowed (no allocation) when nothing matched.
     pub fn redact<'a>(&self, line: &'a str) -> Cow<'a, str> {
         let mut out = Cow::Borrowed(line);
-        if let Some(spans) = self.value_spans(&out) {
-            apply(&mut out, "value", spans);
+        if self.distinct.load(Ordering::Acquire) > 0 {
+            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(spans) = self.value_spans(&entries, &out) {
+                apply(&mut out, "value", spans);
+            }
         }
-        if let Some(spans) = keyword_spans(&out) {
-            apply(&mut out, "keyword", spans);
+        redact_by_rules(out)
+    }
+
+    /// [`redact`](Self::redact) for the panic hook, which may run on a thread that panicked while
+    /// holding the write lock (waiting for it would deadlock): `None` if the lock stays taken for
+    /// 100 ms.
+    pub(crate) fn redact_without_blocking<'a>(&self, line: &'a str) -> Option<Cow<'a, str>> {
+        let mut out = Cow::Borrowed(line);
+        if self.distinct.load(Ordering::Acquire) > 0 {
+            let mut attempts = 0;
+            let entries = loop {
+                match self.entries.try_read() {
+                    Ok(entries) => break entries,
+                    Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                        break poisoned.into_inner();
+                    }
+                    Err(std::sync::TryLockError::WouldBlock) if attempts < 100 => {
+                        attempts += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    Err(std::sync::TryLockError::WouldBlock) => return None,
+                }
+            };
+            if let Some(spans) = self.value_spans(&entries, &out) {
+                apply(&mut out, "value", spans);
+            }
         }
-        if let Some(spans) = entropy_spans(&out) {
-            apply(&mut out, "entropy", spans);
-        }
-        out
+        Some(redact_by_rules(out))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn hold_write_lock_for_test(&self) -> std::sync::RwLockWriteGuard<'_, impl Sized> {
+        self.entries.write().unwrap()
     }
 
     /// Byte ranges of remembered values in `line`, or `None` (without allocating) when there are none.
-    fn value_spans(&self, line: &str) -> Option<Vec<(usize, usize)>> {
-        if self.distinct.load(Ordering::Acquire) == 0 {
+    fn value_spans(&self, entries: &Entries, line: &str) -> Option<Vec<(usize, usize)>> {
+        if entries.distinct == 0 {
             return None;
         }
         let bytes = line.as_bytes();
-        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         let mut spans: Option<Vec<(usize, usize)>> = None;
         for window in &entries.windows {
             let len = window.len;
@@ -487,6 +515,17 @@ impl Redactor {
         }
         spans
     }
+}
+
+/// Rules 2 and 3 (keywords, entropy), which need no state.
+fn redact_by_rules(mut out: Cow<'_, str>) -> Cow<'_, str> {
+    if let Some(spans) = keyword_spans(&out) {
+        apply(&mut out, "keyword", spans);
+    }
+    if let Some(spans) = entropy_spans(&out) {
+        apply(&mut out, "entropy", spans);
+    }
+    out
 }
 
 fn apply(out: &mut Cow<'_, str>, rule: &'static str, spans: Vec<(usize, usize)>) {

@@ -1,6 +1,7 @@
 //! Logging: tracing-subscriber, human or JSON lines on stderr (journald adds timestamps and units), the
 //! filter from `RUST_LOG` or else `log.level`, and a handle that changes the level on reload. Every
-//! formatted event passes through [`redact::global`] before it is written ([`redacting_writer`]).
+//! formatted event passes through [`redact::global`] before it is written ([`redacting_writer`]), and
+//! so does a panic's message (the panic hook).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -35,8 +36,9 @@ impl LogControl for FilterHandle {
     }
 }
 
-/// Installs the global subscriber. Call once, from `main`.
+/// Installs the global subscriber and the panic hook. Call once, from `main`.
 pub fn init(format: LogFormat, level: &str) -> Arc<dyn LogControl> {
+    install_panic_hook();
     let env_override = std::env::var_os("RUST_LOG").is_some();
     let filter = if env_override {
         EnvFilter::from_default_env()
@@ -134,5 +136,103 @@ impl<W: Write> Drop for RedactingWriter<W> {
             let _ = self.write_redacted(&pending);
             let _ = self.inner.flush();
         }
+    }
+}
+
+/// Panics are written to stderr by the panic hook, not the subscriber, and their messages may quote
+/// a value: the same redaction applies. Replaces the default hook with one that prints the same text
+/// (thread, location, message, and a backtrace when `RUST_BACKTRACE` asks for one).
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let location = info
+            .location()
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "<unknown>".to_owned());
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("Box<dyn Any>");
+        let backtrace = std::backtrace::Backtrace::capture();
+        let text = panic_text(thread.name(), &location, message, &backtrace);
+        let mut stderr = std::io::stderr().lock();
+        let _ = stderr
+            .write_all(redact_panic(redact::global(), &text, thread.name(), &location).as_bytes());
+    }));
+}
+
+/// What the default hook prints.
+fn panic_text(
+    thread: Option<&str>,
+    location: &str,
+    message: &str,
+    backtrace: &std::backtrace::Backtrace,
+) -> String {
+    let thread = thread.unwrap_or("<unnamed>");
+    match backtrace.status() {
+        std::backtrace::BacktraceStatus::Captured => {
+            format!(
+                "thread '{thread}' panicked at {location}:\n{message}\nstack backtrace:\n{backtrace}\n"
+            )
+        }
+        _ => format!(
+            "thread '{thread}' panicked at {location}:\n{message}\nnote: run with `RUST_BACKTRACE=1` \
+             environment variable to display a backtrace\n"
+        ),
+    }
+}
+
+/// The panic text redacted, or only where it happened if the redactor cannot be read (the panic
+/// struck while its lock was held).
+fn redact_panic(redactor: &Redactor, text: &str, thread: Option<&str>, location: &str) -> String {
+    match redactor.redact_without_blocking(text) {
+        Some(redacted) => redacted.into_owned(),
+        None => format!(
+            "thread '{}' panicked at {location}: message withheld (the log redactor was busy)\n",
+            thread.unwrap_or("<unnamed>")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_messages_are_redacted() {
+        let redactor = Redactor::new();
+        redactor.remember(b"value-in-a-panic-message");
+        let backtrace = std::backtrace::Backtrace::disabled();
+        let text = panic_text(
+            Some("worker"),
+            "src/x.rs:1:2",
+            "unexpected value-in-a-panic-message (password=hunter2)",
+            &backtrace,
+        );
+        let out = redact_panic(&redactor, &text, Some("worker"), "src/x.rs:1:2");
+        assert!(
+            out.starts_with("thread 'worker' panicked at src/x.rs:1:2:\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("unexpected [redacted] (password=[redacted])"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_panic_while_the_redactor_is_locked_withholds_the_message() {
+        let redactor = Redactor::new();
+        redactor.remember(b"value-in-a-panic-message");
+        let text = "thread 'x' panicked at a.rs:1:1:\nvalue-in-a-panic-message\n";
+        let held = redactor.hold_write_lock_for_test();
+        let out = redact_panic(&redactor, text, Some("x"), "a.rs:1:1");
+        drop(held);
+        assert_eq!(
+            out,
+            "thread 'x' panicked at a.rs:1:1: message withheld (the log redactor was busy)\n"
+        );
     }
 }
