@@ -13,7 +13,9 @@
 //!    `client_secret`, …); the key stays, the value goes (`password=[redacted]`). Also `Bearer <token>`
 //!    anywhere (a credential of 8 or more token characters) and `Authorization: Bearer <token>` (the
 //!    scheme stays). An unquoted value ends at whitespace or one of `, ; & ) } " '` or an ANSI escape;
-//!    a quoted one at its closing quote (`"`, `'` or the JSON-escaped `\"`).
+//!    a quoted one at its closing quote (`"`, `'` or the JSON-escaped `\"`); a JSON object, array or
+//!    `null` is left alone. In a JSON line, a match outside a string (a number) becomes
+//!    `"[redacted]"`, so the line stays valid JSON.
 //! 3. **`entropy`** — a maximal run of base64/base64url/hex characters (`A-Z a-z 0-9 + / _ -`, then up
 //!    to two `=`) of 20 or more characters (padding excluded) that looks random:
 //!    - all hex digits of one case, with at least one digit and one letter: Shannon entropy of at least
@@ -538,12 +540,16 @@ fn apply(out: &mut Cow<'_, str>, rule: &'static str, spans: Vec<(usize, usize)>)
 
 /// Replaces the (possibly overlapping, unsorted) byte ranges with `[redacted]`; returns the new text
 /// and how many separate ranges were replaced.
+///
+/// In a JSON line (one that starts with `{`), a range outside any string (a number, say) is replaced
+/// by `"[redacted]"`, so the line stays valid JSON.
 fn replace(line: &str, mut spans: Vec<(usize, usize)>) -> (String, u64) {
     spans.sort_unstable();
-    let mut out = String::with_capacity(line.len());
+    let mut out = String::with_capacity(line.len() + 8);
     let mut copied = 0;
     let mut count = 0;
     let mut index = 0;
+    let mut json = JsonStrings::new(line);
     while index < spans.len() {
         let (mut start, mut end) = spans[index];
         index += 1;
@@ -564,12 +570,55 @@ fn replace(line: &str, mut spans: Vec<(usize, usize)>) -> (String, u64) {
             continue;
         }
         out.push_str(&line[copied..start]);
-        out.push_str(REDACTED);
+        if json.outside_string_at(start) {
+            out.push('"');
+            out.push_str(REDACTED);
+            out.push('"');
+        } else {
+            out.push_str(REDACTED);
+        }
         copied = end;
         count += 1;
     }
     out.push_str(&line[copied..]);
     (out, count)
+}
+
+/// Whether positions of a JSON line lie outside its strings, asked in increasing order (one scan).
+struct JsonStrings<'a> {
+    bytes: Option<&'a [u8]>,
+    at: usize,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl<'a> JsonStrings<'a> {
+    fn new(line: &'a str) -> Self {
+        JsonStrings {
+            bytes: line.starts_with('{').then_some(line.as_bytes()),
+            at: 0,
+            in_string: false,
+            escaped: false,
+        }
+    }
+
+    fn outside_string_at(&mut self, position: usize) -> bool {
+        let Some(bytes) = self.bytes else {
+            return false;
+        };
+        while self.at < position.min(bytes.len()) {
+            let b = bytes[self.at];
+            if self.escaped {
+                self.escaped = false;
+            } else if self.in_string && b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.in_string = !self.in_string;
+            }
+            self.at += 1;
+        }
+        !self.in_string
+    }
 }
 
 fn is_key_byte(b: u8) -> bool {
@@ -667,9 +716,16 @@ fn value_after(b: &[u8], at: usize) -> Option<(usize, usize, usize)> {
         let end = end.min(b.len());
         return Some((from, end, (end + close.len()).min(b.len())));
     }
+    // A JSON object or array: its own keys are judged on their own.
+    if matches!(b[start], b'{' | b'[') {
+        return None;
+    }
     let mut end = start;
     while end < b.len() && !is_unquoted_end(b[end]) {
         end += 1;
+    }
+    if &b[start..end] == b"null" {
+        return None;
     }
     Some((start, end, end))
 }

@@ -235,6 +235,36 @@ fn keyword_values_go_and_keys_stay() {
 }
 
 #[test]
+fn json_lines_stay_json() {
+    let r = redactor();
+    r.remember(b"1234567890");
+    let cases = [
+        (
+            "{\"password\":12345,\"n\":1}",
+            "{\"password\":\"[redacted]\",\"n\":1}",
+        ),
+        ("{\"pin\":1234567890}", "{\"pin\":\"[redacted]\"}"),
+        (
+            "{\"message\":\"pin 1234567890 token: abc\"}",
+            "{\"message\":\"pin [redacted] token: [redacted]\"}",
+        ),
+        (
+            "{\"message\":\"a \\\"q\\\" b\",\"secret\":7}",
+            "{\"message\":\"a \\\"q\\\" b\",\"secret\":\"[redacted]\"}",
+        ),
+        (
+            "{\"token\":{\"a\":1},\"password\":null}",
+            "{\"token\":{\"a\":1},\"password\":null}",
+        ),
+    ];
+    for (line, want) in cases {
+        let out = r.redact(line);
+        assert_eq!(out, want, "for {line}");
+        serde_json::from_str::<serde_json::Value>(&out).expect("still JSON");
+    }
+}
+
+#[test]
 fn keywords_do_not_touch_other_names_or_prose() {
     let r = redactor();
     for line in [
