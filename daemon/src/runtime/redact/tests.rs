@@ -445,6 +445,26 @@ fn never_panics_and_never_leaks_a_remembered_value() {
 }
 
 #[test]
+fn random_text_never_panics() {
+    let r = redactor();
+    r.remember("é✓é✓é✓".as_bytes());
+    r.remember(&[0xff, 0xfe, b'a', b'b', b'c', b'd', b'e', b'f']);
+    let alphabet: Vec<char> = "aA0zZ9+/=_-.:\"\\'{}[]() \t\n\u{1b}mé✓😀;,&bearerPASSWORD"
+        .chars()
+        .collect();
+    let mut rng = Lcg(7);
+    for _ in 0..5000 {
+        let line: String = (0..rng.below(120))
+            .map(|_| alphabet[rng.below(alphabet.len())])
+            .collect();
+        let out = r.redact(&line);
+        if !line.contains("é✓é✓é✓") && !out.contains("[redacted]") {
+            assert_eq!(out, line);
+        }
+    }
+}
+
+#[test]
 fn the_replacer_merges_and_respects_boundaries() {
     assert_eq!(
         replace("abcdef", vec![(1, 3), (2, 4), (5, 6)]),
