@@ -55,7 +55,7 @@
 //! 8 KiB pre-filter (a table probe only when the bit is set; plus O(value length) per window hit on a
 //! long value). Measured (docs/PERFORMANCE.md, "Log redaction"): about 6,000 instructions for a
 //! 150-byte line with nothing remembered (rules 2 and 3), about 3,800 more per distinct length, and
-//! the same for 100 or 10,000 values of those lengths; 214,000 (about 24 µs) with values of all 57
+//! the same for 100 or 10,000 values of those lengths; 214,000 (17–24 µs) with values of all 57
 //! window lengths.
 //! Equal bytes always have equal fingerprints, so a remembered value is never missed; a false match
 //! (rare by chance; craftable for a hash modulo 2^64 by someone who knows the base) only redacts
