@@ -314,6 +314,11 @@ fn random_runs_are_redacted() {
             "path=/var/lib/x/Zq9Lk2Wm8Rt4Yp7Nb3Vx/file",
             "path=/var/lib/x/[redacted]/file",
         ),
+        // A capability token's shape: payload and MAC go, the prefix and key id stay.
+        (
+            "got bst1.k1.eyJqdGkiOiI5ODJjYWU2M2IyZTczYzBkYzVmMjI0M2ZlYjZlOTc3ZCIsInN1YiI6ImFkbWluIn0.09GWrvtCs3ES-Jxuhkb1s0zCQNAT-8TugHjZWumc0B8 ok",
+            "got bst1.k1.[redacted].[redacted] ok",
+        ),
         // Inside a JSON string.
         (
             "{\"note\":\"k=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\"}",
