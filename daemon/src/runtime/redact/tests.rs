@@ -130,6 +130,24 @@ fn forgetting_one_value_keeps_others_of_the_same_length_and_window() {
 }
 
 #[test]
+fn beyond_the_cap_values_are_not_added_until_room_is_made() {
+    let r = Redactor::with_max_entries(3);
+    for value in ["value-one", "value-two", "value-three", "value-four"] {
+        r.remember(value.as_bytes());
+    }
+    assert_eq!(r.remembered(), 3);
+    assert_eq!(r.redact("value-three value-four"), "[redacted] value-four");
+    // A value already held is still counted, not refused.
+    r.remember(b"value-one");
+    r.forget(b"value-one");
+    assert_eq!(r.redact("value-one"), "[redacted]");
+    r.forget(b"value-one");
+    r.remember(b"value-four");
+    assert_eq!(r.redact("value-one value-four"), "value-one [redacted]");
+    assert_eq!(r.remembered(), 3);
+}
+
+#[test]
 fn values_longer_than_the_window_are_matched_whole_only() {
     let r = redactor();
     let value: String = (0..300)
