@@ -37,6 +37,11 @@ pub fn describe(version: &str) {
         "brainstem_notify_dropped_total",
         "sd_notify messages dropped because the service manager's socket queue was full"
     );
+    metrics::describe_counter!(
+        "brainstem_log_redactions_total",
+        "log lines' text replaced by [redacted], by rule (value: a remembered secret value, keyword: \
+         the value of a secret-named key or a bearer credential, entropy: a random-looking run)"
+    );
     metrics::describe_gauge!("brainstem_build_info", "always 1; labels carry the version");
     metrics::describe_gauge!(
         "brainstem_boot_count",
@@ -272,6 +277,22 @@ impl RateLimited<'_> {
             duration: Duration::ZERO,
         }
         .emit();
+    }
+}
+
+/// Text replaced in one log line by one redaction rule (`runtime::redact`). Emitted from inside the
+/// log writer, so it logs nothing itself.
+pub struct LogRedacted {
+    /// `value`, `keyword` or `entropy`.
+    pub rule: &'static str,
+    /// Separate ranges replaced.
+    pub count: u64,
+}
+
+impl LogRedacted {
+    pub fn emit(self) {
+        metrics::counter!("brainstem_log_redactions_total", "rule" => self.rule)
+            .increment(self.count);
     }
 }
 

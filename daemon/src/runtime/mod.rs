@@ -1,5 +1,6 @@
-//! The process runtime every capability shares: tracked tasks, the systemd notify protocol, logging,
-//! the metrics recorder and listener, and the typed events that every metric and log line comes from.
+//! The process runtime every capability shares: tracked tasks, the systemd notify protocol, logging
+//! (with secrets redacted from every line), the metrics recorder and listener, and the typed events
+//! that every metric and log line comes from.
 
 pub mod config;
 pub mod events;

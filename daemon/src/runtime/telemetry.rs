@@ -1,13 +1,19 @@
 //! Logging: tracing-subscriber, human or JSON lines on stderr (journald adds timestamps and units), the
-//! filter from `RUST_LOG` or else `log.level`, and a handle that changes the level on reload.
+//! filter from `RUST_LOG` or else `log.level`, and a handle that changes the level on reload. Every
+//! formatted event passes through [`redact::global`] before it is written ([`redacting_writer`]), and
+//! so does a panic's message (the panic hook).
 
+use std::io::Write;
 use std::sync::Arc;
+
+use tracing_subscriber::fmt::MakeWriter;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
 use crate::runtime::config::LogFormat;
+use crate::runtime::redact::{self, Redactor};
 
 /// Changes the log filter of the running process.
 pub trait LogControl: Send + Sync {
@@ -30,8 +36,9 @@ impl LogControl for FilterHandle {
     }
 }
 
-/// Installs the global subscriber. Call once, from `main`.
+/// Installs the global subscriber and the panic hook. Call once, from `main`.
 pub fn init(format: LogFormat, level: &str) -> Arc<dyn LogControl> {
+    install_panic_hook();
     let env_override = std::env::var_os("RUST_LOG").is_some();
     let filter = if env_override {
         EnvFilter::from_default_env()
@@ -42,7 +49,7 @@ pub fn init(format: LogFormat, level: &str) -> Arc<dyn LogControl> {
     let registry = tracing_subscriber::registry().with(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(redacting_writer(redact::global(), std::io::stderr))
         .with_ansi(ansi);
     match format {
         LogFormat::Human => registry.with(fmt.with_target(true)).init(),
@@ -54,4 +61,178 @@ pub fn init(format: LogFormat, level: &str) -> Arc<dyn LogControl> {
         handle,
         env_override,
     })
+}
+
+/// A [`MakeWriter`] that hands each formatted event to `redactor` and writes what is left to
+/// `inner` in one `write_all`. Used for stderr by [`init`]; tests wrap a buffer.
+pub fn redacting_writer<M>(redactor: &'static Redactor, inner: M) -> RedactingMakeWriter<M> {
+    RedactingMakeWriter { redactor, inner }
+}
+
+/// See [`redacting_writer`].
+pub struct RedactingMakeWriter<M> {
+    redactor: &'static Redactor,
+    inner: M,
+}
+
+impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for RedactingMakeWriter<M> {
+    type Writer = RedactingWriter<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingWriter::new(self.redactor, self.inner.make_writer())
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        RedactingWriter::new(self.redactor, self.inner.make_writer_for(meta))
+    }
+}
+
+/// One event's writer. The fmt layer formats an event into its own buffer and writes it with one
+/// `write_all`, which arrives here as one `write` of a whole line: that is redacted and written at once
+/// without copying. Anything written in pieces is collected and redacted whole when the writer is
+/// dropped (the end of the event), so a value is never split between two redaction calls.
+pub struct RedactingWriter<W: Write> {
+    redactor: &'static Redactor,
+    inner: W,
+    pending: Vec<u8>,
+}
+
+impl<W: Write> RedactingWriter<W> {
+    fn new(redactor: &'static Redactor, inner: W) -> Self {
+        RedactingWriter {
+            redactor,
+            inner,
+            pending: Vec::new(),
+        }
+    }
+
+    fn write_redacted(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let text = String::from_utf8_lossy(bytes);
+        let redacted = self.redactor.redact(&text);
+        self.inner.write_all(redacted.as_bytes())
+    }
+}
+
+impl<W: Write> Write for RedactingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.pending.is_empty() && buf.ends_with(b"\n") {
+            self.write_redacted(buf)?;
+        } else {
+            self.pending.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        // Pending text waits for the end of the event; a flush must not split it.
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> Drop for RedactingWriter<W> {
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            let _ = self.write_redacted(&pending);
+            let _ = self.inner.flush();
+        }
+    }
+}
+
+/// Panics are written to stderr by the panic hook, not the subscriber, and their messages may quote
+/// a value: the same redaction applies. Replaces the default hook with one that prints the same text
+/// (thread, location, message, and a backtrace when `RUST_BACKTRACE` asks for one).
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let location = info
+            .location()
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "<unknown>".to_owned());
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("Box<dyn Any>");
+        let backtrace = std::backtrace::Backtrace::capture();
+        let text = panic_text(thread.name(), &location, message, &backtrace);
+        let mut stderr = std::io::stderr().lock();
+        let _ = stderr
+            .write_all(redact_panic(redact::global(), &text, thread.name(), &location).as_bytes());
+    }));
+}
+
+/// What the default hook prints.
+fn panic_text(
+    thread: Option<&str>,
+    location: &str,
+    message: &str,
+    backtrace: &std::backtrace::Backtrace,
+) -> String {
+    let thread = thread.unwrap_or("<unnamed>");
+    match backtrace.status() {
+        std::backtrace::BacktraceStatus::Captured => {
+            format!(
+                "thread '{thread}' panicked at {location}:\n{message}\nstack backtrace:\n{backtrace}\n"
+            )
+        }
+        _ => format!(
+            "thread '{thread}' panicked at {location}:\n{message}\nnote: run with `RUST_BACKTRACE=1` \
+             environment variable to display a backtrace\n"
+        ),
+    }
+}
+
+/// The panic text redacted, or only where it happened if the redactor cannot be read (the panic
+/// struck while its lock was held).
+fn redact_panic(redactor: &Redactor, text: &str, thread: Option<&str>, location: &str) -> String {
+    match redactor.redact_without_blocking(text) {
+        Some(redacted) => redacted.into_owned(),
+        None => format!(
+            "thread '{}' panicked at {location}: message withheld (the log redactor was busy)\n",
+            thread.unwrap_or("<unnamed>")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_messages_are_redacted() {
+        let redactor = Redactor::new();
+        redactor.remember(b"value-in-a-panic-message");
+        let backtrace = std::backtrace::Backtrace::disabled();
+        let text = panic_text(
+            Some("worker"),
+            "src/x.rs:1:2",
+            "unexpected value-in-a-panic-message (password=hunter2)",
+            &backtrace,
+        );
+        let out = redact_panic(&redactor, &text, Some("worker"), "src/x.rs:1:2");
+        assert!(
+            out.starts_with("thread 'worker' panicked at src/x.rs:1:2:\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("unexpected [redacted] (password=[redacted])"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_panic_while_the_redactor_is_locked_withholds_the_message() {
+        let redactor = Redactor::new();
+        redactor.remember(b"value-in-a-panic-message");
+        let text = "thread 'x' panicked at a.rs:1:1:\nvalue-in-a-panic-message\n";
+        let held = redactor.hold_write_lock_for_test();
+        let out = redact_panic(&redactor, text, Some("x"), "a.rs:1:1");
+        drop(held);
+        assert_eq!(
+            out,
+            "thread 'x' panicked at a.rs:1:1: message withheld (the log redactor was busy)\n"
+        );
+    }
 }
