@@ -425,6 +425,38 @@ async fn secrets_follow_kv_v2_with_scopes_and_no_value_leaks() {
     for error in &errors.0 {
         assert_no_value(error, "an error reply");
     }
+
+    // A log line that would quote a stored value (an operator pasted it into the flags file): the
+    // redactor takes it out.
+    let flags = daemon.state_dir.join("flags.json");
+    let pasted = std::str::from_utf8(VALUE_2).unwrap();
+    std::fs::write(&flags, format!(r#"{{"flags": {{"x": {{"state": "{pasted}", "variants": {{"on": true}}, "defaultVariant": "on"}}}}}}"#)).unwrap();
+    eventually(
+        "the refused flags file in the log",
+        Duration::from_secs(15),
+        || {
+            let log = daemon.stderr();
+            async move { log.contains("is not ENABLED or DISABLED").then_some(()) }
+        },
+    )
+    .await;
+    let log = daemon.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("is not ENABLED or DISABLED"))
+        .unwrap();
+    assert!(
+        line.contains("x.state: \"[redacted]\"") || line.contains("[redacted]"),
+        "{line}"
+    );
+    let (_, metrics) = crate::harness::http_get(daemon.metrics_addr, "/metrics").await;
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("brainstem_log_redactions_total{rule=\"value\"}")
+                && !l.ends_with(" 0")
+        ),
+        "no value redaction counted"
+    );
     drop(watch);
     let stderr = daemon.stderr();
     daemon.stop().await;
