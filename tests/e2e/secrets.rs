@@ -562,3 +562,119 @@ async fn acknowledged_puts_survive_kill_9_and_a_wrong_master_key_is_refused() {
     client.secrets.get(get(path, None)).await.unwrap();
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_key_rotates_online_and_the_old_key_is_then_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start_in(dir.path()).await;
+    let mut client = daemon.client().await;
+    for i in 0..20 {
+        client
+            .secrets
+            .put(put(
+                &format!("/rot/s{i}"),
+                format!("value-{i}-xyz").as_bytes(),
+                None,
+            ))
+            .await
+            .unwrap();
+    }
+    let new_key = dir.path().join("new-master.key");
+    brainstemd::crypto::files::write_private(&new_key, &[0x42; 32]).unwrap();
+
+    // Bad files are refused with the field, and nothing changes.
+    let relative = client
+        .secrets
+        .rotate_master_key(brainstem_client::v1::RotateMasterKeyRequest {
+            new_key_file: "new-master.key".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(relative.code(), Code::InvalidArgument);
+    let short = dir.path().join("short.key");
+    brainstemd::crypto::files::write_private(&short, &[1; 16]).unwrap();
+    let status = client
+        .secrets
+        .rotate_master_key(brainstem_client::v1::RotateMasterKeyRequest {
+            new_key_file: short.display().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("32 bytes"),
+        "{}",
+        status.message()
+    );
+
+    let reply = client
+        .secrets
+        .rotate_master_key(brainstem_client::v1::RotateMasterKeyRequest {
+            new_key_file: new_key.display().to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.rewrapped, 20);
+    assert!(reply.signing_keys >= 1);
+    assert_eq!(reply.key_id.len(), 16);
+    // The running daemon reads and writes under the new key at once.
+    assert_eq!(
+        client
+            .secrets
+            .get(get("/rot/s3", None))
+            .await
+            .unwrap()
+            .into_inner()
+            .value,
+        b"value-3-xyz"
+    );
+    client
+        .secrets
+        .put(put("/rot/after", b"written-after-rotation", None))
+        .await
+        .unwrap();
+    daemon.stop().await;
+
+    // The old key is refused, naming the new key's file.
+    let mut refused = DaemonProcess::spawn_only(dir.path(), &[], "info");
+    let status = refused.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(64));
+    assert!(
+        refused.stderr().contains("new-master.key"),
+        "{}",
+        refused.stderr()
+    );
+    drop(refused);
+
+    // Pointed at the new key, everything reads, token signing keys included.
+    let config = dir.path().join("brainstemd.toml");
+    std::fs::write(
+        &config,
+        format!("[keys]\nmaster_key_file = \"{}\"\n", new_key.display()),
+    )
+    .unwrap();
+    let daemon =
+        DaemonProcess::start_with(dir.path(), &[OsStr::new("--config"), config.as_os_str()]).await;
+    let mut client = daemon.client().await;
+    for i in 0..20 {
+        let got = client
+            .secrets
+            .get(get(&format!("/rot/s{i}"), None))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.value, format!("value-{i}-xyz").as_bytes());
+    }
+    assert_eq!(
+        client
+            .secrets
+            .get(get("/rot/after", None))
+            .await
+            .unwrap()
+            .into_inner()
+            .value,
+        b"written-after-rotation"
+    );
+    daemon.stop().await;
+}

@@ -951,7 +951,10 @@ fn entropy_spans(line: &str) -> Option<Vec<(usize, usize)>> {
             continue;
         }
         let run = &b[start..end];
-        if run[0] == b'/' {
+        // Inside a path (the run starts with `/`, or follows `/`, `.` or `~` as in
+        // `/tmp/.tmpAb3xY9/new.key`): each segment is judged on its own.
+        let in_path = run[0] == b'/' || (start > 0 && matches!(b[start - 1], b'/' | b'.' | b'~'));
+        if in_path && run.contains(&b'/') {
             let mut at = start;
             for segment in run.split(|&c| c == b'/') {
                 if looks_random(segment) {

@@ -608,3 +608,14 @@ fn concurrent_readers_and_writers() {
     }
     assert_eq!(r.remembered(), 0);
 }
+
+#[test]
+fn temporary_directory_paths_stay_readable() {
+    let r = Redactor::new();
+    for line in [
+        "master key /tmp/.tmpAbC123/new-master.key: not the key",
+        "state in /tmp/.tmpq9ZfXk/state/db and /run/user/1000/.tmpW3x/sock",
+    ] {
+        assert_eq!(r.redact(line), line);
+    }
+}
