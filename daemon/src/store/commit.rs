@@ -25,6 +25,10 @@ use super::{StoreError, space};
 
 /// At most this many jobs share one flush, so one reply never waits behind an unbounded queue.
 const MAX_GROUP: usize = 4096;
+/// Longest a flush waits for more writers to join it (see the group-commit window in `run`).
+const MAX_WINDOW: Duration = Duration::from_millis(2);
+/// Shortest such wait: enough for a woken writer to send its next write.
+const MIN_WINDOW: Duration = Duration::from_micros(200);
 
 /// One unit of work for the committer.
 pub(super) struct Job {
@@ -336,6 +340,9 @@ fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared, mut keeper: K
     let mut dirty = false;
     // Since when a flushed generation waits for the integrity record to name it.
     let mut unrecorded: Option<Instant> = None;
+    // The last flush: how many writes it answered and how long it took (the group-commit window).
+    let mut last_group = 0u64;
+    let mut last_flush = Duration::ZERO;
     loop {
         let first = match unrecorded {
             None => jobs.recv().ok(),
@@ -362,6 +369,23 @@ fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared, mut keeper: K
             match jobs.try_recv() {
                 Ok(job) => group.push(job),
                 Err(_) => break,
+            }
+        }
+        // Group-commit window: when the last flush answered several writers, they are writing
+        // concurrently and their next writes are on the way; waiting a fraction of a flush for them
+        // lets one flush answer many. A lone writer (last group of one) never waits.
+        if last_group >= 2 {
+            let deadline = Instant::now() + last_flush.clamp(MIN_WINDOW, MAX_WINDOW);
+            while group.len() < MAX_GROUP {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match jobs.recv_timeout(left) {
+                    Ok(job) if !left.is_zero() => group.push(job),
+                    Ok(job) => {
+                        group.push(job);
+                        break;
+                    }
+                    Err(_) => break,
+                }
             }
         }
         shared.wait_while_held();
@@ -405,6 +429,8 @@ fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared, mut keeper: K
         let started = Instant::now();
         let mut result = db.flush().map(drop).map_err(|e| keeper.guard.classify(e));
         let writes = waiting.len() as u64;
+        last_group = writes;
+        last_flush = started.elapsed();
         shared.flushes.fetch_add(1, Ordering::Relaxed);
         shared.writes.fetch_add(writes, Ordering::Relaxed);
         StoreFlushed {
