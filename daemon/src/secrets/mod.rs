@@ -311,6 +311,9 @@ pub enum VersionOp {
     Destroy,
 }
 
+/// A held per-path write lock.
+type PathLock<'a> = tokio::sync::MutexGuard<'a, ()>;
+
 /// The in-memory mirror of the metadata.
 #[derive(Default)]
 struct State {
@@ -635,13 +638,13 @@ impl Secrets {
 
     /// Stores a new version.
     pub async fn put(&self, actor: &Actor, request: PutRequest) -> Result<Written, ServiceError> {
-        let _lock = self.stripe(&request.path).lock().await;
-        self.put_locked(actor, request, Origin::Put).await
+        let lock = self.stripe(&request.path).lock().await;
+        self.put_locked(actor, request, Origin::Put, lock).await
     }
 
     /// Stores a generated version now (RotateNow, and the rotation worker).
     pub async fn rotate(&self, actor: &Actor, path: &str) -> Result<Written, ServiceError> {
-        let _lock = self.stripe(path).lock().await;
+        let lock = self.stripe(path).lock().await;
         let request = PutRequest {
             path: path.to_owned(),
             value: None,
@@ -649,7 +652,7 @@ impl Secrets {
             rotation_period_s: 0,
             generator: None,
         };
-        self.put_locked(actor, request, Origin::Rotate).await
+        self.put_locked(actor, request, Origin::Rotate, lock).await
     }
 
     async fn put_locked(
@@ -657,6 +660,7 @@ impl Secrets {
         actor: &Actor,
         request: PutRequest,
         origin: Origin,
+        lock: PathLock<'_>,
     ) -> Result<Written, ServiceError> {
         let path = request.path.as_str();
         let old = match self.meta(path) {
@@ -751,7 +755,7 @@ impl Secrets {
             Origin::Rotate => ChangeKind::Rotate,
         };
         redact_value(&value);
-        self.commit(actor, path, meta, batch, kind, &[version], forgotten)
+        self.commit(lock, actor, path, meta, batch, kind, &[version], forgotten)
             .await?;
         Ok(Written {
             version,
@@ -797,7 +801,7 @@ impl Secrets {
         versions: &[u64],
         op: VersionOp,
     ) -> Result<Vec<u64>, ServiceError> {
-        let _lock = self.stripe(path).lock().await;
+        let lock = self.stripe(path).lock().await;
         let old = self.meta(path)?;
         let wanted: Vec<u64> = if versions.is_empty() {
             vec![old.current]
@@ -853,7 +857,7 @@ impl Secrets {
             VersionOp::Undelete => ChangeKind::Undelete,
             VersionOp::Destroy => ChangeKind::Destroy,
         };
-        self.commit(actor, path, meta, batch, kind, &changed, forgotten)
+        self.commit(lock, actor, path, meta, batch, kind, &changed, forgotten)
             .await?;
         Ok(changed)
     }
@@ -865,7 +869,7 @@ impl Secrets {
         path: &str,
         update: MetadataUpdate,
     ) -> Result<Arc<SecretMeta>, ServiceError> {
-        let _lock = self.stripe(path).lock().await;
+        let lock = self.stripe(path).lock().await;
         let old = self.meta(path)?;
         let mut meta = (*old).clone();
         let now = self.clock.now_ms();
@@ -915,6 +919,7 @@ impl Secrets {
         let forgotten = self.prune(path, &mut meta, &mut batch);
         let current = meta.current;
         self.commit(
+            lock,
             actor,
             path,
             meta,
@@ -928,11 +933,13 @@ impl Secrets {
     }
 
     /// Applies one change: the batch (with the new metadata) reaches sled and the mirror together,
-    /// under the path's lock, then watchers and the audit hear of it, then the flush is awaited. A
-    /// caller that gives up waiting leaves memory and disk in step.
+    /// under the path's lock, then watchers and the audit hear of it, the lock is released, and the
+    /// flush is awaited. A caller that gives up waiting leaves memory and disk in step. The next
+    /// writer of the path need not wait for this flush: its own is later, so it covers both.
     #[allow(clippy::too_many_arguments)]
     async fn commit(
         &self,
+        lock: PathLock<'_>,
         actor: &Actor,
         path: &str,
         meta: SecretMeta,
@@ -972,6 +979,7 @@ impl Secrets {
             });
         }
         self.audit_change(actor, path, kind, versions);
+        drop(lock);
         durable.wait().await?;
         Ok(())
     }
