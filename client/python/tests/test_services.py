@@ -1,5 +1,6 @@
 """A round trip through every brainstem.v1 service against the real daemon."""
 
+import threading
 import time
 
 import pytest
@@ -93,3 +94,45 @@ def test_episodic(bs):
     assert bs.episodic.forget(ids=[stored.id]).forgotten == 1
     with pytest.raises(errors.NotFound):
         bs.episodic.get(id=stored.id)
+
+
+def test_secrets(bs):
+    path = f"/pytest/db-{time.time_ns()}"
+    put = bs.secrets.put(path=path, value=b"pytest-value-0123456789", cas=0)
+    assert put.version == 1
+    got = bs.secrets.get(path=path)
+    assert (got.value, got.version) == (b"pytest-value-0123456789", 1)
+    with pytest.raises(errors.FailedPrecondition) as cas:
+        bs.secrets.put(path=path, value=b"second-value-xyz", cas=5)
+    assert "not 5" in str(cas.value) and b"pytest-value" not in str(cas.value).encode()
+    assert bs.secrets.put(path=path, value=b"second-value-xyz", cas=1).version == 2
+    bs.secrets.delete(path=path, versions=[2])
+    with pytest.raises(errors.NotFound, match="is deleted"):
+        bs.secrets.get(path=path)
+    assert bs.secrets.get(path=path, version=1).value == b"pytest-value-0123456789"
+    meta = bs.secrets.metadata(path=path)
+    assert [(v.version, v.deleted, v.destroyed) for v in meta.versions] == [(1, False, False), (2, True, False)]
+    assert path in bs.secrets.list(prefix="/pytest").paths
+    with pytest.raises(errors.InvalidArgument) as bad:
+        bs.secrets.put(path="/pytest/../etc", value=b"x")
+    assert bad.value.fields == ["path"]
+    # Writes keep coming until the stream has seen one (it may subscribe after the first).
+    stream = bs.secrets.watch(prefix="/pytest", timeout=10)
+    rotated = f"{path}-gen"
+    done = threading.Event()
+
+    def writer():
+        while not done.is_set():
+            bs.secrets.put(path=rotated, generator="hex:32")
+            done.wait(0.1)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        event = next(e for e in stream if e.path == rotated)
+    finally:
+        done.set()
+        thread.join()
+        stream.cancel()
+    assert event.kind == "put" and event.version >= 1
+    assert len(bs.secrets.get(path=rotated).value) == 32

@@ -1,5 +1,5 @@
 //! `brainstemctl secrets …`: store, read, list, version and rotate secrets, follow their changes and
-//! rotate the master key (brainstem.v1.Secrets; docs/SECRETS-CLI.md).
+//! rotate the master key (brainstem.v1.Secrets; docs/SECRETS.md).
 //!
 //! A value never comes from the command line unless the operator insists (`--value-from-argv`): argv
 //! lands in shell history and is readable by every local user in `/proc/<pid>/cmdline`. Values are
