@@ -985,10 +985,20 @@ impl Secrets {
     }
 
     fn audit_change(&self, actor: &Actor, path: &str, kind: ChangeKind, versions: &[u64]) {
+        let list: Vec<String> = versions.iter().map(u64::to_string).collect();
+        self.audit(
+            actor,
+            format!("secrets.{}", kind.as_str()),
+            format!("secret:{path}"),
+            format!("versions {}", list.join(",")),
+        );
+    }
+
+    /// One audit record of kind `secret` (an allowed change); never a value.
+    fn audit(&self, actor: &Actor, action: String, resource: String, detail: String) {
         let Some(audit) = self.audit.get() else {
             return;
         };
-        let list: Vec<String> = versions.iter().map(u64::to_string).collect();
         let record = AuditRecord {
             seq: 0,
             time_unix_ms: 0,
@@ -996,15 +1006,15 @@ impl Secrets {
             kind: AuditKind::Secret,
             caller: actor.principal.clone(),
             principal: actor.principal.clone(),
-            action: format!("secrets.{}", kind.as_str()),
-            resource: format!("secret:{path}"),
+            action,
+            resource,
             allowed: true,
-            reasons: vec![format!("versions {}", list.join(","))],
+            reasons: vec![detail],
             correlation_id: actor.correlation_id.clone(),
             count: 1,
         };
         if let Err(err) = audit.record(record) {
-            tracing::warn!(error = %err, secret = %path, action = kind.as_str(), "secret change not audited");
+            tracing::warn!(error = %err, "secret change not audited");
         }
     }
 
@@ -1069,28 +1079,12 @@ impl Secrets {
         rewrapped: u64,
         signing_keys: usize,
     ) {
-        let Some(audit) = self.audit.get() else {
-            return;
-        };
-        let record = AuditRecord {
-            seq: 0,
-            time_unix_ms: 0,
-            decision_id: audit.decision_id(),
-            kind: AuditKind::Secret,
-            caller: actor.principal.clone(),
-            principal: actor.principal.clone(),
-            action: "secrets.rotate_master_key".to_owned(),
-            resource: format!("master-key:{key_id}"),
-            allowed: true,
-            reasons: vec![format!(
-                "re-wrapped {rewrapped} data keys and {signing_keys} signing keys"
-            )],
-            correlation_id: actor.correlation_id.clone(),
-            count: 1,
-        };
-        if let Err(err) = audit.record(record) {
-            tracing::warn!(error = %err, "master-key rotation not audited");
-        }
+        self.audit(
+            actor,
+            "secrets.rotate_master_key".to_owned(),
+            format!("master-key:{key_id}"),
+            format!("re-wrapped {rewrapped} data keys and {signing_keys} signing keys"),
+        );
     }
 
     /// The earliest scheduled rotation, if any.
