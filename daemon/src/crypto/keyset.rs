@@ -132,7 +132,12 @@ impl KeySet {
                     previous: None,
                 },
                 Some(rotation) => {
-                    let new = Arc::new(load(Path::new(&rotation.to_file))?);
+                    let new = Arc::new(load(Path::new(&rotation.to_file)).map_err(|err| {
+                        refuse(format!(
+                            "an unfinished master-key rotation to key {} needs its file: {err}",
+                            rotation.to
+                        ))
+                    })?);
                     if new.id() != rotation.to {
                         return Err(refuse(format!(
                             "an unfinished master-key rotation moves to key {} in {}, which now holds key {}; restore that file and run `brainstemctl secrets rotate-master-key --new-key-file {}` again",
@@ -157,7 +162,12 @@ impl KeySet {
             },
             Some(state) => match &state.rotation {
                 Some(rotation) if rotation.to == configured.id() => {
-                    let old = Arc::new(load(Path::new(&rotation.from_file))?);
+                    let old = Arc::new(load(Path::new(&rotation.from_file)).map_err(|err| {
+                        refuse(format!(
+                            "an unfinished master-key rotation from key {} needs the old key's file: {err}",
+                            rotation.from
+                        ))
+                    })?);
                     if old.id() != rotation.from {
                         return Err(refuse(format!(
                             "an unfinished master-key rotation from key {} needs that key in {}; it now holds key {}",

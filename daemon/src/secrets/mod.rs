@@ -540,7 +540,7 @@ impl Secrets {
         }
         if state.damaged.contains(path) {
             return Err(ServiceError::DataLoss(format!(
-                "the metadata of {path} is damaged; destroy and write it again"
+                "the metadata of {path} is damaged: its versions cannot be read or changed"
             )));
         }
         Err(ServiceError::NotFound(format!(
