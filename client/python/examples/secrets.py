@@ -38,14 +38,14 @@ def main() -> int:
 
     bs = brainstem.connect()
 
-    # Watch the prefix in a thread before writing, so the put below is the event it sees (the call
-    # starts here; the thread only reads it). Events carry the path, version and kind, never the value.
+    # Watch the prefix before writing. The daemon answers the call's headers once the watch is
+    # subscribed, so after initial_metadata() returns the put below is in the stream. Events carry
+    # the path, version and kind, never the value.
     events = []
-    watching = threading.Event()
     stream = bs.secrets.watch(prefix=prefix)
+    stream.initial_metadata()
 
     def watch_one() -> None:
-        watching.set()
         try:
             for event in stream:
                 events.append(event)
@@ -56,7 +56,6 @@ def main() -> int:
 
     watcher = threading.Thread(target=watch_one, daemon=True)
     watcher.start()
-    watching.wait(5)
 
     # Put changes state: an idempotency key lets the client retry it safely (docs/CLIENTS.md).
     put = bs.secrets.put(path=path, value=value, idempotency_key=brainstem.new_idempotency_key())

@@ -226,6 +226,15 @@ class _SyncStream:
             self._recorded = True
             self._breaker.record(code)
 
+    def initial_metadata(self):
+        """Blocks until the server answered the call's headers. Watch streams answer them once they
+        are subscribed, so a change made after this returns is in the stream."""
+        try:
+            return self._it.initial_metadata()
+        except grpc.RpcError as rpc_err:
+            self._record(rpc_err.code())
+            raise errors.from_rpc_error(rpc_err, self._info.path) from None
+
     def cancel(self):
         if not self._recorded:
             self._recorded = True
@@ -292,6 +301,14 @@ class _AsyncStream:
         if not self._recorded:
             self._recorded = True
             self._breaker.record(code)
+
+    async def initial_metadata(self):
+        """Waits until the server answered the call's headers (see the sync stream's)."""
+        try:
+            return await self._call.initial_metadata()
+        except grpc.RpcError as rpc_err:
+            self._record(rpc_err.code())
+            raise errors.from_rpc_error(rpc_err, self._info.path) from None
 
     def cancel(self):
         if not self._recorded:
