@@ -949,7 +949,35 @@ impl Secrets {
         forgotten: Vec<Zeroizing<Vec<u8>>>,
     ) -> Result<(), ServiceError> {
         batch.put(&self.tree, &meta_key(path), &meta)?;
-        let mut durable = self.tree.apply_now(batch)?;
+        // A change whose action is in `[audit] fail_closed_actions` (by default `secrets.*`) is made
+        // only once its audit record is on disk; a log that cannot take it refuses the change.
+        let record = self.change_record(actor, path, kind, versions);
+        let audited_first = match (self.audit.get(), &record) {
+            (Some(audit), Some(record)) if audit.fails_closed(&record.action) => {
+                if let Err(err) = audit.record_durable(record.clone()).await {
+                    return Err(ServiceError::Unavailable(format!(
+                        "the audit log cannot record {} on {path} ({err}); nothing was changed ([audit] fail_closed_actions)",
+                        record.action
+                    )));
+                }
+                true
+            }
+            _ => false,
+        };
+        let mut durable = match self.tree.apply_now(batch) {
+            Ok(durable) => durable,
+            Err(err) => {
+                if let (true, Some(audit), Some(mut record)) =
+                    (audited_first, self.audit.get(), record)
+                {
+                    // The record above announced a change that did not happen: say so.
+                    record.allowed = false;
+                    record.reasons.push(format!("not applied: {err}"));
+                    let _ = audit.record(record);
+                }
+                return Err(err.into());
+            }
+        };
         let now = meta.updated_ms;
         {
             let mut state = self.write_state();
@@ -978,28 +1006,45 @@ impl Secrets {
                 at_ms: now,
             });
         }
-        self.audit_change(actor, path, kind, versions);
+        if !audited_first {
+            if let (Some(audit), Some(record)) = (self.audit.get(), record) {
+                if let Err(err) = audit.record(record) {
+                    tracing::warn!(error = %err, secret = %path, "secret change not audited");
+                }
+            }
+        }
         drop(lock);
         durable.wait().await?;
         Ok(())
     }
 
-    fn audit_change(&self, actor: &Actor, path: &str, kind: ChangeKind, versions: &[u64]) {
+    /// The audit record of a change (`None` before the audit log is attached).
+    fn change_record(
+        &self,
+        actor: &Actor,
+        path: &str,
+        kind: ChangeKind,
+        versions: &[u64],
+    ) -> Option<AuditRecord> {
         let list: Vec<String> = versions.iter().map(u64::to_string).collect();
-        self.audit(
+        self.record(
             actor,
             format!("secrets.{}", kind.as_str()),
             format!("secret:{path}"),
             format!("versions {}", list.join(",")),
-        );
+        )
     }
 
     /// One audit record of kind `secret` (an allowed change); never a value.
-    fn audit(&self, actor: &Actor, action: String, resource: String, detail: String) {
-        let Some(audit) = self.audit.get() else {
-            return;
-        };
-        let record = AuditRecord {
+    fn record(
+        &self,
+        actor: &Actor,
+        action: String,
+        resource: String,
+        detail: String,
+    ) -> Option<AuditRecord> {
+        let audit = self.audit.get()?;
+        Some(AuditRecord {
             seq: 0,
             time_unix_ms: 0,
             decision_id: audit.decision_id(),
@@ -1012,10 +1057,7 @@ impl Secrets {
             reasons: vec![detail],
             correlation_id: actor.correlation_id.clone(),
             count: 1,
-        };
-        if let Err(err) = audit.record(record) {
-            tracing::warn!(error = %err, "secret change not audited");
-        }
+        })
     }
 
     /// Re-wraps every data key not yet under the key set's current key (master-key rotation), path
@@ -1079,12 +1121,17 @@ impl Secrets {
         rewrapped: u64,
         signing_keys: usize,
     ) {
-        self.audit(
+        let record = self.record(
             actor,
             "secrets.rotate_master_key".to_owned(),
             format!("master-key:{key_id}"),
             format!("re-wrapped {rewrapped} data keys and {signing_keys} signing keys"),
         );
+        if let (Some(audit), Some(record)) = (self.audit.get(), record) {
+            if let Err(err) = audit.record(record) {
+                tracing::warn!(error = %err, "master-key rotation not audited");
+            }
+        }
     }
 
     /// The earliest scheduled rotation, if any.
