@@ -706,7 +706,13 @@ async fn a_change_the_audit_log_cannot_record_is_not_made() {
     let s = f.open();
     // The default configuration: `secrets.*` fails closed.
     let config = Config::default();
-    assert!(config.audit.fail_closed_actions.iter().any(|a| a == "secrets.*"));
+    assert!(
+        config
+            .audit
+            .fail_closed_actions
+            .iter()
+            .any(|a| a == "secrets.*")
+    );
     let (tasks, token) = (Tasks::new(), CancellationToken::new());
     let audit_dir = f.dir.path().join("audit-state");
     std::fs::create_dir_all(&audit_dir).unwrap();
@@ -716,25 +722,40 @@ async fn a_change_the_audit_log_cannot_record_is_not_made() {
     let _supervisor = builder.start(&tasks, token.clone(), None).await;
     s.set_audit(audit.clone());
 
-    s.put(&me(), put_req("/audited", b"value-one-1", None)).await.unwrap();
+    s.put(&me(), put_req("/audited", b"value-one-1", None))
+        .await
+        .unwrap();
     let (records, _) = audit.query(&AuditQuery::default()).unwrap();
     let last = records.last().expect("on disk before the put was answered");
-    assert_eq!((last.action.as_str(), last.resource.as_str()), ("secrets.put", "secret:/audited"));
-    assert_eq!((last.principal.as_str(), last.correlation_id.as_str()), ("tester", "c-1"));
+    assert_eq!(
+        (last.action.as_str(), last.resource.as_str()),
+        ("secrets.put", "secret:/audited")
+    );
+    assert_eq!(
+        (last.principal.as_str(), last.correlation_id.as_str()),
+        ("tester", "c-1")
+    );
 
     // The writer stops: the next change is refused and nothing changes.
     token.cancel();
     tasks.close();
     tasks.wait().await;
-    match s.put(&me(), put_req("/audited", b"value-two-2", None)).await {
+    match s
+        .put(&me(), put_req("/audited", b"value-two-2", None))
+        .await
+    {
         Err(ServiceError::Unavailable(why)) => {
-            assert!(why.contains("cannot record secrets.put on /audited"), "{why}");
+            assert!(
+                why.contains("cannot record secrets.put on /audited"),
+                "{why}"
+            );
             assert!(!why.contains("value-two"));
         }
         other => panic!("expected UNAVAILABLE, got {other:?}"),
     }
     assert!(matches!(
-        s.set_versions(&me(), "/audited", &[1], VersionOp::Destroy).await,
+        s.set_versions(&me(), "/audited", &[1], VersionOp::Destroy)
+            .await,
         Err(ServiceError::Unavailable(_))
     ));
     assert_eq!(s.metadata("/audited").unwrap().current, 1);
