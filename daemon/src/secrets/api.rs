@@ -222,11 +222,11 @@ impl SecretsApi for SecretsService {
         &self,
         request: Request<GetSecretRequest>,
     ) -> Result<Response<GetSecretReply>, Status> {
-        let (caller, _) = actor_of(&request)?;
-        let request = request.into_inner();
-        let path = canonical(&request.path)?;
-        self.require(&caller, READ, &path)?;
-        let value = self.secrets.get(&path, request.version)?;
+        // Reads borrow the caller: no correlation id to parse, nothing to clone on the hot path.
+        let caller = caller(&request)?;
+        let path = canonical(&request.get_ref().path)?;
+        self.require(caller, READ, &path)?;
+        let value = self.secrets.get(&path, request.get_ref().version)?;
         Ok(Response::new(GetSecretReply {
             value: value.value,
             version: value.version,
@@ -299,9 +299,9 @@ impl SecretsApi for SecretsService {
         &self,
         request: Request<SecretMetadataRequest>,
     ) -> Result<Response<SecretMetadata>, Status> {
-        let (caller, _) = actor_of(&request)?;
-        let path = canonical(&request.into_inner().path)?;
-        self.require(&caller, READ, &path)?;
+        let caller = caller(&request)?;
+        let path = canonical(&request.get_ref().path)?;
+        self.require(caller, READ, &path)?;
         let meta = self.secrets.metadata(&path)?;
         Ok(Response::new(metadata_proto(
             &path,
