@@ -278,6 +278,39 @@ impl std::fmt::Debug for Store {
     }
 }
 
+impl Handles {
+    /// [`StoreError::NoSpace`] while the disk-space guard refuses writes: for writers that apply
+    /// through sled themselves (transactions, [`Tree::apply_now`]) before sled sees the write.
+    fn refuse_if_full(&self) -> Result<(), StoreError> {
+        if *self.committer.space_watch().borrow() {
+            // The database lives in `<path>/db`; the error names `<path>`, like the guard's log.
+            let path = self
+                .lock_file
+                .parent()
+                .unwrap_or(&self.lock_file)
+                .to_path_buf();
+            return Err(StoreError::NoSpace {
+                available: space::available_bytes(&path).unwrap_or(0),
+                path,
+                reserve: self.committer.reserve(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Runs sled work that may wait on sled's write lock from async code: on the multi-thread runtime
+/// the worker first hands its other tasks away (`block_in_place`); elsewhere it just runs.
+pub(crate) fn off_the_runtime<R>(work: impl FnOnce() -> R) -> R {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
+
 /// Decoded `(key, value)` pairs of a [`Tree::range`].
 pub type Entries<'a, T> = Box<dyn Iterator<Item = Result<(Vec<u8>, T), StoreError>> + Send + 'a>;
 
@@ -559,14 +592,7 @@ impl Store {
     /// [`StoreError::NoSpace`] while the disk-space guard refuses writes (for writers that do not go
     /// through the committer: transactions).
     pub(crate) fn refuse_if_full(&self) -> Result<(), StoreError> {
-        if *self.handles.committer.space_watch().borrow() {
-            return Err(StoreError::NoSpace {
-                path: self.path.clone(),
-                available: space::available_bytes(&self.path).unwrap_or(0),
-                reserve: self.handles.committer.reserve(),
-            });
-        }
-        Ok(())
+        self.handles.refuse_if_full()
     }
 
     /// The flush after a write made through sled directly (a transaction): counted as a write.
@@ -935,22 +961,8 @@ impl Tree {
     /// disk-space guard refuses the batch before sled sees it. On the multi-thread runtime sled's
     /// apply runs under `block_in_place`, as a transaction's does.
     pub fn apply_now(&self, batch: Batch) -> Result<Durable, StoreError> {
-        if *self.committer().space_watch().borrow() {
-            let lock = &self.handles.lock_file;
-            let path = lock.parent().unwrap_or(lock).to_path_buf();
-            return Err(StoreError::NoSpace {
-                available: space::available_bytes(&path).unwrap_or(0),
-                path,
-                reserve: self.committer().reserve(),
-            });
-        }
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if multi_thread {
-            tokio::task::block_in_place(|| self.tree.apply_batch(batch.inner))?;
-        } else {
-            self.tree.apply_batch(batch.inner)?;
-        }
+        self.handles.refuse_if_full()?;
+        off_the_runtime(|| self.tree.apply_batch(batch.inner))?;
         Ok(self.committer().begin_job(None, self.durable, true))
     }
 

@@ -170,15 +170,8 @@ impl Store {
         F: Fn(&Transaction<'_, E>) -> Result<R, TxError<E>>,
     {
         self.refuse_if_full()?;
-        // sled runs the transaction on the calling thread and may wait on its write lock; on the
-        // multi-thread runtime the worker hands its other tasks away first (`block_in_place`).
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let result = if multi_thread {
-            tokio::task::block_in_place(|| self.commit(trees, body))?
-        } else {
-            self.commit(trees, body)?
-        };
+        // sled runs the transaction on the calling thread and may wait on its write lock.
+        let result = super::off_the_runtime(|| self.commit(trees, body))?;
         if self.flush == crate::store::config::FlushPolicy::Always {
             self.flush_written_async().await?;
         }
