@@ -479,19 +479,14 @@ impl Secrets {
     }
 
     fn redact_stored_values(&self) {
-        let metas: Vec<(String, Arc<SecretMeta>)> = self
-            .read_state()
-            .metas
-            .iter()
-            .map(|(p, m)| (p.clone(), m.clone()))
-            .collect();
+        let state = self.read_state();
         let mut unreadable = 0u64;
-        for (path, meta) in metas {
+        for (path, meta) in &state.metas {
             for (version, info) in &meta.versions {
                 if info.destroyed_ms.is_some() {
                     continue;
                 }
-                match self.open_version(&path, *version) {
+                match self.open_version(path, *version) {
                     Ok(value) => redact_value(&value),
                     Err(_) => unreadable += 1,
                 }
@@ -900,15 +895,11 @@ impl Secrets {
                 "rotation needs a generator (set generator too)",
             ));
         }
+        // A new period starts now; otherwise the schedule already set stands.
         meta.next_rotation_ms = (meta.rotation_period_s > 0).then(|| {
-            let from = if update.rotation_period_s.is_some() {
-                now
-            } else {
-                meta.updated_ms.max(now)
-            };
             old.next_rotation_ms
                 .filter(|_| update.rotation_period_s.is_none())
-                .unwrap_or_else(|| from.saturating_add(meta.rotation_period_s.saturating_mul(1000)))
+                .unwrap_or_else(|| now.saturating_add(meta.rotation_period_s.saturating_mul(1000)))
         });
         if let Some(custom) = update.custom {
             check_custom(&custom)?;
