@@ -1134,18 +1134,18 @@ impl Secrets {
     /// rotation that fails is logged, counted and tried again [`ROTATION_RETRY_MS`] later.
     pub async fn rotate_due(&self) -> usize {
         let now = self.clock.now_ms();
-        let due: Vec<String> = {
+        let due: Vec<(u64, String)> = {
             let state = self.read_state();
             state
                 .due
                 .iter()
                 .take_while(|(at, _)| *at <= now)
-                .map(|(_, path)| path.clone())
+                .cloned()
                 .collect()
         };
         self.metrics.due(due.len());
-        let mut rotated = 0;
-        for path in due {
+        let (mut rotated, mut failed) = (0, 0);
+        for (at, path) in due {
             match self.rotate(&Actor::daemon(), &path).await {
                 Ok(written) => {
                     rotated += 1;
@@ -1155,16 +1155,16 @@ impl Secrets {
                 Err(err) => {
                     self.metrics.rotated("schedule", false);
                     tracing::warn!(secret = %path, error = %err, "scheduled rotation failed; trying again in a minute");
+                    failed += 1;
                     let mut state = self.write_state();
-                    let entry = state.due.iter().find(|(_, p)| *p == path).cloned();
-                    if let Some(entry) = entry {
-                        state.due.remove(&entry);
+                    if state.due.remove(&(at, path.clone())) {
                         state.due.insert((now + ROTATION_RETRY_MS, path));
                     }
                 }
             }
         }
-        self.metrics.due(0);
+        // What is still owed: the rotations that failed (retried a minute later).
+        self.metrics.due(failed);
         rotated
     }
 

@@ -736,6 +736,19 @@ async fn a_change_the_audit_log_cannot_record_is_not_made() {
         ("tester", "c-1")
     );
 
+    s.put(
+        &me(),
+        PutRequest {
+            path: "/rotating".into(),
+            value: None,
+            cas: None,
+            rotation_period_s: 60,
+            generator: Some(Generator::Hex(16)),
+        },
+    )
+    .await
+    .unwrap();
+
     // The writer stops: the next change is refused and nothing changes.
     token.cancel();
     tasks.close();
@@ -760,4 +773,9 @@ async fn a_change_the_audit_log_cannot_record_is_not_made() {
     ));
     assert_eq!(s.metadata("/audited").unwrap().current, 1);
     assert_eq!(s.get("/audited", None).unwrap().value, b"value-one-1");
+    // A scheduled rotation that cannot be made is tried again a minute later.
+    f.clock.advance_ms(60_000);
+    assert_eq!(s.rotate_due().await, 0);
+    assert_eq!(s.metadata("/rotating").unwrap().current, 1);
+    assert_eq!(s.next_rotation_ms(), Some(s.now_ms() + 60_000));
 }
