@@ -321,6 +321,7 @@ impl Daemon {
             store: &store,
             keys: &keys,
             actors: &mut actors,
+            parts: &mut Default::default(),
         })?;
 
         // Nothing below can fail: from here on the daemon is up.

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod config;
 pub mod convert;
+pub mod correlation;
 pub mod events;
 pub mod idempotency;
 pub mod incoming;

@@ -80,6 +80,32 @@ pub struct Setup<'a> {
     pub keys: &'a Arc<KeySet>,
     /// Actors and workers registered here start in declared order once every service is set up.
     pub actors: &'a mut SupervisorBuilder,
+    /// Handles one capability offers others (the episodic buffer to the perception actors, …).
+    pub parts: &'a mut Parts,
+}
+
+/// Handles capabilities hand to each other at set-up, one per type: a capability `provide`s its
+/// handle, and one set up after it in [`REGISTRY`] `get`s it (`None` when the provider is disabled).
+/// The framework stays unaware of who offers what.
+#[derive(Default)]
+pub struct Parts {
+    parts: std::collections::HashMap<std::any::TypeId, Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Parts {
+    /// Offers `part` to the services set up later; a second part of the same type replaces the first.
+    pub fn provide<T: Clone + Send + Sync + 'static>(&mut self, part: T) {
+        self.parts
+            .insert(std::any::TypeId::of::<T>(), Box::new(part));
+    }
+
+    /// The part of type `T`, if a service set up earlier provided one.
+    pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        self.parts
+            .get(&std::any::TypeId::of::<T>())
+            .and_then(|part| part.downcast_ref::<T>())
+            .cloned()
+    }
 }
 
 /// The daemon's shared parts, handed to every handler builder.
@@ -177,6 +203,20 @@ pub fn setup(setup: &mut Setup<'_>) -> Result<Vec<Handler>, StartError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_are_found_by_type() {
+        let mut parts = Parts::default();
+        assert_eq!(parts.get::<Arc<String>>(), None);
+        parts.provide(Arc::new("episodic".to_owned()));
+        parts.provide(7_u32);
+        assert_eq!(
+            parts.get::<Arc<String>>().as_deref().map(String::as_str),
+            Some("episodic")
+        );
+        assert_eq!(parts.get::<u32>(), Some(7));
+        assert_eq!(parts.get::<u64>(), None);
+    }
 
     #[test]
     fn every_method_belongs_to_its_service_and_names_are_unique() {

@@ -45,8 +45,6 @@ pub const ADMIN: &str = "secrets.admin";
 /// Default and largest page of List.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
-/// Longest `x-request-id` taken as the correlation id.
-const MAX_CORRELATION_ID: usize = 128;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -70,17 +68,7 @@ fn canonical(path: &str) -> Result<String, ServiceError> {
 /// The caller and its correlation id (`x-request-id`, when it is at most 128 printable ASCII bytes).
 fn actor_of<T>(request: &Request<T>) -> Result<(Caller, Actor), ServiceError> {
     let caller = caller(request)?.clone();
-    let correlation_id = request
-        .metadata()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| {
-            !id.is_empty()
-                && id.len() <= MAX_CORRELATION_ID
-                && id.bytes().all(|b| b.is_ascii_graphic())
-        })
-        .unwrap_or_default()
-        .to_owned();
+    let correlation_id = crate::grpc::correlation::correlation_id(request);
     let actor = Actor {
         principal: caller.principal.name.clone(),
         correlation_id,

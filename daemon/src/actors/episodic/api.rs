@@ -266,6 +266,8 @@ pub const REGISTRATION: Registration = Registration {
             service: "brainstem.v1.Episodic",
             source: Box::new(err),
         })?;
+        // The perception actors write their episodes through the same handle.
+        setup.parts.provide(episodic.clone());
         Ok(Some(crate::grpc::services::handler(
             move |_, routes, limits| {
                 crate::route!(
