@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Measures bench scenarios against an empty Ping on one brainstemd, interleaved per round.
+
+Each round runs every scenario in `--runs` (`name:concurrency`, comma-separated; `ping:64` first)
+on one connection. Each line gives calls/s, p50/p99 and the server's CPU time per call (utime +
+stime from /proc/<pid>/stat, from the start of the window until the daemon is idle again, so
+queued work is charged to the calls that caused it). The summary gives each scenario's medians as
+ratios to Ping's in the same round. The store runs with flush = "always" (the default).
+
+    cargo build --release --locked -p brainstemd -p brainstem-client --bins
+    python3 docs/measure-scenarios.py target/release --runs ping:64,registry-get:64 [--rounds 3] [--seconds 5]
+"""
+
+import argparse
+import importlib.util
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+
+spec = importlib.util.spec_from_file_location(
+    "measure_rpc", os.path.join(os.path.dirname(__file__), "measure-rpc.py"))
+rpc = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(rpc)
+
+
+def parse_runs(text):
+    runs = []
+    for item in text.split(","):
+        name, _, concurrency = item.partition(":")
+        runs.append((name, int(concurrency or 64)))
+    if runs[0] != ("ping", 64):
+        runs.insert(0, ("ping", 64))
+    return runs
+
+
+def measure(bin_dir, runs, rounds, seconds, extra_args=()):
+    work = tempfile.mkdtemp(prefix="brainstem-scenarios-")
+    state = f"{work}/s"
+    addr = "127.0.0.1:50072"
+    daemon = subprocess.Popen(
+        [f"{bin_dir}/brainstemd", "--dev", "--state-dir", state, "--listen", addr,
+         "--metrics-listen", "127.0.0.1:9172", "--log-level", "warn", *extra_args])
+    results = {run: [] for run in runs}
+    try:
+        rpc.wait_port(addr)
+        for r in range(1, rounds + 1):
+            for scenario, concurrency in runs:
+                rpc.wait_idle(daemon.pid)
+                before = rpc.cpu_seconds(daemon.pid)
+                report = rpc.bench(bin_dir, state, addr, scenario, seconds, 1, concurrency)
+                after = rpc.wait_idle(daemon.pid)
+                cpu_us = (after - before) / max(report["calls"], 1) * 1e6
+                results[(scenario, concurrency)].append((report["calls_per_sec"], cpu_us))
+                print(f"round {r} {scenario:18} 1x{concurrency:<3} {report['calls_per_sec']:>9.0f} calls/s  "
+                      f"p50 {report['p50_us']} µs  p99 {report['p99_us']} µs  errors {report['errors']}  "
+                      f"server CPU {cpu_us:.1f} µs/call", flush=True)
+        ping = results[runs[0]]
+        for run in runs[1:]:
+            rate = [s[0] / p[0] for p, s in zip(ping, results[run])]
+            cpu = [s[1] / p[1] for p, s in zip(ping, results[run])]
+            print(f"{run[0]} 1x{run[1]} vs ping: calls/s it/ping {statistics.median(rate):.2f}, "
+                  f"CPU per call it/ping {statistics.median(cpu):.2f} "
+                  f"(rounds: {', '.join(f'{x:.2f}' for x in cpu)})")
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bin_dir")
+    ap.add_argument("--runs", default="ping:64")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    args = ap.parse_args()
+    measure(args.bin_dir, parse_runs(args.runs), args.rounds, args.seconds)
+
+
+if __name__ == "__main__":
+    main()
