@@ -15,7 +15,8 @@ use serde_json::{Map, Value};
 
 use crate::access::audit::{AuditKind, AuditRecord};
 use crate::access::caller::Caller;
-use crate::access::{AUDIT_UNAVAILABLE, Access};
+use crate::access::events::WouldDeny;
+use crate::access::{AUDIT_UNAVAILABLE, Access, WOULD_DENY};
 use crate::error::ServiceError;
 use crate::policy::Query;
 
@@ -53,6 +54,8 @@ pub struct Decided {
     /// Policies that failed to evaluate (skipped).
     pub errors: Vec<String>,
     pub decision_id: String,
+    /// Allowed only because dry-run mode made the policies' denial advisory ([`WOULD_DENY`]).
+    pub advisory: bool,
 }
 
 /// An evaluated decision whose audit record is not written yet.
@@ -61,6 +64,7 @@ pub struct Pending<'a> {
     access: &'a Access,
     record: AuditRecord,
     errors: Vec<String>,
+    advisory: bool,
 }
 
 impl Access {
@@ -128,8 +132,19 @@ impl Access {
             allowed: true,
             reasons: Vec::new(),
         });
-        let allowed = rules.allowed && policy.allowed;
+        // Dry-run mode: a denial only policies marked advisory determine (never file writes or
+        // purchases; never the built-in rules' own) is let through and audited as would-deny.
+        let advisory = !policy.allowed && policy.advisory && rules.allowed && self.dry_run();
+        let allowed = (rules.allowed && policy.allowed) || advisory;
         let mut reasons = rules.reasons;
+        if advisory {
+            reasons.push(WOULD_DENY.to_owned());
+            WouldDeny {
+                action: &query.action,
+                policies: &policy.reasons,
+            }
+            .emit();
+        }
         if !policy.allowed || allowed {
             reasons.extend(policy.reasons);
         }
@@ -150,6 +165,7 @@ impl Access {
                 count: 1,
             },
             errors: policy.errors,
+            advisory,
         })
     }
 
@@ -170,12 +186,14 @@ impl Pending<'_> {
             access,
             record,
             errors,
+            mut advisory,
         } = self;
         let decision_id = record.decision_id.clone();
         let mut allowed = record.allowed;
         let mut reasons = record.reasons.clone();
         if !access.audit_decision(record).await && allowed {
             allowed = false;
+            advisory = false;
             reasons = vec![AUDIT_UNAVAILABLE.to_owned()];
         }
         Decided {
@@ -183,6 +201,7 @@ impl Pending<'_> {
             reasons,
             errors,
             decision_id,
+            advisory,
         }
     }
 }
@@ -244,6 +263,97 @@ mod tests {
             self.tasks.close();
             self.tasks.wait().await;
         }
+    }
+
+    /// Dry-run mode against the shipped policies with two forbids marked advisory: `web.post`'s
+    /// and the unsigned file-write rule (which must stay enforced whatever its mark says).
+    #[tokio::test]
+    async fn dry_run_lets_only_marked_denials_through_as_would_deny() {
+        let dir = tempfile::tempdir().unwrap();
+        let marked = crate::policy::builtin_policies()
+            .replace(
+                "@id(\"forbid-web-post\")",
+                "@id(\"forbid-web-post\")\n@dry_run(\"advisory\")",
+            )
+            .replace(
+                "@id(\"forbid-unsigned-fs-write\")",
+                "@id(\"forbid-unsigned-fs-write\")\n@dry_run(\"advisory\")",
+            );
+        std::fs::write(dir.path().join("default.cedar"), marked).unwrap();
+        std::fs::write(
+            dir.path().join("schema.cedarschema"),
+            crate::policy::builtin_schema(),
+        )
+        .unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            dev_mode: true,
+            ..Config::default()
+        };
+        config.policy.dir = dir.path().display().to_string();
+        let store = Store::open(state.path(), &config.store).unwrap();
+        let (tasks, token) = (Tasks::new(), CancellationToken::new());
+        let (audit, writer) = AuditLog::open(state.path(), &config.audit, &tasks).unwrap();
+        let mut builder = SupervisorBuilder::new(config.supervisor.clone(), store.clone());
+        builder.add_worker(writer);
+        let _supervisor = builder.start(&tasks, token.clone(), None).await;
+        let authorizer = Arc::new(Authorizer::new(Grants::from_config(&config)));
+        let access = Access::new(authorizer, audit, Access::prepare(&config).unwrap());
+        let agent = caller(AGENT);
+        let ask = |action: &str, rules| access.decide(&agent, question("", action, rules));
+
+        // Off: the marked forbid is enforced like any other.
+        let post = ask("web.post", None).await.unwrap();
+        assert!(!post.allowed && !post.advisory, "{post:?}");
+
+        access.set_dry_run(true);
+        let post = ask("web.post", None).await.unwrap();
+        assert!(post.allowed && post.advisory, "{post:?}");
+        assert_eq!(post.reasons, vec![WOULD_DENY, "forbid-web-post"]);
+        // Unmarked forbids, file writes (marked or not), and nothing-permits stay denied.
+        for action in ["web.tweet", "fs.write", "web.purchase", "fs.delete"] {
+            let d = ask(action, None).await.unwrap();
+            assert!(!d.allowed && !d.advisory, "{action}: {d:?}");
+        }
+        // A built-in rule's own denial (guardrails) is not the policies' to soften.
+        let ruled = ask(
+            "web.post",
+            Some(RulesVerdict {
+                allowed: false,
+                reasons: vec!["domain-not-allowed".into()],
+            }),
+        )
+        .await
+        .unwrap();
+        assert!(!ruled.allowed && !ruled.advisory, "{ruled:?}");
+
+        // The audit log files the advisory decision as allowed with the would-deny reason.
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                let (records, _) = access
+                    .audit
+                    .query(&AuditQuery {
+                        action: "web.post".into(),
+                        allowed: Some(true),
+                        limit: 10,
+                        ..AuditQuery::default()
+                    })
+                    .unwrap();
+                if let Some(r) = records.first() {
+                    assert_eq!(r.reasons, vec![WOULD_DENY, "forbid-web-post"]);
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the would-deny record is written");
+
+        access.set_dry_run(false);
+        assert!(!ask("web.post", None).await.unwrap().allowed);
+        token.cancel();
+        tasks.close();
+        tasks.wait().await;
     }
 
     fn caller(name: &str) -> Caller {

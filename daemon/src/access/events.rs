@@ -27,6 +27,47 @@ pub fn describe() {
         "brainstem_guardrail_decisions_total",
         "guardrail decisions, by rule and decision (allow, deny)"
     );
+    metrics::describe_gauge!(
+        "brainstem_policy_dry_run_mode",
+        "1 while safety.dry_run_mode makes advisory denials pass as would-deny"
+    );
+    metrics::describe_counter!(
+        "brainstem_policy_would_deny_total",
+        "decisions allowed only because dry-run mode made the policies' denial advisory"
+    );
+    metrics::gauge!("brainstem_policy_dry_run_mode").set(0.0);
+    metrics::counter!("brainstem_policy_would_deny_total").increment(0);
+}
+
+/// Dry-run mode turned on or off.
+pub struct DryRunMode {
+    pub on: bool,
+}
+
+impl DryRunMode {
+    pub fn emit(&self) {
+        metrics::gauge!("brainstem_policy_dry_run_mode").set(if self.on { 1.0 } else { 0.0 });
+        if self.on {
+            tracing::warn!(
+                "dry-run mode on: denials by policies marked @dry_run(\"advisory\") are allowed and audited as would-deny"
+            );
+        } else {
+            tracing::info!("dry-run mode off: every denial is enforced");
+        }
+    }
+}
+
+/// A denial let through by dry-run mode.
+pub struct WouldDeny<'a> {
+    pub action: &'a str,
+    pub policies: &'a [String],
+}
+
+impl WouldDeny<'_> {
+    pub fn emit(&self) {
+        metrics::counter!("brainstem_policy_would_deny_total").increment(1);
+        tracing::info!(action = self.action, policies = ?self.policies, "dry run: would deny");
+    }
 }
 
 pub struct AuditWritten {

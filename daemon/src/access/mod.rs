@@ -44,6 +44,9 @@ pub use self::decide::{CHECK_AS, Decided, DecisionRequest, RulesVerdict};
 /// The reason a fail-closed decision gives when its audit record could not be written.
 pub const AUDIT_UNAVAILABLE: &str = "audit-unavailable";
 
+/// The reason an advisory denial carries in dry-run mode: allowed, but the policies would deny.
+pub const WOULD_DENY: &str = "dry-run-would-deny";
+
 pub struct Access {
     pub authorizer: Arc<Authorizer>,
     pub policy: Arc<PolicyEngine>,
@@ -52,6 +55,8 @@ pub struct Access {
     rate_limits: ArcSwap<RateLimiter>,
     policy_source: ArcSwap<PolicySource>,
     max_batch: AtomicUsize,
+    /// `safety.dry_run_mode`: denials the policies mark advisory are let through as would-deny.
+    dry_run: std::sync::atomic::AtomicBool,
 }
 
 /// The fallible half of a reload: everything built and checked, ready to swap in.
@@ -104,7 +109,21 @@ impl Access {
             rate_limits: ArcSwap::from_pointee(prepared.rate_limits),
             policy_source: ArcSwap::from_pointee(prepared.source),
             max_batch: AtomicUsize::new(prepared.max_batch),
+            dry_run: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Turns dry-run mode on or off (the `safety.dry_run_mode` flag drives it); logs a change.
+    pub fn set_dry_run(&self, on: bool) {
+        let was = self.dry_run.swap(on, std::sync::atomic::Ordering::Relaxed);
+        if was != on {
+            events::DryRunMode { on }.emit();
+        }
+    }
+
+    /// Whether dry-run mode is on.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Swaps in a prepared reload. Cannot fail.

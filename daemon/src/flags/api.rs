@@ -718,8 +718,12 @@ pub const REGISTRATION: Registration = Registration {
         ));
         let keep_alive = Duration::from_secs(config.keep_alive_seconds);
         Ok(Some(handler(move |shared, routes, limits| {
-            // The flags-modules worker drives actors through the running supervisor.
-            supervisor_tx.send_replace(Some(shared.supervisor.clone()));
+            // The flags-modules worker drives actors through the running supervisor, and dry-run
+            // mode through the access layer.
+            supervisor_tx.send_replace(Some(super::modules::Driven {
+                supervisor: shared.supervisor.clone(),
+                access: shared.access.clone(),
+            }));
             let flagd = Flagd {
                 flags: flags.clone(),
                 keep_alive,

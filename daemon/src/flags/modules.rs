@@ -1,4 +1,5 @@
-//! Flags that drive the daemon: `modules.<name>` starts and stops the supervised actor `<name>`.
+//! Flags that drive the daemon: `modules.<name>` starts and stops the supervised actor `<name>`,
+//! and `safety.dry_run_mode` turns the access layer's dry-run mode on and off.
 //!
 //! The `flags-modules` worker applies the module flags once the supervisor is up and again after
 //! every change that names one. A flag that evaluates to `false` stops its actor (an operator stop:
@@ -12,6 +13,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 
 use super::Flags;
+use crate::access::Access;
 use crate::supervisor::actor::{ActorResult, ActorState};
 use crate::supervisor::worker::{Worker, WorkerContext, until_cancelled};
 use crate::supervisor::{Supervisor, SupervisorError};
@@ -22,6 +24,28 @@ pub const MODULES: &[(&str, &str)] = &[
     ("modules.voice", "voice"),
     ("modules.learning", "learning"),
 ];
+
+/// The flag that makes advisory policy denials pass as would-deny (`Access::set_dry_run`).
+pub const DRY_RUN_FLAG: &str = "safety.dry_run_mode";
+
+/// What the `flags-modules` worker drives, once the daemon's shared parts exist.
+#[derive(Clone)]
+pub struct Driven {
+    pub supervisor: Supervisor,
+    pub access: Arc<Access>,
+}
+
+/// Sets dry-run mode from [`DRY_RUN_FLAG`]; a flag without a boolean value means off, so a broken
+/// or disabled flag never leaves denials advisory.
+pub fn apply_dry_run(flags: &Flags, access: &Access) -> bool {
+    let on = flags
+        .evaluate(DRY_RUN_FLAG, &Value::Object(Default::default()), None)
+        .ok()
+        .and_then(|resolution| resolution.value.as_ref().and_then(Value::as_bool))
+        .unwrap_or(false);
+    access.set_dry_run(on);
+    on
+}
 
 /// What applying one module flag did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,18 +103,18 @@ fn outcome<T>(result: Result<T, SupervisorError>, ok: ModuleAction) -> ModuleAct
     }
 }
 
-/// The `flags-modules` worker (see the module docs). The supervisor handle arrives through `handle`
-/// once the daemon's shared parts exist.
+/// The `flags-modules` worker (see the module docs). The supervisor and access handles arrive
+/// through `handle` once the daemon's shared parts exist.
 pub struct ModuleSwitch {
     flags: Arc<Flags>,
-    handle: watch::Receiver<Option<Supervisor>>,
+    handle: watch::Receiver<Option<Driven>>,
     modules: &'static [(&'static str, &'static str)],
 }
 
 impl ModuleSwitch {
     pub fn new(
         flags: Arc<Flags>,
-        handle: watch::Receiver<Option<Supervisor>>,
+        handle: watch::Receiver<Option<Driven>>,
         modules: &'static [(&'static str, &'static str)],
     ) -> Self {
         ModuleSwitch {
@@ -120,9 +144,9 @@ impl Worker for ModuleSwitch {
                     .and_then(|seen| seen.clone())
             }))
             .await;
-        let supervisor = match waited {
+        let Driven { supervisor, access } = match waited {
             None => return Ok(()),
-            Some(Some(supervisor)) => supervisor,
+            Some(Some(driven)) => driven,
             // The sender is gone without a handle (the service was never built): nothing to drive.
             Some(None) => {
                 ctx.set_status("no supervisor handle");
@@ -131,6 +155,7 @@ impl Worker for ModuleSwitch {
             }
         };
         loop {
+            apply_dry_run(&self.flags, &access);
             apply_modules(&self.flags, &supervisor, self.modules).await;
             ctx.progress();
             // Wait for a change that names a module flag (or a lost change: apply anyway).
@@ -139,10 +164,9 @@ impl Worker for ModuleSwitch {
                     None | Some(Err(broadcast::error::RecvError::Closed)) => return Ok(()),
                     Some(Err(broadcast::error::RecvError::Lagged(_))) => break,
                     Some(Ok(change)) => {
-                        let names_a_module = change
-                            .flags
-                            .iter()
-                            .any(|(key, _)| self.modules.iter().any(|(flag, _)| flag == key));
+                        let names_a_module = change.flags.iter().any(|(key, _)| {
+                            key == DRY_RUN_FLAG || self.modules.iter().any(|(flag, _)| flag == key)
+                        });
                         if names_a_module {
                             break;
                         }

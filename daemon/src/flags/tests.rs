@@ -772,6 +772,14 @@ impl crate::supervisor::actor::Actor for StandIn {
     }
 }
 
+async fn until(done: impl Fn() -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 async fn until_state(
     supervisor: &crate::supervisor::Supervisor,
     want: crate::supervisor::actor::ActorState,
@@ -791,17 +799,30 @@ async fn until_state(
 }
 
 #[tokio::test]
-async fn module_flags_stop_and_start_a_stand_in_actor() {
+async fn module_flags_stop_and_start_a_stand_in_actor_and_switch_dry_run() {
+    use crate::access::Access;
+    use crate::access::audit::AuditLog;
+    use crate::access::authz::{Authorizer, Grants};
+    use crate::config::Config;
     use crate::runtime::tasks::Tasks;
     use crate::supervisor::SupervisorBuilder;
     use crate::supervisor::actor::ActorState;
     use crate::supervisor::config::{ActorConfig, SupervisorConfig};
-    use modules::{MODULES, ModuleAction, ModuleSwitch, apply_modules};
+    use modules::{DRY_RUN_FLAG, Driven, MODULES, ModuleAction, ModuleSwitch, apply_modules};
 
     let mut live = Live::new();
     let flags = Arc::new(live.open());
     let store = live.store.clone().unwrap();
+    let tasks = Tasks::new();
+    let config = Config::default();
+    let (audit, writer) = AuditLog::open(live.dir.path(), &config.audit, &tasks).unwrap();
+    let access = Arc::new(Access::new(
+        Arc::new(Authorizer::new(Grants::from_config(&config))),
+        audit,
+        Access::prepare(&config).unwrap(),
+    ));
     let mut builder = SupervisorBuilder::new(SupervisorConfig::default(), store);
+    builder.add_worker(writer);
     builder
         .add(
             StandIn,
@@ -814,10 +835,12 @@ async fn module_flags_stop_and_start_a_stand_in_actor() {
         .unwrap();
     let (handle, receiver) = tokio::sync::watch::channel(None);
     builder.add_worker(ModuleSwitch::new(flags.clone(), receiver, MODULES));
-    let tasks = Tasks::new();
     let token = tokio_util::sync::CancellationToken::new();
     let supervisor = builder.start(&tasks, token.clone(), None).await;
-    handle.send_replace(Some(supervisor.clone()));
+    handle.send_replace(Some(Driven {
+        supervisor: supervisor.clone(),
+        access: access.clone(),
+    }));
     // modules.vision is on by default: the actor keeps running; the others do not exist yet.
     let report = apply_modules(&flags, &supervisor, MODULES).await;
     assert_eq!(
@@ -839,6 +862,18 @@ async fn module_flags_stop_and_start_a_stand_in_actor() {
     until_state(&supervisor, ActorState::Stopped).await;
     assert!(flags.clear_override("modules.vision").await.unwrap());
     until_state(&supervisor, ActorState::Running).await;
+
+    // safety.dry_run_mode: off by default; an override turns the access layer's mode on, and
+    // clearing it turns it off again.
+    assert!(!access.dry_run());
+    let on = OverrideRequest {
+        default_variant: Some("on".into()),
+        ..OverrideRequest::default()
+    };
+    flags.set_override(DRY_RUN_FLAG, on, "admin").await.unwrap();
+    until(|| access.dry_run(), "dry-run mode on").await;
+    assert!(flags.clear_override(DRY_RUN_FLAG).await.unwrap());
+    until(|| !access.dry_run(), "dry-run mode off").await;
 
     token.cancel();
     supervisor.wait_stopped().await.expect("stop report");

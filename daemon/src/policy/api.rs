@@ -84,6 +84,7 @@ impl PolicyService {
             reasons: decided.reasons,
             decision_id: decided.decision_id,
             errors: decided.errors,
+            advisory: decided.advisory,
         }
     }
 

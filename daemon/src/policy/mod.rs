@@ -38,6 +38,16 @@ pub const MAX_RESOURCE_LEN: usize = 2048;
 
 const BUILTIN_SCHEMA: &str = include_str!("../../../config/policies/schema.cedarschema");
 const BUILTIN_POLICIES: &str = include_str!("../../../config/policies/default.cedar");
+
+/// The shipped policies' text (`config/policies/default.cedar`).
+pub fn builtin_policies() -> &'static str {
+    BUILTIN_POLICIES
+}
+
+/// The shipped schema's text (`config/policies/schema.cedarschema`).
+pub fn builtin_schema() -> &'static str {
+    BUILTIN_SCHEMA
+}
 const SCHEMA_FILE: &str = "schema.cedarschema";
 
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +128,17 @@ pub struct LoadedSet {
     /// Every action the schema declares or a policy names: a request for anything else is marked
     /// [`UNKNOWN_ACTION`] (a typo reads differently from an ordinary deny).
     known_actions: HashSet<EntityUid>,
+    /// Ids of the policies annotated `@dry_run("advisory")`: a denial they alone determine is
+    /// advisory while `safety.dry_run_mode` is on.
+    dry_runnable: HashSet<String>,
 }
+
+/// The annotation that marks a policy's denials as advisory in dry-run mode, and its one value.
+pub const DRY_RUN_ANNOTATION: &str = "dry_run";
+pub const DRY_RUN_ADVISORY: &str = "advisory";
+
+/// Actions whose denials are never advisory, whatever the policies say: file writes and purchases.
+pub const NEVER_ADVISORY: &[&str] = &["fs.write", "web.purchase", "web.checkout"];
 
 /// The reason a decision carries when its action is declared by no schema entry and named by no
 /// policy (`policy check --action web.pots`): denied, and most likely a typo.
@@ -314,6 +334,7 @@ fn build(origin: String, schema_text: &str, sources: &[Source]) -> Result<Loaded
     let mut all = PolicySet::new();
     let mut policies = Vec::new();
     let mut seen = HashSet::new();
+    let mut dry_runnable = HashSet::new();
     for source in sources {
         let parsed = match PolicySet::from_str(&source.text) {
             Ok(set) => set,
@@ -343,6 +364,17 @@ fn build(origin: String, schema_text: &str, sources: &[Source]) -> Result<Loaded
                     source.name
                 ));
                 continue;
+            }
+            match policy.annotation(DRY_RUN_ANNOTATION) {
+                None => {}
+                Some(DRY_RUN_ADVISORY) => {
+                    dry_runnable.insert(id.clone());
+                }
+                Some(other) => errors.push(format!(
+                    "{}: {id}: @{DRY_RUN_ANNOTATION}({other:?}) is not understood; the only value is \
+                     {DRY_RUN_ADVISORY:?}",
+                    source.name
+                )),
             }
             let renamed = policy.new_id(PolicyId::new(id.clone()));
             if let Err(err) = all.add(renamed) {
@@ -412,6 +444,7 @@ fn build(origin: String, schema_text: &str, sources: &[Source]) -> Result<Loaded
         loaded_unix_ms: crate::store::unix_ms_now(),
         schema_text: schema_text.to_owned(),
         known_actions,
+        dry_runnable,
     })
 }
 
@@ -450,6 +483,9 @@ pub struct Decision {
     pub reasons: Vec<String>,
     /// Policies that failed to evaluate (skipped).
     pub errors: Vec<String>,
+    /// A denial determined only by policies marked `@dry_run("advisory")`, for an action not in
+    /// [`NEVER_ADVISORY`]: dry-run mode may let it through as a would-deny.
+    pub advisory: bool,
 }
 
 /// A decision and its workings.
@@ -659,6 +695,14 @@ impl PolicyEngine {
         if !decision.allowed && !set.known_actions.contains(&prepared.action) {
             decision.reasons.push(UNKNOWN_ACTION.to_owned());
         }
+        decision.advisory = !decision.allowed
+            && !decision.reasons.is_empty()
+            && decision.errors.is_empty()
+            && decision
+                .reasons
+                .iter()
+                .all(|id| set.dry_runnable.contains(id))
+            && !NEVER_ADVISORY.contains(&prepared.action.id().unescaped());
         decision
     }
 
@@ -698,6 +742,7 @@ impl PolicyEngine {
                 .into_iter()
                 .collect(),
             errors,
+            advisory: false,
         }
     }
 
@@ -799,6 +844,7 @@ impl PolicyEngine {
                     allowed: false,
                     reasons: Vec::new(),
                     errors: vec![render(&err)],
+                    advisory: false,
                 };
             }
         };
@@ -817,6 +863,7 @@ impl PolicyEngine {
                 .errors()
                 .map(|e| e.to_string())
                 .collect(),
+            advisory: false,
         }
     }
 }

@@ -203,6 +203,7 @@ fn invalid_sets_are_refused_with_every_error() {
             @id("dup") permit (principal, action == Action::"ml.train", resource);
             @id("no-such-attr") permit (principal, action == Action::"ml.train", resource)
                 when { context.nope == 1 };
+            @id("soft") @dry_run("maybe") forbid (principal, action == Action::"web.post", resource);
             "#,
         )])
         .path(),
@@ -215,6 +216,10 @@ fn invalid_sets_are_refused_with_every_error() {
         "{refused}"
     );
     assert!(refused.contains("nope"), "{refused}");
+    assert!(
+        refused.contains("soft: @dry_run(\"maybe\") is not understood"),
+        "{refused}"
+    );
 
     let syntax = errors(load_dir(
         dir_with(&[("x.cedar", "permit (principal")]).path(),
