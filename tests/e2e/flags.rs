@@ -532,3 +532,81 @@ async fn sighup_reloads_the_file_when_the_watch_is_off() {
     .await;
     assert_eq!(daemon.stop().await, 0);
 }
+
+/// A tonic channel over the unix socket at `path`.
+async fn unix_channel(path: std::path::PathBuf) -> Channel {
+    tonic::transport::Endpoint::from_static("http://flagd.local")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .expect("connects to the flag socket")
+}
+
+/// The flag-evaluation unix socket: a granted uid resolves flags over both protocol versions and
+/// nothing else is served there; an ungranted uid is refused; the file has the configured mode
+/// and is gone after the stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unix_socket_serves_flag_evaluation_to_granted_uids_only() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let socket = "[flags]\nsocket_path = \"flagd.sock\"\nsocket_mode = 0o600\n";
+    let granted = format!(
+        "{socket}[[grants]]\nprincipal = \"unix:uid:{uid}\"\ncapabilities = [\"flags.evaluate\"]\n"
+    );
+    let daemon = InProcess::start("", &granted).await;
+    let path = daemon.state_dir.join("flagd.sock");
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let channel = unix_channel(path.clone()).await;
+    let mut v2 = fv2::service_client::ServiceClient::new(channel.clone());
+    let resolved = v2
+        .resolve_boolean(fv2::ResolveBooleanRequest {
+            flag_key: "modules.vision".into(),
+            context: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resolved.value, Some(true));
+    let mut v1 = fv1::service_client::ServiceClient::new(channel.clone());
+    let all = v1
+        .resolve_all(fv1::ResolveAllRequest { context: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(all.flags.contains_key("safety.dry_run_mode"), "{all:?}");
+    // Only flag evaluation is served on the socket, whatever the uid is granted.
+    let mut flags = brainstem_client::v1::flags_client::FlagsClient::new(channel);
+    let other = flags.list(ListFlagsRequest::default()).await.unwrap_err();
+    assert_eq!(other.code(), Code::Unimplemented, "{other:?}");
+    assert_eq!(daemon.stop().await, 0);
+    assert!(!path.exists(), "the socket file is removed at stop");
+
+    // Without a grant the uid is a principal like any other: PERMISSION_DENIED.
+    let daemon = InProcess::start("", socket).await;
+    let mut v2 = fv2::service_client::ServiceClient::new(
+        unix_channel(daemon.state_dir.join("flagd.sock")).await,
+    );
+    let denied = v2
+        .resolve_boolean(fv2::ResolveBooleanRequest {
+            flag_key: "modules.vision".into(),
+            context: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains(&format!("unix:uid:{uid}")),
+        "{denied:?}"
+    );
+    assert_eq!(daemon.stop().await, 0);
+}

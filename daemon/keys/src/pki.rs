@@ -257,6 +257,14 @@ pub fn client_certificate(
                 "a name with ':' must be a URI with a scheme (e.g. spiffe://org/agent, urn:org:agent)",
             ));
         }
+        if principal
+            .get(..5)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("unix:"))
+        {
+            return Err(bad(
+                "the scheme unix: is reserved for unix-socket peers (unix:uid:N); brainstemd refuses it in certificates",
+            ));
+        }
         let uri = rcgen::string::Ia5String::try_from(principal)
             .map_err(|_| bad("a URI principal must be ASCII"))?;
         params.subject_alt_names.push(SanType::URI(uri));

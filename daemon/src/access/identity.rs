@@ -8,6 +8,10 @@
 //! (`scheme:`), and a CN principal must contain no `:`. A certificate that breaks this (a CN such as
 //! `spiffe://brainstem.dev/admin`, or a SAN URI with no scheme) names no principal, so its calls answer
 //! UNAUTHENTICATED; a CN can therefore never pose as a SAN URI that a grant names.
+//!
+//! A third source serves the flag-evaluation unix socket alone: the kernel-reported uid of the
+//! connecting process (`SO_PEERCRED`), named `unix:uid:<uid>`. The `unix:` scheme is reserved for it:
+//! a certificate whose SAN URI uses it names no principal, so no certificate can pose as a local uid.
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,6 +23,19 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 pub enum PrincipalSource {
     SanUri,
     CommonName,
+    /// A unix-socket peer's uid (`unix:uid:<uid>`).
+    UnixPeer,
+}
+
+/// The scheme reserved for unix-socket peers; no certificate may name it.
+pub const UNIX_SCHEME: &str = "unix:";
+
+/// The principal of a unix-socket peer whose kernel-reported uid is `uid`.
+pub fn unix_principal(uid: u32) -> Principal {
+    Principal {
+        name: format!("{UNIX_SCHEME}uid:{uid}"),
+        source: PrincipalSource::UnixPeer,
+    }
 }
 
 impl PrincipalSource {
@@ -26,6 +43,7 @@ impl PrincipalSource {
         match self {
             PrincipalSource::SanUri => "san_uri",
             PrincipalSource::CommonName => "common_name",
+            PrincipalSource::UnixPeer => "unix_peer",
         }
     }
 }
@@ -55,6 +73,10 @@ pub enum IdentityError {
     UriLikeCommonName,
     #[error("client certificate's first SAN URI has no URI scheme, so it names no principal")]
     SchemelessUri,
+    #[error(
+        "client certificate's SAN URI uses the scheme \"unix:\", which is reserved for unix-socket peers"
+    )]
+    ReservedScheme,
 }
 
 use brainstem_keys::pki::has_uri_scheme;
@@ -72,6 +94,12 @@ pub fn principal_from_der(der: &[u8]) -> Result<Principal, IdentityError> {
         if let Some(uri) = uri {
             if !has_uri_scheme(uri) {
                 return Err(IdentityError::SchemelessUri);
+            }
+            if uri
+                .get(..UNIX_SCHEME.len())
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case(UNIX_SCHEME))
+            {
+                return Err(IdentityError::ReservedScheme);
             }
             return Ok(Principal {
                 name: uri.to_owned(),
@@ -124,7 +152,7 @@ mod tests {
             let der = pem_to_der(&pem);
             assert_eq!(principal_from_der(&der).unwrap().name, name);
         }
-        for bad in ["1x:y", ":nothing"] {
+        for bad in ["1x:y", ":nothing", "unix:uid:0"] {
             assert!(
                 brainstem_keys::pki::client_certificate(&issuer, bad, 1).is_err(),
                 "{bad}"
@@ -150,6 +178,26 @@ mod tests {
         let p = principal_from_der(&der(params)).unwrap();
         assert_eq!(p.name, "spiffe://host/agent/web");
         assert_eq!(p.source, PrincipalSource::SanUri);
+    }
+
+    /// No certificate can pose as a unix-socket peer: the `unix:` scheme names nobody, in any case.
+    #[test]
+    fn the_unix_scheme_is_reserved_for_socket_peers() {
+        for uri in ["unix:uid:0", "UNIX:uid:1000"] {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, "root");
+            params
+                .subject_alt_names
+                .push(SanType::URI(uri.try_into().unwrap()));
+            assert_eq!(
+                principal_from_der(&der(params)),
+                Err(IdentityError::ReservedScheme),
+                "{uri}"
+            );
+        }
+        let peer = unix_principal(1000);
+        assert_eq!(peer.name, "unix:uid:1000");
+        assert_eq!(peer.source.as_str(), "unix_peer");
     }
 
     #[test]

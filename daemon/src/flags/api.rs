@@ -716,6 +716,24 @@ pub const REGISTRATION: Registration = Registration {
             supervisor_rx,
             super::modules::MODULES,
         ));
+        // The flag-evaluation unix socket, bound now so a bad path stops the start with its reason.
+        let (socket_tx, socket_rx) = tokio::sync::watch::channel(None);
+        if let Some(path) = config.socket(setup.config) {
+            let listener =
+                super::socket::bind(&path, config.socket_mode as u32).map_err(|err| {
+                    StartError::Setup {
+                        service: "flagd evaluation socket",
+                        source: format!("[flags] socket_path {}: {err}", path.display()).into(),
+                    }
+                })?;
+            setup.actors.add_worker(super::socket::FlagsSocket::new(
+                path,
+                listener,
+                config.socket_max_connections as usize,
+                socket_rx,
+            ));
+        }
+        let request_timeout = Duration::from_secs(setup.config.server.request_timeout_seconds);
         let keep_alive = Duration::from_secs(config.keep_alive_seconds);
         Ok(Some(handler(move |shared, routes, limits| {
             // The flags-modules worker drives actors through the running supervisor, and dry-run
@@ -743,6 +761,24 @@ pub const REGISTRATION: Registration = Registration {
                 limits,
                 fv2::service_server::ServiceServer::new(FlagdV2(flagd.clone()))
             );
+            // The unix socket serves the flagd evaluation services alone.
+            let mut socket_routes = tonic::service::RoutesBuilder::default();
+            crate::route!(
+                socket_routes,
+                limits,
+                fv2::service_server::ServiceServer::new(FlagdV2(flagd.clone()))
+            );
+            crate::route!(
+                socket_routes,
+                limits,
+                fv1::service_server::ServiceServer::new(FlagdV1(flagd.clone()))
+            );
+            socket_tx.send_replace(Some(super::socket::Serving {
+                routes: socket_routes.routes(),
+                access: shared.access.clone(),
+                tokens: shared.tokens.clone(),
+                request_timeout,
+            }));
             crate::route!(
                 routes,
                 limits,

@@ -17,6 +17,13 @@ pub struct FlagsConfig {
     pub settle_ms: u64,
     /// An EventStream with nothing to say sends `keep_alive` this often (flagd: 20 s).
     pub keep_alive_seconds: u64,
+    /// A unix socket serving the flagd evaluation services alone (flagd's `--socket-path`), callers
+    /// named by their uid (`unix:uid:<uid>`); empty: none. Relative paths are under the state dir.
+    pub socket_path: String,
+    /// The socket file's permission bits.
+    pub socket_mode: u64,
+    /// Most connections the socket holds at once; further ones wait to be accepted.
+    pub socket_max_connections: u64,
 }
 
 impl Default for FlagsConfig {
@@ -27,6 +34,9 @@ impl Default for FlagsConfig {
             watch: true,
             settle_ms: 200,
             keep_alive_seconds: 20,
+            socket_path: String::new(),
+            socket_mode: 0o660,
+            socket_max_connections: 256,
         }
     }
 }
@@ -38,6 +48,18 @@ impl FlagsConfig {
             self.file.clone()
         } else {
             config.state_dir.join(&self.file)
+        }
+    }
+
+    /// The unix socket's path, relative paths resolved under `state_dir`; `None` when off.
+    pub fn socket(&self, config: &Config) -> Option<PathBuf> {
+        let path = std::path::Path::new(&self.socket_path);
+        if self.socket_path.is_empty() {
+            None
+        } else if path.is_absolute() {
+            Some(path.to_path_buf())
+        } else {
+            Some(config.state_dir.join(path))
         }
     }
 }
@@ -59,6 +81,14 @@ impl Section for FlagsConfig {
             1..=3600,
             &mut self.keep_alive_seconds,
         );
+        walker.string(&t, "socket_path", &mut self.socket_path);
+        walker.integer(&t, "socket_mode", 0..=0o777, &mut self.socket_mode);
+        walker.integer(
+            &t,
+            "socket_max_connections",
+            1..=65_536,
+            &mut self.socket_max_connections,
+        );
         walker.finish(t);
     }
 
@@ -77,12 +107,23 @@ watch = {}
 settle_ms = {}
 # EventStream sends keep_alive after this many seconds of silence.
 keep_alive_seconds = {}
+# A unix socket serving flagd.evaluation.v1/v2 alone, for providers without a client certificate
+# (flagd's --socket-path). Callers are named by their uid, unix:uid:<uid>, and need flags.evaluate
+# in [[grants]] like anyone else. Empty: no socket. A relative path is under state_dir.
+socket_path = "{}"
+# The socket file's permission bits (who may connect at all; the grant decides what they get).
+socket_mode = 0o{:o}
+# Most connections the socket holds at once.
+socket_max_connections = {}
 "#,
             self.enabled,
             self.file.display(),
             self.watch,
             self.settle_ms,
-            self.keep_alive_seconds
+            self.keep_alive_seconds,
+            self.socket_path,
+            self.socket_mode,
+            self.socket_max_connections
         )
     }
 }

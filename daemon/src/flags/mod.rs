@@ -20,6 +20,7 @@ pub mod logic;
 pub mod modules;
 mod murmur;
 mod semver;
+pub mod socket;
 mod watch;
 
 #[cfg(test)]
