@@ -71,8 +71,41 @@ pub enum ClientError {
     Endpoint { endpoint: String, reason: String },
     #[error("cannot connect to {endpoint}: {reason}")]
     Connect { endpoint: String, reason: String },
-    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    #[error("{}", describe_status(.0))]
     Rpc(#[from] tonic::Status),
+}
+
+/// A status as one line for people: `CODE: message`, then what its details add — each field
+/// violation, when to retry, the error id of an INTERNAL and the call's `x-request-id`.
+pub fn describe_status(status: &tonic::Status) -> String {
+    use std::fmt::Write;
+    use tonic_types::StatusExt;
+
+    let mut text = format!("{}: {}", code_name(status.code()), status.message());
+    let details = status.get_error_details();
+    if let Some(bad) = details.bad_request() {
+        let shown = bad.field_violations.iter().filter(|v| {
+            // The message usually quotes a lone violation already.
+            !(bad.field_violations.len() == 1 && status.message().contains(&v.description))
+        });
+        for v in shown {
+            let _ = write!(text, "\n  {}: {}", v.field, v.description);
+        }
+    }
+    if let Some(retry) = details.retry_info().and_then(|r| r.retry_delay) {
+        let _ = write!(text, "\n  retry after {:.1} s", retry.as_secs_f64());
+    }
+    if let Some(info) = details.error_info() {
+        if !info.reason.is_empty() {
+            let _ = write!(text, "\n  reason: {}", info.reason);
+        }
+    }
+    for key in ["brainstem-error-id", "x-request-id"] {
+        if let Some(value) = status.metadata().get(key).and_then(|v| v.to_str().ok()) {
+            let _ = write!(text, "\n  {key}: {value}");
+        }
+    }
+    text
 }
 
 /// Exit codes `brainstemctl` uses; scripts can rely on them.
@@ -338,5 +371,48 @@ mod tests {
             "{text}"
         );
         assert_eq!(err.exit_code(), exit::LOCAL);
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use std::time::Duration;
+
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    use super::describe_status;
+
+    #[test]
+    fn a_status_is_described_with_its_violations_retry_and_ids() {
+        let mut details = ErrorDetails::with_bad_request(vec![
+            tonic_types::FieldViolation::new("path", "must start with /"),
+            tonic_types::FieldViolation::new("value", "is empty"),
+        ]);
+        details.set_retry_info(Some(Duration::from_millis(1500)));
+        let mut status =
+            tonic::Status::with_error_details(tonic::Code::InvalidArgument, "2 problems", details);
+        status
+            .metadata_mut()
+            .insert("x-request-id", "req-7".parse().unwrap());
+        let text = describe_status(&status);
+        assert_eq!(
+            text,
+            "INVALID_ARGUMENT: 2 problems\n  path: must start with /\n  value: is empty\n  \
+             retry after 1.5 s\n  x-request-id: req-7"
+        );
+        // A lone violation the message already quotes is not repeated; no details, one line.
+        let one = tonic::Status::with_error_details(
+            tonic::Code::InvalidArgument,
+            "path: must start with /",
+            ErrorDetails::with_bad_request_violation("path", "must start with /"),
+        );
+        assert_eq!(
+            describe_status(&one),
+            "INVALID_ARGUMENT: path: must start with /"
+        );
+        assert_eq!(
+            describe_status(&tonic::Status::not_found("no such secret")),
+            "NOT_FOUND: no such secret"
+        );
     }
 }
