@@ -84,7 +84,9 @@ pub enum Item {
 pub enum FormatError {
     #[error("not a brainstem backup (bad magic)")]
     Magic,
-    #[error("the backup has format {found}, newer than this build reads ({FORMAT}); use a newer build")]
+    #[error(
+        "the backup has format {found}, newer than this build reads ({FORMAT}); use a newer build"
+    )]
     TooNew { found: u32 },
     #[error("the backup is truncated: {0}")]
     Truncated(String),

@@ -317,10 +317,7 @@ mod tests {
                         tx.insert(&a, b"tx", &2u64)?;
                         let _ = entered_tx.send(());
                         // Wait (once) until the snapshot is waiting for the gate.
-                        let _ = go_rx
-                            .lock()
-                            .unwrap()
-                            .recv_timeout(Duration::from_secs(10));
+                        let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(10));
                         tx.insert(&b, b"tx", &2u64)
                     })
                     .map_err(|e| format!("{e:?}"))
