@@ -204,6 +204,7 @@ async fn a_backup_taken_under_load_restores_every_write_acknowledged_before_it()
         .unwrap()
     };
     assert_eq!(out.status.code(), Some(0), "backup: {}", text(&out));
+    eprintln!("backup: {}", text(&out).trim());
     // Keep writing a little after the backup, then stop.
     let after = acked.lock().unwrap().len();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -302,6 +303,7 @@ async fn a_backup_taken_under_load_restores_every_write_acknowledged_before_it()
     let started = Instant::now();
     let restored = restore(&target_dir.join("state"), &file);
     assert_eq!(restored.status.code(), Some(0), "{}", text(&restored));
+    eprintln!("restore: {} ({:?})", text(&restored).trim(), started.elapsed());
     let daemon = DaemonProcess::start_in(&target_dir).await;
     eprintln!("restore + start took {:?}", started.elapsed());
     let mut client = daemon.client().await;

@@ -392,4 +392,34 @@ mod tests {
         assert!(err.to_string().contains("newer"), "{err}");
         assert!(!dir.exists());
     }
+
+    /// The writer pause on a larger store (a measurement, not a check):
+    /// `cargo test -p brainstemd --lib store::snapshot::tests::measure -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn measure_the_writer_pause_over_100k_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &config()).unwrap();
+        let tree = store.tree(trees::EPISODIC).unwrap();
+        let value = "x".repeat(200);
+        for part in 0..10u64 {
+            let mut batch = crate::store::Batch::default();
+            for i in 0..10_000u64 {
+                batch
+                    .put(&tree, &(part * 10_000 + i).to_be_bytes(), &value)
+                    .unwrap();
+            }
+            tree.apply(batch).unwrap();
+        }
+        for _ in 0..3 {
+            let (snapshot, ()) = store.snapshot(|| ()).unwrap();
+            eprintln!(
+                "{} entries: writers paused {:?}",
+                snapshot.entries(),
+                snapshot.writer_pause
+            );
+        }
+        drop(tree);
+        store.close().unwrap();
+    }
 }
