@@ -303,7 +303,11 @@ async fn a_backup_taken_under_load_restores_every_write_acknowledged_before_it()
     let started = Instant::now();
     let restored = restore(&target_dir.join("state"), &file);
     assert_eq!(restored.status.code(), Some(0), "{}", text(&restored));
-    eprintln!("restore: {} ({:?})", text(&restored).trim(), started.elapsed());
+    eprintln!(
+        "restore: {} ({:?})",
+        text(&restored).trim(),
+        started.elapsed()
+    );
     let daemon = DaemonProcess::start_in(&target_dir).await;
     eprintln!("restore + start took {:?}", started.elapsed());
     let mut client = daemon.client().await;

@@ -254,7 +254,7 @@ pub fn restore(
         });
     }
     let plain = parsed.open(|sealed, aad| key.unseal(sealed, aad))?;
-    let mut trees: BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+    let mut trees = snapshot::TreeEntries::new();
     let mut audit = Vec::new();
     for item in format::decode_items(&plain)? {
         match item {

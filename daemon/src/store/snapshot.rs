@@ -41,11 +41,14 @@ impl WriteGate {
     }
 }
 
+/// Tree name → raw `(key, value)` pairs in key order (values keep the store's envelope).
+pub type TreeEntries = BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>;
+
 /// Every tree's entries at one instant.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// Tree name → raw `(key, value)` pairs in key order (values keep the store's envelope).
-    pub trees: BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>,
+    pub trees: TreeEntries,
     /// Schema versions: `store` and every registered subsystem.
     pub schema: BTreeMap<String, u32>,
     /// How long writers were held out.
@@ -120,7 +123,7 @@ impl Store {
 /// The schema versions a snapshot's `meta` tree records: `store` and every subsystem this build
 /// registers (at [`super::schema::FIRST_VERSION`] when not recorded).
 fn schema_versions(
-    trees_: &BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>,
+    trees_: &TreeEntries,
 ) -> Result<BTreeMap<String, u32>, StoreError> {
     let meta = trees_.get(trees::META).map(Vec::as_slice).unwrap_or(&[]);
     let find = |key: &[u8]| meta.iter().find(|(k, _)| k == key).map(|(_, v)| v);
@@ -182,7 +185,7 @@ pub fn schema_problems(found: &BTreeMap<String, u32>) -> Vec<String> {
 pub fn restore_into(
     state_dir: &Path,
     config: &StoreConfig,
-    trees_: &BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>,
+    trees_: &TreeEntries,
 ) -> Result<(), StoreError> {
     let problems = schema_problems(&schema_versions(trees_)?);
     if !problems.is_empty() {
