@@ -155,3 +155,40 @@ fn retention_keeps_the_newest_and_touches_nothing_else() {
         ]
     );
 }
+
+#[test]
+fn the_schedule_writes_verifiable_private_files_and_keeps_the_newest() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = key_file(dir.path(), "master.key", 5);
+    let store = Store::open(&dir.path().join("state"), &store_config()).unwrap();
+    let keys =
+        Arc::new(KeySet::open(&store, MasterKey::load(&key_path).unwrap(), &key_path).unwrap());
+    let backups = Arc::new(Backups::new(store.clone(), keys.clone()));
+    let out = dir.path().join("backups");
+    let config = config::BackupConfig {
+        interval_seconds: 60,
+        directory: out.display().to_string(),
+        keep: 2,
+    };
+    let schedule = worker::BackupSchedule::new(backups.clone(), &config);
+    let mut written = Vec::new();
+    for _ in 0..3 {
+        written.push(schedule.once().unwrap());
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    let left: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(!written[0].exists(), "the oldest was kept");
+    for path in &left {
+        let bytes = std::fs::read(path).unwrap();
+        format::verify(&bytes).unwrap();
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
+    drop((schedule, backups, keys));
+    store.close().unwrap();
+}

@@ -82,7 +82,7 @@ impl Worker for BackupSchedule {
 
 impl BackupSchedule {
     /// One scheduled backup: create, write, prune. Counted as one success or one failure.
-    fn once(&self) -> Result<PathBuf, BackupError> {
+    pub(super) fn once(&self) -> Result<PathBuf, BackupError> {
         let started = std::time::Instant::now();
         let result = self.backups.create().and_then(|created| {
             let path = self.directory.join(format!(

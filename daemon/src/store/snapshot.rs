@@ -122,9 +122,7 @@ impl Store {
 
 /// The schema versions a snapshot's `meta` tree records: `store` and every subsystem this build
 /// registers (at [`super::schema::FIRST_VERSION`] when not recorded).
-fn schema_versions(
-    trees_: &TreeEntries,
-) -> Result<BTreeMap<String, u32>, StoreError> {
+fn schema_versions(trees_: &TreeEntries) -> Result<BTreeMap<String, u32>, StoreError> {
     let meta = trees_.get(trees::META).map(Vec::as_slice).unwrap_or(&[]);
     let find = |key: &[u8]| meta.iter().find(|(k, _)| k == key).map(|(_, v)| v);
     let read = |key: &[u8], name: &str| -> Result<Option<u32>, StoreError> {
