@@ -192,3 +192,25 @@ fn the_schedule_writes_verifiable_private_files_and_keeps_the_newest() {
     drop((schedule, backups, keys));
     store.close().unwrap();
 }
+
+/// The dev drill with the key copied first: a target holding only `master.key` is accepted, and
+/// the key stays there for the dev-mode daemon.
+#[test]
+fn a_target_holding_only_the_key_is_restored_into_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key_path, file) = backed_up(dir.path());
+    let target = dir.path().join("drill");
+    std::fs::create_dir(&target).unwrap();
+    let copied = target.join(DEV_KEY_FILE);
+    crate::crypto::files::write_private(&copied, &std::fs::read(&key_path).unwrap()).unwrap();
+    let key = MasterKey::load(&copied).unwrap();
+    restore(&file, &key, None, &target, &store_config()).unwrap();
+    assert_eq!(
+        std::fs::read(&copied).unwrap(),
+        std::fs::read(&key_path).unwrap()
+    );
+    let store = Store::open(&target, &store_config()).unwrap();
+    KeySet::open(&store, MasterKey::load(&copied).unwrap(), &copied).unwrap();
+    assert_eq!(store.tree(trees::EPISODIC).unwrap().len(), 50);
+    store.close().unwrap();
+}
