@@ -101,19 +101,25 @@ impl Store {
                 names.push(name.to_owned());
             }
         }
+        // Under the gate only sled's own handles are kept (a value's bytes are shared, not
+        // copied); they are turned into owned bytes once writers go on.
+        let mut copied = Vec::with_capacity(names.len());
         for name in &names {
             let tree = self.db.open_tree(name)?;
-            let mut entries = Vec::with_capacity(tree.len());
-            for item in tree.iter() {
-                let (key, value) = item?;
-                entries.push((key.to_vec(), value.to_vec()));
-            }
-            snapshot.trees.insert(name.clone(), entries);
+            let entries = tree.iter().collect::<Result<Vec<_>, _>>()?;
+            copied.push((name.clone(), entries));
             between(name);
         }
         let extra = during();
         drop(exclusive);
         snapshot.writer_pause = started.elapsed();
+        for (name, entries) in copied {
+            let entries = entries
+                .into_iter()
+                .map(|(key, value)| (key.to_vec(), value.to_vec()))
+                .collect();
+            snapshot.trees.insert(name, entries);
+        }
         tracing::debug!(waited = ?started - waited, paused = ?snapshot.writer_pause, "store snapshot taken");
         snapshot.schema = schema_versions(&snapshot.trees)?;
         Ok((snapshot, extra))
