@@ -23,6 +23,7 @@
 
 pub mod access;
 pub mod actors;
+pub mod backup;
 pub mod config;
 pub mod crypto;
 pub mod daemon;

@@ -59,6 +59,21 @@ enum Command {
         #[arg(long)]
         accept_loss: bool,
     },
+    /// Restore a backup (`brainstemctl backup --out FILE`) into an empty or absent --state-dir
+    /// (it may hold only master.key). Offline: no daemon may run on that directory. The master
+    /// key is read as the daemon reads it ([keys] master_key_file, by default the systemd
+    /// credential master.key; <state-dir>/master.key in dev mode) unless --master-key-file names
+    /// it. A damaged, truncated, wrong-key or newer-schema file is refused and the directory left
+    /// untouched (docs/BACKUP.md).
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The master key the backup was taken under. In dev mode it is also copied to
+        /// <state-dir>/master.key, where a dev-mode daemon reads it.
+        #[arg(long)]
+        master_key_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -106,6 +121,10 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig => check_config(&source),
         Command::Recover { accept_loss } => recover(&source, accept_loss),
+        Command::Restore {
+            from,
+            master_key_file,
+        } => restore(&source, cli.state_dir.is_some(), &from, master_key_file),
         Command::Run => run(source),
     }
 }
@@ -186,6 +205,73 @@ fn recover(source: &ConfigSource, accept_loss: bool) -> ExitCode {
         }
         Err(err) => {
             eprintln!("cannot recover {dir}: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn restore(
+    source: &ConfigSource,
+    state_dir_given: bool,
+    from: &std::path::Path,
+    master_key_file: Option<PathBuf>,
+) -> ExitCode {
+    if !state_dir_given {
+        eprintln!("brainstemd restore needs --state-dir DIR (an empty or absent directory)");
+        return ExitCode::from(EXIT_CONFIG as u8);
+    }
+    let config = match source.load() {
+        Ok(config) => config,
+        Err(err) => {
+            report_config_error(source, &err.to_string());
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let key_path = match &master_key_file {
+        Some(path) => path.clone(),
+        None => match config.master_key_path() {
+            Ok(path) => path,
+            Err(err) => {
+                eprintln!("{err}");
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
+        },
+    };
+    let key = match brainstemd::crypto::MasterKey::load(&key_path) {
+        Ok(key) => key,
+        Err(err) => {
+            eprintln!("cannot read the master key {}: {err}", key_path.display());
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let file = match std::fs::read(from) {
+        Ok(file) => file,
+        Err(err) => {
+            eprintln!("cannot read the backup {}: {err}", from.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let copy_key = (config.dev_mode && master_key_file.is_some()).then_some(key_path.as_path());
+    let dir = config.state_dir.display().to_string();
+    match brainstemd::backup::restore(&file, &key, copy_key, &config.state_dir, &config.store) {
+        Ok(restored) => {
+            println!(
+                "restored {} into {dir}: {} entries in {} trees and {} audit segment files, taken at unix ms {} under master key {}, in {:.2} s",
+                from.display(),
+                restored.entries,
+                restored.header.trees.len(),
+                restored.audit_files,
+                restored.header.created_unix_ms,
+                restored.header.master_key_id,
+                restored.duration.as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!(
+                "cannot restore {} into {dir}: {err}; {dir} was left as it was",
+                from.display()
+            );
             ExitCode::FAILURE
         }
     }

@@ -3,6 +3,7 @@
 
 mod access;
 mod audit;
+mod backup;
 mod flags;
 mod hardening;
 mod harness;

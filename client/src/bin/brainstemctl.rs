@@ -7,6 +7,8 @@
 mod access;
 #[path = "ctl/audit.rs"]
 mod audit;
+#[path = "ctl/backup.rs"]
+mod backup;
 #[path = "ctl/flags.rs"]
 mod flags;
 #[path = "ctl/secrets.rs"]
@@ -134,6 +136,9 @@ enum Command {
     /// rotate the master key. Values are read from stdin or a file, never from argv by default.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
+    /// Backups: `backup --out FILE` takes one now (needs backup.create); `backup verify FILE`
+    /// checks a file without the key (exit 0 valid, 1 damaged).
+    Backup(backup::BackupArgs),
     /// Drive a scenario over mTLS and report calls/s, p50 and p99 (last line: JSON).
     Bench {
         #[arg(long, value_enum, default_value = "ping")]
@@ -703,6 +708,7 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
             audit::audit(&options, &cli.connection.state_dir, output, command).await
         }
         Command::Flags(command) => flags::flags(&options, output, command).await,
+        Command::Backup(args) => backup::backup(&options, output, args).await,
         Command::Secrets(command) => secrets::secrets(&options, output, command).await,
         Command::Guardrails(command) => access::guardrails(&options, output, command).await,
         Command::Tokens(command) => tokens_command(&options, output, command).await,

@@ -116,6 +116,8 @@ pub(super) struct Keeper {
     /// The record to create at the first checkpoint (after the store's opening flush).
     pub create: Option<(std::path::PathBuf, integrity::IntegrityRecord)>,
     pub guard: space::Guard,
+    /// Held shared while batches are applied and the generation bumped (see `snapshot`).
+    pub gate: Arc<super::snapshot::WriteGate>,
 }
 
 /// Counters and the test gate, shared with the thread.
@@ -389,6 +391,9 @@ fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared, mut keeper: K
             }
         }
         shared.wait_while_held();
+        let gate = keeper.gate.clone();
+        // A snapshot sees every batch of this group and the generation bump, or none of them.
+        let writing = gate.enter();
         let mut mark = Mark::Later;
         // A batch was applied: the disk took a write (only that ends a "disk full" spell; a flush
         // with nothing new to write proves nothing).
@@ -413,6 +418,7 @@ fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared, mut keeper: K
             }
         }
         if waiting.is_empty() {
+            drop(writing);
             continue;
         }
         if dirty {
@@ -425,6 +431,7 @@ fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared, mut keeper: K
                 dirty = false;
             }
         }
+        drop(writing);
         // Every write in `waiting` finished before this flush starts.
         let started = Instant::now();
         let mut result = db.flush().map(drop).map_err(|e| keeper.guard.classify(e));
@@ -613,6 +620,7 @@ mod tests {
             record: None,
             create: None,
             guard: space::Guard::new(dir.path(), 0),
+            gate: Default::default(),
         };
         let committer = Committer::start(db, keeper).unwrap();
         let mut batch = sled::Batch::default();

@@ -30,6 +30,7 @@ pub mod commit;
 pub mod events;
 pub mod integrity;
 pub mod schema;
+pub mod snapshot;
 pub mod space;
 pub mod transaction;
 
@@ -38,6 +39,8 @@ use commit::{Committer, Keeper, Mark};
 use integrity::{IntegrityRecord, TreeMark};
 
 pub use schema::{Schema, SubsystemMigration};
+pub use snapshot::Snapshot;
+use snapshot::WriteGate;
 pub use transaction::{Transaction, TransactionError, TxError};
 
 /// Tree names, in one place so two subsystems cannot collide.
@@ -270,6 +273,8 @@ pub struct Store {
 struct Handles {
     lock_file: PathBuf,
     committer: Committer,
+    /// Held shared by every write to sled, exclusive by a snapshot ([`snapshot`]).
+    gate: Arc<WriteGate>,
 }
 
 impl std::fmt::Debug for Store {
@@ -451,6 +456,7 @@ impl Store {
             }
         }
         let guard = space::Guard::new(state_dir, config.min_free_bytes);
+        let gate = Arc::new(WriteGate::default());
         let committer = Committer::start(
             db.clone(),
             Keeper {
@@ -459,6 +465,7 @@ impl Store {
                 record: None,
                 create: Some((state_dir.to_owned(), next)),
                 guard,
+                gate: gate.clone(),
             },
         )
         .map_err(|err| StoreError::Open {
@@ -472,6 +479,7 @@ impl Store {
                 // sled keeps an exclusive flock on this file while any of its handles lives.
                 lock_file: path.join("db"),
                 committer,
+                gate,
             }),
             path,
         };
@@ -821,7 +829,10 @@ impl Tree {
 
     /// Removes a key; whether it was there. Blocking, like [`Tree::put`].
     pub fn remove(&self, key: &[u8]) -> Result<bool, StoreError> {
-        let existed = self.tree.remove(key)?.is_some();
+        let existed = {
+            let _writing = self.handles.gate.enter();
+            self.tree.remove(key)?.is_some()
+        };
         if self.durable {
             self.committer()
                 .commit_job(None, true, existed, Mark::Later, None)?;
@@ -962,7 +973,10 @@ impl Tree {
     /// apply runs under `block_in_place`, as a transaction's does.
     pub fn apply_now(&self, batch: Batch) -> Result<Durable, StoreError> {
         self.handles.refuse_if_full()?;
-        off_the_runtime(|| self.tree.apply_batch(batch.inner))?;
+        off_the_runtime(|| {
+            let _writing = self.handles.gate.enter();
+            self.tree.apply_batch(batch.inner)
+        })?;
         Ok(self.committer().begin_job(None, self.durable, true))
     }
 

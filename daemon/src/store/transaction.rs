@@ -190,6 +190,8 @@ impl Store {
             );
         }
         let sled_trees: Vec<&sled::Tree> = trees.iter().map(|t| &t.tree).collect();
+        // A snapshot sees the whole transaction or none of it.
+        let _writing = self.handles.gate.enter();
         let outcome = sled::Transactional::<Aborted<E>>::transaction(
             sled_trees.as_slice(),
             |views: &Vec<TransactionalTree>| {

@@ -477,6 +477,12 @@ impl AuditLog {
         &self.shared.index.dir
     }
 
+    /// The segments as readers see them now, each with the length its writer committed (a backup
+    /// copies each file up to that length).
+    pub fn segments(&self) -> Vec<segment::SegmentInfo> {
+        self.shared.index.segments()
+    }
+
     /// Test hook: while `on`, every write fails as it would on a full disk.
     #[doc(hidden)]
     pub fn fail_writes(&self, on: bool) {
