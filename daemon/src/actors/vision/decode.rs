@@ -84,7 +84,12 @@ pub fn decode(
     match format {
         Format::Png => {
             let decoder = image::codecs::png::PngDecoder::with_limits(Cursor::new(data), limits)
-                .map_err(|err| bad("data", format!("not a PNG this daemon can read: {err}")))?;
+                .map_err(|err| match err {
+                    image::ImageError::Limits(err) => {
+                        bad("data", too_large(settings, &err.to_string()))
+                    }
+                    err => bad("data", format!("not a PNG this daemon can read: {err}")),
+                })?;
             finish(decoder, claimed, settings, pool)
         }
         Format::Jpeg => {

@@ -191,66 +191,9 @@ impl Vision {
         &self.settings
     }
 
-    /// Checks what can be checked without decoding; every problem is reported.
-    pub fn validate(&self, frame: &Frame) -> Result<(), VisionError> {
-        let s = &self.settings;
-        let mut out = Vec::new();
-        if frame.source.trim().is_empty() {
-            out.push(FieldViolation::new("source", "must not be empty"));
-        } else if frame.source.len() > MAX_SOURCE_BYTES {
-            out.push(FieldViolation::new(
-                "source",
-                format!("more than {MAX_SOURCE_BYTES} bytes"),
-            ));
-        }
-        if frame.data.is_empty() {
-            out.push(FieldViolation::new("data", "must not be empty"));
-        }
-        if frame.width > s.max_width {
-            out.push(FieldViolation::new(
-                "width",
-                format!("{} is more than the maximum of {}", frame.width, s.max_width),
-            ));
-        }
-        if frame.height > s.max_height {
-            out.push(FieldViolation::new(
-                "height",
-                format!(
-                    "{} is more than the maximum of {}",
-                    frame.height, s.max_height
-                ),
-            ));
-        }
-        if let Some(channels) = frame.format.raw_channels() {
-            if frame.width == 0 {
-                out.push(FieldViolation::new("width", "is required for raw formats"));
-            }
-            if frame.height == 0 {
-                out.push(FieldViolation::new("height", "is required for raw formats"));
-            }
-            let expected = u64::from(frame.width) * u64::from(frame.height) * channels;
-            if frame.width > 0 && frame.height > 0 && frame.data.len() as u64 != expected {
-                out.push(FieldViolation::new(
-                    "data",
-                    format!(
-                        "{} bytes, but {} × {} × {channels} is {expected}",
-                        frame.data.len(),
-                        frame.width,
-                        frame.height
-                    ),
-                ));
-            }
-        }
-        if out.is_empty() {
-            Ok(())
-        } else {
-            Err(VisionError::Invalid(out))
-        }
-    }
-
     /// Validates and processes one frame, and writes its motion episode.
     pub async fn submit(&self, frame: Frame) -> Result<FrameOutcome, VisionError> {
-        self.validate(&frame)?;
+        validate(&self.settings, &frame)?;
         let source = frame.source.clone();
         let processed = self
             .actor
@@ -276,6 +219,62 @@ impl Vision {
             duplicate: false,
             motion: Some((score, bbox, id)),
         })
+    }
+}
+
+/// Checks what can be checked without decoding; every problem is reported.
+pub fn validate(s: &Settings, frame: &Frame) -> Result<(), VisionError> {
+    let mut out = Vec::new();
+    if frame.source.trim().is_empty() {
+        out.push(FieldViolation::new("source", "must not be empty"));
+    } else if frame.source.len() > MAX_SOURCE_BYTES {
+        out.push(FieldViolation::new(
+            "source",
+            format!("more than {MAX_SOURCE_BYTES} bytes"),
+        ));
+    }
+    if frame.data.is_empty() {
+        out.push(FieldViolation::new("data", "must not be empty"));
+    }
+    if frame.width > s.max_width {
+        out.push(FieldViolation::new(
+            "width",
+            format!("{} is more than the maximum of {}", frame.width, s.max_width),
+        ));
+    }
+    if frame.height > s.max_height {
+        out.push(FieldViolation::new(
+            "height",
+            format!(
+                "{} is more than the maximum of {}",
+                frame.height, s.max_height
+            ),
+        ));
+    }
+    if let Some(channels) = frame.format.raw_channels() {
+        if frame.width == 0 {
+            out.push(FieldViolation::new("width", "is required for raw formats"));
+        }
+        if frame.height == 0 {
+            out.push(FieldViolation::new("height", "is required for raw formats"));
+        }
+        let expected = u64::from(frame.width) * u64::from(frame.height) * channels;
+        if frame.width > 0 && frame.height > 0 && frame.data.len() as u64 != expected {
+            out.push(FieldViolation::new(
+                "data",
+                format!(
+                    "{} bytes, but {} × {} × {channels} is {expected}",
+                    frame.data.len(),
+                    frame.width,
+                    frame.height
+                ),
+            ));
+        }
+    }
+    if out.is_empty() {
+        Ok(())
+    } else {
+        Err(VisionError::Invalid(out))
     }
 }
 

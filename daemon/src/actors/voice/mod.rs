@@ -139,75 +139,9 @@ impl Voice {
         })
     }
 
-    /// Checks one chunk against the stream so far; every problem is reported.
-    pub fn validate(&self, stream: &AudioStream, chunk: &Chunk) -> Result<(), VoiceError> {
-        let mut out = Vec::new();
-        let first = stream.vad.is_none();
-        if first && chunk.source.trim().is_empty() {
-            out.push(FieldViolation::new(
-                "source",
-                "must not be empty in the first chunk",
-            ));
-        } else if chunk.source.len() > MAX_SOURCE_BYTES {
-            out.push(FieldViolation::new(
-                "source",
-                format!("more than {MAX_SOURCE_BYTES} bytes"),
-            ));
-        } else if !first && !chunk.source.is_empty() && chunk.source != stream.source {
-            out.push(FieldViolation::new(
-                "source",
-                "differs from the stream's first chunk; one stream is one source",
-            ));
-        }
-        if !(MIN_RATE..=MAX_RATE).contains(&chunk.sample_rate) {
-            out.push(FieldViolation::new(
-                "sample_rate",
-                format!(
-                    "{} Hz is not supported (8000 to 48000)",
-                    chunk.sample_rate
-                ),
-            ));
-        } else if let Some(vad) = &stream.vad {
-            if vad.rate() != chunk.sample_rate {
-                out.push(FieldViolation::new(
-                    "sample_rate",
-                    format!(
-                        "{} Hz differs from the stream's {} Hz",
-                        chunk.sample_rate,
-                        vad.rate()
-                    ),
-                ));
-            }
-        }
-        if chunk.pcm.len() % 2 != 0 {
-            out.push(FieldViolation::new(
-                "pcm",
-                format!(
-                    "{} bytes is not a whole number of 16-bit samples",
-                    chunk.pcm.len()
-                ),
-            ));
-        }
-        if chunk.pcm.len() > self.settings.max_chunk_bytes {
-            out.push(FieldViolation::new(
-                "pcm",
-                format!(
-                    "{} bytes is more than the maximum of {}",
-                    chunk.pcm.len(),
-                    self.settings.max_chunk_bytes
-                ),
-            ));
-        }
-        if out.is_empty() {
-            Ok(())
-        } else {
-            Err(VoiceError::Invalid(out))
-        }
-    }
-
     /// Validates and processes one chunk of `stream`, writing the episodes of the segments it closed.
     pub async fn chunk(&self, stream: &mut AudioStream, chunk: Chunk) -> Result<(), VoiceError> {
-        self.validate(stream, &chunk)?;
+        validate(&self.settings, stream, &chunk)?;
         let vad = match stream.vad.take() {
             Some(vad) => vad,
             None => {
@@ -256,6 +190,72 @@ impl Voice {
             stream.segments.push(segment);
         }
         Ok(())
+    }
+}
+
+/// Checks one chunk against the stream so far; every problem is reported.
+pub fn validate(settings: &Settings, stream: &AudioStream, chunk: &Chunk) -> Result<(), VoiceError> {
+    let mut out = Vec::new();
+    let first = stream.vad.is_none();
+    if first && chunk.source.trim().is_empty() {
+        out.push(FieldViolation::new(
+            "source",
+            "must not be empty in the first chunk",
+        ));
+    } else if chunk.source.len() > MAX_SOURCE_BYTES {
+        out.push(FieldViolation::new(
+            "source",
+            format!("more than {MAX_SOURCE_BYTES} bytes"),
+        ));
+    } else if !first && !chunk.source.is_empty() && chunk.source != stream.source {
+        out.push(FieldViolation::new(
+            "source",
+            "differs from the stream's first chunk; one stream is one source",
+        ));
+    }
+    if !(MIN_RATE..=MAX_RATE).contains(&chunk.sample_rate) {
+        out.push(FieldViolation::new(
+            "sample_rate",
+            format!(
+                "{} Hz is not supported (8000 to 48000)",
+                chunk.sample_rate
+            ),
+        ));
+    } else if let Some(vad) = &stream.vad {
+        if vad.rate() != chunk.sample_rate {
+            out.push(FieldViolation::new(
+                "sample_rate",
+                format!(
+                    "{} Hz differs from the stream's {} Hz",
+                    chunk.sample_rate,
+                    vad.rate()
+                ),
+            ));
+        }
+    }
+    if chunk.pcm.len() % 2 != 0 {
+        out.push(FieldViolation::new(
+            "pcm",
+            format!(
+                "{} bytes is not a whole number of 16-bit samples",
+                chunk.pcm.len()
+            ),
+        ));
+    }
+    if chunk.pcm.len() > settings.max_chunk_bytes {
+        out.push(FieldViolation::new(
+            "pcm",
+            format!(
+                "{} bytes is more than the maximum of {}",
+                chunk.pcm.len(),
+                settings.max_chunk_bytes
+            ),
+        ));
+    }
+    if out.is_empty() {
+        Ok(())
+    } else {
+        Err(VoiceError::Invalid(out))
     }
 }
 
