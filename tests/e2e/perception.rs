@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use brainstem_client::v1::voice_client::VoiceClient;
 use brainstem_client::v1::vision_client::VisionClient;
+use brainstem_client::v1::voice_client::VoiceClient;
 use brainstem_client::v1::{
     AudioChunk, EpisodeFilter, Frame, GetActorRequest, ListActorsRequest, RecentRequest,
     SetFlagOverrideRequest,
@@ -195,7 +195,10 @@ async fn frames_and_audio_become_counts_segments_and_episodes() {
             .submit_frames(tokio_stream::iter(vec![frame]))
             .await
             .unwrap_err();
-        assert!(violations(&status).contains(&field.to_owned()), "{field}: {status:?}");
+        assert!(
+            violations(&status).contains(&field.to_owned()),
+            "{field}: {status:?}"
+        );
     }
     let bad_audio: Vec<(AudioChunk, &str)> = vec![
         (

@@ -94,7 +94,9 @@ pub const REGISTRATION: Registration = Registration {
         }
         let episodic = setup.parts.get::<Episodic>();
         if episodic.is_none() {
-            tracing::warn!("the episodic buffer is disabled: vision counts motion but writes no episodes");
+            tracing::warn!(
+                "the episodic buffer is disabled: vision counts motion but writes no episodes"
+            );
         }
         let vision = Vision::register(
             setup.actors,

@@ -152,7 +152,10 @@ fn finish(
     let mut pixels = pool.take(total as usize);
     if let Err(err) = decoder.read_image(&mut pixels) {
         pool.give(pixels);
-        return Err(bad("data", format!("the image could not be decoded: {err}")));
+        return Err(bad(
+            "data",
+            format!("the image could not be decoded: {err}"),
+        ));
     }
     Ok(Decoded {
         pixels,

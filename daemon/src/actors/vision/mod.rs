@@ -239,7 +239,10 @@ pub fn validate(s: &Settings, frame: &Frame) -> Result<(), VisionError> {
     if frame.width > s.max_width {
         out.push(FieldViolation::new(
             "width",
-            format!("{} is more than the maximum of {}", frame.width, s.max_width),
+            format!(
+                "{} is more than the maximum of {}",
+                frame.width, s.max_width
+            ),
         ));
     }
     if frame.height > s.max_height {

@@ -65,13 +65,27 @@ fn a_static_scene_is_deduplicated_and_a_moving_square_is_motion() {
     let mut motions = 0;
     for i in 0..10u32 {
         let (x, y) = (20 + 8 * i, 40);
-        let p = handle(&s, &mut working, &gray("cam", w, h, scene(w, h, Some((x, y, 32))))).unwrap();
+        let p = handle(
+            &s,
+            &mut working,
+            &gray("cam", w, h, scene(w, h, Some((x, y, 32)))),
+        )
+        .unwrap();
         assert!(!p.result.duplicate, "frame {i}: {:?}", p.result);
         let bbox = p.result.motion.expect("motion");
         motions += 1;
-        assert!(bbox.x <= x && bbox.x + bbox.width >= x + 32, "{i}: {bbox:?}");
-        assert!(bbox.y <= y && bbox.y + bbox.height >= y + 32, "{i}: {bbox:?}");
-        assert!(bbox.width < w && bbox.height < h, "the box is the region, not the frame");
+        assert!(
+            bbox.x <= x && bbox.x + bbox.width >= x + 32,
+            "{i}: {bbox:?}"
+        );
+        assert!(
+            bbox.y <= y && bbox.y + bbox.height >= y + 32,
+            "{i}: {bbox:?}"
+        );
+        assert!(
+            bbox.width < w && bbox.height < h,
+            "the box is the region, not the frame"
+        );
         assert_eq!(p.embedding.as_ref().map(Vec::len), Some(16));
     }
     assert_eq!(motions, 10);
@@ -89,7 +103,12 @@ fn slow_drift_accumulates_against_the_kept_frame() {
     // A square moving one pixel a frame: each step alone is below the threshold, but duplicates do not
     // replace the reference, so the difference builds up until it counts.
     for i in 0..30u32 {
-        let p = handle(&s, &mut working, &gray("cam", w, h, scene(w, h, Some((i, 10, 20))))).unwrap();
+        let p = handle(
+            &s,
+            &mut working,
+            &gray("cam", w, h, scene(w, h, Some((i, 10, 20)))),
+        )
+        .unwrap();
         saw_motion |= p.result.motion.is_some();
     }
     assert!(saw_motion);
@@ -258,7 +277,10 @@ fn png_and_jpeg_are_decoded_and_checked_against_the_maximum_first() {
     let VisionError::Invalid(v) = err else {
         unreachable!()
     };
-    assert!(v[0].description.contains("larger than the maximum"), "{v:?}");
+    assert!(
+        v[0].description.contains("larger than the maximum"),
+        "{v:?}"
+    );
     // Within image's own limits but above a configured maximum: refused by the header as well.
     let small = Settings {
         max_width: 32,
@@ -300,7 +322,10 @@ fn embeddings_are_unit_length_and_of_the_requested_dimension() {
     let e = frame::embedding(&textured, params.grid, 384);
     let norm: f32 = e.iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!((norm - 1.0).abs() < 1e-4, "{norm}");
-    assert!(e[361..].iter().all(|x| *x == 0.0), "19 × 19 thumbnail, zero-padded");
+    assert!(
+        e[361..].iter().all(|x| *x == 0.0),
+        "19 × 19 thumbnail, zero-padded"
+    );
 }
 
 /// The supervisor with only the vision actor, on a paused clock.
@@ -354,11 +379,8 @@ async fn a_stuck_frame_is_seen_frozen_and_the_actor_restarted() {
     assert!(!ok.duplicate);
 
     let stuck = vision.clone();
-    let call = tokio::spawn(async move {
-        stuck
-            .submit(gray("stuck", w, w, scene(w, w, None)))
-            .await
-    });
+    let call =
+        tokio::spawn(async move { stuck.submit(gray("stuck", w, w, scene(w, w, None))).await });
     let started = tokio::time::Instant::now();
     loop {
         let info = supervisor.get(ACTOR_NAME).unwrap();

@@ -39,10 +39,7 @@ impl VoiceApi for VoiceService {
                 sample_rate: message.sample_rate,
                 pcm: message.pcm,
             };
-            self.voice
-                .chunk(&mut stream, chunk)
-                .await
-                .map_err(status)?;
+            self.voice.chunk(&mut stream, chunk).await.map_err(status)?;
         }
         self.voice.finish(&mut stream).await.map_err(status)?;
         Ok(Response::new(pb::SubmitAudioResponse {
@@ -80,7 +77,9 @@ pub const REGISTRATION: Registration = Registration {
         }
         let episodic = setup.parts.get::<Episodic>();
         if episodic.is_none() {
-            tracing::warn!("the episodic buffer is disabled: voice finds utterances but writes no episodes");
+            tracing::warn!(
+                "the episodic buffer is disabled: voice finds utterances but writes no episodes"
+            );
         }
         let dim = episodic.as_ref().map_or(0, |e| e.settings().dim);
         let voice = Voice::register(

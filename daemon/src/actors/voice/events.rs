@@ -12,10 +12,7 @@ pub fn describe() {
         "brainstem_voice_audio_milliseconds_total",
         "audio processed by the voice actor, in milliseconds"
     );
-    metrics::describe_counter!(
-        "brainstem_voice_segments_total",
-        "utterance segments found"
-    );
+    metrics::describe_counter!("brainstem_voice_segments_total", "utterance segments found");
     metrics::describe_histogram!(
         "brainstem_voice_chunk_duration_seconds",
         metrics::Unit::Seconds,

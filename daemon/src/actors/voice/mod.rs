@@ -194,7 +194,11 @@ impl Voice {
 }
 
 /// Checks one chunk against the stream so far; every problem is reported.
-pub fn validate(settings: &Settings, stream: &AudioStream, chunk: &Chunk) -> Result<(), VoiceError> {
+pub fn validate(
+    settings: &Settings,
+    stream: &AudioStream,
+    chunk: &Chunk,
+) -> Result<(), VoiceError> {
     let mut out = Vec::new();
     let first = stream.vad.is_none();
     if first && chunk.source.trim().is_empty() {
@@ -216,10 +220,7 @@ pub fn validate(settings: &Settings, stream: &AudioStream, chunk: &Chunk) -> Res
     if !(MIN_RATE..=MAX_RATE).contains(&chunk.sample_rate) {
         out.push(FieldViolation::new(
             "sample_rate",
-            format!(
-                "{} Hz is not supported (8000 to 48000)",
-                chunk.sample_rate
-            ),
+            format!("{} Hz is not supported (8000 to 48000)", chunk.sample_rate),
         ));
     } else if let Some(vad) = &stream.vad {
         if vad.rate() != chunk.sample_rate {

@@ -48,9 +48,16 @@ pub struct Segment {
 enum Phase {
     Silence,
     /// Speech frames in a row, since `start` (a frame index).
-    Onset { start: u64, frames: u32 },
+    Onset {
+        start: u64,
+        frames: u32,
+    },
     /// In a segment since `start`; `last_speech` is the last speech frame; `quiet` frames since.
-    Speech { start: u64, last_speech: u64, quiet: u32 },
+    Speech {
+        start: u64,
+        last_speech: u64,
+        quiet: u32,
+    },
 }
 
 /// The detector's state for one stream.
