@@ -121,3 +121,34 @@ pub const REGISTRATION: Registration = Registration {
         )))
     },
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_format_is_refused_naming_the_field() {
+        for name in ["bmp", "GRAY8", ""] {
+            let err = frame(pb::Frame {
+                source: "cam".into(),
+                width: 1,
+                height: 1,
+                format: name.into(),
+                data: vec![0],
+            })
+            .unwrap_err();
+            let VisionError::Invalid(v) = err else {
+                panic!("{err:?}")
+            };
+            assert_eq!(v.len(), 1);
+            assert_eq!(v[0].field, "format");
+        }
+        for name in ["gray8", "rgb8", "png", "jpeg"] {
+            let ok = frame(pb::Frame {
+                format: name.into(),
+                ..pb::Frame::default()
+            });
+            assert!(ok.is_ok(), "{name}");
+        }
+    }
+}
