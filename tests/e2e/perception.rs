@@ -163,6 +163,20 @@ async fn frames_and_audio_become_counts_segments_and_episodes() {
         && e.metadata.contains_key("start_ms")
         && e.metadata.contains_key("peak_dbfs")));
 
+    // Client-streaming methods are never deduplicated: an idempotency-key is accepted and ignored,
+    // so the same stream sent twice is processed twice (the second frame is a duplicate of the first).
+    for expected_duplicates in [0, 1] {
+        let mut request =
+            tonic::Request::new(tokio_stream::iter(vec![gray("cam-idem", scene(None))]));
+        request
+            .metadata_mut()
+            .insert("idempotency-key", "same-key".parse().unwrap());
+        let response = vision.submit_frames(request).await.unwrap();
+        assert!(response.metadata().get("idempotency-replayed").is_none());
+        let reply = response.into_inner();
+        assert_eq!((reply.received, reply.duplicates), (1, expected_duplicates));
+    }
+
     // Bad input names its field.
     let bad_frames: Vec<(Frame, &str)> = vec![
         (
