@@ -247,6 +247,67 @@ async fn frames_and_audio_become_counts_segments_and_episodes() {
             .unwrap_err();
         assert_eq!(violations(&status), [field], "{status:?}");
     }
+    // The same through brainstemctl, from files.
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(crate::harness::bin("brainstemctl"))
+            .arg("--endpoint")
+            .arg(daemon.addr().to_string())
+            .arg("--state-dir")
+            .arg(&daemon.state_dir)
+            .args(["-o", "json"])
+            .args(args)
+            .output()
+            .expect("run brainstemctl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.code(),
+            serde_json::from_str::<serde_json::Value>(text.trim())
+                .unwrap_or(serde_json::Value::Null),
+        )
+    };
+    let files = tempfile::tempdir().unwrap();
+    let still = files.path().join("still.gray");
+    let moved = files.path().join("moved.gray");
+    let speech = files.path().join("speech.pcm");
+    std::fs::write(&still, scene(None)).unwrap();
+    std::fs::write(&moved, scene(Some(60))).unwrap();
+    std::fs::write(&speech, audio(16_000, 1.5, &[(300, 800)])).unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let (code, counts) = ctl(&[
+        "vision",
+        "submit",
+        "--source",
+        "cli-cam",
+        "--format",
+        "gray8",
+        "--width",
+        "160",
+        "--height",
+        "120",
+        &path(&still),
+        &path(&still),
+        &path(&moved),
+    ]);
+    assert_eq!(code, Some(0), "{counts}");
+    assert_eq!(
+        counts,
+        serde_json::json!({"received": 3, "duplicates": 1, "motion_events": 1})
+    );
+    let (code, found) = ctl(&[
+        "voice",
+        "submit",
+        "--source",
+        "cli-mic",
+        "--chunk-bytes",
+        "3000",
+        &path(&speech),
+    ]);
+    assert_eq!(code, Some(0), "{found}");
+    assert_eq!(
+        found["segments"].as_array().map(Vec::len),
+        Some(1),
+        "{found}"
+    );
     assert_eq!(daemon.stop().await, 0);
 }
 

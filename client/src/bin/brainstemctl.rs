@@ -9,6 +9,8 @@ mod access;
 mod audit;
 #[path = "ctl/flags.rs"]
 mod flags;
+#[path = "ctl/perception.rs"]
+mod perception;
 #[path = "ctl/secrets.rs"]
 mod secrets;
 
@@ -134,6 +136,12 @@ enum Command {
     /// rotate the master key. Values are read from stdin or a file, never from argv by default.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
+    /// Stream frames from files to the vision actor (docs/PERCEPTION.md).
+    #[command(subcommand)]
+    Vision(perception::VisionCommand),
+    /// Stream PCM audio from a file to the voice actor (docs/PERCEPTION.md).
+    #[command(subcommand)]
+    Voice(perception::VoiceCommand),
     /// Drive a scenario over mTLS and report calls/s, p50 and p99 (last line: JSON).
     Bench {
         #[arg(long, value_enum, default_value = "ping")]
@@ -704,6 +712,8 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
         }
         Command::Flags(command) => flags::flags(&options, output, command).await,
         Command::Secrets(command) => secrets::secrets(&options, output, command).await,
+        Command::Vision(command) => perception::vision(&options, output, command).await,
+        Command::Voice(command) => perception::voice(&options, output, command).await,
         Command::Guardrails(command) => access::guardrails(&options, output, command).await,
         Command::Tokens(command) => tokens_command(&options, output, command).await,
         Command::Bench {
