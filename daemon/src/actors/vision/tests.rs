@@ -400,3 +400,43 @@ async fn a_stuck_frame_is_seen_frozen_and_the_actor_restarted() {
     tasks.close();
     tasks.wait().await;
 }
+
+#[test]
+fn sixteen_bit_and_rgba_pngs_give_the_same_grid_as_gray8() {
+    let s = settings();
+    let (w, h) = (48, 40);
+    let gray8 = scene(w, h, Some((5, 5, 20)));
+    let l16: Vec<u8> = gray8
+        .iter()
+        .flat_map(|v| (u16::from(*v) << 8 | 0x7f).to_ne_bytes())
+        .collect();
+    let rgba: Vec<u8> = gray8.iter().flat_map(|v| [*v, *v, *v, 255]).collect();
+    let encode = |data: &[u8], color| {
+        let mut out = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut out)
+            .write_image(data, w, h, color)
+            .unwrap();
+        out
+    };
+    let grid_of = |format, data: Vec<u8>| {
+        let mut working = Working::new(&s);
+        let frame = Frame {
+            source: "x".into(),
+            width: if format == Format::Gray8 { w } else { 0 },
+            height: if format == Format::Gray8 { h } else { 0 },
+            format,
+            data,
+        };
+        handle(&s, &mut working, &frame).unwrap();
+        working.sources["x"].grid().to_vec()
+    };
+    let reference = grid_of(Format::Gray8, gray8.clone());
+    assert_eq!(
+        grid_of(Format::Png, encode(&l16, image::ExtendedColorType::L16)),
+        reference
+    );
+    assert_eq!(
+        grid_of(Format::Png, encode(&rgba, image::ExtendedColorType::Rgba8)),
+        reference
+    );
+}
