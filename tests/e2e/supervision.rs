@@ -67,7 +67,12 @@ async fn supervisor_lists_restarts_stops_and_starts_actors() {
         );
     }
     let actors: Vec<_> = actors.into_iter().filter(|a| a.kind == "actor").collect();
-    assert_eq!(actors.len(), 1);
+    // In declared order; the perception actors are not critical (see perception.rs for them).
+    assert_eq!(
+        actors.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
+        ["episodic", "vision", "voice"]
+    );
+    assert!(actors[1..].iter().all(|a| !a.critical));
     let episodic = &actors[0];
     assert_eq!(
         (
@@ -198,7 +203,7 @@ async fn supervisor_lists_restarts_stops_and_starts_actors() {
     assert!(detail.rss_bytes > 0 && detail.threads > 0, "{detail:?}");
     assert_eq!(
         detail.actors.iter().filter(|a| a.kind == "actor").count(),
-        1
+        3
     );
     crate::harness::eventually("overall SERVING again", Duration::from_secs(5), || {
         let mut client = client.clone();
@@ -222,7 +227,7 @@ async fn supervisor_lists_restarts_stops_and_starts_actors() {
     let err = client
         .supervisor
         .get_actor(GetActorRequest {
-            name: "vision".into(),
+            name: "no-such-actor".into(),
         })
         .await
         .unwrap_err();

@@ -11,6 +11,8 @@ mod audit;
 mod backup;
 #[path = "ctl/flags.rs"]
 mod flags;
+#[path = "ctl/perception.rs"]
+mod perception;
 #[path = "ctl/secrets.rs"]
 mod secrets;
 
@@ -139,6 +141,12 @@ enum Command {
     /// Backups: `backup --out FILE` takes one now (needs backup.create); `backup verify FILE`
     /// checks a file without the key (exit 0 valid, 1 damaged).
     Backup(backup::BackupArgs),
+    /// Stream frames from files to the vision actor (docs/PERCEPTION.md).
+    #[command(subcommand)]
+    Vision(perception::VisionCommand),
+    /// Stream PCM audio from a file to the voice actor (docs/PERCEPTION.md).
+    #[command(subcommand)]
+    Voice(perception::VoiceCommand),
     /// Drive a scenario over mTLS and report calls/s, p50 and p99 (last line: JSON).
     Bench {
         #[arg(long, value_enum, default_value = "ping")]
@@ -710,6 +718,8 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
         Command::Flags(command) => flags::flags(&options, output, command).await,
         Command::Backup(args) => backup::backup(&options, output, args).await,
         Command::Secrets(command) => secrets::secrets(&options, output, command).await,
+        Command::Vision(command) => perception::vision(&options, output, command).await,
+        Command::Voice(command) => perception::voice(&options, output, command).await,
         Command::Guardrails(command) => access::guardrails(&options, output, command).await,
         Command::Tokens(command) => tokens_command(&options, output, command).await,
         Command::Bench {

@@ -1,3 +1,5 @@
 //! The subsystem actors the supervisor hosts, one folder each.
 
 pub mod episodic;
+pub mod vision;
+pub mod voice;

@@ -141,6 +141,8 @@ sections! {
     keys: crate::crypto::config::KeysConfig,
     supervisor: crate::supervisor::config::SupervisorConfig,
     episodic: crate::actors::episodic::config::EpisodicConfig,
+    vision: crate::actors::vision::config::VisionConfig,
+    voice: crate::actors::voice::config::VoiceConfig,
     roles: crate::access::config::Roles,
     grants: crate::access::config::GrantList,
     policy: crate::policy::config::PolicyConfig,

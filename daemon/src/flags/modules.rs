@@ -4,8 +4,10 @@
 //! The `flags-modules` worker applies the module flags once the supervisor is up and again after
 //! every change that names one. A flag that evaluates to `false` stops its actor (an operator stop:
 //! it stays stopped); `true` starts it if it is stopped. A failed actor is left to the supervisor's
-//! rules (an operator `start` clears it), and an actor that does not exist (vision, voice and learning
-//! are not built yet) is skipped. A disabled flag, or one without a value, leaves the actor alone.
+//! rules (an operator `start` clears it), and an actor that does not exist (one disabled in its
+//! section, e.g. `[vision] enabled = false`, or `learning` in a build without it) is skipped. A disabled
+//! flag, or one without a value, leaves the actor alone. e2e
+//! `perception::the_modules_vision_flag_stops_and_starts_the_actor` drives the vision actor with it.
 
 use std::sync::Arc;
 

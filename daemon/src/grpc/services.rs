@@ -30,6 +30,8 @@ pub const REGISTRY: &[Registration] = &[
     crate::tokens::api::REGISTRATION,
     crate::supervisor::api::REGISTRATION,
     crate::actors::episodic::api::REGISTRATION,
+    crate::actors::vision::api::REGISTRATION,
+    crate::actors::voice::api::REGISTRATION,
     crate::flags::api::REGISTRATION,
     crate::flags::api::FLAGD_V2_REGISTRATION,
     crate::flags::api::FLAGD_V1_REGISTRATION,
