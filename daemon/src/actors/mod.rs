@@ -1,3 +1,4 @@
 //! The subsystem actors the supervisor hosts, one folder each.
 
 pub mod episodic;
+pub mod learning;
