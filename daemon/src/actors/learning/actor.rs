@@ -88,6 +88,14 @@ impl Actor for LearningActor {
                         }
                     }
                 }
+                if seq == shared.hang_at.load(Ordering::Acquire) {
+                    shared.hang_at.store(0, Ordering::Release);
+                    // A stuck step: busy, no progress, until the watchdog cancels it.
+                    while !ctx.is_cancelled() {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                    break;
+                }
                 match event {
                     Some((features, label)) => {
                         model.learn(seq, &features, label, settings.learning_rate);

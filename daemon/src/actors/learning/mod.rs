@@ -323,6 +323,8 @@ pub(crate) struct Shared {
     gate: Option<Arc<tokio::sync::Semaphore>>,
     /// Tests: a stop without the final checkpoint, as a kill -9 would leave the store.
     skip_final_checkpoint: AtomicBool,
+    /// Tests: the learning step of this sequence hangs (busy, no progress) once, as a stuck step would.
+    hang_at: AtomicU64,
 }
 
 impl Shared {
@@ -447,6 +449,7 @@ impl Learning {
             wake: tokio::sync::Notify::new(),
             gate,
             skip_final_checkpoint: AtomicBool::new(false),
+            hang_at: AtomicU64::new(0),
         });
         let actor = builder.add(
             actor::LearningActor::new(shared.clone()),
@@ -646,6 +649,12 @@ impl Learning {
     #[cfg(test)]
     pub(crate) fn model(&self) -> Option<Model> {
         self.shared.read_model().clone()
+    }
+
+    /// Tests: the step that learns `seq` hangs once (busy without progress) until cancelled.
+    #[cfg(test)]
+    pub(crate) fn hang_once_at(&self, seq: u64) {
+        self.shared.hang_at.store(seq, Ordering::Release);
     }
 
     /// Tests: the next stop leaves no final checkpoint (the store as a kill -9 leaves it).

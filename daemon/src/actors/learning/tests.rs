@@ -31,9 +31,18 @@ struct Running {
 }
 
 async fn start(dir: &Path, config: &LearningConfig, gate: Option<Arc<Semaphore>>) -> Running {
+    start_supervised(dir, config, gate, Config::default().supervisor).await
+}
+
+async fn start_supervised(
+    dir: &Path,
+    config: &LearningConfig,
+    gate: Option<Arc<Semaphore>>,
+    supervision: crate::supervisor::config::SupervisorConfig,
+) -> Running {
     let defaults = Config::default();
     let store = Store::open(dir, &defaults.store).unwrap();
-    let mut builder = SupervisorBuilder::new(defaults.supervisor.clone(), store.clone());
+    let mut builder = SupervisorBuilder::new(supervision, store.clone());
     let learning = Learning::register_with(&mut builder, config, &store, gate).unwrap();
     let tasks = Tasks::new();
     let token = CancellationToken::new();
@@ -464,4 +473,38 @@ fn the_window_and_the_weights_round_trip_through_the_checkpoint() {
     );
     let bytes = model::canonical_bytes(&[1.0], 0.0);
     assert_eq!(bytes.len(), b"brainstem.learning.event.v1\0".len() + 4 + 16);
+}
+
+#[tokio::test]
+async fn a_stuck_learning_step_is_seen_frozen_restarted_and_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let supervision = crate::supervisor::config::SupervisorConfig {
+        hung_after_seconds: 1,
+        hung_checks: 2,
+        backoff_initial_ms: 10,
+        ..Config::default().supervisor
+    };
+    let running = start_supervised(dir.path(), &config(4), None, supervision).await;
+    running.learning.hang_once_at(6);
+    let data = separable_set(9, 3, 10);
+    for (x, y) in &data {
+        running
+            .learning
+            .feedback(event(x.clone(), *y))
+            .await
+            .unwrap();
+    }
+    // The step of event 6 hangs: the watchdog sees it frozen, the supervisor kills and restarts the
+    // actor, which reloads its checkpoint and learns every event once.
+    let stats = running.learned(10).await;
+    let info = running.supervisor.get(ACTOR_NAME).unwrap();
+    assert!(info.kills >= 1, "{info:?}");
+    assert_eq!(info.state, ActorState::Running);
+    let mut reference = Model::new(3, 1000);
+    for (i, (x, y)) in data.iter().enumerate() {
+        reference.learn(i as u64 + 1, x, *y, 0.1);
+    }
+    assert_eq!(running.learning.model().unwrap(), reference);
+    assert_eq!(stats.events_learned, 10);
+    running.stop().await;
 }
