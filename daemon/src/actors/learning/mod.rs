@@ -50,7 +50,7 @@ use crate::actors::learning::config::LearningConfig;
 use crate::actors::learning::events::{FeedbackAnswered, PauseChanged, QueueLevel};
 use crate::error::{FieldViolation, ServiceError};
 use crate::store::{Batch, Record, Store, StoreError, Tree, trees};
-use crate::supervisor::{ActorRef, SupervisorBuilder, SupervisorError};
+use crate::supervisor::{ActorRef, ActorState, SupervisorBuilder, SupervisorError};
 
 pub use model::{DedupKey, Model, Snapshot};
 
@@ -497,6 +497,20 @@ impl Learning {
         }
         if !violations.is_empty() {
             return Err(LearningError::Invalid(violations));
+        }
+        // A stopped or failed learner (an operator stop, `modules.learning` off) takes no events:
+        // nobody would learn them. A restarting one does; it learns them when it is back.
+        match self.actor.state() {
+            state @ (ActorState::Stopped | ActorState::Failed) => {
+                return Err(LearningError::Actor(SupervisorError::NotRunning {
+                    actor: ACTOR_NAME,
+                    state,
+                }));
+            }
+            ActorState::Starting
+            | ActorState::Running
+            | ActorState::Stopping
+            | ActorState::Restarting => {}
         }
         let key = model::dedup_key(&event.features, event.label, event.event_id.as_deref());
         let shared = &self.shared;

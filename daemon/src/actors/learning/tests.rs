@@ -508,3 +508,28 @@ async fn a_stuck_learning_step_is_seen_frozen_restarted_and_replayed() {
     assert_eq!(stats.events_learned, 10);
     running.stop().await;
 }
+
+#[tokio::test]
+async fn a_stopped_learner_refuses_feedback_but_predict_keeps_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), &config(100), None).await;
+    let l = &running.learning;
+    l.feedback(event(vec![1.0, -1.0], 1.0)).await.unwrap();
+    running.learned(1).await;
+    // What `modules.learning = off` does: an operator stop.
+    let info = running.supervisor.stop_actor(ACTOR_NAME).await.unwrap();
+    assert_eq!(info.state, ActorState::Stopped);
+    let err = l.feedback(event(vec![2.0, -1.0], 1.0)).await.unwrap_err();
+    let status: tonic::Status = ServiceError::from(err).into();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    let (score, learned) = l.predict(&[1.0, -1.0]).unwrap();
+    assert!(score > 0.5);
+    assert_eq!(learned, 1);
+    running.supervisor.start_actor(ACTOR_NAME).await.unwrap();
+    assert!(matches!(
+        l.feedback(event(vec![2.0, -1.0], 1.0)).await,
+        Ok(Outcome::Accepted { seq: 2 })
+    ));
+    running.learned(2).await;
+    running.stop().await;
+}
