@@ -231,7 +231,9 @@ pub(crate) async fn checkpoint(
         batch.remove(&seq_key(EVENT_PREFIX, seq));
     }
     let pruned_events = model.learned_seq - previous;
-    let cutoff = crate::store::unix_ms_now().saturating_sub(shared.settings.dedup_retention_ms);
+    let cutoff = shared
+        .now_ms()
+        .saturating_sub(shared.settings.dedup_retention_ms);
     let mut pruned_keys = 0;
     let end = seq_key(EXPIRY_PREFIX, model.learned_seq);
     for item in shared

@@ -325,9 +325,16 @@ pub(crate) struct Shared {
     skip_final_checkpoint: AtomicBool,
     /// Tests: the learning step of this sequence hangs (busy, no progress) once, as a stuck step would.
     hang_at: AtomicU64,
+    /// Tests: added to the wall clock when checkpoints decide which deduplication keys expired.
+    clock_offset_ms: AtomicU64,
 }
 
 impl Shared {
+    /// Now, in unix milliseconds, for key expiry.
+    fn now_ms(&self) -> u64 {
+        crate::store::unix_ms_now().saturating_add(self.clock_offset_ms.load(Ordering::Acquire))
+    }
+
     fn read_model(&self) -> std::sync::RwLockReadGuard<'_, Option<Model>> {
         // The actor replaces the model whole under the lock, and each incarnation reloads it from the
         // store: a poisoned lock still holds a consistent model.
@@ -450,6 +457,7 @@ impl Learning {
             gate,
             skip_final_checkpoint: AtomicBool::new(false),
             hang_at: AtomicU64::new(0),
+            clock_offset_ms: AtomicU64::new(0),
         });
         let actor = builder.add(
             actor::LearningActor::new(shared.clone()),
@@ -669,6 +677,14 @@ impl Learning {
     #[cfg(test)]
     pub(crate) fn hang_once_at(&self, seq: u64) {
         self.shared.hang_at.store(seq, Ordering::Release);
+    }
+
+    /// Tests: checkpoints see the clock this much later.
+    #[cfg(test)]
+    pub(crate) fn advance_clock(&self, by: Duration) {
+        self.shared
+            .clock_offset_ms
+            .fetch_add(by.as_millis() as u64, Ordering::AcqRel);
     }
 
     /// Tests: the next stop leaves no final checkpoint (the store as a kill -9 leaves it).

@@ -533,3 +533,48 @@ async fn a_stopped_learner_refuses_feedback_but_predict_keeps_answering() {
     running.learned(2).await;
     running.stop().await;
 }
+
+#[tokio::test]
+async fn dedup_keys_are_kept_for_the_retention_and_only_for_checkpointed_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(3);
+    config.dedup_retention_seconds = 60;
+    let running = start(dir.path(), &config, None).await;
+    let l = &running.learning;
+    let e = |i: u32| event(vec![f64::from(i)], 1.0);
+    for i in 1..=3 {
+        l.feedback(e(i)).await.unwrap();
+    }
+    running.learned(3).await;
+    wait_for(|| l.stats().unwrap().checkpoint_seq == 3).await;
+    // Within the retention: a repeat is a duplicate.
+    assert!(matches!(
+        l.feedback(e(1)).await,
+        Ok(Outcome::Duplicate { seq: 1 })
+    ));
+
+    // Two minutes later, the next checkpoint (at 6) removes the keys of events 1..=6, which are
+    // older than 60 s by that clock; event 7 is not covered by a checkpoint and keeps its key.
+    l.advance_clock(Duration::from_secs(120));
+    for i in 4..=7 {
+        l.feedback(e(i)).await.unwrap();
+    }
+    running.learned(7).await;
+    wait_for(|| l.stats().unwrap().checkpoint_seq == 6).await;
+    assert!(matches!(
+        l.feedback(e(7)).await,
+        Ok(Outcome::Duplicate { seq: 7 })
+    ));
+    // Event 1's key expired: the same content is a new event now.
+    assert!(matches!(
+        l.feedback(e(1)).await,
+        Ok(Outcome::Accepted { seq: 8 })
+    ));
+    let tree = running.store.tree(crate::store::trees::LEARNING).unwrap();
+    let keys = tree.scan_prefix::<DedupRecord>(DEDUP_PREFIX).count();
+    let expiries = tree.scan_prefix::<ExpiryRecord>(EXPIRY_PREFIX).count();
+    assert_eq!((keys, expiries), (2, 2), "events 7 and 8 keep their keys");
+    drop(tree);
+    running.learned(8).await;
+    running.stop().await;
+}
