@@ -44,7 +44,15 @@ pub enum Scenario {
     /// `/bench/put/<n>`; each caller strides through them so concurrent calls mostly hit different
     /// secrets (a new version, sealed and durable before the reply).
     SecretsPut,
+    /// `Learning.Feedback` of a fresh event (8 random features, a random 0/1
+    /// label, no `event_id`): durable feedback events/s (each acknowledged after the store's flush;
+    /// concurrent callers share flushes). The daemon's model must have that dimension (a fresh state,
+    /// or `learning.feature_dimension = 8`).
+    LearningFeedback,
 }
+
+/// Features per `learning-feedback` event.
+pub const LEARNING_FEATURES: usize = 8;
 
 /// The secret `secrets-get` reads.
 pub const BENCH_SECRET: &str = "/bench/secret";
@@ -137,6 +145,8 @@ struct Prepared {
     token: Arc<str>,
     /// The token the run minted, revoked when it ends (`None`: nothing to clean up).
     token_id: Option<String>,
+    /// `learning-feedback`: this run's tag in [0, 1), so runs against one daemon send new events.
+    run: f64,
 }
 
 /// Stores `count` episodes in batches (for `episodic-query` runs).
@@ -172,6 +182,15 @@ impl Scenario {
             | Scenario::EpisodicStoreKeyed
             | Scenario::FlagsEval
             | Scenario::SecretsPut => Ok(Prepared::default()),
+            Scenario::LearningFeedback => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                Ok(Prepared {
+                    run: (nanos % 1_000_000_007) as f64 / 1_000_000_007.0,
+                    ..Prepared::default()
+                })
+            }
             Scenario::SecretsGet => {
                 client
                     .secrets
@@ -202,6 +221,7 @@ impl Scenario {
                 Ok(Prepared {
                     token: issued.token.into(),
                     token_id: Some(issued.id),
+                    ..Prepared::default()
                 })
             }
         }
@@ -258,6 +278,35 @@ impl Scenario {
                 .await
                 .map(drop),
             Scenario::Ping => client.admin.ping(PingRequest::default()).await.map(drop),
+            Scenario::LearningFeedback => {
+                // Unique per run, worker and call (the daemon deduplicates by content), the rest
+                // random.
+                state.calls += 1;
+                let mut features = vec![
+                    prepared.run,
+                    state.worker as f64 / 1024.0,
+                    state.calls as f64 / 1e6,
+                ];
+                features
+                    .extend((3..LEARNING_FEATURES).map(|_| {
+                        (state.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+                    }));
+                let label = (state.next_u64() & 1) as f64;
+                let reply = client
+                    .learning
+                    .feedback(brainstem_proto::v1::FeedbackRequest {
+                        features,
+                        label,
+                        event_id: None,
+                    })
+                    .await?
+                    .into_inner();
+                if reply.accepted {
+                    Ok(())
+                } else {
+                    Err(tonic::Status::internal("a fresh event was not accepted"))
+                }
+            }
             Scenario::SecretsGet => client
                 .secrets
                 .get(brainstem_proto::v1::GetSecretRequest {
@@ -471,6 +520,7 @@ mod tests {
             "token-verify",
             "secrets-get",
             "secrets-put",
+            "learning-feedback",
         ] {
             assert!(
                 names.iter().any(|n| n == expected),

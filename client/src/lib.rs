@@ -21,6 +21,7 @@ use brainstem_proto::v1::audit_client::AuditClient;
 use brainstem_proto::v1::episodic_client::EpisodicClient;
 use brainstem_proto::v1::flags_client::FlagsClient;
 use brainstem_proto::v1::guardrails_client::GuardrailsClient;
+use brainstem_proto::v1::learning_client::LearningClient;
 use brainstem_proto::v1::policy_client::PolicyClient;
 use brainstem_proto::v1::secrets_client::SecretsClient;
 use brainstem_proto::v1::supervisor_client::SupervisorClient;
@@ -155,6 +156,7 @@ pub struct Client {
     pub guardrails: GuardrailsClient<Resilient>,
     pub supervisor: SupervisorClient<Resilient>,
     pub episodic: EpisodicClient<Resilient>,
+    pub learning: LearningClient<Resilient>,
     pub flags: FlagsClient<Resilient>,
     pub secrets: SecretsClient<Resilient>,
     resilient: Resilient,
@@ -288,6 +290,7 @@ impl ConnectOptions {
             guardrails: GuardrailsClient::new(resilient.clone()),
             supervisor: SupervisorClient::new(resilient.clone()),
             episodic: EpisodicClient::new(resilient.clone()),
+            learning: LearningClient::new(resilient.clone()),
             flags: FlagsClient::new(resilient.clone()),
             secrets: SecretsClient::new(resilient.clone()),
             resilient,

@@ -10,6 +10,7 @@ mod harness;
 mod inprocess;
 mod inputs;
 mod integrity;
+mod learning;
 mod perception;
 mod process;
 mod secrets;

@@ -67,10 +67,11 @@ async fn supervisor_lists_restarts_stops_and_starts_actors() {
         );
     }
     let actors: Vec<_> = actors.into_iter().filter(|a| a.kind == "actor").collect();
-    // In declared order; the perception actors are not critical (see perception.rs for them).
+    // In declared order; the perception and learning actors are not critical (see perception.rs
+    // and learning.rs for them).
     assert_eq!(
         actors.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
-        ["episodic", "vision", "voice"]
+        ["episodic", "vision", "voice", "learning"]
     );
     assert!(actors[1..].iter().all(|a| !a.critical));
     let episodic = &actors[0];
@@ -203,7 +204,7 @@ async fn supervisor_lists_restarts_stops_and_starts_actors() {
     assert!(detail.rss_bytes > 0 && detail.threads > 0, "{detail:?}");
     assert_eq!(
         detail.actors.iter().filter(|a| a.kind == "actor").count(),
-        3
+        4
     );
     crate::harness::eventually("overall SERVING again", Duration::from_secs(5), || {
         let mut client = client.clone();

@@ -11,6 +11,8 @@ mod audit;
 mod backup;
 #[path = "ctl/flags.rs"]
 mod flags;
+#[path = "ctl/learning.rs"]
+mod learning;
 #[path = "ctl/perception.rs"]
 mod perception;
 #[path = "ctl/secrets.rs"]
@@ -147,6 +149,9 @@ enum Command {
     /// Stream PCM audio from a file to the voice actor (docs/PERCEPTION.md).
     #[command(subcommand)]
     Voice(perception::VoiceCommand),
+    /// The online learning model: stats (learned, duplicates, queue, accuracy) and predict.
+    #[command(subcommand)]
+    Learning(learning::LearningCommand),
     /// Drive a scenario over mTLS and report calls/s, p50 and p99 (last line: JSON).
     Bench {
         #[arg(long, value_enum, default_value = "ping")]
@@ -720,6 +725,7 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
         Command::Secrets(command) => secrets::secrets(&options, output, command).await,
         Command::Vision(command) => perception::vision(&options, output, command).await,
         Command::Voice(command) => perception::voice(&options, output, command).await,
+        Command::Learning(command) => learning::learning(&options, output, command).await,
         Command::Guardrails(command) => access::guardrails(&options, output, command).await,
         Command::Tokens(command) => tokens_command(&options, output, command).await,
         Command::Bench {

@@ -149,6 +149,7 @@ sections! {
     flags: crate::flags::config::FlagsConfig,
     secrets: crate::secrets::config::SecretsConfig,
     backup: crate::backup::config::BackupConfig,
+    learning: crate::actors::learning::config::LearningConfig,
     audit: crate::access::config::AuditConfig,
     rate_limits: crate::access::config::RateLimits,
     guardrails: crate::access::config::GuardrailsConfig,

@@ -151,6 +151,34 @@ impl Walker {
         }
     }
 
+    /// A number (a TOML float, or an integer taken as one) within `range`.
+    pub fn float(
+        &mut self,
+        section: &Table<'_>,
+        name: &str,
+        range: std::ops::RangeInclusive<f64>,
+        out: &mut f64,
+    ) {
+        let value = match section.take(name) {
+            None => return,
+            Some(toml::Value::Float(f)) => *f,
+            Some(toml::Value::Integer(i)) => *i as f64,
+            Some(other) => return self.type_issue(section, name, "a number", other),
+        };
+        if range.contains(&value) {
+            *out = value;
+        } else {
+            self.issue(
+                &section.key(name),
+                format!(
+                    "{value} is out of range {}..={}",
+                    range.start(),
+                    range.end()
+                ),
+            );
+        }
+    }
+
     pub fn socket_addr(&mut self, section: &Table<'_>, name: &str, out: &mut SocketAddr) {
         match section.take(name) {
             None => {}

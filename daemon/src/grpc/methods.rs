@@ -191,6 +191,11 @@ mod tests {
         assert_eq!(effect("/brainstem.v1.Admin/Ping"), Effect::ReadOnly);
         assert_eq!(effect("/brainstem.v1.Policy/Check"), Effect::Idempotent);
         assert_eq!(effect("/brainstem.v1.Episodic/Store"), Effect::Mutating);
+        assert_eq!(
+            effect("/brainstem.v1.Learning/Feedback"),
+            Effect::Idempotent
+        );
+        assert_eq!(effect("/brainstem.v1.Learning/GetStats"), Effect::ReadOnly);
         assert_eq!(effect("/brainstem.v1.Tokens/Issue"), Effect::Mutating);
         assert_eq!(
             effect("/brainstem.v1.Supervisor/WatchActors"),

@@ -37,6 +37,7 @@ pub const REGISTRY: &[Registration] = &[
     crate::flags::api::FLAGD_V1_REGISTRATION,
     crate::secrets::api::REGISTRATION,
     crate::backup::api::REGISTRATION,
+    crate::actors::learning::api::REGISTRATION,
 ];
 
 /// What the control plane knows about a service before anything starts.

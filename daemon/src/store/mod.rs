@@ -61,6 +61,9 @@ pub mod trees {
     /// Secrets (`secrets`): `m:<path>` → metadata, `v:<path>\0<version, big-endian>` → the sealed
     /// value and its wrapped data key, `k:check` → what proves the master key is the right one.
     pub const SECRETS: &str = "secrets";
+    /// The learning actor (`actors::learning`): `e` + big-endian sequence → event, `d` + SHA-256 →
+    /// deduplication key, `x` + sequence → key expiry, `m:checkpoint` → the model.
+    pub const LEARNING: &str = "learning";
     /// Replies kept for idempotency keys (`grpc::idempotency`), with their expiry index.
     pub const IDEMPOTENCY: &str = "idempotency";
     /// Trees whose silent loss would weaken security: a clean stop records a digest of their
