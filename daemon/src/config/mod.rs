@@ -146,6 +146,7 @@ sections! {
     policy: crate::policy::config::PolicyConfig,
     flags: crate::flags::config::FlagsConfig,
     secrets: crate::secrets::config::SecretsConfig,
+    registry: crate::registry::config::RegistryConfig,
     audit: crate::access::config::AuditConfig,
     rate_limits: crate::access::config::RateLimits,
     guardrails: crate::access::config::GuardrailsConfig,

@@ -34,6 +34,7 @@ pub const REGISTRY: &[Registration] = &[
     crate::flags::api::FLAGD_V2_REGISTRATION,
     crate::flags::api::FLAGD_V1_REGISTRATION,
     crate::secrets::api::REGISTRATION,
+    crate::registry::api::REGISTRATION,
 ];
 
 /// What the control plane knows about a service before anything starts.

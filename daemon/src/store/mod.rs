@@ -58,6 +58,10 @@ pub mod trees {
     /// Secrets (`secrets`): `m:<path>` → metadata, `v:<path>\0<version, big-endian>` → the sealed
     /// value and its wrapped data key, `k:check` → what proves the master key is the right one.
     pub const SECRETS: &str = "secrets";
+    /// The model registry (`registry`): `m:<name>` → model and alias history, `v:<name>@<version>`
+    /// → version, `q:<name>@<version>\0<metric>\0<time BE><seq BE>` → quality sample,
+    /// `k:card-signing` → the card-signing key sealed under the master key.
+    pub const REGISTRY: &str = "registry";
     /// Replies kept for idempotency keys (`grpc::idempotency`), with their expiry index.
     pub const IDEMPOTENCY: &str = "idempotency";
     /// Trees whose silent loss would weaken security: a clean stop records a digest of their
