@@ -22,6 +22,7 @@ use brainstem_proto::v1::episodic_client::EpisodicClient;
 use brainstem_proto::v1::flags_client::FlagsClient;
 use brainstem_proto::v1::guardrails_client::GuardrailsClient;
 use brainstem_proto::v1::policy_client::PolicyClient;
+use brainstem_proto::v1::registry_client::RegistryClient;
 use brainstem_proto::v1::secrets_client::SecretsClient;
 use brainstem_proto::v1::supervisor_client::SupervisorClient;
 use brainstem_proto::v1::tokens_client::TokensClient;
@@ -124,6 +125,7 @@ pub struct Client {
     pub episodic: EpisodicClient<Resilient>,
     pub flags: FlagsClient<Resilient>,
     pub secrets: SecretsClient<Resilient>,
+    pub registry: RegistryClient<Resilient>,
     resilient: Resilient,
 }
 
@@ -257,6 +259,7 @@ impl ConnectOptions {
             episodic: EpisodicClient::new(resilient.clone()),
             flags: FlagsClient::new(resilient.clone()),
             secrets: SecretsClient::new(resilient.clone()),
+            registry: RegistryClient::new(resilient.clone()),
             resilient,
             channel,
         })

@@ -9,6 +9,8 @@ mod access;
 mod audit;
 #[path = "ctl/flags.rs"]
 mod flags;
+#[path = "ctl/registry.rs"]
+mod registry;
 #[path = "ctl/secrets.rs"]
 mod secrets;
 
@@ -134,6 +136,10 @@ enum Command {
     /// rotate the master key. Values are read from stdin or a file, never from argv by default.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
+    /// Model registry: register versions, aliases and their history, lineage, deployments,
+    /// quality metrics and drift, artifact checks, signed model cards (verified offline).
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
     /// Drive a scenario over mTLS and report calls/s, p50 and p99 (last line: JSON).
     Bench {
         #[arg(long, value_enum, default_value = "ping")]
@@ -704,6 +710,7 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
         }
         Command::Flags(command) => flags::flags(&options, output, command).await,
         Command::Secrets(command) => secrets::secrets(&options, output, command).await,
+        Command::Registry(command) => registry::registry(&options, output, command).await,
         Command::Guardrails(command) => access::guardrails(&options, output, command).await,
         Command::Tokens(command) => tokens_command(&options, output, command).await,
         Command::Bench {
