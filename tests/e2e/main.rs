@@ -10,6 +10,7 @@ mod inprocess;
 mod inputs;
 mod integrity;
 mod process;
+mod registry;
 mod secrets;
 mod stress;
 mod supervision;
