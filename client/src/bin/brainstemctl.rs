@@ -157,6 +157,10 @@ enum Command {
         /// Embedding dimension for the episodic scenarios (the daemon's episodic.embedding_dimension).
         #[arg(long, default_value_t = 384)]
         dimension: usize,
+        /// The daemon's artifact root, where registry-get writes its weights file (default:
+        /// <state-dir>/artifacts).
+        #[arg(long)]
+        artifact_dir: Option<PathBuf>,
         /// Store this many episodes before measuring (for episodic-query).
         #[arg(long, default_value_t = 0)]
         prefill: usize,
@@ -720,6 +724,7 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
             duration_seconds,
             warmup_seconds,
             dimension,
+            artifact_dir,
             prefill,
         } => {
             // The bench measures the daemon: every call is sent once, no retries, no breaker.
@@ -740,6 +745,11 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
                     duration: Duration::from_secs((*duration_seconds).max(1)),
                     warmup: Duration::from_secs(*warmup_seconds),
                     dimension: *dimension,
+                    artifact_dir: Some(
+                        artifact_dir
+                            .clone()
+                            .unwrap_or_else(|| cli.connection.state_dir.join("artifacts")),
+                    ),
                 },
             )
             .await?;
