@@ -326,8 +326,8 @@ impl RegistryApi for RegistryService {
                 .into_iter()
                 .map(|span| AliasHistoryEntry {
                     version: span.version,
-                    from: Some(timestamp(span.from_ms)),
-                    to: span.to_ms.map(timestamp),
+                    since: Some(timestamp(span.from_ms)),
+                    until: span.to_ms.map(timestamp),
                     principal: span.principal,
                     ended_by: span.ended_by.unwrap_or_default(),
                 })

@@ -424,8 +424,9 @@ pub async fn registry(
                     format!(
                         "{} from {} to {} by {}",
                         e.version,
-                        rfc3339(e.from),
-                        e.to.map_or_else(|| "now".to_owned(), |t| rfc3339(Some(t))),
+                        rfc3339(e.since),
+                        e.until
+                            .map_or_else(|| "now".to_owned(), |t| rfc3339(Some(t))),
                         e.principal
                     )
                 })
@@ -433,7 +434,7 @@ pub async fn registry(
             let entries: Vec<Value> = reply
                 .entries
                 .iter()
-                .map(|e| json!({"version": e.version, "from": rfc3339(e.from), "to": e.to.map(|t| rfc3339(Some(t))), "principal": e.principal, "ended_by": e.ended_by}))
+                .map(|e| json!({"version": e.version, "since": rfc3339(e.since), "until": e.until.map(|t| rfc3339(Some(t))), "principal": e.principal, "ended_by": e.ended_by}))
                 .collect();
             print(output, human.join("\n"), json!({"entries": entries}));
         }
