@@ -605,6 +605,24 @@ pub const REGISTRATION: ServiceRegistration = ServiceRegistration {
             return Ok(None);
         }
         let tree = setup.store.tree(trees::REGISTRY)?;
+        // A master-key rotation re-seals the card-signing key before it finishes. The key set is
+        // held weakly: it owns this closure, and a cycle would keep the tree (and the store) open.
+        let (reseal_tree, reseal_keys) = (tree.clone(), Arc::downgrade(setup.keys));
+        setup.keys.add_resealer(
+            "registry card-signing key",
+            Arc::new(move || {
+                let (tree, keys) = (reseal_tree.clone(), reseal_keys.upgrade());
+                Box::pin(async move {
+                    let Some(keys) = keys else {
+                        return Ok(());
+                    };
+                    super::card::reseal(&tree, &keys)
+                        .await
+                        .map(drop)
+                        .map_err(|err| err.to_string())
+                })
+            }),
+        );
         let registry = Arc::new(
             Registry::open(
                 tree,

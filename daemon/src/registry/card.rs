@@ -106,6 +106,35 @@ impl CardSigner {
     }
 }
 
+/// Re-seals the stored key under the key set's current master key when another key in use sealed
+/// it (a master-key rotation in progress); `Ok(false)` when nothing needed doing.
+pub async fn reseal(tree: &Tree, keys: &KeySet) -> Result<bool, CardKeyError> {
+    let Some(mut record) = tree.get::<SealedKey>(KEY)? else {
+        return Ok(false);
+    };
+    let in_use = keys.keys();
+    if record.master_key_id == in_use.current.id() {
+        return Ok(false);
+    }
+    let pkcs8 = in_use
+        .by_id(&record.master_key_id)
+        .and_then(|master| master.unseal(&B64.decode(&record.sealed).ok()?, AAD).ok())
+        .ok_or_else(|| {
+            CardKeyError::Key(format!(
+                "sealed under master key {}, which is not in use",
+                record.master_key_id
+            ))
+        })?;
+    let sealed = in_use
+        .current
+        .seal(&pkcs8, AAD)
+        .map_err(|err| CardKeyError::Key(err.to_string()))?;
+    record.master_key_id = in_use.current.id().to_owned();
+    record.sealed = B64.encode(sealed);
+    tree.put_async(KEY, &record).await?;
+    Ok(true)
+}
+
 fn store(
     tree: &Tree,
     keys: &KeySet,

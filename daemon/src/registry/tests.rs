@@ -38,6 +38,19 @@ impl Fixture {
     }
 
     fn open(&mut self) -> Registry {
+        self.open_with(7)
+    }
+
+    fn keys(&self, key: u8) -> KeySet {
+        KeySet::open(
+            self.store.as_ref().unwrap(),
+            MasterKey::new(&[key; 32]).unwrap(),
+            Path::new("test.key"),
+        )
+        .unwrap()
+    }
+
+    fn open_with(&mut self, key: u8) -> Registry {
         if self.store.is_none() {
             let config = StoreConfig {
                 flush: FlushPolicy::Always,
@@ -47,13 +60,8 @@ impl Fixture {
             };
             self.store = Some(Store::open(&self.state_dir(), &config).unwrap());
         }
+        let keys = self.keys(key);
         let store = self.store.as_ref().unwrap();
-        let keys = KeySet::open(
-            store,
-            MasterKey::new(&[7; 32]).unwrap(),
-            Path::new("test.key"),
-        )
-        .unwrap();
         let config = config::RegistryConfig {
             hash_buffer_bytes: 4096,
             ..config::RegistryConfig::default()
@@ -862,4 +870,25 @@ fn semver_orders_by_precedence() {
     assert!(v("1.9.0") < v("1.10.0"));
     assert_eq!(v("1.2.3-rc.1").to_string(), "1.2.3-rc.1");
     assert_eq!(v("1.2.3").next_patch().to_string(), "1.2.4");
+}
+
+#[tokio::test]
+async fn a_master_key_rotation_reseals_the_card_key() {
+    let mut f = Fixture::new();
+    let registry = f.open_with(7);
+    let public = registry.public_key_hex().to_owned();
+    drop(registry);
+    let keys = f.keys(7);
+    let tree = f.store.as_ref().unwrap().tree(trees::REGISTRY).unwrap();
+    let guard = keys
+        .begin(MasterKey::new(&[8; 32]).unwrap(), Path::new("new.key"))
+        .await
+        .unwrap();
+    assert!(card::reseal(&tree, &keys).await.unwrap());
+    assert!(!card::reseal(&tree, &keys).await.unwrap(), "done once");
+    keys.finish(guard).await.unwrap();
+    drop((keys, tree));
+    // Only the new key from now on: the same card key opens.
+    let registry = f.open_with(8);
+    assert_eq!(registry.public_key_hex(), public);
 }
