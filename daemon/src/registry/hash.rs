@@ -50,8 +50,8 @@ pub fn resolve(roots: &[PathBuf], requested: &str) -> Result<PathBuf, PathProble
     if requested.contains('\0') {
         return Err(PathProblem::Invalid("contains a NUL byte".to_owned()));
     }
-    // Lexically outside every root and not a symlink into one: refuse before touching the disk
-    // more than needed (no existence oracle for arbitrary paths).
+    // A missing path is NOT_FOUND only under a root; elsewhere it is refused like any path outside,
+    // so callers learn nothing about which files exist outside the roots.
     let canonical = match std::fs::canonicalize(path) {
         Ok(canonical) => canonical,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
