@@ -49,10 +49,17 @@ pub enum Scenario {
     /// concurrent callers share flushes). The daemon's model must have that dimension (a fresh state,
     /// or `learning.feature_dimension = 8`).
     LearningFeedback,
+    /// `Registry.Get` and `Registry.GetLatest` (alternating) of `bench/model`, registered before the
+    /// run from a small weights file written under the daemon's artifact root (`--artifact-dir`,
+    /// default `<state_dir>/artifacts`): an in-memory lookup per call.
+    RegistryGet,
 }
 
 /// Features per `learning-feedback` event.
 pub const LEARNING_FEATURES: usize = 8;
+
+/// The model `registry-get` reads.
+pub const BENCH_MODEL: &str = "bench/model";
 
 /// The secret `secrets-get` reads.
 pub const BENCH_SECRET: &str = "/bench/secret";
@@ -171,6 +178,7 @@ impl Scenario {
         self,
         client: &mut Client,
         lifetime: Duration,
+        artifact_dir: Option<&std::path::Path>,
     ) -> Result<Prepared, ClientError> {
         match self {
             Scenario::Ping
@@ -190,6 +198,39 @@ impl Scenario {
                     run: (nanos % 1_000_000_007) as f64 / 1_000_000_007.0,
                     ..Prepared::default()
                 })
+            }
+            Scenario::RegistryGet => {
+                let exists = client
+                    .registry
+                    .get_latest(brainstem_proto::v1::GetLatestRequest {
+                        name: BENCH_MODEL.to_owned(),
+                    })
+                    .await;
+                if exists.is_err() {
+                    let dir = artifact_dir.ok_or_else(|| {
+                        ClientError::Rpc(tonic::Status::failed_precondition(
+                            "registry-get needs the daemon's artifact directory",
+                        ))
+                    })?;
+                    let weights = dir.join("bench-model.bin");
+                    std::fs::create_dir_all(dir)
+                        .and_then(|()| std::fs::write(&weights, vec![7u8; 64 * 1024]))
+                        .map_err(|source| ClientError::File {
+                            path: weights.clone(),
+                            source,
+                        })?;
+                    client
+                        .registry
+                        .register(brainstem_proto::v1::RegisterRequest {
+                            name: BENCH_MODEL.to_owned(),
+                            version: "1.0.0".to_owned(),
+                            algorithm: "bench".to_owned(),
+                            weights_path: weights.display().to_string(),
+                            ..Default::default()
+                        })
+                        .await?;
+                }
+                Ok(Prepared::default())
             }
             Scenario::SecretsGet => {
                 client
@@ -307,6 +348,21 @@ impl Scenario {
                     Err(tonic::Status::internal("a fresh event was not accepted"))
                 }
             }
+            Scenario::RegistryGet if state.next_u64() % 2 == 0 => client
+                .registry
+                .get(brainstem_proto::v1::GetModelRequest {
+                    name: BENCH_MODEL.to_owned(),
+                    version: "1.0.0".to_owned(),
+                })
+                .await
+                .map(drop),
+            Scenario::RegistryGet => client
+                .registry
+                .get_latest(brainstem_proto::v1::GetLatestRequest {
+                    name: BENCH_MODEL.to_owned(),
+                })
+                .await
+                .map(drop),
             Scenario::SecretsGet => client
                 .secrets
                 .get(brainstem_proto::v1::GetSecretRequest {
@@ -369,6 +425,8 @@ pub struct BenchOptions {
     pub warmup: Duration,
     /// Embedding dimension for the episodic scenarios (the daemon's `episodic.embedding_dimension`).
     pub dimension: usize,
+    /// Where `registry-get` writes its weights file: the daemon's artifact root.
+    pub artifact_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -405,7 +463,12 @@ pub async fn run(
     }
     let lifetime = bench.warmup + bench.duration;
     let prepared = match clients.first_mut() {
-        Some(client) => bench.scenario.prepare(client, lifetime).await?,
+        Some(client) => {
+            bench
+                .scenario
+                .prepare(client, lifetime, bench.artifact_dir.as_deref())
+                .await?
+        }
         None => Prepared::default(),
     };
     let start = Instant::now();

@@ -23,6 +23,7 @@ use brainstem_proto::v1::flags_client::FlagsClient;
 use brainstem_proto::v1::guardrails_client::GuardrailsClient;
 use brainstem_proto::v1::learning_client::LearningClient;
 use brainstem_proto::v1::policy_client::PolicyClient;
+use brainstem_proto::v1::registry_client::RegistryClient;
 use brainstem_proto::v1::secrets_client::SecretsClient;
 use brainstem_proto::v1::supervisor_client::SupervisorClient;
 use brainstem_proto::v1::tokens_client::TokensClient;
@@ -159,6 +160,7 @@ pub struct Client {
     pub learning: LearningClient<Resilient>,
     pub flags: FlagsClient<Resilient>,
     pub secrets: SecretsClient<Resilient>,
+    pub registry: RegistryClient<Resilient>,
     resilient: Resilient,
 }
 
@@ -293,6 +295,7 @@ impl ConnectOptions {
             learning: LearningClient::new(resilient.clone()),
             flags: FlagsClient::new(resilient.clone()),
             secrets: SecretsClient::new(resilient.clone()),
+            registry: RegistryClient::new(resilient.clone()),
             resilient,
             channel,
         })

@@ -86,6 +86,9 @@ pub enum ServiceError {
     /// The named thing does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The thing to create exists already (a registered model version).
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
     /// The request is valid but the system is not in a state to run it.
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),

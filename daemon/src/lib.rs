@@ -31,6 +31,7 @@ pub mod error;
 pub mod flags;
 pub mod grpc;
 pub mod policy;
+pub mod registry;
 pub mod runtime;
 pub mod secrets;
 pub mod store;

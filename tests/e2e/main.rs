@@ -13,6 +13,7 @@ mod integrity;
 mod learning;
 mod perception;
 mod process;
+mod registry;
 mod secrets;
 mod stress;
 mod supervision;

@@ -15,6 +15,8 @@ mod flags;
 mod learning;
 #[path = "ctl/perception.rs"]
 mod perception;
+#[path = "ctl/registry.rs"]
+mod registry;
 #[path = "ctl/secrets.rs"]
 mod secrets;
 
@@ -152,6 +154,10 @@ enum Command {
     /// The online learning model: stats (learned, duplicates, queue, accuracy) and predict.
     #[command(subcommand)]
     Learning(learning::LearningCommand),
+    /// Model registry: register versions, aliases and their history, lineage, deployments,
+    /// quality metrics and drift, artifact checks, signed model cards (verified offline).
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
     /// Drive a scenario over mTLS and report calls/s, p50 and p99 (last line: JSON).
     Bench {
         #[arg(long, value_enum, default_value = "ping")]
@@ -169,6 +175,10 @@ enum Command {
         /// Embedding dimension for the episodic scenarios (the daemon's episodic.embedding_dimension).
         #[arg(long, default_value_t = 384)]
         dimension: usize,
+        /// The daemon's artifact root, where registry-get writes its weights file (default:
+        /// <state-dir>/artifacts).
+        #[arg(long)]
+        artifact_dir: Option<PathBuf>,
         /// Store this many episodes before measuring (for episodic-query).
         #[arg(long, default_value_t = 0)]
         prefill: usize,
@@ -726,6 +736,7 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
         Command::Vision(command) => perception::vision(&options, output, command).await,
         Command::Voice(command) => perception::voice(&options, output, command).await,
         Command::Learning(command) => learning::learning(&options, output, command).await,
+        Command::Registry(command) => registry::registry(&options, output, command).await,
         Command::Guardrails(command) => access::guardrails(&options, output, command).await,
         Command::Tokens(command) => tokens_command(&options, output, command).await,
         Command::Bench {
@@ -735,6 +746,7 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
             duration_seconds,
             warmup_seconds,
             dimension,
+            artifact_dir,
             prefill,
         } => {
             // The bench measures the daemon: every call is sent once, no retries, no breaker.
@@ -755,6 +767,11 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
                     duration: Duration::from_secs((*duration_seconds).max(1)),
                     warmup: Duration::from_secs(*warmup_seconds),
                     dimension: *dimension,
+                    artifact_dir: Some(
+                        artifact_dir
+                            .clone()
+                            .unwrap_or_else(|| cli.connection.state_dir.join("artifacts")),
+                    ),
                 },
             )
             .await?;

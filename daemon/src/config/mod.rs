@@ -150,6 +150,7 @@ sections! {
     secrets: crate::secrets::config::SecretsConfig,
     backup: crate::backup::config::BackupConfig,
     learning: crate::actors::learning::config::LearningConfig,
+    registry: crate::registry::config::RegistryConfig,
     audit: crate::access::config::AuditConfig,
     rate_limits: crate::access::config::RateLimits,
     guardrails: crate::access::config::GuardrailsConfig,

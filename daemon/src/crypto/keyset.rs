@@ -86,12 +86,19 @@ impl Keys {
     }
 }
 
+/// Re-seals one subsystem's material under the key set's current key during a master-key rotation
+/// (e.g. the registry's card-signing key); `Err` leaves the rotation unfinished, to be run again.
+pub type Resealer =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
 /// The daemon's master keys, shared by every subsystem that seals (token signing keys, secrets).
 pub struct KeySet {
     keys: ArcSwap<Keys>,
     meta: Tree,
     /// Serialises rotations.
     rotating: tokio::sync::Mutex<()>,
+    /// Subsystems that keep sealed material of their own, re-sealed before a rotation finishes.
+    resealers: std::sync::Mutex<Vec<(&'static str, Resealer)>>,
 }
 
 impl std::fmt::Debug for KeySet {
@@ -202,6 +209,7 @@ impl KeySet {
             keys: ArcSwap::from_pointee(keys),
             meta,
             rotating: tokio::sync::Mutex::new(()),
+            resealers: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -283,6 +291,28 @@ impl KeySet {
             }));
         }
         Ok(guard)
+    }
+
+    /// Registers a subsystem's re-sealing step (at set-up), run by [`KeySet::reseal_registered`].
+    pub fn add_resealer(&self, name: &'static str, resealer: Resealer) {
+        self.resealers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name, resealer));
+    }
+
+    /// Runs every registered re-sealing step under the current key (between [`KeySet::begin`] and
+    /// [`KeySet::finish`]); the first failure names its subsystem.
+    pub async fn reseal_registered(&self) -> Result<usize, String> {
+        let resealers: Vec<(&'static str, Resealer)> = self
+            .resealers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (name, reseal) in &resealers {
+            reseal().await.map_err(|err| format!("{name}: {err}"))?;
+        }
+        Ok(resealers.len())
     }
 
     /// Ends a rotation whose material is all re-sealed: the new key is the only one in use.

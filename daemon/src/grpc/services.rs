@@ -38,6 +38,7 @@ pub const REGISTRY: &[Registration] = &[
     crate::secrets::api::REGISTRATION,
     crate::backup::api::REGISTRATION,
     crate::actors::learning::api::REGISTRATION,
+    crate::registry::api::REGISTRATION,
 ];
 
 /// What the control plane knows about a service before anything starts.

@@ -49,6 +49,7 @@ impl From<ServiceError> for Status {
                 Status::with_error_details(Code::ResourceExhausted, bounded(&message), details)
             }
             ServiceError::NotFound(what) => Status::not_found(bounded(&what)),
+            ServiceError::AlreadyExists(what) => Status::already_exists(bounded(&what)),
             ServiceError::FailedPrecondition(why) => Status::failed_precondition(bounded(&why)),
             ServiceError::DataLoss(what) => Status::data_loss(bounded(&what)),
             ServiceError::Unavailable(why) => Status::unavailable(bounded(&why)),

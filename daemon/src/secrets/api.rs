@@ -438,6 +438,11 @@ impl SecretsApi for SecretsService {
             .await
             .map_err(ServiceError::from)?;
         let rewrapped = self.secrets.rewrap_all().await?;
+        // Other subsystems' sealed material (the registry's card-signing key).
+        self.keys
+            .reseal_registered()
+            .await
+            .map_err(ServiceError::FailedPrecondition)?;
         self.keys.finish(guard).await.map_err(ServiceError::from)?;
         self.secrets
             .audit_master_key(&actor, &key_id, rewrapped, signing_keys);

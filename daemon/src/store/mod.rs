@@ -64,6 +64,10 @@ pub mod trees {
     /// The learning actor (`actors::learning`): `e` + big-endian sequence → event, `d` + SHA-256 →
     /// deduplication key, `x` + sequence → key expiry, `m:checkpoint` → the model.
     pub const LEARNING: &str = "learning";
+    /// The model registry (`registry`): `m:<name>` → model and alias history, `v:<name>@<version>`
+    /// → version, `q:<name>@<version>\0<metric>\0<time BE><seq BE>` → quality sample,
+    /// `k:card-signing` → the card-signing key sealed under the master key.
+    pub const REGISTRY: &str = "registry";
     /// Replies kept for idempotency keys (`grpc::idempotency`), with their expiry index.
     pub const IDEMPOTENCY: &str = "idempotency";
     /// Trees whose silent loss would weaken security: a clean stop records a digest of their

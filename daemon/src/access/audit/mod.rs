@@ -83,6 +83,9 @@ pub enum AuditKind {
     /// A change to a secret (put, rotate, delete, undelete, destroy, metadata) or the master key; the
     /// record names the path and version, never the value.
     Secret,
+    /// A change in the model registry (register, alias move, lineage, deployment, status, card text)
+    /// or a drift rule that fired; the record names the model and version.
+    Registry,
 }
 
 impl AuditKind {
@@ -94,6 +97,7 @@ impl AuditKind {
             AuditKind::Token => "token",
             AuditKind::Admin => "admin",
             AuditKind::Secret => "secret",
+            AuditKind::Registry => "registry",
         }
     }
 
@@ -105,6 +109,7 @@ impl AuditKind {
             AuditKind::Token,
             AuditKind::Admin,
             AuditKind::Secret,
+            AuditKind::Registry,
         ]
         .into_iter()
         .find(|k| k.as_str() == text)
@@ -921,7 +926,7 @@ impl Core {
 }
 
 /// Events `batch` stands for, by kind.
-fn by_kind(batch: &[Pending]) -> [(AuditKind, u64); 6] {
+fn by_kind(batch: &[Pending]) -> [(AuditKind, u64); 7] {
     let mut counts = [
         (AuditKind::Policy, 0),
         (AuditKind::Guardrail, 0),
@@ -929,6 +934,7 @@ fn by_kind(batch: &[Pending]) -> [(AuditKind, u64); 6] {
         (AuditKind::Token, 0),
         (AuditKind::Admin, 0),
         (AuditKind::Secret, 0),
+        (AuditKind::Registry, 0),
     ];
     for pending in batch {
         if let Some((_, n)) = counts.iter_mut().find(|(k, _)| *k == pending.record.kind) {

@@ -73,6 +73,7 @@ pub fn encode(r: &AuditRecord, out: &mut Vec<u8>) {
         AuditKind::Token => 3,
         AuditKind::Admin => 4,
         AuditKind::Secret => 5,
+        AuditKind::Registry => 6,
     });
     out.push(u8::from(r.allowed));
     out.extend_from_slice(&r.count.to_le_bytes());
@@ -134,6 +135,7 @@ pub fn decode(seq: u64, payload: &[u8]) -> Result<AuditRecord, String> {
         3 => AuditKind::Token,
         4 => AuditKind::Admin,
         5 => AuditKind::Secret,
+        6 => AuditKind::Registry,
         other => return Err(format!("unknown kind {other}")),
     };
     let allowed = c.take(1)?[0] != 0;
