@@ -9,6 +9,7 @@ mod harness;
 mod inprocess;
 mod inputs;
 mod integrity;
+mod operations;
 mod process;
 mod secrets;
 mod stress;

@@ -1,0 +1,178 @@
+//! Operations end to end: correlation ids on every reply, in audit records and in errors; the log
+//! level at runtime; the metrics the alert rules and the dashboard use.
+
+use std::time::Duration;
+
+use brainstem_client::v1::{AuditQueryRequest, CheckRequest, GetStatusRequest, PingRequest};
+use tonic::metadata::MetadataMap;
+
+use crate::harness::{DaemonProcess, options_for, wait_for_audit};
+
+const HEADER: &str = "x-request-id";
+
+fn with_id<T>(message: T, id: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert(HEADER, id.parse().expect("an ASCII header value"));
+    request
+}
+
+fn echoed(metadata: &MetadataMap) -> String {
+    metadata
+        .get(HEADER)
+        .unwrap_or_else(|| panic!("no {HEADER} in {metadata:?}"))
+        .to_str()
+        .expect("ASCII")
+        .to_owned()
+}
+
+fn generated(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The correlation id in an error's ErrorInfo.
+fn error_info_id(status: &tonic::Status) -> String {
+    let details = tonic_types::StatusExt::get_error_details(status);
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, "brainstem");
+    info.metadata
+        .get("correlation_id")
+        .cloned()
+        .unwrap_or_else(|| panic!("no correlation_id in {info:?}"))
+}
+
+fn check(action: &str, correlation_id: &str) -> CheckRequest {
+    CheckRequest {
+        action: action.to_owned(),
+        resource: "https://example.org/x".to_owned(),
+        correlation_id: correlation_id.to_owned(),
+        ..Default::default()
+    }
+}
+
+async fn audited_ids(
+    client: &brainstem_client::Client,
+    principal: &str,
+    action: &str,
+    count: usize,
+) -> Vec<String> {
+    let records = wait_for_audit(
+        client,
+        AuditQueryRequest {
+            principal: principal.to_owned(),
+            action: action.to_owned(),
+            ..Default::default()
+        },
+        count,
+        Duration::from_secs(10),
+    )
+    .await;
+    records.into_iter().map(|r| r.correlation_id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reply_carries_the_correlation_id_and_so_do_its_audit_records_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start_in(dir.path()).await;
+    let client = daemon.client().await;
+    let mut admin = client.admin.clone();
+
+    // A valid id is echoed as sent.
+    let reply = admin
+        .ping(with_id(PingRequest::default(), "op-ping-1"))
+        .await
+        .unwrap();
+    assert_eq!(echoed(reply.metadata()), "op-ping-1");
+
+    // None sent: one is generated, and each call gets its own.
+    let a = echoed(admin.ping(PingRequest::default()).await.unwrap().metadata());
+    let b = echoed(admin.ping(PingRequest::default()).await.unwrap().metadata());
+    assert!(generated(&a) && generated(&b), "{a} {b}");
+    assert_ne!(a, b);
+
+    // An unusable id is replaced, not echoed.
+    for bad in ["has space".to_owned(), "x".repeat(129)] {
+        let reply = admin
+            .ping(with_id(PingRequest::default(), &bad))
+            .await
+            .unwrap();
+        let id = echoed(reply.metadata());
+        assert!(generated(&id), "{bad:?} became {id:?}");
+    }
+
+    // A handler's error carries it in metadata and in ErrorInfo.
+    let err = admin
+        .ping(with_id(
+            PingRequest {
+                delay_ms: 1_000_000,
+                ..Default::default()
+            },
+            "op-bad-ping",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(echoed(err.metadata()), "op-bad-ping");
+    assert_eq!(error_info_id(&err), "op-bad-ping");
+
+    // Policy.Check: the header's id is the audit record's correlation_id, unless the request names
+    // its own.
+    let mut policy = client.policy.clone();
+    let reply = policy
+        .check(with_id(check("ops.header", ""), "op-check-header"))
+        .await
+        .unwrap();
+    assert_eq!(echoed(reply.metadata()), "op-check-header");
+    policy
+        .check(with_id(check("ops.field", "from-the-field"), "op-check-2"))
+        .await
+        .unwrap();
+    let admin_principal = client
+        .admin
+        .clone()
+        .who_am_i(brainstem_client::v1::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .principal;
+    assert_eq!(
+        audited_ids(&client, &admin_principal, "ops.header", 1).await,
+        ["op-check-header"]
+    );
+    assert_eq!(
+        audited_ids(&client, &admin_principal, "ops.field", 1).await,
+        ["from-the-field"]
+    );
+
+    // A refusal by the layer itself: echoed, in ErrorInfo, and in its (aggregated) audit record.
+    let options = options_for(
+        &daemon.state_dir,
+        daemon.grpc_addr,
+        "spiffe://brainstem.dev/ops-nobody",
+    );
+    let mut nobody = options.connect().await.unwrap();
+    let denied = nobody
+        .admin
+        .get_status(with_id(GetStatusRequest {}, "op-denied-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert_eq!(echoed(denied.metadata()), "op-denied-1");
+    assert_eq!(error_info_id(&denied), "op-denied-1");
+    assert_eq!(
+        audited_ids(
+            &client,
+            "spiffe://brainstem.dev/ops-nobody",
+            "/brainstem.v1.Admin/GetStatus",
+            1
+        )
+        .await,
+        ["op-denied-1"]
+    );
+    drop(nobody);
+    drop(client);
+    daemon.stop().await;
+}
