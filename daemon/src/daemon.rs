@@ -370,6 +370,7 @@ impl Daemon {
                 info,
                 server_token: server_token.clone(),
                 ready: ready.clone(),
+                log: env.log.clone(),
             },
             &tasks,
             server_token.clone(),
@@ -570,8 +571,22 @@ impl Running {
             running.authorizer.replace(grants);
             running.access.apply(access);
             if let Some(log) = &running.env.log {
-                if let Err(err) = log.set_level(&new.log.level) {
-                    tracing::warn!(error = %err, "log level not changed");
+                // `[log] level` again, also over a filter SetLogLevel set since; audited if it
+                // changes what is logged.
+                let before = log.filter();
+                match log.set_level(&new.log.level) {
+                    Ok(()) => {
+                        let after = log.filter();
+                        if after != before {
+                            grpc::admin::audit_log_level(
+                                &running.access.audit,
+                                "brainstemd reload",
+                                &before,
+                                &after,
+                            );
+                        }
+                    }
+                    Err(err) => tracing::warn!(error = %err, "log level not changed"),
                 }
             }
             running.config = new;

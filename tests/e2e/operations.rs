@@ -176,3 +176,124 @@ async fn every_reply_carries_the_correlation_id_and_so_do_its_audit_records_and_
     drop(client);
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_filter_changes_at_runtime_audited_and_a_reload_applies_the_configured_one() {
+    use brainstem_client::v1::{GetLogLevelRequest, SetLogLevelRequest};
+    let dir = tempfile::tempdir().unwrap();
+    // An empty RUST_LOG: the configuration's `[log] level` ("info") is in force.
+    let mut daemon = DaemonProcess::start_logging(dir.path(), &[], "").await;
+    let client = daemon.client().await;
+    let mut admin = client.admin.clone();
+    let now = admin
+        .get_log_level(GetLogLevelRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (now.filter.as_str(), now.configured.as_str()),
+        ("info", "info")
+    );
+    assert!(!now.env_override);
+
+    let filter = "debug,h2=info,hyper=info,tower=info";
+    let reply = admin
+        .set_log_level(with_id(
+            SetLogLevelRequest {
+                filter: filter.to_owned(),
+            },
+            "op-log-1",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (reply.filter.as_str(), reply.previous.as_str()),
+        (filter, "info")
+    );
+    assert_eq!(
+        admin
+            .get_log_level(GetLogLevelRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .filter,
+        filter
+    );
+    // Logged inside the call's span, so the line names the call's correlation id.
+    let line = crate::harness::eventually("the change in the log", Duration::from_secs(10), || {
+        let stderr = daemon.stderr();
+        async move {
+            stderr
+                .lines()
+                .find(|l| l.contains("log filter changed"))
+                .map(str::to_owned)
+        }
+    })
+    .await;
+    assert!(line.contains("correlation_id=op-log-1"), "{line}");
+    // Audited with the call's id.
+    let records = wait_for_audit(
+        &client,
+        AuditQueryRequest {
+            action: "log.level.set".to_owned(),
+            ..Default::default()
+        },
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(records[0].resource, filter);
+    assert_eq!(records[0].correlation_id, "op-log-1");
+    assert_eq!(records[0].kind, "admin");
+
+    // An invalid filter changes nothing and names the field.
+    let err = admin
+        .set_log_level(SetLogLevelRequest {
+            filter: "brainstemd=bogus".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(crate::harness::violations(&err), ["filter"]);
+    assert_eq!(
+        admin
+            .get_log_level(GetLogLevelRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .filter,
+        filter
+    );
+
+    // SIGHUP applies `[log] level` again, audited as the reload's doing.
+    daemon.signal(libc::SIGHUP);
+    daemon
+        .wait_message("configuration reloaded", Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        admin
+            .get_log_level(GetLogLevelRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .filter,
+        "info"
+    );
+    let records = wait_for_audit(
+        &client,
+        AuditQueryRequest {
+            action: "log.level.set".to_owned(),
+            newest_first: true,
+            ..Default::default()
+        },
+        2,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        (records[0].caller.as_str(), records[0].resource.as_str()),
+        ("brainstemd reload", "info")
+    );
+    drop(client);
+    daemon.stop().await;
+}

@@ -329,7 +329,7 @@ where
         req.extensions_mut().insert(caller);
         req.extensions_mut().insert(id.clone());
         // Every log line of the call (the handler's, the store's, …) carries these fields.
-        let span = tracing::info_span!("rpc", method = label, correlation_id = id.as_str());
+        let span = tracing::info_span!("rpc", method = %label, correlation_id = %id.as_str());
         // The clone is the one that was driven to readiness; keep the fresh one for the next call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
