@@ -211,9 +211,8 @@ impl Daemon {
                 tracing::warn!(dir = %pki.dir.display(), "dev mode: created a local CA and certificates; never use them in production");
             }
         }
-        let tls = Arc::new(ReloadableTls::new(tls::server_config(
-            &config.tls_paths()?,
-        )?));
+        let tls_paths = config.tls_paths()?;
+        let tls = Arc::new(ReloadableTls::new(tls::server_config(&tls_paths)?));
         let access_parts = Access::prepare(&config).map_err(StartError::Policy)?;
 
         let store = Store::open(&config.state_dir, &config.store)?;
@@ -243,6 +242,11 @@ impl Daemon {
         crate::runtime::events::describe(VERSION);
         crate::store::events::describe();
         grpc::services::describe();
+        grpc::events::describe_tls();
+        grpc::events::TlsCertificatesLoaded {
+            expiry: tls::certificate_expiry(&tls_paths),
+        }
+        .emit();
         crate::runtime::events::Booted {
             boot_count: boot.boot_count,
         }
@@ -555,6 +559,7 @@ impl Running {
         }
         let paths = new.tls_paths().map_err(|err| err.to_string())?;
         let tls = tls::server_config(&paths).map_err(|err| err.to_string())?;
+        let expiry = tls::certificate_expiry(&paths);
         let grants = Grants::from_config(&new);
         let access = Access::prepare(&new).inspect_err(|err| {
             self.access.policy.note_refused(err);
@@ -568,6 +573,7 @@ impl Running {
         })?;
         Ok(move |running: &mut Running| {
             running.tls.replace(tls);
+            grpc::events::TlsCertificatesLoaded { expiry }.emit();
             running.authorizer.replace(grants);
             running.access.apply(access);
             if let Some(log) = &running.env.log {

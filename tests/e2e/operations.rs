@@ -297,3 +297,149 @@ async fn the_log_filter_changes_at_runtime_audited_and_a_reload_applies_the_conf
     drop(client);
     daemon.stop().await;
 }
+
+/// The certificate the daemon presents to a new connection (DER), via a raw TLS handshake as the
+/// dev admin.
+async fn served_certificate(daemon: &DaemonProcess) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let pki = brainstemd::crypto::pki::DevPki::new(&daemon.state_dir);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(pki.ca_cert()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let chain: Vec<_> = CertificateDer::pem_file_iter(pki.admin_cert())
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(pki.admin_key()).unwrap();
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(daemon.grpc_addr)
+        .await
+        .unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (_, connection) = stream.get_ref();
+    connection.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn file_certificate(path: &std::path::Path) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+async fn server_expiry(daemon: &DaemonProcess) -> f64 {
+    let (code, text) = crate::harness::http_get(daemon.metrics_addr, "/metrics").await;
+    assert_eq!(code, 200);
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("brainstem_tls_certificate_expiry_timestamp_seconds{cert=\"server\"} ")
+        })
+        .unwrap_or_else(|| panic!("no server expiry gauge in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_serves_a_renewed_certificate_without_dropping_a_live_stream() {
+    use brainstem_client::v1::{RestartActorRequest, WatchActorsRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = DaemonProcess::start_in(dir.path()).await;
+    let pki = brainstemd::crypto::pki::DevPki::new(&daemon.state_dir);
+    let client = daemon.client().await;
+    let before = server_expiry(&daemon).await;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    assert!(before > now() + 14.0 * 86_400.0, "{before}");
+    let ca = client_ca_expiry(&daemon).await;
+    assert!(ca > now(), "{ca}");
+    assert_eq!(
+        served_certificate(&daemon).await,
+        file_certificate(&pki.server_cert())
+    );
+
+    // A stream opened before the reload: its initial snapshot arrives.
+    let mut watch = client
+        .supervisor
+        .clone()
+        .watch_actors(WatchActorsRequest {
+            name: "token-maintenance".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch
+        .message()
+        .await
+        .unwrap()
+        .expect("the initial snapshot");
+    assert_eq!(first.actor.unwrap().name, "token-maintenance");
+
+    // Renew the server certificate (same CA) once the wall clock passed the second the old one was
+    // issued in, so the new one expires later; then SIGHUP.
+    crate::harness::eventually("a new second", Duration::from_secs(5), || async {
+        // The dev server certificate is valid for 825 days from its issue.
+        (now() > before - 825.0 * 86_400.0 + 1.0).then_some(())
+    })
+    .await;
+    std::fs::remove_file(pki.server_cert()).unwrap();
+    std::fs::remove_file(pki.server_key()).unwrap();
+    pki.ensure().unwrap();
+    let renewed = file_certificate(&pki.server_cert());
+    daemon.signal(libc::SIGHUP);
+    daemon
+        .wait_message("configuration reloaded", Duration::from_secs(10))
+        .await;
+
+    // New connections get the renewed certificate; the gauge follows it.
+    assert_eq!(served_certificate(&daemon).await, renewed);
+    assert!(server_expiry(&daemon).await > before);
+
+    // The stream opened before the reload still delivers.
+    client
+        .supervisor
+        .clone()
+        .restart_actor(RestartActorRequest {
+            name: "token-maintenance".to_owned(),
+        })
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("an event on the old stream")
+        .expect("the stream is still open")
+        .expect("not ended");
+    assert_eq!(event.actor.unwrap().name, "token-maintenance");
+    drop(watch);
+    drop(client);
+    daemon.stop().await;
+}
+
+async fn client_ca_expiry(daemon: &DaemonProcess) -> f64 {
+    let (_, text) = crate::harness::http_get(daemon.metrics_addr, "/metrics").await;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("brainstem_tls_certificate_expiry_timestamp_seconds{cert=\"ca\"} ")
+        })
+        .unwrap_or_else(|| panic!("no ca expiry gauge in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
