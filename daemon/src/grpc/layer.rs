@@ -432,6 +432,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_refusal_carries_the_id_once_in_its_headers() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-request-id", http::HeaderValue::from_static("req-9"));
+        let id = CorrelationId::from_headers(&headers);
+        let response = echo(
+            status_for(ServiceError::PermissionDenied("no".into()), Some(&id)).into_http(),
+            &id,
+        );
+        let values: Vec<_> = response.headers().get_all("x-request-id").iter().collect();
+        assert_eq!(values, ["req-9"]);
+        assert_eq!(response_code(&response), "PERMISSION_DENIED");
+        // A success's headers get it too.
+        let ok = echo(http::Response::new(Body::empty()), &id);
+        assert_eq!(ok.headers()["x-request-id"], "req-9");
+        assert_eq!(response_code(&ok), "OK");
+    }
+
+    #[test]
     fn grpc_timeout_header() {
         let parse = |s: &str| parse_grpc_timeout(Some(&http::HeaderValue::from_str(s).unwrap()));
         assert_eq!(parse("100m"), Some(Duration::from_millis(100)));
