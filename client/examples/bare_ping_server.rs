@@ -9,7 +9,8 @@
 
 use brainstem_client::v1::admin_server::{Admin, AdminServer};
 use brainstem_client::v1::{
-    GetStatusReply, GetStatusRequest, PingReply, PingRequest, WhoAmIReply, WhoAmIRequest,
+    GetLogLevelRequest, GetStatusReply, GetStatusRequest, LogLevelReply, PingReply, PingRequest,
+    SetLogLevelRequest, WhoAmIReply, WhoAmIRequest,
 };
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
@@ -30,6 +31,18 @@ impl Admin for Bare {
         &self,
         _: Request<GetStatusRequest>,
     ) -> Result<Response<GetStatusReply>, Status> {
+        Err(Status::unimplemented("bare reference server: Ping only"))
+    }
+    async fn get_log_level(
+        &self,
+        _: Request<GetLogLevelRequest>,
+    ) -> Result<Response<LogLevelReply>, Status> {
+        Err(Status::unimplemented("bare reference server: Ping only"))
+    }
+    async fn set_log_level(
+        &self,
+        _: Request<SetLogLevelRequest>,
+    ) -> Result<Response<LogLevelReply>, Status> {
         Err(Status::unimplemented("bare reference server: Ping only"))
     }
 }

@@ -54,6 +54,18 @@ impl Admin for Scripted {
         }
         Ok(Response::new(GetStatusReply::default()))
     }
+    async fn get_log_level(
+        &self,
+        _: Request<GetLogLevelRequest>,
+    ) -> Result<Response<LogLevelReply>, Status> {
+        Err(Status::unimplemented("scripted"))
+    }
+    async fn set_log_level(
+        &self,
+        _: Request<SetLogLevelRequest>,
+    ) -> Result<Response<LogLevelReply>, Status> {
+        Err(Status::unimplemented("scripted"))
+    }
 }
 
 #[tonic::async_trait]

@@ -211,9 +211,8 @@ impl Daemon {
                 tracing::warn!(dir = %pki.dir.display(), "dev mode: created a local CA and certificates; never use them in production");
             }
         }
-        let tls = Arc::new(ReloadableTls::new(tls::server_config(
-            &config.tls_paths()?,
-        )?));
+        let tls_paths = config.tls_paths()?;
+        let tls = Arc::new(ReloadableTls::new(tls::server_config(&tls_paths)?));
         let access_parts = Access::prepare(&config).map_err(StartError::Policy)?;
 
         let store = Store::open(&config.state_dir, &config.store)?;
@@ -243,6 +242,11 @@ impl Daemon {
         crate::runtime::events::describe(VERSION);
         crate::store::events::describe();
         grpc::services::describe();
+        grpc::events::describe_tls();
+        grpc::events::TlsCertificatesLoaded {
+            expiry: tls::certificate_expiry(&tls_paths),
+        }
+        .emit();
         crate::runtime::events::Booted {
             boot_count: boot.boot_count,
         }
@@ -370,6 +374,7 @@ impl Daemon {
                 info,
                 server_token: server_token.clone(),
                 ready: ready.clone(),
+                log: env.log.clone(),
             },
             &tasks,
             server_token.clone(),
@@ -554,6 +559,7 @@ impl Running {
         }
         let paths = new.tls_paths().map_err(|err| err.to_string())?;
         let tls = tls::server_config(&paths).map_err(|err| err.to_string())?;
+        let expiry = tls::certificate_expiry(&paths);
         let grants = Grants::from_config(&new);
         let access = Access::prepare(&new).inspect_err(|err| {
             self.access.policy.note_refused(err);
@@ -567,11 +573,26 @@ impl Running {
         })?;
         Ok(move |running: &mut Running| {
             running.tls.replace(tls);
+            grpc::events::TlsCertificatesLoaded { expiry }.emit();
             running.authorizer.replace(grants);
             running.access.apply(access);
             if let Some(log) = &running.env.log {
-                if let Err(err) = log.set_level(&new.log.level) {
-                    tracing::warn!(error = %err, "log level not changed");
+                // `[log] level` again, also over a filter SetLogLevel set since; audited if it
+                // changes what is logged.
+                let before = log.filter();
+                match log.set_level(&new.log.level) {
+                    Ok(()) => {
+                        let after = log.filter();
+                        if after != before {
+                            grpc::admin::audit_log_level(
+                                &running.access.audit,
+                                "brainstemd reload",
+                                &before,
+                                &after,
+                            );
+                        }
+                    }
+                    Err(err) => tracing::warn!(error = %err, "log level not changed"),
                 }
             }
             running.config = new;

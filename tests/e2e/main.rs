@@ -11,6 +11,7 @@ mod inprocess;
 mod inputs;
 mod integrity;
 mod learning;
+mod operations;
 mod perception;
 mod process;
 mod registry;

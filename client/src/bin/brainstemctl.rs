@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 
 use brainstem_client::bench::{self, BenchOptions, Scenario};
 use brainstem_client::v1::{
-    ActorStatus, AttenuateTokenRequest, GetActorRequest, GetHealthRequest, GetStatusRequest,
-    IssueTokenRequest, ListActorsRequest, ListTokensRequest, PingRequest, RestartActorRequest,
-    RevokeTokenRequest, RotateKeyRequest, StartActorRequest, StopActorRequest, VerifyTokenRequest,
-    WatchActorsRequest, WhoAmIRequest,
+    ActorStatus, AttenuateTokenRequest, GetActorRequest, GetHealthRequest, GetLogLevelRequest,
+    GetStatusRequest, IssueTokenRequest, ListActorsRequest, ListTokensRequest, PingRequest,
+    RestartActorRequest, RevokeTokenRequest, RotateKeyRequest, SetLogLevelRequest,
+    StartActorRequest, StopActorRequest, VerifyTokenRequest, WatchActorsRequest, WhoAmIRequest,
 };
 use brainstem_client::{ClientError, ConnectOptions, Resilience, exit, with_idempotency_key};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -120,6 +120,10 @@ enum Command {
     },
     /// Daemon version, uptime and boot history (needs admin.status).
     Status,
+    /// Show the daemon's log filter (needs admin.status), or set it to FILTER (EnvFilter syntax,
+    /// e.g. "debug" or "info,brainstemd::access=debug"; needs admin.log-level; audited). A reload
+    /// (SIGHUP) applies `[log] level` from the configuration again.
+    LogLevel { filter: Option<String> },
     /// Dev certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -687,6 +691,39 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
                 "uptime_seconds": s.uptime_seconds, "boot_count": s.boot_count,
                 "first_start": rfc3339(s.first_start),
                 "previous_shutdown_clean": s.previous_shutdown_clean, "schema_version": s.schema_version,
+            });
+            print(output, human, value);
+            Ok(exit::OK)
+        }
+        Command::LogLevel { filter } => {
+            let mut client = options.connect().await?;
+            let reply = match filter {
+                Some(filter) => client
+                    .admin
+                    .set_log_level(SetLogLevelRequest {
+                        filter: filter.clone(),
+                    })
+                    .await?
+                    .into_inner(),
+                None => client
+                    .admin
+                    .get_log_level(GetLogLevelRequest {})
+                    .await?
+                    .into_inner(),
+            };
+            let mut human = format!(
+                "filter      {}\nconfigured  {}",
+                reply.filter, reply.configured
+            );
+            if filter.is_some() {
+                human.push_str(&format!("\nprevious    {}", reply.previous));
+            }
+            if reply.env_override {
+                human.push_str("\nRUST_LOG was set at start: reloads keep the filter");
+            }
+            let value = json!({
+                "filter": reply.filter, "previous": reply.previous,
+                "configured": reply.configured, "env_override": reply.env_override,
             });
             print(output, human, value);
             Ok(exit::OK)

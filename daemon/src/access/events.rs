@@ -27,6 +27,23 @@ pub fn describe() {
         "brainstem_guardrail_decisions_total",
         "guardrail decisions, by rule and decision (allow, deny)"
     );
+    // Zero series from the start, so alert rules (config/alerts.yml) see the names before the first
+    // loss, and `increase()` counts the first one.
+    metrics::counter!("brainstem_audit_records_written_total").increment(0);
+    for kind in [
+        "policy",
+        "guardrail",
+        "access",
+        "token",
+        "admin",
+        "secret",
+        "registry",
+    ] {
+        for reason in ["queue-full", "write-failed", "closed", "timed-out"] {
+            metrics::counter!("brainstem_audit_unrecorded_total", "kind" => kind, "reason" => reason)
+                .increment(0);
+        }
+    }
     metrics::describe_gauge!(
         "brainstem_policy_dry_run_mode",
         "1 while safety.dry_run_mode makes advisory denials pass as would-deny"

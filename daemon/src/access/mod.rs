@@ -234,9 +234,9 @@ impl Access {
     }
 
     /// Audits a call the authorization layer refused (aggregated: one record per caller, method,
-    /// reason and second).
-    pub fn audit_refusal(&self, caller: &str, method: &str, reason: &str) {
-        self.audit.refuse(caller, method, reason);
+    /// reason and second, carrying the first such call's `correlation_id`).
+    pub fn audit_refusal(&self, caller: &str, method: &str, reason: &str, correlation_id: &str) {
+        self.audit.refuse(caller, method, reason, correlation_id);
     }
 
     /// The `policy-watch` worker: watches the policy directory and reloads on change; sweeps idle

@@ -514,6 +514,25 @@ mod tests {
         );
     }
 
+    /// docs/OPERATIONS.md's configuration reference is the printed default, between its markers.
+    #[test]
+    fn the_operations_guide_holds_the_current_configuration_reference() {
+        let doc = include_str!("../../../docs/OPERATIONS.md");
+        let reference = operations_reference();
+        assert!(
+            doc.contains(&reference),
+            "docs/OPERATIONS.md's configuration reference drifted; replace the text between its markers (inclusive) with:\n{reference}"
+        );
+    }
+
+    /// The configuration reference block of docs/OPERATIONS.md.
+    fn operations_reference() -> String {
+        format!(
+            "<!-- config-reference:begin (generated from the config types: `brainstemd print-default-config`) -->\n```toml\n{}```\n<!-- config-reference:end -->",
+            default_config_toml()
+        )
+    }
+
     /// Each section reports a key it does not know, with its path, and that does not hide the others.
     #[test]
     fn an_unknown_key_in_every_section_is_reported_with_its_path() {

@@ -1,20 +1,24 @@
-//! `brainstem.v1.Admin`: Ping (the benchmark baseline), WhoAmI, GetStatus.
+//! `brainstem.v1.Admin`: Ping (the benchmark baseline), WhoAmI, GetStatus, and the log filter at
+//! runtime (GetLogLevel, SetLogLevel: audited as kind `admin`, action [`LOG_LEVEL_ACTION`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use brainstem_proto::v1::admin_server::Admin;
 use brainstem_proto::v1::{
-    GetStatusReply, GetStatusRequest, PingReply, PingRequest, WhoAmIReply, WhoAmIRequest,
+    GetLogLevelRequest, GetStatusReply, GetStatusRequest, LogLevelReply, PingReply, PingRequest,
+    SetLogLevelRequest, WhoAmIReply, WhoAmIRequest,
 };
 use tonic::{Request, Response, Status};
 
 use super::convert::timestamp_from_unix_ms as timestamp;
+use crate::access::audit::{AuditKind, AuditLog, AuditRecord};
 use crate::access::authz::Authorizer;
 use crate::access::caller;
 use crate::error::{FieldViolation, ServiceError};
 use crate::grpc::methods::Requirement;
 use crate::grpc::services::{Health, Registration, ServiceSpec};
+use crate::runtime::telemetry::LogControl;
 use crate::store::{BootInfo, Store};
 
 /// Longest `PingRequest.delay_ms` accepted.
@@ -30,19 +34,78 @@ pub struct DaemonInfo {
     pub boot: BootInfo,
 }
 
+/// The audit action of a log filter change (by SetLogLevel or by a reload).
+pub const LOG_LEVEL_ACTION: &str = "log.level.set";
+
+/// Capability SetLogLevel needs.
+pub const LOG_LEVEL_CAPABILITY: &str = "admin.log-level";
+
 pub struct AdminService {
     authorizer: Arc<Authorizer>,
     info: Arc<DaemonInfo>,
     store: Store,
+    log: Option<Arc<dyn LogControl>>,
+    audit: Arc<AuditLog>,
 }
 
 impl AdminService {
-    pub fn new(authorizer: Arc<Authorizer>, info: Arc<DaemonInfo>, store: Store) -> Self {
+    pub fn new(
+        authorizer: Arc<Authorizer>,
+        info: Arc<DaemonInfo>,
+        store: Store,
+        log: Option<Arc<dyn LogControl>>,
+        audit: Arc<AuditLog>,
+    ) -> Self {
         AdminService {
             authorizer,
             info,
             store,
+            log,
+            audit,
         }
+    }
+
+    fn log(&self) -> Result<&Arc<dyn LogControl>, ServiceError> {
+        self.log.as_ref().ok_or_else(|| {
+            ServiceError::FailedPrecondition(
+                "this daemon does not own its logging (embedded); its log filter cannot be changed here"
+                    .to_owned(),
+            )
+        })
+    }
+}
+
+fn log_reply(log: &dyn LogControl, previous: String) -> LogLevelReply {
+    LogLevelReply {
+        filter: log.filter(),
+        previous,
+        configured: log.configured(),
+        env_override: log.env_override(),
+    }
+}
+
+/// Audits and logs a change of the log filter. `caller` is the principal, or `brainstemd reload`.
+pub fn audit_log_level(audit: &AuditLog, caller: &str, previous: &str, filter: &str) {
+    tracing::warn!(caller, previous, filter, "log filter changed");
+    let record = AuditRecord {
+        seq: 0,
+        time_unix_ms: 0,
+        decision_id: audit.decision_id(),
+        kind: AuditKind::Admin,
+        caller: caller.to_owned(),
+        principal: caller.to_owned(),
+        action: LOG_LEVEL_ACTION.to_owned(),
+        resource: crate::error::truncate_to(filter, 512).into_owned(),
+        allowed: true,
+        reasons: vec![format!(
+            "previous={}",
+            crate::error::truncate_to(previous, 512)
+        )],
+        correlation_id: String::new(),
+        count: 1,
+    };
+    if let Err(err) = audit.record(record) {
+        tracing::warn!(error = %err, "the log filter change could not be audited");
     }
 }
 
@@ -100,6 +163,30 @@ impl Admin for AdminService {
             schema_version,
         }))
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_log_level(
+        &self,
+        _request: Request<GetLogLevelRequest>,
+    ) -> Result<Response<LogLevelReply>, Status> {
+        let log = self.log()?;
+        Ok(Response::new(log_reply(log.as_ref(), String::new())))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn set_log_level(
+        &self,
+        request: Request<SetLogLevelRequest>,
+    ) -> Result<Response<LogLevelReply>, Status> {
+        let principal = caller(&request)?.principal.name.clone();
+        let SetLogLevelRequest { filter } = request.into_inner();
+        let log = self.log()?;
+        let previous = log.set_filter(&filter).map_err(|why| {
+            ServiceError::InvalidArgument(vec![FieldViolation::new("filter", why)])
+        })?;
+        audit_log_level(&self.audit, &principal, &previous, &filter);
+        Ok(Response::new(log_reply(log.as_ref(), previous)))
+    }
 }
 
 /// The Admin service's registration (see [`crate::grpc::services`]).
@@ -115,6 +202,14 @@ pub const REGISTRATION: Registration = Registration {
                 "/brainstem.v1.Admin/GetStatus",
                 Requirement::Capability("admin.status"),
             ),
+            (
+                "/brainstem.v1.Admin/GetLogLevel",
+                Requirement::Capability("admin.status"),
+            ),
+            (
+                "/brainstem.v1.Admin/SetLogLevel",
+                Requirement::Capability(LOG_LEVEL_CAPABILITY),
+            ),
         ],
     },
     describe: crate::runtime::events::describe_none,
@@ -122,7 +217,9 @@ pub const REGISTRATION: Registration = Registration {
         |shared| brainstem_proto::v1::admin_server::AdminServer::new(AdminService::new(
             shared.access.authorizer.clone(),
             shared.info.clone(),
-            shared.store.clone()
+            shared.store.clone(),
+            shared.log.clone(),
+            shared.access.audit.clone()
         ))
     ),
 };

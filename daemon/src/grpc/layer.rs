@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tonic::Status;
 use tonic::body::Body;
 use tower::{Layer, Service};
+use tracing::Instrument;
 
+use super::correlation::{self, CorrelationId};
 use super::idempotency::{self, Idempotency};
 use super::methods::{self, Requirement};
+use super::status::status_for;
 use crate::access::Access;
 pub use crate::access::Caller;
 use crate::access::identity::PeerInfo;
@@ -127,6 +129,7 @@ impl<S> AuthService<S> {
     fn authorize(
         &self,
         req: &http::Request<Body>,
+        id: &CorrelationId,
     ) -> Result<(&'static str, Caller, Option<Keyed>), ServiceError> {
         let path = req.uri().path();
         let principal = match req.extensions().get::<PeerInfo>().map(|p| &p.principal) {
@@ -155,8 +158,12 @@ impl<S> AuthService<S> {
             Some(Err(BadAuthorization::Repeated)) => {
                 // UNAUTHENTICATED, not PERMISSION_DENIED: no token was read, so nothing was decided
                 // about permissions; the call's credentials are ambiguous until the caller sends one.
-                self.access
-                    .audit_refusal(&principal.name, entry.label, "repeated-authorization");
+                self.access.audit_refusal(
+                    &principal.name,
+                    entry.label,
+                    "repeated-authorization",
+                    id.as_str(),
+                );
                 return Err(ServiceError::Unauthenticated(
                     "more than one authorization header; send at most one \"Bearer <token>\""
                         .to_owned(),
@@ -180,8 +187,12 @@ impl<S> AuthService<S> {
                             reason: &reason,
                         }
                         .emit();
-                        self.access
-                            .audit_refusal(&principal.name, entry.label, "token-rejected");
+                        self.access.audit_refusal(
+                            &principal.name,
+                            entry.label,
+                            "token-rejected",
+                            id.as_str(),
+                        );
                         return Err(ServiceError::PermissionDenied(reason));
                     }
                 }
@@ -192,11 +203,18 @@ impl<S> AuthService<S> {
         match entry.requirement {
             Requirement::Authenticated => {}
             Requirement::Capability(capability) => {
-                self.require(&caller, entry.label, path, capability, Holding::Everywhere)?;
+                self.require(
+                    &caller,
+                    entry.label,
+                    path,
+                    capability,
+                    Holding::Everywhere,
+                    id,
+                )?;
             }
             // The family, somewhere; the handler checks the request's resource (require_scope).
             Requirement::Scoped(family) => {
-                self.require(&caller, entry.label, path, family, Holding::Somewhere)?;
+                self.require(&caller, entry.label, path, family, Holding::Somewhere, id)?;
             }
         }
         let principal = &caller.principal;
@@ -209,7 +227,7 @@ impl<S> AuthService<S> {
                 }
                 .emit();
                 self.access
-                    .audit_refusal(&principal.name, entry.label, "rate-limit");
+                    .audit_refusal(&principal.name, entry.label, "rate-limit", id.as_str());
                 return Err(ServiceError::ResourceExhausted {
                     what: format!("rate limit for {path}"),
                     retry_after,
@@ -237,6 +255,7 @@ impl<S> AuthService<S> {
         path: &str,
         capability: &str,
         holding: Holding,
+        id: &CorrelationId,
     ) -> Result<(), ServiceError> {
         let authorizer = &self.access.authorizer;
         let name = &caller.principal.name;
@@ -266,7 +285,8 @@ impl<S> AuthService<S> {
             reason: &reason,
         }
         .emit();
-        self.access.audit_refusal(name, label, "missing-capability");
+        self.access
+            .audit_refusal(name, label, "missing-capability", id.as_str());
         Err(ServiceError::PermissionDenied(reason))
     }
 }
@@ -296,13 +316,20 @@ where
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         let started = Instant::now();
-        let (label, caller, keyed) = match self.authorize(&req) {
+        let id = CorrelationId::from_headers(req.headers());
+        let (label, caller, keyed) = match self.authorize(&req, &id) {
             Ok(ok) => ok,
-            Err(err) => return Box::pin(std::future::ready(Ok(Status::from(err).into_http()))),
+            Err(err) => {
+                let response = status_for(err, Some(&id)).into_http();
+                return Box::pin(std::future::ready(Ok(echo(response, &id))));
+            }
         };
         let deadline = parse_grpc_timeout(req.headers().get("grpc-timeout"))
             .map_or(self.default_timeout, |t| t.min(self.default_timeout));
         req.extensions_mut().insert(caller);
+        req.extensions_mut().insert(id.clone());
+        // Every log line of the call (the handler's, the store's, …) carries these fields.
+        let span = tracing::info_span!("rpc", method = %label, correlation_id = %id.as_str());
         // The clone is the one that was driven to readiness; keep the fresh one for the next call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -316,40 +343,55 @@ where
                         })
                         .await
                 }),
-                None => Box::pin(std::future::ready(Ok(Status::from(
+                None => Box::pin(std::future::ready(Ok(status_for(
                     ServiceError::Unavailable(
                         "the idempotency cache is unavailable; send the call without an idempotency-key or retry later"
                             .to_owned(),
                     ),
+                    Some(&id),
                 )
                 .into_http()))),
             },
         };
         let in_flight = InFlight::enter(&self.in_flight);
         let method_metrics = self.method_metrics.get(label).cloned();
-        Box::pin(async move {
+        let scoped_id = id.clone();
+        let call = async move {
             // The deadline is enforced here rather than by tonic's server timeout, which answers
             // CANCELLED; callers rightly expect DEADLINE_EXCEEDED.
             let response = match tokio::time::timeout(deadline, future).await {
                 Ok(response) => response?,
-                Err(_) => Status::from(ServiceError::DeadlineExceeded(format!(
-                    "deadline of {} ms exceeded",
-                    deadline.as_millis()
-                )))
+                Err(_) => status_for(
+                    ServiceError::DeadlineExceeded(format!(
+                        "deadline of {} ms exceeded",
+                        deadline.as_millis()
+                    )),
+                    Some(&id),
+                )
                 .into_http(),
             };
             // tonic answers an undecodable request INTERNAL; the caller's mistake is INVALID_ARGUMENT.
             let response = match super::status::undecodable(&response) {
-                Some(err) => Status::from(err).into_http(),
+                Some(err) => status_for(err, Some(&id)).into_http(),
                 None => response,
             };
             drop(in_flight);
             if let Some(metrics) = method_metrics {
                 metrics.completed(response_code(&response), started.elapsed());
             }
-            Ok(response)
-        })
+            Ok(echo(response, &id))
+        };
+        Box::pin(correlation::scope(scoped_id, call).instrument(span))
     }
+}
+
+/// Echoes the call's correlation id as `x-request-id` on its response (a success's headers, or an
+/// error's trailers-only headers).
+fn echo(mut response: http::Response<Body>, id: &CorrelationId) -> http::Response<Body> {
+    response
+        .headers_mut()
+        .insert(correlation::HEADER, id.header_value().clone());
+    response
 }
 
 /// Parses a `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
@@ -388,6 +430,24 @@ fn response_code(response: &http::Response<Body>) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_carries_the_id_once_in_its_headers() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-request-id", http::HeaderValue::from_static("req-9"));
+        let id = CorrelationId::from_headers(&headers);
+        let response = echo(
+            status_for(ServiceError::PermissionDenied("no".into()), Some(&id)).into_http(),
+            &id,
+        );
+        let values: Vec<_> = response.headers().get_all("x-request-id").iter().collect();
+        assert_eq!(values, ["req-9"]);
+        assert_eq!(response_code(&response), "PERMISSION_DENIED");
+        // A success's headers get it too.
+        let ok = echo(http::Response::new(Body::empty()), &id);
+        assert_eq!(ok.headers()["x-request-id"], "req-9");
+        assert_eq!(response_code(&ok), "OK");
+    }
 
     #[test]
     fn grpc_timeout_header() {

@@ -124,6 +124,8 @@ pub struct Shared {
     pub server_token: CancellationToken,
     /// Whether the daemon is ready (health and readiness read it).
     pub ready: Arc<AtomicBool>,
+    /// The process's log filter (Admin.SetLogLevel); `None` where the embedder owns logging (tests).
+    pub log: Option<Arc<dyn crate::runtime::telemetry::LogControl>>,
 }
 
 /// Message size limits every service gets.

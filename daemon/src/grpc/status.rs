@@ -10,10 +10,12 @@
 //! net for any that do not.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::correlation::{CorrelationId, ERROR_INFO_KEY};
 use crate::error::{MAX_REPLY_TEXT_BYTES, ServiceError, bounded_violations};
 use crate::store::StoreError;
 
@@ -26,51 +28,133 @@ fn bounded(text: &str) -> Cow<'_, str> {
 }
 
 impl From<ServiceError> for Status {
+    /// The Status of `err`, with the correlation id of the call being handled on this task (if any);
+    /// see [`status_for`].
     fn from(err: ServiceError) -> Status {
-        match err {
-            ServiceError::InvalidArgument(violations) => {
-                let mut details = ErrorDetails::new();
-                for v in bounded_violations(&violations) {
-                    details.add_bad_request_violation(v.field, v.description);
-                }
-                // The message lists the same bounded violations (`ServiceError`'s Display).
-                let message = ServiceError::InvalidArgument(violations).to_string();
-                Status::with_error_details(Code::InvalidArgument, bounded(&message), details)
-            }
-            ServiceError::Unauthenticated(reason) => Status::unauthenticated(bounded(&reason)),
-            ServiceError::PermissionDenied(reason) => Status::permission_denied(bounded(&reason)),
-            ServiceError::ResourceExhausted { what, retry_after } => {
-                let mut details = ErrorDetails::new();
-                details.set_retry_info(Some(retry_after));
-                let message = format!(
-                    "{what} exhausted; retry after {} ms",
-                    retry_after.as_millis().max(1)
-                );
-                Status::with_error_details(Code::ResourceExhausted, bounded(&message), details)
-            }
-            ServiceError::NotFound(what) => Status::not_found(bounded(&what)),
-            ServiceError::AlreadyExists(what) => Status::already_exists(bounded(&what)),
-            ServiceError::FailedPrecondition(why) => Status::failed_precondition(bounded(&why)),
-            ServiceError::DataLoss(what) => Status::data_loss(bounded(&what)),
-            ServiceError::Unavailable(why) => Status::unavailable(bounded(&why)),
-            ServiceError::DeadlineExceeded(why) => Status::deadline_exceeded(bounded(&why)),
-            ServiceError::Undecodable(why) => {
-                Status::invalid_argument(format!("the request could not be decoded: {why}"))
-            }
-            ServiceError::Internal {
-                subsystem,
-                ref what,
-                ref source,
-            } => internal(subsystem, &format!("{what}: {source}"), source.as_ref()),
-            ServiceError::Store(err) => store_status(err),
+        status_for(err, super::correlation::current().as_ref())
+    }
+}
+
+/// What a Status is made of before it is encoded.
+struct Parts {
+    code: Code,
+    message: String,
+    details: Option<ErrorDetails>,
+    /// The ErrorInfo reason, when the error names one.
+    reason: Option<&'static str>,
+    /// The id an INTERNAL answer's cause was logged under.
+    error_id: Option<u64>,
+}
+
+impl Parts {
+    fn plain(code: Code, message: &str) -> Parts {
+        Parts {
+            code,
+            message: bounded(message).into_owned(),
+            details: None,
+            reason: None,
+            error_id: None,
         }
+    }
+}
+
+/// The Status of `err`. With a correlation id, the reply carries it in an ErrorInfo detail (domain
+/// `brainstem`, metadata `correlation_id`; the reason is the code's name unless the error names its
+/// own) and as `x-request-id` metadata. The layer calls this with the id it assigned for the
+/// refusals it answers itself; handlers get it through `From`, which reads
+/// [`super::correlation::current`].
+pub fn status_for(err: ServiceError, correlation: Option<&CorrelationId>) -> Status {
+    let Parts {
+        code,
+        message,
+        details,
+        reason,
+        error_id,
+    } = parts(err);
+    let details = match correlation {
+        None => details,
+        Some(id) => {
+            let mut details = details.unwrap_or_default();
+            let metadata = HashMap::from([(ERROR_INFO_KEY.to_owned(), id.as_str().to_owned())]);
+            details.set_error_info(
+                reason.unwrap_or_else(|| brainstem_proto::code_name(code)),
+                ERROR_DOMAIN,
+                metadata,
+            );
+            Some(details)
+        }
+    };
+    let mut status = match details {
+        Some(details) => Status::with_error_details(code, message, details),
+        None => Status::new(code, message),
+    };
+    if let Some(id) = correlation {
+        status
+            .metadata_mut()
+            .as_mut()
+            .insert(super::correlation::HEADER, id.header_value().clone());
+    }
+    if let Some(id) = error_id {
+        status.metadata_mut().insert(ERROR_ID_KEY, id.into());
+    }
+    status
+}
+
+/// The ErrorInfo domain of every error this daemon answers.
+pub const ERROR_DOMAIN: &str = "brainstem";
+
+fn parts(err: ServiceError) -> Parts {
+    match err {
+        ServiceError::InvalidArgument(violations) => {
+            let mut details = ErrorDetails::new();
+            for v in bounded_violations(&violations) {
+                details.add_bad_request_violation(v.field, v.description);
+            }
+            // The message lists the same bounded violations (`ServiceError`'s Display).
+            let message = ServiceError::InvalidArgument(violations).to_string();
+            Parts {
+                details: Some(details),
+                ..Parts::plain(Code::InvalidArgument, &message)
+            }
+        }
+        ServiceError::Unauthenticated(reason) => Parts::plain(Code::Unauthenticated, &reason),
+        ServiceError::PermissionDenied(reason) => Parts::plain(Code::PermissionDenied, &reason),
+        ServiceError::ResourceExhausted { what, retry_after } => {
+            let mut details = ErrorDetails::new();
+            details.set_retry_info(Some(retry_after));
+            let message = format!(
+                "{what} exhausted; retry after {} ms",
+                retry_after.as_millis().max(1)
+            );
+            Parts {
+                details: Some(details),
+                ..Parts::plain(Code::ResourceExhausted, &message)
+            }
+        }
+        ServiceError::NotFound(what) => Parts::plain(Code::NotFound, &what),
+        ServiceError::AlreadyExists(what) => Parts::plain(Code::AlreadyExists, &what),
+        ServiceError::FailedPrecondition(why) => Parts::plain(Code::FailedPrecondition, &why),
+        ServiceError::DataLoss(what) => Parts::plain(Code::DataLoss, &what),
+        ServiceError::Unavailable(why) => Parts::plain(Code::Unavailable, &why),
+        ServiceError::DeadlineExceeded(why) => Parts::plain(Code::DeadlineExceeded, &why),
+        ServiceError::Undecodable(why) => Parts {
+            // Unbounded as before: `why` is already cut by `decode_reason`.
+            message: format!("the request could not be decoded: {why}"),
+            ..Parts::plain(Code::InvalidArgument, "")
+        },
+        ServiceError::Internal {
+            subsystem,
+            ref what,
+            ref source,
+        } => internal(subsystem, &format!("{what}: {source}"), source.as_ref()),
+        ServiceError::Store(err) => store_status(err),
     }
 }
 
 /// The retry delay a write refused for a full disk suggests.
 const NO_SPACE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn store_status(err: StoreError) -> Status {
+fn store_status(err: StoreError) -> Parts {
     match err {
         StoreError::Corrupt {
             ref tree, ref key, ..
@@ -81,27 +165,24 @@ fn store_status(err: StoreError) -> Status {
                 kind: "corrupt",
             }
             .emit();
-            Status::data_loss(format!(
-                "stored record {tree}/{key} is damaged and was not returned"
-            ))
+            Parts::plain(
+                Code::DataLoss,
+                &format!("stored record {tree}/{key} is damaged and was not returned"),
+            )
         }
         StoreError::NoSpace { .. } => {
             // Logged by the store's guard once per interval, not here per call.
             let mut details = ErrorDetails::new();
             details.set_retry_info(Some(NO_SPACE_RETRY));
-            details.set_error_info(
-                "STORE_NO_SPACE",
-                "brainstem",
-                std::collections::HashMap::new(),
-            );
-            Status::with_error_details(
-                Code::ResourceExhausted,
-                bounded(&format!(
-                    "{err}; retry after {} ms",
-                    NO_SPACE_RETRY.as_millis()
-                )),
-                details,
-            )
+            details.set_error_info("STORE_NO_SPACE", ERROR_DOMAIN, HashMap::new());
+            Parts {
+                details: Some(details),
+                reason: Some("STORE_NO_SPACE"),
+                ..Parts::plain(
+                    Code::ResourceExhausted,
+                    &format!("{err}; retry after {} ms", NO_SPACE_RETRY.as_millis()),
+                )
+            }
         }
         StoreError::Io(_)
         | StoreError::Integrity { .. }
@@ -121,7 +202,7 @@ fn internal(
     subsystem: &'static str,
     error: &str,
     cause: &(dyn std::error::Error + 'static),
-) -> Status {
+) -> Parts {
     let id = crate::store::unix_ms_now();
     let mut chain = Vec::new();
     let mut source = cause.source();
@@ -135,9 +216,13 @@ fn internal(
         kind: "internal",
     }
     .emit();
-    let mut status = Status::internal(format!("internal error (id {id}); see the daemon log"));
-    status.metadata_mut().insert(ERROR_ID_KEY, id.into());
-    status
+    Parts {
+        error_id: Some(id),
+        ..Parts::plain(
+            Code::Internal,
+            &format!("internal error (id {id}); see the daemon log"),
+        )
+    }
 }
 
 /// The request-decoding failure behind a response, if it is one. tonic decodes the request message
@@ -337,6 +422,73 @@ mod tests {
         assert!(undecodable(&denied.into_http::<()>()).is_none());
         let ok = http::Response::new(());
         assert!(undecodable(&ok).is_none());
+    }
+
+    #[test]
+    fn a_correlation_id_goes_into_error_info_and_metadata() {
+        let id = CorrelationId::from_headers(&{
+            let mut h = http::HeaderMap::new();
+            h.insert("x-request-id", http::HeaderValue::from_static("req-7"));
+            h
+        });
+        let cases = [
+            (
+                ServiceError::PermissionDenied("no".into()),
+                "PERMISSION_DENIED",
+            ),
+            (
+                ServiceError::InvalidArgument(vec![FieldViolation::new("f", "bad")]),
+                "INVALID_ARGUMENT",
+            ),
+            (
+                ServiceError::Store(StoreError::NoSpace {
+                    path: "/s".into(),
+                    available: 1,
+                    reserve: 2,
+                }),
+                "STORE_NO_SPACE",
+            ),
+            (
+                ServiceError::internal("audit", "x", std::io::Error::other("y")),
+                "INTERNAL",
+            ),
+        ];
+        for (err, reason) in cases {
+            let status = status_for(err, Some(&id));
+            let details = status.get_error_details();
+            let info = details.error_info().expect("ErrorInfo");
+            assert_eq!(info.reason, reason);
+            assert_eq!(info.domain, ERROR_DOMAIN);
+            assert_eq!(
+                info.metadata.get(ERROR_INFO_KEY).map(String::as_str),
+                Some("req-7")
+            );
+            assert_eq!(
+                status
+                    .metadata()
+                    .get("x-request-id")
+                    .map(|v| v.to_str().unwrap()),
+                Some("req-7")
+            );
+        }
+        // Other details survive beside it.
+        let status = status_for(
+            ServiceError::InvalidArgument(vec![FieldViolation::new("f", "bad")]),
+            Some(&id),
+        );
+        assert_eq!(
+            status
+                .get_error_details()
+                .bad_request()
+                .unwrap()
+                .field_violations
+                .len(),
+            1
+        );
+        // Without an id (outside any call): no ErrorInfo is invented.
+        let status = status_for(ServiceError::NotFound("x".into()), None);
+        assert!(status.get_error_details().error_info().is_none());
+        assert!(status.metadata().get("x-request-id").is_none());
     }
 
     #[test]

@@ -71,6 +71,34 @@ pub fn server_config(paths: &TlsPaths) -> Result<Arc<rustls::ServerConfig>, TlsE
     Ok(Arc::new(config))
 }
 
+/// When the certificates in use expire (Unix seconds), for the expiry gauges; `None` when a file
+/// cannot be read or parsed here (the TLS setup itself reports why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CertificateExpiry {
+    /// The server's own certificate (the chain's first).
+    pub server: Option<i64>,
+    /// The CA that signs client certificates: the earliest of the CA file's certificates.
+    pub ca: Option<i64>,
+}
+
+/// Reads the expiry of the server and CA certificates named by `paths`.
+pub fn certificate_expiry(paths: &TlsPaths) -> CertificateExpiry {
+    let not_after = |der: &CertificateDer<'_>| {
+        use x509_parser::prelude::FromDer;
+        x509_parser::prelude::X509Certificate::from_der(der.as_ref())
+            .ok()
+            .map(|(_, cert)| cert.validity().not_after.timestamp())
+    };
+    CertificateExpiry {
+        server: read_certs(&paths.cert)
+            .ok()
+            .and_then(|chain| chain.first().and_then(not_after)),
+        ca: read_certs(&paths.ca)
+            .ok()
+            .and_then(|certs| certs.iter().filter_map(not_after).min()),
+    }
+}
+
 /// The live server TLS configuration; [`ReloadableTls::replace`] takes effect for new connections.
 #[derive(Debug)]
 pub struct ReloadableTls {
@@ -111,6 +139,23 @@ mod tests {
             key: pki.server_key(),
         };
         server_config(&paths).expect("dev PKI loads");
+        let expiry = certificate_expiry(&paths);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        for at in [expiry.server, expiry.ca] {
+            let at = at.expect("the dev PKI's certificates parse");
+            assert!(at > now + 86_400, "{at} is not in the future");
+        }
+        assert_eq!(
+            certificate_expiry(&TlsPaths {
+                cert: dir.path().join("nope.pem"),
+                ..paths.clone()
+            })
+            .server,
+            None
+        );
 
         let missing = TlsPaths {
             ca: dir.path().join("nope.pem"),

@@ -103,7 +103,7 @@ impl Section for LogConfig {
     }
 
     fn validate(&self, _config: &Config, issues: &mut Issues) {
-        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.level) {
+        if let Err(err) = crate::runtime::telemetry::check_filter(&self.level) {
             issues.push("log.level", format!("not a valid filter directive: {err}"));
         }
     }

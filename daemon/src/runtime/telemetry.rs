@@ -1,5 +1,6 @@
 //! Logging: tracing-subscriber, human or JSON lines on stderr (journald adds timestamps and units), the
-//! filter from `RUST_LOG` or else `log.level`, and a handle that changes the level on reload. Every
+//! filter from `RUST_LOG` (when set and not empty) or else `log.level`, and a handle that changes the
+//! filter at runtime (reload, Admin.SetLogLevel). Every
 //! formatted event passes through [`redact::global`] before it is written ([`redacting_writer`]), and
 //! so does a panic's message (the panic hook).
 
@@ -17,33 +18,108 @@ use crate::runtime::redact::{self, Redactor};
 
 /// Changes the log filter of the running process.
 pub trait LogControl: Send + Sync {
+    /// Applies `[log] level` of a (re)loaded configuration; ignored while `RUST_LOG` overrides it
+    /// (the directive is still remembered as [`LogControl::configured`]).
     fn set_level(&self, directive: &str) -> Result<(), String>;
+    /// Replaces the filter whatever `RUST_LOG` said (the operator asked, through the Admin API);
+    /// returns the filter it replaced. An invalid directive changes nothing.
+    fn set_filter(&self, directive: &str) -> Result<String, String>;
+    /// The filter in force.
+    fn filter(&self) -> String;
+    /// The configuration's `[log] level` last applied or remembered.
+    fn configured(&self) -> String;
+    /// Whether `RUST_LOG` was set at start.
+    fn env_override(&self) -> bool;
 }
 
-struct FilterHandle {
-    handle: reload::Handle<EnvFilter, Registry>,
+/// The longest filter directive accepted at runtime.
+pub const MAX_FILTER_BYTES: usize = 1024;
+
+/// Checks a filter directive: `Err(why)` when EnvFilter refuses it or it is too long.
+pub fn check_filter(directive: &str) -> Result<EnvFilter, String> {
+    if directive.len() > MAX_FILTER_BYTES {
+        return Err(format!("at most {MAX_FILTER_BYTES} bytes"));
+    }
+    if directive.trim().is_empty() {
+        return Err("empty; give a level such as \"info\" or directives such as \"warn,brainstemd::access=debug\"".to_owned());
+    }
+    EnvFilter::builder()
+        .with_regex(false)
+        .parse(directive)
+        .map_err(|err| format!("not a valid filter: {err}"))
+}
+
+/// The reloadable filter and what it was built from.
+pub struct FilterHandle<S = Registry> {
+    handle: reload::Handle<EnvFilter, S>,
     /// When `RUST_LOG` is set it wins over the config file, on start and on reload.
     env_override: bool,
+    /// (filter in force, configured level).
+    state: std::sync::Mutex<(String, String)>,
 }
 
-impl LogControl for FilterHandle {
+impl<S> FilterHandle<S> {
+    pub fn new(
+        handle: reload::Handle<EnvFilter, S>,
+        env_override: bool,
+        filter: String,
+        configured: String,
+    ) -> Self {
+        FilterHandle {
+            handle,
+            env_override,
+            state: std::sync::Mutex::new((filter, configured)),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, (String, String)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<S: tracing::Subscriber + 'static> LogControl for FilterHandle<S> {
     fn set_level(&self, directive: &str) -> Result<(), String> {
+        self.state().1 = directive.to_owned();
         if self.env_override {
             return Ok(());
         }
-        let filter = EnvFilter::try_new(directive).map_err(|err| err.to_string())?;
-        self.handle.reload(filter).map_err(|err| err.to_string())
+        self.set_filter(directive).map(drop)
+    }
+
+    fn set_filter(&self, directive: &str) -> Result<String, String> {
+        let filter = check_filter(directive)?;
+        // Held across the swap so two changes cannot interleave their bookkeeping.
+        let mut state = self.state();
+        self.handle.reload(filter).map_err(|err| err.to_string())?;
+        Ok(std::mem::replace(&mut state.0, directive.to_owned()))
+    }
+
+    fn filter(&self) -> String {
+        self.state().0.clone()
+    }
+
+    fn configured(&self) -> String {
+        self.state().1.clone()
+    }
+
+    fn env_override(&self) -> bool {
+        self.env_override
     }
 }
 
 /// Installs the global subscriber and the panic hook. Call once, from `main`.
 pub fn init(format: LogFormat, level: &str) -> Arc<dyn LogControl> {
     install_panic_hook();
-    let env_override = std::env::var_os("RUST_LOG").is_some();
-    let filter = if env_override {
-        EnvFilter::from_default_env()
+    // An empty RUST_LOG counts as unset: the configuration's level applies.
+    let env_override = std::env::var_os("RUST_LOG").is_some_and(|v| !v.is_empty());
+    let (filter, text) = if env_override {
+        let text = std::env::var("RUST_LOG").unwrap_or_default();
+        (EnvFilter::from_default_env(), text)
     } else {
-        EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"))
+        match EnvFilter::try_new(level) {
+            Ok(filter) => (filter, level.to_owned()),
+            Err(_) => (EnvFilter::new("info"), "info".to_owned()),
+        }
     };
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
@@ -57,10 +133,12 @@ pub fn init(format: LogFormat, level: &str) -> Arc<dyn LogControl> {
             .with(fmt.json().flatten_event(true).with_current_span(true))
             .init(),
     }
-    Arc::new(FilterHandle {
+    Arc::new(FilterHandle::new(
         handle,
         env_override,
-    })
+        text,
+        level.to_owned(),
+    ))
 }
 
 /// A [`MakeWriter`] that hands each formatted event to `redactor` and writes what is left to
@@ -199,6 +277,43 @@ fn redact_panic(redactor: &Redactor, text: &str, thread: Option<&str>, location:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_filter_changes_at_runtime_and_remembers_what_it_replaced() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let (filter, handle) = reload::Layer::new(EnvFilter::new("info"));
+        let subscriber = tracing_subscriber::registry().with(filter);
+        let control = FilterHandle::new(handle, false, "info".into(), "info".into());
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(!tracing::enabled!(tracing::Level::DEBUG));
+            assert_eq!(control.set_filter("debug").unwrap(), "info");
+            tracing::callsite::rebuild_interest_cache();
+            assert!(tracing::enabled!(tracing::Level::DEBUG));
+            assert_eq!(control.filter(), "debug");
+            // A bad directive changes nothing.
+            for bad in ["foo=bogus", "", &"a".repeat(MAX_FILTER_BYTES + 1)] {
+                assert!(control.set_filter(bad).is_err(), "{bad:?}");
+            }
+            assert_eq!(control.filter(), "debug");
+            // The configuration's level applies (and is remembered) on reload.
+            control.set_level("warn").unwrap();
+            assert_eq!(
+                (control.filter(), control.configured()),
+                ("warn".into(), "warn".into())
+            );
+        });
+    }
+
+    #[test]
+    fn under_rust_log_a_reload_keeps_the_filter_but_the_operator_may_change_it() {
+        let (_filter, handle) = reload::Layer::<EnvFilter, Registry>::new(EnvFilter::new("info"));
+        let control = FilterHandle::new(handle, true, "trace".into(), "info".into());
+        control.set_level("warn").unwrap();
+        assert_eq!(
+            (control.filter(), control.configured()),
+            ("trace".into(), "warn".into())
+        );
+    }
 
     #[test]
     fn panic_messages_are_redacted() {

@@ -69,6 +69,12 @@ impl ActorStateChanged {
         use crate::supervisor::ActorState;
         metrics::gauge!("brainstem_supervisor_actor_up", "actor" => self.actor)
             .set(if self.to.is_serving() { 1.0 } else { 0.0 });
+        // Zero series once an actor has a state, so alert rules (config/alerts.yml) see the names
+        // before the first restart or kill, and `increase()` counts the first one.
+        metrics::counter!("brainstem_supervisor_actor_restarts_total", "actor" => self.actor)
+            .increment(0);
+        metrics::counter!("brainstem_supervisor_actor_kills_total", "actor" => self.actor, "reason" => "frozen")
+            .increment(0);
         metrics::gauge!("brainstem_supervisor_actor_failed", "actor" => self.actor).set(
             if self.to == ActorState::Failed {
                 1.0

@@ -340,6 +340,7 @@ impl AuditLog {
         if record.time_unix_ms == 0 {
             record.time_unix_ms = (self.shared.now)();
         }
+        fill_correlation(&mut record);
         let (written, done) = oneshot::channel();
         let result = async {
             if !*self.writer_running.borrow() {
@@ -381,8 +382,8 @@ impl AuditLog {
     }
 
     /// Counts a refusal by the authorization layer; see the module documentation.
-    pub fn refuse(&self, caller: &str, method: &str, reason: &str) {
-        self.shared.refuse(caller, method, reason);
+    pub fn refuse(&self, caller: &str, method: &str, reason: &str, correlation_id: &str) {
+        self.shared.refuse(caller, method, reason, correlation_id);
     }
 
     /// Records matching `query`, and the cursor to continue from.
@@ -545,6 +546,7 @@ impl Shared {
         if record.time_unix_ms == 0 {
             record.time_unix_ms = (self.now)();
         }
+        fill_correlation(&mut record);
         match self.tx.try_send(Pending {
             record,
             written: None,
@@ -581,12 +583,12 @@ impl Shared {
         }
     }
 
-    fn refuse(&self, caller: &str, method: &str, reason: &str) {
+    fn refuse(&self, caller: &str, method: &str, reason: &str, correlation_id: &str) {
         let second = (self.now)() / 1000;
         let ready = {
             let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
             let ready = (refusals.second != second).then(|| refusals.take(second));
-            refusals.add(caller, method, reason);
+            refusals.add(caller, method, reason, correlation_id);
             ready
         };
         if let Some(ready) = ready {
@@ -615,10 +617,12 @@ impl Shared {
                     "*".to_owned(),
                     "refusal-budget-exceeded".to_owned(),
                 ),
-                ready.overflow,
+                (ready.overflow, String::new()),
             )
         });
-        for ((caller, method, reason), count) in ready.keys.into_iter().chain(overflow) {
+        for ((caller, method, reason), (count, correlation_id)) in
+            ready.keys.into_iter().chain(overflow)
+        {
             let _ = self.record(AuditRecord {
                 seq: 0,
                 time_unix_ms,
@@ -630,33 +634,45 @@ impl Shared {
                 resource: String::new(),
                 allowed: false,
                 reasons: vec![reason],
-                correlation_id: String::new(),
+                correlation_id,
                 count,
             });
         }
     }
 }
 
-/// One second's refusals, by (caller, method, reason).
+/// A record queued without a correlation id while a call is handled on this task gets the call's
+/// (`grpc::correlation::current`): every record a call causes carries its id.
+fn fill_correlation(record: &mut AuditRecord) {
+    if record.correlation_id.is_empty() {
+        if let Some(id) = crate::grpc::correlation::current() {
+            record.correlation_id = id.as_str().to_owned();
+        }
+    }
+}
+
+/// One second's refusals, by (caller, method, reason): how many, and the first one's correlation id.
 #[derive(Default)]
 struct Refusals {
     second: u64,
-    keys: HashMap<(String, String, String), u32>,
+    keys: HashMap<(String, String, String), (u32, String)>,
     overflow: u32,
 }
 
 impl Refusals {
-    fn add(&mut self, caller: &str, method: &str, reason: &str) {
+    fn add(&mut self, caller: &str, method: &str, reason: &str, correlation_id: &str) {
         // Looked up by reference first: a repeat (the flood case) allocates nothing.
-        if let Some((_, n)) = self
+        if let Some((_, (n, _))) = self
             .keys
             .iter_mut()
             .find(|((c, m, r), _)| c == caller && m == method && r == reason)
         {
             *n = n.saturating_add(1);
         } else if self.keys.len() < REFUSAL_KEYS_PER_SECOND {
-            self.keys
-                .insert((caller.to_owned(), method.to_owned(), reason.to_owned()), 1);
+            self.keys.insert(
+                (caller.to_owned(), method.to_owned(), reason.to_owned()),
+                (1, correlation_id.to_owned()),
+            );
         } else {
             self.overflow = self.overflow.saturating_add(1);
         }

@@ -341,11 +341,12 @@ async fn refusals_are_aggregated_per_caller_method_and_second_within_a_budget() 
     let (ms, now) = clock(1_700_000_000_000);
     let f = start_with(dir.path(), &config(1000), now).await;
     let log = f.log.clone();
-    for _ in 0..10_000 {
+    for i in 0..10_000 {
         log.refuse(
             "mallory",
             "/brainstem.v1.Admin/GetStatus",
             "missing-capability",
+            &format!("req-{i}"),
         );
     }
     for i in 0..(REFUSAL_KEYS_PER_SECOND + 6) {
@@ -353,6 +354,7 @@ async fn refusals_are_aggregated_per_caller_method_and_second_within_a_budget() 
             &format!("p{i}"),
             "/brainstem.v1.Admin/GetStatus",
             "rate-limit",
+            "",
         );
     }
     log.record_durable(record("alice", "secrets.read", true))
@@ -364,6 +366,7 @@ async fn refusals_are_aggregated_per_caller_method_and_second_within_a_budget() 
         "mallory",
         "/brainstem.v1.Admin/GetStatus",
         "missing-capability",
+        "req-next",
     );
     log.record_durable(record("alice", "secrets.read", true))
         .await
@@ -374,6 +377,10 @@ async fn refusals_are_aggregated_per_caller_method_and_second_within_a_budget() 
     assert_eq!(access.len(), REFUSAL_KEYS_PER_SECOND + 1);
     let mallory = access.iter().find(|r| r.caller == "mallory").unwrap();
     assert_eq!(mallory.count, 10_000);
+    assert_eq!(
+        mallory.correlation_id, "req-0",
+        "the first refusal's id stands for the rest"
+    );
     assert_eq!(mallory.time_unix_ms, 1_700_000_000_000);
     let overflow = access
         .iter()
