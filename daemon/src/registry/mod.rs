@@ -43,7 +43,7 @@ use self::hash::{Hashed, PathProblem};
 use crate::access::audit::{AuditKind, AuditLog, AuditRecord};
 use crate::error::{FieldViolation, ServiceError, truncate_for_reply};
 use crate::runtime::tasks::Tasks;
-use crate::store::{Batch, Record, StoreError, Tree, unix_ms_now};
+use crate::store::{Batch, Record, StoreError, Tree};
 
 /// Longest model name, in bytes.
 pub const MAX_NAME_BYTES: usize = 128;
@@ -57,39 +57,7 @@ pub const MAX_ENTRIES: usize = 256;
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
 
-/// Wall-clock milliseconds, injectable so tests move time instead of sleeping.
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    fn now_ms(&self) -> u64;
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        unix_ms_now()
-    }
-}
-
-/// A clock that moves only when told to.
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicU64);
-
-impl ManualClock {
-    pub fn new(now_ms: u64) -> Self {
-        ManualClock(AtomicU64::new(now_ms))
-    }
-
-    pub fn advance_ms(&self, ms: u64) {
-        self.0.fetch_add(ms, AtomicOrdering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(AtomicOrdering::SeqCst)
-    }
-}
+pub use crate::runtime::clock::{Clock, ManualClock, SystemClock};
 
 /// Who changes something, for history and audit.
 #[derive(Debug, Clone)]

@@ -2,6 +2,7 @@
 //! (with secrets redacted from every line), the metrics recorder and listener, and the typed events
 //! that every metric and log line comes from.
 
+pub mod clock;
 pub mod config;
 pub mod events;
 pub mod metrics;

@@ -27,7 +27,6 @@ mod rotation;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use base64::Engine;
@@ -44,7 +43,7 @@ pub use self::rotation::SecretsRotation;
 use crate::access::audit::{AuditKind, AuditLog, AuditRecord};
 use crate::crypto::keyset::KeySet;
 use crate::error::{FieldViolation, ServiceError};
-use crate::store::{Batch, Record, StoreError, Tree, unix_ms_now};
+use crate::store::{Batch, Record, StoreError, Tree};
 
 /// Vault's limits on custom metadata.
 pub const MAX_CUSTOM_KEYS: usize = 64;
@@ -59,39 +58,7 @@ const CHANGE_BACKLOG: usize = 1024;
 /// A rotation that failed is tried again this much later.
 const ROTATION_RETRY_MS: u64 = 60_000;
 
-/// Wall-clock milliseconds, injectable so tests move time instead of sleeping.
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    fn now_ms(&self) -> u64;
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        unix_ms_now()
-    }
-}
-
-/// A clock that moves only when told to.
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicU64);
-
-impl ManualClock {
-    pub fn new(now_ms: u64) -> Self {
-        ManualClock(AtomicU64::new(now_ms))
-    }
-
-    pub fn advance_ms(&self, ms: u64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+pub use crate::runtime::clock::{Clock, ManualClock, SystemClock};
 
 /// How a version came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
