@@ -16,20 +16,17 @@
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tonic::service::Routes;
 use tonic::transport::Server;
-use tonic::transport::server::Connected;
 
 use crate::access::Access;
 use crate::access::identity::{PeerInfo, unix_principal};
+use crate::grpc::incoming::Peer;
 use crate::grpc::layer::AuthLayer;
 use crate::supervisor::actor::{ActorError, ActorResult};
 use crate::supervisor::worker::{Worker, WorkerContext, WorkerPolicy, until_cancelled};
@@ -154,7 +151,7 @@ impl Worker for FlagsSocket {
 async fn accept(
     listener: &tokio::net::UnixListener,
     permits: &Arc<Semaphore>,
-) -> io::Result<PeerStream> {
+) -> io::Result<Peer<UnixStream>> {
     let permit = permits
         .clone()
         .acquire_owned()
@@ -170,55 +167,12 @@ async fn accept(
         }
     };
     let uid = stream.peer_cred()?.uid();
-    Ok(PeerStream {
-        inner: stream,
-        info: PeerInfo {
+    Ok(Peer::uncounted(
+        stream,
+        PeerInfo {
             remote_addr: None,
             principal: Ok(Arc::new(unix_principal(uid))),
         },
-        _permit: permit,
-    })
-}
-
-/// A unix-socket connection and the uid it carries.
-struct PeerStream {
-    inner: UnixStream,
-    info: PeerInfo,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Connected for PeerStream {
-    type ConnectInfo = PeerInfo;
-
-    fn connect_info(&self) -> PeerInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for PeerStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for PeerStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+        permit,
+    ))
 }

@@ -28,19 +28,39 @@ use crate::runtime::events::{ConnectionClosed, ConnectionOutcome};
 use crate::runtime::tasks::Tasks;
 
 /// A verified mTLS connection and the identity it carries.
-pub struct PeerStream {
-    inner: tokio_rustls::server::TlsStream<TcpStream>,
+pub type PeerStream = Peer<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// A connection, the identity it carries and the slot it holds: what tonic serves, whatever the
+/// transport (mTLS here, the flag-evaluation unix socket in `flags::socket`).
+pub struct Peer<S> {
+    inner: S,
     info: PeerInfo,
     _permit: OwnedSemaphorePermit,
+    /// Counted in the established-connection metrics (the TLS port's connections are).
+    counted: bool,
 }
 
-impl Drop for PeerStream {
-    fn drop(&mut self) {
-        ConnectionClosed.emit();
+impl<S> Peer<S> {
+    /// A connection not counted in the TLS port's connection metrics.
+    pub fn uncounted(inner: S, info: PeerInfo, permit: OwnedSemaphorePermit) -> Self {
+        Peer {
+            inner,
+            info,
+            _permit: permit,
+            counted: false,
+        }
     }
 }
 
-impl Connected for PeerStream {
+impl<S> Drop for Peer<S> {
+    fn drop(&mut self) {
+        if self.counted {
+            ConnectionClosed.emit();
+        }
+    }
+}
+
+impl<S> Connected for Peer<S> {
     type ConnectInfo = PeerInfo;
 
     fn connect_info(&self) -> PeerInfo {
@@ -48,7 +68,7 @@ impl Connected for PeerStream {
     }
 }
 
-impl AsyncRead for PeerStream {
+impl<S: AsyncRead + Unpin> AsyncRead for Peer<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -58,7 +78,7 @@ impl AsyncRead for PeerStream {
     }
 }
 
-impl AsyncWrite for PeerStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Peer<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -313,6 +333,7 @@ pub fn spawn_accept_loop(
                         principal,
                     },
                     _permit: permit,
+                    counted: true,
                 };
                 let _ = tx.send(Ok(stream)).await;
             });
