@@ -2,7 +2,7 @@
 //!
 //! A path is canonicalised (every symlink resolved) and must then lie under one of the canonicalised
 //! roots, so a symlink inside a root that leads out of it is refused like a path outside. The file
-//! is then opened with `O_NOFOLLOW` on its canonical path, so a symlink swapped in after the check
+//! is then opened with `O_NOFOLLOW | O_NONBLOCK` on its canonical path (a FIFO cannot hang the open), so a symlink swapped in after the check
 //! is refused rather than followed. Hashing reads fixed-size buffers: memory stays at one buffer
 //! whatever the file's size. It is blocking work; callers run it on the daemon's blocking pool.
 
@@ -85,7 +85,8 @@ fn under_any(roots: &[PathBuf], path: &Path) -> bool {
 pub fn hash_file(path: &Path, buffer: usize) -> std::io::Result<Hashed> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        // O_NONBLOCK: a FIFO planted under a root must not hang the open (a regular file ignores it).
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)?;
     hash_reader(&mut file, buffer)
 }
