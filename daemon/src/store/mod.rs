@@ -766,6 +766,12 @@ impl Store {
     /// Marks the current run as stopped cleanly and flushes. The last store write of a graceful stop;
     /// bounded like [`Store::close`], so a stalled store cannot hold the stop.
     pub fn mark_clean_shutdown(&self) -> Result<(), StoreError> {
+        self.mark_clean_shutdown_within(Some(CLOSE_TIMEOUT))
+    }
+
+    /// [`Store::mark_clean_shutdown`] with the seal bounded by `limit` (`None`: however long the
+    /// seal's pass over every tree takes — an offline restore of a large store).
+    pub fn mark_clean_shutdown_within(&self, limit: Option<Duration>) -> Result<(), StoreError> {
         let meta = self.tree(trees::META)?;
         let mut batch = None;
         if let Some(mut record) = meta.get::<BootRecord>(BOOT_KEY)? {
@@ -777,7 +783,7 @@ impl Store {
         let wrote = batch.is_some();
         self.handles
             .committer
-            .commit_job(batch, true, wrote, Mark::Seal, Some(CLOSE_TIMEOUT))
+            .commit_job(batch, true, wrote, Mark::Seal, limit)
     }
 }
 

@@ -220,7 +220,8 @@ pub fn restore_into(
                     .commit_blocking(Some((tree.clone(), batch)), true, None)?;
             }
         }
-        store.mark_clean_shutdown()
+        // Offline: the seal's pass over every tree may take longer than a stop's deadline.
+        store.mark_clean_shutdown_within(None)
     })();
     let closed = store
         .close()
