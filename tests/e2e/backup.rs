@@ -226,6 +226,21 @@ async fn a_backup_taken_under_load_restores_every_write_acknowledged_before_it()
         "{metrics}"
     );
     assert!(metric_value(&metrics, "brainstem_backup_size_bytes").is_some_and(|v| v > 0.0));
+    // The backup left an audit record (on disk before the file was sent) naming who took it.
+    let taken = crate::harness::wait_for_audit(
+        &client,
+        AuditQueryRequest {
+            action: "backup.create".into(),
+            limit: 10,
+            ..Default::default()
+        },
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(taken[0].kind, "admin", "{taken:?}");
+    assert!(taken[0].resource.starts_with("backup:"), "{taken:?}");
+    assert!(!taken[0].caller.is_empty(), "{taken:?}");
 
     // A second backup without --force does not overwrite the first.
     let again = run(

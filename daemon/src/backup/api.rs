@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::Backups;
 use super::events::BackupFinished;
+use crate::access::audit::{AuditKind, AuditRecord};
 use crate::error::ServiceError;
 use crate::grpc::methods::Requirement;
 use crate::grpc::services::{Health, Registration, ServiceSpec, handler};
@@ -58,6 +59,38 @@ impl BackupApi for BackupService {
                 return Err(ServiceError::internal("backup", "backup", err).into());
             }
         };
+        // A backup holds everything: it leaves the daemon only once its record is on disk.
+        let caller = crate::access::caller::caller(&request)?
+            .principal
+            .name
+            .clone();
+        let audit = self
+            .backups
+            .audit()
+            .ok_or_else(|| ServiceError::Unavailable("the daemon is still starting".to_owned()))?;
+        let record = AuditRecord {
+            seq: 0,
+            time_unix_ms: 0,
+            decision_id: audit.decision_id(),
+            kind: AuditKind::Admin,
+            caller: caller.clone(),
+            principal: caller,
+            action: CREATE.to_owned(),
+            resource: format!("backup:{}", created.header.file_id),
+            allowed: true,
+            reasons: vec![format!(
+                "entries={} bytes={}",
+                created.entries,
+                created.file.len()
+            )],
+            correlation_id: correlation_id.clone(),
+            count: 1,
+        };
+        audit.record_durable(record).await.map_err(|err| {
+            ServiceError::Unavailable(format!(
+                "the backup was taken but could not be audited, so it is not sent: {err}"
+            ))
+        })?;
         BackupFinished {
             ok: true,
             duration: created.duration,

@@ -97,6 +97,11 @@ impl Backups {
         }
     }
 
+    /// The audit log, once the daemon's shared parts are up.
+    pub fn audit(&self) -> Option<Arc<AuditLog>> {
+        self.audit.get().cloned()
+    }
+
     /// Hands over the audit log (whose segments a backup copies) and the daemon's tasks.
     pub fn set_parts(&self, audit: Arc<AuditLog>, tasks: Tasks) {
         let _ = self.audit.set(audit);
