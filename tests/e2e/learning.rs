@@ -257,3 +257,87 @@ async fn bad_feedback_is_refused_by_field_and_predict_answers() {
     assert_eq!((s.events_learned, s.duplicates), (1, 1));
     daemon.stop().await;
 }
+
+/// `[learning] publish_as`: the learner's model appears in the registry as versions whose weights the
+/// registry hashed, created by the learner, with the prequential accuracy as a quality metric that
+/// DetectDrift reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_is_published_to_the_registry_with_its_accuracy() {
+    use brainstem_client::v1::{DetectDriftRequest, GetLatestRequest, VerifyArtifactsRequest};
+
+    let daemon = crate::inprocess::InProcess::start(
+        "",
+        "[learning]\ncheckpoint_every = 10\npublish_as = \"learning/online\"\npublish_interval_seconds = 1\n",
+    )
+    .await;
+    let client = daemon.client().await;
+    for i in 0..40u32 {
+        let x = f64::from(i % 10) - 4.5;
+        let reply = client
+            .learning
+            .clone()
+            .feedback(FeedbackRequest {
+                features: vec![x, 1.0],
+                label: if x > 0.0 { 1.0 } else { 0.0 },
+                event_id: Some(format!("pub-{i}")),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(reply.accepted);
+    }
+    learned(&client, 40).await;
+    let latest = eventually(
+        "a published version that learned all 40 events",
+        Duration::from_secs(20),
+        || {
+            let mut registry = client.registry.clone();
+            async move {
+                let v = registry
+                    .get_latest(GetLatestRequest {
+                        name: "learning/online".into(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (v.metrics.get("events_learned") == Some(&40.0)).then_some(v)
+            }
+        },
+    )
+    .await;
+    assert_eq!(latest.created_by, "brainstemd/learning");
+    assert_eq!(latest.weights_sha256.len(), 64);
+    assert_eq!(
+        latest.weights_size,
+        2 * 8 + 8,
+        "two weights and a bias, f64 each"
+    );
+    assert!(
+        latest.metrics.contains_key("prequential_accuracy"),
+        "{latest:?}"
+    );
+    let mut registry = client.registry.clone();
+    let verified = registry
+        .verify_artifacts(VerifyArtifactsRequest {
+            name: "learning/online".into(),
+            version: latest.version.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.ok, "{verified:?}");
+    let drift = registry
+        .detect_drift(DetectDriftRequest {
+            name: "learning/online".into(),
+            version: latest.version.clone(),
+            metric: "prequential_accuracy".into(),
+            threshold_percent: 50.0,
+            window_seconds: 3600,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(drift.recent_samples >= 1, "{drift:?}");
+    drop(client);
+    assert_eq!(daemon.stop().await, 0);
+}

@@ -608,6 +608,18 @@ mod tests {
     }
 
     #[test]
+    fn learning_publishes_only_under_a_valid_name_to_an_enabled_registry() {
+        let err = dev("[learning]\npublish_as = \"Bad Name\"\n").expect_err("bad name");
+        assert_eq!(keys(&err), ["learning.publish_as"]);
+        let err =
+            dev("[learning]\npublish_as = \"learning/online\"\n[registry]\nenabled = false\n")
+                .expect_err("no registry");
+        assert_eq!(keys(&err), ["learning.publish_as"]);
+        assert!(err.issues[0].message.contains("registry"), "{err}");
+        dev("[learning]\npublish_as = \"learning/online\"\n").expect("valid");
+    }
+
+    #[test]
     fn access_sections_are_validated() {
         let text = r#"
             [policy]

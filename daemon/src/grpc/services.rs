@@ -36,9 +36,10 @@ pub const REGISTRY: &[Registration] = &[
     crate::flags::api::FLAGD_V2_REGISTRATION,
     crate::flags::api::FLAGD_V1_REGISTRATION,
     crate::secrets::api::REGISTRATION,
-    crate::backup::api::REGISTRATION,
-    crate::actors::learning::api::REGISTRATION,
     crate::registry::api::REGISTRATION,
+    crate::backup::api::REGISTRATION,
+    // After the registry: it publishes its model there (`[learning] publish_as`).
+    crate::actors::learning::api::REGISTRATION,
 ];
 
 /// What the control plane knows about a service before anything starts.

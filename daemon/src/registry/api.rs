@@ -636,6 +636,8 @@ pub const REGISTRATION: ServiceRegistration = ServiceRegistration {
                 source: err.into(),
             })?,
         );
+        // The learning actor publishes its model through the same handle.
+        setup.parts.provide(registry.clone());
         setup.actors.add_worker(RegistryDrift::new(
             registry.clone(),
             config.drift_rules.clone(),

@@ -119,6 +119,40 @@ pub const REGISTRATION: Registration = Registration {
                 source: Box::new(err),
             })?;
         setup.parts.provide(learning.clone());
+        let config = &setup.config.learning;
+        if !config.publish_as.is_empty() {
+            // Validation already required an enabled registry, which is set up before us.
+            let registry = setup
+                .parts
+                .get::<std::sync::Arc<crate::registry::Registry>>()
+                .ok_or_else(|| crate::daemon::StartError::Setup {
+                    service: "brainstem.v1.Learning",
+                    source: "learning.publish_as needs the model registry".into(),
+                })?;
+            let root = setup
+                .config
+                .registry
+                .roots(&setup.config.state_dir)
+                .into_iter()
+                .next()
+                .ok_or_else(|| crate::daemon::StartError::Setup {
+                    service: "brainstem.v1.Learning",
+                    source: "learning.publish_as needs a registry artifact root".into(),
+                })?;
+            let dir = config
+                .publish_as
+                .split('/')
+                .fold(root.join("learning"), |dir, segment| dir.join(segment));
+            setup
+                .actors
+                .add_worker(super::publish::LearningPublish::new(
+                    learning.clone(),
+                    registry,
+                    config.publish_as.clone(),
+                    dir,
+                    std::time::Duration::from_secs(config.publish_interval_seconds),
+                ));
+        }
         Ok(Some(crate::grpc::services::handler(
             move |_, routes, limits| {
                 crate::route!(

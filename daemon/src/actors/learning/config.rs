@@ -22,6 +22,10 @@ pub struct LearningConfig {
     pub accuracy_window: u64,
     /// How long an event's deduplication key is kept after it was accepted.
     pub dedup_retention_seconds: u64,
+    /// Publish the model to the registry under this name (e.g. `learning/online`); empty: never.
+    pub publish_as: String,
+    /// How often the `learning-publish` worker publishes a model that learned something new.
+    pub publish_interval_seconds: u64,
     /// How the supervisor runs the actor.
     #[serde(flatten)]
     pub actor: ActorConfig,
@@ -39,6 +43,8 @@ impl Default for LearningConfig {
             queue_low_water: 5_000,
             accuracy_window: 1000,
             dedup_retention_seconds: 7 * 86_400,
+            publish_as: String::new(),
+            publish_interval_seconds: 300,
             // The daemon keeps serving without its learner.
             actor: ActorConfig {
                 critical: false,
@@ -94,11 +100,29 @@ impl Section for LearningConfig {
             60..=10 * 365 * 86_400,
             &mut self.dedup_retention_seconds,
         );
+        walker.string(&t, "publish_as", &mut self.publish_as);
+        walker.integer(
+            &t,
+            "publish_interval_seconds",
+            1..=7 * 86_400,
+            &mut self.publish_interval_seconds,
+        );
         self.actor.parse_keys(walker, &t);
         walker.finish(t);
     }
 
-    fn validate(&self, _config: &Config, issues: &mut Issues) {
+    fn validate(&self, config: &Config, issues: &mut Issues) {
+        if !self.publish_as.is_empty() {
+            if let Err(v) = crate::registry::validate_name(&self.publish_as, "learning.publish_as")
+            {
+                issues.push("learning.publish_as", v.description);
+            } else if !config.registry.enabled {
+                issues.push(
+                    "learning.publish_as",
+                    "needs the model registry ([registry] enabled = true)",
+                );
+            }
+        }
         if self.queue_low_water >= self.queue_high_water {
             issues.push(
                 "learning.queue_low_water",
@@ -140,6 +164,12 @@ queue_low_water = {low}
 accuracy_window = {window}
 # A repeated event (same event_id, or same features and label) is recognised for this long.
 dedup_retention_seconds = {retention}
+# Publish the model to the registry as versions of this model (weights file under the registry's
+# first artifact root, its hash, events learned, the prequential accuracy) whenever it learned
+# something new, every publish_interval_seconds; the accuracy is also recorded as the quality metric
+# prequential_accuracy, so DetectDrift and [[registry.drift_rules]] watch it. Empty: never.
+publish_as = "{publish_as}"
+publish_interval_seconds = {publish_interval}
 {actor}"#,
             enabled = self.enabled,
             dimension = self.feature_dimension,
@@ -150,6 +180,8 @@ dedup_retention_seconds = {retention}
             low = self.queue_low_water,
             window = self.accuracy_window,
             retention = self.dedup_retention_seconds,
+            publish_as = self.publish_as,
+            publish_interval = self.publish_interval_seconds,
             actor = self.actor.default_text(),
         )
     }

@@ -35,6 +35,7 @@ pub mod api;
 pub mod config;
 pub mod events;
 pub mod model;
+pub mod publish;
 
 #[cfg(test)]
 mod tests;
