@@ -124,3 +124,90 @@ def test_secrets(bs):
     stream.cancel()
     assert (event.kind, event.version) == ("put", 1)
     assert len(bs.secrets.get(path=rotated).value) == 32
+
+
+def test_registry(bs, daemon):
+    import hashlib
+    import json
+    import os
+
+    root = os.path.join(daemon.state_dir, "artifacts")
+    os.makedirs(root, exist_ok=True)
+    path = os.path.join(root, f"pytest-{time.time_ns()}.bin")
+    data = os.urandom(4096)
+    with open(path, "wb") as f:
+        f.write(data)
+    name = f"pytest/model-{time.time_ns()}"
+    reg = bs.registry.register(name=name, version="1.0.0", algorithm="test", weights_path=path,
+                               metrics={"accuracy": 0.9}, tags={"team": "py"})
+    assert (reg.version, reg.weights_sha256) == ("1.0.0", hashlib.sha256(data).hexdigest())
+    assert bs.registry.get_latest(name=name).version == "1.0.0"
+    bs.registry.set_alias(name=name, alias="production", version="1.0.0")
+    history = bs.registry.alias_history(name=name, alias="production")
+    assert [e.version for e in history.entries] == ["1.0.0"] and history.entries[0].principal
+    bs.registry.record_quality_metric(name=name, version="1.0.0", metric="accuracy", value=0.5)
+    drift = bs.registry.detect_drift(name=name, version="1.0.0", metric="accuracy", threshold_percent=5,
+                                     window_seconds=3600)
+    assert drift.drifted
+    assert bs.registry.verify_artifacts(name=name, version="1.0.0").ok
+    card = json.loads(bs.registry.export_model_card(name=name, version="1.0.0").card)
+    assert card, "a signed card"
+    # Bad input: a declared hash that differs, a file outside the roots, a bad name.
+    with pytest.raises(errors.FailedPrecondition, match=hashlib.sha256(data).hexdigest()):
+        bs.registry.register(name=name, version="1.0.1", weights_path=path, weights_sha256="0" * 64)
+    with pytest.raises(errors.PermissionDenied):
+        bs.registry.register(name=name, version="1.0.2", weights_path="/etc/hostname")
+    with pytest.raises(errors.InvalidArgument) as bad:
+        bs.registry.register(name="Bad Name", weights_path=path)
+    assert "name" in bad.value.fields
+    with pytest.raises(errors.NotFound):
+        bs.registry.get(name=name, version="9.9.9")
+
+
+def test_learning(bs):
+    first = bs.learning.feedback(features=[0.5, -1.0, 2.0], label=1.0, event_id=f"py-{time.time_ns()}")
+    assert first.accepted and not first.duplicate
+    again = bs.learning.feedback(features=[0.5, -1.0, 2.0], label=1.0)
+    assert again.duplicate or again.accepted
+    score = bs.learning.predict(features=[0.5, -1.0, 2.0]).score
+    assert 0.0 <= score <= 1.0
+    assert bs.learning.get_stats().events_learned >= 0
+    with pytest.raises(errors.InvalidArgument) as bad:
+        bs.learning.feedback(features=[0.5, float("nan"), 2.0], label=1.0)
+    assert bad.value.fields
+
+
+def test_vision_and_voice(bs):
+    from brainstem.v1 import perception_pb2
+
+    source = f"py-cam-{time.time_ns()}"
+
+    def frames():
+        for x in (10, 10, 200):
+            data = bytearray(64 * 48)
+            for y in range(10, 30):
+                for dx in range(12):
+                    data[y * 64 + (x * 64 // 640 + dx) % 64] = 255
+            yield perception_pb2.Frame(source=source, width=64, height=48, format="gray8", data=bytes(data))
+
+    reply = bs.vision.submit_frames(frames())
+    assert reply.received == 3 and reply.duplicates >= 1
+    with pytest.raises(errors.InvalidArgument) as bad:
+        bs.vision.submit_frames(iter([perception_pb2.Frame(source=source, width=64, height=48, format="bmp",
+                                                          data=b"x")]))
+    assert "format" in " ".join(bad.value.fields)
+    with pytest.raises(errors.InvalidArgument):
+        bs.voice.submit_audio(iter([perception_pb2.AudioChunk(source="py-mic", sample_rate=16000, pcm=b"odd")]))
+    silence = bs.voice.submit_audio(iter([perception_pb2.AudioChunk(source="py-mic", sample_rate=16000,
+                                                                    pcm=bytes(3200))]))
+    assert list(silence.segments) == []
+
+
+def test_log_level(bs):
+    before = bs.admin.get_log_level()
+    changed = bs.admin.set_log_level(filter="warn,brainstemd=info")
+    assert changed.filter == "warn,brainstemd=info"
+    with pytest.raises(errors.InvalidArgument) as bad:
+        bs.admin.set_log_level(filter="brainstemd=loud")
+    assert bad.value.fields == ["filter"]
+    bs.admin.set_log_level(filter=before.filter)
