@@ -492,6 +492,16 @@ struct State {
 }
 
 impl State {
+    /// `record` with the aliases of its model that name it now.
+    fn view(&self, name: &str, record: Arc<VersionRecord>) -> VersionView {
+        let aliases = self
+            .models
+            .get(name)
+            .map(|m| m.record.aliases_of(&record.version))
+            .unwrap_or_default();
+        VersionView { record, aliases }
+    }
+
     fn version(&self, name: &str, version: &Semver) -> Result<&Arc<VersionRecord>, ServiceError> {
         self.models
             .get(name)
@@ -1104,12 +1114,7 @@ impl Registry {
         let version = parse_version(version, "version").map_err(one)?;
         let state = self.read_state();
         let record = state.version(name, &version)?.clone();
-        let aliases = state
-            .models
-            .get(name)
-            .map(|m| m.record.aliases_of(&record.version))
-            .unwrap_or_default();
-        Ok(VersionView { record, aliases })
+        Ok(state.view(name, record))
     }
 
     /// The highest version that is not archived.
@@ -1480,13 +1485,7 @@ impl Registry {
             format!("model:{}@{}", record.name, record.version),
             format!("environment {environment}"),
         );
-        let aliases = self
-            .read_state()
-            .models
-            .get(name)
-            .map(|m| m.record.aliases_of(&record.version))
-            .unwrap_or_default();
-        Ok(VersionView { record, aliases })
+        Ok(self.read_state().view(name, record))
     }
 
     /// Changes tags, description, status or card text.
@@ -1541,13 +1540,7 @@ impl Registry {
                 record.status.as_str()
             ),
         );
-        let aliases = self
-            .read_state()
-            .models
-            .get(name)
-            .map(|m| m.record.aliases_of(&record.version))
-            .unwrap_or_default();
-        Ok(VersionView { record, aliases })
+        Ok(self.read_state().view(name, record))
     }
 
     /// Appends a sample to a version's metric series; returns how many samples the series has.
