@@ -162,13 +162,8 @@ impl EventRecord {
         let bytes = BASE64
             .decode(&self.features)
             .map_err(|err| format!("features are not base64: {err}"))?;
-        if bytes.len() % 8 != 0 {
-            return Err(format!("{} feature bytes are not whole f64s", bytes.len()));
-        }
-        let features = bytes
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .collect();
+        let features = model::f64s_le(&bytes)
+            .ok_or_else(|| format!("{} feature bytes are not whole f64s", bytes.len()))?;
         Ok((features, f64::from_bits(self.label_bits)))
     }
 }

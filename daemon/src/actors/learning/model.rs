@@ -177,17 +177,11 @@ impl Model {
 
     /// Weights and bias from [`Model::weight_bytes`].
     pub fn weights_from_bytes(bytes: &[u8]) -> Result<(Vec<f64>, f64), String> {
-        if bytes.len() % 8 != 0 || bytes.is_empty() {
-            return Err(format!(
-                "{} bytes is not a whole number of f64s",
-                bytes.len()
-            ));
-        }
-        let mut values: Vec<f64> = bytes
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .collect();
-        let bias = values.pop().expect("at least one value");
+        let mut values = f64s_le(bytes)
+            .ok_or_else(|| format!("{} bytes is not a whole number of f64s", bytes.len()))?;
+        let bias = values
+            .pop()
+            .ok_or_else(|| "no weights: not even a bias".to_owned())?;
         Ok((values, bias))
     }
 }
@@ -226,5 +220,16 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().fold(String::new(), |mut out, b| {
         let _ = write!(out, "{b:02x}");
         out
+    })
+}
+
+/// Little-endian f64s, as the store keeps weights and features; `None` unless a whole number of
+/// them.
+pub(crate) fn f64s_le(bytes: &[u8]) -> Option<Vec<f64>> {
+    (bytes.len() % 8 == 0).then(|| {
+        bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            .collect()
     })
 }
