@@ -30,6 +30,9 @@ pub fn describe() {
     // Zero series from the start, so alert rules (config/alerts.yml) see the names before the first
     // loss, and `increase()` counts the first one.
     metrics::counter!("brainstem_audit_records_written_total").increment(0);
+    metrics::counter!("brainstem_errors_total", "subsystem" => "audit", "kind" => "write")
+        .increment(0);
+    metrics::gauge!("brainstem_audit_queued").set(0.0);
     for kind in [
         "policy",
         "guardrail",

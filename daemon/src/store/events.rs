@@ -31,6 +31,12 @@ pub fn describe() {
         "brainstem_store_probe_stalls_total",
         "store probes whose canary write was not durable within the probe deadline"
     );
+    // Zero series from the start, so the alert rules (config/alerts.yml) see the names before the
+    // first event and `increase()` counts it.
+    metrics::counter!("brainstem_store_probe_stalls_total").increment(0);
+    metrics::gauge!("brainstem_store_disk_full").set(0.0);
+    metrics::counter!("brainstem_errors_total", "subsystem" => "store", "kind" => "recovered_with_loss")
+        .increment(0);
 }
 
 /// The committer flushed for `writes` waiting writes.
