@@ -214,3 +214,71 @@ fn a_target_holding_only_the_key_is_restored_into_and_keeps_it() {
     assert_eq!(store.tree(trees::EPISODIC).unwrap().len(), 50);
     store.close().unwrap();
 }
+
+/// Every scheduled run is in the audit trail: a success names the file it wrote, a failure (the
+/// directory cannot be created) is recorded as not allowed with the error.
+#[tokio::test]
+async fn scheduled_runs_are_audited_both_ways() {
+    use crate::access::audit::{AuditLog, AuditQuery};
+    use crate::access::config::AuditConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = key_file(dir.path(), "master.key", 9);
+    let store = Store::open(&dir.path().join("state"), &store_config()).unwrap();
+    let keys =
+        Arc::new(KeySet::open(&store, MasterKey::load(&key_path).unwrap(), &key_path).unwrap());
+    let backups = Arc::new(Backups::new(store.clone(), keys.clone()));
+    let tasks = crate::runtime::tasks::Tasks::new();
+    // No writer runs: the records stay queued until `finish` writes them, as at a stop.
+    let (log, _writer) =
+        AuditLog::open(&dir.path().join("state"), &AuditConfig::default(), &tasks).unwrap();
+    backups.set_parts(log.clone(), tasks.clone());
+
+    let good = worker::BackupSchedule::new(
+        backups.clone(),
+        &config::BackupConfig {
+            interval_seconds: 60,
+            directory: dir.path().join("backups").display().to_string(),
+            keep: 1,
+        },
+    );
+    let written = good.once().unwrap();
+    // A regular file where the directory should be: the run fails.
+    let blocked = dir.path().join("not-a-dir");
+    std::fs::write(&blocked, b"x").unwrap();
+    let bad = worker::BackupSchedule::new(
+        backups.clone(),
+        &config::BackupConfig {
+            interval_seconds: 60,
+            directory: blocked.join("sub").display().to_string(),
+            keep: 1,
+        },
+    );
+    assert!(bad.once().is_err());
+
+    assert_eq!(log.finish().await, 0, "nothing lost");
+    let (records, _) = log
+        .query(&AuditQuery {
+            action: worker::ACTION.to_owned(),
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert_eq!(records.len(), 2, "{records:?}");
+    let (ok, failed) = (&records[0], &records[1]);
+    assert!(ok.allowed);
+    assert_eq!(ok.principal, "brainstemd");
+    assert!(ok.resource.starts_with("backup:"), "{}", ok.resource);
+    assert!(
+        ok.reasons[0].contains(&written.display().to_string()),
+        "{:?}",
+        ok.reasons
+    );
+    assert!(!failed.allowed);
+    assert!(failed.resource.ends_with("/sub"), "{}", failed.resource);
+    assert!(
+        failed.reasons[0].starts_with("failed: "),
+        "{:?}",
+        failed.reasons
+    );
+    drop((good, bad, backups, keys, log));
+    store.close().unwrap();
+}

@@ -1,7 +1,8 @@
 //! The `backup-schedule` worker: every `[backup] interval_seconds` it takes a backup, writes it to
 //! `[backup] directory` as `brainstem-<unix ms>.bsbackup` (temporary file, fsync, rename) and removes
 //! all but the newest `keep`. A failed backup is counted (`brainstem_backup_failures_total`), logged
-//! and tried again at the next interval; the worker itself keeps running.
+//! and tried again at the next interval; the worker itself keeps running. Each run, success or
+//! failure, leaves an audit record (principal `brainstemd`, action `backup.schedule`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,10 +10,13 @@ use std::time::Duration;
 
 use super::config::BackupConfig;
 use super::{BackupError, Backups};
+use crate::access::audit::{AuditKind, AuditRecord};
 use crate::supervisor::worker::until_cancelled;
 use crate::supervisor::{ActorResult, Worker, WorkerContext, WorkerPolicy};
 
 pub const NAME: &str = "backup-schedule";
+/// The audit action of a scheduled backup (an RPC's is `backup.create`).
+pub const ACTION: &str = "backup.schedule";
 const PREFIX: &str = "brainstem-";
 const SUFFIX: &str = ".bsbackup";
 
@@ -121,9 +125,21 @@ impl BackupSchedule {
                     writer_pause_ms = created.writer_pause.as_secs_f64() * 1000.0,
                     "scheduled backup written"
                 );
-                for old in prune(&self.directory, self.keep) {
+                let removed = prune(&self.directory, self.keep);
+                for old in &removed {
                     tracing::info!(path = %old.display(), "old scheduled backup removed");
                 }
+                self.audit(
+                    format!("backup:{}", created.header.file_id),
+                    true,
+                    format!(
+                        "wrote {} (entries={} bytes={}); removed {} old",
+                        path.display(),
+                        created.entries,
+                        created.file.len(),
+                        removed.len()
+                    ),
+                );
                 Ok(path)
             }
             Err(err) => {
@@ -134,8 +150,39 @@ impl BackupSchedule {
                     at_unix_ms: 0,
                 }
                 .emit();
+                self.audit(
+                    format!("backup-directory:{}", self.directory.display()),
+                    false,
+                    format!("failed: {err}"),
+                );
                 Err(err)
             }
+        }
+    }
+
+    /// Records one scheduled run in the audit log. Not fail-closed: the file stays on this host, so
+    /// a run is not withheld when its record cannot be written (the loss is counted, as for any
+    /// record).
+    fn audit(&self, resource: String, ok: bool, detail: String) {
+        let Some(audit) = self.backups.audit() else {
+            return;
+        };
+        let record = AuditRecord {
+            seq: 0,
+            time_unix_ms: 0,
+            decision_id: audit.decision_id(),
+            kind: AuditKind::Admin,
+            caller: "brainstemd".to_owned(),
+            principal: "brainstemd".to_owned(),
+            action: ACTION.to_owned(),
+            resource,
+            allowed: ok,
+            reasons: vec![detail],
+            correlation_id: String::new(),
+            count: 1,
+        };
+        if let Err(err) = audit.record(record) {
+            tracing::warn!(error = %err, "scheduled backup not audited");
         }
     }
 }
