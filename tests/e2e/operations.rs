@@ -146,6 +146,32 @@ async fn every_reply_carries_the_correlation_id_and_so_do_its_audit_records_and_
         audited_ids(&client, &admin_principal, "ops.field", 1).await,
         ["from-the-field"]
     );
+    // Audit.Query finds one call's records by its id alone.
+    let mut audit = client.audit.clone();
+    let by_id = audit
+        .query(AuditQueryRequest {
+            correlation_id: "op-check-header".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert_eq!(by_id.len(), 1, "{by_id:?}");
+    assert_eq!(by_id[0].action, "ops.header");
+    let bad = audit
+        .query(AuditQueryRequest {
+            correlation_id: "has space".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(
+        bad.message().contains("correlation_id"),
+        "{}",
+        bad.message()
+    );
 
     // A refusal by the layer itself: echoed, in ErrorInfo, and in its (aggregated) audit record.
     let options = options_for(

@@ -54,11 +54,14 @@ pub struct Filter {
     /// An action or family (web matches web.post).
     #[arg(long, default_value = "")]
     action: String,
-    /// policy, guardrail, access, token or admin.
+    /// policy, guardrail, access, token, admin, secret or registry.
     #[arg(long, default_value = "")]
     kind: String,
     #[arg(long)]
     denied: bool,
+    /// Only one call's records: the x-request-id it sent or was given (its replies echo it).
+    #[arg(long, default_value = "")]
+    correlation_id: String,
 }
 
 impl Filter {
@@ -68,6 +71,7 @@ impl Filter {
             action: self.action.clone(),
             kind: self.kind.clone(),
             only_denied: self.denied,
+            correlation_id: self.correlation_id.clone(),
             ..Default::default()
         }
     }

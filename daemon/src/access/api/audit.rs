@@ -43,12 +43,18 @@ impl Audit for AuditService {
                 if kind.is_none() {
                     violations.push(FieldViolation::new(
                         "kind",
-                        "one of policy, guardrail, access, token",
+                        "one of policy, guardrail, access, token, admin, secret, registry",
                     ));
                 }
                 kind
             }
         };
+        if !r.correlation_id.is_empty() && !crate::grpc::correlation::valid(&r.correlation_id) {
+            violations.push(FieldViolation::new(
+                "correlation_id",
+                "at most 128 printable ASCII bytes, as an x-request-id",
+            ));
+        }
         if r.only_allowed && r.only_denied {
             violations.push(FieldViolation::new(
                 "only_allowed",
@@ -85,6 +91,7 @@ impl Audit for AuditService {
             },
             since_unix_ms: since,
             until_unix_ms: until,
+            correlation_id: r.correlation_id,
         };
         let log = self.log.clone();
         let (records, next) = self

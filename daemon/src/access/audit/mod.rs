@@ -184,6 +184,8 @@ pub struct AuditQuery {
     pub allowed: Option<bool>,
     pub since_unix_ms: u64,
     pub until_unix_ms: u64,
+    /// Only this call's records (empty: any).
+    pub correlation_id: String,
 }
 
 /// What the log and its writer share.
@@ -724,6 +726,7 @@ impl AuditQuery {
             && self.allowed.is_none_or(|a| a == r.allowed)
             && (self.since_unix_ms == 0 || r.time_unix_ms >= self.since_unix_ms)
             && (self.until_unix_ms == 0 || r.time_unix_ms < self.until_unix_ms)
+            && (self.correlation_id.is_empty() || r.correlation_id == self.correlation_id)
     }
 }
 
