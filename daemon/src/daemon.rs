@@ -243,6 +243,9 @@ impl Daemon {
         crate::store::events::describe();
         grpc::services::describe();
         grpc::events::describe_tls();
+        if crate::runtime::traces::enabled() {
+            crate::runtime::traces::events::describe();
+        }
         grpc::events::TlsCertificatesLoaded {
             expiry: tls::certificate_expiry(&tls_paths),
         }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use brainstemd::config::{self, ConfigSource, EXIT_CONFIG, Overrides};
 use brainstemd::grpc::tls;
@@ -285,9 +286,6 @@ fn run(source: ConfigSource) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    let log = telemetry::init(config.log.format, &config.log.level);
-    tls::install_crypto_provider();
-
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("brainstemd")
@@ -295,10 +293,35 @@ fn run(source: ConfigSource) -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            tracing::error!(error = %err, "cannot start the async runtime");
+            eprintln!("cannot start the async runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
+    // The OTLP exporter's channel lives on the runtime; built before logging so the tracing layer
+    // can be installed with it.
+    let (tracer, traces) = if config.traces.enabled() {
+        let _runtime = runtime.enter();
+        match brainstemd::runtime::traces::start(&config.traces) {
+            Ok((tracer, traces)) => (Some(tracer), Some(traces)),
+            Err(err) => {
+                eprintln!("traces.otlp_endpoint: {err}");
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
+        }
+    } else {
+        (None, None)
+    };
+    let log = telemetry::init(config.log.format, &config.log.level, tracer);
+    if config.traces.enabled() {
+        tracing::info!(
+            endpoint = %config.traces.otlp_endpoint,
+            sample_ratio = config.traces.sample_ratio,
+            "exporting traces over OTLP"
+        );
+    }
+    tls::install_crypto_provider();
+    let trace_flush_limit = Duration::from_secs(config.server.stop_timeout_seconds.max(1));
+
     runtime.block_on(async move {
         // Registered before anything starts, so an early SIGTERM is queued rather than fatal.
         let signals = match signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
@@ -326,6 +349,10 @@ fn run(source: ConfigSource) -> ExitCode {
         let code = daemon.wait().await;
         signals_handle.close();
         let _ = signal_task.await;
+        if let Some(traces) = traces {
+            // Blocking (the SDK's batch thread exports on this runtime): off the worker threads.
+            let _ = tokio::task::spawn_blocking(move || traces.shutdown(trace_flush_limit)).await;
+        }
         ExitCode::from(u8::try_from(code).unwrap_or(1))
     })
 }

@@ -19,3 +19,4 @@ mod secrets;
 mod stress;
 mod supervision;
 mod tokens;
+mod traces;

@@ -137,6 +137,7 @@ sections! {
     tls: crate::grpc::config::TlsConfig,
     store: crate::store::config::StoreConfig,
     log: crate::runtime::config::LogConfig,
+    traces: crate::runtime::config::TracesConfig,
     tokens: crate::tokens::config::TokensConfig,
     keys: crate::crypto::config::KeysConfig,
     supervisor: crate::supervisor::config::SupervisorConfig,
@@ -668,6 +669,33 @@ mod tests {
         assert!(messages[1].contains("Nope"), "{messages:?}");
         assert!(messages[2].contains("Example.org"), "{messages:?}");
         assert!(messages[3].contains("http://x"), "{messages:?}");
+    }
+
+    #[test]
+    fn traces_are_off_by_default_and_a_bad_endpoint_is_a_config_error() {
+        let config = dev("").expect("defaults");
+        assert!(!config.traces.enabled());
+        let config =
+            dev("[traces]\notlp_endpoint = \"http://127.0.0.1:4317\"\nsample_ratio = 0.25\n")
+                .expect("a collector address");
+        assert!(config.traces.enabled());
+        assert_eq!(config.traces.sample_ratio, 0.25);
+        for (bad, needle) in [
+            ("127.0.0.1:4317", "must look like"),
+            ("https://collector:4317", "https is not supported"),
+            ("http://collector", "a host and a port"),
+            ("http://collector:4317/v1/traces", "no path"),
+            ("http://", "not a URL"),
+        ] {
+            let err = dev(&format!("[traces]\notlp_endpoint = \"{bad}\"\n")).expect_err(bad);
+            assert_eq!(keys(&err), ["traces.otlp_endpoint"], "{bad}");
+            assert!(err.issues[0].message.contains(needle), "{bad}: {err}");
+        }
+        let err = dev("[traces]\nsample_ratio = 1.5\nexport_timeout_ms = 5\n").expect_err("ranges");
+        assert_eq!(
+            keys(&err),
+            ["traces.sample_ratio", "traces.export_timeout_ms"]
+        );
     }
 
     #[test]

@@ -328,8 +328,24 @@ where
             .map_or(self.default_timeout, |t| t.min(self.default_timeout));
         req.extensions_mut().insert(caller);
         req.extensions_mut().insert(id.clone());
-        // Every log line of the call (the handler's, the store's, …) carries these fields.
-        let span = tracing::info_span!("rpc", method = %label, correlation_id = %id.as_str());
+        // Every log line of the call (the handler's, the store's, …) carries these fields. With
+        // `[traces]` on it is also the call's OpenTelemetry server span (the empty fields are filled).
+        let span = tracing::info_span!(
+            "rpc",
+            method = %label,
+            correlation_id = %id.as_str(),
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            rpc.system = tracing::field::Empty,
+            rpc.service = tracing::field::Empty,
+            rpc.method = tracing::field::Empty,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        let traced = crate::runtime::traces::enabled();
+        if traced {
+            server_span(&span, req.uri().path(), req.headers());
+        }
         // The clone is the one that was driven to readiness; keep the fresh one for the next call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -379,9 +395,45 @@ where
             if let Some(metrics) = method_metrics {
                 metrics.completed(response_code(&response), started.elapsed());
             }
+            if traced {
+                record_status(&tracing::Span::current(), &response);
+            }
             Ok(echo(response, &id))
         };
         Box::pin(correlation::scope(scoped_id, call).instrument(span))
+    }
+}
+
+/// Makes the `rpc` span an OpenTelemetry server span after the gRPC semantic conventions, its parent
+/// the caller's `traceparent` when it sent one.
+fn server_span(span: &tracing::Span, path: &str, headers: &http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let name = path.strip_prefix('/').unwrap_or(path);
+    let (service, method) = name.split_once('/').unwrap_or((name, ""));
+    span.record("otel.name", name);
+    span.record("otel.kind", "server");
+    span.record("rpc.system", "grpc");
+    span.record("rpc.service", service);
+    span.record("rpc.method", method);
+    if let Some(parent) = crate::runtime::traces::remote_parent(headers) {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// Records the response's gRPC status on the call's span: the trailers-only error's code, else 0 (a
+/// streamed reply's final status travels in trailers the layer does not wait for). Codes that mean
+/// the server failed mark the span as an error, as the semantic conventions ask.
+fn record_status(span: &tracing::Span, response: &http::Response<Body>) {
+    let code = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<i64>().ok())
+        .unwrap_or(0);
+    span.record("rpc.grpc.status_code", code);
+    // UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS.
+    if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
+        span.record("otel.status_code", "ERROR");
     }
 }
 

@@ -666,15 +666,25 @@ impl PolicyEngine {
 
     /// Decides one query against the set in force.
     pub fn decide(&self, query: &Query) -> Result<Decision, FieldViolation> {
+        let span = tracing::debug_span!(
+            "policy.decide",
+            cached = tracing::field::Empty,
+            allowed = tracing::field::Empty
+        );
+        let _entered = span.enter();
         let set = self.current.load();
         let key = DecisionCache::key(query);
         if let Some(key) = &key {
             if let Some(decision) = self.cache.get(key, set.generation) {
+                span.record("cached", true);
+                span.record("allowed", decision.allowed);
                 return Ok(decision);
             }
         }
         let prepared = self.prepare(&set, query)?;
         let decision = self.decide_prepared(&set, &prepared);
+        span.record("cached", false);
+        span.record("allowed", decision.allowed);
         if let Some(key) = key {
             self.cache.put(key, set.generation, decision.clone());
         }

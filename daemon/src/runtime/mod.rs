@@ -10,3 +10,4 @@ pub mod notify;
 pub mod redact;
 pub mod tasks;
 pub mod telemetry;
+pub mod traces;

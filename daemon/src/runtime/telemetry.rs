@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tracing_subscriber::fmt::MakeWriter;
 
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
@@ -107,8 +108,15 @@ impl<S: tracing::Subscriber + 'static> LogControl for FilterHandle<S> {
     }
 }
 
-/// Installs the global subscriber and the panic hook. Call once, from `main`.
-pub fn init(format: LogFormat, level: &str) -> Arc<dyn LogControl> {
+/// Installs the global subscriber and the panic hook. Call once, from `main`. With a `tracer`
+/// (`[traces]` on) the log filter moves onto the log layer and an OpenTelemetry layer is added with a
+/// filter of its own: this crate's spans down to `debug`, no events (log lines stay in the logs, where
+/// they are redacted). Without one the subscriber is exactly the logging one.
+pub fn init(
+    format: LogFormat,
+    level: &str,
+    tracer: Option<crate::runtime::traces::Tracer>,
+) -> Arc<dyn LogControl> {
     install_panic_hook();
     // An empty RUST_LOG counts as unset: the configuration's level applies.
     let env_override = std::env::var_os("RUST_LOG").is_some_and(|v| !v.is_empty());
@@ -121,16 +129,54 @@ pub fn init(format: LogFormat, level: &str) -> Arc<dyn LogControl> {
             Err(_) => (EnvFilter::new("info"), "info".to_owned()),
         }
     };
-    let (filter, handle) = reload::Layer::new(filter);
-    let registry = tracing_subscriber::registry().with(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(redacting_writer(redact::global(), std::io::stderr))
-        .with_ansi(ansi);
+    // One per branch: the layer's type names the subscriber below it.
+    macro_rules! fmt {
+        () => {
+            tracing_subscriber::fmt::layer()
+                .with_writer(redacting_writer(redact::global(), std::io::stderr))
+                .with_ansi(ansi)
+        };
+    }
+    let control = |handle| -> Arc<dyn LogControl> {
+        Arc::new(FilterHandle::new(
+            handle,
+            env_override,
+            text.clone(),
+            level.to_owned(),
+        ))
+    };
+    let Some(tracer) = tracer else {
+        let (filter, handle) = reload::Layer::new(filter);
+        let registry = tracing_subscriber::registry().with(filter);
+        match format {
+            LogFormat::Human => registry.with(fmt!().with_target(true)).init(),
+            LogFormat::Json => registry
+                .with(fmt!().json().flatten_event(true).with_current_span(true))
+                .init(),
+        }
+        return control(handle);
+    };
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(exported));
+    let registry = tracing_subscriber::registry().with(traces);
+    let (filter, handle) = reload::Layer::new(filter);
     match format {
-        LogFormat::Human => registry.with(fmt.with_target(true)).init(),
+        LogFormat::Human => registry
+            .with(fmt!().with_target(true).with_filter(filter))
+            .init(),
         LogFormat::Json => registry
-            .with(fmt.json().flatten_event(true).with_current_span(true))
+            .with(
+                fmt!()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_filter(filter),
+            )
             .init(),
     }
     Arc::new(FilterHandle::new(
@@ -139,6 +185,17 @@ pub fn init(format: LogFormat, level: &str) -> Arc<dyn LogControl> {
         text,
         level.to_owned(),
     ))
+}
+
+/// What the OpenTelemetry layer records: this crate's spans at `debug` or above, never events.
+fn exported(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_span()
+        && *meta.level() <= tracing::Level::DEBUG
+        && meta
+            .target()
+            .split("::")
+            .next()
+            .is_some_and(|root| root == "brainstemd")
 }
 
 /// A [`MakeWriter`] that hands each formatted event to `redactor` and writes what is left to

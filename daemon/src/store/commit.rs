@@ -83,7 +83,11 @@ impl Durable {
     /// calling it again; dropping the `Durable` does not undo the write. Once it has returned, the
     /// answer is spent: do not wait again.
     pub async fn wait(&mut self) -> Result<(), StoreError> {
-        (&mut self.0).await.unwrap_or_else(|_| Err(stopped()))
+        use tracing::Instrument as _;
+        (&mut self.0)
+            .instrument(tracing::debug_span!("store.commit"))
+            .await
+            .unwrap_or_else(|_| Err(stopped()))
     }
 }
 
@@ -258,6 +262,7 @@ impl Committer {
         mark: Mark,
         limit: Option<Duration>,
     ) -> Result<(), StoreError> {
+        let _span = tracing::debug_span!("store.commit", durable).entered();
         let (tx, rx) = mpsc::sync_channel(1);
         self.submit(Job {
             batch,

@@ -30,6 +30,8 @@ pub enum Command {
         episodes: Vec<NewEpisode>,
         now_ms: i64,
         reply: oneshot::Sender<Result<Stored, EpisodicError>>,
+        /// The caller's span, the parent of the actor's (disabled unless traces are exported).
+        span: tracing::Span,
     },
     Forget {
         target: ForgetTarget,
@@ -139,6 +141,7 @@ impl Actor for EpisodicActor {
                     episodes,
                     now_ms,
                     reply,
+                    span,
                 } => {
                     // Group commit: the Store commands queued behind this one share its write and
                     // its flush (concurrent callers no longer wait for one flush each).
@@ -150,6 +153,7 @@ impl Actor for EpisodicActor {
                                 episodes,
                                 now_ms,
                                 reply,
+                                span: _,
                             }) => {
                                 total += episodes.len();
                                 group.push((episodes, now_ms, reply));
@@ -162,7 +166,15 @@ impl Actor for EpisodicActor {
                         }
                     }
                     let commands = group.len();
-                    let (results, replies) = self.store_group(group).await;
+                    // One span for the group, under the first caller's: the write it shares.
+                    let work = tracing::debug_span!(
+                        parent: &span,
+                        "episodic.store",
+                        commands,
+                        episodes = total
+                    );
+                    let (results, replies) =
+                        tracing::Instrument::instrument(self.store_group(group), work).await;
                     for (result, reply) in results.into_iter().zip(replies) {
                         if let Err(err) = &result {
                             ctx.record_error(err);

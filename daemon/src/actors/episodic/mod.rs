@@ -337,6 +337,11 @@ impl Episodic {
                 episodes,
                 now_ms,
                 reply,
+                span: if crate::runtime::traces::enabled() {
+                    tracing::Span::current()
+                } else {
+                    tracing::Span::none()
+                },
             })
             .await??;
         Ok(stored)
