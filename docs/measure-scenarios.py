@@ -4,7 +4,8 @@
 Each round runs every scenario in `--runs` (`name:concurrency`, comma-separated; `ping:64` first)
 on one connection. Each line gives calls/s, p50/p99 and the server's CPU time per call (utime +
 stime from /proc/<pid>/stat, from the start of the window until the daemon is idle again, so
-queued work is charged to the calls that caused it). The summary gives each scenario's medians as
+queued work is charged to the calls that caused it), and the store's mean group-commit size over
+the window (durable writes answered / flushes, from the daemon's metrics). The summary gives each scenario's medians as
 ratios to Ping's in the same round. The store runs with flush = "always" (the default).
 
     cargo build --release --locked -p brainstemd -p brainstem-client --bins
@@ -18,6 +19,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import urllib.request
 
 spec = importlib.util.spec_from_file_location(
     "measure_rpc", os.path.join(os.path.dirname(__file__), "measure-rpc.py"))
@@ -35,6 +37,22 @@ def parse_runs(text):
     return runs
 
 
+def store_flushes(metrics_addr):
+    """(durable writes answered, flushes) so far, from the daemon's Prometheus endpoint."""
+    writes = flushes = 0.0
+    try:
+        with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return (0.0, 0.0)
+    for line in text.splitlines():
+        if line.startswith("brainstem_store_flushed_writes_total"):
+            writes += float(line.split()[-1])
+        elif line.startswith("brainstem_store_flushes_total"):
+            flushes += float(line.split()[-1])
+    return (writes, flushes)
+
+
 def measure(bin_dir, runs, rounds, seconds, extra_args=()):
     work = tempfile.mkdtemp(prefix="brainstem-scenarios-")
     state = f"{work}/s"
@@ -49,13 +67,18 @@ def measure(bin_dir, runs, rounds, seconds, extra_args=()):
             for scenario, concurrency in runs:
                 rpc.wait_idle(daemon.pid)
                 before = rpc.cpu_seconds(daemon.pid)
+                store_before = store_flushes("127.0.0.1:9172")
                 report = rpc.bench(bin_dir, state, addr, scenario, seconds, 1, concurrency)
                 after = rpc.wait_idle(daemon.pid)
+                store_after = store_flushes("127.0.0.1:9172")
+                writes = store_after[0] - store_before[0]
+                flushes = store_after[1] - store_before[1]
+                group = f"  writes/flush {writes / flushes:.1f} ({flushes:.0f} flushes)" if flushes else ""
                 cpu_us = (after - before) / max(report["calls"], 1) * 1e6
                 results[(scenario, concurrency)].append((report["calls_per_sec"], cpu_us))
                 print(f"round {r} {scenario:18} 1x{concurrency:<3} {report['calls_per_sec']:>9.0f} calls/s  "
                       f"p50 {report['p50_us']} µs  p99 {report['p99_us']} µs  errors {report['errors']}  "
-                      f"server CPU {cpu_us:.1f} µs/call", flush=True)
+                      f"server CPU {cpu_us:.1f} µs/call{group}", flush=True)
         ping = results[runs[0]]
         for run in runs[1:]:
             rate = [s[0] / p[0] for p, s in zip(ping, results[run])]

@@ -278,8 +278,9 @@ pub enum VersionOp {
     Destroy,
 }
 
-/// A held per-path write lock.
-type PathLock<'a> = tokio::sync::MutexGuard<'a, ()>;
+/// A held per-path write lock; owned, so the store's committer can release it once the change is
+/// applied and mirrored (see [`Secrets::commit`]).
+type PathLock = tokio::sync::OwnedMutexGuard<()>;
 
 /// The in-memory mirror of the metadata.
 #[derive(Default)]
@@ -299,11 +300,12 @@ pub struct Secrets {
     clock: Arc<dyn Clock>,
     max_value_bytes: usize,
     default_max_versions: u32,
-    state: RwLock<State>,
-    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Shared with the store's committer, which mirrors a change once it is applied.
+    state: Arc<RwLock<State>>,
+    stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
     changes: broadcast::Sender<Change>,
     /// Woken when the rotation schedule changes.
-    schedule: tokio::sync::Notify,
+    schedule: Arc<tokio::sync::Notify>,
     audit: OnceLock<Arc<AuditLog>>,
     metrics: SecretsMetrics,
 }
@@ -369,6 +371,94 @@ fn unredact_value(value: &[u8]) {
     crate::runtime::redact::global().forget(value);
 }
 
+/// A change on its way to the store, and what follows once the committer has applied it.
+struct Mirror {
+    state: Arc<RwLock<State>>,
+    schedule: Arc<tokio::sync::Notify>,
+    changes: broadcast::Sender<Change>,
+    metrics: SecretsMetrics,
+    audit: Option<Arc<AuditLog>>,
+    path: String,
+    meta: SecretMeta,
+    kind: ChangeKind,
+    versions: Vec<u64>,
+    /// Values no longer stored once the change is applied (for the log redactor).
+    forgotten: Vec<Zeroizing<Vec<u8>>>,
+    record: Option<AuditRecord>,
+    /// `record` was written (and synced) before the change: fail-closed auditing.
+    audited_first: bool,
+    lock: PathLock,
+}
+
+impl Mirror {
+    /// Runs on the store's committer right after the batch was applied (`Ok`) or refused: mirrors
+    /// the new metadata, tells watchers and the audit log, and releases the path's lock. Quick and
+    /// never waits on the store.
+    fn applied(self, applied: Result<(), &StoreError>) {
+        let Mirror {
+            state,
+            schedule,
+            changes,
+            metrics,
+            audit,
+            path,
+            meta,
+            kind,
+            versions,
+            forgotten,
+            record,
+            audited_first,
+            lock,
+        } = self;
+        if let Err(err) = applied {
+            if let (true, Some(audit), Some(mut record)) = (audited_first, audit, record) {
+                // The record written first announced a change that did not happen: say so.
+                record.allowed = false;
+                record.reasons.push(format!("not applied: {err}"));
+                let _ = audit.record(record);
+            }
+            drop(lock);
+            return;
+        }
+        let now = meta.updated_ms;
+        {
+            let mut state = state.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(old) = state.metas.get(&path) {
+                if let Some(at) = old.next_rotation_ms {
+                    state.due.remove(&(at, path.clone()));
+                }
+            }
+            if let Some(at) = meta.next_rotation_ms {
+                state.due.insert((at, path.clone()));
+            }
+            state.damaged.remove(&path);
+            state.metas.insert(path.clone(), Arc::new(meta));
+            metrics.stored(state.metas.len());
+        }
+        drop(lock);
+        schedule.notify_one();
+        for value in &forgotten {
+            unredact_value(value);
+        }
+        metrics.changed(kind.as_str());
+        for &version in &versions {
+            let _ = changes.send(Change {
+                path: path.clone(),
+                version,
+                kind,
+                at_ms: now,
+            });
+        }
+        if !audited_first {
+            if let (Some(audit), Some(record)) = (audit, record) {
+                if let Err(err) = audit.record(record) {
+                    tracing::warn!(error = %err, secret = %path, "secret change not audited");
+                }
+            }
+        }
+    }
+}
+
 impl Secrets {
     /// Opens the secrets in `tree`: loads every secret's metadata into memory, hands every stored
     /// value to the log redactor, and builds the rotation schedule. A damaged record is reported
@@ -405,10 +495,12 @@ impl Secrets {
             clock,
             max_value_bytes: usize::try_from(config.max_value_bytes).unwrap_or(usize::MAX),
             default_max_versions: config.max_versions,
-            state: RwLock::new(state),
-            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            state: Arc::new(RwLock::new(state)),
+            stripes: (0..STRIPES)
+                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
+                .collect(),
             changes,
-            schedule: tokio::sync::Notify::new(),
+            schedule: Arc::new(tokio::sync::Notify::new()),
             audit: OnceLock::new(),
             metrics: SecretsMetrics::new(),
         };
@@ -438,11 +530,11 @@ impl Secrets {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn stripe(&self, path: &str) -> &tokio::sync::Mutex<()> {
+    fn stripe(&self, path: &str) -> Arc<tokio::sync::Mutex<()>> {
         let hash = path.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
         });
-        &self.stripes[(hash % STRIPES as u64) as usize]
+        self.stripes[(hash % STRIPES as u64) as usize].clone()
     }
 
     fn redact_stored_values(&self) {
@@ -600,13 +692,13 @@ impl Secrets {
 
     /// Stores a new version.
     pub async fn put(&self, actor: &Actor, request: PutRequest) -> Result<Written, ServiceError> {
-        let lock = self.stripe(&request.path).lock().await;
+        let lock = self.stripe(&request.path).lock_owned().await;
         self.put_locked(actor, request, Origin::Put, lock).await
     }
 
     /// Stores a generated version now (RotateNow, and the rotation worker).
     pub async fn rotate(&self, actor: &Actor, path: &str) -> Result<Written, ServiceError> {
-        let lock = self.stripe(path).lock().await;
+        let lock = self.stripe(path).lock_owned().await;
         let request = PutRequest {
             path: path.to_owned(),
             value: None,
@@ -622,7 +714,7 @@ impl Secrets {
         actor: &Actor,
         request: PutRequest,
         origin: Origin,
-        lock: PathLock<'_>,
+        lock: PathLock,
     ) -> Result<Written, ServiceError> {
         let path = request.path.as_str();
         let old = match self.meta(path) {
@@ -763,7 +855,7 @@ impl Secrets {
         versions: &[u64],
         op: VersionOp,
     ) -> Result<Vec<u64>, ServiceError> {
-        let lock = self.stripe(path).lock().await;
+        let lock = self.stripe(path).lock_owned().await;
         let old = self.meta(path)?;
         let wanted: Vec<u64> = if versions.is_empty() {
             vec![old.current]
@@ -831,7 +923,7 @@ impl Secrets {
         path: &str,
         update: MetadataUpdate,
     ) -> Result<Arc<SecretMeta>, ServiceError> {
-        let lock = self.stripe(path).lock().await;
+        let lock = self.stripe(path).lock_owned().await;
         let old = self.meta(path)?;
         let mut meta = (*old).clone();
         let now = self.clock.now_ms();
@@ -890,14 +982,16 @@ impl Secrets {
         self.meta(path)
     }
 
-    /// Applies one change: the batch (with the new metadata) reaches sled and the mirror together,
-    /// under the path's lock, then watchers and the audit hear of it, the lock is released, and the
-    /// flush is awaited. A caller that gives up waiting leaves memory and disk in step. The next
-    /// writer of the path need not wait for this flush: its own is later, so it covers both.
+    /// Applies one change: the batch (with the new metadata) goes to the store's committer, which
+    /// applies it together with the other changes queued beside it (one sled batch) and then, on its
+    /// own thread, mirrors it in memory, tells watchers and the audit, and releases the path's lock
+    /// ([`Mirror::applied`]); then the flush is awaited. That step runs whether or not the caller
+    /// still waits, so a caller that gives up leaves memory and disk in step. The next writer of the
+    /// path need not wait for this flush: its own is later, so it covers both.
     #[allow(clippy::too_many_arguments)]
     async fn commit(
         &self,
-        lock: PathLock<'_>,
+        lock: PathLock,
         actor: &Actor,
         path: &str,
         meta: SecretMeta,
@@ -922,56 +1016,24 @@ impl Secrets {
             }
             _ => false,
         };
-        let mut durable = match self.tree.apply_now(batch) {
-            Ok(durable) => durable,
-            Err(err) => {
-                if let (true, Some(audit), Some(mut record)) =
-                    (audited_first, self.audit.get(), record)
-                {
-                    // The record above announced a change that did not happen: say so.
-                    record.allowed = false;
-                    record.reasons.push(format!("not applied: {err}"));
-                    let _ = audit.record(record);
-                }
-                return Err(err.into());
-            }
+        let mirror = Mirror {
+            state: self.state.clone(),
+            schedule: self.schedule.clone(),
+            changes: self.changes.clone(),
+            metrics: self.metrics.clone(),
+            audit: self.audit.get().cloned(),
+            path: path.to_owned(),
+            meta,
+            kind,
+            versions: versions.to_vec(),
+            forgotten,
+            record,
+            audited_first,
+            lock,
         };
-        let now = meta.updated_ms;
-        {
-            let mut state = self.write_state();
-            if let Some(old) = state.metas.get(path) {
-                if let Some(at) = old.next_rotation_ms {
-                    state.due.remove(&(at, path.to_owned()));
-                }
-            }
-            if let Some(at) = meta.next_rotation_ms {
-                state.due.insert((at, path.to_owned()));
-            }
-            state.damaged.remove(path);
-            state.metas.insert(path.to_owned(), Arc::new(meta));
-            self.metrics.stored(state.metas.len());
-        }
-        self.schedule.notify_one();
-        for value in &forgotten {
-            unredact_value(value);
-        }
-        self.metrics.changed(kind.as_str());
-        for &version in versions {
-            let _ = self.changes.send(Change {
-                path: path.to_owned(),
-                version,
-                kind,
-                at_ms: now,
-            });
-        }
-        if !audited_first {
-            if let (Some(audit), Some(record)) = (self.audit.get(), record) {
-                if let Err(err) = audit.record(record) {
-                    tracing::warn!(error = %err, secret = %path, "secret change not audited");
-                }
-            }
-        }
-        drop(lock);
+        let mut durable = self
+            .tree
+            .apply_then(batch, move |applied| mirror.applied(applied));
         durable.wait().await?;
         Ok(())
     }
@@ -1025,7 +1087,7 @@ impl Secrets {
         let paths: Vec<String> = self.read_state().metas.keys().cloned().collect();
         let mut rewrapped = 0u64;
         for path in paths {
-            let _lock = self.stripe(&path).lock().await;
+            let _lock = self.stripe(&path).lock_owned().await;
             let Ok(meta) = self.meta(&path) else {
                 continue;
             };

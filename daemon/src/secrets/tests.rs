@@ -779,3 +779,106 @@ async fn a_change_the_audit_log_cannot_record_is_not_made() {
     assert_eq!(s.metadata("/rotating").unwrap().current, 1);
     assert_eq!(s.next_rotation_ms(), Some(s.now_ms() + 60_000));
 }
+
+/// A put whose caller gives up once the change is queued: the committer applies it and mirrors it
+/// all the same, and the path's lock is released, so the next put of the path is the next version
+/// and both read back (memory never falls behind the disk).
+#[tokio::test]
+async fn a_put_given_up_while_queued_is_still_mirrored_and_unlocks_its_path() {
+    let mut f = Fixture::new();
+    let s = f.open();
+    let store = f.store.as_ref().unwrap();
+    let submitted = store.commits_submitted();
+    store.hold_commits(true);
+    let queued = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.commits_submitted() == submitted {
+            assert!(std::time::Instant::now() < deadline, "the put never queued");
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    };
+    let actor = me();
+    tokio::select! {
+        result = s.put(&actor, put_req("/given/up", b"first-value", None)) => {
+            panic!("answered while the committer was held: {result:?}")
+        }
+        () = queued => {}
+    }
+    // The put's future is gone; the committer still holds its change.
+    store.hold_commits(false);
+    let second = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.put(&me(), put_req("/given/up", b"second-value", None)),
+    )
+    .await
+    .expect("the path's lock was released")
+    .unwrap();
+    assert_eq!(second.version, 2);
+    assert_eq!(s.get("/given/up", Some(1)).unwrap().value, b"first-value");
+    assert_eq!(s.get("/given/up", None).unwrap().value, b"second-value");
+    assert_eq!(s.metadata("/given/up").unwrap().versions.len(), 2);
+}
+
+/// Concurrent puts to many paths share groups: every one is answered with its own version and
+/// reads back, and they took fewer sled batches than puts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_share_sled_batches_and_each_reads_back() {
+    const PUTS: u64 = 48;
+    let mut f = Fixture::new();
+    let s = Arc::new(f.open());
+    let store = f.store.as_ref().unwrap();
+    let before = store.commit_stats();
+    let submitted = store.commits_submitted();
+    store.hold_commits(true);
+    let puts: Vec<_> = (0..PUTS)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let path = format!("/many/{}", i % 16);
+                let value = format!("value-{i}");
+                let written = s
+                    .put(&me(), put_req(&path, value.as_bytes(), None))
+                    .await
+                    .unwrap();
+                (path, value, written.version)
+            })
+        })
+        .collect();
+    // Puts of paths that share a lock stripe wait for each other: one per stripe queues at once,
+    // and those share one group (one sled batch), so the puts take fewer batches than puts.
+    let mut stripes: Vec<Arc<tokio::sync::Mutex<()>>> = Vec::new();
+    for i in 0..16 {
+        let stripe = s.stripe(&format!("/many/{i}"));
+        if !stripes.iter().any(|s| Arc::ptr_eq(s, &stripe)) {
+            stripes.push(stripe);
+        }
+    }
+    assert!(stripes.len() >= 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.commits_submitted() < submitted + stripes.len() as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the puts never queued"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    store.hold_commits(false);
+    let mut seen = std::collections::BTreeSet::new();
+    for put in puts {
+        let (path, value, version) = put.await.unwrap();
+        assert!(
+            seen.insert((path.clone(), version)),
+            "{path} v{version} twice"
+        );
+        assert_eq!(s.get(&path, Some(version)).unwrap().value, value.as_bytes());
+    }
+    for i in 0..16 {
+        assert_eq!(s.metadata(&format!("/many/{i}")).unwrap().current, 3);
+    }
+    let after = store.commit_stats();
+    assert!(
+        after.batches - before.batches < PUTS,
+        "{PUTS} puts took {} sled batches",
+        after.batches - before.batches
+    );
+}

@@ -6,20 +6,24 @@
 //! batch to apply, or only "make what I wrote durable") and await the reply:
 //!
 //! ```text
-//! writer ─ Job ─▶ queue ─▶ committer: take every queued job → apply each batch → one flush → reply all
+//! writer ─ Job ─▶ queue ─▶ committer: take every queued job → one sled batch per tree → one flush → reply all
 //! ```
 //!
 //! A job is answered once a flush that started after its write has completed, so concurrent writers
-//! share one flush (group commit). Batches are applied on this thread too: `apply_batch` takes sled's
+//! share one flush (group commit). Writes are applied on this thread too: `apply_batch` takes sled's
 //! process-wide write lock, which waits for a running flush; here it never runs beside one, and no
-//! runtime worker blocks on it. Replies are a tokio oneshot for async callers and a std channel for
+//! runtime worker blocks on it. A job hands its writes as a list ([`Writes`]; a `sled::Batch` cannot
+//! be read back), so the writes of every job in a group that go to the same tree become one sled
+//! batch, in queue order (a later write of a key wins): sled's cost is mostly per batch (a log
+//! reservation, sealing, the write of its buffer), not per key. Should a merged batch fail, its
+//! jobs are applied one by one, so each job gets its own answer. Replies are a tokio oneshot for async callers and a std channel for
 //! blocking ones. When the thread is gone (the store closed) a job fails with an I/O error.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use super::events::StoreFlushed;
+use super::events::{StoreBatchesApplied, StoreFlushed};
 use super::integrity::{self, IntegrityFile};
 use super::{StoreError, space};
 
@@ -30,11 +34,58 @@ const MAX_WINDOW: Duration = Duration::from_millis(2);
 /// Shortest such wait: enough for a woken writer to send its next write.
 const MIN_WINDOW: Duration = Duration::from_micros(200);
 
+/// Writes to one tree, applied atomically on the committer (all or nothing, also across a crash).
+pub(super) struct Writes {
+    pub tree: sled::Tree,
+    /// In order: a later write of the same key wins. `None` removes the key.
+    pub ops: Vec<(sled::IVec, Option<sled::IVec>)>,
+}
+
+impl Writes {
+    pub fn new(tree: sled::Tree) -> Writes {
+        Writes {
+            tree,
+            ops: Vec::new(),
+        }
+    }
+
+    pub fn insert(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
+        self.ops.push((key.into(), Some(value.into())));
+    }
+
+    pub fn remove(&mut self, key: impl Into<sled::IVec>) {
+        self.ops.push((key.into(), None));
+    }
+
+    fn add_to(&self, batch: &mut sled::Batch) {
+        for (key, value) in &self.ops {
+            match value {
+                Some(value) => batch.insert(key.clone(), value.clone()),
+                None => batch.remove(key.clone()),
+            }
+        }
+    }
+
+    /// The same tree (the same handle, not only the same name: a dropped tree's old handle differs
+    /// from a new one of that name).
+    fn same_tree(&self, other: &sled::Tree) -> bool {
+        std::ptr::eq(&*self.tree, &**other)
+    }
+}
+
+/// Runs on the committer thread once a job's writes were applied (`Ok`) or refused (`Err`), before
+/// the flush, whether or not anyone still awaits the job: a writer that keeps an in-memory mirror of
+/// its tree updates it here, so a caller that gives up waiting cannot leave the mirror behind the
+/// disk. It must be quick and must not wait on the store (the committer would wait on itself).
+pub(super) type Applied = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
+
 /// One unit of work for the committer.
 pub(super) struct Job {
     /// Applied on the committer thread before the flush; `None` when the caller wrote itself (a
     /// transaction) or only wants a flush.
-    pub batch: Option<(sled::Tree, sled::Batch)>,
+    pub batch: Option<Writes>,
+    /// Run after `batch` was applied (see [`Applied`]).
+    pub applied: Option<Applied>,
     /// Flush before replying (the `always` policy, bookkeeping, an explicit flush).
     pub durable: bool,
     /// The caller wrote through sled itself (a transaction, a removal) and asks for the flush that
@@ -98,6 +149,8 @@ pub struct CommitStats {
     pub flushes: u64,
     /// Jobs whose reply waited for a flush; `writes / flushes` is the mean group size.
     pub writes: u64,
+    /// sled batches applied (a group's writes to one tree are merged into one).
+    pub batches: u64,
 }
 
 /// The handle every [`super::Store`] and [`super::Tree`] shares (through `Handles`).
@@ -131,6 +184,7 @@ struct Shared {
     submitted: AtomicU64,
     flushes: AtomicU64,
     writes: AtomicU64,
+    batches: AtomicU64,
     /// The boot count the integrity record names (set by `record_boot`).
     boot_count: AtomicU64,
     /// The generation of the last flush that carried writes.
@@ -218,21 +272,31 @@ impl Committer {
 
     /// Queues `batch` (if any), with a flush when `durable`; the returned [`Durable`] resolves once
     /// that is done.
-    pub fn begin(&self, batch: Option<(sled::Tree, sled::Batch)>, durable: bool) -> Durable {
+    pub fn begin(&self, batch: Option<Writes>, durable: bool) -> Durable {
         let wrote = batch.is_some();
         self.begin_job(batch, durable, wrote)
     }
 
+    /// [`Committer::begin`] with `applied` run on the committer once `batch` was applied.
+    pub fn begin_then(&self, batch: Writes, durable: bool, applied: Applied) -> Durable {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(Job {
+            batch: Some(batch),
+            applied: Some(applied),
+            durable,
+            wrote: true,
+            mark: Mark::Later,
+            reply: Reply::Async(tx),
+        });
+        Durable(rx)
+    }
+
     /// [`Committer::begin`] for a caller that wrote through sled itself when `wrote`.
-    pub fn begin_job(
-        &self,
-        batch: Option<(sled::Tree, sled::Batch)>,
-        durable: bool,
-        wrote: bool,
-    ) -> Durable {
+    pub fn begin_job(&self, batch: Option<Writes>, durable: bool, wrote: bool) -> Durable {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.submit(Job {
             batch,
+            applied: None,
             durable,
             wrote,
             mark: Mark::Later,
@@ -245,7 +309,7 @@ impl Committer {
     /// tests). `limit` bounds the wait (the stop must end even when the disk does not answer).
     pub fn commit_blocking(
         &self,
-        batch: Option<(sled::Tree, sled::Batch)>,
+        batch: Option<Writes>,
         durable: bool,
         limit: Option<Duration>,
     ) -> Result<(), StoreError> {
@@ -256,7 +320,7 @@ impl Committer {
     /// [`Committer::commit_blocking`] with every field of the job given.
     pub fn commit_job(
         &self,
-        batch: Option<(sled::Tree, sled::Batch)>,
+        batch: Option<Writes>,
         durable: bool,
         wrote: bool,
         mark: Mark,
@@ -266,6 +330,7 @@ impl Committer {
         let (tx, rx) = mpsc::sync_channel(1);
         self.submit(Job {
             batch,
+            applied: None,
             durable,
             wrote,
             mark,
@@ -290,6 +355,7 @@ impl Committer {
         CommitStats {
             flushes: self.shared.flushes.load(Ordering::Relaxed),
             writes: self.shared.writes.load(Ordering::Relaxed),
+            batches: self.shared.batches.load(Ordering::Relaxed),
         }
     }
 
@@ -371,6 +437,8 @@ fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared, mut keeper: K
             }
         };
         let Some(first) = first else { break };
+        // Held (tests): the jobs queued meanwhile all join this group.
+        shared.wait_while_held();
         group.push(first);
         while group.len() < MAX_GROUP {
             match jobs.try_recv() {
@@ -395,27 +463,29 @@ fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared, mut keeper: K
                 }
             }
         }
-        shared.wait_while_held();
         let gate = keeper.gate.clone();
         // A snapshot sees every batch of this group and the generation bump, or none of them.
         let writing = gate.enter();
-        let mut mark = Mark::Later;
+        let mark = group
+            .iter()
+            .map(|job| job.mark)
+            .max()
+            .unwrap_or(Mark::Later);
+        let outcomes = apply(&mut group, &mut keeper, shared);
         // A batch was applied: the disk took a write (only that ends a "disk full" spell; a flush
         // with nothing new to write proves nothing).
         let mut applied_any = false;
-        for job in group.drain(..) {
-            mark = mark.max(job.mark);
-            let had_batch = job.batch.is_some();
-            let applied = match job.batch {
-                Some((tree, batch)) => keeper.guard.check().and_then(|()| {
-                    tree.apply_batch(batch)
-                        .map_err(|e| keeper.guard.classify(e))
-                }),
-                None => Ok(()),
-            };
+        let mut hooks = Vec::new();
+        for (job, applied) in group.drain(..).zip(outcomes) {
             if applied.is_ok() && job.wrote {
                 dirty = true;
-                applied_any |= had_batch;
+                applied_any |= job.batch.is_some();
+            }
+            if let Some(hook) = job.applied {
+                hooks.push((
+                    hook,
+                    applied.as_ref().map(|_| ()).map_err(StoreError::duplicate),
+                ));
             }
             match applied {
                 Ok(()) if job.durable || job.mark != Mark::Later => waiting.push(job.reply),
@@ -424,6 +494,7 @@ fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared, mut keeper: K
         }
         if waiting.is_empty() {
             drop(writing);
+            run_hooks(hooks);
             continue;
         }
         if dirty {
@@ -437,6 +508,7 @@ fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared, mut keeper: K
             }
         }
         drop(writing);
+        run_hooks(hooks);
         // Every write in `waiting` finished before this flush starts.
         let started = Instant::now();
         let mut result = db.flush().map(drop).map_err(|e| keeper.guard.classify(e));
@@ -475,6 +547,71 @@ fn run(db: &sled::Db, jobs: &mpsc::Receiver<Job>, shared: &Shared, mut keeper: K
     }
     if unrecorded.is_some() {
         let _ = keeper.checkpoint(db, shared, false);
+    }
+}
+
+/// Applies the group's writes, one sled batch per tree holding every job's writes to it in queue
+/// order; returns each job's outcome, in the group's order. A refusal of the disk-space guard is
+/// every writing job's answer; a merged batch that fails is applied again job by job, so a job
+/// whose own writes are fine is not failed by another's.
+fn apply(group: &mut [Job], keeper: &mut Keeper, shared: &Shared) -> Vec<Result<(), StoreError>> {
+    let mut outcomes: Vec<Result<(), StoreError>> = group.iter().map(|_| Ok(())).collect();
+    if group.iter().all(|job| job.batch.is_none()) {
+        return outcomes;
+    }
+    if let Err(err) = keeper.guard.check() {
+        for (job, outcome) in group.iter().zip(&mut outcomes) {
+            if job.batch.is_some() {
+                *outcome = Err(err.duplicate());
+            }
+        }
+        return outcomes;
+    }
+    // (tree, merged batch, the jobs in it), trees in the order the group first writes them.
+    let mut merged: Vec<(sled::Tree, sled::Batch, Vec<usize>)> = Vec::new();
+    for (index, job) in group.iter().enumerate() {
+        let Some(writes) = &job.batch else { continue };
+        let at = match merged.iter().position(|(tree, ..)| writes.same_tree(tree)) {
+            Some(at) => at,
+            None => {
+                merged.push((writes.tree.clone(), sled::Batch::default(), Vec::new()));
+                merged.len() - 1
+            }
+        };
+        let (_, batch, jobs) = &mut merged[at];
+        writes.add_to(batch);
+        jobs.push(index);
+    }
+    let mut batches = 0u64;
+    for (tree, batch, jobs) in merged {
+        batches += 1;
+        let result = tree.apply_batch(batch);
+        match result {
+            Ok(()) => {}
+            Err(err) if jobs.len() == 1 => outcomes[jobs[0]] = Err(keeper.guard.classify(err)),
+            Err(_) => {
+                for index in jobs {
+                    let Some(writes) = &group[index].batch else {
+                        continue;
+                    };
+                    let mut own = sled::Batch::default();
+                    writes.add_to(&mut own);
+                    batches += 1;
+                    if let Err(err) = tree.apply_batch(own) {
+                        outcomes[index] = Err(keeper.guard.classify(err));
+                    }
+                }
+            }
+        }
+    }
+    shared.batches.fetch_add(batches, Ordering::Relaxed);
+    StoreBatchesApplied { batches }.emit();
+    outcomes
+}
+
+fn run_hooks(hooks: Vec<(Applied, Result<(), StoreError>)>) {
+    for (hook, outcome) in hooks {
+        hook(outcome.as_ref().map(|_| ()));
     }
 }
 
@@ -604,7 +741,11 @@ mod tests {
         let before = store.commit_stats();
         tree.put_async(b"k", &1u64).await.unwrap();
         assert_eq!(tree.get::<u64>(b"k").unwrap(), Some(1));
-        assert_eq!(store.commit_stats(), before);
+        let after = store.commit_stats();
+        assert_eq!(
+            (after.flushes, after.writes),
+            (before.flushes, before.writes)
+        );
         // The flusher's explicit flush goes through the committer too.
         store.flush_async().await.unwrap();
         assert_eq!(store.commit_stats().flushes, before.flushes + 1);
@@ -628,11 +769,9 @@ mod tests {
             gate: Default::default(),
         };
         let committer = Committer::start(db, keeper).unwrap();
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::new(tree.clone());
         batch.insert(b"a".as_slice(), b"1".as_slice());
-        committer
-            .commit_blocking(Some((tree.clone(), batch)), true, None)
-            .unwrap();
+        committer.commit_blocking(Some(batch), true, None).unwrap();
         assert!(committer.stop(Duration::from_secs(10)), "the thread ended");
         let err = committer
             .commit_blocking(None, true, Some(Duration::from_secs(10)))
@@ -655,6 +794,128 @@ mod tests {
         assert!(err.to_string().contains("did not commit"), "{err}");
         store.hold_commits(false);
         store.close().unwrap();
+    }
+
+    /// A committer over its own sled database (so a test can drop a tree under it).
+    fn raw_committer(dir: &std::path::Path) -> (sled::Db, Committer) {
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        let keeper = Keeper {
+            meta: db.open_tree("meta").unwrap(),
+            generation: 0,
+            record: None,
+            create: None,
+            guard: space::Guard::new(dir, 0),
+            gate: Default::default(),
+        };
+        let committer = Committer::start(db.clone(), keeper).unwrap();
+        (db, committer)
+    }
+
+    fn writes(tree: &sled::Tree, ops: &[(&str, Option<&str>)]) -> Writes {
+        let mut writes = Writes::new(tree.clone());
+        for (key, value) in ops {
+            match value {
+                Some(value) => writes.insert(key.as_bytes(), value.as_bytes()),
+                None => writes.remove(key.as_bytes()),
+            }
+        }
+        writes
+    }
+
+    fn value(tree: &sled::Tree, key: &str) -> Option<String> {
+        tree.get(key)
+            .unwrap()
+            .map(|v| String::from_utf8(v.to_vec()).unwrap())
+    }
+
+    /// Holds the committer, hands it `jobs` (each a Durable), waits until all are queued, and
+    /// releases it: they form one group.
+    fn one_group(committer: &Committer, jobs: impl FnOnce() -> Vec<Durable>) -> Vec<Durable> {
+        let submitted = committer.submitted();
+        committer.hold(true);
+        let durables = jobs();
+        let queued = submitted + durables.len() as u64;
+        wait_for("the jobs to queue", || committer.submitted() == queued);
+        committer.hold(false);
+        durables
+    }
+
+    #[test]
+    fn a_groups_writes_to_one_tree_are_one_sled_batch_applied_in_queue_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, committer) = raw_committer(dir.path());
+        let a = db.open_tree("a").unwrap();
+        let b = db.open_tree("b").unwrap();
+        let before = committer.stats();
+        let durables = one_group(&committer, || {
+            vec![
+                committer.begin(
+                    Some(writes(&a, &[("k", Some("1")), ("x", Some("1"))])),
+                    true,
+                ),
+                committer.begin(Some(writes(&b, &[("k", Some("b"))])), true),
+                // Later in the queue: overwrites k, removes x.
+                committer.begin(Some(writes(&a, &[("k", Some("2")), ("x", None)])), true),
+                committer.begin(Some(writes(&a, &[("y", Some("3"))])), true),
+            ]
+        });
+        for mut durable in durables {
+            futures::executor::block_on(durable.wait()).unwrap();
+        }
+        let after = committer.stats();
+        assert_eq!(after.writes - before.writes, 4);
+        assert_eq!(after.flushes - before.flushes, 1, "one flush for the group");
+        assert_eq!(after.batches - before.batches, 2, "one sled batch per tree");
+        assert_eq!(value(&a, "k").as_deref(), Some("2"), "the later write wins");
+        assert_eq!(value(&a, "x"), None, "the later removal wins");
+        assert_eq!(value(&a, "y").as_deref(), Some("3"));
+        assert_eq!(value(&b, "k").as_deref(), Some("b"));
+        assert!(committer.stop(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn a_job_on_a_dropped_tree_fails_alone_and_every_job_hears_its_own_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, committer) = raw_committer(dir.path());
+        let kept = db.open_tree("kept").unwrap();
+        let gone = db.open_tree("gone").unwrap();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let hook = |name: &'static str| -> Applied {
+            let heard = heard.clone();
+            Box::new(move |outcome: Result<(), &StoreError>| {
+                heard.lock().unwrap().push((name, outcome.is_ok()));
+            })
+        };
+        let mut durables = one_group(&committer, || {
+            let durables = vec![
+                committer.begin_then(writes(&kept, &[("k", Some("1"))]), true, hook("first")),
+                committer.begin_then(writes(&gone, &[("k", Some("1"))]), true, hook("gone")),
+                committer.begin_then(writes(&kept, &[("j", Some("2"))]), true, hook("third")),
+            ];
+            assert!(db.drop_tree("gone").unwrap());
+            durables
+        });
+        // A caller that gave up: its write lands and its hook runs all the same.
+        drop(durables.pop());
+        let results: Vec<_> = durables
+            .iter_mut()
+            .map(|durable| futures::executor::block_on(durable.wait()))
+            .collect();
+        assert!(results[0].is_ok(), "{:?}", results[0]);
+        let err = results[1].as_ref().unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        wait_for("every hook", || heard.lock().unwrap().len() == 3);
+        assert_eq!(
+            *heard.lock().unwrap(),
+            vec![("first", true), ("gone", false), ("third", true)]
+        );
+        assert_eq!(value(&kept, "k").as_deref(), Some("1"));
+        assert_eq!(value(&kept, "j").as_deref(), Some("2"));
+        assert!(committer.stop(Duration::from_secs(10)));
     }
 
     /// The rule behind the committer: sled's flush is called in this file and nowhere else.

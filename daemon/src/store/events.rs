@@ -14,6 +14,10 @@ pub fn describe() {
         "brainstem_store_flushed_writes_total",
         "durable writes answered by a flush; divided by brainstem_store_flushes_total it is the mean group-commit size"
     );
+    metrics::describe_counter!(
+        "brainstem_store_batches_total",
+        "sled batches the store committer applied; the writes of a group to one tree are merged into one"
+    );
     metrics::describe_histogram!(
         "brainstem_store_flush_duration_seconds",
         metrics::Unit::Seconds,
@@ -37,6 +41,17 @@ pub fn describe() {
     metrics::gauge!("brainstem_store_disk_full").set(0.0);
     metrics::counter!("brainstem_errors_total", "subsystem" => "store", "kind" => "recovered_with_loss")
         .increment(0);
+}
+
+/// The committer applied `batches` sled batches for one group of jobs.
+pub struct StoreBatchesApplied {
+    pub batches: u64,
+}
+
+impl StoreBatchesApplied {
+    pub fn emit(self) {
+        metrics::counter!("brainstem_store_batches_total").increment(self.batches);
+    }
 }
 
 /// The committer flushed for `writes` waiting writes.

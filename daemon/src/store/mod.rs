@@ -35,7 +35,7 @@ pub mod space;
 pub mod transaction;
 
 pub use commit::{CommitStats, Durable};
-use commit::{Committer, Keeper, Mark};
+use commit::{Committer, Keeper, Mark, Writes};
 use integrity::{IntegrityRecord, TreeMark};
 
 pub use schema::{Schema, SubsystemMigration};
@@ -495,7 +495,7 @@ impl Store {
             .and_then(|()| schemas.iter().try_for_each(|s| store.migrate_subsystem(s)))
             .and_then(|()| {
                 // The store id and the first record land together, after everything above.
-                let mut batch = sled::Batch::default();
+                let mut batch = Writes::new(meta.clone());
                 if new_id {
                     batch.insert(
                         STORE_ID_KEY,
@@ -506,7 +506,7 @@ impl Store {
                     );
                 }
                 store.handles.committer.commit_job(
-                    Some((meta, batch)),
+                    Some(batch),
                     true,
                     new_id,
                     Mark::Checkpoint,
@@ -778,7 +778,7 @@ impl Store {
             record.clean_shutdown = true;
             let mut write = Batch::default();
             write.put(&meta, BOOT_KEY, &record)?;
-            batch = Some((meta.tree.clone(), write.inner));
+            batch = Some(write.into_writes(&meta.tree));
         }
         let wrote = batch.is_some();
         self.handles
@@ -858,7 +858,8 @@ impl Tree {
         &self,
         items: &[(Vec<u8>, T)],
     ) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::new(self.tree.clone());
+        batch.ops.reserve(items.len());
         for (key, value) in items {
             let bytes = encode(value).map_err(|source| StoreError::Encode {
                 tree: self.name.to_owned(),
@@ -867,7 +868,7 @@ impl Tree {
             batch.insert(key.as_slice(), bytes);
         }
         self.committer()
-            .begin(Some((self.tree.clone(), batch)), self.durable)
+            .begin(Some(batch), self.durable)
             .wait()
             .await
     }
@@ -906,12 +907,12 @@ impl Tree {
         if keys.is_empty() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::new(self.tree.clone());
         for key in keys {
             batch.remove(key.as_slice());
         }
         self.committer()
-            .begin(Some((self.tree.clone(), batch)), self.durable)
+            .begin(Some(batch), self.durable)
             .wait()
             .await
     }
@@ -932,7 +933,7 @@ impl Tree {
 
     /// Removes every key below `end` (exclusive), oldest first, at most `limit`; returns how many.
     pub async fn remove_below(&self, end: &[u8], limit: usize) -> Result<usize, StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::new(self.tree.clone());
         let mut removed = 0;
         for entry in self.tree.range(..end.to_vec()).keys().take(limit) {
             batch.remove(entry?);
@@ -940,7 +941,7 @@ impl Tree {
         }
         if removed > 0 {
             self.committer()
-                .begin(Some((self.tree.clone(), batch)), self.durable)
+                .begin(Some(batch), self.durable)
                 .wait()
                 .await?;
         }
@@ -973,9 +974,27 @@ impl Tree {
     /// the flush policy is `always`.
     pub async fn apply_async(&self, batch: Batch) -> Result<(), StoreError> {
         self.committer()
-            .begin(Some((self.tree.clone(), batch.inner)), self.durable)
+            .begin(Some(batch.into_writes(&self.tree)), self.durable)
             .wait()
             .await
+    }
+
+    /// Hands `batch` to the committer, which applies it (in one sled batch with the other writes to
+    /// this tree queued beside it), runs `applied` with the outcome on its own thread, and flushes
+    /// when the policy is `always`; the returned [`Durable`] resolves after that. For a writer that
+    /// keeps an in-memory mirror of the tree: it updates the mirror in `applied`, which runs whether
+    /// or not the wait is given up, so memory never falls behind the disk; readers see the batch
+    /// once `applied` has started. `applied` must be quick and must not wait on the store.
+    pub fn apply_then(
+        &self,
+        batch: Batch,
+        applied: impl FnOnce(Result<(), &StoreError>) + Send + 'static,
+    ) -> Durable {
+        self.committer().begin_then(
+            batch.into_writes(&self.tree),
+            self.durable,
+            Box::new(applied),
+        )
     }
 
     /// Applies `batch` on the calling thread, so readers see it when this returns, and hands its
@@ -988,7 +1007,7 @@ impl Tree {
         self.handles.refuse_if_full()?;
         off_the_runtime(|| {
             let _writing = self.handles.gate.enter();
-            self.tree.apply_batch(batch.inner)
+            self.tree.apply_batch(batch.into_sled())
         })?;
         Ok(self.committer().begin_job(None, self.durable, true))
     }
@@ -996,7 +1015,7 @@ impl Tree {
     /// Blocking [`Tree::apply_async`].
     pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         self.committer()
-            .commit_blocking(Some((self.tree.clone(), batch.inner)), self.durable, None)
+            .commit_blocking(Some(batch.into_writes(&self.tree)), self.durable, None)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -1008,26 +1027,22 @@ impl Tree {
     }
 
     /// One encoded write, as a batch for the committer.
-    fn single_put<T: Record>(
-        &self,
-        key: &[u8],
-        value: &T,
-    ) -> Result<(sled::Tree, sled::Batch), StoreError> {
+    fn single_put<T: Record>(&self, key: &[u8], value: &T) -> Result<Writes, StoreError> {
         let bytes = encode(value).map_err(|source| StoreError::Encode {
             tree: self.name.to_owned(),
             source,
         })?;
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::new(self.tree.clone());
         batch.insert(key, bytes);
-        Ok((self.tree.clone(), batch))
+        Ok(batch)
     }
 }
 
 /// Writes and removals applied together by [`Tree::apply`].
+/// Writes and removals applied together by [`Tree::apply`], in order (a later write of a key wins).
 #[derive(Default)]
 pub struct Batch {
-    inner: sled::Batch,
-    len: usize,
+    ops: Vec<(sled::IVec, Option<sled::IVec>)>,
 }
 
 impl Batch {
@@ -1036,22 +1051,38 @@ impl Batch {
             tree: tree.name.to_owned(),
             source,
         })?;
-        self.inner.insert(key, bytes);
-        self.len += 1;
+        self.ops.push((key.into(), Some(bytes.into())));
         Ok(())
     }
 
     pub fn remove(&mut self, key: &[u8]) {
-        self.inner.remove(key);
-        self.len += 1;
+        self.ops.push((key.into(), None));
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.ops.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.ops.is_empty()
+    }
+
+    fn into_writes(self, tree: &sled::Tree) -> Writes {
+        Writes {
+            tree: tree.clone(),
+            ops: self.ops,
+        }
+    }
+
+    fn into_sled(self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (key, value) in self.ops {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        batch
     }
 }
 

@@ -204,7 +204,7 @@ pub fn restore_into(
             let tree = store.db.open_tree(name)?;
             // In batches, so a large tree does not become one huge sled batch.
             for part in entries.chunks(10_000) {
-                let mut batch = sled::Batch::default();
+                let mut batch = super::commit::Writes::new(tree.clone());
                 for (key, value) in part {
                     // The new database keeps its own identity and generation count.
                     if name == trees::META
@@ -217,7 +217,7 @@ pub fn restore_into(
                 store
                     .handles
                     .committer
-                    .commit_blocking(Some((tree.clone(), batch)), true, None)?;
+                    .commit_blocking(Some(batch), true, None)?;
             }
         }
         // Offline: the seal's pass over every tree may take longer than a stop's deadline.
