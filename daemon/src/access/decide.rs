@@ -93,17 +93,35 @@ impl Access {
         resource: &str,
         context: Map<String, Value>,
     ) -> Result<Query, ServiceError> {
-        self.require_check_as(caller, principal)?;
+        self.query_owned(
+            caller,
+            principal.to_owned(),
+            action.to_owned(),
+            resource.to_owned(),
+            context,
+        )
+    }
+
+    /// [`Access::query`] for a question that owns its strings: they move into the query.
+    fn query_owned(
+        &self,
+        caller: &Caller,
+        principal: String,
+        action: String,
+        resource: String,
+        context: Map<String, Value>,
+    ) -> Result<Query, ServiceError> {
+        self.require_check_as(caller, &principal)?;
         let principal = if principal.is_empty() {
             caller.principal.name.clone()
         } else {
-            principal.to_owned()
+            principal
         };
         Ok(Query {
             roles: self.roles_of(&principal),
             principal,
-            action: action.to_owned(),
-            resource: resource.to_owned(),
+            action,
+            resource,
             context,
         })
     }
@@ -123,7 +141,7 @@ impl Access {
             correlation_id,
             rules,
         } = request;
-        let query = self.query(caller, &principal, &action, &resource, context)?;
+        let query = self.query_owned(caller, principal, action, resource, context)?;
         let policy = self
             .policy
             .decide(&query)

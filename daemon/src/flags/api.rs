@@ -26,8 +26,8 @@ use tonic::{Request, Response, Status};
 
 use super::modules::ModuleSwitch;
 use super::{
-    Change, FlagType, Flags, FlagsWatch, OVERRIDES_TREE, Override, OverrideRequest, Reason,
-    Resolution, Rollout, State,
+    Change, EvalContext, FlagType, Flags, FlagsWatch, Metadata, OVERRIDES_TREE, Override,
+    OverrideRequest, Reason, Resolution, Rollout, State,
 };
 use crate::access::audit::{AuditKind, AuditLog, AuditRecord};
 use crate::access::caller;
@@ -50,6 +50,36 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn context_of(context: Option<&prost_types::Struct>) -> Value {
     Value::Object(context.map(struct_to_json).unwrap_or_default())
+}
+
+/// A request's context as it came: converted to JSON only when a targeting rule reads it, so a
+/// static flag (or a rollout, which reads only `targetingKey`) costs no conversion.
+struct WireContext<'a> {
+    wire: Option<&'a prost_types::Struct>,
+    json: std::cell::OnceCell<Value>,
+}
+
+impl<'a> WireContext<'a> {
+    fn new(wire: Option<&'a prost_types::Struct>) -> Self {
+        WireContext {
+            wire,
+            json: std::cell::OnceCell::new(),
+        }
+    }
+}
+
+impl EvalContext for WireContext<'_> {
+    fn targeting_key(&self) -> Option<&str> {
+        use prost_types::value::Kind;
+        match self.wire?.fields.get("targetingKey")?.kind.as_ref()? {
+            Kind::StringValue(key) => Some(key),
+            _ => None,
+        }
+    }
+
+    fn json(&self) -> &Value {
+        self.json.get_or_init(|| context_of(self.wire))
+    }
 }
 
 fn key_of(key: &str, field: &str) -> Result<(), ServiceError> {
@@ -93,6 +123,11 @@ fn wanted_type(t: i32) -> Result<Option<FlagType>, ServiceError> {
 
 fn metadata(map: &Map<String, Value>) -> Option<prost_types::Struct> {
     Some(json_to_struct(map))
+}
+
+/// A resolution's metadata as the reply carries it (built at load; cloned, not converted).
+fn resolved_metadata(metadata: &Metadata) -> Option<prost_types::Struct> {
+    Some(metadata.wire().clone())
 }
 
 fn override_proto(o: &Override) -> FlagOverride {
@@ -146,16 +181,16 @@ impl FlagsApi for FlagsService {
         let request = request.into_inner();
         key_of(&request.key, "key")?;
         let wanted = wanted_type(request.r#type)?;
-        let context = context_of(request.context.as_ref());
+        let context = WireContext::new(request.context.as_ref());
         let resolution = self
             .flags
             .evaluate(&request.key, &context, wanted)
             .map_err(ServiceError::from)?;
         Ok(Response::new(EvaluateFlagReply {
             value: resolution.value.as_ref().map(json_to_value),
-            variant: resolution.variant.clone().unwrap_or_default(),
+            variant: resolution.variant.unwrap_or_default(),
             reason: resolution.reason.as_str().to_owned(),
-            metadata: metadata(&resolution.metadata),
+            metadata: resolved_metadata(&resolution.metadata),
             r#type: flag_type(resolution.flag_type),
         }))
     }
@@ -349,7 +384,7 @@ impl Flagd {
         wanted: FlagType,
     ) -> Result<Resolution, Status> {
         key_of(key, "flag_key")?;
-        let context = context_of(context);
+        let context = WireContext::new(context);
         Ok(self
             .flags
             .evaluate(key, &context, Some(wanted))
@@ -440,8 +475,8 @@ macro_rules! flagd_service {
                 Ok(Response::new($module::ResolveBooleanResponse {
                     value: $wrap(r.value.as_ref().and_then(Value::as_bool)),
                     reason: r.reason.as_str().to_owned(),
-                    variant: $wrap(r.variant.clone()),
-                    metadata: metadata(&r.metadata),
+                    variant: $wrap(r.variant),
+                    metadata: resolved_metadata(&r.metadata),
                 }))
             }
 
@@ -454,8 +489,8 @@ macro_rules! flagd_service {
                 Ok(Response::new($module::ResolveStringResponse {
                     value: $wrap(r.value.as_ref().and_then(Value::as_str).map(str::to_owned)),
                     reason: r.reason.as_str().to_owned(),
-                    variant: $wrap(r.variant.clone()),
-                    metadata: metadata(&r.metadata),
+                    variant: $wrap(r.variant),
+                    metadata: resolved_metadata(&r.metadata),
                 }))
             }
 
@@ -468,8 +503,8 @@ macro_rules! flagd_service {
                 Ok(Response::new($module::ResolveFloatResponse {
                     value: $wrap(number(&r.value)),
                     reason: r.reason.as_str().to_owned(),
-                    variant: $wrap(r.variant.clone()),
-                    metadata: metadata(&r.metadata),
+                    variant: $wrap(r.variant),
+                    metadata: resolved_metadata(&r.metadata),
                 }))
             }
 
@@ -483,8 +518,8 @@ macro_rules! flagd_service {
                     // As flagd: the number read as a float, then truncated.
                     value: $wrap(number(&r.value).map(|f| f as i64)),
                     reason: r.reason.as_str().to_owned(),
-                    variant: $wrap(r.variant.clone()),
-                    metadata: metadata(&r.metadata),
+                    variant: $wrap(r.variant),
+                    metadata: resolved_metadata(&r.metadata),
                 }))
             }
 
@@ -497,8 +532,8 @@ macro_rules! flagd_service {
                 Ok(Response::new($module::ResolveObjectResponse {
                     value: object(&r.value),
                     reason: r.reason.as_str().to_owned(),
-                    variant: $wrap(r.variant.clone()),
-                    metadata: metadata(&r.metadata),
+                    variant: $wrap(r.variant),
+                    metadata: resolved_metadata(&r.metadata),
                 }))
             }
 
@@ -591,7 +626,7 @@ impl FlagdV1 {
                         reason: r.reason.as_str().to_owned(),
                         variant: r.variant.unwrap_or_default(),
                         value: Some(value),
-                        metadata: metadata(&r.metadata),
+                        metadata: resolved_metadata(&r.metadata),
                     },
                 ))
             })
@@ -811,3 +846,80 @@ pub const FLAGD_V1_REGISTRATION: Registration = Registration {
     describe: super::events::describe,
     setup: |_| Ok(None),
 };
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::flags::{Active, definition, evaluate_in};
+
+    fn wire(context: Value) -> prost_types::Struct {
+        let Value::Object(map) = context else {
+            unreachable!()
+        };
+        json_to_struct(&map)
+    }
+
+    /// A request's context read in its wire form gives the same resolutions as the same context
+    /// converted to JSON first: static, targeting and rollout flags, with and without a context.
+    #[test]
+    fn the_wire_context_evaluates_as_its_json() {
+        let set = definition::parse(
+            &json!({"flags": {
+                "static": {"state": "ENABLED", "variants": {"on": true, "off": false},
+                    "defaultVariant": "off"},
+                "rule": {"state": "ENABLED", "variants": {"a": "A", "b": "B"}, "defaultVariant": "a",
+                    "targeting": {"if": [{"ends_with": [{"var": "user.email"}, "@x.org"]}, "b"]}},
+                "split": {"state": "ENABLED", "variants": {"a": "A", "b": "B"}, "defaultVariant": "a"},
+            }})
+            .to_string(),
+        )
+        .unwrap();
+        let overrides = BTreeMap::from([(
+            "split".to_owned(),
+            Override {
+                state: None,
+                default_variant: None,
+                rollout: Some(Rollout {
+                    variant: "b".into(),
+                    percent: 50,
+                }),
+                set_by: "t".into(),
+                set_at_unix_ms: 0,
+            },
+        )]);
+        let active = Active {
+            set: Arc::new(set),
+            overrides: Arc::new(overrides),
+            revision: 1,
+        };
+        let contexts = [
+            None,
+            Some(json!({})),
+            Some(json!({"targetingKey": 7, "user": {"email": "a@x.org"}})),
+            Some(json!({"targetingKey": "k-1", "user": {"email": "a@y.org"}})),
+        ]
+        .into_iter()
+        .chain((0..40).map(|i| Some(json!({"targetingKey": format!("user-{i}")}))));
+        let mut reasons = std::collections::BTreeSet::new();
+        for context in contexts {
+            let proto = context.clone().map(wire);
+            for key in ["static", "rule", "split"] {
+                let lazy = WireContext::new(proto.as_ref());
+                let from_wire = evaluate_in(&active, key, &lazy, None, 0);
+                let from_json = evaluate_in(&active, key, &context_of(proto.as_ref()), None, 0);
+                assert_eq!(from_wire, from_json, "{key} with {context:?}");
+                // Only a targeting rule converts the context.
+                assert_eq!(lazy.json.get().is_some(), key == "rule", "{key}");
+                reasons.insert(from_wire.unwrap().reason.as_str());
+            }
+        }
+        assert_eq!(
+            reasons.into_iter().collect::<Vec<_>>(),
+            ["DEFAULT", "SPLIT", "STATIC", "TARGETING_MATCH"]
+        );
+    }
+}

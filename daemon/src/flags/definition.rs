@@ -104,8 +104,42 @@ pub struct Flag {
     pub targeting_json: Option<Value>,
     pub metadata: Map<String, Value>,
     /// What an evaluation reports: the set's metadata with the flag's over it (merged at load).
-    pub resolved_metadata: Arc<Map<String, Value>>,
+    pub resolved_metadata: Arc<Metadata>,
     pub flag_type: FlagType,
+}
+
+/// A flag's metadata as evaluations report it, in both the forms the daemon serves it: JSON, and
+/// the protobuf Struct the evaluation replies carry. Both are built once per loaded set (a reload
+/// builds new ones); a reply clones the Struct instead of converting the JSON on every call.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Metadata {
+    json: Map<String, Value>,
+    wire: prost_types::Struct,
+}
+
+impl Metadata {
+    pub fn new(json: Map<String, Value>) -> Self {
+        let wire = brainstem_proto::json::json_to_struct(&json);
+        Metadata { json, wire }
+    }
+
+    /// The metadata as JSON.
+    pub fn json(&self) -> &Map<String, Value> {
+        &self.json
+    }
+
+    /// The metadata as a protobuf Struct, built from [`Metadata::json`] at load.
+    pub fn wire(&self) -> &prost_types::Struct {
+        &self.wire
+    }
+}
+
+impl std::ops::Deref for Metadata {
+    type Target = Map<String, Value>;
+
+    fn deref(&self) -> &Map<String, Value> {
+        &self.json
+    }
 }
 
 /// A whole definitions file.
@@ -149,7 +183,7 @@ pub fn parse(text: &str) -> Result<FlagSet, Vec<String>> {
                 if let Some(mut flag) = parse_flag(key, def, &evaluators, &mut problems) {
                     let mut merged = metadata.clone();
                     merged.extend(flag.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
-                    flag.resolved_metadata = Arc::new(merged);
+                    flag.resolved_metadata = Arc::new(Metadata::new(merged));
                     flags.insert(key.clone(), Arc::new(flag));
                 }
             }

@@ -31,10 +31,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::broadcast;
 
-pub use definition::{Flag, FlagSet, FlagType, State};
+pub use definition::{Flag, FlagSet, FlagType, Metadata, State};
 pub use murmur::murmur3_x86_32;
 pub use watch::FlagsWatch;
 
@@ -88,8 +88,28 @@ pub struct Resolution {
     pub variant: Option<String>,
     pub reason: Reason,
     /// The flag's metadata, plus the set's (the flag's own keys win); shared, merged at load.
-    pub metadata: Arc<Map<String, Value>>,
+    pub metadata: Arc<Metadata>,
     pub flag_type: FlagType,
+}
+
+/// The caller's context as the evaluator reads it: a rollout override reads the targeting key
+/// alone, targeting rules the whole JSON object. An adapter may hand in the context in its wire form
+/// and convert it to JSON only when a rule asks for it ([`EvalContext::json`]).
+pub trait EvalContext {
+    /// `targetingKey`, when the context holds it as a string.
+    fn targeting_key(&self) -> Option<&str>;
+    /// The whole context as JSON (an object, usually).
+    fn json(&self) -> &Value;
+}
+
+impl EvalContext for Value {
+    fn targeting_key(&self) -> Option<&str> {
+        self.get("targetingKey").and_then(Value::as_str)
+    }
+
+    fn json(&self) -> &Value {
+        self
+    }
 }
 
 /// Why a flag could not be evaluated.
@@ -330,7 +350,7 @@ impl Flags {
     pub fn evaluate(
         &self,
         key: &str,
-        context: &Value,
+        context: &(impl EvalContext + ?Sized),
         wanted: Option<FlagType>,
     ) -> Result<Resolution, EvalError> {
         let active = self.active.load();
@@ -589,7 +609,7 @@ fn now_unix_seconds() -> i64 {
 pub fn evaluate_in(
     active: &Active,
     key: &str,
-    context: &Value,
+    context: &(impl EvalContext + ?Sized),
     wanted: Option<FlagType>,
     now: i64,
 ) -> Result<Resolution, EvalError> {
@@ -618,7 +638,7 @@ fn type_satisfies(actual: FlagType, wanted: FlagType) -> bool {
 pub fn evaluate_flag(
     flag: &Flag,
     ov: Option<&Override>,
-    context: &Value,
+    context: &(impl EvalContext + ?Sized),
     now: i64,
 ) -> Result<Resolution, EvalError> {
     let resolved = |variant: Option<&str>, reason: Reason| {
@@ -637,7 +657,7 @@ pub fn evaluate_flag(
     }
     if let Some(rollout) = ov.and_then(|o| o.rollout.as_ref())
         && flag.variants.contains_key(&rollout.variant)
-        && let Some(Value::String(targeting_key)) = context.get("targetingKey")
+        && let Some(targeting_key) = context.targeting_key()
         && !targeting_key.is_empty()
         && bucket_of(&format!("{}{targeting_key}", flag.key), 100) < u64::from(rollout.percent)
     {
@@ -657,7 +677,7 @@ pub fn evaluate_flag(
         flag_key: &flag.key,
         timestamp: now,
     };
-    let chosen = match rule.evaluate(context, &env) {
+    let chosen = match rule.evaluate(context.json(), &env) {
         Value::Null => return Ok(resolved(default_variant, Reason::Default)),
         Value::String(s) => s,
         other @ (Value::Bool(_) | Value::Number(_)) => to_text(&other),

@@ -663,6 +663,64 @@ async fn an_invalid_file_is_refused_and_the_old_flags_keep_serving() {
     live.close(flags);
 }
 
+/// The reply form of a flag's metadata is built at load: a reload that changes the metadata (the
+/// flag's or the set's) serves the new one; an override, which leaves the definitions alone, keeps it.
+#[tokio::test]
+async fn the_metadata_replies_carry_is_rebuilt_on_reload() {
+    let file = |owner: &str, version: &str| {
+        json!({"flags": {"colour": {"state": "ENABLED", "variants": {"red": "red", "blue": "blue"},
+            "defaultVariant": "red", "metadata": {"owner": owner}}},
+            "metadata": {"version": version, "owner": "platform"}})
+        .to_string()
+    };
+    let wire = |flags: &Flags| {
+        let r = flags.evaluate("colour", &json!({}), None).unwrap();
+        assert_eq!(
+            r.metadata.wire(),
+            &brainstem_proto::json::json_to_struct(r.metadata.json()),
+            "the Struct is the JSON's"
+        );
+        brainstem_proto::json::struct_to_json(r.metadata.wire())
+    };
+    let mut live = Live::new();
+    std::fs::write(live.path(), file("web", "1")).unwrap();
+    let flags = live.open();
+    assert_eq!(
+        Value::Object(wire(&flags)),
+        json!({"owner": "web", "version": "1"})
+    );
+    std::fs::write(live.path(), file("search", "2")).unwrap();
+    assert_eq!(flags.reload("watch").await, ReloadResult::Applied(1));
+    assert_eq!(
+        Value::Object(wire(&flags)),
+        json!({"owner": "search", "version": "2"})
+    );
+    // Only the set's metadata changes: no flag definition differs, yet the reply follows it.
+    std::fs::write(live.path(), file("search", "3")).unwrap();
+    assert_eq!(flags.reload("watch").await, ReloadResult::Applied(0));
+    assert_eq!(
+        Value::Object(wire(&flags)),
+        json!({"owner": "search", "version": "3"})
+    );
+    flags
+        .set_override(
+            "colour",
+            OverrideRequest {
+                default_variant: Some("blue".into()),
+                ..OverrideRequest::default()
+            },
+            "admin",
+        )
+        .await
+        .unwrap();
+    assert_eq!(colour_of(&flags), json!("blue"));
+    assert_eq!(
+        Value::Object(wire(&flags)),
+        json!({"owner": "search", "version": "3"})
+    );
+    live.close(flags);
+}
+
 #[tokio::test]
 async fn a_symlink_swap_is_read_through() {
     let mut live = Live::new();

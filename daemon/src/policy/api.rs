@@ -37,11 +37,12 @@ impl PolicyService {
         }
     }
 
-    /// Validates one request; violations name fields under `prefix` (`items[3].`).
+    /// Validates one request; violations name fields under `prefix` (`items[3].`). Its strings
+    /// move into the question (no copies on the Check path).
     fn request(
         &self,
         prefix: &str,
-        request: &CheckRequest,
+        request: CheckRequest,
         violations: &mut Vec<FieldViolation>,
     ) -> Option<DecisionRequest> {
         let context = request
@@ -68,11 +69,11 @@ impl PolicyService {
         }
         Some(DecisionRequest {
             kind: AuditKind::Policy,
-            principal: request.principal.clone(),
-            action: request.action.clone(),
-            resource: request.resource.clone(),
+            principal: request.principal,
+            action: request.action,
+            resource: request.resource,
             context,
-            correlation_id: request.correlation_id.clone(),
+            correlation_id: request.correlation_id,
             rules: None,
         })
     }
@@ -99,7 +100,7 @@ impl Policy for PolicyService {
         let who = Self::who(&request)?;
         let request = request.into_inner();
         let mut violations = Vec::new();
-        let Some(question) = self.request("", &request, &mut violations) else {
+        let Some(question) = self.request("", request, &mut violations) else {
             return Err(ServiceError::InvalidArgument(violations).into());
         };
         let decided = self.access.decide(&who, question).await?;
@@ -122,7 +123,7 @@ impl Policy for PolicyService {
         }
         let mut violations = Vec::new();
         let mut questions = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
+        for (i, item) in items.into_iter().enumerate() {
             if let Some(question) = self.request(&format!("items[{i}]."), item, &mut violations) {
                 questions.push(question);
             }
@@ -152,7 +153,7 @@ impl Policy for PolicyService {
         let who = Self::who(&request)?;
         let request = request.into_inner();
         let mut violations = Vec::new();
-        let Some(question) = self.request("", &request, &mut violations) else {
+        let Some(question) = self.request("", request, &mut violations) else {
             return Err(ServiceError::InvalidArgument(violations).into());
         };
         let query = self.access.query(

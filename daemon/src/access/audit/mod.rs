@@ -60,6 +60,11 @@ pub const REFUSAL_KEYS_PER_SECOND: usize = 64;
 pub const DURABLE_WAIT: Duration = Duration::from_secs(5);
 /// After a failed write the writer waits this long before the next attempt.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
+/// How long the writer lets the queue fill after a wake before it writes, unless a fail-closed
+/// record waits: a steady stream of decisions then costs one wake-up, one hand-off to the blocking
+/// pool and one `write` per interval instead of per handful of records. A fail-closed record ends
+/// the wait at once ([`Shared::durable`]), so group commit is not delayed.
+const COALESCE: Duration = Duration::from_millis(5);
 /// Written at a stop that lost records, read (and removed) by the next start.
 const UNCLEAN_MARKER: &str = "unclean-stop";
 
@@ -201,6 +206,8 @@ struct Shared {
     lost_at_stop: AtomicU64,
     id_prefix: u32,
     next_id: AtomicU64,
+    /// Told when a fail-closed record is queued: the writer stops coalescing and writes.
+    durable: tokio::sync::Notify,
 }
 
 /// The queue's receiving end and the appender: the writer's, and at the end of the final stop the
@@ -288,6 +295,7 @@ impl AuditLog {
             lost_at_stop: AtomicU64::new(0),
             id_prefix: u32::from_be_bytes(prefix),
             next_id: AtomicU64::new(0),
+            durable: tokio::sync::Notify::new(),
         });
         let core = Arc::new(Core {
             queue: tokio::sync::Mutex::new(rx),
@@ -359,6 +367,7 @@ impl AuditLog {
                     mpsc::error::TrySendError::Closed(_) => AuditError::Closed,
                 })?;
             self.shared.queued.fetch_add(1, Ordering::AcqRel);
+            self.shared.durable.notify_one();
             // The writer may end (stop, panic) before it reaches this record: then deny rather than
             // wait for an incarnation that may never come.
             let mut running = self.writer_running.clone();
@@ -539,9 +548,16 @@ impl AuditLog {
 }
 
 impl Shared {
+    /// `{prefix:08x}{n:012x}`, written without the formatter: every decision makes one.
     fn decision_id(&self) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}{n:012x}", self.id_prefix)
+        if n >> 48 != 0 {
+            return format!("{:08x}{n:012x}", self.id_prefix);
+        }
+        let mut text = [0u8; 20];
+        lower_hex(u64::from(self.id_prefix), &mut text[..8]);
+        lower_hex(n, &mut text[8..]);
+        text.iter().map(|&b| char::from(b)).collect()
     }
 
     fn record(&self, mut record: AuditRecord) -> Result<(), AuditError> {
@@ -640,6 +656,14 @@ impl Shared {
                 count,
             });
         }
+    }
+}
+
+/// Fills `out` with the low `out.len()` hex digits of `value`, most significant first.
+fn lower_hex(mut value: u64, out: &mut [u8]) {
+    for digit in out.iter_mut().rev() {
+        *digit = b"0123456789abcdef"[(value & 0xf) as usize];
+        value >>= 4;
     }
 }
 
@@ -800,6 +824,23 @@ impl Worker for AuditWriter {
                     break;
                 }
                 Wake::Batch(_) => {
+                    if batch.len() < BATCH && batch.iter().all(|p| p.written.is_none()) {
+                        ctx.idle(async {
+                            tokio::select! {
+                                biased;
+                                () = ctx.cancelled() => {}
+                                () = self.shared.durable.notified() => {}
+                                () = tokio::time::sleep(COALESCE) => {}
+                            }
+                        })
+                        .await;
+                        while batch.len() < BATCH {
+                            match queue.try_recv() {
+                                Ok(pending) => batch.push(pending),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     if !self.write(&mut batch, false).await {
                         let pause = tokio::time::sleep(RETRY_AFTER);
                         ctx.idle(async {

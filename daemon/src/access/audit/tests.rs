@@ -220,6 +220,34 @@ fn fail_closed_patterns_and_ids() {
     rt.block_on(f.stop());
 }
 
+/// Decision ids are written without the formatter; they read as `{prefix:08x}{n:012x}` did.
+#[test]
+fn decision_ids_are_the_run_prefix_and_the_count_in_hex() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let f = rt.block_on(start(dir.path(), &AuditConfig::default()));
+    let shared = &f.log.shared;
+    for n in [
+        0,
+        1,
+        0xabc,
+        0xfedc_ba98_7654,
+        (1 << 48) - 1,
+        1 << 48,
+        u64::MAX / 3,
+    ] {
+        shared
+            .next_id
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            f.log.decision_id(),
+            format!("{:08x}{n:012x}", shared.id_prefix)
+        );
+    }
+    rt.block_on(f.stop());
+}
+
 #[tokio::test]
 async fn the_queue_outlives_the_writer_and_fail_closed_records_wait_for_none() {
     let dir = tempfile::tempdir().unwrap();

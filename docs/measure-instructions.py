@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Counts the server's instructions per call of bench scenarios under callgrind: a figure that does
+not move with the machine's load, unlike CPU time.
+
+One brainstemd runs under `valgrind --tool=callgrind` with collection on. For each scenario, a short
+and a long bench run (no warm-up, `--connections 1 --concurrency 8`) each go from zeroed counters
+until the daemon is idle again (so work a call leaves queued, such as audit writes, is counted), then
+the counters are dumped. The calls served are the daemon's own `brainstem_grpc_requests_total` over the
+window. Instructions per call = (long - short instructions) / (long - short calls): the difference
+cancels what a run costs once (connection, TLS handshake, the bench's own set-up calls).
+
+    cargo build --release -p brainstemd -p brainstem-client --bins
+    python3 docs/measure-instructions.py target/release --runs ping,policy-check,flags-eval [--short 3 --long 9]
+
+Prints one line per scenario (instructions per call and the ratio to the first scenario) and leaves
+the dumps (`callgrind.out.<pid>.<n>`, one per run, named after the trigger) in the printed directory
+for `callgrind_annotate --inclusive=yes`.
+"""
+
+import argparse
+import glob
+import importlib.util
+import os
+import re
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+spec = importlib.util.spec_from_file_location(
+    "measure_rpc", os.path.join(os.path.dirname(__file__), "measure-rpc.py"))
+rpc = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(rpc)
+
+
+def requests_served(metrics_addr):
+    text = urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=30).read().decode()
+    total = 0
+    for line in text.splitlines():
+        if line.startswith("brainstem_grpc_requests_total{"):
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def dump_totals(path):
+    with open(path) as f:
+        for line in f:
+            if line.startswith("totals:") or line.startswith("summary:"):
+                return int(line.split()[1])
+    raise SystemExit(f"{path}: no totals line")
+
+
+def control(*args):
+    subprocess.run(["callgrind_control", *args], check=True, capture_output=True)
+
+
+def run(bin_dir, work, state, addr, metrics, pid, scenario, seconds, concurrency, tag):
+    rpc.wait_idle(pid, quiet_s=1.0, deadline_s=120)
+    control("--zero", str(pid))
+    before = requests_served(metrics)
+    rpc.bench(bin_dir, state, addr, scenario, seconds, 1, concurrency)
+    rpc.wait_idle(pid, quiet_s=1.0, deadline_s=300)
+    after = requests_served(metrics)
+    known = set(glob.glob(f"{work}/callgrind.out.*"))
+    control(f"--dump={tag}", str(pid))
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        new = set(glob.glob(f"{work}/callgrind.out.*")) - known
+        if new:
+            path = new.pop()
+            time.sleep(0.5)
+            return dump_totals(path), after - before, path
+        time.sleep(0.2)
+    raise SystemExit("callgrind did not dump")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bin_dir")
+    ap.add_argument("--runs", default="ping,policy-check,flags-eval")
+    ap.add_argument("--short", type=int, default=3)
+    ap.add_argument("--long", type=int, default=9)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--listen", default="127.0.0.1:50391")
+    ap.add_argument("--metrics-listen", default="127.0.0.1:9391")
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="brainstem-callgrind-")
+    state = f"{work}/s"
+    daemon = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--dump-instr=no",
+         f"--callgrind-out-file={work}/callgrind.out.%p",
+         f"{args.bin_dir}/brainstemd", "--dev", "--state-dir", state, "--listen", args.listen,
+         "--metrics-listen", args.metrics_listen, "--log-level", "warn"],
+        stdout=subprocess.DEVNULL, stderr=open(f"{work}/valgrind.log", "w"))
+    print(f"dumps in {work}", flush=True)
+    results = []
+    try:
+        rpc.wait_port(args.listen, deadline_s=300)
+        for scenario in args.runs.split(","):
+            short = run(args.bin_dir, work, state, args.listen, args.metrics_listen, daemon.pid,
+                        scenario, args.short, args.concurrency, f"{scenario}-short")
+            long = run(args.bin_dir, work, state, args.listen, args.metrics_listen, daemon.pid,
+                       scenario, args.long, args.concurrency, f"{scenario}-long")
+            per_call = (long[0] - short[0]) / max(long[1] - short[1], 1)
+            results.append((scenario, per_call))
+            print(f"{scenario:14} short {short[1]:>6} calls {short[0]:>13,} Ir   "
+                  f"long {long[1]:>6} calls {long[0]:>13,} Ir   "
+                  f"{per_call:>9,.0f} instructions/call   ({os.path.basename(long[2])})",
+                  flush=True)
+        base = results[0][1]
+        for scenario, per_call in results[1:]:
+            print(f"{scenario} vs {results[0][0]}: {per_call / base:.3f}x "
+                  f"(+{per_call - base:,.0f} instructions/call)")
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=120)
+
+
+if __name__ == "__main__":
+    main()
