@@ -529,3 +529,79 @@ async fn the_rules_and_the_dashboard_use_only_exported_metrics() {
     drop(client);
     daemon.stop().await;
 }
+
+/// The value of one `brainstem_grpc_requests_total` series (0 when it is not exported yet).
+fn requests(text: &str, method: &str, code: &str) -> f64 {
+    let series = format!("brainstem_grpc_requests_total{{method=\"{method}\",code=\"{code}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_counted_when_it_ends_with_the_code_its_end_carries() {
+    use brainstem_client::v1::CreateBackupRequest;
+    use brainstem_client::v1::WatchActorsRequest;
+    use brainstem_client::v1::backup_client::BackupClient;
+    const WATCH: &str = "/brainstem.v1.Supervisor/WatchActors";
+    const BACKUP: &str = "/brainstem.v1.Backup/Create";
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start_in(dir.path()).await;
+    let client = daemon.client().await;
+    let scrape = || async {
+        let (code, body) = crate::harness::http_get(daemon.metrics_addr, "/metrics").await;
+        assert_eq!(code, 200);
+        body
+    };
+
+    // A stream the caller walks away from: not counted while it is open, CANCELLED once dropped
+    // (before, every stream was counted OK at its headers).
+    let mut watch = client
+        .supervisor
+        .clone()
+        .watch_actors(WatchActorsRequest {
+            name: "token-maintenance".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some());
+    let open = scrape().await;
+    assert_eq!(requests(&open, WATCH, "OK"), 0.0, "counted while open");
+    assert_eq!(requests(&open, WATCH, "CANCELLED"), 0.0);
+    drop(watch);
+    crate::harness::eventually(
+        "the dropped stream counted",
+        Duration::from_secs(10),
+        || async {
+            let text = scrape().await;
+            (requests(&text, WATCH, "CANCELLED") == 1.0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(requests(&scrape().await, WATCH, "OK"), 0.0);
+
+    // A stream that runs to its end is counted OK, once, when its trailers pass.
+    let channel = daemon.options().channel().await.unwrap();
+    let mut backup = BackupClient::new(channel)
+        .create(CreateBackupRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut chunks = 0;
+    while backup.message().await.unwrap().is_some() {
+        chunks += 1;
+    }
+    assert!(chunks > 0);
+    crate::harness::eventually(
+        "the finished stream counted",
+        Duration::from_secs(10),
+        || async {
+            let text = scrape().await;
+            (requests(&text, BACKUP, "OK") == 1.0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(requests(&scrape().await, BACKUP, "CANCELLED"), 0.0);
+}

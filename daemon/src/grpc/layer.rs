@@ -130,7 +130,7 @@ impl<S> AuthService<S> {
         &self,
         req: &http::Request<Body>,
         id: &CorrelationId,
-    ) -> Result<(&'static str, Caller, Option<Keyed>), ServiceError> {
+    ) -> Result<(&'static str, Caller, Option<Keyed>, bool), ServiceError> {
         let path = req.uri().path();
         let principal = match req.extensions().get::<PeerInfo>().map(|p| &p.principal) {
             Some(Ok(principal)) => principal.clone(),
@@ -242,7 +242,8 @@ impl<S> AuthService<S> {
                 method: entry.label,
                 key,
             });
-        Ok((entry.label, caller, keyed))
+        let streaming = entry.effect == methods::Effect::Streaming;
+        Ok((entry.label, caller, keyed, streaming))
     }
 
     /// Refuses (audited, counted) a caller that does not hold `capability` as `holding` says. A
@@ -317,7 +318,7 @@ where
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         let started = Instant::now();
         let id = CorrelationId::from_headers(req.headers());
-        let (label, caller, keyed) = match self.authorize(&req, &id) {
+        let (label, caller, keyed, streaming) = match self.authorize(&req, &id) {
             Ok(ok) => ok,
             Err(err) => {
                 let response = status_for(err, Some(&id)).into_http();
@@ -392,12 +393,29 @@ where
                 None => response,
             };
             drop(in_flight);
-            if let Some(metrics) = method_metrics {
-                metrics.completed(response_code(&response), started.elapsed());
+            let span = traced.then(tracing::Span::current);
+            // A stream's status travels in its trailers (unless it failed before its first message,
+            // a trailers-only answer): the call is counted, and its span ends, when they pass.
+            if streaming && response.headers().get("grpc-status").is_none() {
+                let response = response.map(|body| {
+                    Body::new(Trailed {
+                        body,
+                        end: Some(CallEnd {
+                            metrics: method_metrics,
+                            span,
+                            started,
+                        }),
+                    })
+                });
+                return Ok(echo(response, &id));
             }
-            if traced {
-                record_status(&tracing::Span::current(), &response);
+            let code = response_code(&response);
+            CallEnd {
+                metrics: method_metrics,
+                span,
+                started,
             }
+            .finish(code);
             Ok(echo(response, &id))
         };
         Box::pin(correlation::scope(scoped_id, call).instrument(span))
@@ -420,21 +438,105 @@ fn server_span(span: &tracing::Span, path: &str, headers: &http::HeaderMap) {
     }
 }
 
-/// Records the response's gRPC status on the call's span: the trailers-only error's code, else 0 (a
-/// streamed reply's final status travels in trailers the layer does not wait for). Codes that mean
-/// the server failed mark the span as an error, as the semantic conventions ask.
-fn record_status(span: &tracing::Span, response: &http::Response<Body>) {
-    let code = response
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<i64>().ok())
-        .unwrap_or(0);
-    span.record("rpc.grpc.status_code", code);
-    // UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS.
-    if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
+/// What is recorded when a call ends: its metrics (code and duration) and, with traces on, its span's
+/// status. A stream's end is its trailers (or the caller going away), after its headers.
+struct CallEnd {
+    metrics: Option<MethodMetrics>,
+    span: Option<tracing::Span>,
+    started: Instant,
+}
+
+impl CallEnd {
+    fn finish(self, code: tonic::Code) {
+        if let Some(metrics) = self.metrics {
+            metrics.completed(brainstem_proto::code_name(code), self.started.elapsed());
+        }
+        if let Some(span) = self.span {
+            record_status(&span, code);
+        }
+    }
+}
+
+/// Records a call's gRPC status on its span. Codes that mean the server failed mark the span as an
+/// error, as the semantic conventions ask.
+fn record_status(span: &tracing::Span, code: tonic::Code) {
+    span.record("rpc.grpc.status_code", code as i64);
+    if matches!(
+        code,
+        tonic::Code::Unknown
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unimplemented
+            | tonic::Code::Internal
+            | tonic::Code::Unavailable
+            | tonic::Code::DataLoss
+    ) {
         span.record("otel.status_code", "ERROR");
     }
+}
+
+/// A streamed reply's body that records the call's end when its trailers pass: the code they carry,
+/// or CANCELLED when the caller goes away (or the body ends) without them. It holds the call's span,
+/// so a traced stream's span lasts as long as the stream.
+struct Trailed {
+    body: Body,
+    end: Option<CallEnd>,
+}
+
+impl http_body::Body for Trailed {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = grpc_status(trailers).unwrap_or(tonic::Code::Unknown);
+                    if let Some(end) = self.end.take() {
+                        end.finish(code);
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(end) = self.end.take() {
+                    end.finish(tonic::Code::Internal);
+                }
+            }
+            Poll::Ready(None) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Trailed {
+    fn drop(&mut self) {
+        if let Some(end) = self.end.take() {
+            end.finish(tonic::Code::Cancelled);
+        }
+    }
+}
+
+/// The `grpc-status` of a header map (a trailers-only answer's headers, or a stream's trailers).
+fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    let value = headers.get("grpc-status")?;
+    Some(
+        value
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<i32>().ok())
+            .map_or(tonic::Code::Unknown, tonic::Code::from_i32),
+    )
 }
 
 /// Echoes the call's correlation id as `x-request-id` on its response (a success's headers, or an
@@ -465,18 +567,10 @@ fn parse_grpc_timeout(value: Option<&http::HeaderValue>) -> Option<Duration> {
     })
 }
 
-/// The status code of a response as far as its headers tell: errors are "trailers-only" responses whose
-/// headers carry `grpc-status`; a response without it is a success whose status follows in trailers.
-fn response_code(response: &http::Response<Body>) -> &'static str {
-    let Some(value) = response.headers().get("grpc-status") else {
-        return "OK";
-    };
-    let code = value
-        .to_str()
-        .ok()
-        .and_then(|s| s.parse::<i32>().ok())
-        .map_or(tonic::Code::Unknown, tonic::Code::from_i32);
-    brainstem_proto::code_name(code)
+/// The status code of a unary response: errors are "trailers-only" responses whose headers carry
+/// `grpc-status`; a response without it is a success whose status follows in trailers.
+fn response_code(response: &http::Response<Body>) -> tonic::Code {
+    grpc_status(response.headers()).unwrap_or(tonic::Code::Ok)
 }
 
 #[cfg(test)]
@@ -494,11 +588,11 @@ mod tests {
         );
         let values: Vec<_> = response.headers().get_all("x-request-id").iter().collect();
         assert_eq!(values, ["req-9"]);
-        assert_eq!(response_code(&response), "PERMISSION_DENIED");
+        assert_eq!(response_code(&response), tonic::Code::PermissionDenied);
         // A success's headers get it too.
         let ok = echo(http::Response::new(Body::empty()), &id);
         assert_eq!(ok.headers()["x-request-id"], "req-9");
-        assert_eq!(response_code(&ok), "OK");
+        assert_eq!(response_code(&ok), tonic::Code::Ok);
     }
 
     #[test]
