@@ -695,13 +695,36 @@ async fn the_metadata_replies_carry_is_rebuilt_on_reload() {
         Value::Object(wire(&flags)),
         json!({"owner": "search", "version": "2"})
     );
-    // Only the set's metadata changes: no flag definition differs, yet the reply follows it.
+    // Only the set's metadata changes: no flag's own definition differs, yet what it reports
+    // does, so it counts as changed and subscribers (Watch, flagd's EventStream) are told.
+    let mut changes = flags.subscribe();
     std::fs::write(live.path(), file("search", "3")).unwrap();
-    assert_eq!(flags.reload("watch").await, ReloadResult::Applied(0));
+    assert_eq!(flags.reload("watch").await, ReloadResult::Applied(1));
     assert_eq!(
         Value::Object(wire(&flags)),
         json!({"owner": "search", "version": "3"})
     );
+    let change = changes.try_recv().unwrap();
+    assert_eq!(change.cause, "file");
+    assert_eq!(
+        change.flags,
+        vec![("colour".to_owned(), ChangeKind::Update)]
+    );
+    // A set key every flag shadows with its own changes no flag's report, but the set's metadata
+    // is served as well (flagd v1 ResolveAll): still a change, with no flag named.
+    std::fs::write(
+        live.path(),
+        file("search", "3").replace("\"platform\"", "\"infra\""),
+    )
+    .unwrap();
+    assert_eq!(flags.reload("watch").await, ReloadResult::Applied(0));
+    assert_eq!(flags.active().set.metadata["owner"], json!("infra"));
+    let change = changes.try_recv().unwrap();
+    assert_eq!(change.flags, vec![]);
+    assert!(changes.try_recv().is_err());
+    // The same file again is no change at all.
+    assert_eq!(flags.reload("sighup").await, ReloadResult::Unchanged);
+    assert!(changes.try_recv().is_err());
     flags
         .set_override(
             "colour",
