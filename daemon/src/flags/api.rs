@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::modules::ModuleSwitch;
+use super::wire;
 use super::{
     Change, EvalContext, FlagType, Flags, FlagsWatch, Metadata, OVERRIDES_TREE, Override,
     OverrideRequest, Reason, Resolution, Rollout, State,
@@ -169,6 +170,100 @@ impl FlagsService {
         if let Err(err) = self.audit.record(record) {
             tracing::warn!(error = %err, flag = key, action, "flag override change not audited");
         }
+    }
+}
+
+impl FlagsService {
+    /// `Flags.Evaluate` as served: the context read from its bytes, the reply written from the
+    /// resolution ([`super::wire`]). [`FlagsApi::evaluate`] is the same through the generated types.
+    fn evaluate_wire(&self, request: wire::EvaluateRequest) -> Result<wire::EvaluateReply, Status> {
+        key_of(&request.key, "key")?;
+        let wanted = wanted_type(request.r#type)?;
+        let context = wire::RawContext::new(request.context.as_deref());
+        let resolution = self
+            .flags
+            .evaluate(&request.key, &context, wanted)
+            .map_err(ServiceError::from)?;
+        Ok(wire::EvaluateReply {
+            r#type: flag_type(resolution.flag_type),
+            resolution,
+        })
+    }
+}
+
+/// `brainstem.v1.Flags` as routed: `Evaluate` through [`wire::EvaluateCodec`] (no generated types
+/// on the hot path), every other method through the generated server.
+#[derive(Clone)]
+pub struct FlagsRoute {
+    generated: FlagsServer<FlagsService>,
+    service: Arc<FlagsService>,
+    max_message_bytes: usize,
+}
+
+const EVALUATE_PATH: &str = "/brainstem.v1.Flags/Evaluate";
+
+impl FlagsRoute {
+    fn new(service: FlagsService, max_message_bytes: usize) -> Self {
+        let service = Arc::new(service);
+        FlagsRoute {
+            generated: FlagsServer::from_arc(service.clone())
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+            service,
+            max_message_bytes,
+        }
+    }
+}
+
+impl tonic::server::NamedService for FlagsRoute {
+    const NAME: &'static str = <FlagsServer<FlagsService> as tonic::server::NamedService>::NAME;
+}
+
+impl<B> tower::Service<http::Request<B>> for FlagsRoute
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != EVALUATE_PATH {
+            return self.generated.call(request);
+        }
+        let method = EvaluateMethod(self.service.clone());
+        let max = Some(self.max_message_bytes);
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(wire::EvaluateCodec)
+                .apply_max_message_size_config(max, max);
+            Ok(grpc.unary(method, request).await)
+        })
+    }
+}
+
+/// `Flags.Evaluate` for [`tonic::server::Grpc::unary`]; evaluation does not wait, so no box.
+struct EvaluateMethod(Arc<FlagsService>);
+
+impl tonic::server::UnaryService<wire::EvaluateRequest> for EvaluateMethod {
+    type Response = wire::EvaluateReply;
+    type Future = std::future::Ready<Result<Response<wire::EvaluateReply>, Status>>;
+
+    fn call(&mut self, request: Request<wire::EvaluateRequest>) -> Self::Future {
+        std::future::ready(
+            self.0
+                .evaluate_wire(request.into_inner())
+                .map(Response::new),
+        )
     }
 }
 
@@ -782,15 +877,14 @@ pub const REGISTRATION: Registration = Registration {
                 keep_alive,
                 stop: shared.server_token.clone(),
             };
-            crate::route!(
-                routes,
-                limits,
-                FlagsServer::new(FlagsService {
+            routes.add_service(FlagsRoute::new(
+                FlagsService {
                     flags,
                     audit: shared.access.audit.clone(),
                     stop: shared.server_token.clone(),
-                })
-            );
+                },
+                limits.max_message_bytes,
+            ));
             crate::route!(
                 routes,
                 limits,

@@ -22,6 +22,7 @@ mod murmur;
 mod semver;
 pub mod socket;
 mod watch;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;

@@ -663,8 +663,9 @@ async fn an_invalid_file_is_refused_and_the_old_flags_keep_serving() {
     live.close(flags);
 }
 
-/// The reply form of a flag's metadata is built at load: a reload that changes the metadata (the
-/// flag's or the set's) serves the new one; an override, which leaves the definitions alone, keeps it.
+/// The reply forms of a flag's metadata (the Struct, the encoded field) are built at load: a reload
+/// that changes the metadata (the flag's or the set's) serves the new one and tells subscribers; an
+/// override, which leaves the definitions alone, keeps it and changes the value.
 #[tokio::test]
 async fn the_metadata_replies_carry_is_rebuilt_on_reload() {
     let file = |owner: &str, version: &str| {
@@ -679,6 +680,24 @@ async fn the_metadata_replies_carry_is_rebuilt_on_reload() {
             r.metadata.wire(),
             &brainstem_proto::json::json_to_struct(r.metadata.json()),
             "the Struct is the JSON's"
+        );
+        // The reply Flags.Evaluate writes carries the same metadata, encoded at load.
+        let reply = wire::EvaluateReply {
+            resolution: r.clone(),
+            r#type: 2,
+        };
+        let mut bytes = Vec::new();
+        reply.encode(&mut bytes);
+        let decoded =
+            <brainstem_proto::v1::EvaluateFlagReply as prost::Message>::decode(bytes.as_slice())
+                .unwrap();
+        assert_eq!(decoded.metadata.as_ref(), Some(r.metadata.wire()));
+        assert_eq!(
+            decoded
+                .value
+                .as_ref()
+                .map(brainstem_proto::json::value_to_json),
+            r.value
         );
         brainstem_proto::json::struct_to_json(r.metadata.wire())
     };
