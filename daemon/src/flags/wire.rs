@@ -1,4 +1,4 @@
-//! `Flags.Evaluate` on the wire without the generated types: the request's context is kept as the
+//! `Flags.Evaluate` and flagd's typed `Resolve*` on the wire without the generated types: the request's context is kept as the
 //! bytes it came in (checked, not decoded) and read only when a targeting rule asks for it; the
 //! reply is written straight from the [`Resolution`] — the value from its JSON, the metadata as
 //! bytes encoded once per loaded set ([`Metadata::encoded`]). Both are byte-for-byte what prost
@@ -57,7 +57,12 @@ pub struct EvaluateRequest {
 
 impl EvaluateRequest {
     /// Reads a request; a malformed context is refused here, as decoding it whole would.
-    pub fn decode(mut buf: Bytes) -> Result<Self, DecodeError> {
+    pub fn decode(buf: Bytes) -> Result<Self, DecodeError> {
+        Self::decode_fields(buf, true)
+    }
+
+    /// `type_field`: field 3 is `type` (Evaluate); flagd's requests have no field 3.
+    fn decode_fields(mut buf: Bytes, type_field: bool) -> Result<Self, DecodeError> {
         let mut request = EvaluateRequest::default();
         while buf.has_remaining() {
             let (tag, wire_type) = decode_key(&mut buf)?;
@@ -76,8 +81,11 @@ impl EvaluateRequest {
                         Some(before) => [before, bytes].concat().into(),
                     });
                 }
-                (3, WireType::Varint) => request.r#type = decode_varint(&mut buf)? as i32,
-                (1..=3, _) => return Err(DecodeError::new("invalid wire type")),
+                (3, WireType::Varint) if type_field => {
+                    request.r#type = decode_varint(&mut buf)? as i32;
+                }
+                (1 | 2, _) => return Err(DecodeError::new("invalid wire type")),
+                (3, _) if type_field => return Err(DecodeError::new("invalid wire type")),
                 _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default())?,
             }
         }
@@ -379,45 +387,210 @@ pub fn encode_metadata_field(tag: u32, metadata: &Map<String, Value>) -> Bytes {
     buf.into()
 }
 
-/// The codec of `Flags.Evaluate`'s route: [`EvaluateRequest`] in, [`EvaluateReply`] out.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EvaluateCodec;
+/// `flagd.evaluation.v{1,2}.Resolve{Boolean,String,Int,Float,Object}Request`: `flag_key` (field 1,
+/// read into [`EvaluateRequest::key`]) and `context` (field 2), the context left encoded.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ResolveRequest(pub EvaluateRequest);
 
-impl Codec for EvaluateCodec {
-    type Encode = EvaluateReply;
-    type Decode = EvaluateRequest;
-    type Encoder = EvaluateCodec;
-    type Decoder = EvaluateCodec;
+/// Which flagd protocol version a reply is for: v2 writes value and variant whenever they are set
+/// (`optional`), v1 leaves zero values out (plain proto3 fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagdVersion {
+    V1,
+    V2,
+}
 
-    fn encoder(&mut self) -> Self::Encoder {
-        EvaluateCodec
+/// A flagd `Resolve*Response` (fields value 1, reason 2, variant 3, metadata 4), written from a
+/// resolution of a flag of type `flag_type` (the type the method asked for).
+#[derive(Debug, Clone)]
+pub struct ResolveReply {
+    pub resolution: Resolution,
+    pub flag_type: super::FlagType,
+    pub version: FlagdVersion,
+}
+
+/// The typed value a flagd reply carries, converted as the generated adapters convert it.
+enum Typed<'a> {
+    Bool(bool),
+    String(&'a str),
+    Double(f64),
+    Int(i64),
+    Object(&'a Map<String, Value>),
+}
+
+impl ResolveReply {
+    fn typed(&self) -> Option<Typed<'_>> {
+        use super::FlagType as T;
+        let value = self.resolution.value.as_ref();
+        match self.flag_type {
+            T::Boolean => value.and_then(Value::as_bool).map(Typed::Bool),
+            T::String => value.and_then(Value::as_str).map(Typed::String),
+            T::Float => value.and_then(Value::as_f64).map(Typed::Double),
+            // As flagd: the number read as a float, then truncated.
+            T::Integer => value.and_then(Value::as_f64).map(|f| Typed::Int(f as i64)),
+            T::Object => match value {
+                Some(Value::Object(map)) => Some(Typed::Object(map)),
+                _ => None,
+            },
+        }
     }
 
-    fn decoder(&mut self) -> Self::Decoder {
-        EvaluateCodec
+    /// Whether the value is written: v2 writes every set value, v1 (no "unset" for scalars: an
+    /// unset value is the zero value) only non-zero ones, as proto3 does.
+    fn written(&self, typed: &Typed<'_>) -> bool {
+        self.version == FlagdVersion::V2
+            || match typed {
+                Typed::Bool(b) => *b,
+                Typed::String(s) => !s.is_empty(),
+                Typed::Double(f) => *f != 0.0,
+                Typed::Int(i) => *i != 0,
+                Typed::Object(_) => true,
+            }
+    }
+
+    fn variant(&self) -> Option<&str> {
+        let variant = self.resolution.variant.as_deref();
+        match self.version {
+            FlagdVersion::V2 => variant,
+            FlagdVersion::V1 => variant.filter(|v| !v.is_empty()),
+        }
     }
 }
 
-impl Encoder for EvaluateCodec {
-    type Item = EvaluateReply;
+impl WireReply for ResolveReply {
+    fn encoded_len(&self) -> usize {
+        let value = match self.typed() {
+            Some(typed) if self.written(&typed) => match typed {
+                Typed::Bool(_) => 2,
+                Typed::String(s) => field_len(s.len()),
+                Typed::Double(_) => 9,
+                Typed::Int(i) => 1 + encoded_len_varint(i as u64),
+                Typed::Object(map) => field_len(struct_len(map)),
+            },
+            _ => 0,
+        };
+        value
+            + field_len(self.resolution.reason.as_str().len())
+            + self.variant().map_or(0, |v| field_len(v.len()))
+            + self.resolution.metadata.encoded().len()
+    }
+
+    fn encode(&self, buf: &mut impl BufMut) {
+        if let Some(typed) = self.typed()
+            && self.written(&typed)
+        {
+            match typed {
+                Typed::Bool(b) => {
+                    encode_key(1, WireType::Varint, buf);
+                    buf.put_u8(u8::from(b));
+                }
+                Typed::String(s) => encode_str(1, s, buf),
+                Typed::Double(f) => {
+                    encode_key(1, WireType::SixtyFourBit, buf);
+                    buf.put_f64_le(f);
+                }
+                Typed::Int(i) => {
+                    encode_key(1, WireType::Varint, buf);
+                    encode_varint(i as u64, buf);
+                }
+                Typed::Object(map) => {
+                    encode_key(1, WireType::LengthDelimited, buf);
+                    encode_varint(struct_len(map) as u64, buf);
+                    encode_struct(map, buf);
+                }
+            }
+        }
+        encode_str(2, self.resolution.reason.as_str(), buf);
+        if let Some(variant) = self.variant() {
+            encode_str(3, variant, buf);
+        }
+        buf.put_slice(self.resolution.metadata.encoded());
+    }
+}
+
+/// A request the hand-written codec reads.
+pub trait WireRequest: Sized + Send + 'static {
+    /// The message's name, for errors.
+    const NAME: &'static str;
+    fn decode(buf: Bytes) -> Result<Self, DecodeError>;
+}
+
+/// A reply the hand-written codec writes.
+pub trait WireReply: Send + 'static {
+    fn encoded_len(&self) -> usize;
+    fn encode(&self, buf: &mut impl BufMut);
+}
+
+impl WireRequest for EvaluateRequest {
+    const NAME: &'static str = "EvaluateFlagRequest";
+
+    fn decode(buf: Bytes) -> Result<Self, DecodeError> {
+        EvaluateRequest::decode(buf)
+    }
+}
+
+impl WireRequest for ResolveRequest {
+    const NAME: &'static str = "Resolve request";
+
+    fn decode(buf: Bytes) -> Result<Self, DecodeError> {
+        EvaluateRequest::decode_fields(buf, false).map(ResolveRequest)
+    }
+}
+
+impl WireReply for EvaluateReply {
+    fn encoded_len(&self) -> usize {
+        EvaluateReply::encoded_len(self)
+    }
+
+    fn encode(&self, buf: &mut impl BufMut) {
+        EvaluateReply::encode(self, buf)
+    }
+}
+
+/// The codec of the hand-written routes: `Req` in, `Rep` out.
+pub struct WireCodec<Req, Rep>(std::marker::PhantomData<fn() -> (Req, Rep)>);
+
+impl<Req, Rep> Default for WireCodec<Req, Rep> {
+    fn default() -> Self {
+        WireCodec(std::marker::PhantomData)
+    }
+}
+
+impl<Req: WireRequest, Rep: WireReply> Codec for WireCodec<Req, Rep> {
+    type Encode = Rep;
+    type Decode = Req;
+    type Encoder = Self;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        Self::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Self::default()
+    }
+}
+
+impl<Req: WireRequest, Rep: WireReply> Encoder for WireCodec<Req, Rep> {
+    type Item = Rep;
     type Error = Status;
 
-    fn encode(&mut self, item: EvaluateReply, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+    fn encode(&mut self, item: Rep, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         dst.reserve(item.encoded_len());
         item.encode(dst);
         Ok(())
     }
 }
 
-impl Decoder for EvaluateCodec {
-    type Item = EvaluateRequest;
+impl<Req: WireRequest, Rep: WireReply> Decoder for WireCodec<Req, Rep> {
+    type Item = Req;
     type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<EvaluateRequest>, Status> {
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Req>, Status> {
         let bytes = src.copy_to_bytes(src.remaining());
-        EvaluateRequest::decode(bytes)
+        Req::decode(bytes)
             .map(Some)
-            .map_err(|err| Status::invalid_argument(format!("EvaluateFlagRequest: {err}")))
+            .map_err(|err| Status::invalid_argument(format!("{}: {err}", Req::NAME)))
     }
 }
 
@@ -584,6 +757,18 @@ mod tests {
         assert_eq!(
             EvaluateRequest::decode(Bytes::new()).unwrap(),
             EvaluateRequest::default()
+        );
+        // Field 3 is Evaluate's `type`; flagd's requests have none, so it is skipped there.
+        let third = vec![0x0a, 1, b'k', (3 << 3) | 2, 1, b'x'];
+        assert!(EvaluateFlagRequest::decode(third.as_slice()).is_err());
+        assert!(EvaluateRequest::decode(third.clone().into()).is_err());
+        let flagd =
+            brainstem_proto::flagd::evaluation::v2::ResolveBooleanRequest::decode(third.as_slice())
+                .unwrap();
+        let ours = <ResolveRequest as WireRequest>::decode(third.into()).unwrap();
+        assert_eq!(
+            (ours.0.key.as_str(), ours.0.context),
+            (flagd.flag_key.as_str(), None)
         );
     }
 
