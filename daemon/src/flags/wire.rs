@@ -588,9 +588,13 @@ impl<Req: WireRequest, Rep: WireReply> Decoder for WireCodec<Req, Rep> {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Req>, Status> {
         let bytes = src.copy_to_bytes(src.remaining());
-        Req::decode(bytes)
-            .map(Some)
-            .map_err(|err| Status::invalid_argument(format!("{}: {err}", Req::NAME)))
+        Req::decode(bytes).map(Some).map_err(|err| {
+            crate::error::ServiceError::InvalidArgument(vec![crate::error::FieldViolation::new(
+                Req::NAME,
+                format!("not decodable: {err}"),
+            )])
+            .into()
+        })
     }
 }
 
