@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::modules::ModuleSwitch;
+use super::wire;
 use super::{
     Change, EvalContext, FlagType, Flags, FlagsWatch, Metadata, OVERRIDES_TREE, Override,
     OverrideRequest, Reason, Resolution, Rollout, State,
@@ -169,6 +170,103 @@ impl FlagsService {
         if let Err(err) = self.audit.record(record) {
             tracing::warn!(error = %err, flag = key, action, "flag override change not audited");
         }
+    }
+}
+
+impl FlagsService {
+    /// `Flags.Evaluate` as served: the context read from its bytes, the reply written from the
+    /// resolution ([`super::wire`]). [`FlagsApi::evaluate`] is the same through the generated types.
+    fn evaluate_wire(&self, request: wire::EvaluateRequest) -> Result<wire::EvaluateReply, Status> {
+        key_of(&request.key, "key")?;
+        let wanted = wanted_type(request.r#type)?;
+        let context = wire::RawContext::new(request.context.as_deref());
+        let resolution = self
+            .flags
+            .evaluate(&request.key, &context, wanted)
+            .map_err(ServiceError::from)?;
+        Ok(wire::EvaluateReply {
+            r#type: flag_type(resolution.flag_type),
+            resolution,
+        })
+    }
+}
+
+/// `brainstem.v1.Flags` as routed: `Evaluate` through [`wire::WireCodec`] (no generated types
+/// on the hot path), every other method through the generated server.
+#[derive(Clone)]
+pub struct FlagsRoute {
+    generated: FlagsServer<FlagsService>,
+    service: Arc<FlagsService>,
+    max_message_bytes: usize,
+}
+
+const EVALUATE_PATH: &str = "/brainstem.v1.Flags/Evaluate";
+
+impl FlagsRoute {
+    fn new(service: FlagsService, max_message_bytes: usize) -> Self {
+        let service = Arc::new(service);
+        FlagsRoute {
+            generated: FlagsServer::from_arc(service.clone())
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+            service,
+            max_message_bytes,
+        }
+    }
+}
+
+impl tonic::server::NamedService for FlagsRoute {
+    const NAME: &'static str = <FlagsServer<FlagsService> as tonic::server::NamedService>::NAME;
+}
+
+impl<B> tower::Service<http::Request<B>> for FlagsRoute
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != EVALUATE_PATH {
+            return self.generated.call(request);
+        }
+        let method = EvaluateMethod(self.service.clone());
+        let max = Some(self.max_message_bytes);
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(wire::WireCodec::<
+                wire::EvaluateRequest,
+                wire::EvaluateReply,
+            >::default())
+            .apply_max_message_size_config(max, max);
+            Ok(grpc.unary(method, request).await)
+        })
+    }
+}
+
+/// `Flags.Evaluate` for [`tonic::server::Grpc::unary`]; evaluation does not wait, so no box.
+struct EvaluateMethod(Arc<FlagsService>);
+
+impl tonic::server::UnaryService<wire::EvaluateRequest> for EvaluateMethod {
+    type Response = wire::EvaluateReply;
+    type Future = std::future::Ready<Result<Response<wire::EvaluateReply>, Status>>;
+
+    fn call(&mut self, request: Request<wire::EvaluateRequest>) -> Self::Future {
+        std::future::ready(
+            self.0
+                .evaluate_wire(request.into_inner())
+                .map(Response::new),
+        )
     }
 }
 
@@ -586,6 +684,144 @@ fn no_fallback(r: Resolution, key: &str) -> Result<Resolution, Status> {
     Ok(r)
 }
 
+/// A flagd evaluation service as routed: the typed `Resolve*` methods through
+/// [`wire::WireCodec`] (the context read lazily, the reply written from the resolution, as
+/// `Flags.Evaluate`), `ResolveAll` and `EventStream` through the generated server `S`.
+#[derive(Clone)]
+pub struct FlagdRoute<S> {
+    generated: S,
+    flagd: Flagd,
+    version: wire::FlagdVersion,
+    max_message_bytes: usize,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for FlagdRoute<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for FlagdRoute<S>
+where
+    S: tower::Service<
+            http::Request<B>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request
+            .uri()
+            .path()
+            .strip_prefix(S::NAME)
+            .and_then(|rest| rest.strip_prefix('/'));
+        let flag_type = match method {
+            Some("ResolveBoolean") => FlagType::Boolean,
+            Some("ResolveString") => FlagType::String,
+            Some("ResolveInt") => FlagType::Integer,
+            Some("ResolveFloat") => FlagType::Float,
+            Some("ResolveObject") => FlagType::Object,
+            _ => return Box::pin(self.generated.call(request)),
+        };
+        let method = ResolveMethod {
+            flagd: self.flagd.clone(),
+            version: self.version,
+            flag_type,
+        };
+        let max = Some(self.max_message_bytes);
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(wire::WireCodec::<
+                wire::ResolveRequest,
+                wire::ResolveReply,
+            >::default())
+            .apply_max_message_size_config(max, max);
+            Ok(grpc.unary(method, request).await)
+        })
+    }
+}
+
+/// One typed flagd `Resolve*` method for [`tonic::server::Grpc::unary`].
+struct ResolveMethod {
+    flagd: Flagd,
+    version: wire::FlagdVersion,
+    flag_type: FlagType,
+}
+
+impl tonic::server::UnaryService<wire::ResolveRequest> for ResolveMethod {
+    type Response = wire::ResolveReply;
+    type Future = std::future::Ready<Result<Response<wire::ResolveReply>, Status>>;
+
+    fn call(&mut self, request: Request<wire::ResolveRequest>) -> Self::Future {
+        std::future::ready(self.resolve(request.into_inner().0).map(Response::new))
+    }
+}
+
+impl ResolveMethod {
+    /// What the generated v1/v2 adapters do (`flagd_service!`), written by [`wire::ResolveReply`].
+    fn resolve(&self, request: wire::EvaluateRequest) -> Result<wire::ResolveReply, Status> {
+        key_of(&request.key, "flag_key")?;
+        let context = wire::RawContext::new(request.context.as_deref());
+        let resolution = self
+            .flagd
+            .flags
+            .evaluate(&request.key, &context, Some(self.flag_type))
+            .map_err(ServiceError::from)?;
+        let resolution = match self.version {
+            wire::FlagdVersion::V2 => as_is(resolution, &request.key)?,
+            wire::FlagdVersion::V1 => no_fallback(resolution, &request.key)?,
+        };
+        Ok(wire::ResolveReply {
+            resolution,
+            flag_type: self.flag_type,
+            version: self.version,
+        })
+    }
+}
+
+impl Flagd {
+    fn v2_route(
+        &self,
+        max_message_bytes: usize,
+    ) -> FlagdRoute<fv2::service_server::ServiceServer<FlagdV2>> {
+        FlagdRoute {
+            generated: fv2::service_server::ServiceServer::new(FlagdV2(self.clone()))
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+            flagd: self.clone(),
+            version: wire::FlagdVersion::V2,
+            max_message_bytes,
+        }
+    }
+
+    fn v1_route(
+        &self,
+        max_message_bytes: usize,
+    ) -> FlagdRoute<fv1::service_server::ServiceServer<FlagdV1>> {
+        FlagdRoute {
+            generated: fv1::service_server::ServiceServer::new(FlagdV1(self.clone()))
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+            flagd: self.clone(),
+            version: wire::FlagdVersion::V1,
+            max_message_bytes,
+        }
+    }
+}
+
 /// `flagd.evaluation.v2.Service`.
 pub struct FlagdV2(Flagd);
 /// `flagd.evaluation.v1.Service`.
@@ -782,43 +1018,27 @@ pub const REGISTRATION: Registration = Registration {
                 keep_alive,
                 stop: shared.server_token.clone(),
             };
-            crate::route!(
-                routes,
-                limits,
-                FlagsServer::new(FlagsService {
+            routes.add_service(FlagsRoute::new(
+                FlagsService {
                     flags,
                     audit: shared.access.audit.clone(),
                     stop: shared.server_token.clone(),
-                })
-            );
-            crate::route!(
-                routes,
-                limits,
-                fv2::service_server::ServiceServer::new(FlagdV2(flagd.clone()))
-            );
+                },
+                limits.max_message_bytes,
+            ));
+            let max = limits.max_message_bytes;
+            routes.add_service(flagd.v2_route(max));
             // The unix socket serves the flagd evaluation services alone.
             let mut socket_routes = tonic::service::RoutesBuilder::default();
-            crate::route!(
-                socket_routes,
-                limits,
-                fv2::service_server::ServiceServer::new(FlagdV2(flagd.clone()))
-            );
-            crate::route!(
-                socket_routes,
-                limits,
-                fv1::service_server::ServiceServer::new(FlagdV1(flagd.clone()))
-            );
+            socket_routes.add_service(flagd.v2_route(max));
+            socket_routes.add_service(flagd.v1_route(max));
             socket_tx.send_replace(Some(super::socket::Serving {
                 routes: socket_routes.routes(),
                 access: shared.access.clone(),
                 tokens: shared.tokens.clone(),
                 request_timeout,
             }));
-            crate::route!(
-                routes,
-                limits,
-                fv1::service_server::ServiceServer::new(FlagdV1(flagd))
-            );
+            routes.add_service(flagd.v1_route(max));
         })))
     },
 };
@@ -861,6 +1081,211 @@ mod tests {
             unreachable!()
         };
         json_to_struct(&map)
+    }
+
+    /// The hand-written flagd `Resolve*` routes answer byte for byte as the generated adapters
+    /// (`flagd_service!`) do, in both versions, for every type, value and reason (zero values,
+    /// disabled, no default variant, targeting, a rollout), and refuse with the same status.
+    #[tokio::test]
+    async fn flagd_resolves_write_what_the_generated_adapters_write() {
+        use prost::Message;
+
+        use crate::flags::OverrideRequest;
+        use crate::store::Store;
+        use crate::store::config::{FlushPolicy, StoreConfig};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flags.json");
+        let flag = |variants: Value, default: Value| json!({"state": "ENABLED", "variants": variants, "defaultVariant": default});
+        let mut defs = json!({
+            "yes": flag(json!({"on": true, "off": false}), json!("on")),
+            "no": flag(json!({"on": true, "off": false}), json!("off")),
+            "text": flag(json!({"empty": "", "full": "ünï"}), json!("full")),
+            "blank": flag(json!({"empty": "", "full": "x"}), json!("empty")),
+            "zero": flag(json!({"z": 0, "n": -3}), json!("z")),
+            "negative": flag(json!({"z": 0, "n": -3}), json!("n")),
+            "ratio": flag(json!({"z": 0.0, "h": 2.5}), json!("h")),
+            "nought": flag(json!({"z": 0.0, "h": 2.5}), json!("z")),
+            "shape": flag(json!({"e": {}, "full": {"b": [1, {"c": null}], "a": "x"}}), json!("full")),
+            "hollow": flag(json!({"e": {}, "full": {"a": 1}}), json!("e")),
+            "off": {"state": "DISABLED", "variants": {"on": true}, "defaultVariant": "on"},
+            "nodefault": flag(json!({"on": true, "off": false}), json!(null)),
+            "rule": {"state": "ENABLED", "variants": {"a": "A", "b": "B"}, "defaultVariant": "a",
+                "targeting": {"if": [{"ends_with": [{"var": "email"}, "@x.org"]}, "b"]},
+                "metadata": {"owner": "web", "n": 2}},
+            "split": flag(json!({"a": 1.5, "b": 2}), json!("a")),
+        });
+        defs["wrong"] = json!({"state": "ENABLED", "variants": {"a": "A"}, "defaultVariant": "a",
+            "targeting": {"if": [true, "nope"]}});
+        let file = json!({"flags": defs, "metadata": {"flagSetId": "t", "version": 3}});
+        std::fs::write(&path, file.to_string()).unwrap();
+        let config = StoreConfig {
+            flush: FlushPolicy::Always,
+            flush_interval_ms: 100,
+            cache_capacity_bytes: 8 << 20,
+            min_free_bytes: 0,
+        };
+        let store = Store::open(&dir.path().join("state"), &config).unwrap();
+        let flags = Arc::new(Flags::open(&path, store.tree(OVERRIDES_TREE).unwrap()).unwrap());
+        let rollout = OverrideRequest {
+            rollout: Some(Rollout {
+                variant: "b".into(),
+                percent: 100,
+            }),
+            ..OverrideRequest::default()
+        };
+        flags.set_override("split", rollout, "t").await.unwrap();
+        let flagd = Flagd {
+            flags: flags.clone(),
+            keep_alive: Duration::from_secs(20),
+            stop: CancellationToken::new(),
+        };
+        let mut keys: Vec<String> = file["flags"].as_object().unwrap().keys().cloned().collect();
+        keys.extend(["missing".to_owned(), String::new()]);
+        let contexts = [
+            None,
+            Some(json!({"email": "a@x.org", "targetingKey": "k"})),
+            Some(json!({"email": "a@y.org"})),
+        ];
+        macro_rules! generated {
+            ($module:ident, $server:ident, $method:ident, $request:ident, $key:expr, $context:expr) => {
+                $server(flagd.clone())
+                    .$method(Request::new($module::$request {
+                        flag_key: $key.clone(),
+                        context: $context.clone(),
+                    }))
+                    .await
+                    .map(|r| r.into_inner().encode_to_vec())
+            };
+        }
+        use fv1::service_server::Service as V1;
+        use fv2::service_server::Service as V2;
+        use wire::FlagdVersion::{V1 as One, V2 as Two};
+        let mut compared = (0, 0);
+        for key in &keys {
+            for context in &contexts {
+                let proto = context.clone().map(wire);
+                for version in [One, Two] {
+                    for flag_type in [
+                        FlagType::Boolean,
+                        FlagType::String,
+                        FlagType::Integer,
+                        FlagType::Float,
+                        FlagType::Object,
+                    ] {
+                        let want = match (version, flag_type) {
+                            (Two, FlagType::Boolean) => generated!(
+                                fv2,
+                                FlagdV2,
+                                resolve_boolean,
+                                ResolveBooleanRequest,
+                                key,
+                                proto
+                            ),
+                            (Two, FlagType::String) => generated!(
+                                fv2,
+                                FlagdV2,
+                                resolve_string,
+                                ResolveStringRequest,
+                                key,
+                                proto
+                            ),
+                            (Two, FlagType::Integer) => {
+                                generated!(fv2, FlagdV2, resolve_int, ResolveIntRequest, key, proto)
+                            }
+                            (Two, FlagType::Float) => generated!(
+                                fv2,
+                                FlagdV2,
+                                resolve_float,
+                                ResolveFloatRequest,
+                                key,
+                                proto
+                            ),
+                            (Two, FlagType::Object) => generated!(
+                                fv2,
+                                FlagdV2,
+                                resolve_object,
+                                ResolveObjectRequest,
+                                key,
+                                proto
+                            ),
+                            (One, FlagType::Boolean) => generated!(
+                                fv1,
+                                FlagdV1,
+                                resolve_boolean,
+                                ResolveBooleanRequest,
+                                key,
+                                proto
+                            ),
+                            (One, FlagType::String) => generated!(
+                                fv1,
+                                FlagdV1,
+                                resolve_string,
+                                ResolveStringRequest,
+                                key,
+                                proto
+                            ),
+                            (One, FlagType::Integer) => {
+                                generated!(fv1, FlagdV1, resolve_int, ResolveIntRequest, key, proto)
+                            }
+                            (One, FlagType::Float) => generated!(
+                                fv1,
+                                FlagdV1,
+                                resolve_float,
+                                ResolveFloatRequest,
+                                key,
+                                proto
+                            ),
+                            (One, FlagType::Object) => generated!(
+                                fv1,
+                                FlagdV1,
+                                resolve_object,
+                                ResolveObjectRequest,
+                                key,
+                                proto
+                            ),
+                        };
+                        let method = ResolveMethod {
+                            flagd: flagd.clone(),
+                            version,
+                            flag_type,
+                        };
+                        let request = wire::EvaluateRequest {
+                            key: key.clone(),
+                            context: proto.as_ref().map(|c| c.encode_to_vec().into()),
+                            r#type: 0,
+                        };
+                        let got = method.resolve(request).map(|reply| {
+                            let mut bytes = Vec::new();
+                            wire::WireReply::encode(&reply, &mut bytes);
+                            assert_eq!(wire::WireReply::encoded_len(&reply), bytes.len());
+                            bytes
+                        });
+                        let what = format!("{key} {version:?} {flag_type:?} {context:?}");
+                        match (want, got) {
+                            (Ok(want), Ok(got)) => {
+                                assert_eq!(got, want, "{what}");
+                                compared.0 += 1;
+                            }
+                            (Err(want), Err(got)) => {
+                                assert_eq!(
+                                    (got.code(), got.message()),
+                                    (want.code(), want.message()),
+                                    "{what}"
+                                );
+                                compared.1 += 1;
+                            }
+                            (want, got) => panic!("{what}: {want:?} / {got:?}"),
+                        }
+                    }
+                }
+            }
+        }
+        // Both kinds of outcome were compared, in numbers.
+        assert!(compared.0 > 100 && compared.1 > 100, "{compared:?}");
+        drop(flagd);
+        drop(flags);
+        store.close().unwrap();
     }
 
     /// A request's context read in its wire form gives the same resolutions as the same context

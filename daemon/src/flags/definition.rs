@@ -108,19 +108,38 @@ pub struct Flag {
     pub flag_type: FlagType,
 }
 
-/// A flag's metadata as evaluations report it, in both the forms the daemon serves it: JSON, and
-/// the protobuf Struct the evaluation replies carry. Both are built once per loaded set (a reload
-/// builds new ones); a reply clones the Struct instead of converting the JSON on every call.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// A flag's metadata as evaluations report it, in the forms the daemon serves it: JSON, the
+/// protobuf Struct the flagd replies carry, and that Struct already encoded as field 4 of a reply
+/// (`metadata` in `EvaluateFlagReply` and in every flagd `Resolve*Response`). All are built once per
+/// loaded set (a reload builds new ones, so nothing outlives the definitions it came from); a reply
+/// copies the bytes or clones the Struct instead of converting the JSON on every call.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Metadata {
     json: Map<String, Value>,
     wire: prost_types::Struct,
+    encoded: bytes::Bytes,
+}
+
+impl Default for Metadata {
+    fn default() -> Self {
+        Metadata::new(Map::new())
+    }
 }
 
 impl Metadata {
     pub fn new(json: Map<String, Value>) -> Self {
         let wire = brainstem_proto::json::json_to_struct(&json);
-        Metadata { json, wire }
+        let encoded = super::wire::encode_metadata_field(4, &json);
+        Metadata {
+            json,
+            wire,
+            encoded,
+        }
+    }
+
+    /// The metadata encoded as field 4 (`metadata`) of an evaluation reply.
+    pub fn encoded(&self) -> &[u8] {
+        &self.encoded
     }
 
     /// The metadata as JSON.

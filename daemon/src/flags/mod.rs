@@ -22,6 +22,7 @@ mod murmur;
 mod semver;
 pub mod socket;
 mod watch;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -447,15 +448,19 @@ impl Flags {
         ReloadResult::Refused(problems)
     }
 
-    /// Stores `new` and tells subscribers which flags changed; the number changed.
+    /// Stores `new` and tells subscribers which flags changed (also when only the set's metadata
+    /// did); the number of flags changed.
     fn swap(&self, old: &Active, new: Active, cause: &'static str) -> usize {
         let flags = diff(old, &new);
         let count = flags.len();
         let revision = new.revision;
         self.metrics
             .loaded(new.set.flags.len(), new.overrides.len());
+        // The set's metadata is served too (flagd v1 ResolveAll): a change of it that no flag's
+        // reported metadata shows (every flag has its own value for the keys) is still a change.
+        let set_metadata_changed = old.set.metadata != new.set.metadata;
         self.active.store(Arc::new(new));
-        if count > 0 {
+        if count > 0 || set_metadata_changed {
             // No subscriber is not an error.
             let _ = self.changes.send(Arc::new(Change {
                 revision,
@@ -576,6 +581,8 @@ fn same_definition(a: &Flag, b: &Flag) -> bool {
         && a.default_variant == b.default_variant
         && a.targeting_json == b.targeting_json
         && a.metadata == b.metadata
+        // What evaluations report: a change of the set's metadata alone changes this too.
+        && a.resolved_metadata.json() == b.resolved_metadata.json()
 }
 
 /// Which flags differ between two served states (definition or override).

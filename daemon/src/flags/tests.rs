@@ -663,8 +663,9 @@ async fn an_invalid_file_is_refused_and_the_old_flags_keep_serving() {
     live.close(flags);
 }
 
-/// The reply form of a flag's metadata is built at load: a reload that changes the metadata (the
-/// flag's or the set's) serves the new one; an override, which leaves the definitions alone, keeps it.
+/// The reply forms of a flag's metadata (the Struct, the encoded field) are built at load: a reload
+/// that changes the metadata (the flag's or the set's) serves the new one and tells subscribers; an
+/// override, which leaves the definitions alone, keeps it and changes the value.
 #[tokio::test]
 async fn the_metadata_replies_carry_is_rebuilt_on_reload() {
     let file = |owner: &str, version: &str| {
@@ -679,6 +680,24 @@ async fn the_metadata_replies_carry_is_rebuilt_on_reload() {
             r.metadata.wire(),
             &brainstem_proto::json::json_to_struct(r.metadata.json()),
             "the Struct is the JSON's"
+        );
+        // The reply Flags.Evaluate writes carries the same metadata, encoded at load.
+        let reply = wire::EvaluateReply {
+            resolution: r.clone(),
+            r#type: 2,
+        };
+        let mut bytes = Vec::new();
+        reply.encode(&mut bytes);
+        let decoded =
+            <brainstem_proto::v1::EvaluateFlagReply as prost::Message>::decode(bytes.as_slice())
+                .unwrap();
+        assert_eq!(decoded.metadata.as_ref(), Some(r.metadata.wire()));
+        assert_eq!(
+            decoded
+                .value
+                .as_ref()
+                .map(brainstem_proto::json::value_to_json),
+            r.value
         );
         brainstem_proto::json::struct_to_json(r.metadata.wire())
     };
@@ -695,13 +714,36 @@ async fn the_metadata_replies_carry_is_rebuilt_on_reload() {
         Value::Object(wire(&flags)),
         json!({"owner": "search", "version": "2"})
     );
-    // Only the set's metadata changes: no flag definition differs, yet the reply follows it.
+    // Only the set's metadata changes: no flag's own definition differs, yet what it reports
+    // does, so it counts as changed and subscribers (Watch, flagd's EventStream) are told.
+    let mut changes = flags.subscribe();
     std::fs::write(live.path(), file("search", "3")).unwrap();
-    assert_eq!(flags.reload("watch").await, ReloadResult::Applied(0));
+    assert_eq!(flags.reload("watch").await, ReloadResult::Applied(1));
     assert_eq!(
         Value::Object(wire(&flags)),
         json!({"owner": "search", "version": "3"})
     );
+    let change = changes.try_recv().unwrap();
+    assert_eq!(change.cause, "file");
+    assert_eq!(
+        change.flags,
+        vec![("colour".to_owned(), ChangeKind::Update)]
+    );
+    // A set key every flag shadows with its own changes no flag's report, but the set's metadata
+    // is served as well (flagd v1 ResolveAll): still a change, with no flag named.
+    std::fs::write(
+        live.path(),
+        file("search", "3").replace("\"platform\"", "\"infra\""),
+    )
+    .unwrap();
+    assert_eq!(flags.reload("watch").await, ReloadResult::Applied(0));
+    assert_eq!(flags.active().set.metadata["owner"], json!("infra"));
+    let change = changes.try_recv().unwrap();
+    assert_eq!(change.flags, vec![]);
+    assert!(changes.try_recv().is_err());
+    // The same file again is no change at all.
+    assert_eq!(flags.reload("sighup").await, ReloadResult::Unchanged);
+    assert!(changes.try_recv().is_err());
     flags
         .set_override(
             "colour",
