@@ -308,6 +308,15 @@ impl Authorizer {
         self.grants.load().allows(principal, capability)
     }
 
+    /// The roles `principal`'s grants give it (none when it has no grants).
+    pub fn roles_of(&self, principal: &str) -> Vec<String> {
+        self.grants
+            .load()
+            .holdings(principal)
+            .map(|h| h.roles.clone())
+            .unwrap_or_default()
+    }
+
     pub fn allows_family(&self, principal: &str, capability: &str) -> bool {
         self.grants.load().allows_family(principal, capability)
     }

@@ -164,7 +164,7 @@ impl Access {
             .emit();
         }
         if !policy.allowed || allowed {
-            reasons.extend(policy.reasons);
+            reasons.extend(policy.reasons.iter().cloned());
         }
         Ok(Pending {
             access: self,
@@ -182,7 +182,7 @@ impl Access {
                 correlation_id,
                 count: 1,
             },
-            errors: policy.errors,
+            errors: policy.errors.clone(),
             advisory,
         })
     }

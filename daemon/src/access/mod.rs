@@ -186,11 +186,7 @@ impl Access {
 
     /// The roles the grants give `principal`.
     pub fn roles_of(&self, principal: &str) -> Vec<String> {
-        self.authorizer
-            .grants()
-            .holdings(principal)
-            .map(|h| h.roles.clone())
-            .unwrap_or_default()
+        self.authorizer.roles_of(principal)
     }
 
     /// Audits a decision. For fail-closed actions it waits for the record to be on disk and turns

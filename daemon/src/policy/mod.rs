@@ -15,6 +15,7 @@
 //! schema, then swapped in. A set that fails any step is refused and the old set keeps deciding.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -514,60 +515,121 @@ pub struct ReloadStatus {
 /// the request (our entities carry no attributes and Cedar has no clock), so an entry is valid for
 /// as long as the set that made it is in force; entries of older sets are never returned. Sharded to
 /// keep lock contention low; a full shard is simply emptied.
+///
+/// A lookup hashes the query's parts once (foldhash, seeded per process) and neither builds a key
+/// nor copies the decision: the hash picks the shard and the slot, the entry keeps the request's
+/// parts to compare, and the decision is shared (`Arc`). A slot holds one request; another request
+/// with the same 64-bit hash takes it over (a miss, never a wrong answer).
 struct DecisionCache {
-    shards: Vec<Mutex<HashMap<String, (u64, Decision)>>>,
+    shards: Vec<Mutex<HashMap<u64, CacheEntry, BuildHasherDefault<Prehashed>>>>,
     per_shard: usize,
+    state: foldhash::fast::RandomState,
     metrics: events::CacheMetrics,
+}
+
+struct CacheEntry {
+    generation: u64,
+    principal: String,
+    action: String,
+    resource: String,
+    roles: Vec<String>,
+    /// The context as JSON; empty for an empty context.
+    context: String,
+    decision: Arc<Decision>,
+}
+
+/// A cache lookup's key: the query's hash, and its context as JSON (only when it has one).
+struct CacheKey {
+    hash: u64,
+    context: String,
+}
+
+/// The hasher of maps keyed by a hash already computed: passes the `u64` through.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed with this; fold anything else in rather than panic.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 const CACHE_SHARDS: usize = 16;
 /// Decisions remembered in all.
 pub const CACHE_CAPACITY: usize = 65_536;
-/// Requests longer than this (as a key) are not cached.
+/// Requests longer than this (principal, action, resource, roles and context JSON) are not cached.
 const MAX_CACHE_KEY: usize = 4096;
 
 impl DecisionCache {
     fn new() -> Self {
         DecisionCache {
             shards: (0..CACHE_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
+                .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
             per_shard: CACHE_CAPACITY / CACHE_SHARDS,
+            state: foldhash::fast::RandomState::default(),
             metrics: events::CacheMetrics::new(),
         }
     }
 
-    fn key(query: &Query) -> Option<String> {
-        let mut key = String::with_capacity(128);
-        for part in [&query.principal, &query.action, &query.resource] {
-            key.push_str(part);
-            key.push('\0');
+    fn key(&self, query: &Query) -> Option<CacheKey> {
+        let context = if query.context.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&query.context).ok()?
+        };
+        let len = query.principal.len()
+            + query.action.len()
+            + query.resource.len()
+            + query.roles.iter().map(|r| r.len() + 1).sum::<usize>()
+            + context.len();
+        if len > MAX_CACHE_KEY {
+            return None;
         }
-        for role in &query.roles {
-            key.push_str(role);
-            key.push('\u{1}');
-        }
-        if !query.context.is_empty() {
-            key.push('\0');
-            key.push_str(&serde_json::to_string(&query.context).ok()?);
-        }
-        (key.len() <= MAX_CACHE_KEY).then_some(key)
+        // `str`'s Hash ends each string with a terminator and a Vec's starts with its length, so
+        // the parts cannot run into each other.
+        let hash = self.state.hash_one((
+            &query.principal,
+            &query.action,
+            &query.resource,
+            &query.roles,
+            &context,
+        ));
+        Some(CacheKey { hash, context })
     }
 
-    /// FNV-1a picks the shard; the shard's own map hashes with SipHash.
-    fn shard(&self, key: &str) -> &Mutex<HashMap<String, (u64, Decision)>> {
-        let index = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        &self.shards[(index as usize) % CACHE_SHARDS]
+    /// Bits 32–35 pick the shard; the shard's map uses the low bits and the top seven, so every
+    /// bit it looks at still varies within a shard.
+    fn shard(&self, hash: u64) -> &Mutex<HashMap<u64, CacheEntry, BuildHasherDefault<Prehashed>>> {
+        &self.shards[((hash >> 32) as usize) % CACHE_SHARDS]
     }
 
-    fn get(&self, key: &str, generation: u64) -> Option<Decision> {
-        let shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+    fn get(&self, key: &CacheKey, query: &Query, generation: u64) -> Option<Arc<Decision>> {
+        let shard = self
+            .shard(key.hash)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let found = shard
-            .get(key)
-            .filter(|(g, _)| *g == generation)
-            .map(|(_, d)| d.clone());
+            .get(&key.hash)
+            .filter(|e| {
+                e.generation == generation
+                    && e.principal == query.principal
+                    && e.action == query.action
+                    && e.resource == query.resource
+                    && e.roles == query.roles
+                    && e.context == key.context
+            })
+            .map(|e| e.decision.clone());
+        drop(shard);
         if found.is_some() {
             self.metrics.hits.increment(1);
         } else {
@@ -576,12 +638,24 @@ impl DecisionCache {
         found
     }
 
-    fn put(&self, key: String, generation: u64, decision: Decision) {
-        let mut shard = self.shard(&key).lock().unwrap_or_else(|p| p.into_inner());
+    fn put(&self, key: CacheKey, query: &Query, generation: u64, decision: Arc<Decision>) {
+        let entry = CacheEntry {
+            generation,
+            principal: query.principal.clone(),
+            action: query.action.clone(),
+            resource: query.resource.clone(),
+            roles: query.roles.clone(),
+            context: key.context,
+            decision,
+        };
+        let mut shard = self
+            .shard(key.hash)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if shard.len() >= self.per_shard {
             shard.clear();
         }
-        shard.insert(key, (generation, decision));
+        shard.insert(key.hash, entry);
     }
 }
 
@@ -664,8 +738,8 @@ impl PolicyEngine {
             .clone()
     }
 
-    /// Decides one query against the set in force.
-    pub fn decide(&self, query: &Query) -> Result<Decision, FieldViolation> {
+    /// Decides one query against the set in force. The decision is shared with the cache.
+    pub fn decide(&self, query: &Query) -> Result<Arc<Decision>, FieldViolation> {
         let span = tracing::debug_span!(
             "policy.decide",
             cached = tracing::field::Empty,
@@ -673,20 +747,20 @@ impl PolicyEngine {
         );
         let _entered = span.enter();
         let set = self.current.load();
-        let key = DecisionCache::key(query);
+        let key = self.cache.key(query);
         if let Some(key) = &key {
-            if let Some(decision) = self.cache.get(key, set.generation) {
+            if let Some(decision) = self.cache.get(key, query, set.generation) {
                 span.record("cached", true);
                 span.record("allowed", decision.allowed);
                 return Ok(decision);
             }
         }
         let prepared = self.prepare(&set, query)?;
-        let decision = self.decide_prepared(&set, &prepared);
+        let decision = Arc::new(self.decide_prepared(&set, &prepared));
         span.record("cached", false);
         span.record("allowed", decision.allowed);
         if let Some(key) = key {
-            self.cache.put(key, set.generation, decision.clone());
+            self.cache.put(key, query, set.generation, decision.clone());
         }
         Ok(decision)
     }

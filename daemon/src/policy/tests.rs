@@ -21,7 +21,7 @@ fn query(principal: &str, roles: &[&str], action: &str) -> Query {
     }
 }
 
-fn decide(engine: &PolicyEngine, action: &str) -> Decision {
+fn decide(engine: &PolicyEngine, action: &str) -> Arc<Decision> {
     engine.decide(&query("agent", &[], action)).unwrap()
 }
 

@@ -261,7 +261,9 @@ fn print_record(output: Output, r: &brainstem_client::v1::AuditRecord) {
 
 // ---- verify ----------------------------------------------------------------------------------
 
-const MAGIC: &[u8; 8] = b"BSAUDIT1";
+/// Segment headers: the compact payload form and the first one. Payloads are hashed, never
+/// decoded here, so both verify alike.
+const MAGICS: [&[u8; 8]; 2] = [b"BSAUDIT2", b"BSAUDIT1"];
 const HEADER_LEN: usize = 48;
 const FRAME_HEAD: usize = 44;
 const MAX_PAYLOAD: usize = 1 << 24;
@@ -376,7 +378,7 @@ pub fn verify(dir: &Path) -> std::io::Result<Report> {
     let count = names.len();
     for (i, (first, name)) in names.iter().enumerate() {
         let bytes = std::fs::read(dir.join(name))?;
-        if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+        if bytes.len() < HEADER_LEN || !MAGICS.iter().any(|m| &bytes[..8] == *m) {
             report.problem(name, "not an audit segment (bad header)".to_owned());
             expect = None;
             continue;
@@ -473,6 +475,63 @@ pub fn verify(dir: &Path) -> std::io::Result<Report> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A segment file: `magic`, its first sequence number, `prev`, then one frame per payload.
+    /// Returns the bytes and the last hash.
+    fn segment(
+        magic: &[u8; 8],
+        first: u64,
+        prev: [u8; 32],
+        payloads: &[&[u8]],
+    ) -> (Vec<u8>, [u8; 32]) {
+        let mut bytes = magic.to_vec();
+        bytes.extend_from_slice(&first.to_le_bytes());
+        bytes.extend_from_slice(&prev);
+        let mut prev = prev;
+        for (i, payload) in payloads.iter().enumerate() {
+            let seq = first + i as u64;
+            prev = chain(&prev, seq, payload);
+            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&seq.to_le_bytes());
+            bytes.extend_from_slice(&prev);
+            bytes.extend_from_slice(payload);
+        }
+        (bytes, prev)
+    }
+
+    /// A log begun by an earlier build (`BSAUDIT1`) and continued in the compact form (`BSAUDIT2`)
+    /// verifies as one chain; a header of neither form is reported.
+    #[test]
+    fn both_segment_forms_verify_as_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, head) = segment(b"BSAUDIT1", 1, [0; 32], &[b"first", b"second"]);
+        let (new, head) = segment(b"BSAUDIT2", 3, head, &[b"third"]);
+        std::fs::write(dir.path().join("00000000000000000001.seg"), &old).unwrap();
+        std::fs::write(dir.path().join("00000000000000000003.seg"), &new).unwrap();
+        let report = verify(dir.path()).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!((report.records, report.head), (3, Some(head)));
+
+        let mut altered = new.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        std::fs::write(dir.path().join("00000000000000000003.seg"), &altered).unwrap();
+        let report = verify(dir.path()).unwrap();
+        assert!(
+            report.problems[0].1.contains("broken link at record 3"),
+            "{:?}",
+            report.problems
+        );
+
+        let mut unknown = new;
+        unknown[7] = b'9';
+        std::fs::write(dir.path().join("00000000000000000003.seg"), &unknown).unwrap();
+        let report = verify(dir.path()).unwrap();
+        assert!(
+            report.problems[0].1.contains("not an audit segment"),
+            "{:?}",
+            report.problems
+        );
+    }
 
     #[test]
     fn ages_and_times_parse() {

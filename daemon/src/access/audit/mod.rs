@@ -465,8 +465,8 @@ impl AuditLog {
                 }
                 scanned += 1;
                 cursor = frame.seq;
-                let record =
-                    segment::decode(frame.seq, frame.payload).map_err(|r| corrupt(frame.seq, r))?;
+                let record = segment::decode(info.version, frame.seq, frame.payload)
+                    .map_err(|r| corrupt(frame.seq, r))?;
                 if query.matches(&record) {
                     records.push(record);
                 }
@@ -557,7 +557,8 @@ impl Shared {
         let mut text = [0u8; 20];
         lower_hex(u64::from(self.id_prefix), &mut text[..8]);
         lower_hex(n, &mut text[8..]);
-        text.iter().map(|&b| char::from(b)).collect()
+        // Hex digits are ASCII: one copy, no per-character pushes.
+        String::from_utf8(text.to_vec()).unwrap_or_default()
     }
 
     fn record(&self, mut record: AuditRecord) -> Result<(), AuditError> {
@@ -855,14 +856,15 @@ impl Worker for AuditWriter {
                 Wake::Tick => {
                     self.shared.flush_refusals(false);
                     self.trim().await;
+                    // Once a second rather than a formatted string per batch.
+                    ctx.set_status(format!(
+                        "{} records, {} bytes",
+                        self.shared.index.records(),
+                        self.shared.index.bytes()
+                    ));
                 }
             }
             ctx.progress();
-            ctx.set_status(format!(
-                "{} records, {} bytes",
-                self.shared.index.records(),
-                self.shared.index.bytes()
-            ));
         }
         // Stopping: whatever was queued before the stop is still written. The final stop closes the
         // queue for good (later records are refused and counted); an operator stop or restart

@@ -523,22 +523,112 @@ async fn a_torn_tail_is_cut_off_at_open_and_the_chain_continues() {
 }
 
 #[test]
-fn the_binary_form_round_trips() {
-    let mut r = record("p", "secrets.read", true);
-    r.reasons = vec!["a".into(), "ünïcode".into()];
-    r.count = 7;
-    r.time_unix_ms = 123;
-    r.correlation_id = "c".into();
-    let mut bytes = Vec::new();
-    segment::encode(&r, &mut bytes);
-    let mut back = segment::decode(0, &bytes).unwrap();
-    back.seq = r.seq;
-    assert_eq!(back, r);
-    assert_eq!(segment::time_of(&bytes), 123);
-    // Damage is an error, never a panic.
-    for cut in 0..bytes.len() {
-        assert!(segment::decode(0, &bytes[..cut]).is_err());
+fn the_binary_forms_round_trip() {
+    let mut plain = record("p", "secrets.read", true);
+    plain.reasons = vec!["a".into(), "ünïcode".into()];
+    plain.count = 7;
+    plain.time_unix_ms = 123;
+    plain.correlation_id = "c".into();
+    // What a decision of the daemon looks like: hex ids, the caller asking about itself.
+    let mut typical = record("spiffe://h/agent", "web.read", false);
+    typical.caller = typical.principal.clone();
+    typical.decision_id = "0123abcd00000000002a".into();
+    typical.correlation_id = "00112233445566778899aabbccddeeff".into();
+    typical.count = 300;
+    typical.time_unix_ms = 1_764_720_000_000;
+    // Ids that look almost like hex must come back exactly as they were.
+    let mut near = typical.clone();
+    near.decision_id = "0123ABCD00000000002a".into();
+    near.correlation_id = "00112233445566778899aabbccddeefg".into();
+    near.principal = String::new();
+    for r in [&plain, &typical, &near] {
+        for version in [1, 2] {
+            let mut bytes = Vec::new();
+            if version == 1 {
+                segment::encode_v1(r, &mut bytes);
+            } else {
+                segment::encode(r, &mut bytes);
+            }
+            let mut back = segment::decode(version, 0, &bytes).unwrap();
+            back.seq = r.seq;
+            assert_eq!(&back, r, "form {version}");
+            assert_eq!(segment::time_of(&bytes), r.time_unix_ms);
+            // Damage is an error, never a panic.
+            for cut in 0..bytes.len() {
+                assert!(segment::decode(version, 0, &bytes[..cut]).is_err());
+            }
+        }
     }
+    // The compact form is what the log writes: packed ids, no repeated principal.
+    let (mut v1, mut v2) = (Vec::new(), Vec::new());
+    segment::encode_v1(&typical, &mut v1);
+    segment::encode(&typical, &mut v2);
+    // Decision id 24 → 10 bytes, principal 20 → 0, correlation id 36 → 16, count 4 → 2, five
+    // lengths and the reason count 4 → 1.
+    assert_eq!((v1.len(), v2.len()), (142, 142 - 14 - 20 - 20 - 2 - 15));
+    assert!(segment::decode(3, 0, &v2).is_err());
+}
+
+/// A log written by an earlier build (a `BSAUDIT1` segment) is read, queried and continued: new
+/// records go into a new segment in the compact form, chained to the old one.
+#[tokio::test]
+async fn a_log_of_the_first_form_is_read_and_continued() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit");
+    std::fs::create_dir_all(&audit).unwrap();
+    let mut bytes = segment::MAGIC_V1.to_vec();
+    bytes.extend_from_slice(&1u64.to_le_bytes());
+    bytes.extend_from_slice(&[0u8; 32]);
+    let mut prev = [0u8; 32];
+    for seq in 1..=3u64 {
+        let mut r = record("old", &format!("a.n{seq}"), true);
+        r.time_unix_ms = crate::store::unix_ms_now();
+        let mut payload = Vec::new();
+        segment::encode_v1(&r, &mut payload);
+        let hash = segment::chain(&prev, seq, &payload);
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&seq.to_le_bytes());
+        bytes.extend_from_slice(&hash);
+        bytes.extend_from_slice(&payload);
+        prev = hash;
+    }
+    std::fs::write(audit.join(segment::file_name(1)), &bytes).unwrap();
+
+    let f = start(dir.path(), &config(1000)).await;
+    f.log
+        .record_durable(record("new", "a.n4", true))
+        .await
+        .unwrap();
+    let (records, _) = f.log.query(&AuditQuery::default()).unwrap();
+    assert_eq!(
+        records
+            .iter()
+            .map(|r| (r.seq, r.principal.as_str(), r.action.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (1, "old", "a.n1"),
+            (2, "old", "a.n2"),
+            (3, "old", "a.n3"),
+            (4, "new", "a.n4")
+        ]
+    );
+    f.stop().await;
+    // The old segment is untouched; the new one is in the compact form and chains to it.
+    assert_eq!(
+        std::fs::read(audit.join(segment::file_name(1))).unwrap(),
+        bytes
+    );
+    let new = std::fs::read(audit.join(segment::file_name(4))).unwrap();
+    assert_eq!(&new[..8], segment::MAGIC);
+    assert_eq!(&new[16..48], &prev);
+    let frame = segment::Frames::new(&new[segment::HEADER_LEN as usize..])
+        .next()
+        .unwrap();
+    assert_eq!(frame.hash, segment::chain(&prev, 4, frame.payload));
+    // Reopened, both forms read back.
+    let f = start(dir.path(), &config(1000)).await;
+    assert_eq!(seqs(&f.log, AuditQuery::default()), [1, 2, 3, 4]);
+    f.stop().await;
 }
 
 #[tokio::test]
