@@ -124,7 +124,7 @@ pub fn open(
 ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
     let data_key = Zeroizing::new(
         master
-            .unseal(&sealed.wrapped_key, &ad("key", path, version))
+            .unseal(sealed.wrapped_key, &ad("key", path, version))
             .map_err(|_| OpenError::Key)?,
     );
     let key =

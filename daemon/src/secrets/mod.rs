@@ -632,7 +632,7 @@ impl Secrets {
         }
         .ok_or_else(|| lost("is damaged"))?;
         let keys = self.keys.keys();
-        let Some(master) = keys.by_id(&sealed.kek) else {
+        let Some(master) = keys.by_id(sealed.kek) else {
             return Err(lost(&format!(
                 "is sealed under master key {}, which is not in use (the current one is {})",
                 sealed.kek,
