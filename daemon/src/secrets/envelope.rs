@@ -16,11 +16,39 @@ const DATA_KEY_LEN: usize = 32;
 const TAG_LEN: usize = 16;
 
 /// A sealed version: which master key wrapped its data key, the wrapped key, the sealed value.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sealed {
     pub kek: String,
     pub wrapped_key: Vec<u8>,
     pub ciphertext: Vec<u8>,
+}
+
+/// A [`Sealed`] borrowed from where it is stored (a Get opens it without copying it first).
+#[derive(Clone, Copy)]
+pub struct SealedRef<'a> {
+    pub kek: &'a str,
+    pub wrapped_key: &'a [u8],
+    pub ciphertext: &'a [u8],
+}
+
+impl Sealed {
+    pub fn as_ref(&self) -> SealedRef<'_> {
+        SealedRef {
+            kek: &self.kek,
+            wrapped_key: &self.wrapped_key,
+            ciphertext: &self.ciphertext,
+        }
+    }
+}
+
+impl SealedRef<'_> {
+    pub fn to_owned(self) -> Sealed {
+        Sealed {
+            kek: self.kek.to_owned(),
+            wrapped_key: self.wrapped_key.to_vec(),
+            ciphertext: self.ciphertext.to_vec(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Sealed {
@@ -92,11 +120,11 @@ pub fn open(
     master: &MasterKey,
     path: &str,
     version: u64,
-    sealed: &Sealed,
+    sealed: SealedRef<'_>,
 ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
     let data_key = Zeroizing::new(
         master
-            .unseal(&sealed.wrapped_key, &ad("key", path, version))
+            .unseal(sealed.wrapped_key, &ad("key", path, version))
             .map_err(|_| OpenError::Key)?,
     );
     let key =
@@ -157,19 +185,22 @@ mod tests {
         let sealed = seal(&m, &rng, "/a/b", 3, b"hunter2-but-longer").unwrap();
         assert_eq!(sealed.kek, m.id());
         assert_eq!(
-            &open(&m, "/a/b", 3, &sealed).unwrap()[..],
+            &open(&m, "/a/b", 3, sealed.as_ref()).unwrap()[..],
             b"hunter2-but-longer"
         );
-        assert_eq!(open(&m, "/a/c", 3, &sealed), Err(OpenError::Key));
-        assert_eq!(open(&m, "/a/b", 4, &sealed), Err(OpenError::Key));
-        assert_eq!(open(&master(2), "/a/b", 3, &sealed), Err(OpenError::Key));
+        assert_eq!(open(&m, "/a/c", 3, sealed.as_ref()), Err(OpenError::Key));
+        assert_eq!(open(&m, "/a/b", 4, sealed.as_ref()), Err(OpenError::Key));
+        assert_eq!(
+            open(&master(2), "/a/b", 3, sealed.as_ref()),
+            Err(OpenError::Key)
+        );
         // A value moved under another version's (valid) data key still does not open.
         let other = seal(&m, &rng, "/a/b", 4, b"x").unwrap();
         let swapped = Sealed {
             ciphertext: sealed.ciphertext.clone(),
             ..other
         };
-        assert_eq!(open(&m, "/a/b", 4, &swapped), Err(OpenError::Value));
+        assert_eq!(open(&m, "/a/b", 4, swapped.as_ref()), Err(OpenError::Value));
         assert!(!format!("{sealed:?}").contains("wrapped"));
     }
 
@@ -180,16 +211,24 @@ mod tests {
         for i in 0..sealed.ciphertext.len() {
             let mut bad = sealed.clone();
             bad.ciphertext[i] ^= 1;
-            assert_eq!(open(&m, "/p", 1, &bad), Err(OpenError::Value), "byte {i}");
+            assert_eq!(
+                open(&m, "/p", 1, bad.as_ref()),
+                Err(OpenError::Value),
+                "byte {i}"
+            );
         }
         for i in 0..sealed.wrapped_key.len() {
             let mut bad = sealed.clone();
             bad.wrapped_key[i] ^= 1;
-            assert_eq!(open(&m, "/p", 1, &bad), Err(OpenError::Key), "key byte {i}");
+            assert_eq!(
+                open(&m, "/p", 1, bad.as_ref()),
+                Err(OpenError::Key),
+                "key byte {i}"
+            );
         }
         let mut short = sealed.clone();
         short.ciphertext.truncate(10);
-        assert_eq!(open(&m, "/p", 1, &short), Err(OpenError::Value));
+        assert_eq!(open(&m, "/p", 1, short.as_ref()), Err(OpenError::Value));
     }
 
     #[test]
@@ -199,8 +238,8 @@ mod tests {
         let moved = rewrap(&old, &new, "/p", 1, &sealed).unwrap();
         assert_eq!(moved.kek, new.id());
         assert_eq!(moved.ciphertext, sealed.ciphertext);
-        assert_eq!(&open(&new, "/p", 1, &moved).unwrap()[..], b"value");
-        assert_eq!(open(&old, "/p", 1, &moved), Err(OpenError::Key));
+        assert_eq!(&open(&new, "/p", 1, moved.as_ref()).unwrap()[..], b"value");
+        assert_eq!(open(&old, "/p", 1, moved.as_ref()), Err(OpenError::Key));
         assert_eq!(rewrap(&new, &old, "/p", 1, &sealed), Err(OpenError::Key));
     }
 }

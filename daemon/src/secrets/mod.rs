@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use zeroize::Zeroizing;
 
-use self::envelope::{OpenError, Sealed};
+use self::envelope::{OpenError, Sealed, SealedRef};
 use self::events::{ReadResult, SecretsMetrics};
 pub use self::generator::Generator;
 pub use self::rotation::SecretsRotation;
@@ -52,7 +52,7 @@ pub const MAX_CUSTOM_VALUE_BYTES: usize = 512;
 /// Largest `max_versions` a secret may set.
 pub const MAX_VERSIONS_LIMIT: u32 = 1000;
 /// Per-path write locks (a path always maps to the same one).
-const STRIPES: usize = 64;
+const STRIPES: usize = 1024;
 /// Changes a watcher may fall behind by before it is told to re-read (`resync`).
 const CHANGE_BACKLOG: usize = 1024;
 /// A rotation that failed is tried again this much later.
@@ -170,16 +170,80 @@ impl SecretMeta {
     }
 }
 
-/// A sealed version as stored.
+/// A sealed version as stored. Record version 2 is binary (see [`StoredVersion::write_payload`]);
+/// version 1, JSON with base64 fields, is still read (and rewritten as version 2 by a master-key
+/// rotation).
 #[derive(Serialize, Deserialize)]
-struct StoredVersion {
+struct StoredVersion(Sealed);
+
+/// Record version 1 of a sealed version.
+#[derive(Serialize, Deserialize)]
+struct StoredVersionV1 {
     kek: String,
     key: String,
     value: String,
 }
 
 impl Record for StoredVersion {
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
+
+    fn upgrade(version: u8, payload: &[u8]) -> Result<Self, String> {
+        match version {
+            1 => upgrade_v1(payload).map(StoredVersion),
+            other => Err(format!("no upgrade from record version {other}")),
+        }
+    }
+
+    /// `kek length (u8) || kek || wrapped key length (u16 LE) || wrapped key || ciphertext`: no
+    /// JSON or base64 on the way in or out (a Get decodes it in place, [`SealedRef::parse`]).
+    fn write_payload(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        let sealed = &self.0;
+        let kek = u8::try_from(sealed.kek.len()).map_err(serde::ser::Error::custom)?;
+        let key = u16::try_from(sealed.wrapped_key.len()).map_err(serde::ser::Error::custom)?;
+        out.reserve(3 + sealed.kek.len() + sealed.wrapped_key.len() + sealed.ciphertext.len());
+        out.push(kek);
+        out.extend_from_slice(sealed.kek.as_bytes());
+        out.extend_from_slice(&key.to_le_bytes());
+        out.extend_from_slice(&sealed.wrapped_key);
+        out.extend_from_slice(&sealed.ciphertext);
+        Ok(())
+    }
+
+    fn read_payload(payload: &[u8]) -> Result<Self, String> {
+        SealedRef::parse(payload)
+            .map(|sealed| StoredVersion(sealed.to_owned()))
+            .ok_or_else(|| "undecodable sealed version".to_owned())
+    }
+}
+
+fn upgrade_v1(payload: &[u8]) -> Result<Sealed, String> {
+    let record: StoredVersionV1 =
+        serde_json::from_slice(payload).map_err(|err| format!("undecodable payload: {err}"))?;
+    let decoded = |field: &str, text: &str| {
+        B64.decode(text)
+            .map_err(|err| format!("undecodable {field}: {err}"))
+    };
+    Ok(Sealed {
+        wrapped_key: decoded("key", &record.key)?,
+        ciphertext: decoded("value", &record.value)?,
+        kek: record.kek,
+    })
+}
+
+impl SealedRef<'_> {
+    /// Reads a record version 2 payload in place; `None` when it is malformed.
+    fn parse(payload: &[u8]) -> Option<SealedRef<'_>> {
+        let (&kek_len, rest) = payload.split_first()?;
+        let (kek, rest) = rest.split_at_checked(usize::from(kek_len))?;
+        let (key_len, rest) = rest.split_at_checked(2)?;
+        let key_len = usize::from(u16::from_le_bytes([key_len[0], key_len[1]]));
+        let (wrapped_key, ciphertext) = rest.split_at_checked(key_len)?;
+        Some(SealedRef {
+            kek: std::str::from_utf8(kek).ok()?,
+            wrapped_key,
+            ciphertext,
+        })
+    }
 }
 
 /// What kind of change a [`Change`] is.
@@ -343,22 +407,6 @@ fn version_key(path: &str, version: u64) -> Vec<u8> {
 
 fn invalid(field: &str, why: impl Into<String>) -> ServiceError {
     ServiceError::InvalidArgument(vec![FieldViolation::new(field, why)])
-}
-
-fn stored(sealed: &Sealed) -> StoredVersion {
-    StoredVersion {
-        kek: sealed.kek.clone(),
-        key: B64.encode(&sealed.wrapped_key),
-        value: B64.encode(&sealed.ciphertext),
-    }
-}
-
-fn unstored(record: &StoredVersion) -> Option<Sealed> {
-    Some(Sealed {
-        kek: record.kek.clone(),
-        wrapped_key: B64.decode(&record.key).ok()?,
-        ciphertext: B64.decode(&record.value).ok()?,
-    })
 }
 
 /// Hands a stored value to the log redactor.
@@ -566,22 +614,32 @@ impl Secrets {
                 "version {version} of {path} {why}; the other versions are unaffected"
             ))
         };
-        let record = match self.tree.get::<StoredVersion>(&version_key(path, version)) {
-            Ok(Some(record)) => record,
+        let payload = match self.tree.get_payload(&version_key(path, version)) {
+            Ok(Some(payload)) => payload,
             Ok(None) => return Err(lost("is missing from the store")),
             Err(StoreError::Corrupt { .. }) => return Err(lost("is damaged")),
             Err(err) => return Err(err.into()),
         };
-        let sealed = unstored(&record).ok_or_else(|| lost("is damaged"))?;
+        // Version 2 is read in place; version 1 (JSON, base64) is decoded into a copy.
+        let upgraded;
+        let sealed = match payload.get() {
+            (2, bytes) => SealedRef::parse(bytes),
+            (1, bytes) => {
+                upgraded = upgrade_v1(bytes).ok();
+                upgraded.as_ref().map(Sealed::as_ref)
+            }
+            _ => None,
+        }
+        .ok_or_else(|| lost("is damaged"))?;
         let keys = self.keys.keys();
-        let Some(master) = keys.by_id(&sealed.kek) else {
+        let Some(master) = keys.by_id(sealed.kek) else {
             return Err(lost(&format!(
                 "is sealed under master key {}, which is not in use (the current one is {})",
                 sealed.kek,
                 keys.current.id()
             )));
         };
-        envelope::open(master, path, version, &sealed).map_err(|err| match err {
+        envelope::open(master, path, version, sealed).map_err(|err| match err {
             OpenError::Key => lost("is damaged (its data key does not unwrap)"),
             OpenError::Value => lost("is damaged (its ciphertext does not open)"),
         })
@@ -803,7 +861,11 @@ impl Secrets {
         }
         let mut batch = Batch::default();
         let forgotten = self.prune(path, &mut meta, &mut batch);
-        batch.put(&self.tree, &version_key(path, version), &stored(&sealed))?;
+        batch.put(
+            &self.tree,
+            &version_key(path, version),
+            &StoredVersion(sealed),
+        )?;
         let kind = match origin {
             Origin::Put => ChangeKind::Put,
             Origin::Rotate => ChangeKind::Rotate,
@@ -1099,10 +1161,7 @@ impl Secrets {
                     continue;
                 }
                 let key = version_key(&path, *version);
-                let Some(record) = self.tree.get::<StoredVersion>(&key)? else {
-                    continue;
-                };
-                let Some(sealed) = unstored(&record) else {
+                let Some(StoredVersion(sealed)) = self.tree.get::<StoredVersion>(&key)? else {
                     continue;
                 };
                 if sealed.kek == keys.current.id() {
@@ -1116,7 +1175,7 @@ impl Secrets {
                 };
                 match envelope::rewrap(old, &keys.current, &path, *version, &sealed) {
                     Ok(moved) => {
-                        batch.put(&self.tree, &key, &stored(&moved))?;
+                        batch.put(&self.tree, &key, &StoredVersion(moved))?;
                         count += 1;
                     }
                     Err(err) => {

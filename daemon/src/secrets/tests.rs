@@ -422,9 +422,7 @@ async fn a_damaged_version_is_data_loss_and_the_others_still_read() {
     let tree = f.tree();
     let key = version_key("/p", 1);
     let mut record: StoredVersion = tree.get(&key).unwrap().unwrap();
-    let mut bytes = B64.decode(&record.value).unwrap();
-    bytes[14] ^= 0x01;
-    record.value = B64.encode(&bytes);
+    record.0.ciphertext[14] ^= 0x01;
     tree.put(&key, &record).unwrap();
     match s.get("/p", Some(1)) {
         Err(ServiceError::DataLoss(why)) => {
@@ -442,6 +440,73 @@ async fn a_damaged_version_is_data_loss_and_the_others_still_read() {
     tree.put(&version_key("/q", 1), &two).unwrap();
     assert!(matches!(
         s.get("/q", Some(1)),
+        Err(ServiceError::DataLoss(_))
+    ));
+}
+
+impl Record for StoredVersionV1 {
+    const VERSION: u8 = 1;
+}
+
+/// Rewrites version `v` of `path` as record version 1 (JSON with base64 fields), as builds before
+/// the binary record wrote it.
+fn as_version_1(tree: &Tree, path: &str, v: u64) {
+    let key = version_key(path, v);
+    let StoredVersion(sealed) = tree.get(&key).unwrap().unwrap();
+    let old = StoredVersionV1 {
+        kek: sealed.kek,
+        key: B64.encode(&sealed.wrapped_key),
+        value: B64.encode(&sealed.ciphertext),
+    };
+    tree.put(&key, &old).unwrap();
+    assert_eq!(tree.raw(&key).unwrap().unwrap()[1], 1);
+}
+
+#[tokio::test]
+async fn versions_stored_as_json_still_read_and_new_ones_are_binary() {
+    let mut f = Fixture::new();
+    let s = f.open();
+    for v in [b"value-one", b"value-two"] {
+        s.put(&me(), put_req("/p", v, None)).await.unwrap();
+    }
+    let tree = f.tree();
+    // Binary: envelope header, the key id, the wrapped data key (nonce, key, tag) and the sealed
+    // value (nonce, value, tag), nothing else.
+    let raw = tree.raw(&version_key("/p", 2)).unwrap().unwrap();
+    let kek = s.keys.current().id().len();
+    assert_eq!(raw[1], 2);
+    assert_eq!(raw.len(), 6 + 1 + kek + 2 + (12 + 32 + 16) + (12 + 9 + 16));
+    as_version_1(&tree, "/p", 1);
+    drop(s);
+    // Read at once and after a restart (which opens every version for the log redactor).
+    let s = f.open();
+    assert_eq!(s.get("/p", Some(1)).unwrap().value, b"value-one");
+    assert_eq!(s.get("/p", None).unwrap().value, b"value-two");
+    // A version 1 record with a flipped byte is DATA_LOSS for that version only.
+    let old: StoredVersionV1 = match tree.get::<StoredVersion>(&version_key("/p", 1)) {
+        Ok(Some(StoredVersion(sealed))) => StoredVersionV1 {
+            kek: sealed.kek,
+            key: B64.encode(&sealed.wrapped_key),
+            value: {
+                let mut bytes = sealed.ciphertext;
+                bytes[13] ^= 0x80;
+                B64.encode(&bytes)
+            },
+        },
+        other => panic!("{:?}", other.map(|_| ())),
+    };
+    tree.put(&version_key("/p", 1), &old).unwrap();
+    assert!(matches!(
+        s.get("/p", Some(1)),
+        Err(ServiceError::DataLoss(_))
+    ));
+    assert_eq!(s.get("/p", Some(2)).unwrap().value, b"value-two");
+    // A truncated binary record is damaged, not misread.
+    let mut short: StoredVersion = tree.get(&version_key("/p", 2)).unwrap().unwrap();
+    short.0.wrapped_key.truncate(3);
+    tree.put(&version_key("/p", 2), &short).unwrap();
+    assert!(matches!(
+        s.get("/p", Some(2)),
         Err(ServiceError::DataLoss(_))
     ));
 }
@@ -646,9 +711,14 @@ async fn a_master_key_rotation_rewraps_every_data_key_and_resumes_after_a_crash(
             .get::<StoredVersion>(&version_key(path, v))
             .unwrap()
             .unwrap()
+            .0
             .kek
     };
     let old_id = kek("/r/0", 1);
+    // Both versions of /r/1 as an older build wrote them (record version 1, JSON and base64).
+    for v in [1, 2] {
+        as_version_1(&f.tree(), "/r/1", v);
+    }
 
     // Begin, write one version under the new key, "crash" before re-wrapping anything.
     let guard = keys
@@ -683,6 +753,9 @@ async fn a_master_key_rotation_rewraps_every_data_key_and_resumes_after_a_crash(
             format!("value-{i}-b").as_bytes()
         );
     }
+    // The re-wrap rewrote the version 1 records in the current (binary) form.
+    let raw = f.tree().raw(&version_key("/r/1", 1)).unwrap().unwrap();
+    assert_eq!(raw[1], 2);
     drop(s);
     drop(keys);
     // Afterwards only the new key opens the state, and the old one is refused naming the new file.

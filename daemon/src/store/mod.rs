@@ -224,21 +224,32 @@ pub trait Record: Serialize + DeserializeOwned {
         let _ = payload;
         Err(format!("no upgrade from record version {version}"))
     }
+
+    /// Appends the payload of this value (at [`Record::VERSION`]) to `out`: JSON, unless a type on
+    /// a hot path needs a compact form (then it overrides this and [`Record::read_payload`]).
+    fn write_payload(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(out, self)
+    }
+
+    /// Reads a payload written at [`Record::VERSION`] by [`Record::write_payload`].
+    fn read_payload(payload: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(payload).map_err(|err| format!("undecodable payload: {err}"))
+    }
 }
 
-/// Encodes a record into its envelope.
+/// Encodes a record into its envelope: tag, version, CRC-32 of the payload, payload.
 pub fn encode<T: Record>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
-    let payload = serde_json::to_vec(value)?;
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.push(ENVELOPE_TAG);
-    out.push(T::VERSION);
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(&[ENVELOPE_TAG, T::VERSION, 0, 0, 0, 0]);
+    value.write_payload(&mut out)?;
+    let crc = crc32fast::hash(&out[HEADER_LEN..]);
+    out[2..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
     Ok(out)
 }
 
-/// Decodes an envelope, checking tag, checksum and version. The error is a human reason.
-pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, String> {
+/// Checks an envelope's tag and checksum; returns its record version and payload. The error is a
+/// human reason.
+pub fn open_envelope(bytes: &[u8]) -> Result<(u8, &[u8]), String> {
     if bytes.len() < HEADER_LEN {
         return Err(format!(
             "{} bytes is shorter than the envelope header",
@@ -248,14 +259,19 @@ pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, String> {
     if bytes[0] != ENVELOPE_TAG {
         return Err(format!("unknown envelope tag {:#04x}", bytes[0]));
     }
-    let version = bytes[1];
     let crc = u32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
     let payload = &bytes[HEADER_LEN..];
     if crc32fast::hash(payload) != crc {
         return Err("checksum mismatch".to_owned());
     }
+    Ok((bytes[1], payload))
+}
+
+/// Decodes an envelope, checking tag, checksum and version. The error is a human reason.
+pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, String> {
+    let (version, payload) = open_envelope(bytes)?;
     if version == T::VERSION {
-        serde_json::from_slice(payload).map_err(|err| format!("undecodable payload: {err}"))
+        T::read_payload(payload)
     } else if version > T::VERSION {
         Err(format!(
             "record version {version} is newer than this build's {}",
@@ -263,6 +279,16 @@ pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, String> {
         ))
     } else {
         T::upgrade(version, payload)
+    }
+}
+
+/// A stored value whose envelope was checked ([`Tree::get_payload`]); still sled's buffer.
+pub struct Payload(sled::IVec);
+
+impl Payload {
+    /// The record version and the payload.
+    pub fn get(&self) -> (u8, &[u8]) {
+        (self.0[1], &self.0[HEADER_LEN..])
     }
 }
 
@@ -915,6 +941,22 @@ impl Tree {
             .begin(Some(batch), self.durable)
             .wait()
             .await
+    }
+
+    /// Reads one value and checks its envelope without decoding it: for a reader that decodes the
+    /// payload in place ([`Payload::get`]). A value that fails its checks is [`StoreError::Corrupt`].
+    pub fn get_payload(&self, key: &[u8]) -> Result<Option<Payload>, StoreError> {
+        let Some(bytes) = self.tree.get(key)? else {
+            return Ok(None);
+        };
+        match open_envelope(&bytes) {
+            Ok(_) => Ok(Some(Payload(bytes))),
+            Err(reason) => Err(StoreError::Corrupt {
+                tree: self.name.to_owned(),
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason,
+            }),
+        }
     }
 
     /// The raw stored bytes of a key, envelope included (for tests that inspect what is on disk).
