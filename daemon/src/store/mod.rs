@@ -459,7 +459,21 @@ impl Store {
             };
             Ok((meta, store_id, generation, found))
         };
-        let (meta, store_id, generation, found) = read_state().map_err(damaged)?;
+        // A refusal lets go of the directory before it is reported (sled's threads may hold the lock
+        // a moment after its last handle drops), so `recover` or a fixed build can open it at once.
+        let release = |db: sled::Db| {
+            drop(db);
+            if let Err(err) = wait_for_release(&path.join("db"), Duration::from_secs(10)) {
+                tracing::warn!(error = %err, "store lock not released after a refused open");
+            }
+        };
+        let (meta, store_id, generation, found) = match read_state() {
+            Ok(state) => state,
+            Err(err) => {
+                release(db);
+                return Err(damaged(err));
+            }
+        };
         problems.extend(found);
         if record.is_none()
             && let Some(id) = &store_id
@@ -472,7 +486,7 @@ impl Store {
         }
         if check == Check::Refuse && !problems.is_empty() {
             drop(meta);
-            drop(db);
+            release(db);
             return Err(refuse(&problems));
         }
         let (store_id, new_id) = match store_id {
@@ -1359,9 +1373,6 @@ pub fn unix_ms_now() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Blocks until nobody holds the flock on `lock_file` (sled's lock), at most `limit`. A helper thread
-/// takes the lock on its own descriptor (flock locks of separate opens conflict even within one
-/// process), then releases it at once and reports.
 /// The text of a caught panic's payload.
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload
@@ -1371,6 +1382,9 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "sled panicked while reading its files".to_owned())
 }
 
+/// Blocks until nobody holds the flock on `lock_file` (sled's lock), at most `limit`. A helper thread
+/// takes the lock on its own descriptor (flock locks of separate opens conflict even within one
+/// process), then releases it at once and reports.
 fn wait_for_release(lock_file: &Path, limit: Duration) -> Result<(), CloseError> {
     use std::os::fd::AsRawFd;
     let lock_err = |source| CloseError::Lock {
