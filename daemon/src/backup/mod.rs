@@ -258,7 +258,10 @@ pub fn restore(
             configured: key.id().to_owned(),
         });
     }
-    let plain = parsed.open(|sealed, aad| key.unseal(sealed, aad))?;
+    // The body holds the store's records as stored (secret values stay sealed in them), so it is
+    // taken out of the wiping buffer rather than copied.
+    let plain =
+        parsed.open(|sealed, aad| key.unseal(sealed, aad).map(|mut p| std::mem::take(&mut *p)))?;
     let mut trees = snapshot::TreeEntries::new();
     let mut audit = Vec::new();
     for item in format::decode_items(&plain)? {

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
 
 use crate::crypto::files::{FileError, read_private};
 
@@ -88,23 +89,32 @@ impl MasterKey {
     }
 
     /// Decrypts what [`MasterKey::seal`] produced with the same `associated_data`. Another key, other
-    /// associated data or any changed byte is [`CryptoError::Unseal`].
-    pub fn unseal(&self, sealed: &[u8], associated_data: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    /// associated data or any changed byte is [`CryptoError::Unseal`]. The plaintext is wiped when the
+    /// returned buffer is dropped.
+    pub fn unseal(
+        &self,
+        sealed: &[u8],
+        associated_data: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         if sealed.len() < SEAL_OVERHEAD {
             return Err(CryptoError::Unseal);
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| CryptoError::Unseal)?;
-        let mut in_out = ciphertext.to_vec();
-        let plain = self
+        // The working buffer holds the plaintext once opened (or a part of it on failure): it is
+        // the buffer handed back, wiped when dropped, never a copy left in freed memory.
+        let mut in_out = Zeroizing::new(ciphertext.to_vec());
+        let len = self
             .key
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(associated_data),
                 &mut in_out,
             )
-            .map_err(|_| CryptoError::Unseal)?;
-        Ok(plain.to_vec())
+            .map_err(|_| CryptoError::Unseal)?
+            .len();
+        in_out.truncate(len);
+        Ok(in_out)
     }
 }
 
@@ -132,10 +142,19 @@ mod tests {
         let b = master.seal(b"signing key bytes", AD).unwrap();
         assert_eq!(a.len(), b"signing key bytes".len() + SEAL_OVERHEAD);
         assert_ne!(a, b, "a random nonce per seal");
-        assert_eq!(master.unseal(&a, AD).unwrap(), b"signing key bytes");
-        assert_eq!(master.unseal(&b, AD).unwrap(), b"signing key bytes");
         assert_eq!(
-            master.unseal(&master.seal(b"", AD).unwrap(), AD).unwrap(),
+            master.unseal(&a, AD).unwrap().as_slice(),
+            b"signing key bytes"
+        );
+        assert_eq!(
+            master.unseal(&b, AD).unwrap().as_slice(),
+            b"signing key bytes"
+        );
+        assert_eq!(
+            master
+                .unseal(&master.seal(b"", AD).unwrap(), AD)
+                .unwrap()
+                .as_slice(),
             b""
         );
     }
@@ -220,7 +239,8 @@ mod tests {
             MasterKey::new(&[3; KEY_LEN])
                 .unwrap()
                 .unseal(&sealed, AD)
-                .unwrap(),
+                .unwrap()
+                .as_slice(),
             b"x"
         );
         use std::os::unix::fs::PermissionsExt;

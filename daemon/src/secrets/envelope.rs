@@ -122,11 +122,9 @@ pub fn open(
     version: u64,
     sealed: SealedRef<'_>,
 ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
-    let data_key = Zeroizing::new(
-        master
-            .unseal(sealed.wrapped_key, &ad("key", path, version))
-            .map_err(|_| OpenError::Key)?,
-    );
+    let data_key = master
+        .unseal(sealed.wrapped_key, &ad("key", path, version))
+        .map_err(|_| OpenError::Key)?;
     let key =
         LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &data_key).map_err(|_| OpenError::Key)?);
     if sealed.ciphertext.len() < NONCE_LEN + TAG_LEN {
@@ -156,10 +154,9 @@ pub fn rewrap(
     version: u64,
     sealed: &Sealed,
 ) -> Result<Sealed, OpenError> {
-    let data_key = Zeroizing::new(
-        old.unseal(&sealed.wrapped_key, &ad("key", path, version))
-            .map_err(|_| OpenError::Key)?,
-    );
+    let data_key = old
+        .unseal(&sealed.wrapped_key, &ad("key", path, version))
+        .map_err(|_| OpenError::Key)?;
     let wrapped_key = new
         .seal(&data_key, &ad("key", path, version))
         .map_err(|_| OpenError::Key)?;

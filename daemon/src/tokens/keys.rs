@@ -42,8 +42,9 @@ fn seal(master: &MasterKey, kid: &str, plaintext: &[u8]) -> Result<Sealed, Token
     })
 }
 
-/// Opens a stored signing key; `None` if it does not open with this master key under this id.
-fn open(master: &MasterKey, kid: &str, sealed: &Sealed) -> Option<Vec<u8>> {
+/// Opens a stored signing key; `None` if it does not open with this master key under this id. The
+/// key's bytes are wiped when the returned buffer is dropped.
+fn open(master: &MasterKey, kid: &str, sealed: &Sealed) -> Option<zeroize::Zeroizing<Vec<u8>>> {
     let mut bytes = B64.decode(&sealed.nonce).ok()?;
     if bytes.len() != NONCE_LEN {
         return None;
@@ -65,14 +66,12 @@ pub fn resealed(
     if open(current, &record.kid, sealed).is_some() {
         return Ok(None);
     }
-    let bytes = zeroize::Zeroizing::new(
-        masters
-            .iter()
-            .find_map(|master| open(master, &record.kid, sealed))
-            .ok_or_else(|| TokenError::Undecryptable {
-                kid: record.kid.clone(),
-            })?,
-    );
+    let bytes = masters
+        .iter()
+        .find_map(|master| open(master, &record.kid, sealed))
+        .ok_or_else(|| TokenError::Undecryptable {
+            kid: record.kid.clone(),
+        })?;
     Ok(Some(KeyRecord {
         sealed: Some(seal(current, &record.kid, &bytes)?),
         ..record.clone()
@@ -275,7 +274,7 @@ mod tests {
         let master = MasterKey::new(&[1; 32]).unwrap();
         let sealed = seal(&master, "k1", b"0123456789abcdef0123456789abcdef").unwrap();
         assert_eq!(
-            open(&master, "k1", &sealed).unwrap(),
+            open(&master, "k1", &sealed).unwrap().as_slice(),
             b"0123456789abcdef0123456789abcdef"
         );
         assert!(
@@ -307,7 +306,7 @@ mod tests {
         };
         let master = MasterKey::new(&[1; 32]).unwrap();
         assert_eq!(
-            open(&master, "k7", &stored).unwrap(),
+            open(&master, "k7", &stored).unwrap().as_slice(),
             b"0123456789abcdef0123456789abcdef"
         );
     }
