@@ -554,6 +554,13 @@ async fn a_stream_is_counted_when_it_ends_with_the_code_its_end_carries() {
         assert_eq!(code, 200);
         body
     };
+    let counted_once = |method: &'static str, code: &'static str| {
+        crate::harness::eventually(
+            "the stream counted once",
+            Duration::from_secs(10),
+            move || async move { (requests(&scrape().await, method, code) == 1.0).then_some(()) },
+        )
+    };
 
     // A stream the caller walks away from: not counted while it is open, CANCELLED once dropped
     // (before, every stream was counted OK at its headers).
@@ -571,15 +578,7 @@ async fn a_stream_is_counted_when_it_ends_with_the_code_its_end_carries() {
     assert_eq!(requests(&open, WATCH, "OK"), 0.0, "counted while open");
     assert_eq!(requests(&open, WATCH, "CANCELLED"), 0.0);
     drop(watch);
-    crate::harness::eventually(
-        "the dropped stream counted",
-        Duration::from_secs(10),
-        || async {
-            let text = scrape().await;
-            (requests(&text, WATCH, "CANCELLED") == 1.0).then_some(())
-        },
-    )
-    .await;
+    counted_once(WATCH, "CANCELLED").await;
     assert_eq!(requests(&scrape().await, WATCH, "OK"), 0.0);
 
     // A stream that runs to its end is counted OK, once, when its trailers pass.
@@ -594,14 +593,6 @@ async fn a_stream_is_counted_when_it_ends_with_the_code_its_end_carries() {
         chunks += 1;
     }
     assert!(chunks > 0);
-    crate::harness::eventually(
-        "the finished stream counted",
-        Duration::from_secs(10),
-        || async {
-            let text = scrape().await;
-            (requests(&text, BACKUP, "OK") == 1.0).then_some(())
-        },
-    )
-    .await;
+    counted_once(BACKUP, "OK").await;
     assert_eq!(requests(&scrape().await, BACKUP, "CANCELLED"), 0.0);
 }

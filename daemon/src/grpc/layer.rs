@@ -393,29 +393,23 @@ where
                 None => response,
             };
             drop(in_flight);
-            let span = traced.then(tracing::Span::current);
+            let end = CallEnd {
+                metrics: method_metrics,
+                span: traced.then(tracing::Span::current),
+                started,
+            };
             // A stream's status travels in its trailers (unless it failed before its first message,
             // a trailers-only answer): the call is counted, and its span ends, when they pass.
             if streaming && response.headers().get("grpc-status").is_none() {
                 let response = response.map(|body| {
                     Body::new(Trailed {
                         body,
-                        end: Some(CallEnd {
-                            metrics: method_metrics,
-                            span,
-                            started,
-                        }),
+                        end: Some(end),
                     })
                 });
                 return Ok(echo(response, &id));
             }
-            let code = response_code(&response);
-            CallEnd {
-                metrics: method_metrics,
-                span,
-                started,
-            }
-            .finish(code);
+            end.finish(response_code(&response));
             Ok(echo(response, &id))
         };
         Box::pin(correlation::scope(scoped_id, call).instrument(span))
