@@ -7,7 +7,10 @@ and a long bench run (no warm-up, `--connections 1 --concurrency 8`) each go fro
 until the daemon is idle again (so work a call leaves queued, such as audit writes, is counted), then
 the counters are dumped. The calls served are the daemon's own `brainstem_grpc_requests_total` over the
 window. Instructions per call = (long - short instructions) / (long - short calls): the difference
-cancels what a run costs once (connection, TLS handshake, the bench's own set-up calls).
+cancels what a run costs once (connection, TLS handshake, the bench's own set-up calls). Before its
+short run, each scenario runs for `--warmup` seconds uncounted: what the daemon does once, on the
+first call of a kind (a decision cache's first miss, anything built lazily), would otherwise fall in
+the short run alone and be subtracted from the per-call figure.
 
     cargo build --release -p brainstemd -p brainstem-client --bins
     python3 docs/measure-instructions.py target/release --runs ping,policy-check,flags-eval [--short 3 --long 9]
@@ -81,6 +84,8 @@ def main():
     ap.add_argument("--short", type=int, default=3)
     ap.add_argument("--long", type=int, default=9)
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="seconds of each scenario run first, not counted (0: none)")
     ap.add_argument("--listen", default="127.0.0.1:50391")
     ap.add_argument("--metrics-listen", default="127.0.0.1:9391")
     args = ap.parse_args()
@@ -98,6 +103,12 @@ def main():
     try:
         rpc.wait_port(args.listen, deadline_s=300)
         for scenario in args.runs.split(","):
+            if args.warmup > 0:
+                # A first call's one-time work (a lazily built table, a decision cache's miss)
+                # would land in the short run only and be subtracted from every later call.
+                rpc.wait_idle(daemon.pid, quiet_s=1.0, deadline_s=120)
+                rpc.bench(args.bin_dir, state, args.listen, scenario, args.warmup, 1,
+                          args.concurrency)
             short = run(args.bin_dir, work, state, args.listen, args.metrics_listen, daemon.pid,
                         scenario, args.short, args.concurrency, f"{scenario}-short")
             long = run(args.bin_dir, work, state, args.listen, args.metrics_listen, daemon.pid,

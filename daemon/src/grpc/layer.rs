@@ -54,12 +54,15 @@ fn bearer(headers: &http::HeaderMap) -> Option<Result<&str, BadAuthorization>> {
     )
 }
 
+/// Each method's metric handles by its label (the table's static path strings).
+type MetricsByLabel = HashMap<&'static str, MethodMetrics, foldhash::fast::FixedState>;
+
 #[derive(Clone)]
 pub struct AuthLayer {
     access: Arc<Access>,
     tokens: Arc<TokenService>,
     in_flight: metrics::Gauge,
-    method_metrics: Arc<HashMap<&'static str, MethodMetrics>>,
+    method_metrics: Arc<MetricsByLabel>,
     default_timeout: Duration,
     idempotency: Option<Arc<Idempotency>>,
 }
@@ -73,6 +76,7 @@ impl AuthLayer {
         default_timeout: Duration,
         idempotency: Option<Arc<Idempotency>>,
     ) -> Self {
+        methods::build_table();
         AuthLayer {
             access,
             tokens,
@@ -110,7 +114,7 @@ pub struct AuthService<S> {
     access: Arc<Access>,
     tokens: Arc<TokenService>,
     in_flight: metrics::Gauge,
-    method_metrics: Arc<HashMap<&'static str, MethodMetrics>>,
+    method_metrics: Arc<MetricsByLabel>,
     default_timeout: Duration,
     idempotency: Option<Arc<Idempotency>>,
 }

@@ -108,14 +108,37 @@ pub fn labels() -> impl Iterator<Item = &'static str> {
         .chain(OPEN_SERVICES.iter().copied())
 }
 
+/// Every registered method's entry by full path, built once (the first call, or
+/// [`build_table`] at start); a call's lookup is one hash of its path.
+fn table()
+-> &'static std::collections::HashMap<&'static str, MethodEntry, foldhash::fast::FixedState> {
+    static TABLE: std::sync::OnceLock<
+        std::collections::HashMap<&'static str, MethodEntry, foldhash::fast::FixedState>,
+    > = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        all()
+            .map(|(label, requirement)| {
+                let entry = MethodEntry {
+                    label,
+                    requirement: *requirement,
+                    effect: effect(label),
+                };
+                (*label, entry)
+            })
+            .collect()
+    })
+}
+
+/// Builds the method table (and reads the descriptor sets' effects) now, so that the first call
+/// does not pay for it.
+pub fn build_table() {
+    table();
+}
+
 /// Looks a request path up. `None`: the method declares no requirement and is refused.
 pub fn lookup(path: &str) -> Option<MethodEntry> {
-    if let Some((label, requirement)) = all().find(|(p, _)| *p == path) {
-        return Some(MethodEntry {
-            label,
-            requirement: *requirement,
-            effect: effect(label),
-        });
+    if let Some(entry) = table().get(path) {
+        return Some(*entry);
     }
     OPEN_SERVICES
         .iter()
