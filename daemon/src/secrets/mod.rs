@@ -166,7 +166,7 @@ impl Record for SecretMeta {
         if let Some(at) = self.next_rotation_ms {
             out.extend_from_slice(&at.to_le_bytes());
         }
-        let mut bytes = |out: &mut Vec<u8>, b: &[u8]| -> Result<(), serde_json::Error> {
+        let bytes = |out: &mut Vec<u8>, b: &[u8]| -> Result<(), serde_json::Error> {
             out.extend_from_slice(&len(b.len())?.to_le_bytes());
             out.extend_from_slice(b);
             Ok(())
