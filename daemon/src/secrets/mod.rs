@@ -124,8 +124,175 @@ pub struct SecretMeta {
     pub versions: BTreeMap<u64, VersionInfo>,
 }
 
+/// Record version 2 of [`SecretMeta`] is binary ([`SecretMeta::write_payload`]): a put rewrites
+/// it with every kept version's times, so it is encoded once per put and copied by sled on every
+/// update of its leaf. Version 1, JSON, is still read (and rewritten as version 2 by the next
+/// change of that path).
 impl Record for SecretMeta {
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
+
+    fn upgrade(version: u8, payload: &[u8]) -> Result<Self, String> {
+        match version {
+            1 => {
+                serde_json::from_slice(payload).map_err(|err| format!("undecodable payload: {err}"))
+            }
+            other => Err(format!("no upgrade from record version {other}")),
+        }
+    }
+
+    /// Little-endian, fixed widths: `created_ms u64, updated_ms u64, current u64, max_versions
+    /// u32, flags u8 (1 cas_required, 2 next_rotation_ms set, 4 generator set), delete_after_s u64,
+    /// rotation_period_s u64, [next_rotation_ms u64], [generator: len u32, bytes], custom: count
+    /// u32, then per entry key and value (len u32, bytes each), versions: count u32, then per
+    /// version `version u64, created_ms u64, flags u8 (1 deleted, 2 destroyed, 4 rotate)`,
+    /// [deleted_ms u64], [destroyed_ms u64]`.
+    fn write_payload(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        let len = |n: usize| u32::try_from(n).map_err(serde::ser::Error::custom);
+        out.reserve(64 + self.versions.len() * 33);
+        out.extend_from_slice(&self.created_ms.to_le_bytes());
+        out.extend_from_slice(&self.updated_ms.to_le_bytes());
+        out.extend_from_slice(&self.current.to_le_bytes());
+        out.extend_from_slice(&self.max_versions.to_le_bytes());
+        let flags = u8::from(self.cas_required)
+            | if self.next_rotation_ms.is_some() {
+                2
+            } else {
+                0
+            }
+            | if self.generator.is_some() { 4 } else { 0 };
+        out.push(flags);
+        out.extend_from_slice(&self.delete_after_s.to_le_bytes());
+        out.extend_from_slice(&self.rotation_period_s.to_le_bytes());
+        if let Some(at) = self.next_rotation_ms {
+            out.extend_from_slice(&at.to_le_bytes());
+        }
+        let bytes = |out: &mut Vec<u8>, b: &[u8]| -> Result<(), serde_json::Error> {
+            out.extend_from_slice(&len(b.len())?.to_le_bytes());
+            out.extend_from_slice(b);
+            Ok(())
+        };
+        if let Some(generator) = &self.generator {
+            bytes(out, generator.as_bytes())?;
+        }
+        out.extend_from_slice(&len(self.custom.len())?.to_le_bytes());
+        for (key, value) in &self.custom {
+            bytes(out, key.as_bytes())?;
+            bytes(out, value.as_bytes())?;
+        }
+        out.extend_from_slice(&len(self.versions.len())?.to_le_bytes());
+        for (version, info) in &self.versions {
+            out.extend_from_slice(&version.to_le_bytes());
+            out.extend_from_slice(&info.created_ms.to_le_bytes());
+            let flags = if info.deleted_ms.is_some() { 1 } else { 0 }
+                | if info.destroyed_ms.is_some() { 2 } else { 0 }
+                | if info.origin == Origin::Rotate { 4 } else { 0 };
+            out.push(flags);
+            for at in [info.deleted_ms, info.destroyed_ms].into_iter().flatten() {
+                out.extend_from_slice(&at.to_le_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    fn read_payload(payload: &[u8]) -> Result<Self, String> {
+        let mut r = Reader(payload);
+        let created_ms = r.u64()?;
+        let updated_ms = r.u64()?;
+        let current = r.u64()?;
+        let max_versions = u32::from_le_bytes(r.array()?);
+        let [flags] = r.array()?;
+        let delete_after_s = r.u64()?;
+        let rotation_period_s = r.u64()?;
+        let next_rotation_ms = if flags & 2 != 0 { Some(r.u64()?) } else { None };
+        let generator = if flags & 4 != 0 {
+            Some(r.text()?)
+        } else {
+            None
+        };
+        let mut custom = BTreeMap::new();
+        for _ in 0..r.u32()? {
+            let key = r.text()?;
+            custom.insert(key, r.text()?);
+        }
+        let mut versions = BTreeMap::new();
+        for _ in 0..r.u32()? {
+            let version = r.u64()?;
+            let created_ms = r.u64()?;
+            let [vflags] = r.array()?;
+            let deleted_ms = if vflags & 1 != 0 {
+                Some(r.u64()?)
+            } else {
+                None
+            };
+            let destroyed_ms = if vflags & 2 != 0 {
+                Some(r.u64()?)
+            } else {
+                None
+            };
+            let origin = if vflags & 4 != 0 {
+                Origin::Rotate
+            } else {
+                Origin::Put
+            };
+            versions.insert(
+                version,
+                VersionInfo {
+                    created_ms,
+                    deleted_ms,
+                    destroyed_ms,
+                    origin,
+                },
+            );
+        }
+        if !r.0.is_empty() {
+            return Err(format!("{} bytes after the metadata", r.0.len()));
+        }
+        Ok(SecretMeta {
+            created_ms,
+            updated_ms,
+            current,
+            max_versions,
+            cas_required: flags & 1 != 0,
+            delete_after_s,
+            rotation_period_s,
+            generator,
+            next_rotation_ms,
+            custom,
+            versions,
+        })
+    }
+}
+
+/// Reads a binary payload front to back; every shortfall is an error, never a panic.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let (head, rest) = self
+            .0
+            .split_first_chunk::<N>()
+            .ok_or_else(|| "truncated metadata".to_owned())?;
+        self.0 = rest;
+        Ok(*head)
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        self.array().map(u64::from_le_bytes)
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        self.array().map(u32::from_le_bytes)
+    }
+
+    fn text(&mut self) -> Result<String, String> {
+        let len = usize::try_from(self.u32()?).map_err(|_| "truncated metadata".to_owned())?;
+        let (bytes, rest) = self
+            .0
+            .split_at_checked(len)
+            .ok_or_else(|| "truncated metadata".to_owned())?;
+        self.0 = rest;
+        String::from_utf8(bytes.to_vec()).map_err(|_| "metadata text is not UTF-8".to_owned())
+    }
 }
 
 impl SecretMeta {

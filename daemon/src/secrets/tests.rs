@@ -955,3 +955,98 @@ async fn concurrent_puts_share_sled_batches_and_each_reads_back() {
         after.batches - before.batches
     );
 }
+
+/// Metadata as builds before the binary record wrote it (record version 1, JSON).
+#[derive(Serialize, Deserialize)]
+struct MetaV1(SecretMeta);
+
+impl Record for MetaV1 {
+    const VERSION: u8 = 1;
+}
+
+fn full_meta() -> SecretMeta {
+    let mut meta = SecretMeta::new(T0);
+    meta.updated_ms = T0 + 5;
+    meta.current = 7;
+    meta.max_versions = 3;
+    meta.cas_required = true;
+    meta.delete_after_s = 3600;
+    meta.rotation_period_s = 86_400;
+    meta.generator = Some("alphanumeric:32".to_owned());
+    meta.next_rotation_ms = Some(T0 + 86_400_000);
+    meta.custom
+        .insert("owner".to_owned(), "web-team ü".to_owned());
+    meta.custom.insert("empty".to_owned(), String::new());
+    for (version, deleted_ms, destroyed_ms, origin) in [
+        (5, None, None, Origin::Put),
+        (6, Some(T0 + 1), None, Origin::Rotate),
+        (7, Some(T0 + 2), Some(T0 + 3), Origin::Put),
+    ] {
+        meta.versions.insert(
+            version,
+            VersionInfo {
+                created_ms: T0 + version,
+                deleted_ms,
+                destroyed_ms,
+                origin,
+            },
+        );
+    }
+    meta
+}
+
+#[test]
+fn binary_metadata_round_trips_every_field_and_refuses_damage() {
+    for meta in [full_meta(), SecretMeta::new(T0)] {
+        let bytes = crate::store::encode(&meta).unwrap();
+        assert_eq!(bytes[1], 2);
+        assert_eq!(crate::store::decode::<SecretMeta>(&bytes).unwrap(), meta);
+        // Smaller than the JSON it replaces.
+        let json = crate::store::encode(&MetaV1(meta.clone())).unwrap();
+        assert!(
+            bytes.len() < json.len(),
+            "{} vs {}",
+            bytes.len(),
+            json.len()
+        );
+    }
+    // Every truncation (checksum recomputed, so only the parser can notice) and trailing bytes are
+    // an error, never a panic or a misread.
+    let mut payload = Vec::new();
+    full_meta().write_payload(&mut payload).unwrap();
+    for cut in 0..payload.len() {
+        assert!(
+            SecretMeta::read_payload(&payload[..cut]).is_err(),
+            "cut {cut}"
+        );
+    }
+    payload.push(0);
+    assert!(SecretMeta::read_payload(&payload).is_err());
+}
+
+#[tokio::test]
+async fn metadata_stored_as_json_still_reads_and_the_next_change_writes_it_binary() {
+    let mut f = Fixture::new();
+    let s = f.open();
+    s.put(&me(), put_req("/p", b"value-one", None))
+        .await
+        .unwrap();
+    let tree = f.tree();
+    let old: SecretMeta = tree.get(&meta_key("/p")).unwrap().unwrap();
+    tree.put(&meta_key("/p"), &MetaV1(old.clone())).unwrap();
+    assert_eq!(tree.raw(&meta_key("/p")).unwrap().unwrap()[1], 1);
+    drop(s);
+    let s = f.open();
+    assert_eq!(*s.metadata("/p").unwrap(), old);
+    assert_eq!(s.get("/p", None).unwrap().value, b"value-one");
+    s.put(&me(), put_req("/p", b"value-two", Some(1)))
+        .await
+        .unwrap();
+    assert_eq!(tree.raw(&meta_key("/p")).unwrap().unwrap()[1], 2);
+    drop(s);
+    let s = f.open();
+    let meta = s.metadata("/p").unwrap();
+    assert_eq!(meta.current, 2);
+    assert_eq!(meta.versions[&1], old.versions[&1]);
+    assert_eq!(s.get("/p", Some(1)).unwrap().value, b"value-one");
+}
