@@ -202,14 +202,16 @@ impl Pending<'_> {
     pub async fn record(self) -> Decided {
         let Pending {
             access,
-            record,
+            mut record,
             errors,
             mut advisory,
         } = self;
-        let decision_id = record.decision_id.clone();
         let mut allowed = record.allowed;
-        let mut reasons = record.reasons.clone();
-        if !access.audit_decision(record).await && allowed {
+        // The record is encoded into the queue; its reasons and id then go on into the answer
+        // (no copies).
+        let recorded = access.audit_decision(&mut record).await;
+        let mut reasons = std::mem::take(&mut record.reasons);
+        if !recorded && allowed {
             allowed = false;
             advisory = false;
             reasons = vec![AUDIT_UNAVAILABLE.to_owned()];
@@ -218,7 +220,7 @@ impl Pending<'_> {
             allowed,
             reasons,
             errors,
-            decision_id,
+            decision_id: std::mem::take(&mut record.decision_id),
             advisory,
         }
     }

@@ -191,12 +191,12 @@ impl Access {
 
     /// Audits a decision. For fail-closed actions it waits for the record to be on disk and turns
     /// the decision into a denial when it cannot be; returns whether the decision still stands.
-    pub async fn audit_decision(&self, record: AuditRecord) -> bool {
+    pub async fn audit_decision(&self, record: &mut AuditRecord) -> bool {
         if self.audit.fails_closed(&record.action) {
-            self.audit.record_durable(record).await.is_ok()
+            self.audit.record_durable_kept(record).await.is_ok()
         } else {
             // A lost record is counted by the audit log; the decision stands.
-            let _ = self.audit.record(record);
+            let _ = self.audit.record_kept(record);
             true
         }
     }

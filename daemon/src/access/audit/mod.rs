@@ -2,9 +2,12 @@
 //! and every token change, appended in sequence order to hash-chained segment files under
 //! `<state_dir>/audit/` ([`segment`]; docs/AUDIT.md).
 //!
-//! Recording costs the caller an enqueue: a record goes into a bounded queue and the
-//! `audit-writer` worker appends whatever has queued meanwhile as one batch (one `write`), on a
-//! blocking thread. A batch holding a fail-closed record is synced before its waiters are answered
+//! Recording costs the caller an encode and an enqueue: a record goes, in its payload form
+//! ([`segment::Encoded`], one buffer), into a bounded queue, and the `audit-writer` worker chains and
+//! appends whatever has queued meanwhile as one batch (one `write`), on a blocking thread. Encoding on
+//! the caller's thread frees the record's strings where they were allocated, instead of on the
+//! writer (a cross-thread free per string), and lets a decision keep its reasons and id for its
+//! answer without copies. A batch holding a fail-closed record is synced before its waiters are answered
 //! (group commit); otherwise the log is synced at least every [`segment::SYNC_EVERY`] and once a
 //! second when idle, so a kill -9 loses nothing handed to the kernel and a power loss at most that
 //! interval of records nobody waited for. The writer runs under the supervisor (critical,
@@ -47,7 +50,7 @@ use crate::runtime::events::ErrorOccurred;
 use crate::runtime::tasks::Tasks;
 use crate::store::StoreError;
 use crate::supervisor::{ActorResult, Worker, WorkerContext, WorkerPolicy};
-use segment::{Index, Limits, SegmentWriter};
+use segment::{Encoded, Index, Limits, SegmentWriter};
 
 /// Most records one query returns, and most it scans.
 pub const MAX_QUERY_LIMIT: usize = 1000;
@@ -171,9 +174,30 @@ pub struct OpenError {
     pub source: std::io::Error,
 }
 
+/// A queued record: already encoded by the thread that made it (so the writer frees one buffer a
+/// record, not the record's strings), with what the writer counts it by.
 struct Pending {
-    record: AuditRecord,
+    record: Encoded,
+    kind: AuditKind,
+    count: u32,
     written: Option<oneshot::Sender<bool>>,
+}
+
+impl Pending {
+    fn new(record: &AuditRecord, written: Option<oneshot::Sender<bool>>) -> Pending {
+        Pending {
+            record: Encoded::new(record),
+            kind: record.kind,
+            count: record.count,
+            written,
+        }
+    }
+}
+
+impl AsRef<Encoded> for Pending {
+    fn as_ref(&self) -> &Encoded {
+        &self.record
+    }
 }
 
 /// What to read.
@@ -339,18 +363,30 @@ impl AuditLog {
     }
 
     /// Queues a record without waiting. An error means the record is lost (and counted).
-    pub fn record(&self, record: AuditRecord) -> Result<(), AuditError> {
+    pub fn record(&self, mut record: AuditRecord) -> Result<(), AuditError> {
+        self.shared.record(&mut record)
+    }
+
+    /// [`AuditLog::record`] for a record the caller keeps (a decision's reasons and id go on into
+    /// its answer): the record is encoded into the queue, its time and correlation id filled in
+    /// `record` as they were recorded.
+    pub fn record_kept(&self, record: &mut AuditRecord) -> Result<(), AuditError> {
         self.shared.record(record)
     }
 
     /// Queues a record and waits until it is on disk (fail-closed decisions), at most
     /// [`DURABLE_WAIT`].
     pub async fn record_durable(&self, mut record: AuditRecord) -> Result<(), AuditError> {
+        self.record_durable_kept(&mut record).await
+    }
+
+    /// [`AuditLog::record_durable`] for a record the caller keeps (see [`AuditLog::record_kept`]).
+    pub async fn record_durable_kept(&self, record: &mut AuditRecord) -> Result<(), AuditError> {
         let (kind, count) = (record.kind, record.count.max(1));
         if record.time_unix_ms == 0 {
             record.time_unix_ms = (self.shared.now)();
         }
-        fill_correlation(&mut record);
+        fill_correlation(record);
         let (written, done) = oneshot::channel();
         let result = async {
             if !*self.writer_running.borrow() {
@@ -358,10 +394,7 @@ impl AuditLog {
             }
             self.shared
                 .tx
-                .try_send(Pending {
-                    record,
-                    written: Some(written),
-                })
+                .try_send(Pending::new(record, Some(written)))
                 .map_err(|err| match err {
                     mpsc::error::TrySendError::Full(_) => AuditError::QueueFull,
                     mpsc::error::TrySendError::Closed(_) => AuditError::Closed,
@@ -561,15 +594,12 @@ impl Shared {
         String::from_utf8(text.to_vec()).unwrap_or_default()
     }
 
-    fn record(&self, mut record: AuditRecord) -> Result<(), AuditError> {
+    fn record(&self, record: &mut AuditRecord) -> Result<(), AuditError> {
         if record.time_unix_ms == 0 {
             record.time_unix_ms = (self.now)();
         }
-        fill_correlation(&mut record);
-        match self.tx.try_send(Pending {
-            record,
-            written: None,
-        }) {
+        fill_correlation(record);
+        match self.tx.try_send(Pending::new(record, None)) {
             Ok(()) => {
                 self.queued.fetch_add(1, Ordering::AcqRel);
                 Ok(())
@@ -579,11 +609,11 @@ impl Shared {
                     mpsc::error::TrySendError::Full(p) => (AuditError::QueueFull, p),
                     mpsc::error::TrySendError::Closed(p) => (AuditError::Closed, p),
                 };
-                let count = u64::from(pending.record.count.max(1));
+                let count = u64::from(pending.count.max(1));
                 if matches!(error, AuditError::Closed) {
                     self.lost_at_stop.fetch_add(count, Ordering::AcqRel);
                 }
-                self.unrecorded(pending.record.kind, error.reason(), count);
+                self.unrecorded(pending.kind, error.reason(), count);
                 Err(error)
             }
         }
@@ -642,7 +672,7 @@ impl Shared {
         for ((caller, method, reason), (count, correlation_id)) in
             ready.keys.into_iter().chain(overflow)
         {
-            let _ = self.record(AuditRecord {
+            let _ = self.record(&mut AuditRecord {
                 seq: 0,
                 time_unix_ms,
                 decision_id: self.decision_id(),
@@ -905,7 +935,7 @@ impl Core {
         wait: bool,
     ) -> bool {
         let segments = self.segments.clone();
-        let mut taken = std::mem::take(batch);
+        let taken = std::mem::take(batch);
         shared
             .queued
             .fetch_sub(taken.len() as u64, Ordering::AcqRel);
@@ -927,10 +957,7 @@ impl Core {
                         return (taken, 0, Some(busy), Vec::new());
                     }
                 };
-                let mut records: Vec<&mut AuditRecord> =
-                    taken.iter_mut().map(|p| &mut p.record).collect();
-                let (written, error) = writer.append(&mut records, sync);
-                drop(records);
+                let (written, error) = writer.append_encoded(&taken, sync);
                 let trimmed = writer.trim(now);
                 (taken, written, error, trimmed)
             })
@@ -999,8 +1026,8 @@ fn by_kind(batch: &[Pending]) -> [(AuditKind, u64); 7] {
         (AuditKind::Registry, 0),
     ];
     for pending in batch {
-        if let Some((_, n)) = counts.iter_mut().find(|(k, _)| *k == pending.record.kind) {
-            *n += u64::from(pending.record.count.max(1));
+        if let Some((_, n)) = counts.iter_mut().find(|(k, _)| *k == pending.kind) {
+            *n += u64::from(pending.count.max(1));
         }
     }
     counts

@@ -125,17 +125,32 @@ fn packed_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     if digits.len() != 2 * N {
         return None;
     }
-    let nibble = |d: u8| match d {
-        b'0'..=b'9' => Some(d - b'0'),
-        b'a'..=b'f' => Some(d - b'a' + 10),
-        _ => None,
-    };
     let mut out = [0u8; N];
+    // One table lookup a digit; a non-digit (0xff) is caught once at the end, not per digit.
+    let mut bad = 0u8;
     for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        let (hi, lo) = (NIBBLE[usize::from(pair[0])], NIBBLE[usize::from(pair[1])]);
+        bad |= hi | lo;
+        *byte = (hi << 4) | (lo & 0xf);
     }
-    Some(out)
+    (bad & 0xf0 == 0).then_some(out)
 }
+
+/// The value of each lowercase hex digit; 0xff for every other byte.
+static NIBBLE: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut d = 0;
+    while d < 10 {
+        table[b'0' as usize + d] = d as u8;
+        d += 1;
+    }
+    let mut d = 0;
+    while d < 6 {
+        table[b'a' as usize + d] = 10 + d as u8;
+        d += 1;
+    }
+    table
+};
 
 fn unpack_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -204,6 +219,32 @@ pub fn encode(r: &AuditRecord, out: &mut Vec<u8>) {
     put_varint(out, r.reasons.len() as u64);
     for reason in &r.reasons {
         put_text(out, reason);
+    }
+}
+
+/// A record in the compact payload form, encoded where it was made (on the caller's thread), so the
+/// writer only chains and writes it and the record's strings are freed by the thread that made them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub time_unix_ms: u64,
+    pub payload: Vec<u8>,
+}
+
+impl Encoded {
+    pub fn new(r: &AuditRecord) -> Encoded {
+        // A typical decision's payload is 100–200 bytes: one allocation.
+        let mut payload = Vec::with_capacity(192);
+        encode(r, &mut payload);
+        Encoded {
+            time_unix_ms: r.time_unix_ms,
+            payload,
+        }
+    }
+}
+
+impl AsRef<Encoded> for Encoded {
+    fn as_ref(&self) -> &Encoded {
+        self
     }
 }
 
@@ -570,7 +611,6 @@ pub struct SegmentWriter {
     prev: Hash,
     next_seq: u64,
     buf: Vec<u8>,
-    payload: Vec<u8>,
     /// Written since the last `fdatasync`.
     unsynced: bool,
     last_sync: std::time::Instant,
@@ -688,7 +728,6 @@ impl SegmentWriter {
                 prev,
                 next_seq,
                 buf: Vec::new(),
-                payload: Vec::new(),
                 unsynced: false,
                 last_sync: std::time::Instant::now(),
                 fail: Arc::new(AtomicBool::new(false)),
@@ -717,9 +756,24 @@ impl SegmentWriter {
         records: &mut [&mut AuditRecord],
         sync: bool,
     ) -> (usize, Option<io::Error>) {
+        let encoded: Vec<Encoded> = records.iter().map(|r| Encoded::new(r)).collect();
+        let first = self.next_seq;
+        let (done, error) = self.append_encoded(&encoded, sync);
+        for (record, seq) in records.iter_mut().zip(first..).take(done) {
+            record.seq = seq;
+        }
+        (done, error)
+    }
+
+    /// [`SegmentWriter::append`] for records already in their payload form ([`Encoded`]).
+    pub fn append_encoded<R: AsRef<Encoded>>(
+        &mut self,
+        records: &[R],
+        sync: bool,
+    ) -> (usize, Option<io::Error>) {
         let mut done = 0;
         while done < records.len() {
-            match self.append_part(&mut records[done..]) {
+            match self.append_part(&records[done..]) {
                 Ok(n) => done += n,
                 Err(err) => return (done, Some(err)),
             }
@@ -743,7 +797,7 @@ impl SegmentWriter {
     }
 
     /// Appends as many of `records` as fit in the active segment (at least one).
-    fn append_part(&mut self, records: &mut [&mut AuditRecord]) -> io::Result<usize> {
+    fn append_part<R: AsRef<Encoded>>(&mut self, records: &[R]) -> io::Result<usize> {
         if self.dirty {
             self.file.set_len(self.committed)?;
             self.dirty = false;
@@ -761,21 +815,20 @@ impl SegmentWriter {
         let (mut seq, mut prev) = (self.next_seq, self.prev);
         let (mut first_ms, mut last_ms, mut n) = (0, 0, 0);
         let mut marks = Vec::new();
-        for record in records.iter() {
+        for record in records.iter().map(AsRef::as_ref) {
             if n > 0 && (n as u64 >= room_records || self.buf.len() as u64 >= room_bytes) {
                 break;
             }
             if (seq - active.first_seq) % MARK_EVERY == 0 {
                 marks.push((seq, self.committed + self.buf.len() as u64));
             }
-            self.payload.clear();
-            encode(record, &mut self.payload);
-            let hash = chain(&prev, seq, &self.payload);
+            let payload = &record.payload;
+            let hash = chain(&prev, seq, payload);
             self.buf
-                .extend_from_slice(&(self.payload.len() as u32).to_le_bytes());
+                .extend_from_slice(&(payload.len() as u32).to_le_bytes());
             self.buf.extend_from_slice(&seq.to_le_bytes());
             self.buf.extend_from_slice(&hash);
-            self.buf.extend_from_slice(&self.payload);
+            self.buf.extend_from_slice(payload);
             if n == 0 {
                 first_ms = record.time_unix_ms;
             }
@@ -804,9 +857,6 @@ impl SegmentWriter {
         }
         self.dirty = false;
         self.unsynced = true;
-        for (record, s) in records.iter_mut().zip(self.next_seq..seq) {
-            record.seq = s;
-        }
         self.committed += self.buf.len() as u64;
         self.next_seq = seq;
         self.prev = prev;
@@ -918,4 +968,75 @@ fn create_segment(dir: &Path, first_seq: u64, prev: &Hash) -> io::Result<(File, 
             marks: Vec::new(),
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_ids_pack_only_when_lowercase_hex() {
+        assert_eq!(
+            packed_hex::<2>("0a9f"),
+            Some([0x0a, 0x9f]),
+            "lowercase digits pack"
+        );
+        assert_eq!(
+            unpack_hex(&packed_hex::<4>("deadbeef").unwrap()),
+            "deadbeef"
+        );
+        for bad in ["0A9f", "0g9f", "0a9", "0a9f0", "0a 9", "0a\u{e9}"] {
+            assert_eq!(packed_hex::<2>(bad), None, "{bad:?} must stay text");
+        }
+    }
+
+    #[test]
+    fn encoded_records_append_like_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_records: 1000,
+            max_bytes: 1 << 20,
+            max_age_ms: u64::MAX / 2,
+        };
+        let record = |i: u64| AuditRecord {
+            seq: 0,
+            time_unix_ms: 1_000 + i,
+            decision_id: format!("{i:020x}"),
+            kind: AuditKind::Policy,
+            caller: "spiffe://h/a".to_owned(),
+            principal: "spiffe://h/a".to_owned(),
+            action: "web.read".to_owned(),
+            resource: String::new(),
+            allowed: i % 2 == 0,
+            reasons: vec!["r".to_owned()],
+            correlation_id: String::new(),
+            count: 1,
+        };
+        let (mut writer, _) = SegmentWriter::open(dir.path(), limits).unwrap();
+        let mut first: Vec<AuditRecord> = (0..3).map(record).collect();
+        let mut refs: Vec<&mut AuditRecord> = first.iter_mut().collect();
+        assert_eq!(writer.append(&mut refs, true).0, 3);
+        assert_eq!(
+            first.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [1, 2, 3],
+            "append numbers the records it wrote"
+        );
+        let encoded: Vec<Encoded> = (3..5).map(|i| Encoded::new(&record(i))).collect();
+        let (written, error) = writer.append_encoded(&encoded, true);
+        assert_eq!(written, 2);
+        assert!(error.is_none(), "{error:?}");
+        let info = writer.index().segments().pop().unwrap();
+        let bytes = fs::read(dir.path().join(file_name(info.first_seq))).unwrap();
+        let mut prev = [0u8; 32];
+        let mut seen = Vec::new();
+        for frame in Frames::new(&bytes[HEADER_LEN as usize..]) {
+            assert_eq!(frame.hash, chain(&prev, frame.seq, frame.payload));
+            prev = frame.hash;
+            let mut expected = record(frame.seq - 1);
+            expected.seq = frame.seq;
+            assert_eq!(decode(VERSION, frame.seq, frame.payload).unwrap(), expected);
+            seen.push(frame.seq);
+        }
+        assert_eq!(seen, [1, 2, 3, 4, 5]);
+    }
 }
