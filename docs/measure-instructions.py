@@ -3,7 +3,7 @@
 not move with the machine's load, unlike CPU time.
 
 One brainstemd runs under `valgrind --tool=callgrind` with collection on. For each scenario, a short
-and a long bench run (no warm-up, `--connections 1 --concurrency 8`) each go from zeroed counters
+and a long bench run (the bench's own warm-up off, `--connections 1 --concurrency 8`) each go from zeroed counters
 until the daemon is idle again (so work a call leaves queued, such as audit writes, is counted), then
 the counters are dumped. The calls served are the daemon's own `brainstem_grpc_requests_total` over the
 window. Instructions per call = (long - short instructions) / (long - short calls): the difference

@@ -1,5 +1,7 @@
 """Failed calls raise brainstem.errors exceptions carrying the daemon's google.rpc details."""
 
+import time
+
 import pytest
 
 import brainstem
@@ -43,6 +45,19 @@ def test_rate_limited_carries_the_retry_info_delay(bs):
     assert errors.ResourceExhausted is errors.RateLimited
 
     # The same call with retries: the client waits at least the RetryInfo delay, then succeeds.
+    # The bucket refills one token a second, so a refusal whose delay is nearly over says nothing
+    # about the next call; drain until a refusal is at least half a second from its token, so the
+    # retried call below is certainly refused first.
+    for _ in range(20):
+        try:
+            bs.policy.validate(policies=policy, retry=brainstem.NO_RETRY)
+        except errors.RateLimited as refused:
+            if refused.retry_delay is not None and refused.retry_delay >= 0.5:
+                break
+            # Let the token arrive: the next call takes it, the one after is refused afresh.
+            time.sleep(refused.retry_delay or 0.1)
+    else:
+        pytest.fail("no refusal with at least 0.5 s to its next token")
     waits = []
     bs.on_retry = lambda method, attempt, wait, err: waits.append((method, wait, err))
     try:

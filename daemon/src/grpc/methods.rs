@@ -108,13 +108,13 @@ pub fn labels() -> impl Iterator<Item = &'static str> {
         .chain(OPEN_SERVICES.iter().copied())
 }
 
+/// The method table's map: full path → entry.
+type Table = std::collections::HashMap<&'static str, MethodEntry, foldhash::fast::FixedState>;
+
 /// Every registered method's entry by full path, built once (the first call, or
 /// [`build_table`] at start); a call's lookup is one hash of its path.
-fn table()
--> &'static std::collections::HashMap<&'static str, MethodEntry, foldhash::fast::FixedState> {
-    static TABLE: std::sync::OnceLock<
-        std::collections::HashMap<&'static str, MethodEntry, foldhash::fast::FixedState>,
-    > = std::sync::OnceLock::new();
+fn table() -> &'static Table {
+    static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
         all()
             .map(|(label, requirement)| {
