@@ -957,7 +957,7 @@ impl Core {
                         return (taken, 0, Some(busy), Vec::new());
                     }
                 };
-                let (written, error) = writer.append_encoded(&taken, sync);
+                let (written, error) = writer.append(&taken, sync);
                 let trimmed = writer.trim(now);
                 (taken, written, error, trimmed)
             })

@@ -744,29 +744,15 @@ impl SegmentWriter {
         self.next_seq
     }
 
-    /// Appends `records` (numbering them): one `write` per segment the batch touches (a full
+    /// Appends `records`, already in their payload form ([`Encoded`]), numbered in order from
+    /// [`SegmentWriter::next_seq`]: one `write` per segment the batch touches (a full
     /// segment is synced, sealed and the next begun on the way), then one `fdatasync` when `sync`
     /// (a fail-closed record waits) or when the last one is [`SYNC_EVERY`] old. Returns how many
     /// were written, and the error that stopped the rest: a failed part is cut back off the file,
     /// and the numbering and chain continue from the last written one. A failed sync is returned
     /// as the error with every record counted as written (they are in the file, perhaps not on
     /// the platter): waiters must then be told no.
-    pub fn append(
-        &mut self,
-        records: &mut [&mut AuditRecord],
-        sync: bool,
-    ) -> (usize, Option<io::Error>) {
-        let encoded: Vec<Encoded> = records.iter().map(|r| Encoded::new(r)).collect();
-        let first = self.next_seq;
-        let (done, error) = self.append_encoded(&encoded, sync);
-        for (record, seq) in records.iter_mut().zip(first..).take(done) {
-            record.seq = seq;
-        }
-        (done, error)
-    }
-
-    /// [`SegmentWriter::append`] for records already in their payload form ([`Encoded`]).
-    pub fn append_encoded<R: AsRef<Encoded>>(
+    pub fn append<R: AsRef<Encoded>>(
         &mut self,
         records: &[R],
         sync: bool,
@@ -1013,18 +999,13 @@ mod tests {
             count: 1,
         };
         let (mut writer, _) = SegmentWriter::open(dir.path(), limits).unwrap();
-        let mut first: Vec<AuditRecord> = (0..3).map(record).collect();
-        let mut refs: Vec<&mut AuditRecord> = first.iter_mut().collect();
-        assert_eq!(writer.append(&mut refs, true).0, 3);
-        assert_eq!(
-            first.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            [1, 2, 3],
-            "append numbers the records it wrote"
-        );
-        let encoded: Vec<Encoded> = (3..5).map(|i| Encoded::new(&record(i))).collect();
-        let (written, error) = writer.append_encoded(&encoded, true);
-        assert_eq!(written, 2);
-        assert!(error.is_none(), "{error:?}");
+        for batch in [0..3, 3..5] {
+            let encoded: Vec<Encoded> = batch.clone().map(|i| Encoded::new(&record(i))).collect();
+            let (written, error) = writer.append(&encoded, true);
+            assert_eq!(written, batch.count());
+            assert!(error.is_none(), "{error:?}");
+        }
+        assert_eq!(writer.next_seq(), 6, "append numbers the records it wrote");
         let info = writer.index().segments().pop().unwrap();
         let bytes = fs::read(dir.path().join(file_name(info.first_seq))).unwrap();
         let mut prev = [0u8; 32];
