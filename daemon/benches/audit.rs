@@ -39,7 +39,9 @@ fn bench(c: &mut Criterion) {
             "v1-encode+chain",
             encode_v1 as fn(&AuditRecord, &mut Vec<u8>),
         ),
-        ("v2-encode+chain", encode as fn(&AuditRecord, &mut Vec<u8>)),
+        ("v2-encode+chain", |r: &AuditRecord, out: &mut Vec<u8>| {
+            encode(&r.entry(), out)
+        }),
     ] {
         payload.clear();
         form(&record, &mut payload);

@@ -43,7 +43,7 @@ fn engine(extra: usize) -> (PolicyEngine, tempfile::TempDir) {
 fn query(principal: &str, action: &str) -> Query {
     Query {
         principal: principal.to_owned(),
-        roles: vec!["agent".to_owned()],
+        roles: vec!["agent".to_owned()].into(),
         action: action.to_owned(),
         resource: "https://example.org/page".to_owned(),
         context: serde_json::Map::new(),

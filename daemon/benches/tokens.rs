@@ -63,7 +63,7 @@ fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let tokens = service(dir.path());
     let admin = Holdings {
-        roles: vec![],
+        roles: Vec::new().into(),
         capabilities: vec!["*".to_owned()],
     };
     let issue = |caps: &[&str]| {
@@ -136,7 +136,7 @@ fn bench_scale(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let admin_holdings = Holdings {
-        roles: vec![],
+        roles: Vec::new().into(),
         capabilities: vec!["*".to_owned()],
     };
     let admin = Requester {
@@ -144,7 +144,7 @@ fn bench_scale(c: &mut Criterion) {
         holdings: &admin_holdings,
     };
     let web_holdings = Holdings {
-        roles: vec![],
+        roles: Vec::new().into(),
         capabilities: vec!["tokens.list".to_owned(), "tokens.revoke".to_owned()],
     };
     let web = Requester {

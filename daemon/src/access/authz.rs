@@ -29,7 +29,8 @@ pub const MAX_RESOURCE_BYTES: usize = 512;
 /// What one principal holds, roles expanded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Holdings {
-    pub roles: Vec<String>,
+    /// Shared: every policy query for the principal carries them (no copy per call).
+    pub roles: Arc<[String]>,
     /// Sorted, deduplicated patterns.
     pub capabilities: Vec<String>,
 }
@@ -238,13 +239,14 @@ pub fn validate_resource_path(path: &str) -> Result<(), String> {
 /// The grant table of one configuration.
 #[derive(Debug, Default)]
 pub struct Grants {
-    by_principal: HashMap<String, Holdings>,
+    /// foldhash, seeded per process: looked up on every authorized call, often twice.
+    by_principal: HashMap<String, Holdings, foldhash::fast::RandomState>,
 }
 
 impl Grants {
     /// Builds the table from a validated configuration (dev grant included).
     pub fn from_config(config: &Config) -> Self {
-        let mut by_principal = HashMap::new();
+        let mut by_principal = HashMap::default();
         for grant in config.effective_grants() {
             let mut caps: BTreeSet<String> = grant.capabilities.iter().cloned().collect();
             for role in &grant.roles {
@@ -255,7 +257,7 @@ impl Grants {
             by_principal.insert(
                 grant.principal.clone(),
                 Holdings {
-                    roles: grant.roles.clone(),
+                    roles: grant.roles.as_slice().into(),
                     capabilities: caps.into_iter().collect(),
                 },
             );
@@ -309,7 +311,7 @@ impl Authorizer {
     }
 
     /// The roles `principal`'s grants give it (none when it has no grants).
-    pub fn roles_of(&self, principal: &str) -> Vec<String> {
+    pub fn roles_of(&self, principal: &str) -> Arc<[String]> {
         self.grants
             .load()
             .holdings(principal)
@@ -367,7 +369,7 @@ mod tests {
         assert!(!pattern_covers("admin.status", "admin.status.*"));
         assert!(!pattern_covers("vision.stream.*", "vision.*"));
         let holdings = Holdings {
-            roles: vec![],
+            roles: Arc::from([]),
             capabilities: vec!["secrets.read".into(), "vision.*".into()],
         };
         assert!(holdings.covers("vision.capture"));

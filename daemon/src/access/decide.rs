@@ -11,9 +11,10 @@
 //! Evaluation ([`Access::evaluate`]) and recording ([`Pending::record`]) are separate so a batch can
 //! evaluate every item before it audits any; [`Access::decide`] does both.
 
+use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
-use crate::access::audit::{AuditKind, AuditRecord};
+use crate::access::audit::{AuditKind, Entry};
 use crate::access::caller::Caller;
 use crate::access::events::WouldDeny;
 use crate::access::{AUDIT_UNAVAILABLE, Access, WOULD_DENY};
@@ -58,11 +59,18 @@ pub struct Decided {
     pub advisory: bool,
 }
 
-/// An evaluated decision whose audit record is not written yet.
+/// An evaluated decision whose audit record is not written yet. It holds what the record is
+/// encoded from (the query, the caller, the answer), so recording copies none of it.
 #[must_use = "a decision counts only once it is recorded"]
 pub struct Pending<'a> {
     access: &'a Access,
-    record: AuditRecord,
+    caller: &'a Caller,
+    kind: AuditKind,
+    query: Query,
+    allowed: bool,
+    reasons: Vec<String>,
+    decision_id: String,
+    correlation_id: String,
     errors: Vec<String>,
     advisory: bool,
 }
@@ -127,11 +135,11 @@ impl Access {
     }
 
     /// Steps 1 to 3: the check-as rule, the policies, the rules' verdict. Nothing is audited yet.
-    pub fn evaluate(
-        &self,
-        caller: &Caller,
+    pub fn evaluate<'a>(
+        &'a self,
+        caller: &'a Caller,
         request: DecisionRequest,
-    ) -> Result<Pending<'_>, ServiceError> {
+    ) -> Result<Pending<'a>, ServiceError> {
         let DecisionRequest {
             kind,
             principal,
@@ -168,22 +176,15 @@ impl Access {
         }
         Ok(Pending {
             access: self,
-            record: AuditRecord {
-                seq: 0,
-                time_unix_ms: 0,
-                decision_id: self.audit.decision_id(),
-                kind,
-                caller: caller.principal.name.clone(),
-                principal: query.principal,
-                action: query.action,
-                resource: query.resource,
-                allowed,
-                reasons,
-                correlation_id,
-                count: 1,
-            },
+            caller,
+            kind,
+            allowed,
+            reasons,
+            decision_id: self.audit.decision_id(),
+            correlation_id,
             errors: policy.errors.clone(),
             advisory,
+            query,
         })
     }
 
@@ -193,24 +194,71 @@ impl Access {
         caller: &Caller,
         request: DecisionRequest,
     ) -> Result<Decided, ServiceError> {
-        Ok(self.evaluate(caller, request)?.record().await)
+        match self.evaluate(caller, request)?.record_now() {
+            Ok(decided) => Ok(decided),
+            Err(waiting) => Ok(waiting.await),
+        }
     }
 }
 
-impl Pending<'_> {
+impl<'a> Pending<'a> {
     /// Step 4: audits the decision. A fail-closed action whose record cannot be written is denied.
     pub async fn record(self) -> Decided {
+        match self.record_now() {
+            Ok(decided) => decided,
+            Err(waiting) => waiting.await,
+        }
+    }
+
+    /// Step 4 without a future when nothing waits: a decision on an action that is not
+    /// fail-closed is queued for the log and answered at once (`Ok`); a fail-closed one returns
+    /// the wait for its record (`Err`), boxed, so that every other decision's future stays small
+    /// (a Check's future is copied at each move, and the wait's timer and select are large).
+    pub fn record_now(self) -> Result<Decided, BoxFuture<'a, Decided>> {
+        if self.access.audit.fails_closed(&self.query.action) {
+            return Err(Box::pin(async move {
+                let recorded = self
+                    .access
+                    .audit
+                    .record_durable_entry(self.entry())
+                    .await
+                    .is_ok();
+                self.answer(recorded)
+            }));
+        }
+        // A lost record is counted by the audit log; the decision stands.
+        let _ = self.access.audit.record_entry(self.entry());
+        Ok(self.answer(true))
+    }
+
+    /// The record, encoded from what the decision holds (no copies).
+    fn entry(&self) -> Entry<'_> {
+        Entry {
+            time_unix_ms: 0,
+            decision_id: &self.decision_id,
+            kind: self.kind,
+            caller: &self.caller.principal.name,
+            principal: &self.query.principal,
+            action: &self.query.action,
+            resource: &self.query.resource,
+            allowed: self.allowed,
+            reasons: &self.reasons,
+            correlation_id: &self.correlation_id,
+            count: 1,
+        }
+    }
+
+    /// The answer; its reasons and id move out of the decision. Without its record an allowed
+    /// decision is denied ([`AUDIT_UNAVAILABLE`]).
+    fn answer(self, recorded: bool) -> Decided {
         let Pending {
-            access,
-            mut record,
+            mut allowed,
+            mut reasons,
+            decision_id,
             errors,
             mut advisory,
+            ..
         } = self;
-        let mut allowed = record.allowed;
-        // The record is encoded into the queue; its reasons and id then go on into the answer
-        // (no copies).
-        let recorded = access.audit_decision(&mut record).await;
-        let mut reasons = std::mem::take(&mut record.reasons);
         if !recorded && allowed {
             allowed = false;
             advisory = false;
@@ -220,7 +268,7 @@ impl Pending<'_> {
             allowed,
             reasons,
             errors,
-            decision_id: std::mem::take(&mut record.decision_id),
+            decision_id,
             advisory,
         }
     }

@@ -185,20 +185,8 @@ impl Access {
     }
 
     /// The roles the grants give `principal`.
-    pub fn roles_of(&self, principal: &str) -> Vec<String> {
+    pub fn roles_of(&self, principal: &str) -> Arc<[String]> {
         self.authorizer.roles_of(principal)
-    }
-
-    /// Audits a decision. For fail-closed actions it waits for the record to be on disk and turns
-    /// the decision into a denial when it cannot be; returns whether the decision still stands.
-    pub async fn audit_decision(&self, record: &mut AuditRecord) -> bool {
-        if self.audit.fails_closed(&record.action) {
-            self.audit.record_durable_kept(record).await.is_ok()
-        } else {
-            // A lost record is counted by the audit log; the decision stands.
-            let _ = self.audit.record_kept(record);
-            true
-        }
     }
 
     /// [`require_scope`] against the live grants; a refusal is audited (kind `access`, action the

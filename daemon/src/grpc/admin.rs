@@ -140,7 +140,7 @@ impl Admin for AdminService {
         Ok(Response::new(WhoAmIReply {
             principal: principal.name.clone(),
             principal_source: principal.source.as_str().to_owned(),
-            roles: holdings.roles,
+            roles: holdings.roles.to_vec(),
             capabilities: holdings.capabilities,
         }))
     }

@@ -110,6 +110,11 @@ pub fn current() -> Option<CorrelationId> {
     CURRENT.try_with(CorrelationId::clone).ok()
 }
 
+/// [`current`] lent to `f` rather than copied (the audit log encodes it where it lies).
+pub fn with_current<R>(f: impl FnOnce(&str) -> R) -> Option<R> {
+    CURRENT.try_with(|id| f(id.as_str())).ok()
+}
+
 /// The call's correlation id: the one the layer assigned; for a request that did not pass the layer
 /// (unit tests), `x-request-id` when it is 1–128 printable ASCII bytes, else empty.
 pub fn correlation_id<T>(request: &Request<T>) -> String {

@@ -264,19 +264,18 @@ impl<S> AuthService<S> {
     ) -> Result<(), ServiceError> {
         let authorizer = &self.access.authorizer;
         let name = &caller.principal.name;
-        let (may, granted) = match holding {
-            Holding::Everywhere => (
-                caller.may(authorizer, capability),
-                authorizer.allows(name, capability),
-            ),
-            Holding::Somewhere => (
-                caller.may_family(authorizer, capability),
-                authorizer.allows_family(name, capability),
-            ),
+        let may = match holding {
+            Holding::Everywhere => caller.may(authorizer, capability),
+            Holding::Somewhere => caller.may_family(authorizer, capability),
         };
         if may {
             return Ok(());
         }
+        // Only a refusal asks whether the grants alone would have allowed it (a second lookup).
+        let granted = match holding {
+            Holding::Everywhere => authorizer.allows(name, capability),
+            Holding::Somewhere => authorizer.allows_family(name, capability),
+        };
         let reason = if granted {
             format!(
                 "the presented capability token does not cover {capability:?}, required by {path}"

@@ -468,8 +468,8 @@ fn first_line(text: &str) -> &str {
 #[derive(Debug, Clone)]
 pub struct Query {
     pub principal: String,
-    /// The principal's granted roles.
-    pub roles: Vec<String>,
+    /// The principal's granted roles (shared with the grant table).
+    pub roles: Arc<[String]>,
     pub action: String,
     pub resource: String,
     /// The caller's context; must not contain [`SIGNED_PERMIT`].
@@ -532,7 +532,7 @@ struct CacheEntry {
     principal: String,
     action: String,
     resource: String,
-    roles: Vec<String>,
+    roles: Arc<[String]>,
     /// The context as JSON; empty for an empty context.
     context: String,
     decision: Arc<Decision>,
@@ -1030,12 +1030,17 @@ pub fn validate_action(action: &str) -> Result<(), String> {
     if action.len() > MAX_ACTION_LEN {
         return Err(format!("at most {MAX_ACTION_LEN} bytes"));
     }
-    let ok = action.split('.').all(|segment| {
-        !segment.is_empty()
-            && segment
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-    });
+    // One pass over the bytes (every Check validates its action): no empty segment, so no dot
+    // first, last or after another.
+    let mut after_dot = true;
+    let ok = action.bytes().all(|b| {
+        if b == b'.' {
+            !std::mem::replace(&mut after_dot, true)
+        } else {
+            after_dot = false;
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+        }
+    }) && !after_dot;
     if ok {
         Ok(())
     } else {

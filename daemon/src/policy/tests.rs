@@ -320,7 +320,21 @@ fn context_is_passed_and_checked() {
 fn action_names() {
     assert!(validate_action("web.post").is_ok());
     assert!(validate_action("a-b_c.d9").is_ok());
-    for bad in ["", "web..post", ".web", "web.", "Web", "web post", "web.*"] {
+    assert!(validate_action("a").is_ok());
+    assert!(validate_action("x.y.z").is_ok());
+    for bad in [
+        "",
+        ".",
+        "..",
+        "web..post",
+        ".web",
+        "web.",
+        "Web",
+        "web post",
+        "web.*",
+        "wéb",
+        "a.b.",
+    ] {
         assert!(validate_action(bad).is_err(), "{bad:?}");
     }
     assert!(validate_action(&"a".repeat(MAX_ACTION_LEN + 1)).is_err());

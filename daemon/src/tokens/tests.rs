@@ -23,7 +23,7 @@ fn settings() -> TokensConfig {
 
 fn holdings(caps: &[&str]) -> Holdings {
     Holdings {
-        roles: vec![],
+        roles: std::sync::Arc::from([]),
         capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
     }
 }

@@ -143,6 +143,45 @@ pub struct AuditRecord {
     pub count: u32,
 }
 
+impl AuditRecord {
+    /// The record's fields, borrowed: what [`segment::encode`] writes.
+    pub fn entry(&self) -> Entry<'_> {
+        Entry {
+            time_unix_ms: self.time_unix_ms,
+            decision_id: &self.decision_id,
+            kind: self.kind,
+            caller: &self.caller,
+            principal: &self.principal,
+            action: &self.action,
+            resource: &self.resource,
+            allowed: self.allowed,
+            reasons: &self.reasons,
+            correlation_id: &self.correlation_id,
+            count: self.count,
+        }
+    }
+}
+
+/// A record to be written, its strings borrowed from whoever made it: a decision records what its
+/// query, its caller and its answer already hold, without copying them into an [`AuditRecord`].
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    /// 0: the time it is queued.
+    pub time_unix_ms: u64,
+    pub decision_id: &'a str,
+    pub kind: AuditKind,
+    pub caller: &'a str,
+    pub principal: &'a str,
+    pub action: &'a str,
+    pub resource: &'a str,
+    pub allowed: bool,
+    pub reasons: &'a [String],
+    /// Empty: the current call's ([`crate::grpc::correlation::with_current`]), if any.
+    pub correlation_id: &'a str,
+    /// How many identical events the record stands for (0 counts as 1).
+    pub count: u32,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("the audit queue is full")]
@@ -184,11 +223,27 @@ struct Pending {
 }
 
 impl Pending {
-    fn new(record: &AuditRecord, written: Option<oneshot::Sender<bool>>) -> Pending {
+    /// Encodes `entry`, timed now if it has no time, with the current call's correlation id if it
+    /// has none (every record a call causes carries its id).
+    fn new(mut entry: Entry<'_>, now: &Now, written: Option<oneshot::Sender<bool>>) -> Pending {
+        if entry.time_unix_ms == 0 {
+            entry.time_unix_ms = now();
+        }
+        let record = if entry.correlation_id.is_empty() {
+            crate::grpc::correlation::with_current(|id| {
+                Encoded::of(&Entry {
+                    correlation_id: id,
+                    ..entry
+                })
+            })
+            .unwrap_or_else(|| Encoded::of(&entry))
+        } else {
+            Encoded::of(&entry)
+        };
         Pending {
-            record: Encoded::new(record),
-            kind: record.kind,
-            count: record.count,
+            record,
+            kind: entry.kind,
+            count: entry.count,
             written,
         }
     }
@@ -363,30 +418,25 @@ impl AuditLog {
     }
 
     /// Queues a record without waiting. An error means the record is lost (and counted).
-    pub fn record(&self, mut record: AuditRecord) -> Result<(), AuditError> {
-        self.shared.record(&mut record)
+    pub fn record(&self, record: AuditRecord) -> Result<(), AuditError> {
+        self.shared.record(record.entry())
     }
 
-    /// [`AuditLog::record`] for a record the caller keeps (a decision's reasons and id go on into
-    /// its answer): the record is encoded into the queue, its time and correlation id filled in
-    /// `record` as they were recorded.
-    pub fn record_kept(&self, record: &mut AuditRecord) -> Result<(), AuditError> {
-        self.shared.record(record)
+    /// [`AuditLog::record`] for borrowed fields: a decision records what its query and answer hold
+    /// (the answer then takes its reasons and id without copies). Encoded into the queue at once.
+    pub fn record_entry(&self, entry: Entry<'_>) -> Result<(), AuditError> {
+        self.shared.record(entry)
     }
 
     /// Queues a record and waits until it is on disk (fail-closed decisions), at most
     /// [`DURABLE_WAIT`].
-    pub async fn record_durable(&self, mut record: AuditRecord) -> Result<(), AuditError> {
-        self.record_durable_kept(&mut record).await
+    pub async fn record_durable(&self, record: AuditRecord) -> Result<(), AuditError> {
+        self.record_durable_entry(record.entry()).await
     }
 
-    /// [`AuditLog::record_durable`] for a record the caller keeps (see [`AuditLog::record_kept`]).
-    pub async fn record_durable_kept(&self, record: &mut AuditRecord) -> Result<(), AuditError> {
-        let (kind, count) = (record.kind, record.count.max(1));
-        if record.time_unix_ms == 0 {
-            record.time_unix_ms = (self.shared.now)();
-        }
-        fill_correlation(record);
+    /// [`AuditLog::record_durable`] for borrowed fields (see [`AuditLog::record_entry`]).
+    pub async fn record_durable_entry(&self, entry: Entry<'_>) -> Result<(), AuditError> {
+        let (kind, count) = (entry.kind, entry.count.max(1));
         let (written, done) = oneshot::channel();
         let result = async {
             if !*self.writer_running.borrow() {
@@ -394,7 +444,7 @@ impl AuditLog {
             }
             self.shared
                 .tx
-                .try_send(Pending::new(record, Some(written)))
+                .try_send(Pending::new(entry, &self.shared.now, Some(written)))
                 .map_err(|err| match err {
                     mpsc::error::TrySendError::Full(_) => AuditError::QueueFull,
                     mpsc::error::TrySendError::Closed(_) => AuditError::Closed,
@@ -594,12 +644,8 @@ impl Shared {
         String::from_utf8(text.to_vec()).unwrap_or_default()
     }
 
-    fn record(&self, record: &mut AuditRecord) -> Result<(), AuditError> {
-        if record.time_unix_ms == 0 {
-            record.time_unix_ms = (self.now)();
-        }
-        fill_correlation(record);
-        match self.tx.try_send(Pending::new(record, None)) {
+    fn record(&self, entry: Entry<'_>) -> Result<(), AuditError> {
+        match self.tx.try_send(Pending::new(entry, &self.now, None)) {
             Ok(()) => {
                 self.queued.fetch_add(1, Ordering::AcqRel);
                 Ok(())
@@ -672,18 +718,17 @@ impl Shared {
         for ((caller, method, reason), (count, correlation_id)) in
             ready.keys.into_iter().chain(overflow)
         {
-            let _ = self.record(&mut AuditRecord {
-                seq: 0,
+            let _ = self.record(Entry {
                 time_unix_ms,
-                decision_id: self.decision_id(),
+                decision_id: &self.decision_id(),
                 kind: AuditKind::Access,
-                principal: caller.clone(),
-                caller,
-                action: method,
-                resource: String::new(),
+                caller: &caller,
+                principal: &caller,
+                action: &method,
+                resource: "",
                 allowed: false,
-                reasons: vec![reason],
-                correlation_id,
+                reasons: &[reason],
+                correlation_id: &correlation_id,
                 count,
             });
         }
@@ -695,16 +740,6 @@ fn lower_hex(mut value: u64, out: &mut [u8]) {
     for digit in out.iter_mut().rev() {
         *digit = b"0123456789abcdef"[(value & 0xf) as usize];
         value >>= 4;
-    }
-}
-
-/// A record queued without a correlation id while a call is handled on this task gets the call's
-/// (`grpc::correlation::current`): every record a call causes carries its id.
-fn fill_correlation(record: &mut AuditRecord) {
-    if record.correlation_id.is_empty() {
-        if let Some(id) = crate::grpc::correlation::current() {
-            record.correlation_id = id.as_str().to_owned();
-        }
     }
 }
 

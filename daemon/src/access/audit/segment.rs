@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use super::{AuditKind, AuditRecord};
+use super::{AuditKind, AuditRecord, Entry};
 
 /// The header of the segments this build writes: payloads in the compact form ([`encode`]).
 pub const MAGIC: &[u8; 8] = b"BSAUDIT2";
@@ -182,9 +182,9 @@ const KNOWN_FLAGS: u8 = ALLOWED | PRINCIPAL_IS_CALLER | DECISION_ID_PACKED | COR
 /// action:text resource:text correlation_id:(hex32 [16] | text) n:varint reason:text*
 /// text = len:varint UTF-8          varint = LEB128
 /// ```
-pub fn encode(r: &AuditRecord, out: &mut Vec<u8>) {
-    let decision_id = packed_hex::<10>(&r.decision_id);
-    let correlation_id = packed_hex::<16>(&r.correlation_id);
+pub fn encode(r: &Entry<'_>, out: &mut Vec<u8>) {
+    let decision_id = packed_hex::<10>(r.decision_id);
+    let correlation_id = packed_hex::<16>(r.correlation_id);
     let mut flags = 0;
     if r.allowed {
         flags |= ALLOWED;
@@ -204,20 +204,20 @@ pub fn encode(r: &AuditRecord, out: &mut Vec<u8>) {
     put_varint(out, u64::from(r.count));
     match &decision_id {
         Some(packed) => out.extend_from_slice(packed),
-        None => put_text(out, &r.decision_id),
+        None => put_text(out, r.decision_id),
     }
-    put_text(out, &r.caller);
+    put_text(out, r.caller);
     if r.principal != r.caller {
-        put_text(out, &r.principal);
+        put_text(out, r.principal);
     }
-    put_text(out, &r.action);
-    put_text(out, &r.resource);
+    put_text(out, r.action);
+    put_text(out, r.resource);
     match &correlation_id {
         Some(packed) => out.extend_from_slice(packed),
-        None => put_text(out, &r.correlation_id),
+        None => put_text(out, r.correlation_id),
     }
     put_varint(out, r.reasons.len() as u64);
-    for reason in &r.reasons {
+    for reason in r.reasons {
         put_text(out, reason);
     }
 }
@@ -232,6 +232,10 @@ pub struct Encoded {
 
 impl Encoded {
     pub fn new(r: &AuditRecord) -> Encoded {
+        Encoded::of(&r.entry())
+    }
+
+    pub fn of(r: &Entry<'_>) -> Encoded {
         // A typical decision's payload is 100–200 bytes: one allocation.
         let mut payload = Vec::with_capacity(192);
         encode(r, &mut payload);

@@ -547,7 +547,7 @@ fn the_binary_forms_round_trip() {
             if version == 1 {
                 segment::encode_v1(r, &mut bytes);
             } else {
-                segment::encode(r, &mut bytes);
+                segment::encode(&r.entry(), &mut bytes);
             }
             let mut back = segment::decode(version, 0, &bytes).unwrap();
             back.seq = r.seq;
@@ -562,7 +562,7 @@ fn the_binary_forms_round_trip() {
     // The compact form is what the log writes: packed ids, no repeated principal.
     let (mut v1, mut v2) = (Vec::new(), Vec::new());
     segment::encode_v1(&typical, &mut v1);
-    segment::encode(&typical, &mut v2);
+    segment::encode(&typical.entry(), &mut v2);
     // Decision id 24 → 10 bytes, principal 20 → 0, correlation id 36 → 16, count 4 → 2, five
     // lengths and the reason count 4 → 1.
     assert_eq!((v1.len(), v2.len()), (142, 142 - 14 - 20 - 20 - 2 - 15));
