@@ -386,11 +386,11 @@ impl Redactor {
             return remembered;
         }
         // Hashed before the lock is taken: writers hold it only for the table updates.
-        let marks: Vec<Mark> = variants(value).iter().map(|v| self.mark(v)).collect();
+        let forms = self.marks(value);
         let mut full = false;
         {
             let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-            for mark in marks {
+            for &mark in forms.marks() {
                 if self.add(&mut entries, mark) {
                     remembered.push(mark);
                 } else {
@@ -415,9 +415,9 @@ impl Redactor {
         if value.len() < MIN_EXACT_LEN {
             return;
         }
-        let marks: Vec<Mark> = variants(value).iter().map(|v| self.mark(v)).collect();
+        let forms = self.marks(value);
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        for mark in marks {
+        for &mark in forms.marks() {
             self.remove(&mut entries, mark);
         }
         self.distinct.store(entries.distinct, Ordering::Release);
@@ -440,6 +440,15 @@ impl Redactor {
     /// Distinct fingerprints remembered (escaped forms of a value count separately).
     pub fn remembered(&self) -> usize {
         self.distinct.load(Ordering::Acquire)
+    }
+
+    /// The marks of every form of `value` (not yet counted anywhere).
+    fn marks(&self, value: &[u8]) -> Remembered {
+        let mut forms = Remembered::default();
+        for variant in variants(value) {
+            forms.push(self.mark(&variant));
+        }
+        forms
     }
 
     fn mark(&self, value: &[u8]) -> Mark {

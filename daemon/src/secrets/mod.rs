@@ -28,7 +28,7 @@ mod rotation;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use base64::Engine;
@@ -524,10 +524,11 @@ struct State {
     damaged: BTreeSet<String>,
     /// `(next rotation, path)` of every secret with a rotation period.
     due: BTreeSet<(u64, String)>,
-    /// What the log redactor counted for each stored version's value, by path and version: handed
-    /// back when the version is pruned or destroyed. A version without one (value shorter than the
-    /// redactor's minimum, refused at its cap, or not opened at start) has nothing to forget.
-    remembered: HashMap<String, BTreeMap<u64, Remembered>>,
+    /// What the log redactor counted for each stored version's value, by path, oldest version
+    /// first (a put appends, pruning takes from the front): handed back when the version is pruned
+    /// or destroyed. A version without one (value shorter than the redactor's minimum, refused at
+    /// its cap, or not opened at start) has nothing to forget.
+    remembered: HashMap<String, VecDeque<(u64, Remembered)>>,
 }
 
 impl State {
@@ -542,16 +543,21 @@ impl State {
         let added = added.filter(|(_, r)| !r.is_empty());
         let mut gone = Vec::new();
         if let Some(versions) = self.remembered.get_mut(path) {
-            gone.extend(removed.iter().filter_map(|v| versions.remove(v)));
+            for version in removed {
+                if let Ok(at) = versions.binary_search_by_key(version, |(v, _)| *v) {
+                    gone.extend(versions.remove(at).map(|(_, r)| r));
+                }
+            }
             if let Some((version, remembered)) = added {
-                versions.insert(version, remembered);
+                let at = versions.partition_point(|(v, _)| *v < version);
+                versions.insert(at, (version, remembered));
             }
             if versions.is_empty() {
                 self.remembered.remove(path);
             }
-        } else if let Some((version, remembered)) = added {
+        } else if let Some(added) = added {
             self.remembered
-                .insert(path.to_owned(), BTreeMap::from([(version, remembered)]));
+                .insert(path.to_owned(), VecDeque::from([added]));
         }
         gone
     }
@@ -814,7 +820,7 @@ impl Secrets {
         let state = &mut *state;
         let mut unreadable = 0u64;
         for (path, meta) in &state.metas {
-            let mut remembered = BTreeMap::new();
+            let mut remembered = VecDeque::new();
             for (version, info) in &meta.versions {
                 if info.destroyed_ms.is_some() {
                     continue;
@@ -823,7 +829,7 @@ impl Secrets {
                     Ok(value) => {
                         let counted = self.redactor.remember(&value);
                         if !counted.is_empty() {
-                            remembered.insert(*version, counted);
+                            remembered.push_back((*version, counted));
                         }
                     }
                     Err(_) => unreadable += 1,
