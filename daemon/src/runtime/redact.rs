@@ -70,6 +70,13 @@
 //! window length); beyond that a value is not added and a warning is logged once. Counts are per fingerprint: two
 //! secrets with the same value stay redacted until both are forgotten.
 //!
+//! **Forgetting without the value.** [`Redactor::remember`] returns a [`Remembered`]: the length and
+//! fingerprints of each form it counted (at most three, 80 bytes, no plaintext). The secrets store
+//! keeps one per stored version and hands it to [`Redactor::forget_remembered`] when the version is
+//! pruned or destroyed, which takes out exactly those counts, so it need not decrypt the version.
+//! A form refused at the cap is not in it, so forgetting never takes out a count that another
+//! secret's remember added. [`Redactor::forget`] (by value) remains for callers that hold the value.
+//!
 //! **What it cannot catch**: a value split across two log lines (or two events), values shorter than
 //! 8 bytes (unless a keyword or the entropy rule catches them), any other encoding of a value (base64
 //! or hex of a secret, URL encoding, a prefix or a substring of it), and low-entropy secrets logged
@@ -159,6 +166,55 @@ impl Hasher for FingerprintHasher {
 }
 
 type Table = HashMap<u64, Vec<Whole>, BuildHasherDefault<FingerprintHasher>>;
+
+/// One form of a value as the table keys it: its length, the fingerprint of its window (its first
+/// `min(len, WINDOW)` bytes) and of the whole value.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Mark {
+    len: usize,
+    window: u64,
+    whole: u64,
+}
+
+/// What one [`Redactor::remember`] counted: the fingerprints of each form of the value (raw bytes,
+/// escaped forms) it added or counted again, at most three, never the value. Handing it back to
+/// [`Redactor::forget_remembered`] takes exactly those counts out, without the value: the secrets
+/// store keeps one per stored version, so pruning or destroying a version need not decrypt it.
+/// Empty when nothing was counted (a value shorter than [`MIN_EXACT_LEN`], or a new value beyond
+/// [`MAX_ENTRIES`]). Only meaningful to the redactor that made it.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Remembered {
+    marks: [Mark; 3],
+    count: u8,
+}
+
+impl Remembered {
+    /// Whether nothing was counted (forgetting it does nothing).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn push(&mut self, mark: Mark) {
+        // `variants` yields at most three forms.
+        if let Some(slot) = self.marks.get_mut(usize::from(self.count)) {
+            *slot = mark;
+            self.count += 1;
+        }
+    }
+
+    fn marks(&self) -> &[Mark] {
+        &self.marks[..usize::from(self.count)]
+    }
+}
+
+impl std::fmt::Debug for Remembered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Fingerprints stay out of debug output, like the values they stand for.
+        f.debug_struct("Remembered")
+            .field("forms", &self.count)
+            .finish_non_exhaustive()
+    }
+}
 
 /// One remembered value: its length, its fingerprint and how many stored secrets have it.
 struct Whole {
@@ -322,16 +378,24 @@ impl Redactor {
     }
 
     /// A value that is currently stored; from now on it is redacted from every log line. Values
-    /// shorter than [`MIN_EXACT_LEN`] bytes are ignored.
-    pub fn remember(&self, value: &[u8]) {
+    /// shorter than [`MIN_EXACT_LEN`] bytes are ignored. Returns what was counted, for
+    /// [`forget_remembered`](Self::forget_remembered).
+    pub fn remember(&self, value: &[u8]) -> Remembered {
+        let mut remembered = Remembered::default();
         if value.len() < MIN_EXACT_LEN {
-            return;
+            return remembered;
         }
+        // Hashed before the lock is taken: writers hold it only for the table updates.
+        let forms = self.marks(value);
         let mut full = false;
         {
             let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-            for variant in variants(value) {
-                full |= !self.add(&mut entries, &variant);
+            for &mark in forms.marks() {
+                if self.add(&mut entries, mark) {
+                    remembered.push(mark);
+                } else {
+                    full = true;
+                }
             }
             self.distinct.store(entries.distinct, Ordering::Release);
         }
@@ -342,6 +406,7 @@ impl Redactor {
                 "log redaction: too many distinct secret values; further values are not redacted by value"
             );
         }
+        remembered
     }
 
     /// A value that was destroyed or pruned. The set counts: a value remembered twice stays redacted
@@ -350,9 +415,24 @@ impl Redactor {
         if value.len() < MIN_EXACT_LEN {
             return;
         }
+        let forms = self.marks(value);
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        for variant in variants(value) {
-            self.remove(&mut entries, &variant);
+        for &mark in forms.marks() {
+            self.remove(&mut entries, mark);
+        }
+        self.distinct.store(entries.distinct, Ordering::Release);
+    }
+
+    /// Takes out exactly what one [`remember`](Self::remember) counted, without the value: each
+    /// form's count goes down by one, and the value stays redacted while another remember of it
+    /// is not forgotten. Hand each `Remembered` back once.
+    pub fn forget_remembered(&self, remembered: &Remembered) {
+        if remembered.is_empty() {
+            return;
+        }
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        for &mark in remembered.marks() {
+            self.remove(&mut entries, mark);
         }
         self.distinct.store(entries.distinct, Ordering::Release);
     }
@@ -362,14 +442,30 @@ impl Redactor {
         self.distinct.load(Ordering::Acquire)
     }
 
-    fn add(&self, entries: &mut Entries, value: &[u8]) -> bool {
-        let window_len = value.len().min(WINDOW);
-        let window_fp = self.hash(&value[..window_len]);
-        let fingerprint = if window_len == value.len() {
-            window_fp
+    /// The marks of every form of `value` (not yet counted anywhere).
+    fn marks(&self, value: &[u8]) -> Remembered {
+        let mut forms = Remembered::default();
+        for variant in variants(value) {
+            forms.push(self.mark(&variant));
+        }
+        forms
+    }
+
+    fn mark(&self, value: &[u8]) -> Mark {
+        let len = value.len();
+        let window = self.hash(&value[..len.min(WINDOW)]);
+        let whole = if len <= WINDOW {
+            window
         } else {
             self.hash(value)
         };
+        Mark { len, window, whole }
+    }
+
+    /// Adds or counts `mark`; false if it is new and the set is full.
+    fn add(&self, entries: &mut Entries, mark: Mark) -> bool {
+        let window_len = mark.len.min(WINDOW);
+        let window_fp = mark.window;
         let index = match entries.windows.binary_search_by_key(&window_len, |w| w.len) {
             Ok(index) => index,
             Err(index) => {
@@ -386,7 +482,7 @@ impl Redactor {
             .or_insert_with(|| Vec::with_capacity(1));
         if let Some(whole) = wholes
             .iter_mut()
-            .find(|w| w.len == value.len() && w.fingerprint == fingerprint)
+            .find(|w| w.len == mark.len && w.fingerprint == mark.whole)
         {
             whole.count = whole.count.saturating_add(1);
             return true;
@@ -401,8 +497,8 @@ impl Redactor {
             return false;
         }
         wholes.push(Whole {
-            len: value.len(),
-            fingerprint,
+            len: mark.len,
+            fingerprint: mark.whole,
             count: 1,
         });
         entries.windows[index].mark(window_fp);
@@ -410,24 +506,19 @@ impl Redactor {
         true
     }
 
-    fn remove(&self, entries: &mut Entries, value: &[u8]) {
-        let window_len = value.len().min(WINDOW);
+    fn remove(&self, entries: &mut Entries, mark: Mark) {
+        let window_len = mark.len.min(WINDOW);
         let Ok(index) = entries.windows.binary_search_by_key(&window_len, |w| w.len) else {
             return;
         };
-        let window_fp = self.hash(&value[..window_len]);
-        let fingerprint = if window_len == value.len() {
-            window_fp
-        } else {
-            self.hash(value)
-        };
+        let window_fp = mark.window;
         let window = &mut entries.windows[index];
         let Some(wholes) = window.table.get_mut(&window_fp) else {
             return;
         };
         let Some(at) = wholes
             .iter()
-            .position(|w| w.len == value.len() && w.fingerprint == fingerprint)
+            .position(|w| w.len == mark.len && w.fingerprint == mark.whole)
         else {
             return;
         };

@@ -14,7 +14,9 @@
 //!   List and the rotation schedule read memory only, nothing is counted by scanning.
 //! - Every change is sent to watchers ([`Change`]: path, version, kind, never the value) and audited
 //!   (kind `secret`, the principal and correlation id, never the value). Every stored value of at
-//!   least 8 bytes is handed to the log redactor, which removes it from any log line.
+//!   least 8 bytes is handed to the log redactor, which removes it from any log line; what the
+//!   redactor counted for it ([`Remembered`], fingerprints, never the value) is kept in memory per
+//!   version, so pruning and destroying a version take its value out without decrypting it.
 
 pub mod api;
 pub mod config;
@@ -26,7 +28,7 @@ mod rotation;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use base64::Engine;
@@ -43,6 +45,7 @@ pub use self::rotation::SecretsRotation;
 use crate::access::audit::{AuditKind, AuditLog, AuditRecord};
 use crate::crypto::keyset::KeySet;
 use crate::error::{FieldViolation, ServiceError};
+use crate::runtime::redact::{Redactor, Remembered};
 use crate::store::{Batch, Record, StoreError, Tree};
 
 /// Vault's limits on custom metadata.
@@ -521,6 +524,53 @@ struct State {
     damaged: BTreeSet<String>,
     /// `(next rotation, path)` of every secret with a rotation period.
     due: BTreeSet<(u64, String)>,
+    /// What the log redactor counted for each stored version's value, by path, oldest version
+    /// first (a put appends, pruning takes from the front): handed back when the version is pruned
+    /// or destroyed. A version without one (value shorter than the redactor's minimum, refused at
+    /// its cap, or not opened at start) has nothing to forget.
+    remembered: HashMap<String, VecDeque<(u64, Remembered)>>,
+}
+
+impl State {
+    /// Records `added` and takes out what was counted for the `removed` versions of `path`;
+    /// returns the latter, for the redactor.
+    fn swap_remembered(
+        &mut self,
+        path: &str,
+        removed: &[u64],
+        added: Option<(u64, Remembered)>,
+    ) -> Vec<Remembered> {
+        let added = added.filter(|(_, r)| !r.is_empty());
+        let mut gone = Vec::new();
+        if let Some(versions) = self.remembered.get_mut(path) {
+            for version in removed {
+                if let Ok(at) = versions.binary_search_by_key(version, |(v, _)| *v) {
+                    gone.extend(versions.remove(at).map(|(_, r)| r));
+                }
+            }
+            if let Some((version, remembered)) = added {
+                let at = versions.partition_point(|(v, _)| *v < version);
+                versions.insert(at, (version, remembered));
+            }
+            if versions.is_empty() {
+                self.remembered.remove(path);
+            }
+        } else if let Some(added) = added {
+            self.remembered
+                .insert(path.to_owned(), VecDeque::from([added]));
+        }
+        gone
+    }
+}
+
+/// What a change does to the log redactor once it is applied.
+#[derive(Default)]
+struct Redaction {
+    /// The new version, and what remembering its value counted (already counted: taken out again
+    /// if the change is not applied).
+    added: Option<(u64, Remembered)>,
+    /// Versions whose values are no longer stored (pruned or destroyed).
+    removed: Vec<u64>,
 }
 
 /// The secrets store.
@@ -539,6 +589,8 @@ pub struct Secrets {
     schedule: Arc<tokio::sync::Notify>,
     audit: OnceLock<Arc<AuditLog>>,
     metrics: SecretsMetrics,
+    /// The process-wide one ([`crate::runtime::redact::global`]); tests give each store its own.
+    redactor: &'static Redactor,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -576,16 +628,6 @@ fn invalid(field: &str, why: impl Into<String>) -> ServiceError {
     ServiceError::InvalidArgument(vec![FieldViolation::new(field, why)])
 }
 
-/// Hands a stored value to the log redactor.
-fn redact_value(value: &[u8]) {
-    crate::runtime::redact::global().remember(value);
-}
-
-/// Takes a value that is no longer stored out of the log redactor.
-fn unredact_value(value: &[u8]) {
-    crate::runtime::redact::global().forget(value);
-}
-
 /// A change on its way to the store, and what follows once the committer has applied it.
 struct Mirror {
     state: Arc<RwLock<State>>,
@@ -597,8 +639,8 @@ struct Mirror {
     meta: SecretMeta,
     kind: ChangeKind,
     versions: Vec<u64>,
-    /// Values no longer stored once the change is applied (for the log redactor).
-    forgotten: Vec<Zeroizing<Vec<u8>>>,
+    redactor: &'static Redactor,
+    redaction: Redaction,
     record: Option<AuditRecord>,
     /// `record` was written (and synced) before the change: fail-closed auditing.
     audited_first: bool,
@@ -620,7 +662,8 @@ impl Mirror {
             meta,
             kind,
             versions,
-            forgotten,
+            redactor,
+            redaction,
             record,
             audited_first,
             lock,
@@ -633,11 +676,17 @@ impl Mirror {
                 let _ = audit.record(record);
             }
             drop(lock);
+            // The new value is not stored after all.
+            if let Some((_, remembered)) = &redaction.added {
+                redactor.forget_remembered(remembered);
+            }
             return;
         }
         let now = meta.updated_ms;
+        let forgotten;
         {
             let mut state = state.write().unwrap_or_else(|e| e.into_inner());
+            forgotten = state.swap_remembered(&path, &redaction.removed, redaction.added);
             if let Some(old) = state.metas.get(&path) {
                 if let Some(at) = old.next_rotation_ms {
                     state.due.remove(&(at, path.clone()));
@@ -652,8 +701,8 @@ impl Mirror {
         }
         drop(lock);
         schedule.notify_one();
-        for value in &forgotten {
-            unredact_value(value);
+        for remembered in &forgotten {
+            redactor.forget_remembered(remembered);
         }
         metrics.changed(kind.as_str());
         for &version in &versions {
@@ -683,6 +732,17 @@ impl Secrets {
         keys: Arc<KeySet>,
         config: &config::SecretsConfig,
         clock: Arc<dyn Clock>,
+    ) -> Result<Secrets, OpenFailure> {
+        Self::open_with_redactor(tree, keys, config, clock, crate::runtime::redact::global())
+    }
+
+    /// [`open`](Self::open), feeding `redactor` instead of the process-wide one.
+    fn open_with_redactor(
+        tree: Tree,
+        keys: Arc<KeySet>,
+        config: &config::SecretsConfig,
+        clock: Arc<dyn Clock>,
+        redactor: &'static Redactor,
     ) -> Result<Secrets, OpenFailure> {
         let mut state = State::default();
         for item in tree.scan_prefix::<SecretMeta>(b"m:") {
@@ -718,6 +778,7 @@ impl Secrets {
             schedule: Arc::new(tokio::sync::Notify::new()),
             audit: OnceLock::new(),
             metrics: SecretsMetrics::new(),
+            redactor,
         };
         secrets.redact_stored_values();
         let state = secrets.read_state();
@@ -752,18 +813,30 @@ impl Secrets {
         self.stripes[(hash % STRIPES as u64) as usize].clone()
     }
 
+    /// Hands every stored value to the log redactor and keeps what it counted (see
+    /// [`State::remembered`]).
     fn redact_stored_values(&self) {
-        let state = self.read_state();
+        let mut state = self.write_state();
+        let state = &mut *state;
         let mut unreadable = 0u64;
         for (path, meta) in &state.metas {
+            let mut remembered = VecDeque::new();
             for (version, info) in &meta.versions {
                 if info.destroyed_ms.is_some() {
                     continue;
                 }
                 match self.open_version(path, *version) {
-                    Ok(value) => redact_value(&value),
+                    Ok(value) => {
+                        let counted = self.redactor.remember(&value);
+                        if !counted.is_empty() {
+                            remembered.push_back((*version, counted));
+                        }
+                    }
                     Err(_) => unreadable += 1,
                 }
+            }
+            if !remembered.is_empty() {
+                state.remembered.insert(path.clone(), remembered);
             }
         }
         if unreadable > 0 {
@@ -1027,7 +1100,7 @@ impl Secrets {
                 Some(now.saturating_add(meta.rotation_period_s.saturating_mul(1000)));
         }
         let mut batch = Batch::default();
-        let forgotten = self.prune(path, &mut meta, &mut batch);
+        let removed = self.prune(&mut meta, &mut batch, path);
         batch.put(
             &self.tree,
             &version_key(path, version),
@@ -1037,8 +1110,12 @@ impl Secrets {
             Origin::Put => ChangeKind::Put,
             Origin::Rotate => ChangeKind::Rotate,
         };
-        redact_value(&value);
-        self.commit(lock, actor, path, meta, batch, kind, &[version], forgotten)
+        // Before the value is stored, so no log line written after it is readable can show it.
+        let redaction = Redaction {
+            added: Some((version, self.redactor.remember(&value))),
+            removed,
+        };
+        self.commit(lock, actor, path, meta, batch, kind, &[version], redaction)
             .await?;
         Ok(Written {
             version,
@@ -1046,33 +1123,27 @@ impl Secrets {
         })
     }
 
-    /// Removes the oldest versions beyond `max_versions` from `meta` and `batch`; returns their
-    /// values, to be taken out of the log redactor once the change is applied.
-    fn prune(
-        &self,
-        path: &str,
-        meta: &mut SecretMeta,
-        batch: &mut Batch,
-    ) -> Vec<Zeroizing<Vec<u8>>> {
+    /// Removes the oldest versions beyond `max_versions` from `meta` and `batch`; returns those
+    /// whose values were stored, to be taken out of the log redactor once the change is applied
+    /// (by what remembering them counted: the pruned versions are not read).
+    fn prune(&self, meta: &mut SecretMeta, batch: &mut Batch, path: &str) -> Vec<u64> {
         let keep = match meta.max_versions {
             0 => self.default_max_versions,
             n => n,
         }
         .max(1) as usize;
-        let mut forgotten = Vec::new();
+        let mut removed = Vec::new();
         while meta.versions.len() > keep {
             let Some((&oldest, info)) = meta.versions.iter().next() else {
                 break;
             };
             if info.destroyed_ms.is_none() {
-                if let Ok(value) = self.open_version(path, oldest) {
-                    forgotten.push(value);
-                }
+                removed.push(oldest);
                 batch.remove(&version_key(path, oldest));
             }
             meta.versions.remove(&oldest);
         }
-        forgotten
+        removed
     }
 
     /// Deletes, undeletes or destroys versions (the current one when `versions` is empty); returns
@@ -1095,7 +1166,7 @@ impl Secrets {
         let mut meta = (*old).clone();
         let mut batch = Batch::default();
         let mut changed = Vec::new();
-        let mut forgotten = Vec::new();
+        let mut redaction = Redaction::default();
         for version in wanted {
             let Some(info) = meta.versions.get_mut(&version) else {
                 return Err(missing_version(path, version, &old));
@@ -1119,9 +1190,7 @@ impl Secrets {
                     let present = info.destroyed_ms.is_none();
                     if present {
                         info.destroyed_ms = Some(now);
-                        if let Ok(value) = self.open_version(path, version) {
-                            forgotten.push(value);
-                        }
+                        redaction.removed.push(version);
                         batch.remove(&version_key(path, version));
                     }
                     present
@@ -1140,7 +1209,7 @@ impl Secrets {
             VersionOp::Undelete => ChangeKind::Undelete,
             VersionOp::Destroy => ChangeKind::Destroy,
         };
-        self.commit(lock, actor, path, meta, batch, kind, &changed, forgotten)
+        self.commit(lock, actor, path, meta, batch, kind, &changed, redaction)
             .await?;
         Ok(changed)
     }
@@ -1195,7 +1264,10 @@ impl Secrets {
         }
         meta.updated_ms = now;
         let mut batch = Batch::default();
-        let forgotten = self.prune(path, &mut meta, &mut batch);
+        let redaction = Redaction {
+            added: None,
+            removed: self.prune(&mut meta, &mut batch, path),
+        };
         let current = meta.current;
         self.commit(
             lock,
@@ -1205,7 +1277,7 @@ impl Secrets {
             batch,
             ChangeKind::Metadata,
             &[current],
-            forgotten,
+            redaction,
         )
         .await?;
         self.meta(path)
@@ -1227,19 +1299,28 @@ impl Secrets {
         mut batch: Batch,
         kind: ChangeKind,
         versions: &[u64],
-        forgotten: Vec<Zeroizing<Vec<u8>>>,
+        redaction: Redaction,
     ) -> Result<(), ServiceError> {
-        batch.put(&self.tree, &meta_key(path), &meta)?;
+        // Until the mirror takes it over, a refusal takes the new value back out of the redactor.
+        let refused = |err: ServiceError| {
+            if let Some((_, remembered)) = &redaction.added {
+                self.redactor.forget_remembered(remembered);
+            }
+            err
+        };
+        if let Err(err) = batch.put(&self.tree, &meta_key(path), &meta) {
+            return Err(refused(err.into()));
+        }
         // A change whose action is in `[audit] fail_closed_actions` (by default `secrets.*`) is made
         // only once its audit record is on disk; a log that cannot take it refuses the change.
         let record = self.change_record(actor, path, kind, versions);
         let audited_first = match (self.audit.get(), &record) {
             (Some(audit), Some(record)) if audit.fails_closed(&record.action) => {
                 if let Err(err) = audit.record_durable(record.clone()).await {
-                    return Err(ServiceError::Unavailable(format!(
+                    return Err(refused(ServiceError::Unavailable(format!(
                         "the audit log cannot record {} on {path} ({err}); nothing was changed ([audit] fail_closed_actions)",
                         record.action
-                    )));
+                    ))));
                 }
                 true
             }
@@ -1255,7 +1336,8 @@ impl Secrets {
             meta,
             kind,
             versions: versions.to_vec(),
-            forgotten,
+            redactor: self.redactor,
+            redaction,
             record,
             audited_first,
             lock,

@@ -19,6 +19,9 @@ struct Fixture {
     clock: Arc<ManualClock>,
     config: config::SecretsConfig,
     store: Option<Store>,
+    /// This fixture's own log redactor (the process-wide one is shared by every test); replaced to
+    /// stand for a restart.
+    redactor: &'static Redactor,
 }
 
 impl Fixture {
@@ -28,6 +31,7 @@ impl Fixture {
             clock: Arc::new(ManualClock::new(T0)),
             config: config::SecretsConfig::default(),
             store: None,
+            redactor: Box::leak(Box::new(Redactor::new())),
         }
     }
 
@@ -49,7 +53,32 @@ impl Fixture {
             std::path::Path::new("test.key"),
         )
         .unwrap();
-        Secrets::open(tree, Arc::new(keys), &self.config, self.clock.clone()).unwrap()
+        Secrets::open_with_redactor(
+            tree,
+            Arc::new(keys),
+            &self.config,
+            self.clock.clone(),
+            self.redactor,
+        )
+        .unwrap()
+    }
+
+    /// Drops `secrets` and opens the store again with a fresh redactor, as a restarted daemon does.
+    fn restart(&mut self, secrets: Secrets) -> Secrets {
+        drop(secrets);
+        self.redactor = Box::leak(Box::new(Redactor::new()));
+        self.open()
+    }
+
+    /// Whether the fixture's redactor removes `value` from a log line.
+    fn redacts(&self, value: &str) -> bool {
+        let line = format!("value {value} logged");
+        let out = self.redactor.redact(&line);
+        assert!(
+            out == line || out == "value [redacted] logged",
+            "{value}: {out}"
+        );
+        out != line
     }
 
     fn open(&mut self) -> Secrets {
@@ -846,6 +875,9 @@ async fn a_change_the_audit_log_cannot_record_is_not_made() {
     ));
     assert_eq!(s.metadata("/audited").unwrap().current, 1);
     assert_eq!(s.get("/audited", None).unwrap().value, b"value-one-1");
+    // The refused value is taken back out of the log redactor; the refused destroy kept its value in.
+    assert!(!f.redacts("value-two-2"));
+    assert!(f.redacts("value-one-1"));
     // A scheduled rotation that cannot be made is tried again a minute later.
     f.clock.advance_ms(60_000);
     assert_eq!(s.rotate_due().await, 0);
@@ -1049,4 +1081,124 @@ async fn metadata_stored_as_json_still_reads_and_the_next_change_writes_it_binar
     assert_eq!(meta.current, 2);
     assert_eq!(meta.versions[&1], old.versions[&1]);
     assert_eq!(s.get("/p", Some(1)).unwrap().value, b"value-one");
+}
+
+/// Pruning and destroying take a value out of the log redactor by what remembering it counted (the
+/// pruned version is not decrypted), and a value another version still holds stays redacted.
+#[tokio::test]
+async fn pruned_and_destroyed_values_leave_the_redactor_and_stored_ones_stay() {
+    let mut f = Fixture::new();
+    f.config.max_versions = 2;
+    let s = f.open();
+    let put = |path: &'static str, value: &'static str| {
+        let s = &s;
+        async move {
+            s.put(&me(), put_req(path, value.as_bytes(), None))
+                .await
+                .unwrap()
+                .version
+        }
+    };
+    put("/a", "value-one-aaaa").await;
+    put("/a", "value-two-bbbb").await;
+    put("/b", "value-one-aaaa").await;
+    put("/c", "short").await;
+    // A value with escaped forms (a quote and a control byte): three fingerprints.
+    put("/e", "quo\"ted\u{1}value").await;
+    assert!(f.redacts("value-one-aaaa") && f.redacts("value-two-bbbb"));
+    assert_eq!(f.redactor.remembered(), 2 + 3);
+
+    // /a v1 goes, but /b v1 holds the same value.
+    assert_eq!(put("/a", "value-3-cccccc").await, 3);
+    assert_eq!(s.metadata("/a").unwrap().oldest(), 2);
+    assert!(f.redacts("value-one-aaaa"));
+    // /a v2 goes, but v4 holds the same value.
+    put("/a", "value-two-bbbb").await;
+    assert!(f.redacts("value-two-bbbb"));
+    // /a v3 goes, and nothing else holds it.
+    put("/a", "value-5-eeeeee").await;
+    assert!(!f.redacts("value-3-cccccc"));
+    assert!(f.redacts("value-two-bbbb") && f.redacts("value-5-eeeeee"));
+    // A value too short to be remembered has nothing to forget.
+    put("/c", "tiny").await;
+    put("/c", "small").await;
+    assert_eq!(s.metadata("/c").unwrap().oldest(), 2);
+
+    // Destroy: /b v1 was the last holder of its value.
+    s.set_versions(&me(), "/b", &[1], VersionOp::Destroy)
+        .await
+        .unwrap();
+    assert!(!f.redacts("value-one-aaaa"));
+    // Destroying a version already destroyed changes nothing (no second forget).
+    s.set_versions(&me(), "/a", &[4], VersionOp::Destroy)
+        .await
+        .unwrap();
+    assert!(!f.redacts("value-two-bbbb"));
+    s.set_versions(&me(), "/a", &[4], VersionOp::Destroy)
+        .await
+        .unwrap();
+    // Deleting keeps the value stored, and redacted.
+    s.set_versions(&me(), "/a", &[5], VersionOp::Delete)
+        .await
+        .unwrap();
+    assert!(f.redacts("value-5-eeeeee"));
+
+    // Lowering max_versions prunes at once: /e's three forms go together.
+    put("/e", "value-e2-ffffff").await;
+    s.update_metadata(
+        &me(),
+        "/e",
+        MetadataUpdate {
+            max_versions: Some(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!f.redacts("quo\"ted\u{1}value"));
+    // Left: /a v5 and /e v2.
+    assert_eq!(f.redactor.remembered(), 2);
+    assert!(f.redacts("value-e2-ffffff"));
+}
+
+/// A restarted daemon remembers every stored value again, and what it counted: pruning and
+/// destroying after the restart still take values out.
+#[tokio::test]
+async fn after_a_restart_pruning_and_destroy_still_forget() {
+    let mut f = Fixture::new();
+    f.config.max_versions = 2;
+    let s = f.open();
+    for (path, value) in [
+        ("/a", "value-one-aaaa"),
+        ("/a", "value-two-bbbb"),
+        ("/b", "value-bee-bbbb"),
+        ("/b", "value-two-bbbb"),
+    ] {
+        s.put(&me(), put_req(path, value.as_bytes(), None))
+            .await
+            .unwrap();
+    }
+    s.set_versions(&me(), "/b", &[1], VersionOp::Destroy)
+        .await
+        .unwrap();
+    let s = f.restart(s);
+    assert_eq!(f.redactor.remembered(), 2);
+    assert!(f.redacts("value-one-aaaa") && f.redacts("value-two-bbbb"));
+    assert!(!f.redacts("value-bee-bbbb"));
+
+    s.put(&me(), put_req("/a", b"value-3-cccccc", None))
+        .await
+        .unwrap();
+    assert!(!f.redacts("value-one-aaaa"));
+    // /a v2 is gone; /b v2 still holds its value.
+    s.put(&me(), put_req("/a", b"value-4-dddddd", None))
+        .await
+        .unwrap();
+    assert!(f.redacts("value-two-bbbb"));
+    s.set_versions(&me(), "/b", &[2], VersionOp::Destroy)
+        .await
+        .unwrap();
+    assert!(!f.redacts("value-two-bbbb"));
+    assert_eq!(f.redactor.remembered(), 2);
+    assert!(f.redacts("value-3-cccccc") && f.redacts("value-4-dddddd"));
 }

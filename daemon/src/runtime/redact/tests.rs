@@ -103,6 +103,80 @@ fn forgetting_is_counted_per_value() {
 }
 
 #[test]
+fn forgetting_what_was_remembered_needs_no_value_and_keeps_the_counts() {
+    let r = redactor();
+    // Twice: redacted until both are handed back.
+    let first = r.remember(b"shared-value-of-two");
+    let second = r.remember(b"shared-value-of-two");
+    assert!(!first.is_empty());
+    r.forget_remembered(&first);
+    assert_eq!(r.redact("v shared-value-of-two"), "v [redacted]");
+    r.forget_remembered(&second);
+    assert_eq!(r.redact("v shared-value-of-two"), "v shared-value-of-two");
+    assert_eq!(r.remembered(), 0);
+
+    // Every form goes: raw, `Debug`-escaped and JSON-escaped (they differ for a control byte); a
+    // long value (window, then the whole) too, and another value of the same window stays.
+    let escaped = r.remember(b"tab\tquote\"ctl\x01-value");
+    assert_eq!(r.remembered(), 3);
+    let long_a = [b'a'; 100];
+    let mut long_b = [b'a'; 100];
+    long_b[99] = b'b';
+    let a = r.remember(&long_a);
+    r.remember(&long_b);
+    r.forget_remembered(&escaped);
+    r.forget_remembered(&a);
+    assert_eq!(r.remembered(), 1);
+    let (a, b) = (
+        String::from_utf8(long_a.to_vec()).unwrap(),
+        String::from_utf8(long_b.to_vec()).unwrap(),
+    );
+    assert_eq!(r.redact(&format!("x {a} {b}")), format!("x {a} [redacted]"));
+    assert_eq!(
+        r.redact("x tab\\tquote\\\"ctl\\u{1}-value tab\tquote\"ctl\u{1}-value"),
+        "x tab\\tquote\\\"ctl\\u{1}-value tab\tquote\"ctl\u{1}-value"
+    );
+
+    // Too short: nothing counted, nothing to forget.
+    let short = r.remember(b"1234567");
+    assert!(short.is_empty());
+    r.forget_remembered(&short);
+    assert_eq!(r.remembered(), 1);
+    // The token shows no fingerprint.
+    assert_eq!(format!("{short:?}"), "Remembered { forms: 0, .. }");
+}
+
+#[test]
+fn at_the_cap_a_refused_remember_forgets_nothing_another_one_counted() {
+    let r = Redactor::with_max_entries(2);
+    r.remember(b"value-one");
+    r.remember(b"value-two");
+    // Refused at the cap: nothing counted.
+    let refused = r.remember(b"value-three");
+    assert!(refused.is_empty());
+    assert_eq!(r.redact("value-three"), "value-three");
+    // Room is made, and another secret with the same value is remembered.
+    r.forget(b"value-two");
+    let counted = r.remember(b"value-three");
+    assert!(!counted.is_empty());
+    // Handing back the refused one leaves the other's count (forgetting by value would not).
+    r.forget_remembered(&refused);
+    assert_eq!(r.redact("value-three"), "[redacted]");
+    r.forget_remembered(&counted);
+    assert_eq!(r.redact("value-three"), "value-three");
+
+    // Partly refused: of a value's two forms only the one that fit is counted, and handed back.
+    let r = Redactor::with_max_entries(2);
+    r.remember(b"value-one");
+    let partly = r.remember(b"quote\"d-value");
+    assert_eq!(r.remembered(), 2);
+    assert_eq!(format!("{partly:?}"), "Remembered { forms: 1, .. }");
+    r.forget_remembered(&partly);
+    assert_eq!(r.remembered(), 1);
+    assert_eq!(r.redact("value-one"), "[redacted]");
+}
+
+#[test]
 fn forgetting_one_value_keeps_others_of_the_same_length_and_window() {
     let r = redactor();
     let long_a = [b'a'; 100];
