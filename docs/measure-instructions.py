@@ -86,9 +86,11 @@ def main():
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=1,
                     help="seconds of each scenario run first, not counted (0: none)")
-    ap.add_argument("--listen", default="127.0.0.1:50391")
-    ap.add_argument("--metrics-listen", default="127.0.0.1:9391")
+    ap.add_argument("--listen", help="default: a free 127.0.0.1 port")
+    ap.add_argument("--metrics-listen", help="default: a free 127.0.0.1 port")
     args = ap.parse_args()
+    args.listen = args.listen or rpc.free_addr()
+    args.metrics_listen = args.metrics_listen or rpc.free_addr()
 
     work = tempfile.mkdtemp(prefix="brainstem-callgrind-")
     state = f"{work}/s"

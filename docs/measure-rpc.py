@@ -33,6 +33,14 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def free_addr():
+    """A 127.0.0.1 address with a port nothing listens on now: measurements on a shared machine must
+    not reach another engineer's daemon on a fixed port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
 def wait_port(addr, deadline_s=30):
     host, port = addr.rsplit(":", 1)
     end = time.time() + deadline_s
@@ -79,12 +87,12 @@ def main():
 
     work = tempfile.mkdtemp(prefix="brainstem-bench-")
     state = f"{work}/s"
-    daemon_addr, bare_addr = "127.0.0.1:50071", "127.0.0.1:50061"
+    daemon_addr, bare_addr, metrics_addr = free_addr(), free_addr(), free_addr()
     procs = []
     try:
         daemon = subprocess.Popen(
             [f"{args.bin_dir}/brainstemd", "--dev", "--state-dir", state, "--listen", daemon_addr,
-             "--metrics-listen", "127.0.0.1:9171", "--log-level", "warn"])
+             "--metrics-listen", metrics_addr, "--log-level", "warn"])
         procs.append(daemon)
         wait_port(daemon_addr)
         bare = subprocess.Popen([f"{args.bin_dir}/examples/bare_ping_server", state, bare_addr])

@@ -56,10 +56,10 @@ def store_flushes(metrics_addr):
 def measure(bin_dir, runs, rounds, seconds, extra_args=()):
     work = tempfile.mkdtemp(prefix="brainstem-scenarios-")
     state = f"{work}/s"
-    addr = "127.0.0.1:50072"
+    addr, metrics = rpc.free_addr(), rpc.free_addr()
     daemon = subprocess.Popen(
         [f"{bin_dir}/brainstemd", "--dev", "--state-dir", state, "--listen", addr,
-         "--metrics-listen", "127.0.0.1:9172", "--log-level", "warn", *extra_args])
+         "--metrics-listen", metrics, "--log-level", "warn", *extra_args])
     results = {run: [] for run in runs}
     try:
         rpc.wait_port(addr)
@@ -67,10 +67,10 @@ def measure(bin_dir, runs, rounds, seconds, extra_args=()):
             for scenario, concurrency in runs:
                 rpc.wait_idle(daemon.pid)
                 before = rpc.cpu_seconds(daemon.pid)
-                store_before = store_flushes("127.0.0.1:9172")
+                store_before = store_flushes(metrics)
                 report = rpc.bench(bin_dir, state, addr, scenario, seconds, 1, concurrency)
                 after = rpc.wait_idle(daemon.pid)
-                store_after = store_flushes("127.0.0.1:9172")
+                store_after = store_flushes(metrics)
                 writes = store_after[0] - store_before[0]
                 flushes = store_after[1] - store_before[1]
                 group = f"  writes/flush {writes / flushes:.1f} ({flushes:.0f} flushes)" if flushes else ""
