@@ -415,12 +415,7 @@ impl Redactor {
         if value.len() < MIN_EXACT_LEN {
             return;
         }
-        let forms = self.marks(value);
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        for &mark in forms.marks() {
-            self.remove(&mut entries, mark);
-        }
-        self.distinct.store(entries.distinct, Ordering::Release);
+        self.forget_remembered(&self.marks(value));
     }
 
     /// Takes out exactly what one [`remember`](Self::remember) counted, without the value: each
