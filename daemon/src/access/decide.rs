@@ -194,6 +194,8 @@ impl Access {
         caller: &Caller,
         request: DecisionRequest,
     ) -> Result<Decided, ServiceError> {
+        // `record_now` rather than `record().await`: the latter's future would carry the decision
+        // a second time inside this one, which every Check moves.
         match self.evaluate(caller, request)?.record_now() {
             Ok(decided) => Ok(decided),
             Err(waiting) => Ok(waiting.await),
