@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use brainstemd::access::audit::segment::{Encoded, Limits, SegmentWriter};
+use brainstemd::access::audit::segment::{Limits, RecordBuf, SegmentWriter};
 use brainstemd::access::audit::{AuditKind, AuditRecord};
 use brainstemd::store::{Record, Store};
 
@@ -147,12 +147,14 @@ async fn main() {
         let (mut writer, _) = SegmentWriter::open(dir.path(), limits).unwrap();
         let (started, cpu0) = (Instant::now(), cpu_seconds());
         let mut done = 0;
+        let mut records = RecordBuf::default();
         while done < n {
-            // Encoded where the daemon encodes them, by the caller, inside the timed loop as before.
-            let records: Vec<Encoded> = (done..(done + batch).min(n))
-                .map(|i| Encoded::new(&record(i)))
-                .collect();
-            let (written, error) = writer.append(&records, true);
+            // Framed where the daemon frames them, by the caller, inside the timed loop as before.
+            records.clear();
+            for i in done..(done + batch).min(n) {
+                records.push(&record(i).entry());
+            }
+            let (written, error) = writer.append(&mut records, true);
             assert!(error.is_none());
             done += written as u64;
         }

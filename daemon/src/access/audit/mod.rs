@@ -2,12 +2,12 @@
 //! and every token change, appended in sequence order to hash-chained segment files under
 //! `<state_dir>/audit/` ([`segment`]; docs/AUDIT.md).
 //!
-//! Recording costs the caller an encode and an enqueue: a record goes, in its payload form
-//! ([`segment::Encoded`], one buffer), into a bounded queue, and the `audit-writer` worker chains and
-//! appends whatever has queued meanwhile as one batch (one `write`), on a blocking thread. Encoding on
-//! the caller's thread frees the record's strings where they were allocated, instead of on the
-//! writer (a cross-thread free per string), and lets a decision keep its reasons and id for its
-//! answer without copies. A batch holding a fail-closed record is synced before its waiters are answered
+//! Recording costs the caller an encode and an enqueue: under the queue's lock, a record is encoded
+//! as an unnumbered frame straight into one shared buffer ([`segment::RecordBuf`]; no allocation,
+//! channel message or cross-thread free per record), and the `audit-writer` worker swaps that
+//! buffer for its spare one, numbers and chains the frames in place and appends them as one batch
+//! (one `write`), on a blocking thread. Encoding from borrowed fields lets a decision keep its
+//! reasons and id for its answer without copies. A batch holding a fail-closed record is synced before its waiters are answered
 //! (group commit); otherwise the log is synced at least every [`segment::SYNC_EVERY`] and once a
 //! second when idle, so a kill -9 loses nothing handed to the kernel and a power loss at most that
 //! interval of records nobody waited for. The writer runs under the supervisor (critical,
@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::access::authz::pattern_matches_family;
 use crate::access::config::AuditConfig;
@@ -50,12 +50,13 @@ use crate::runtime::events::ErrorOccurred;
 use crate::runtime::tasks::Tasks;
 use crate::store::StoreError;
 use crate::supervisor::{ActorResult, Worker, WorkerContext, WorkerPolicy};
-use segment::{Encoded, Index, Limits, SegmentWriter};
+use segment::{Index, Limits, RecordBuf, SegmentWriter};
 
 /// Most records one query returns, and most it scans.
 pub const MAX_QUERY_LIMIT: usize = 1000;
 const MAX_QUERY_SCAN: usize = 100_000;
-/// Most records one batch (one write, one `fdatasync`) holds.
+/// A wake-up that finds this many records queued writes them at once instead of letting more
+/// gather ([`COALESCE`]).
 const BATCH: usize = 8192;
 /// Distinct (caller, method, reason) refusal records per second; the rest are folded into one.
 pub const REFUSAL_KEYS_PER_SECOND: usize = 64;
@@ -213,46 +214,70 @@ pub struct OpenError {
     pub source: std::io::Error,
 }
 
-/// A queued record: already encoded by the thread that made it (so the writer frees one buffer a
-/// record, not the record's strings), with what the writer counts it by.
-struct Pending {
-    record: Encoded,
-    kind: AuditKind,
-    count: u32,
-    written: Option<oneshot::Sender<bool>>,
-}
+/// Every kind, in the order [`Queued::events`] counts them.
+const KINDS: [AuditKind; 7] = [
+    AuditKind::Policy,
+    AuditKind::Guardrail,
+    AuditKind::Access,
+    AuditKind::Token,
+    AuditKind::Admin,
+    AuditKind::Secret,
+    AuditKind::Registry,
+];
 
-impl Pending {
-    /// Encodes `entry`, timed now if it has no time, with the current call's correlation id if it
-    /// has none (every record a call causes carries its id).
-    fn new(mut entry: Entry<'_>, now: &Now, written: Option<oneshot::Sender<bool>>) -> Pending {
-        if entry.time_unix_ms == 0 {
-            entry.time_unix_ms = now();
-        }
-        let record = if entry.correlation_id.is_empty() {
-            crate::grpc::correlation::with_current(|id| {
-                Encoded::of(&Entry {
-                    correlation_id: id,
-                    ..entry
-                })
-            })
-            .unwrap_or_else(|| Encoded::of(&entry))
-        } else {
-            Encoded::of(&entry)
-        };
-        Pending {
-            record,
-            kind: entry.kind,
-            count: entry.count,
-            written,
-        }
+/// Events by kind, as [`KINDS`] orders them.
+type ByKind = [u64; KINDS.len()];
+
+fn add_events(counts: &mut ByKind, kind: AuditKind, n: u64) {
+    if let Some(i) = KINDS.iter().position(|k| *k == kind) {
+        counts[i] += n;
     }
 }
 
-impl AsRef<Encoded> for Pending {
-    fn as_ref(&self) -> &Encoded {
-        &self.record
+/// Queued records: their frames, the waiters of the fail-closed ones among them, and the events
+/// they stand for by kind (what a failed batch counts as unrecorded).
+struct Queued {
+    records: RecordBuf,
+    /// (record index, answer) of every record whose caller waits for it to be on disk.
+    waiters: Vec<(usize, oneshot::Sender<bool>)>,
+    events: ByKind,
+}
+
+impl Queued {
+    fn new() -> Queued {
+        // About 1,000 typical decisions before the first growth.
+        Queued {
+            records: RecordBuf::with_capacity(1024, 192 * 1024),
+            waiters: Vec::new(),
+            events: ByKind::default(),
+        }
     }
+
+    /// Events `records[from..]` stand for, by kind (read back from the frames past the first).
+    fn by_kind(&self, from: usize) -> ByKind {
+        if from == 0 {
+            return self.events;
+        }
+        let mut counts = ByKind::default();
+        for i in from..self.records.len() {
+            let (kind, n) = self.records.kind_and_count(i);
+            add_events(&mut counts, kind, n);
+        }
+        counts
+    }
+
+    fn clear(&mut self) {
+        self.records.clear();
+        self.waiters.clear();
+        self.events = ByKind::default();
+    }
+}
+
+/// The queue: bounded by record count; closed for good by the final stop.
+struct Queue {
+    queued: Queued,
+    capacity: usize,
+    closed: bool,
 }
 
 /// What to read.
@@ -274,13 +299,13 @@ pub struct AuditQuery {
 
 /// What the log and its writer share.
 struct Shared {
-    tx: mpsc::Sender<Pending>,
+    queue: Mutex<Queue>,
+    /// Told when a record goes into an empty queue: the writer wakes.
+    ready: tokio::sync::Notify,
     index: Arc<Index>,
     now: Now,
     refusals: Mutex<Refusals>,
     warn: WarnOncePerSecond,
-    /// Records in the queue (the channel forgets its contents when the writer is dropped).
-    queued: AtomicU64,
     /// Records lost once the final stop began (refused as closed, failed in the last writes).
     lost_at_stop: AtomicU64,
     id_prefix: u32,
@@ -289,10 +314,11 @@ struct Shared {
     durable: tokio::sync::Notify,
 }
 
-/// The queue's receiving end and the appender: the writer's, and at the end of the final stop the
+/// The writer's side of the queue (the spare buffer it swaps in; holding its lock is being the one
+/// that takes from the queue) and the appender: the writer's, and at the end of the final stop the
 /// log's, which writes whatever an operator-stopped or abandoned writer left behind.
 struct Core {
-    queue: tokio::sync::Mutex<mpsc::Receiver<Pending>>,
+    spare: tokio::sync::Mutex<Queued>,
     segments: Arc<Mutex<SegmentWriter>>,
     dir: PathBuf,
 }
@@ -356,7 +382,6 @@ impl AuditLog {
             );
             let _ = std::fs::remove_file(&marker);
         }
-        let (tx, rx) = mpsc::channel(config.queue_capacity as usize);
         let (running_tx, running_rx) = watch::channel(false);
         let mut prefix = [0u8; 4];
         // A per-run prefix keeps decision ids unique across restarts; a failed random source only
@@ -365,19 +390,23 @@ impl AuditLog {
         let index = segments.index().clone();
         let fail_writes = segments.fail.clone();
         let shared = Arc::new(Shared {
-            tx,
+            queue: Mutex::new(Queue {
+                queued: Queued::new(),
+                capacity: usize::try_from(config.queue_capacity).unwrap_or(usize::MAX),
+                closed: false,
+            }),
+            ready: tokio::sync::Notify::new(),
             index,
             now,
             refusals: Mutex::new(Refusals::default()),
             warn: WarnOncePerSecond::default(),
-            queued: AtomicU64::new(0),
             lost_at_stop: AtomicU64::new(0),
             id_prefix: u32::from_be_bytes(prefix),
             next_id: AtomicU64::new(0),
             durable: tokio::sync::Notify::new(),
         });
         let core = Arc::new(Core {
-            queue: tokio::sync::Mutex::new(rx),
+            spare: tokio::sync::Mutex::new(Queued::new()),
             segments: Arc::new(Mutex::new(segments)),
             dir: dir.to_owned(),
         });
@@ -442,14 +471,7 @@ impl AuditLog {
             if !*self.writer_running.borrow() {
                 return Err(AuditError::Closed);
             }
-            self.shared
-                .tx
-                .try_send(Pending::new(entry, &self.shared.now, Some(written)))
-                .map_err(|err| match err {
-                    mpsc::error::TrySendError::Full(_) => AuditError::QueueFull,
-                    mpsc::error::TrySendError::Closed(_) => AuditError::Closed,
-                })?;
-            self.shared.queued.fetch_add(1, Ordering::AcqRel);
+            self.shared.enqueue(entry, Some(written))?;
             self.shared.durable.notify_one();
             // The writer may end (stop, panic) before it reaches this record: then deny rather than
             // wait for an incarnation that may never come.
@@ -595,21 +617,14 @@ impl AuditLog {
     /// the next start to report; the caller must not mark the stop clean.
     pub async fn finish(&self) -> u64 {
         self.shared.flush_refusals(true);
-        if let Ok(mut queue) = self.core.queue.try_lock() {
-            queue.close();
-            let mut rest = Vec::new();
-            while let Ok(pending) = queue.try_recv() {
-                rest.push(pending);
-            }
-            drop(queue);
-            let (left, started) = (rest.len(), std::time::Instant::now());
-            while !rest.is_empty() {
-                let mut batch: Vec<Pending> = rest.drain(..rest.len().min(BATCH)).collect();
-                self.core
-                    .write(&self.shared, &self.tasks, &mut batch, true, false)
-                    .await;
-            }
+        if let Ok(mut spare) = self.core.spare.try_lock() {
+            self.shared.close();
+            self.shared.take(&mut spare);
+            let (left, started) = (spare.records.len(), std::time::Instant::now());
             if left > 0 {
+                self.core
+                    .write(&self.shared, &self.tasks, &mut spare, true, false)
+                    .await;
                 tracing::info!(
                     records = left,
                     ms = started.elapsed().as_millis() as u64,
@@ -617,8 +632,8 @@ impl AuditLog {
                 );
             }
         }
-        let lost = self.shared.queued.load(Ordering::Acquire)
-            + self.shared.lost_at_stop.load(Ordering::Acquire);
+        let lost =
+            self.shared.queue_len() as u64 + self.shared.lost_at_stop.load(Ordering::Acquire);
         if lost > 0 {
             AuditStopLost { records: lost }.emit();
             let marker = self.core.dir.join(UNCLEAN_MARKER);
@@ -644,25 +659,91 @@ impl Shared {
         String::from_utf8(text.to_vec()).unwrap_or_default()
     }
 
-    fn record(&self, entry: Entry<'_>) -> Result<(), AuditError> {
-        match self.tx.try_send(Pending::new(entry, &self.now, None)) {
-            Ok(()) => {
-                self.queued.fetch_add(1, Ordering::AcqRel);
-                Ok(())
-            }
-            Err(err) => {
-                let (error, pending) = match err {
-                    mpsc::error::TrySendError::Full(p) => (AuditError::QueueFull, p),
-                    mpsc::error::TrySendError::Closed(p) => (AuditError::Closed, p),
-                };
-                let count = u64::from(pending.count.max(1));
-                if matches!(error, AuditError::Closed) {
-                    self.lost_at_stop.fetch_add(count, Ordering::AcqRel);
-                }
-                self.unrecorded(pending.kind, error.reason(), count);
-                Err(error)
-            }
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Encodes `entry` into the queue, timed now if it has no time, with the current call's
+    /// correlation id if it has none (every record a call causes carries its id); `written` is
+    /// answered once it is on disk. Counts nothing.
+    fn enqueue(
+        &self,
+        mut entry: Entry<'_>,
+        written: Option<oneshot::Sender<bool>>,
+    ) -> Result<(), AuditError> {
+        if entry.time_unix_ms == 0 {
+            entry.time_unix_ms = (self.now)();
         }
+        let first = {
+            let mut queue = self.lock_queue();
+            if queue.closed {
+                return Err(AuditError::Closed);
+            }
+            if queue.queued.records.len() >= queue.capacity {
+                return Err(AuditError::QueueFull);
+            }
+            let records = &mut queue.queued.records;
+            if entry.correlation_id.is_empty() {
+                crate::grpc::correlation::with_current(|id| {
+                    records.push(&Entry {
+                        correlation_id: id,
+                        ..entry
+                    })
+                })
+                .unwrap_or_else(|| records.push(&entry));
+            } else {
+                records.push(&entry);
+            }
+            let n = records.len();
+            add_events(
+                &mut queue.queued.events,
+                entry.kind,
+                u64::from(entry.count.max(1)),
+            );
+            if let Some(written) = written {
+                queue.queued.waiters.push((n - 1, written));
+            }
+            n == 1
+        };
+        if first {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    fn record(&self, entry: Entry<'_>) -> Result<(), AuditError> {
+        let (kind, count) = (entry.kind, u64::from(entry.count.max(1)));
+        self.enqueue(entry, None).inspect_err(|error| {
+            if matches!(error, AuditError::Closed) {
+                self.lost_at_stop.fetch_add(count, Ordering::AcqRel);
+            }
+            self.unrecorded(kind, error.reason(), count);
+        })
+    }
+
+    /// Records queued and not yet taken by the writer.
+    fn queue_len(&self) -> usize {
+        self.lock_queue().queued.records.len()
+    }
+
+    /// (records queued, whether one of them is waited for, whether the queue is closed).
+    fn peek(&self) -> (usize, bool, bool) {
+        let queue = self.lock_queue();
+        (
+            queue.queued.records.len(),
+            !queue.queued.waiters.is_empty(),
+            queue.closed,
+        )
+    }
+
+    /// Takes everything queued into `into` (which must be empty), leaving `into`'s buffers behind.
+    fn take(&self, into: &mut Queued) {
+        std::mem::swap(&mut self.lock_queue().queued, into);
+    }
+
+    /// From now on records are refused (and counted as lost at stop).
+    fn close(&self) {
+        self.lock_queue().closed = true;
     }
 
     /// Counts records that will not be written; one log line a second at most.
@@ -846,7 +927,7 @@ impl Drop for RunningFlag<'_> {
 }
 
 enum Wake {
-    Batch(usize),
+    Ready,
     Tick,
     Stop,
 }
@@ -864,33 +945,47 @@ impl Worker for AuditWriter {
 
     async fn run(self: Arc<Self>, ctx: WorkerContext) -> ActorResult {
         // An aborted incarnation released the lock when its future was dropped.
-        let mut queue = self.core.queue.lock().await;
+        let mut batch = self.core.spare.lock().await;
         let _running = RunningFlag::raise(&self.running);
         ctx.ready();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch = Vec::with_capacity(BATCH);
         loop {
-            let wake = ctx
-                .idle(async {
+            // A record queued since the last look (its wake-up perhaps spent on a tick) is
+            // written without waiting: only a push into an empty queue wakes the writer.
+            let (queued, durable, closed) = self.shared.peek();
+            let wake = if queued > 0 {
+                Wake::Ready
+            } else if closed {
+                // The queue was closed (a final stop of an earlier incarnation): nothing more
+                // comes.
+                ctx.idle(ctx.cancelled()).await;
+                break;
+            } else {
+                ctx.idle(async {
                     tokio::select! {
                         biased;
                         () = ctx.cancelled() => Wake::Stop,
                         // Before the queue: under constant load the tick still comes once a second.
                         _ = tick.tick() => Wake::Tick,
-                        n = queue.recv_many(&mut batch, BATCH) => Wake::Batch(n),
+                        () = self.shared.ready.notified() => Wake::Ready,
                     }
                 })
-                .await;
+                .await
+            };
             match wake {
                 Wake::Stop => break,
-                // The queue was closed (a final stop of an earlier incarnation): nothing more comes.
-                Wake::Batch(0) => {
-                    ctx.idle(ctx.cancelled()).await;
-                    break;
-                }
-                Wake::Batch(_) => {
-                    if batch.len() < BATCH && batch.iter().all(|p| p.written.is_none()) {
+                Wake::Ready => {
+                    let (queued, durable) = if queued > 0 {
+                        (queued, durable)
+                    } else {
+                        let (queued, durable, _) = self.shared.peek();
+                        (queued, durable)
+                    };
+                    if queued == 0 {
+                        continue;
+                    }
+                    if queued < BATCH && !durable {
                         ctx.idle(async {
                             tokio::select! {
                                 biased;
@@ -900,13 +995,8 @@ impl Worker for AuditWriter {
                             }
                         })
                         .await;
-                        while batch.len() < BATCH {
-                            match queue.try_recv() {
-                                Ok(pending) => batch.push(pending),
-                                Err(_) => break,
-                            }
-                        }
                     }
+                    self.shared.take(&mut batch);
                     if !self.write(&mut batch, false).await {
                         let pause = tokio::time::sleep(RETRY_AFTER);
                         ctx.idle(async {
@@ -937,16 +1027,11 @@ impl Worker for AuditWriter {
         let last = ctx.is_final_stop();
         if last {
             self.shared.flush_refusals(true);
-            queue.close();
+            self.shared.close();
         }
         loop {
-            while batch.len() < BATCH {
-                match queue.try_recv() {
-                    Ok(pending) => batch.push(pending),
-                    Err(_) => break,
-                }
-            }
-            if batch.is_empty() {
+            self.shared.take(&mut batch);
+            if batch.records.is_empty() {
                 break;
             }
             self.write(&mut batch, last).await;
@@ -965,19 +1050,23 @@ impl Core {
         &self,
         shared: &Shared,
         tasks: &Tasks,
-        batch: &mut Vec<Pending>,
+        batch: &mut Queued,
         stopping: bool,
         wait: bool,
     ) -> bool {
         let segments = self.segments.clone();
-        let taken = std::mem::take(batch);
-        shared
-            .queued
-            .fetch_sub(taken.len() as u64, Ordering::AcqRel);
+        let mut taken = std::mem::replace(
+            batch,
+            Queued {
+                records: RecordBuf::default(),
+                waiters: Vec::new(),
+                events: ByKind::default(),
+            },
+        );
         // What a failure would lose, by kind (the whole batch when the write task itself failed).
-        let mut failed = by_kind(&taken);
+        let mut failed = taken.by_kind(0);
         // Group commit for fail-closed records (and at stop); the rest are synced every SYNC_EVERY.
-        let sync = stopping || taken.iter().any(|p| p.written.is_some());
+        let sync = stopping || !taken.waiters.is_empty();
         let now = (shared.now)();
         let done = tasks
             .spawn_blocking("audit.write", move || {
@@ -992,7 +1081,7 @@ impl Core {
                         return (taken, 0, Some(busy), Vec::new());
                     }
                 };
-                let (written, error) = writer.append(&taken, sync);
+                let (written, error) = writer.append(&mut taken.records, sync);
                 let trimmed = writer.trim(now);
                 (taken, written, error, trimmed)
             })
@@ -1006,22 +1095,21 @@ impl Core {
                     AuditTrimmed { records, why }.emit();
                 }
                 if let Some(err) = &error {
-                    tracing::error!(error = %err, records = taken.len() - written, dir = %self.dir.display(), "audit records could not be written");
+                    tracing::error!(error = %err, records = taken.records.len() - written, dir = %self.dir.display(), "audit records could not be written");
                 }
-                failed = by_kind(&taken[written..]);
+                failed = taken.by_kind(written);
                 // After a failed sync nothing is known to be on disk: fail-closed waiters hear no.
                 let durable = if error.is_some() { 0 } else { written };
-                for (i, pending) in taken.drain(..).enumerate() {
-                    if let Some(answer) = pending.written {
-                        let _ = answer.send(i < durable);
-                    }
+                for (i, answer) in taken.waiters.drain(..) {
+                    let _ = answer.send(i < durable);
                 }
                 // Keep the allocation for the next batch.
+                taken.clear();
                 *batch = taken;
                 error.is_none()
             }
             Err(err) => {
-                let records: u64 = failed.iter().map(|(_, n)| n).sum();
+                let records: u64 = failed.iter().sum();
                 tracing::error!(error = %err, records, "the audit write panicked");
                 false
             }
@@ -1032,7 +1120,7 @@ impl Core {
                 kind: "write",
             }
             .emit();
-            for (kind, records) in failed.into_iter().filter(|(_, n)| *n > 0) {
+            for (kind, records) in KINDS.into_iter().zip(failed).filter(|(_, n)| *n > 0) {
                 shared.unrecorded(kind, "write-failed", records);
                 if stopping {
                     shared.lost_at_stop.fetch_add(records, Ordering::AcqRel);
@@ -1042,34 +1130,15 @@ impl Core {
         AuditLogSize {
             records: shared.index.records(),
             bytes: shared.index.bytes(),
-            queued: shared.queued.load(Ordering::Acquire),
+            queued: shared.queue_len() as u64,
         }
         .emit();
         ok
     }
 }
 
-/// Events `batch` stands for, by kind.
-fn by_kind(batch: &[Pending]) -> [(AuditKind, u64); 7] {
-    let mut counts = [
-        (AuditKind::Policy, 0),
-        (AuditKind::Guardrail, 0),
-        (AuditKind::Access, 0),
-        (AuditKind::Token, 0),
-        (AuditKind::Admin, 0),
-        (AuditKind::Secret, 0),
-        (AuditKind::Registry, 0),
-    ];
-    for pending in batch {
-        if let Some((_, n)) = counts.iter_mut().find(|(k, _)| *k == pending.kind) {
-            *n += u64::from(pending.count.max(1));
-        }
-    }
-    counts
-}
-
 impl AuditWriter {
-    async fn write(&self, batch: &mut Vec<Pending>, stopping: bool) -> bool {
+    async fn write(&self, batch: &mut Queued, stopping: bool) -> bool {
         self.core
             .write(&self.shared, &self.tasks, batch, stopping, true)
             .await

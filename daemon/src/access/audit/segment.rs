@@ -222,33 +222,75 @@ pub fn encode(r: &Entry<'_>, out: &mut Vec<u8>) {
     }
 }
 
-/// A record in the compact payload form, encoded where it was made (on the caller's thread), so the
-/// writer only chains and writes it and the record's strings are freed by the thread that made them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Encoded {
-    pub time_unix_ms: u64,
-    pub payload: Vec<u8>,
+/// Records framed for the log but not yet numbered: what the audit queue holds and the writer
+/// appends. Each is a whole frame whose `seq` and `hash` are still zero, encoded where the record
+/// was made (on the caller's thread, into one shared buffer: no allocation per record), so the
+/// writer numbers and chains the frames in place and writes them out without copying.
+#[derive(Debug, Default)]
+pub struct RecordBuf {
+    buf: Vec<u8>,
+    /// Where each record's frame ends.
+    ends: Vec<usize>,
 }
 
-impl Encoded {
-    pub fn new(r: &AuditRecord) -> Encoded {
-        Encoded::of(&r.entry())
-    }
+/// A buffer that grew past this in a burst is given back once written.
+const RECORD_BUF_KEEP: usize = 4 << 20;
 
-    pub fn of(r: &Entry<'_>) -> Encoded {
-        // A typical decision's payload is 100–200 bytes: one allocation.
-        let mut payload = Vec::with_capacity(192);
-        encode(r, &mut payload);
-        Encoded {
-            time_unix_ms: r.time_unix_ms,
-            payload,
+impl RecordBuf {
+    pub fn with_capacity(records: usize, bytes: usize) -> RecordBuf {
+        RecordBuf {
+            buf: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(records),
         }
     }
-}
 
-impl AsRef<Encoded> for Encoded {
-    fn as_ref(&self) -> &Encoded {
-        self
+    /// Appends `r` as an unnumbered frame.
+    pub fn push(&mut self, r: &Entry<'_>) {
+        // Whatever an interrupted push left after the last whole frame goes first.
+        let start = self.ends.last().copied().unwrap_or(0);
+        self.buf.truncate(start);
+        self.buf.extend_from_slice(&[0u8; FRAME_HEAD]);
+        encode(r, &mut self.buf);
+        let len = (self.buf.len() - start - FRAME_HEAD) as u32;
+        self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        self.ends.push(self.buf.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Empties the buffer, keeping its allocation unless a burst made it large.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.ends.clear();
+        self.buf.shrink_to(RECORD_BUF_KEEP);
+        self.ends.shrink_to(RECORD_BUF_KEEP / 64);
+    }
+
+    fn start(&self, i: usize) -> usize {
+        if i == 0 { 0 } else { self.ends[i - 1] }
+    }
+
+    /// Record `i`'s payload.
+    pub fn payload(&self, i: usize) -> &[u8] {
+        &self.buf[self.start(i) + FRAME_HEAD..self.ends[i]]
+    }
+
+    /// Record `i`'s kind and the events it stands for (its count, at least 1).
+    pub fn kind_and_count(&self, i: usize) -> (AuditKind, u64) {
+        let payload = self.payload(i);
+        let kind = payload
+            .get(8)
+            .map_or(Ok(AuditKind::Policy), |b| kind_of(*b));
+        let count = payload
+            .get(10..)
+            .map_or(Ok(1), |rest| Cursor(rest).varint());
+        (kind.unwrap_or(AuditKind::Policy), count.unwrap_or(1).max(1))
     }
 }
 
@@ -614,7 +656,6 @@ pub struct SegmentWriter {
     dirty: bool,
     prev: Hash,
     next_seq: u64,
-    buf: Vec<u8>,
     /// Written since the last `fdatasync`.
     unsynced: bool,
     last_sync: std::time::Instant,
@@ -731,7 +772,6 @@ impl SegmentWriter {
                 dirty: false,
                 prev,
                 next_seq,
-                buf: Vec::new(),
                 unsynced: false,
                 last_sync: std::time::Instant::now(),
                 fail: Arc::new(AtomicBool::new(false)),
@@ -748,7 +788,7 @@ impl SegmentWriter {
         self.next_seq
     }
 
-    /// Appends `records`, already in their payload form ([`Encoded`]), numbered in order from
+    /// Appends `records`, already framed ([`RecordBuf`]; numbered and chained here, in place), in order from
     /// [`SegmentWriter::next_seq`]: one `write` per segment the batch touches (a full
     /// segment is synced, sealed and the next begun on the way), then one `fdatasync` when `sync`
     /// (a fail-closed record waits) or when the last one is [`SYNC_EVERY`] old. Returns how many
@@ -756,14 +796,10 @@ impl SegmentWriter {
     /// and the numbering and chain continue from the last written one. A failed sync is returned
     /// as the error with every record counted as written (they are in the file, perhaps not on
     /// the platter): waiters must then be told no.
-    pub fn append<R: AsRef<Encoded>>(
-        &mut self,
-        records: &[R],
-        sync: bool,
-    ) -> (usize, Option<io::Error>) {
+    pub fn append(&mut self, records: &mut RecordBuf, sync: bool) -> (usize, Option<io::Error>) {
         let mut done = 0;
         while done < records.len() {
-            match self.append_part(&records[done..]) {
+            match self.append_part(records, done) {
                 Ok(n) => done += n,
                 Err(err) => return (done, Some(err)),
             }
@@ -786,8 +822,8 @@ impl SegmentWriter {
         Ok(())
     }
 
-    /// Appends as many of `records` as fit in the active segment (at least one).
-    fn append_part<R: AsRef<Encoded>>(&mut self, records: &[R]) -> io::Result<usize> {
+    /// Appends as many of `records` from `from` on as fit in the active segment (at least one).
+    fn append_part(&mut self, records: &mut RecordBuf, from: usize) -> io::Result<usize> {
         if self.dirty {
             self.file.set_len(self.committed)?;
             self.dirty = false;
@@ -801,28 +837,28 @@ impl SegmentWriter {
         }
         let room_records = self.limits.segment_records() - active.records();
         let room_bytes = self.limits.segment_bytes() - active.len;
-        self.buf.clear();
+        let begin = records.start(from);
         let (mut seq, mut prev) = (self.next_seq, self.prev);
         let (mut first_ms, mut last_ms, mut n) = (0, 0, 0);
         let mut marks = Vec::new();
-        for record in records.iter().map(AsRef::as_ref) {
-            if n > 0 && (n as u64 >= room_records || self.buf.len() as u64 >= room_bytes) {
+        for i in from..records.len() {
+            let (start, end) = (records.start(i), records.ends[i]);
+            if n > 0 && (n as u64 >= room_records || (start - begin) as u64 >= room_bytes) {
                 break;
             }
             if (seq - active.first_seq) % MARK_EVERY == 0 {
-                marks.push((seq, self.committed + self.buf.len() as u64));
+                marks.push((seq, self.committed + (start - begin) as u64));
             }
-            let payload = &record.payload;
+            let frame = &mut records.buf[start..end];
+            let (head, payload) = frame.split_at_mut(FRAME_HEAD);
             let hash = chain(&prev, seq, payload);
-            self.buf
-                .extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            self.buf.extend_from_slice(&seq.to_le_bytes());
-            self.buf.extend_from_slice(&hash);
-            self.buf.extend_from_slice(payload);
+            head[4..12].copy_from_slice(&seq.to_le_bytes());
+            head[12..FRAME_HEAD].copy_from_slice(&hash);
+            let ms = time_of(payload);
             if n == 0 {
-                first_ms = record.time_unix_ms;
+                first_ms = ms;
             }
-            last_ms = record.time_unix_ms;
+            last_ms = ms;
             prev = hash;
             seq += 1;
             n += 1;
@@ -830,6 +866,7 @@ impl SegmentWriter {
         if n == 0 {
             return Ok(0);
         }
+        let bytes = &records.buf[begin..records.ends[from + n - 1]];
         self.dirty = true;
         if self.fail.load(Ordering::Relaxed) {
             return Err(io::Error::new(
@@ -837,7 +874,7 @@ impl SegmentWriter {
                 "injected: no space left on device",
             ));
         }
-        let written = self.file.write_all(&self.buf);
+        let written = self.file.write_all(bytes);
         if let Err(err) = written {
             // Best effort: the next append tries again while `dirty` stays set.
             if self.file.set_len(self.committed).is_ok() {
@@ -847,7 +884,7 @@ impl SegmentWriter {
         }
         self.dirty = false;
         self.unsynced = true;
-        self.committed += self.buf.len() as u64;
+        self.committed += bytes.len() as u64;
         self.next_seq = seq;
         self.prev = prev;
         let committed = self.committed;
@@ -981,7 +1018,105 @@ mod tests {
     }
 
     #[test]
-    fn encoded_records_append_like_records() {
+    fn a_record_buffer_frames_records_and_reads_their_kind_and_count() {
+        let mut framed = RecordBuf::default();
+        let mut first = AuditRecord {
+            seq: 0,
+            time_unix_ms: 42,
+            decision_id: "d".to_owned(),
+            kind: AuditKind::Secret,
+            caller: "c".to_owned(),
+            principal: "c".to_owned(),
+            action: "secrets.put".to_owned(),
+            resource: "/a".to_owned(),
+            allowed: true,
+            reasons: Vec::new(),
+            correlation_id: String::new(),
+            count: 0,
+        };
+        framed.push(&first.entry());
+        // A push cut short (a panic mid-encode) leaves bytes after the last whole frame: the next
+        // push starts where that frame ended.
+        framed.buf.extend_from_slice(b"torn");
+        first.kind = AuditKind::Access;
+        first.count = 300;
+        framed.push(&first.entry());
+        assert_eq!(framed.len(), 2);
+        assert_eq!(framed.kind_and_count(0), (AuditKind::Secret, 1));
+        assert_eq!(framed.kind_and_count(1), (AuditKind::Access, 300));
+        let frames: Vec<_> = Frames::new(&framed.buf).collect();
+        assert_eq!(frames.len(), 2, "the torn bytes were dropped");
+        for (i, frame) in frames.iter().enumerate() {
+            assert_eq!((frame.seq, frame.hash), (0, [0u8; 32]), "not yet numbered");
+            assert_eq!(frame.payload, framed.payload(i));
+            assert_eq!(time_of(frame.payload), 42);
+        }
+        framed.clear();
+        assert!(framed.is_empty());
+        assert!(framed.buf.is_empty());
+    }
+
+    #[test]
+    fn one_batch_across_several_segments_keeps_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        // 64 records a segment.
+        let limits = Limits {
+            max_records: 1000,
+            max_bytes: 1 << 20,
+            max_age_ms: u64::MAX / 2,
+        };
+        let (mut writer, _) = SegmentWriter::open(dir.path(), limits).unwrap();
+        let mut framed = RecordBuf::default();
+        for i in 0..200u32 {
+            let record = AuditRecord {
+                seq: 0,
+                time_unix_ms: 1_000 + u64::from(i),
+                decision_id: format!("{i}"),
+                kind: AuditKind::Policy,
+                caller: "c".to_owned(),
+                principal: "c".to_owned(),
+                action: "a".to_owned(),
+                resource: String::new(),
+                allowed: true,
+                reasons: Vec::new(),
+                correlation_id: String::new(),
+                count: 1,
+            };
+            framed.push(&record.entry());
+        }
+        assert_eq!(writer.append(&mut framed, true).0, 200);
+        let segments = writer.index().segments();
+        assert_eq!(segments.len(), 4);
+        let mut prev = [0u8; 32];
+        let mut next = 1;
+        for info in &segments {
+            let bytes = fs::read(dir.path().join(file_name(info.first_seq))).unwrap();
+            assert_eq!(
+                &bytes[16..48],
+                &prev,
+                "each segment names the last hash before it"
+            );
+            for frame in Frames::new(&bytes[HEADER_LEN as usize..]) {
+                assert_eq!(frame.seq, next);
+                assert_eq!(frame.hash, chain(&prev, frame.seq, frame.payload));
+                assert_eq!(time_of(frame.payload), 999 + next);
+                prev = frame.hash;
+                next += 1;
+            }
+            assert_eq!(
+                (info.first_ms, info.last_ms),
+                (1_000 + info.first_seq - 1, 999 + info.next_seq - 1)
+            );
+        }
+        assert_eq!(next, 201);
+        drop(writer);
+        let (reopened, recovered) = SegmentWriter::open(dir.path(), limits).unwrap();
+        assert_eq!((reopened.next_seq(), recovered.torn_bytes), (201, 0));
+        assert_eq!(reopened.index().segments(), segments);
+    }
+
+    #[test]
+    fn framed_records_append_like_records() {
         let dir = tempfile::tempdir().unwrap();
         let limits = Limits {
             max_records: 1000,
@@ -1004,8 +1139,11 @@ mod tests {
         };
         let (mut writer, _) = SegmentWriter::open(dir.path(), limits).unwrap();
         for batch in [0..3, 3..5] {
-            let encoded: Vec<Encoded> = batch.clone().map(|i| Encoded::new(&record(i))).collect();
-            let (written, error) = writer.append(&encoded, true);
+            let mut framed = RecordBuf::default();
+            for i in batch.clone() {
+                framed.push(&record(i).entry());
+            }
+            let (written, error) = writer.append(&mut framed, true);
             assert_eq!(written, batch.count());
             assert!(error.is_none(), "{error:?}");
         }

@@ -341,6 +341,57 @@ async fn a_stop_writes_what_a_stopped_writer_left_queued() {
 }
 
 #[tokio::test]
+async fn a_full_queue_refuses_and_counts_and_takes_records_again_once_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = AuditConfig {
+        queue_capacity: 5,
+        ..config(1000)
+    };
+    let f = start(dir.path(), &config).await;
+    let log = f.log.clone();
+    log.record_durable(record("a", "first", true))
+        .await
+        .unwrap();
+    f.supervisor.stop_actor("audit-writer").await.unwrap();
+    for i in 0..5 {
+        log.record(record("a", &format!("queued {i}"), true))
+            .unwrap();
+    }
+    assert_eq!(log.shared.queue_len(), 5);
+    // Full: refused, counted, and nothing already queued is disturbed.
+    assert!(matches!(
+        log.record(record("a", "refused", true)),
+        Err(AuditError::QueueFull)
+    ));
+    let mut aggregate = record("a", "refused aggregate", false);
+    aggregate.count = 7;
+    assert!(matches!(log.record(aggregate), Err(AuditError::QueueFull)));
+    assert_eq!(log.shared.queue_len(), 5);
+
+    // The writer takes the whole queue at once; then records are taken again.
+    f.supervisor.start_actor("audit-writer").await.unwrap();
+    log.record_durable(record("a", "after", true))
+        .await
+        .unwrap();
+    assert_eq!(log.shared.queue_len(), 0);
+    let (all, _) = log.query(&AuditQuery::default()).unwrap();
+    let expected: Vec<String> = std::iter::once("first".to_owned())
+        .chain((0..5).map(|i| format!("queued {i}")))
+        .chain(std::iter::once("after".to_owned()))
+        .collect();
+    assert_eq!(
+        all.iter().map(|r| r.action.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    assert_eq!(
+        all.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=7).collect::<Vec<_>>()
+    );
+    let (_, lost) = f.stop().await;
+    assert_eq!(lost, 0);
+}
+
+#[tokio::test]
 async fn a_stop_that_cannot_write_is_not_clean_and_the_next_start_hears_of_it() {
     let dir = tempfile::tempdir().unwrap();
     let f = start(dir.path(), &config(1000)).await;
