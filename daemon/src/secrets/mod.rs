@@ -29,6 +29,7 @@ mod rotation;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use base64::Engine;
@@ -1316,7 +1317,8 @@ impl Secrets {
         let record = self.change_record(actor, path, kind, versions);
         let audited_first = match (self.audit.get(), &record) {
             (Some(audit), Some(record)) if audit.fails_closed(&record.action) => {
-                if let Err(err) = audit.record_durable(record.clone()).await {
+                // Borrowed: the record is kept for the mirror, not copied for the log.
+                if let Err(err) = audit.record_durable_entry(record.entry()).await {
                     return Err(refused(ServiceError::Unavailable(format!(
                         "the audit log cannot record {} on {path} ({err}); nothing was changed ([audit] fail_closed_actions)",
                         record.action
@@ -1357,12 +1359,20 @@ impl Secrets {
         kind: ChangeKind,
         versions: &[u64],
     ) -> Option<AuditRecord> {
-        let list: Vec<String> = versions.iter().map(u64::to_string).collect();
+        let mut detail = String::with_capacity(9 + 4 * versions.len());
+        detail.push_str("versions ");
+        for (i, version) in versions.iter().enumerate() {
+            if i > 0 {
+                detail.push(',');
+            }
+            // Writing into a String cannot fail.
+            let _ = write!(detail, "{version}");
+        }
         self.record(
             actor,
             format!("secrets.{}", kind.as_str()),
             format!("secret:{path}"),
-            format!("versions {}", list.join(",")),
+            detail,
         )
     }
 

@@ -837,6 +837,21 @@ async fn a_change_the_audit_log_cannot_record_is_not_made() {
         (last.principal.as_str(), last.correlation_id.as_str()),
         ("tester", "c-1")
     );
+    assert_eq!(last.reasons, ["versions 1"]);
+    // A change of several versions names each of them, never a value.
+    for value in [b"listed-value-1", b"listed-value-2"] {
+        s.put(&me(), put_req("/listed", value, None)).await.unwrap();
+    }
+    s.set_versions(&me(), "/listed", &[1, 2], VersionOp::Delete)
+        .await
+        .unwrap();
+    let (records, _) = audit.query(&AuditQuery::default()).unwrap();
+    let last = records.last().unwrap();
+    assert_eq!(
+        (last.action.as_str(), last.resource.as_str()),
+        ("secrets.delete", "secret:/listed")
+    );
+    assert_eq!(last.reasons, ["versions 1,2"]);
 
     s.put(
         &me(),
