@@ -51,7 +51,7 @@ def main():
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="brainstem-audit-")
     state = f"{work}/s"
-    addr, maddr = "127.0.0.1:50081", "127.0.0.1:9181"
+    addr, maddr = rpc.free_addr(), rpc.free_addr()
     log = open(f"{work}/stderr.log", "w")
     daemon = subprocess.Popen(
         [f"{args.bin_dir}/brainstemd", "--dev", "--state-dir", state, "--listen", addr,

@@ -44,7 +44,7 @@ def main():
     with open(config, "w") as f:
         f.write(f"[episodic]\ncapacity = {args.entries + 1000}\nembedding_dimension = 8\n"
                 "mailbox_capacity = 4096\n[server]\nrequest_timeout_seconds = 600\n")
-    addr, metrics_port = "127.0.0.1:50074", 9174
+    addr, metrics_port = rpc.free_addr(), int(rpc.free_addr().rsplit(":", 1)[1])
     daemon = subprocess.Popen(
         [f"{args.bin_dir}/brainstemd", "--dev", "--config", config, "--state-dir", state,
          "--listen", addr, "--metrics-listen", f"127.0.0.1:{metrics_port}", "--log-level", "warn"])

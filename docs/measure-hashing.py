@@ -34,10 +34,10 @@ def main():
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="brainstem-hashing-", dir=os.environ.get("TMPDIR", "/var/tmp"))
     state = f"{work}/s"
-    addr = "127.0.0.1:50073"
+    addr = rpc.free_addr()
     daemon = subprocess.Popen(
         [f"{args.bin_dir}/brainstemd", "--dev", "--state-dir", state, "--listen", addr,
-         "--metrics-listen", "127.0.0.1:9173", "--log-level", "warn"])
+         "--metrics-listen", rpc.free_addr(), "--log-level", "warn"])
     try:
         rpc.wait_port(addr)
         os.makedirs(f"{state}/artifacts", exist_ok=True)
