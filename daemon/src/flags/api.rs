@@ -37,6 +37,7 @@ use crate::error::{FieldViolation, ServiceError, truncate_for_reply};
 use crate::grpc::convert::timestamp_from_unix_ms as timestamp;
 use crate::grpc::methods::Requirement;
 use crate::grpc::services::{Health, Registration, ServiceSpec, handler};
+use crate::grpc::wire::{WireMethods, WireRoute};
 use crate::store::unix_ms_now;
 
 /// Evaluate flags (Flags.Evaluate/EvaluateAll/List and every flagd evaluation method).
@@ -191,71 +192,37 @@ impl FlagsService {
     }
 }
 
-/// `brainstem.v1.Flags` as routed: `Evaluate` through [`wire::WireCodec`] (no generated types
-/// on the hot path), every other method through the generated server.
+/// `brainstem.v1.Flags` as routed: `Evaluate` through [`WireCodec`](crate::grpc::wire::WireCodec)
+/// (no generated types on the hot path), every other method through the generated server.
+pub type FlagsRoute = WireRoute<FlagsServer<FlagsService>, FlagsWire>;
+
+/// The `Flags` method served through the hand-written codec: `Evaluate`.
 #[derive(Clone)]
-pub struct FlagsRoute {
-    generated: FlagsServer<FlagsService>,
-    service: Arc<FlagsService>,
-    max_message_bytes: usize,
-}
+pub struct FlagsWire(Arc<FlagsService>);
 
-const EVALUATE_PATH: &str = "/brainstem.v1.Flags/Evaluate";
+impl WireMethods for FlagsWire {
+    type Request = wire::EvaluateRequest;
+    type Reply = wire::EvaluateReply;
+    type Method = EvaluateMethod;
 
-impl FlagsRoute {
-    fn new(service: FlagsService, max_message_bytes: usize) -> Self {
-        let service = Arc::new(service);
-        FlagsRoute {
-            generated: FlagsServer::from_arc(service.clone())
-                .max_decoding_message_size(max_message_bytes)
-                .max_encoding_message_size(max_message_bytes),
-            service,
-            max_message_bytes,
-        }
+    fn method(&self, name: &str) -> Option<EvaluateMethod> {
+        (name == "Evaluate").then(|| EvaluateMethod(self.0.clone()))
     }
 }
 
-impl tonic::server::NamedService for FlagsRoute {
-    const NAME: &'static str = <FlagsServer<FlagsService> as tonic::server::NamedService>::NAME;
-}
-
-impl<B> tower::Service<http::Request<B>> for FlagsRoute
-where
-    B: http_body::Body + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path() != EVALUATE_PATH {
-            return self.generated.call(request);
-        }
-        let method = EvaluateMethod(self.service.clone());
-        let max = Some(self.max_message_bytes);
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(wire::WireCodec::<
-                wire::EvaluateRequest,
-                wire::EvaluateReply,
-            >::default())
-            .apply_max_message_size_config(max, max);
-            Ok(grpc.unary(method, request).await)
-        })
-    }
+fn flags_route(service: FlagsService, max_message_bytes: usize) -> FlagsRoute {
+    let service = Arc::new(service);
+    WireRoute::new(
+        FlagsServer::from_arc(service.clone())
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes),
+        FlagsWire(service),
+        max_message_bytes,
+    )
 }
 
 /// `Flags.Evaluate` for [`tonic::server::Grpc::unary`]; evaluation does not wait, so no box.
-struct EvaluateMethod(Arc<FlagsService>);
+pub struct EvaluateMethod(Arc<FlagsService>);
 
 impl tonic::server::UnaryService<wire::EvaluateRequest> for EvaluateMethod {
     type Response = wire::EvaluateReply;
@@ -685,77 +652,41 @@ fn no_fallback(r: Resolution, key: &str) -> Result<Resolution, Status> {
 }
 
 /// A flagd evaluation service as routed: the typed `Resolve*` methods through
-/// [`wire::WireCodec`] (the context read lazily, the reply written from the resolution, as
-/// `Flags.Evaluate`), `ResolveAll` and `EventStream` through the generated server `S`.
+/// [`WireCodec`](crate::grpc::wire::WireCodec) (the context read lazily, the reply written from the
+/// resolution, as `Flags.Evaluate`), `ResolveAll` and `EventStream` through the generated server `S`.
+pub type FlagdRoute<S> = WireRoute<S, FlagdWire>;
+
+/// The flagd methods served through the hand-written codec: the typed `Resolve*` of one version.
 #[derive(Clone)]
-pub struct FlagdRoute<S> {
-    generated: S,
+pub struct FlagdWire {
     flagd: Flagd,
     version: wire::FlagdVersion,
-    max_message_bytes: usize,
 }
 
-impl<S: tonic::server::NamedService> tonic::server::NamedService for FlagdRoute<S> {
-    const NAME: &'static str = S::NAME;
-}
+impl WireMethods for FlagdWire {
+    type Request = wire::ResolveRequest;
+    type Reply = wire::ResolveReply;
+    type Method = ResolveMethod;
 
-impl<S, B> tower::Service<http::Request<B>> for FlagdRoute<S>
-where
-    S: tower::Service<
-            http::Request<B>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + tonic::server::NamedService,
-    S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = request
-            .uri()
-            .path()
-            .strip_prefix(S::NAME)
-            .and_then(|rest| rest.strip_prefix('/'));
-        let flag_type = match method {
-            Some("ResolveBoolean") => FlagType::Boolean,
-            Some("ResolveString") => FlagType::String,
-            Some("ResolveInt") => FlagType::Integer,
-            Some("ResolveFloat") => FlagType::Float,
-            Some("ResolveObject") => FlagType::Object,
-            _ => return Box::pin(self.generated.call(request)),
+    fn method(&self, name: &str) -> Option<ResolveMethod> {
+        let flag_type = match name {
+            "ResolveBoolean" => FlagType::Boolean,
+            "ResolveString" => FlagType::String,
+            "ResolveInt" => FlagType::Integer,
+            "ResolveFloat" => FlagType::Float,
+            "ResolveObject" => FlagType::Object,
+            _ => return None,
         };
-        let method = ResolveMethod {
+        Some(ResolveMethod {
             flagd: self.flagd.clone(),
             version: self.version,
             flag_type,
-        };
-        let max = Some(self.max_message_bytes);
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(wire::WireCodec::<
-                wire::ResolveRequest,
-                wire::ResolveReply,
-            >::default())
-            .apply_max_message_size_config(max, max);
-            Ok(grpc.unary(method, request).await)
         })
     }
 }
 
 /// One typed flagd `Resolve*` method for [`tonic::server::Grpc::unary`].
-struct ResolveMethod {
+pub struct ResolveMethod {
     flagd: Flagd,
     version: wire::FlagdVersion,
     flag_type: FlagType,
@@ -797,28 +728,32 @@ impl Flagd {
         &self,
         max_message_bytes: usize,
     ) -> FlagdRoute<fv2::service_server::ServiceServer<FlagdV2>> {
-        FlagdRoute {
-            generated: fv2::service_server::ServiceServer::new(FlagdV2(self.clone()))
+        WireRoute::new(
+            fv2::service_server::ServiceServer::new(FlagdV2(self.clone()))
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes),
-            flagd: self.clone(),
-            version: wire::FlagdVersion::V2,
+            FlagdWire {
+                flagd: self.clone(),
+                version: wire::FlagdVersion::V2,
+            },
             max_message_bytes,
-        }
+        )
     }
 
     fn v1_route(
         &self,
         max_message_bytes: usize,
     ) -> FlagdRoute<fv1::service_server::ServiceServer<FlagdV1>> {
-        FlagdRoute {
-            generated: fv1::service_server::ServiceServer::new(FlagdV1(self.clone()))
+        WireRoute::new(
+            fv1::service_server::ServiceServer::new(FlagdV1(self.clone()))
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes),
-            flagd: self.clone(),
-            version: wire::FlagdVersion::V1,
+            FlagdWire {
+                flagd: self.clone(),
+                version: wire::FlagdVersion::V1,
+            },
             max_message_bytes,
-        }
+        )
     }
 }
 
@@ -1018,7 +953,7 @@ pub const REGISTRATION: Registration = Registration {
                 keep_alive,
                 stop: shared.server_token.clone(),
             };
-            routes.add_service(FlagsRoute::new(
+            routes.add_service(flags_route(
                 FlagsService {
                     flags,
                     audit: shared.access.audit.clone(),
@@ -1257,8 +1192,11 @@ mod tests {
                         };
                         let got = method.resolve(request).map(|reply| {
                             let mut bytes = Vec::new();
-                            wire::WireReply::encode(&reply, &mut bytes);
-                            assert_eq!(wire::WireReply::encoded_len(&reply), bytes.len());
+                            crate::grpc::wire::WireReply::encode(&reply, &mut bytes);
+                            assert_eq!(
+                                crate::grpc::wire::WireReply::encoded_len(&reply),
+                                bytes.len()
+                            );
                             bytes
                         });
                         let what = format!("{key} {version:?} {flag_type:?} {context:?}");

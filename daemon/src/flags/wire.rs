@@ -3,7 +3,8 @@
 //! reply is written straight from the [`Resolution`] — the value from its JSON, the metadata as
 //! bytes encoded once per loaded set ([`Metadata::encoded`]). Both are byte-for-byte what prost
 //! writes and reads for `brainstem.v1.EvaluateFlagRequest` / `EvaluateFlagReply` (tests compare
-//! them); the generated types still serve every other method and the clients.
+//! them); the generated types still serve every other method and the clients. The codec and the
+//! route are [`crate::grpc::wire`]'s.
 //!
 //! Why: decoding the context Struct into maps and encoding the Value and metadata Struct (prost
 //! sizes each nested level before writing it) cost more than the evaluation itself
@@ -15,32 +16,11 @@ use prost::encoding::{
     encoded_len_varint, skip_field,
 };
 use serde_json::{Map, Value};
-use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use super::{EvalContext, Resolution};
-
-/// Why a request could not be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodeError(String);
-
-impl DecodeError {
-    fn new(why: &str) -> Self {
-        DecodeError(why.to_owned())
-    }
-}
-
-impl From<prost::DecodeError> for DecodeError {
-    fn from(err: prost::DecodeError) -> Self {
-        DecodeError(err.to_string())
-    }
-}
-
-impl std::fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+use crate::grpc::wire::{
+    DecodeError, WireReply, WireRequest, encode_str, field_len, length_delimited,
+};
 
 /// How deep a context may nest (Values inside Structs and lists), as prost's recursion limit.
 const MAX_DEPTH: u32 = 100;
@@ -70,7 +50,7 @@ impl EvaluateRequest {
                 (1, WireType::LengthDelimited) => {
                     let bytes = length_delimited(&mut buf)?;
                     request.key = std::str::from_utf8(&bytes)
-                        .map_err(|_| DecodeError::new("key: invalid UTF-8"))?
+                        .map_err(|_| DecodeError::new("key: data is not UTF-8"))?
                         .to_owned();
                 }
                 (2, WireType::LengthDelimited) => {
@@ -91,14 +71,6 @@ impl EvaluateRequest {
         }
         Ok(request)
     }
-}
-
-fn length_delimited(buf: &mut Bytes) -> Result<Bytes, DecodeError> {
-    let len = decode_varint(buf)?;
-    if len > buf.remaining() as u64 {
-        return Err(DecodeError::new("buffer underflow"));
-    }
-    Ok(buf.split_to(len as usize))
 }
 
 fn sub_slice<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
@@ -288,17 +260,6 @@ impl EvaluateReply {
             encode_varint(self.r#type as i64 as u64, buf);
         }
     }
-}
-
-/// A length-delimited field of `len` bytes with a one-byte key (field numbers below 16).
-fn field_len(len: usize) -> usize {
-    1 + encoded_len_varint(len as u64) + len
-}
-
-fn encode_str(tag: u32, s: &str, buf: &mut impl BufMut) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(s.len() as u64, buf);
-    buf.put_slice(s.as_bytes());
 }
 
 /// The length of a `google.protobuf.Value` holding `value` (as `json_to_value` builds it).
@@ -508,30 +469,13 @@ impl WireReply for ResolveReply {
     }
 }
 
-/// A request the hand-written codec reads.
-pub trait WireRequest: Sized + Send + 'static {
-    /// The message's name, for errors.
-    const NAME: &'static str;
-    fn decode(buf: Bytes) -> Result<Self, DecodeError>;
-}
-
-/// A reply the hand-written codec writes.
-pub trait WireReply: Send + 'static {
-    fn encoded_len(&self) -> usize;
-    fn encode(&self, buf: &mut impl BufMut);
-}
-
 impl WireRequest for EvaluateRequest {
-    const NAME: &'static str = "EvaluateFlagRequest";
-
     fn decode(buf: Bytes) -> Result<Self, DecodeError> {
         EvaluateRequest::decode(buf)
     }
 }
 
 impl WireRequest for ResolveRequest {
-    const NAME: &'static str = "Resolve request";
-
     fn decode(buf: Bytes) -> Result<Self, DecodeError> {
         EvaluateRequest::decode_fields(buf, false).map(ResolveRequest)
     }
@@ -544,57 +488,6 @@ impl WireReply for EvaluateReply {
 
     fn encode(&self, buf: &mut impl BufMut) {
         EvaluateReply::encode(self, buf)
-    }
-}
-
-/// The codec of the hand-written routes: `Req` in, `Rep` out.
-pub struct WireCodec<Req, Rep>(std::marker::PhantomData<fn() -> (Req, Rep)>);
-
-impl<Req, Rep> Default for WireCodec<Req, Rep> {
-    fn default() -> Self {
-        WireCodec(std::marker::PhantomData)
-    }
-}
-
-impl<Req: WireRequest, Rep: WireReply> Codec for WireCodec<Req, Rep> {
-    type Encode = Rep;
-    type Decode = Req;
-    type Encoder = Self;
-    type Decoder = Self;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        Self::default()
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        Self::default()
-    }
-}
-
-impl<Req: WireRequest, Rep: WireReply> Encoder for WireCodec<Req, Rep> {
-    type Item = Rep;
-    type Error = Status;
-
-    fn encode(&mut self, item: Rep, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.reserve(item.encoded_len());
-        item.encode(dst);
-        Ok(())
-    }
-}
-
-impl<Req: WireRequest, Rep: WireReply> Decoder for WireCodec<Req, Rep> {
-    type Item = Req;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Req>, Status> {
-        let bytes = src.copy_to_bytes(src.remaining());
-        Req::decode(bytes).map(Some).map_err(|err| {
-            crate::error::ServiceError::InvalidArgument(vec![crate::error::FieldViolation::new(
-                Req::NAME,
-                format!("not decodable: {err}"),
-            )])
-            .into()
-        })
     }
 }
 

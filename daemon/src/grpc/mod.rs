@@ -14,6 +14,7 @@ pub mod methods;
 pub mod services;
 pub mod status;
 pub mod tls;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -244,7 +244,7 @@ pub fn undecodable<B>(response: &http::Response<B>) -> Option<ServiceError> {
 
 /// A short reason for tonic's or prost's decode message, without the decoder's field path (which can
 /// be as deep as the nesting that was refused).
-fn decode_reason(message: &str) -> String {
+pub(crate) fn decode_reason(message: &str) -> String {
     let reason = if message.contains("recursion limit reached") {
         "messages nested too deeply (a Struct or ListValue more than 32 levels deep may be refused)"
     } else if message.contains("not UTF-8") {
