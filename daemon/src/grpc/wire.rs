@@ -269,6 +269,143 @@ mod tests {
         assert!(refusal(from_prost).message().contains("not valid protobuf"));
     }
 
+    /// A request of one length-delimited field (1) whose bytes are kept.
+    struct Echo(Bytes);
+
+    impl WireRequest for Echo {
+        fn decode(mut buf: Bytes) -> Result<Self, DecodeError> {
+            let (tag, wire_type) = prost::encoding::decode_key(&mut buf)?;
+            if (tag, wire_type) != (1, WireType::LengthDelimited) {
+                return Err(DecodeError::new("invalid wire type"));
+            }
+            Ok(Echo(length_delimited(&mut buf)?))
+        }
+    }
+
+    impl WireReply for Echo {
+        fn encoded_len(&self) -> usize {
+            field_len(self.0.len())
+        }
+
+        fn encode(&self, buf: &mut impl BufMut) {
+            encode_key(1, WireType::LengthDelimited, buf);
+            encode_varint(self.0.len() as u64, buf);
+            buf.put_slice(&self.0);
+        }
+    }
+
+    #[derive(Clone)]
+    struct EchoMethods;
+
+    struct EchoMethod;
+
+    impl tonic::server::UnaryService<Echo> for EchoMethod {
+        type Response = Echo;
+        type Future = std::future::Ready<Result<tonic::Response<Echo>, Status>>;
+
+        fn call(&mut self, request: tonic::Request<Echo>) -> Self::Future {
+            std::future::ready(Ok(tonic::Response::new(request.into_inner())))
+        }
+    }
+
+    impl WireMethods for EchoMethods {
+        type Request = Echo;
+        type Reply = Echo;
+        type Method = EchoMethod;
+
+        fn method(&self, name: &str) -> Option<EchoMethod> {
+            (name == "Echo").then_some(EchoMethod)
+        }
+    }
+
+    /// Stands for the generated server: answers every call it gets with a marker header.
+    #[derive(Clone)]
+    struct Generated;
+
+    impl tonic::server::NamedService for Generated {
+        const NAME: &'static str = "brainstem.v1.Policy";
+    }
+
+    impl<B: Send + 'static> tower::Service<http::Request<B>> for Generated {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(
+            &mut self,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _request: http::Request<B>) -> Self::Future {
+            let mut response = http::Response::new(tonic::body::Body::empty());
+            response
+                .headers_mut()
+                .insert("x-served-by", http::HeaderValue::from_static("generated"));
+            std::future::ready(Ok(response))
+        }
+    }
+
+    async fn call(path: &str, message: &[u8]) -> http::Response<tonic::body::Body> {
+        use tower::Service;
+
+        let mut frame = vec![0];
+        frame.extend((message.len() as u32).to_be_bytes());
+        frame.extend(message);
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("content-type", "application/grpc")
+            .body(http_body_util::Full::new(Bytes::from(frame)))
+            .unwrap();
+        let mut route = WireRoute::new(Generated, EchoMethods, 1024);
+        route.call(request).await.unwrap()
+    }
+
+    async fn body_and_status(response: http::Response<tonic::body::Body>) -> (Bytes, String) {
+        use http_body_util::BodyExt;
+
+        let headers = response.headers().clone();
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let status = trailers
+            .get("grpc-status")
+            .or(headers.get("grpc-status"))
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (collected.to_bytes(), status)
+    }
+
+    /// The route's own methods go through the codec, whatever else to the generated server; a
+    /// message the codec cannot read is INVALID_ARGUMENT.
+    #[tokio::test]
+    async fn the_route_sends_its_methods_through_the_codec() {
+        let message = [0x0a, 2, b'h', b'i'];
+        let response = call("/brainstem.v1.Policy/Echo", &message).await;
+        assert!(response.headers().get("x-served-by").is_none());
+        let (body, status) = body_and_status(response).await;
+        assert_eq!(status, "0");
+        assert_eq!(&body[..], &[0, 0, 0, 0, 4, 0x0a, 2, b'h', b'i']);
+
+        for path in [
+            "/brainstem.v1.Policy/Other",
+            "/brainstem.v1.Flags/Echo",
+            "/brainstem.v1.Policy",
+        ] {
+            let response = call(path, &message).await;
+            assert_eq!(
+                response.headers().get("x-served-by").map(|v| v.as_bytes()),
+                Some(&b"generated"[..]),
+                "{path}"
+            );
+        }
+
+        let response = call("/brainstem.v1.Policy/Echo", &[0x0a, 9, b'h']).await;
+        let (_, status) = body_and_status(response).await;
+        assert_eq!(status, "3");
+    }
+
     #[test]
     fn a_length_beyond_the_buffer_is_an_error() {
         let mut buf = Bytes::from_static(&[5, b'a', b'b']);
