@@ -7,11 +7,12 @@
 //! channel message or cross-thread free per record), and the `audit-writer` worker swaps that
 //! buffer for its spare one, numbers and chains the frames in place and appends them as one batch
 //! (one `write`), on a blocking thread. Encoding from borrowed fields lets a decision keep its
-//! reasons and id for its answer without copies. A batch holding a fail-closed record is synced before its waiters are answered
-//! (group commit); otherwise the log is synced at least every [`segment::SYNC_EVERY`] and once a
-//! second when idle, so a kill -9 loses nothing handed to the kernel and a power loss at most that
-//! interval of records nobody waited for. The writer runs under the supervisor (critical,
-//! permanent); the queue, owned by the worker rather than one incarnation, survives a restart.
+//! reasons and id for its answer without copies. A batch holding a fail-closed record is synced
+//! before its waiters are answered (group commit); otherwise the log is synced at least every
+//! [`segment::SYNC_EVERY`] and once a second when idle, so a kill -9 loses nothing handed to the
+//! kernel and a power loss at most that interval of records nobody waited for. The writer runs
+//! under the supervisor (critical, permanent); the queue, shared by the log and the worker rather
+//! than owned by one incarnation, survives a restart.
 //!
 //! Actions listed in `[audit] fail_closed_actions` (default `secrets.*`) are answered only once
 //! their record is on disk, and denied (`audit-unavailable`) when it cannot be written. Any other
