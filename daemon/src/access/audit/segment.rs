@@ -788,8 +788,8 @@ impl SegmentWriter {
         self.next_seq
     }
 
-    /// Appends `records`, already framed ([`RecordBuf`]; numbered and chained here, in place), in order from
-    /// [`SegmentWriter::next_seq`]: one `write` per segment the batch touches (a full
+    /// Appends `records`, already framed ([`RecordBuf`]), numbering and chaining them in place in
+    /// order from [`SegmentWriter::next_seq`]: one `write` per segment the batch touches (a full
     /// segment is synced, sealed and the next begun on the way), then one `fdatasync` when `sync`
     /// (a fail-closed record waits) or when the last one is [`SYNC_EVERY`] old. Returns how many
     /// were written, and the error that stopped the rest: a failed part is cut back off the file,
