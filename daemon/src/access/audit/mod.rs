@@ -111,18 +111,19 @@ impl AuditKind {
         }
     }
 
+    /// Every kind (the order [`Queued::events`] counts them in).
+    pub const ALL: [AuditKind; 7] = [
+        AuditKind::Policy,
+        AuditKind::Guardrail,
+        AuditKind::Access,
+        AuditKind::Token,
+        AuditKind::Admin,
+        AuditKind::Secret,
+        AuditKind::Registry,
+    ];
+
     pub fn parse(text: &str) -> Option<AuditKind> {
-        [
-            AuditKind::Policy,
-            AuditKind::Guardrail,
-            AuditKind::Access,
-            AuditKind::Token,
-            AuditKind::Admin,
-            AuditKind::Secret,
-            AuditKind::Registry,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == text)
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
     }
 }
 
@@ -215,22 +216,11 @@ pub struct OpenError {
     pub source: std::io::Error,
 }
 
-/// Every kind, in the order [`Queued::events`] counts them.
-const KINDS: [AuditKind; 7] = [
-    AuditKind::Policy,
-    AuditKind::Guardrail,
-    AuditKind::Access,
-    AuditKind::Token,
-    AuditKind::Admin,
-    AuditKind::Secret,
-    AuditKind::Registry,
-];
-
-/// Events by kind, as [`KINDS`] orders them.
-type ByKind = [u64; KINDS.len()];
+/// Events by kind, as [`AuditKind::ALL`] orders them.
+type ByKind = [u64; AuditKind::ALL.len()];
 
 fn add_events(counts: &mut ByKind, kind: AuditKind, n: u64) {
-    if let Some(i) = KINDS.iter().position(|k| *k == kind) {
+    if let Some(i) = AuditKind::ALL.iter().position(|k| *k == kind) {
         counts[i] += n;
     }
 }
@@ -1121,7 +1111,11 @@ impl Core {
                 kind: "write",
             }
             .emit();
-            for (kind, records) in KINDS.into_iter().zip(failed).filter(|(_, n)| *n > 0) {
+            for (kind, records) in AuditKind::ALL
+                .into_iter()
+                .zip(failed)
+                .filter(|(_, n)| *n > 0)
+            {
                 shared.unrecorded(kind, "write-failed", records);
                 if stopping {
                     shared.lost_at_stop.fetch_add(records, Ordering::AcqRel);
