@@ -1001,6 +1001,31 @@ fn create_segment(dir: &Path, first_seq: u64, prev: &Hash) -> io::Result<(File, 
 mod tests {
     use super::*;
 
+    /// 64 records a segment.
+    const LIMITS: Limits = Limits {
+        max_records: 1000,
+        max_bytes: 1 << 20,
+        max_age_ms: u64::MAX / 2,
+    };
+
+    /// Record `i` of a test batch, timed `1_000 + i`.
+    fn record(i: u64) -> AuditRecord {
+        AuditRecord {
+            seq: 0,
+            time_unix_ms: 1_000 + i,
+            decision_id: format!("{i:020x}"),
+            kind: AuditKind::Policy,
+            caller: "spiffe://h/a".to_owned(),
+            principal: "spiffe://h/a".to_owned(),
+            action: "web.read".to_owned(),
+            resource: String::new(),
+            allowed: i % 2 == 0,
+            reasons: vec!["r".to_owned()],
+            correlation_id: String::new(),
+            count: 1,
+        }
+    }
+
     #[test]
     fn hex_ids_pack_only_when_lowercase_hex() {
         assert_eq!(
@@ -1021,18 +1046,10 @@ mod tests {
     fn a_record_buffer_frames_records_and_reads_their_kind_and_count() {
         let mut framed = RecordBuf::default();
         let mut first = AuditRecord {
-            seq: 0,
             time_unix_ms: 42,
-            decision_id: "d".to_owned(),
             kind: AuditKind::Secret,
-            caller: "c".to_owned(),
-            principal: "c".to_owned(),
-            action: "secrets.put".to_owned(),
-            resource: "/a".to_owned(),
-            allowed: true,
-            reasons: Vec::new(),
-            correlation_id: String::new(),
             count: 0,
+            ..record(0)
         };
         framed.push(&first.entry());
         // A push cut short (a panic mid-encode) leaves bytes after the last whole frame: the next
@@ -1059,30 +1076,10 @@ mod tests {
     #[test]
     fn one_batch_across_several_segments_keeps_one_chain() {
         let dir = tempfile::tempdir().unwrap();
-        // 64 records a segment.
-        let limits = Limits {
-            max_records: 1000,
-            max_bytes: 1 << 20,
-            max_age_ms: u64::MAX / 2,
-        };
-        let (mut writer, _) = SegmentWriter::open(dir.path(), limits).unwrap();
+        let (mut writer, _) = SegmentWriter::open(dir.path(), LIMITS).unwrap();
         let mut framed = RecordBuf::default();
-        for i in 0..200u32 {
-            let record = AuditRecord {
-                seq: 0,
-                time_unix_ms: 1_000 + u64::from(i),
-                decision_id: format!("{i}"),
-                kind: AuditKind::Policy,
-                caller: "c".to_owned(),
-                principal: "c".to_owned(),
-                action: "a".to_owned(),
-                resource: String::new(),
-                allowed: true,
-                reasons: Vec::new(),
-                correlation_id: String::new(),
-                count: 1,
-            };
-            framed.push(&record.entry());
+        for i in 0..200 {
+            framed.push(&record(i).entry());
         }
         assert_eq!(writer.append(&mut framed, true).0, 200);
         let segments = writer.index().segments();
@@ -1110,7 +1107,7 @@ mod tests {
         }
         assert_eq!(next, 201);
         drop(writer);
-        let (reopened, recovered) = SegmentWriter::open(dir.path(), limits).unwrap();
+        let (reopened, recovered) = SegmentWriter::open(dir.path(), LIMITS).unwrap();
         assert_eq!((reopened.next_seq(), recovered.torn_bytes), (201, 0));
         assert_eq!(reopened.index().segments(), segments);
     }
@@ -1118,26 +1115,7 @@ mod tests {
     #[test]
     fn framed_records_append_like_records() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = Limits {
-            max_records: 1000,
-            max_bytes: 1 << 20,
-            max_age_ms: u64::MAX / 2,
-        };
-        let record = |i: u64| AuditRecord {
-            seq: 0,
-            time_unix_ms: 1_000 + i,
-            decision_id: format!("{i:020x}"),
-            kind: AuditKind::Policy,
-            caller: "spiffe://h/a".to_owned(),
-            principal: "spiffe://h/a".to_owned(),
-            action: "web.read".to_owned(),
-            resource: String::new(),
-            allowed: i % 2 == 0,
-            reasons: vec!["r".to_owned()],
-            correlation_id: String::new(),
-            count: 1,
-        };
-        let (mut writer, _) = SegmentWriter::open(dir.path(), limits).unwrap();
+        let (mut writer, _) = SegmentWriter::open(dir.path(), LIMITS).unwrap();
         for batch in [0..3, 3..5] {
             let mut framed = RecordBuf::default();
             for i in batch.clone() {
