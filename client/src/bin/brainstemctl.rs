@@ -3,6 +3,11 @@
 //! Exit codes (see `brainstem_client::exit`): 0 ok, 1 negative answer (e.g. NOT_SERVING), 2 usage,
 //! 3 unreachable, 4 denied, 5 other RPC error, 6 local file error.
 
+/// The daemon's allocator (daemon/src/main.rs): `bench` runs beside the daemon on the same cores,
+/// so what the client spends on malloc/free is taken from the server it measures.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "ctl/access.rs"]
 mod access;
 #[path = "ctl/audit.rs"]
