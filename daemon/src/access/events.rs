@@ -7,6 +7,10 @@ pub fn describe() {
         "audit records written (on disk, synced)"
     );
     metrics::describe_counter!(
+        "brainstem_audit_syncs_total",
+        "fdatasync calls of the audit log (records written / syncs: the records one sync carried)"
+    );
+    metrics::describe_counter!(
         "brainstem_audit_unrecorded_total",
         "decisions and refusals whose audit record could not be written, by kind and reason (queue-full, write-failed, closed, timed-out)"
     );
@@ -30,6 +34,7 @@ pub fn describe() {
     // Zero series from the start, so alert rules (config/alerts.yml) see the names before the first
     // loss, and `increase()` counts the first one.
     metrics::counter!("brainstem_audit_records_written_total").increment(0);
+    metrics::counter!("brainstem_audit_syncs_total").increment(0);
     metrics::counter!("brainstem_errors_total", "subsystem" => "audit", "kind" => "write")
         .increment(0);
     metrics::gauge!("brainstem_audit_queued").set(0.0);
@@ -92,11 +97,14 @@ impl WouldDeny<'_> {
 
 pub struct AuditWritten {
     pub records: usize,
+    /// `fdatasync`s the write made (one per segment it touched when synced, else none).
+    pub syncs: u64,
 }
 
 impl AuditWritten {
     pub fn emit(self) {
         metrics::counter!("brainstem_audit_records_written_total").increment(self.records as u64);
+        metrics::counter!("brainstem_audit_syncs_total").increment(self.syncs);
     }
 }
 

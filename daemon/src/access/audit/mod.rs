@@ -70,6 +70,12 @@ const RETRY_AFTER: Duration = Duration::from_millis(100);
 /// pool and one `write` per interval instead of per handful of records. A fail-closed record ends
 /// the wait at once ([`Shared::durable`]), so group commit is not delayed.
 const COALESCE: Duration = Duration::from_millis(5);
+/// Group commit for fail-closed records, as the store's committer does it: when the last sync
+/// answered several waiters, their callers are running concurrently and their next records are
+/// on the way, so the writer waits about one sync's time (within these bounds; tokio's timer rounds
+/// up to a millisecond) for them to join the next sync. A lone waiter never waits.
+const DURABLE_WINDOW_MIN: Duration = Duration::from_micros(200);
+const DURABLE_WINDOW_MAX: Duration = Duration::from_millis(2);
 /// Written at a stop that lost records, read (and removed) by the next start.
 const UNCLEAN_MARKER: &str = "unclean-stop";
 
@@ -941,6 +947,8 @@ impl Worker for AuditWriter {
         ctx.ready();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The last batch with fail-closed waiters: how many it answered and how long it took.
+        let (mut last_waiters, mut last_sync) = (0usize, Duration::ZERO);
         loop {
             // A record queued since the last look (its wake-up perhaps spent on a tick) is
             // written without waiting: only a push into an empty queue wakes the writer.
@@ -986,9 +994,24 @@ impl Worker for AuditWriter {
                             }
                         })
                         .await;
+                    } else if durable && last_waiters >= 2 {
+                        let window = last_sync.clamp(DURABLE_WINDOW_MIN, DURABLE_WINDOW_MAX);
+                        ctx.idle(async {
+                            tokio::select! {
+                                biased;
+                                () = ctx.cancelled() => {}
+                                () = tokio::time::sleep(window) => {}
+                            }
+                        })
+                        .await;
                     }
                     self.shared.take(&mut batch);
-                    if !self.write(&mut batch, false).await {
+                    let (waiters, started) = (batch.waiters.len(), std::time::Instant::now());
+                    let written = self.write(&mut batch, false).await;
+                    if waiters > 0 {
+                        (last_waiters, last_sync) = (waiters, started.elapsed());
+                    }
+                    if !written {
                         let pause = tokio::time::sleep(RETRY_AFTER);
                         ctx.idle(async {
                             tokio::select! {
@@ -1069,18 +1092,24 @@ impl Core {
                     }
                     Err(std::sync::TryLockError::WouldBlock) => {
                         let busy = std::io::Error::other("the audit writer is still busy");
-                        return (taken, 0, Some(busy), Vec::new());
+                        return (taken, 0, 0, Some(busy), Vec::new());
                     }
                 };
+                let synced = writer.syncs();
                 let (written, error) = writer.append(&mut taken.records, sync);
                 let trimmed = writer.trim(now);
-                (taken, written, error, trimmed)
+                let syncs = writer.syncs() - synced;
+                (taken, written, syncs, error, trimmed)
             })
             .await;
         let ok = match done {
-            Ok((mut taken, written, error, trimmed)) => {
-                if written > 0 {
-                    AuditWritten { records: written }.emit();
+            Ok((mut taken, written, syncs, error, trimmed)) => {
+                if written > 0 || syncs > 0 {
+                    AuditWritten {
+                        records: written,
+                        syncs,
+                    }
+                    .emit();
                 }
                 for (why, records) in trimmed {
                     AuditTrimmed { records, why }.emit();
@@ -1144,17 +1173,21 @@ impl AuditWriter {
     async fn trim(&self) {
         let segments = self.core.segments.clone();
         let now = (self.shared.now)();
-        if let Ok(trimmed) = self
+        if let Ok((syncs, trimmed)) = self
             .tasks
             .spawn_blocking("audit.trim", move || {
                 let mut writer = segments.lock().unwrap_or_else(|p| p.into_inner());
+                let synced = writer.syncs();
                 if let Err(err) = writer.sync() {
                     tracing::warn!(error = %err, "audit log sync failed");
                 }
-                writer.trim(now)
+                (writer.syncs() - synced, writer.trim(now))
             })
             .await
         {
+            if syncs > 0 {
+                AuditWritten { records: 0, syncs }.emit();
+            }
             for (why, records) in trimmed {
                 AuditTrimmed { records, why }.emit();
             }

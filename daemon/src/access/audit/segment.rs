@@ -659,6 +659,8 @@ pub struct SegmentWriter {
     /// Written since the last `fdatasync`.
     unsynced: bool,
     last_sync: std::time::Instant,
+    /// `fdatasync`s done since the writer was opened.
+    syncs: u64,
     /// Test hook: while set, every write fails as a full disk would.
     pub fail: Arc<AtomicBool>,
 }
@@ -774,6 +776,7 @@ impl SegmentWriter {
                 next_seq,
                 unsynced: false,
                 last_sync: std::time::Instant::now(),
+                syncs: 0,
                 fail: Arc::new(AtomicBool::new(false)),
             },
             recovered,
@@ -812,11 +815,17 @@ impl SegmentWriter {
         (done, None)
     }
 
+    /// `fdatasync`s done since the writer was opened.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
+    }
+
     /// `fdatasync` if anything was written since the last one.
     pub fn sync(&mut self) -> io::Result<()> {
         if self.unsynced {
             self.file.sync_data()?;
             self.unsynced = false;
+            self.syncs += 1;
         }
         self.last_sync = std::time::Instant::now();
         Ok(())

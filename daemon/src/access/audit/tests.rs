@@ -758,3 +758,49 @@ async fn queries_read_windows_across_marks_and_segments_and_after_a_reopen() {
         f.stop().await;
     }
 }
+
+/// Fail-closed records share syncs (group commit): a lone waiter is synced at once, and once a sync
+/// answered several waiters the writer waits about a sync's time, so a record that arrives just
+/// after the writer woke for another joins that record's sync instead of needing its own.
+#[tokio::test(start_paused = true)]
+async fn fail_closed_records_that_arrive_together_share_a_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = start(dir.path(), &config(1000)).await;
+    let log = f.log.clone();
+    let syncs = || log.core.segments.lock().unwrap().syncs();
+
+    // Alone: one sync, and no waiting for company (paused time does not move).
+    let (before, at) = (syncs(), tokio::time::Instant::now());
+    log.record_durable(record("a", "alone", true))
+        .await
+        .unwrap();
+    assert_eq!(syncs() - before, 1);
+    assert_eq!(tokio::time::Instant::now(), at, "a lone waiter waited");
+
+    // Two queued before the writer runs: one sync answers both.
+    let before = syncs();
+    let (b, c) = tokio::join!(
+        log.record_durable(record("a", "b", true)),
+        log.record_durable(record("a", "c", true))
+    );
+    (b.unwrap(), c.unwrap());
+    assert_eq!(syncs() - before, 1);
+
+    // The writer wakes for "d" before "e" is queued; after a shared sync it waits for more, so
+    // both go in one sync (without the wait, "d" would be taken alone and "e" need a second).
+    let before = syncs();
+    let (d, e) = tokio::join!(log.record_durable(record("a", "d", true)), async {
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        log.record_durable(record("a", "e", true)).await
+    });
+    (d.unwrap(), e.unwrap());
+    assert_eq!(syncs() - before, 1);
+    let (all, _) = log.query(&AuditQuery::default()).unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.action.as_str()).collect::<Vec<_>>(),
+        ["alone", "b", "c", "d", "e"]
+    );
+    f.stop().await;
+}
