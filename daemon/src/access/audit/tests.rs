@@ -783,7 +783,8 @@ async fn fail_closed_records_that_arrive_together_share_a_sync() {
         log.record_durable(record("a", "b", true)),
         log.record_durable(record("a", "c", true))
     );
-    (b.unwrap(), c.unwrap());
+    b.unwrap();
+    c.unwrap();
     assert_eq!(syncs() - before, 1);
 
     // The writer wakes for "d" before "e" is queued; after a shared sync it waits for more, so
@@ -795,7 +796,8 @@ async fn fail_closed_records_that_arrive_together_share_a_sync() {
         }
         log.record_durable(record("a", "e", true)).await
     });
-    (d.unwrap(), e.unwrap());
+    d.unwrap();
+    e.unwrap();
     assert_eq!(syncs() - before, 1);
     let (all, _) = log.query(&AuditQuery::default()).unwrap();
     assert_eq!(
