@@ -73,9 +73,11 @@ const COALESCE: Duration = Duration::from_millis(5);
 /// Group commit for fail-closed records, as the store's committer does it: when the last sync
 /// answered several waiters, their callers are running concurrently and their next records are
 /// on the way, so the writer waits about one sync's time (within these bounds; tokio's timer rounds
-/// up to a millisecond) for them to join the next sync. A lone waiter never waits.
+/// up to a millisecond) for them to join the next sync. A lone waiter never waits, nor does the
+/// first record after a pause of [`DURABLE_PAUSE_MS`] (by the log's clock, [`Shared::now`]).
 const DURABLE_WINDOW_MIN: Duration = Duration::from_micros(200);
 const DURABLE_WINDOW_MAX: Duration = Duration::from_millis(2);
+const DURABLE_PAUSE_MS: u64 = 10;
 /// Written at a stop that lost records, read (and removed) by the next start.
 const UNCLEAN_MARKER: &str = "unclean-stop";
 
@@ -947,8 +949,10 @@ impl Worker for AuditWriter {
         ctx.ready();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The last batch with fail-closed waiters: how many it answered and how long it took.
+        // The last batch with fail-closed waiters: how many it answered, how long it took, when it
+        // was done.
         let (mut last_waiters, mut last_sync) = (0usize, Duration::ZERO);
+        let mut last_done_ms = 0;
         loop {
             // A record queued since the last look (its wake-up perhaps spent on a tick) is
             // written without waiting: only a push into an empty queue wakes the writer.
@@ -994,7 +998,10 @@ impl Worker for AuditWriter {
                             }
                         })
                         .await;
-                    } else if durable && last_waiters >= 2 {
+                    } else if durable
+                        && last_waiters >= 2
+                        && (self.shared.now)().saturating_sub(last_done_ms) < DURABLE_PAUSE_MS
+                    {
                         let window = last_sync.clamp(DURABLE_WINDOW_MIN, DURABLE_WINDOW_MAX);
                         ctx.idle(async {
                             tokio::select! {
@@ -1010,6 +1017,7 @@ impl Worker for AuditWriter {
                     let written = self.write(&mut batch, false).await;
                     if waiters > 0 {
                         (last_waiters, last_sync) = (waiters, started.elapsed());
+                        last_done_ms = (self.shared.now)();
                     }
                     if !written {
                         let pause = tokio::time::sleep(RETRY_AFTER);

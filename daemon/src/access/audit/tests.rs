@@ -765,7 +765,8 @@ async fn queries_read_windows_across_marks_and_segments_and_after_a_reopen() {
 #[tokio::test(start_paused = true)]
 async fn fail_closed_records_that_arrive_together_share_a_sync() {
     let dir = tempfile::tempdir().unwrap();
-    let f = start(dir.path(), &config(1000)).await;
+    let (ms, now) = clock(1_700_000_000_000);
+    let f = start_with(dir.path(), &config(1000), now).await;
     let log = f.log.clone();
     let syncs = || log.core.segments.lock().unwrap().syncs();
 
@@ -799,10 +800,23 @@ async fn fail_closed_records_that_arrive_together_share_a_sync() {
     d.unwrap();
     e.unwrap();
     assert_eq!(syncs() - before, 1);
+
+    // After a pause (by the log's clock) the burst is over: the next lone waiter is not held.
+    ms.fetch_add(11, Ordering::SeqCst);
+    let at = tokio::time::Instant::now();
+    log.record_durable(record("a", "later", true))
+        .await
+        .unwrap();
+    assert_eq!(
+        tokio::time::Instant::now(),
+        at,
+        "the first waiter after a pause waited"
+    );
+
     let (all, _) = log.query(&AuditQuery::default()).unwrap();
     assert_eq!(
         all.iter().map(|r| r.action.as_str()).collect::<Vec<_>>(),
-        ["alone", "b", "c", "d", "e"]
+        ["alone", "b", "c", "d", "e", "later"]
     );
     f.stop().await;
 }
