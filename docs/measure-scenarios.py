@@ -37,20 +37,22 @@ def parse_runs(text):
     return runs
 
 
-def store_flushes(metrics_addr):
-    """(durable writes answered, flushes) so far, from the daemon's Prometheus endpoint."""
-    writes = flushes = 0.0
+def sync_counts(metrics_addr):
+    """(durable writes answered, store flushes, audit records written, audit syncs) so far, from the
+    daemon's Prometheus endpoint."""
+    names = ("brainstem_store_flushed_writes_total", "brainstem_store_flushes_total",
+             "brainstem_audit_records_written_total", "brainstem_audit_syncs_total")
+    counts = [0.0] * len(names)
     try:
         with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=5) as reply:
             text = reply.read().decode()
     except OSError:
-        return (0.0, 0.0)
+        return tuple(counts)
     for line in text.splitlines():
-        if line.startswith("brainstem_store_flushed_writes_total"):
-            writes += float(line.split()[-1])
-        elif line.startswith("brainstem_store_flushes_total"):
-            flushes += float(line.split()[-1])
-    return (writes, flushes)
+        for i, name in enumerate(names):
+            if line.startswith(name) and line[len(name)] in " {":
+                counts[i] += float(line.split()[-1])
+    return tuple(counts)
 
 
 def measure(bin_dir, runs, rounds, seconds, extra_args=()):
@@ -67,13 +69,14 @@ def measure(bin_dir, runs, rounds, seconds, extra_args=()):
             for scenario, concurrency in runs:
                 rpc.wait_idle(daemon.pid)
                 before = rpc.cpu_seconds(daemon.pid)
-                store_before = store_flushes(metrics)
+                counts_before = sync_counts(metrics)
                 report = rpc.bench(bin_dir, state, addr, scenario, seconds, 1, concurrency)
                 after = rpc.wait_idle(daemon.pid)
-                store_after = store_flushes(metrics)
-                writes = store_after[0] - store_before[0]
-                flushes = store_after[1] - store_before[1]
+                writes, flushes, records, syncs = (
+                    b - a for a, b in zip(counts_before, sync_counts(metrics)))
                 group = f"  writes/flush {writes / flushes:.1f} ({flushes:.0f} flushes)" if flushes else ""
+                if syncs:
+                    group += f"  audit records/sync {records / syncs:.1f} ({syncs:.0f} syncs)"
                 cpu_us = (after - before) / max(report["calls"], 1) * 1e6
                 results[(scenario, concurrency)].append((report["calls_per_sec"], cpu_us))
                 print(f"round {r} {scenario:18} 1x{concurrency:<3} {report['calls_per_sec']:>9.0f} calls/s  "
