@@ -50,6 +50,7 @@ use crate::access::events::{
 use crate::runtime::events::ErrorOccurred;
 use crate::runtime::tasks::Tasks;
 use crate::store::StoreError;
+use crate::supervisor::worker::until_cancelled;
 use crate::supervisor::{ActorResult, Worker, WorkerContext, WorkerPolicy};
 use segment::{Index, Limits, RecordBuf, SegmentWriter};
 
@@ -1003,14 +1004,8 @@ impl Worker for AuditWriter {
                         && (self.shared.now)().saturating_sub(last_done_ms) < DURABLE_PAUSE_MS
                     {
                         let window = last_sync.clamp(DURABLE_WINDOW_MIN, DURABLE_WINDOW_MAX);
-                        ctx.idle(async {
-                            tokio::select! {
-                                biased;
-                                () = ctx.cancelled() => {}
-                                () = tokio::time::sleep(window) => {}
-                            }
-                        })
-                        .await;
+                        ctx.idle(until_cancelled(&ctx, tokio::time::sleep(window)))
+                            .await;
                     }
                     self.shared.take(&mut batch);
                     let (waiters, started) = (batch.waiters.len(), std::time::Instant::now());
@@ -1020,14 +1015,8 @@ impl Worker for AuditWriter {
                         last_done_ms = (self.shared.now)();
                     }
                     if !written {
-                        let pause = tokio::time::sleep(RETRY_AFTER);
-                        ctx.idle(async {
-                            tokio::select! {
-                                () = ctx.cancelled() => {}
-                                () = pause => {}
-                            }
-                        })
-                        .await;
+                        ctx.idle(until_cancelled(&ctx, tokio::time::sleep(RETRY_AFTER)))
+                            .await;
                     }
                 }
                 Wake::Tick => {
