@@ -685,23 +685,30 @@ impl Mirror {
         }
         let now = meta.updated_ms;
         let forgotten;
+        let rescheduled;
         {
             let mut state = state.write().unwrap_or_else(|e| e.into_inner());
             forgotten = state.swap_remembered(&path, &redaction.removed, redaction.added);
-            if let Some(old) = state.metas.get(&path) {
-                if let Some(at) = old.next_rotation_ms {
+            let before = state.metas.get(&path).and_then(|old| old.next_rotation_ms);
+            rescheduled = before != meta.next_rotation_ms;
+            if rescheduled {
+                if let Some(at) = before {
                     state.due.remove(&(at, path.clone()));
                 }
-            }
-            if let Some(at) = meta.next_rotation_ms {
-                state.due.insert((at, path.clone()));
+                if let Some(at) = meta.next_rotation_ms {
+                    state.due.insert((at, path.clone()));
+                }
             }
             state.damaged.remove(&path);
             state.metas.insert(path.clone(), Arc::new(meta));
             metrics.stored(state.metas.len());
         }
         drop(lock);
-        schedule.notify_one();
+        // The rotation worker sleeps until the earliest due time: only a change of a due time can
+        // move it (a put of a secret without a rotation period leaves the worker asleep).
+        if rescheduled {
+            schedule.notify_one();
+        }
         for remembered in &forgotten {
             redactor.forget_remembered(remembered);
         }

@@ -420,6 +420,52 @@ async fn rotation_runs_when_due_and_after_downtime() {
     assert_eq!(s.rotate(&me(), "/svc/token").await.unwrap().version, 4);
 }
 
+/// Whether the rotation worker would wake now (a stored wake-up is taken).
+async fn woken(s: &Secrets) -> bool {
+    tokio::time::timeout(std::time::Duration::ZERO, s.schedule_changed())
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn only_a_changed_due_time_wakes_the_rotation_worker() {
+    let mut f = Fixture::new();
+    let s = f.open();
+    woken(&s).await;
+    // A secret without a rotation period: the schedule is untouched, the worker sleeps on.
+    s.put(&me(), put_req("/plain", b"static-value", None))
+        .await
+        .unwrap();
+    s.put(&me(), put_req("/plain", b"static-value-2", None))
+        .await
+        .unwrap();
+    assert!(
+        !woken(&s).await,
+        "a put without a rotation period woke the worker"
+    );
+    let rotating = PutRequest {
+        path: "/svc/token".into(),
+        value: None,
+        cas: None,
+        rotation_period_s: 60,
+        generator: Some(Generator::Hex(40)),
+    };
+    s.put(&me(), rotating).await.unwrap();
+    assert!(woken(&s).await, "a new due time must wake the worker");
+    // A put a second later moves the due time (period from now).
+    f.clock.advance_ms(1_000);
+    s.put(&me(), put_req("/svc/token", b"manual-value", None))
+        .await
+        .unwrap();
+    assert!(woken(&s).await, "a moved due time must wake the worker");
+    assert_eq!(s.next_rotation_ms(), Some(T0 + 61_000));
+    // Deleting a version leaves the due time where it is.
+    s.set_versions(&me(), "/svc/token", &[1], VersionOp::Delete)
+        .await
+        .unwrap();
+    assert!(!woken(&s).await);
+}
+
 #[tokio::test]
 async fn a_rotation_period_needs_a_generator() {
     let mut f = Fixture::new();
