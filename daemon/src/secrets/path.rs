@@ -15,13 +15,16 @@ pub fn canonical(path: &str, field: &str) -> Result<String, FieldViolation> {
     }
     let rest = path.strip_prefix('/').unwrap_or(path);
     check_segments(rest, path, field)?;
-    let canonical = format!("/{rest}");
-    if canonical.len() > MAX_PATH_BYTES {
+    if 1 + rest.len() > MAX_PATH_BYTES {
         return Err(bad(format!(
             "{} bytes; a path is at most {MAX_PATH_BYTES}",
-            canonical.len()
+            1 + rest.len()
         )));
     }
+    // Every read and write canonicalizes its path: one allocation, no formatting.
+    let mut canonical = String::with_capacity(1 + rest.len());
+    canonical.push('/');
+    canonical.push_str(rest);
     Ok(canonical)
 }
 
@@ -53,27 +56,36 @@ pub fn under(path: &str, prefix: &str) -> bool {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
+/// Checks every segment of `rest` in one pass over its bytes (every Get and Put runs it); the
+/// message names the first fault.
 fn check_segments(rest: &str, original: &str, field: &str) -> Result<(), FieldViolation> {
     let bad = |why: String| {
         FieldViolation::new(field, format!("{:?}: {why}", truncate_for_reply(original)))
     };
-    for segment in rest.split('/') {
+    let mut start = 0;
+    for segment in rest.as_bytes().split(|&b| b == b'/') {
         if segment.is_empty() {
             return Err(bad(
                 "empty path segment (\"//\", or \"/\" at the end)".to_owned()
             ));
         }
-        if segment == "." || segment == ".." {
+        if segment == b"." || segment == b".." {
             return Err(bad("\".\" and \"..\" segments are not allowed".to_owned()));
         }
-        if let Some(c) = segment
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        if let Some(at) = segment
+            .iter()
+            .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
         {
+            // A byte outside the set starts a character outside it (ASCII or not).
+            let c = rest
+                .get(start + at..)
+                .and_then(|tail| tail.chars().next())
+                .unwrap_or('?');
             return Err(bad(format!(
                 "{c:?} is not allowed; segments use [A-Za-z0-9._-]"
             )));
         }
+        start += segment.len() + 1;
     }
     Ok(())
 }
@@ -108,6 +120,7 @@ mod tests {
             ("/a b", "' ' is not allowed"),
             ("/a/b*", "'*' is not allowed"),
             ("/é", "'é' is not allowed"),
+            ("/ab/cd/x€y", "'€' is not allowed"),
             ("/a\0b", "is not allowed"),
         ] {
             let err = canonical(path, "path").unwrap_err();
