@@ -9,7 +9,7 @@ use std::path::Path;
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::crypto::files::{FileError, read_private};
 
@@ -74,17 +74,21 @@ impl MasterKey {
     pub fn seal(&self, plaintext: &[u8], associated_data: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| CryptoError::Random)?;
-        let mut in_out = plaintext.to_vec();
-        self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(associated_data),
-                &mut in_out,
-            )
-            .map_err(|_| CryptoError::Random)?;
-        let mut sealed = Vec::with_capacity(NONCE_LEN + in_out.len());
+        // Sealed where it is returned: one buffer of its final size, the plaintext encrypted in place.
+        let mut sealed = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
         sealed.extend_from_slice(&nonce);
-        sealed.extend_from_slice(&in_out);
+        sealed.extend_from_slice(plaintext);
+        let sealed_in_place = self.key.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(associated_data),
+            &mut sealed[NONCE_LEN..],
+        );
+        let Ok(tag) = sealed_in_place else {
+            // Not encrypted after all: the plaintext does not stay in freed memory.
+            sealed.zeroize();
+            return Err(CryptoError::Random);
+        };
+        sealed.extend_from_slice(tag.as_ref());
         Ok(sealed)
     }
 

@@ -69,15 +69,27 @@ pub enum OpenError {
     Value,
 }
 
-fn ad(kind: &str, path: &str, version: u64) -> Vec<u8> {
-    let mut ad = Vec::with_capacity(32 + path.len());
-    ad.extend_from_slice(b"brainstem secret ");
-    ad.extend_from_slice(kind.as_bytes());
-    ad.push(0);
-    ad.extend_from_slice(path.as_bytes());
-    ad.push(0);
-    ad.extend_from_slice(&version.to_be_bytes());
-    ad
+/// The associated data of a data key (`kind` "key") or a value ("value"):
+/// `brainstem secret <kind>\0<path>\0<version, big-endian>`. One buffer serves both of a seal or
+/// an open (one allocation, not two).
+struct Ad(Vec<u8>);
+
+impl Ad {
+    fn new(path: &str) -> Ad {
+        Ad(Vec::with_capacity(32 + path.len()))
+    }
+
+    fn of(&mut self, kind: &str, path: &str, version: u64) -> &[u8] {
+        let ad = &mut self.0;
+        ad.clear();
+        ad.extend_from_slice(b"brainstem secret ");
+        ad.extend_from_slice(kind.as_bytes());
+        ad.push(0);
+        ad.extend_from_slice(path.as_bytes());
+        ad.push(0);
+        ad.extend_from_slice(&version.to_be_bytes());
+        ad
+    }
 }
 
 /// Seals `value` as version `version` of `path`.
@@ -91,7 +103,8 @@ pub fn seal(
     let mut data_key = Zeroizing::new([0u8; DATA_KEY_LEN]);
     rng.fill(&mut data_key[..])
         .map_err(|_| CryptoError::Random)?;
-    let wrapped_key = master.seal(&data_key[..], &ad("key", path, version))?;
+    let mut ad = Ad::new(path);
+    let wrapped_key = master.seal(&data_key[..], ad.of("key", path, version))?;
     let key = LessSafeKey::new(
         UnboundKey::new(&AES_256_GCM, &data_key[..]).map_err(|_| CryptoError::Random)?,
     );
@@ -103,7 +116,7 @@ pub fn seal(
     let tag = key
         .seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(ad("value", path, version)),
+            Aad::from(ad.of("value", path, version)),
             &mut ciphertext[NONCE_LEN..],
         )
         .map_err(|_| CryptoError::Random)?;
@@ -122,8 +135,9 @@ pub fn open(
     version: u64,
     sealed: SealedRef<'_>,
 ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+    let mut ad = Ad::new(path);
     let data_key = master
-        .unseal(sealed.wrapped_key, &ad("key", path, version))
+        .unseal(sealed.wrapped_key, ad.of("key", path, version))
         .map_err(|_| OpenError::Key)?;
     let key =
         LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &data_key).map_err(|_| OpenError::Key)?);
@@ -136,7 +150,7 @@ pub fn open(
     let len = key
         .open_in_place(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(ad("value", path, version)),
+            Aad::from(ad.of("value", path, version)),
             &mut buffer,
         )
         .map_err(|_| OpenError::Value)?
@@ -154,11 +168,12 @@ pub fn rewrap(
     version: u64,
     sealed: &Sealed,
 ) -> Result<Sealed, OpenError> {
+    let mut ad = Ad::new(path);
     let data_key = old
-        .unseal(&sealed.wrapped_key, &ad("key", path, version))
+        .unseal(&sealed.wrapped_key, ad.of("key", path, version))
         .map_err(|_| OpenError::Key)?;
     let wrapped_key = new
-        .seal(&data_key, &ad("key", path, version))
+        .seal(&data_key, ad.of("key", path, version))
         .map_err(|_| OpenError::Key)?;
     Ok(Sealed {
         kek: new.id().to_owned(),
