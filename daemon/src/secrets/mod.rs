@@ -1510,16 +1510,26 @@ impl Secrets {
                     self.metrics.rotated("schedule", false);
                     tracing::warn!(secret = %path, error = %err, "scheduled rotation failed; trying again in a minute");
                     failed += 1;
-                    let mut state = self.write_state();
-                    if state.due.remove(&(at, path.clone())) {
-                        state.due.insert((now + ROTATION_RETRY_MS, path));
-                    }
+                    self.postpone_rotation(at, path, now + ROTATION_RETRY_MS);
                 }
             }
         }
         // What is still owed: the rotations that failed (retried a minute later).
         self.metrics.due(failed);
         rotated
+    }
+
+    /// Moves `path`'s due time from `at` to `retry_at` (its rotation failed), in the schedule and in
+    /// the mirrored metadata alike: the next change of the path replaces the entry by the mirrored
+    /// time, and an entry left behind in the past would rotate the path at every look.
+    fn postpone_rotation(&self, at: u64, path: String, retry_at: u64) {
+        let mut state = self.write_state();
+        if state.due.remove(&(at, path.clone())) {
+            if let Some(meta) = state.metas.get_mut(&path) {
+                Arc::make_mut(meta).next_rotation_ms = Some(retry_at);
+            }
+            state.due.insert((retry_at, path));
+        }
     }
 
     /// Counts a manual rotation (RotateNow) in the rotation metric.

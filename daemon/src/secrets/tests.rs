@@ -466,6 +466,41 @@ async fn only_a_changed_due_time_wakes_the_rotation_worker() {
     assert!(!woken(&s).await);
 }
 
+/// A rotation that failed is tried again later; once that succeeds the path has one due time again
+/// (a stale retry entry left in the past rotated the path at every look of the worker).
+#[tokio::test]
+async fn a_rotation_retried_after_a_failure_is_then_due_once_a_period() {
+    let mut f = Fixture::new();
+    let s = f.open();
+    let rotating = PutRequest {
+        path: "/svc/token".into(),
+        value: None,
+        cas: None,
+        rotation_period_s: 60,
+        generator: Some(Generator::Hex(40)),
+    };
+    s.put(&me(), rotating).await.unwrap();
+    let due = T0 + 60_000;
+    assert_eq!(s.next_rotation_ms(), Some(due));
+    f.clock.advance_ms(60_000);
+    // What `rotate_due` does when the rotation fails at its due time.
+    s.postpone_rotation(
+        due,
+        "/svc/token".into(),
+        s.now_ms() + super::ROTATION_RETRY_MS,
+    );
+    assert_eq!(s.rotate_due().await, 0, "not before the retry");
+    assert_eq!(
+        s.metadata("/svc/token").unwrap().next_rotation_ms,
+        Some(s.now_ms() + super::ROTATION_RETRY_MS)
+    );
+    f.clock.advance_ms(super::ROTATION_RETRY_MS);
+    assert_eq!(s.rotate_due().await, 1, "the retry");
+    assert_eq!(s.next_rotation_ms(), Some(s.now_ms() + 60_000));
+    assert_eq!(s.rotate_due().await, 0, "rotated again at once");
+    assert_eq!(s.metadata("/svc/token").unwrap().current, 2);
+}
+
 #[tokio::test]
 async fn a_rotation_period_needs_a_generator() {
     let mut f = Fixture::new();
