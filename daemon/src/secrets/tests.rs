@@ -499,6 +499,21 @@ async fn a_rotation_retried_after_a_failure_is_then_due_once_a_period() {
     assert_eq!(s.next_rotation_ms(), Some(s.now_ms() + 60_000));
     assert_eq!(s.rotate_due().await, 0, "rotated again at once");
     assert_eq!(s.metadata("/svc/token").unwrap().current, 2);
+    // A put of the path between a failed rotation and its postponement already moved the due
+    // time: the postponement then changes nothing.
+    let stale = s.next_rotation_ms().unwrap();
+    f.clock.advance_ms(60_000);
+    s.put(&me(), put_req("/svc/token", b"manual-value", None))
+        .await
+        .unwrap();
+    let moved = s.now_ms() + 60_000;
+    s.postpone_rotation(stale, "/svc/token".into(), s.now_ms() + 1_000);
+    assert_eq!(s.next_rotation_ms(), Some(moved));
+    assert_eq!(
+        s.metadata("/svc/token").unwrap().next_rotation_ms,
+        Some(moved)
+    );
+    assert_eq!(s.rotate_due().await, 0);
 }
 
 #[tokio::test]
