@@ -107,6 +107,17 @@ fn put_req(path: &str, value: &[u8], cas: Option<u64>) -> PutRequest {
     }
 }
 
+/// A put of a generated value that rotates every `rotation_period_s`.
+fn rotating_req(path: &str, rotation_period_s: u64, generator: Generator) -> PutRequest {
+    PutRequest {
+        path: path.to_owned(),
+        value: None,
+        cas: None,
+        rotation_period_s,
+        generator: Some(generator),
+    }
+}
+
 fn not_found(err: ServiceError) -> String {
     match err {
         ServiceError::NotFound(why) => why,
@@ -379,16 +390,7 @@ async fn rotation_runs_when_due_and_after_downtime() {
     {
         let s = f.open();
         let w = s
-            .put(
-                &me(),
-                PutRequest {
-                    path: "/svc/token".into(),
-                    value: None,
-                    cas: None,
-                    rotation_period_s: 3600,
-                    generator: Some(Generator::Hex(40)),
-                },
-            )
+            .put(&me(), rotating_req("/svc/token", 3600, Generator::Hex(40)))
             .await
             .unwrap();
         assert_eq!(w.version, 1);
@@ -443,14 +445,9 @@ async fn only_a_changed_due_time_wakes_the_rotation_worker() {
         !woken(&s).await,
         "a put without a rotation period woke the worker"
     );
-    let rotating = PutRequest {
-        path: "/svc/token".into(),
-        value: None,
-        cas: None,
-        rotation_period_s: 60,
-        generator: Some(Generator::Hex(40)),
-    };
-    s.put(&me(), rotating).await.unwrap();
+    s.put(&me(), rotating_req("/svc/token", 60, Generator::Hex(40)))
+        .await
+        .unwrap();
     assert!(woken(&s).await, "a new due time must wake the worker");
     // A put a second later moves the due time (period from now).
     f.clock.advance_ms(1_000);
@@ -472,14 +469,9 @@ async fn only_a_changed_due_time_wakes_the_rotation_worker() {
 async fn a_rotation_retried_after_a_failure_is_then_due_once_a_period() {
     let mut f = Fixture::new();
     let s = f.open();
-    let rotating = PutRequest {
-        path: "/svc/token".into(),
-        value: None,
-        cas: None,
-        rotation_period_s: 60,
-        generator: Some(Generator::Hex(40)),
-    };
-    s.put(&me(), rotating).await.unwrap();
+    s.put(&me(), rotating_req("/svc/token", 60, Generator::Hex(40)))
+        .await
+        .unwrap();
     let due = T0 + 60_000;
     assert_eq!(s.next_rotation_ms(), Some(due));
     f.clock.advance_ms(60_000);
@@ -949,18 +941,9 @@ async fn a_change_the_audit_log_cannot_record_is_not_made() {
     );
     assert_eq!(last.reasons, ["versions 1,2"]);
 
-    s.put(
-        &me(),
-        PutRequest {
-            path: "/rotating".into(),
-            value: None,
-            cas: None,
-            rotation_period_s: 60,
-            generator: Some(Generator::Hex(16)),
-        },
-    )
-    .await
-    .unwrap();
+    s.put(&me(), rotating_req("/rotating", 60, Generator::Hex(16)))
+        .await
+        .unwrap();
 
     // The writer stops: the next change is refused and nothing changes.
     token.cancel();
