@@ -10,6 +10,9 @@ pub struct SecretsConfig {
     pub max_value_bytes: u64,
     /// Versions kept per secret unless its metadata says otherwise; older ones are pruned.
     pub max_versions: u32,
+    /// Unwrapped data keys kept in memory so a repeated Get of a version skips unwrapping its
+    /// key; 0 keeps none.
+    pub data_key_cache: u64,
 }
 
 impl Default for SecretsConfig {
@@ -18,6 +21,7 @@ impl Default for SecretsConfig {
             enabled: true,
             max_value_bytes: 512 * 1024,
             max_versions: 10,
+            data_key_cache: 10_000,
         }
     }
 }
@@ -39,6 +43,12 @@ impl Section for SecretsConfig {
         let mut versions = u64::from(self.max_versions);
         walker.integer(&t, "max_versions", 1..=1000, &mut versions);
         self.max_versions = u32::try_from(versions).unwrap_or(10);
+        walker.integer(
+            &t,
+            "data_key_cache",
+            0..=1_000_000,
+            &mut self.data_key_cache,
+        );
         walker.finish(t);
     }
 
@@ -52,8 +62,11 @@ enabled = {}
 max_value_bytes = {}
 # Versions kept per secret unless its metadata sets its own max_versions; older ones are pruned.
 max_versions = {}
+# Data keys a Get unwrapped, kept in memory (about 0.7 KiB each) so reading the version again skips
+# the unwrap; a key is dropped with its version (pruned or destroyed). 0 keeps none.
+data_key_cache = {}
 "#,
-            self.enabled, self.max_value_bytes, self.max_versions
+            self.enabled, self.max_value_bytes, self.max_versions, self.data_key_cache
         )
     }
 }

@@ -128,35 +128,79 @@ pub fn seal(
     })
 }
 
-/// Opens version `version` of `path`. The plaintext is wiped when the returned buffer is dropped.
-pub fn open(
-    master: &MasterKey,
-    path: &str,
-    version: u64,
-    sealed: SealedRef<'_>,
-) -> Result<Zeroizing<Vec<u8>>, OpenError> {
-    let mut ad = Ad::new(path);
-    let data_key = master
-        .unseal(sealed.wrapped_key, ad.of("key", path, version))
-        .map_err(|_| OpenError::Key)?;
-    let key =
-        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &data_key).map_err(|_| OpenError::Key)?);
-    if sealed.ciphertext.len() < NONCE_LEN + TAG_LEN {
-        return Err(OpenError::Value);
+/// A version's data key, unwrapped and ready to open its value. It remembers the wrapped form it
+/// came from: [`DataKey::unwraps`] tells whether it is the key of a stored version as read now,
+/// so a kept one is used only for the very bytes it was unwrapped from (a version whose wrapped
+/// key is damaged on disk, or re-wrapped under a new master key, is unwrapped again).
+///
+/// ring does not wipe a key schedule when it is dropped; the raw key bytes are wiped.
+pub struct DataKey {
+    kek: Box<str>,
+    wrapped: Box<[u8]>,
+    key: LessSafeKey,
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataKey")
+            .field("kek", &self.kek)
+            .finish_non_exhaustive()
     }
-    let (nonce, body) = sealed.ciphertext.split_at(NONCE_LEN);
-    let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| OpenError::Value)?;
-    let mut buffer = Zeroizing::new(body.to_vec());
-    let len = key
-        .open_in_place(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(ad.of("value", path, version)),
-            &mut buffer,
-        )
-        .map_err(|_| OpenError::Value)?
-        .len();
-    buffer.truncate(len);
-    Ok(buffer)
+}
+
+impl DataKey {
+    /// Unwraps the data key of version `version` of `path` with `master`.
+    pub fn unwrap(
+        master: &MasterKey,
+        path: &str,
+        version: u64,
+        sealed: SealedRef<'_>,
+    ) -> Result<DataKey, OpenError> {
+        let mut ad = Ad::new(path);
+        let data_key = master
+            .unseal(sealed.wrapped_key, ad.of("key", path, version))
+            .map_err(|_| OpenError::Key)?;
+        let key =
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &data_key).map_err(|_| OpenError::Key)?);
+        Ok(DataKey {
+            kek: sealed.kek.into(),
+            wrapped: sealed.wrapped_key.into(),
+            key,
+        })
+    }
+
+    /// Is this the key `sealed`'s wrapped key unwraps to (the same master key, the same bytes)?
+    /// The caller keeps a data key per path and version, and the wrapped key's seal binds both.
+    pub fn unwraps(&self, sealed: SealedRef<'_>) -> bool {
+        *self.kek == *sealed.kek && *self.wrapped == *sealed.wrapped_key
+    }
+
+    /// Opens the value of version `version` of `path` (whose key this is). The plaintext is wiped
+    /// when the returned buffer is dropped.
+    pub fn open(
+        &self,
+        path: &str,
+        version: u64,
+        sealed: SealedRef<'_>,
+    ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+        if sealed.ciphertext.len() < NONCE_LEN + TAG_LEN {
+            return Err(OpenError::Value);
+        }
+        let (nonce, body) = sealed.ciphertext.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| OpenError::Value)?;
+        let mut buffer = Zeroizing::new(body.to_vec());
+        let len = self
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(Ad::new(path).of("value", path, version)),
+                &mut buffer,
+            )
+            .map_err(|_| OpenError::Value)?
+            .len();
+        buffer.truncate(len);
+        Ok(buffer)
+    }
 }
 
 /// Re-wraps the data key of a sealed version under `new` (master-key rotation); the value's
@@ -188,6 +232,15 @@ mod tests {
 
     fn master(b: u8) -> MasterKey {
         MasterKey::new(&[b; 32]).unwrap()
+    }
+
+    fn open(
+        master: &MasterKey,
+        path: &str,
+        version: u64,
+        sealed: SealedRef<'_>,
+    ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+        DataKey::unwrap(master, path, version, sealed)?.open(path, version, sealed)
     }
 
     #[test]
@@ -253,5 +306,38 @@ mod tests {
         assert_eq!(&open(&new, "/p", 1, moved.as_ref()).unwrap()[..], b"value");
         assert_eq!(open(&old, "/p", 1, moved.as_ref()), Err(OpenError::Key));
         assert_eq!(rewrap(&new, &old, "/p", 1, &sealed), Err(OpenError::Key));
+    }
+
+    #[test]
+    fn a_kept_data_key_serves_only_the_wrapped_bytes_it_came_from() {
+        let (old, new) = (master(1), master(2));
+        let rng = SystemRandom::new();
+        let sealed = seal(&old, &rng, "/p", 1, b"value").unwrap();
+        let key = DataKey::unwrap(&old, "/p", 1, sealed.as_ref()).unwrap();
+        assert!(key.unwraps(sealed.as_ref()));
+        assert_eq!(&key.open("/p", 1, sealed.as_ref()).unwrap()[..], b"value");
+        assert_eq!(
+            format!("{key:?}"),
+            format!("DataKey {{ kek: {:?}, .. }}", old.id())
+        );
+        // Re-wrapped under another master key: the same data key, but not the same bytes.
+        let moved = rewrap(&old, &new, "/p", 1, &sealed).unwrap();
+        assert!(!key.unwraps(moved.as_ref()));
+        for i in 0..sealed.wrapped_key.len() {
+            let mut bad = sealed.clone();
+            bad.wrapped_key[i] ^= 1;
+            assert!(!key.unwraps(bad.as_ref()), "key byte {i}");
+        }
+        let mut bad = sealed.clone();
+        bad.kek = "other".into();
+        assert!(!key.unwraps(bad.as_ref()));
+        // The value is still authenticated: a flipped byte, or another version's value, fails.
+        let mut bad = sealed.clone();
+        bad.ciphertext[13] ^= 1;
+        assert_eq!(key.open("/p", 1, bad.as_ref()), Err(OpenError::Value));
+        let other = seal(&old, &rng, "/p", 2, b"value").unwrap();
+        assert!(!key.unwraps(other.as_ref()));
+        assert_eq!(key.open("/p", 1, other.as_ref()), Err(OpenError::Value));
+        assert_eq!(key.open("/p", 2, sealed.as_ref()), Err(OpenError::Value));
     }
 }

@@ -20,6 +20,10 @@ pub fn describe() {
         "brainstem_secrets_rotation_due",
         "secrets whose scheduled rotation is due and not yet done"
     );
+    metrics::describe_gauge!(
+        "brainstem_secrets_data_keys_kept",
+        "unwrapped data keys kept in memory for repeated reads ([secrets] data_key_cache)"
+    );
 }
 
 /// The outcome of a read, for `brainstem_secrets_reads_total{result}`.
@@ -36,6 +40,7 @@ pub struct SecretsMetrics {
     reads: [metrics::Counter; 3],
     stored: metrics::Gauge,
     due: metrics::Gauge,
+    keys_kept: metrics::Gauge,
 }
 
 impl SecretsMetrics {
@@ -46,6 +51,7 @@ impl SecretsMetrics {
             ),
             stored: metrics::gauge!("brainstem_secrets_stored"),
             due: metrics::gauge!("brainstem_secrets_rotation_due"),
+            keys_kept: metrics::gauge!("brainstem_secrets_data_keys_kept"),
         }
     }
 
@@ -69,6 +75,10 @@ impl SecretsMetrics {
 
     pub fn due(&self, due: usize) {
         self.due.set(due as f64);
+    }
+
+    pub fn keys_kept(&self, keys: usize) {
+        self.keys_kept.set(keys as f64);
     }
 }
 

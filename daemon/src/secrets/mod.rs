@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use zeroize::Zeroizing;
 
-use self::envelope::{OpenError, Sealed, SealedRef};
+use self::envelope::{DataKey, Sealed, SealedRef};
 use self::events::{ReadResult, SecretsMetrics};
 pub use self::generator::Generator;
 pub use self::rotation::SecretsRotation;
@@ -530,9 +530,74 @@ struct State {
     /// or destroyed. A version without one (value shorter than the redactor's minimum, refused at
     /// its cap, or not opened at start) has nothing to forget.
     remembered: HashMap<String, VecDeque<(u64, Remembered)>>,
+    /// Data keys Gets unwrapped, by path and version, so a repeated Get skips the unwrap (see
+    /// [`DataKey::unwraps`] for why a kept key never opens anything a fresh one would not). Taken
+    /// out with their version (pruned or destroyed); at most `[secrets] data_key_cache` in all.
+    kept_keys: HashMap<String, Vec<(u64, Arc<DataKey>)>>,
+    kept_key_count: usize,
 }
 
 impl State {
+    fn meta(&self, path: &str) -> Result<Arc<SecretMeta>, ServiceError> {
+        if let Some(meta) = self.metas.get(path) {
+            return Ok(meta.clone());
+        }
+        if self.damaged.contains(path) {
+            return Err(ServiceError::DataLoss(format!(
+                "the metadata of {path} is damaged: its versions cannot be read or changed"
+            )));
+        }
+        Err(ServiceError::NotFound(format!(
+            "secret {path} does not exist"
+        )))
+    }
+
+    fn kept_key(&self, path: &str, version: u64) -> Option<Arc<DataKey>> {
+        let keys = self.kept_keys.get(path)?;
+        keys.iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, key)| key.clone())
+    }
+
+    /// Keeps `key` as the data key of `version` of `path`, if that version is still stored (a
+    /// Destroy or a prune applied since the Get read it has taken it out) and, for a version
+    /// without one yet, `limit` is not reached.
+    fn keep_key(&mut self, path: &str, version: u64, key: Arc<DataKey>, limit: usize) {
+        let stored = self
+            .metas
+            .get(path)
+            .and_then(|meta| meta.versions.get(&version))
+            .is_some_and(|info| info.destroyed_ms.is_none());
+        if !stored {
+            return;
+        }
+        let keys = self.kept_keys.entry(path.to_owned()).or_default();
+        if let Some(slot) = keys.iter_mut().find(|(v, _)| *v == version) {
+            slot.1 = key;
+        } else if self.kept_key_count < limit {
+            keys.push((version, key));
+            self.kept_key_count += 1;
+        } else if keys.is_empty() {
+            self.kept_keys.remove(path);
+        }
+    }
+
+    /// Drops the kept data keys of `versions` of `path` (pruned or destroyed).
+    fn drop_keys(&mut self, path: &str, versions: &[u64]) {
+        if versions.is_empty() {
+            return;
+        }
+        let Some(keys) = self.kept_keys.get_mut(path) else {
+            return;
+        };
+        let before = keys.len();
+        keys.retain(|(v, _)| !versions.contains(v));
+        self.kept_key_count -= before - keys.len();
+        if keys.is_empty() {
+            self.kept_keys.remove(path);
+        }
+    }
+
     /// Records `added` and takes out what was counted for the `removed` versions of `path`;
     /// returns the latter, for the redactor.
     fn swap_remembered(
@@ -582,6 +647,8 @@ pub struct Secrets {
     clock: Arc<dyn Clock>,
     max_value_bytes: usize,
     default_max_versions: u32,
+    /// `[secrets] data_key_cache`: at most this many kept data keys (see [`State::kept_keys`]).
+    data_key_cache: usize,
     /// Shared with the store's committer, which mirrors a change once it is applied.
     state: Arc<RwLock<State>>,
     stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
@@ -689,6 +756,8 @@ impl Mirror {
         {
             let mut state = state.write().unwrap_or_else(|e| e.into_inner());
             forgotten = state.swap_remembered(&path, &redaction.removed, redaction.added);
+            state.drop_keys(&path, &redaction.removed);
+            metrics.keys_kept(state.kept_key_count);
             let before = state.metas.get(&path).and_then(|old| old.next_rotation_ms);
             rescheduled = before != meta.next_rotation_ms;
             if rescheduled {
@@ -778,6 +847,7 @@ impl Secrets {
             clock,
             max_value_bytes: usize::try_from(config.max_value_bytes).unwrap_or(usize::MAX),
             default_max_versions: config.max_versions,
+            data_key_cache: usize::try_from(config.data_key_cache).unwrap_or(usize::MAX),
             state: Arc::new(RwLock::new(state)),
             stripes: (0..STRIPES)
                 .map(|_| Arc::new(tokio::sync::Mutex::new(())))
@@ -833,8 +903,8 @@ impl Secrets {
                 if info.destroyed_ms.is_some() {
                     continue;
                 }
-                match self.open_version(path, *version) {
-                    Ok(value) => {
+                match self.open_version(path, *version, None) {
+                    Ok((value, _)) => {
                         let counted = self.redactor.remember(&value);
                         if !counted.is_empty() {
                             remembered.push_back((*version, counted));
@@ -855,8 +925,15 @@ impl Secrets {
         }
     }
 
-    /// Opens one stored version; the error is the DATA_LOSS the caller gets.
-    fn open_version(&self, path: &str, version: u64) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+    /// Opens one stored version with `kept`, its data key from an earlier read, if that is still
+    /// the key of the version as stored; else unwraps the key, and returns it beside the value.
+    /// The error is the DATA_LOSS the caller gets.
+    fn open_version(
+        &self,
+        path: &str,
+        version: u64,
+        kept: Option<&DataKey>,
+    ) -> Result<(Zeroizing<Vec<u8>>, Option<DataKey>), ServiceError> {
         let lost = |why: &str| {
             ServiceError::DataLoss(format!(
                 "version {version} of {path} {why}; the other versions are unaffected"
@@ -879,6 +956,10 @@ impl Secrets {
             _ => None,
         }
         .ok_or_else(|| lost("is damaged"))?;
+        let value_lost = |_| lost("is damaged (its ciphertext does not open)");
+        if let Some(key) = kept.filter(|key| key.unwraps(sealed)) {
+            return Ok((key.open(path, version, sealed).map_err(value_lost)?, None));
+        }
         let keys = self.keys.keys();
         let Some(master) = keys.by_id(sealed.kek) else {
             return Err(lost(&format!(
@@ -887,25 +968,14 @@ impl Secrets {
                 keys.current.id()
             )));
         };
-        envelope::open(master, path, version, sealed).map_err(|err| match err {
-            OpenError::Key => lost("is damaged (its data key does not unwrap)"),
-            OpenError::Value => lost("is damaged (its ciphertext does not open)"),
-        })
+        let key = DataKey::unwrap(master, path, version, sealed)
+            .map_err(|_| lost("is damaged (its data key does not unwrap)"))?;
+        let value = key.open(path, version, sealed).map_err(value_lost)?;
+        Ok((value, Some(key)))
     }
 
     fn meta(&self, path: &str) -> Result<Arc<SecretMeta>, ServiceError> {
-        let state = self.read_state();
-        if let Some(meta) = state.metas.get(path) {
-            return Ok(meta.clone());
-        }
-        if state.damaged.contains(path) {
-            return Err(ServiceError::DataLoss(format!(
-                "the metadata of {path} is damaged: its versions cannot be read or changed"
-            )));
-        }
-        Err(ServiceError::NotFound(format!(
-            "secret {path} does not exist"
-        )))
+        self.read_state().meta(path)
     }
 
     /// The value of `version` (or the current one) of `path`.
@@ -920,8 +990,15 @@ impl Secrets {
     }
 
     fn get_inner(&self, path: &str, version: Option<u64>) -> Result<Value, ServiceError> {
-        let meta = self.meta(path)?;
-        let version = version.filter(|v| *v > 0).unwrap_or(meta.current);
+        let (meta, version, kept, may_keep) = {
+            let state = self.read_state();
+            let meta = state.meta(path)?;
+            let version = version.filter(|v| *v > 0).unwrap_or(meta.current);
+            let kept = state.kept_key(path, version);
+            // A key unwrapped now replaces a kept one that no longer matches, or takes free room.
+            let may_keep = kept.is_some() || state.kept_key_count < self.data_key_cache;
+            (meta, version, kept, may_keep)
+        };
         let info = meta
             .versions
             .get(&version)
@@ -939,7 +1016,12 @@ impl Secrets {
                 )));
             }
         }
-        let mut value = self.open_version(path, version)?;
+        let (mut value, unwrapped) = self.open_version(path, version, kept.as_deref())?;
+        if let Some(key) = unwrapped.filter(|_| may_keep) {
+            let mut state = self.write_state();
+            state.keep_key(path, version, Arc::new(key), self.data_key_cache);
+            self.metrics.keys_kept(state.kept_key_count);
+        }
         Ok(Value {
             value: std::mem::take(&mut *value),
             version,

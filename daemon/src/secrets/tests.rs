@@ -561,6 +561,109 @@ async fn a_damaged_version_is_data_loss_and_the_others_still_read() {
     ));
 }
 
+/// How many data keys `s` keeps, and whether it keeps the one of `version` of `path`.
+fn kept(s: &Secrets, path: &str, version: u64) -> (usize, bool) {
+    let state = s.read_state();
+    (
+        state.kept_key_count,
+        state.kept_key(path, version).is_some(),
+    )
+}
+
+fn data_loss(s: &Secrets, path: &str, version: u64) -> String {
+    match s.get(path, Some(version)) {
+        Err(ServiceError::DataLoss(why)) => why,
+        Err(other) => panic!("expected DATA_LOSS, got {other:?}"),
+        Ok(_) => panic!("expected DATA_LOSS, got a value"),
+    }
+}
+
+#[tokio::test]
+async fn a_kept_data_key_opens_only_the_version_as_stored_when_it_was_kept() {
+    let mut f = Fixture::new();
+    let s = f.open();
+    for v in [b"value-one", b"value-two"] {
+        s.put(&me(), put_req("/p", v, None)).await.unwrap();
+    }
+    assert_eq!(kept(&s, "/p", 1), (0, false), "a put keeps no key");
+    for _ in 0..2 {
+        assert_eq!(s.get("/p", Some(1)).unwrap().value, b"value-one");
+    }
+    assert_eq!(kept(&s, "/p", 1), (1, true));
+
+    // Damage on disk after the key is kept is found all the same.
+    let tree = f.tree();
+    let key = version_key("/p", 1);
+    let good: StoredVersion = tree.get(&key).unwrap().unwrap();
+    let mut bad = StoredVersion(good.0.clone());
+    bad.0.wrapped_key[20] ^= 0x01;
+    tree.put(&key, &bad).unwrap();
+    assert!(data_loss(&s, "/p", 1).contains("its data key does not unwrap"));
+    let mut bad = StoredVersion(good.0.clone());
+    bad.0.ciphertext[14] ^= 0x01;
+    tree.put(&key, &bad).unwrap();
+    assert!(data_loss(&s, "/p", 1).contains("its ciphertext does not open"));
+    // Version 2, its key kept too, copied over version 1 does not open as version 1.
+    assert_eq!(s.get("/p", Some(2)).unwrap().value, b"value-two");
+    let two: StoredVersion = tree.get(&version_key("/p", 2)).unwrap().unwrap();
+    tree.put(&key, &two).unwrap();
+    data_loss(&s, "/p", 1);
+    tree.put(&key, &good).unwrap();
+    assert_eq!(s.get("/p", Some(1)).unwrap().value, b"value-one");
+    assert_eq!(kept(&s, "/p", 1), (2, true));
+
+    // Destroy takes the version's key out; a soft delete does not.
+    s.set_versions(&me(), "/p", &[2], VersionOp::Delete)
+        .await
+        .unwrap();
+    assert_eq!(kept(&s, "/p", 2), (2, true));
+    s.set_versions(&me(), "/p", &[1], VersionOp::Destroy)
+        .await
+        .unwrap();
+    assert_eq!(kept(&s, "/p", 1), (1, false));
+}
+
+#[tokio::test]
+async fn kept_data_keys_are_bounded_and_leave_with_their_versions() {
+    let mut f = Fixture::new();
+    f.config.data_key_cache = 2;
+    f.config.max_versions = 2;
+    let s = f.open();
+    for (path, value) in [("/a", "a-one"), ("/a", "a-two"), ("/b", "b-one")] {
+        s.put(&me(), put_req(path, value.as_bytes(), None))
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.get("/a", Some(1)).unwrap().value, b"a-one");
+    assert_eq!(s.get("/a", Some(2)).unwrap().value, b"a-two");
+    // Full: the third key is not kept, and the read is served all the same.
+    assert_eq!(s.get("/b", None).unwrap().value, b"b-one");
+    assert_eq!(kept(&s, "/b", 1), (2, false));
+    // A third version of /a prunes version 1 and its key; the room is taken again.
+    s.put(&me(), put_req("/a", b"a-three", None)).await.unwrap();
+    assert_eq!(kept(&s, "/a", 1), (1, false));
+    assert_eq!(s.get("/b", None).unwrap().value, b"b-one");
+    assert_eq!(kept(&s, "/b", 1), (2, true));
+    // Lowering max_versions prunes as well.
+    s.update_metadata(
+        &me(),
+        "/a",
+        MetadataUpdate {
+            max_versions: Some(1),
+            ..MetadataUpdate::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(kept(&s, "/a", 2), (1, false));
+
+    // 0 keeps none.
+    f.config.data_key_cache = 0;
+    let s = f.restart(s);
+    assert_eq!(s.get("/b", None).unwrap().value, b"b-one");
+    assert_eq!(kept(&s, "/b", 1), (0, false));
+}
+
 impl Record for StoredVersionV1 {
     const VERSION: u8 = 1;
 }
@@ -870,6 +973,14 @@ async fn a_master_key_rotation_rewraps_every_data_key_and_resumes_after_a_crash(
             format!("value-{i}-b").as_bytes()
         );
     }
+    // The data key kept from the read before the re-wrap no longer matches the stored bytes: the
+    // version is unwrapped again, under the new key, and the kept key replaced (not added).
+    let kept = s.read_state().kept_key_count;
+    assert_eq!(s.get("/r/0", Some(1)).unwrap().value, b"value-0-a");
+    assert_eq!(s.read_state().kept_key_count, kept);
+    let stored: StoredVersion = f.tree().get(&version_key("/r/0", 1)).unwrap().unwrap();
+    let key = s.read_state().kept_key("/r/0", 1).unwrap();
+    assert!(key.unwraps(stored.0.as_ref()));
     // The re-wrap rewrote the version 1 records in the current (binary) form.
     let raw = f.tree().raw(&version_key("/r/1", 1)).unwrap().unwrap();
     assert_eq!(raw[1], 2);
