@@ -1,5 +1,6 @@
 //! `brainstem.v1.Secrets`: proto ↔ [`Secrets`], scope checks per path, values never in errors.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -61,7 +62,7 @@ fn one(field: &str, why: impl Into<String>) -> ServiceError {
     ServiceError::InvalidArgument(vec![FieldViolation::new(field, why)])
 }
 
-fn canonical(path: &str) -> Result<String, ServiceError> {
+fn canonical(path: &str) -> Result<Cow<'_, str>, ServiceError> {
     path::canonical(path, "path").map_err(|v| ServiceError::InvalidArgument(vec![v]))
 }
 
@@ -192,7 +193,7 @@ impl SecretsApi for SecretsService {
             .put(
                 &actor,
                 PutRequest {
-                    path,
+                    path: path.into_owned(),
                     value: (!value.is_empty()).then_some(value),
                     cas: request.cas,
                     rotation_period_s: request.rotation_period_seconds,
@@ -352,7 +353,8 @@ impl SecretsApi for SecretsService {
         request: Request<RotateSecretRequest>,
     ) -> Result<Response<RotateSecretReply>, Status> {
         let (caller, actor) = actor_of(&request)?;
-        let path = canonical(&request.into_inner().path)?;
+        let request = request.into_inner();
+        let path = canonical(&request.path)?;
         self.require(&caller, WRITE, &path)?;
         let result = self.secrets.rotate(&actor, &path).await;
         self.secrets.rotated_manually(result.is_ok());

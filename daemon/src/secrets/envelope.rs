@@ -26,7 +26,8 @@ pub struct Sealed {
 /// A [`Sealed`] borrowed from where it is stored (a Get opens it without copying it first).
 #[derive(Clone, Copy)]
 pub struct SealedRef<'a> {
-    pub kek: &'a str,
+    /// The master key's id; checked to be UTF-8 only where it is looked up or kept.
+    pub kek: &'a [u8],
     pub wrapped_key: &'a [u8],
     pub ciphertext: &'a [u8],
 }
@@ -34,7 +35,7 @@ pub struct SealedRef<'a> {
 impl Sealed {
     pub fn as_ref(&self) -> SealedRef<'_> {
         SealedRef {
-            kek: &self.kek,
+            kek: self.kek.as_bytes(),
             wrapped_key: &self.wrapped_key,
             ciphertext: &self.ciphertext,
         }
@@ -42,12 +43,18 @@ impl Sealed {
 }
 
 impl SealedRef<'_> {
-    pub fn to_owned(self) -> Sealed {
-        Sealed {
-            kek: self.kek.to_owned(),
+    /// `None` when the master key's id is not UTF-8.
+    pub fn to_owned(self) -> Option<Sealed> {
+        Some(Sealed {
+            kek: std::str::from_utf8(self.kek).ok()?.to_owned(),
             wrapped_key: self.wrapped_key.to_vec(),
             ciphertext: self.ciphertext.to_vec(),
-        }
+        })
+    }
+
+    /// The master key's id, if it is UTF-8 (every id this daemon writes is hex).
+    pub fn kek_id(&self) -> Option<&str> {
+        std::str::from_utf8(self.kek).ok()
     }
 }
 
@@ -135,7 +142,7 @@ pub fn seal(
 ///
 /// ring does not wipe a key schedule when it is dropped; the raw key bytes are wiped.
 pub struct DataKey {
-    kek: Box<str>,
+    kek: Box<[u8]>,
     wrapped: Box<[u8]>,
     key: LessSafeKey,
 }
@@ -143,7 +150,7 @@ pub struct DataKey {
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataKey")
-            .field("kek", &self.kek)
+            .field("kek", &String::from_utf8_lossy(&self.kek))
             .finish_non_exhaustive()
     }
 }
@@ -330,6 +337,9 @@ mod tests {
         }
         let mut bad = sealed.clone();
         bad.kek = "other".into();
+        assert!(!key.unwraps(bad.as_ref()));
+        let mut bad = sealed.clone();
+        bad.kek.push('0');
         assert!(!key.unwraps(bad.as_ref()));
         // The value is still authenticated: a flipped byte, or another version's value, fails.
         let mut bad = sealed.clone();

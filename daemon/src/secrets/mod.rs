@@ -382,7 +382,8 @@ impl Record for StoredVersion {
 
     fn read_payload(payload: &[u8]) -> Result<Self, String> {
         SealedRef::parse(payload)
-            .map(|sealed| StoredVersion(sealed.to_owned()))
+            .and_then(SealedRef::to_owned)
+            .map(StoredVersion)
             .ok_or_else(|| "undecodable sealed version".to_owned())
     }
 }
@@ -410,7 +411,7 @@ impl SealedRef<'_> {
         let key_len = usize::from(u16::from_le_bytes([key_len[0], key_len[1]]));
         let (wrapped_key, ciphertext) = rest.split_at_checked(key_len)?;
         Some(SealedRef {
-            kek: std::str::from_utf8(kek).ok()?,
+            kek,
             wrapped_key,
             ciphertext,
         })
@@ -533,7 +534,7 @@ struct State {
     /// Data keys Gets unwrapped, by path and version, so a repeated Get skips the unwrap (see
     /// [`DataKey::unwraps`] for why a kept key never opens anything a fresh one would not). Taken
     /// out with their version (pruned or destroyed); at most `[secrets] data_key_cache` in all.
-    kept_keys: HashMap<String, Vec<(u64, Arc<DataKey>)>>,
+    kept_keys: HashMap<String, Vec<(u64, Arc<DataKey>)>, foldhash::fast::RandomState>,
     kept_key_count: usize,
 }
 
@@ -682,6 +683,9 @@ fn meta_key(path: &str) -> Vec<u8> {
     key.extend_from_slice(path.as_bytes());
     key
 }
+
+/// An opened version's value, and its data key when it was unwrapped for this read.
+type Opened = (Zeroizing<Vec<u8>>, Option<Arc<DataKey>>);
 
 fn version_key(path: &str, version: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(11 + path.len());
@@ -933,7 +937,7 @@ impl Secrets {
         path: &str,
         version: u64,
         kept: Option<&DataKey>,
-    ) -> Result<(Zeroizing<Vec<u8>>, Option<DataKey>), ServiceError> {
+    ) -> Result<Opened, ServiceError> {
         let lost = |why: &str| {
             ServiceError::DataLoss(format!(
                 "version {version} of {path} {why}; the other versions are unaffected"
@@ -961,17 +965,17 @@ impl Secrets {
             return Ok((key.open(path, version, sealed).map_err(value_lost)?, None));
         }
         let keys = self.keys.keys();
-        let Some(master) = keys.by_id(sealed.kek) else {
+        let Some(master) = sealed.kek_id().and_then(|id| keys.by_id(id)) else {
             return Err(lost(&format!(
                 "is sealed under master key {}, which is not in use (the current one is {})",
-                sealed.kek,
+                String::from_utf8_lossy(sealed.kek),
                 keys.current.id()
             )));
         };
         let key = DataKey::unwrap(master, path, version, sealed)
             .map_err(|_| lost("is damaged (its data key does not unwrap)"))?;
         let value = key.open(path, version, sealed).map_err(value_lost)?;
-        Ok((value, Some(key)))
+        Ok((value, Some(Arc::new(key))))
     }
 
     fn meta(&self, path: &str) -> Result<Arc<SecretMeta>, ServiceError> {
@@ -1003,7 +1007,13 @@ impl Secrets {
             .versions
             .get(&version)
             .ok_or_else(|| missing_version(path, version, &meta))?;
-        match meta.state_of(info, self.clock.now_ms()) {
+        // Only age deletion needs the time.
+        let now_ms = if meta.delete_after_s > 0 {
+            self.clock.now_ms()
+        } else {
+            0
+        };
+        match meta.state_of(info, now_ms) {
             VersionState::Live => {}
             VersionState::Deleted(_) => {
                 return Err(ServiceError::NotFound(format!(
@@ -1019,7 +1029,7 @@ impl Secrets {
         let (mut value, unwrapped) = self.open_version(path, version, kept.as_deref())?;
         if let Some(key) = unwrapped.filter(|_| may_keep) {
             let mut state = self.write_state();
-            state.keep_key(path, version, Arc::new(key), self.data_key_cache);
+            state.keep_key(path, version, key, self.data_key_cache);
             self.metrics.keys_kept(state.kept_key_count);
         }
         Ok(Value {

@@ -2,13 +2,16 @@
 //! `.` or `..` segment. The canonical form starts with `/` (`agents/web/db` and `/agents/web/db` are
 //! one secret), which is also the resource a scoped capability (`secrets.read:/agents/web/*`) names.
 
+use std::borrow::Cow;
+
 use crate::error::{FieldViolation, truncate_for_reply};
 
 /// Longest path, in bytes (canonical form).
 pub const MAX_PATH_BYTES: usize = 512;
 
-/// The canonical form of a secret's path, or why it is not one (for `field`).
-pub fn canonical(path: &str, field: &str) -> Result<String, FieldViolation> {
+/// The canonical form of a secret's path, or why it is not one (for `field`). A path already in
+/// canonical form (as clients send it) is borrowed, not copied.
+pub fn canonical<'a>(path: &'a str, field: &str) -> Result<Cow<'a, str>, FieldViolation> {
     let bad = |why: String| FieldViolation::new(field, why);
     if path.is_empty() || path == "/" {
         return Err(bad("required: a path such as /agents/web/db".to_owned()));
@@ -21,11 +24,13 @@ pub fn canonical(path: &str, field: &str) -> Result<String, FieldViolation> {
             1 + rest.len()
         )));
     }
-    // Every read and write canonicalizes its path: one allocation, no formatting.
+    if rest.len() < path.len() {
+        return Ok(Cow::Borrowed(path));
+    }
     let mut canonical = String::with_capacity(1 + rest.len());
     canonical.push('/');
     canonical.push_str(rest);
-    Ok(canonical)
+    Ok(Cow::Owned(canonical))
 }
 
 /// The canonical form of a folder prefix for List and Watch: `""` (every secret) or `/a/b` (the
@@ -38,7 +43,7 @@ pub fn canonical_prefix(prefix: &str, field: &str) -> Result<String, FieldViolat
         }
         return Ok(String::new());
     }
-    let canonical = canonical(trimmed, field)?;
+    let canonical = canonical(trimmed, field)?.into_owned();
     if prefix.len() > MAX_PATH_BYTES + 2 {
         return Err(FieldViolation::new(
             field,
@@ -62,30 +67,34 @@ fn check_segments(rest: &str, original: &str, field: &str) -> Result<(), FieldVi
     let bad = |why: String| {
         FieldViolation::new(field, format!("{:?}: {why}", truncate_for_reply(original)))
     };
+    let bytes = rest.as_bytes();
     let mut start = 0;
-    for segment in rest.as_bytes().split(|&b| b == b'/') {
-        if segment.is_empty() {
-            return Err(bad(
-                "empty path segment (\"//\", or \"/\" at the end)".to_owned()
-            ));
-        }
-        if segment == b"." || segment == b".." {
-            return Err(bad("\".\" and \"..\" segments are not allowed".to_owned()));
-        }
-        if let Some(at) = segment
-            .iter()
-            .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
-        {
+    // One step past the end closes the last segment, as a '/' closes the others.
+    for at in 0..=bytes.len() {
+        let b = bytes.get(at).copied().unwrap_or(b'/');
+        if b == b'/' {
+            match bytes.get(start..at) {
+                Some(b"") => {
+                    return Err(bad(
+                        "empty path segment (\"//\", or \"/\" at the end)".to_owned()
+                    ));
+                }
+                Some(b"." | b"..") => {
+                    return Err(bad("\".\" and \"..\" segments are not allowed".to_owned()));
+                }
+                _ => {}
+            }
+            start = at + 1;
+        } else if !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
             // A byte outside the set starts a character outside it (ASCII or not).
             let c = rest
-                .get(start + at..)
+                .get(at..)
                 .and_then(|tail| tail.chars().next())
                 .unwrap_or('?');
             return Err(bad(format!(
                 "{c:?} is not allowed; segments use [A-Za-z0-9._-]"
             )));
         }
-        start += segment.len() + 1;
     }
     Ok(())
 }
