@@ -1,8 +1,9 @@
 //! Hand-written codecs for hot methods, past the generated types: a [`WireRoute`] sends the
 //! methods its [`WireMethods`] name through a [`WireCodec`] (a request read straight into what the
 //! handler works with, a reply written straight from what it computed) and every other method to
-//! the generated server. `Flags.Evaluate` and flagd's typed `Resolve*` (`flags::wire`) are served
-//! this way; each codec is tested byte for byte against the generated types, and the generated
+//! the generated server. `Flags.Evaluate` and flagd's typed `Resolve*` (`flags::wire`), and
+//! `Secrets.Get` (`secrets::wire`, so the opened value is wiped once its reply is written) are
+//! served this way; each codec is tested byte for byte against the generated types, and the generated
 //! server keeps serving the same method to the clients' types in tests.
 //!
 //! Why: decoding into prost structs, converting them and encoding prost replies (sized field by

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
+use super::wire::GetReply;
 use super::{
     Actor, Generator, MetadataUpdate, PutRequest, SecretMeta, Secrets, SecretsRotation,
     SystemClock, VersionOp, VersionState, path,
@@ -33,6 +34,7 @@ use crate::error::{FieldViolation, ServiceError};
 use crate::grpc::convert::timestamp_from_unix_ms as timestamp;
 use crate::grpc::methods::Requirement;
 use crate::grpc::services::{Health, Registration, ServiceSpec, handler};
+use crate::grpc::wire::{WireMethods, WireRoute};
 use crate::store::trees;
 use crate::tokens::TokenService;
 
@@ -80,6 +82,15 @@ fn actor_of<T>(request: &Request<T>) -> Result<(Caller, Actor), ServiceError> {
 impl SecretsService {
     fn require(&self, caller: &Caller, capability: &str, path: &str) -> Result<(), ServiceError> {
         self.access.require_scope(caller, capability, path)
+    }
+
+    /// `Get`: the value of the requested version. Reads borrow the caller: no correlation id to
+    /// parse, nothing to clone on the hot path.
+    fn read(&self, request: &Request<GetSecretRequest>) -> Result<super::Value, ServiceError> {
+        let caller = caller(request)?;
+        let path = canonical(&request.get_ref().path)?;
+        self.require(caller, READ, &path)?;
+        self.secrets.get(&path, request.get_ref().version)
     }
 
     async fn versions(
@@ -207,15 +218,13 @@ impl SecretsApi for SecretsService {
         }))
     }
 
+    /// Served through [`SecretsWire`] in the daemon; this is the same call through the generated
+    /// types.
     async fn get(
         &self,
         request: Request<GetSecretRequest>,
     ) -> Result<Response<GetSecretReply>, Status> {
-        // Reads borrow the caller: no correlation id to parse, nothing to clone on the hot path.
-        let caller = caller(&request)?;
-        let path = canonical(&request.get_ref().path)?;
-        self.require(caller, READ, &path)?;
-        let value = self.secrets.get(&path, request.get_ref().version)?;
+        let value = self.read(&request)?;
         Ok(Response::new(GetSecretReply {
             value: value.value,
             version: value.version,
@@ -515,17 +524,59 @@ pub const REGISTRATION: Registration = Registration {
             .add_worker(SecretsRotation::new(secrets.clone()));
         Ok(Some(handler(move |shared, routes, limits| {
             secrets.set_audit(shared.access.audit.clone());
-            crate::route!(
-                routes,
-                limits,
-                SecretsServer::new(SecretsService {
-                    secrets,
-                    keys,
-                    tokens: shared.tokens.clone(),
-                    access: shared.access.clone(),
-                    stop: shared.server_token.clone(),
-                })
-            );
+            let service = Arc::new(SecretsService {
+                secrets,
+                keys,
+                tokens: shared.tokens.clone(),
+                access: shared.access.clone(),
+                stop: shared.server_token.clone(),
+            });
+            let max = limits.max_message_bytes;
+            routes.add_service(WireRoute::new(
+                SecretsServer::from_arc(service.clone())
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+                SecretsWire(service),
+                max,
+            ));
         })))
     },
 };
+
+/// The `Secrets` method served through the hand-written codec: `Get` (its reply is written from
+/// the opened value and wipes it, see [`super::wire`]).
+#[derive(Clone)]
+pub struct SecretsWire(Arc<SecretsService>);
+
+impl WireMethods for SecretsWire {
+    type Request = GetSecretRequest;
+    type Reply = GetReply;
+    type Method = GetMethod;
+
+    fn method(&self, name: &str) -> Option<GetMethod> {
+        (name == "Get").then(|| GetMethod(self.0.clone()))
+    }
+}
+
+/// `Secrets.Get` for [`tonic::server::UnaryService`]; a read does not wait, so no box.
+pub struct GetMethod(Arc<SecretsService>);
+
+impl tonic::server::UnaryService<GetSecretRequest> for GetMethod {
+    type Response = GetReply;
+    type Future = std::future::Ready<Result<Response<GetReply>, Status>>;
+
+    fn call(&mut self, request: Request<GetSecretRequest>) -> Self::Future {
+        std::future::ready(
+            self.0
+                .read(&request)
+                .map(|value| {
+                    Response::new(GetReply {
+                        value: Zeroizing::new(value.value),
+                        version: value.version,
+                        created_at: timestamp(value.created_ms),
+                    })
+                })
+                .map_err(Into::into),
+        )
+    }
+}
