@@ -72,24 +72,7 @@ impl MasterKey {
 
     /// Encrypts `plaintext` bound to `associated_data`: `nonce || ciphertext || tag`.
     pub fn seal(&self, plaintext: &[u8], associated_data: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).map_err(|_| CryptoError::Random)?;
-        // Sealed where it is returned: one buffer of its final size, the plaintext encrypted in place.
-        let mut sealed = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
-        sealed.extend_from_slice(&nonce);
-        sealed.extend_from_slice(plaintext);
-        let sealed_in_place = self.key.seal_in_place_separate_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(associated_data),
-            &mut sealed[NONCE_LEN..],
-        );
-        let Ok(tag) = sealed_in_place else {
-            // Not encrypted after all: the plaintext does not stay in freed memory.
-            sealed.zeroize();
-            return Err(CryptoError::Random);
-        };
-        sealed.extend_from_slice(tag.as_ref());
-        Ok(sealed)
+        seal_with(&self.key, &self.rng, plaintext, associated_data)
     }
 
     /// Decrypts what [`MasterKey::seal`] produced with the same `associated_data`. Another key, other
@@ -100,26 +83,64 @@ impl MasterKey {
         sealed: &[u8],
         associated_data: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        if sealed.len() < SEAL_OVERHEAD {
-            return Err(CryptoError::Unseal);
-        }
-        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| CryptoError::Unseal)?;
-        // The working buffer holds the plaintext once opened (or a part of it on failure): it is
-        // the buffer handed back, wiped when dropped, never a copy left in freed memory.
-        let mut in_out = Zeroizing::new(ciphertext.to_vec());
-        let len = self
-            .key
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(associated_data),
-                &mut in_out,
-            )
-            .map_err(|_| CryptoError::Unseal)?
-            .len();
-        in_out.truncate(len);
-        Ok(in_out)
+        open_with(&self.key, sealed, associated_data).ok_or(CryptoError::Unseal)
     }
+}
+
+/// Seals `plaintext` under `key` bound to `associated_data` in the layout above, with a fresh
+/// random nonce: the master key's seal, and the secrets' per-version data keys' too.
+pub fn seal_with(
+    key: &LessSafeKey,
+    rng: &SystemRandom,
+    plaintext: &[u8],
+    associated_data: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill(&mut nonce).map_err(|_| CryptoError::Random)?;
+    // Sealed where it is returned: one buffer of its final size, the plaintext encrypted in place.
+    let mut sealed = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
+    sealed.extend_from_slice(&nonce);
+    sealed.extend_from_slice(plaintext);
+    let sealed_in_place = key.seal_in_place_separate_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(associated_data),
+        &mut sealed[NONCE_LEN..],
+    );
+    let Ok(tag) = sealed_in_place else {
+        // Not encrypted after all: the plaintext does not stay in freed memory.
+        sealed.zeroize();
+        return Err(CryptoError::Random);
+    };
+    sealed.extend_from_slice(tag.as_ref());
+    Ok(sealed)
+}
+
+/// Opens what [`seal_with`] produced under `key` with the same `associated_data`; `None` for
+/// another key, other associated data or any changed byte. The plaintext is wiped when the
+/// returned buffer is dropped.
+pub fn open_with(
+    key: &LessSafeKey,
+    sealed: &[u8],
+    associated_data: &[u8],
+) -> Option<Zeroizing<Vec<u8>>> {
+    if sealed.len() < SEAL_OVERHEAD {
+        return None;
+    }
+    let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+    let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
+    // The working buffer holds the plaintext once opened (or a part of it on failure): it is
+    // the buffer handed back, wiped when dropped, never a copy left in freed memory.
+    let mut in_out = Zeroizing::new(ciphertext.to_vec());
+    let len = key
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(associated_data),
+            &mut in_out,
+        )
+        .ok()?
+        .len();
+    in_out.truncate(len);
+    Some(in_out)
 }
 
 fn key_id(bytes: &[u8]) -> String {

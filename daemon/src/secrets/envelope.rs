@@ -6,14 +6,14 @@
 //! Layout of both seals: `nonce (12) || ciphertext || tag (16)`. Data keys and plaintext buffers
 //! are wiped (`zeroize`) when dropped.
 
-use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::aead::{AES_256_GCM, LessSafeKey, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
+use crate::crypto::master::{open_with, seal_with};
 use crate::crypto::{CryptoError, MasterKey};
 
 const DATA_KEY_LEN: usize = 32;
-const TAG_LEN: usize = 16;
 
 /// A sealed version: which master key wrapped its data key, the wrapped key, the sealed value.
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -115,19 +115,7 @@ pub fn seal(
     let key = LessSafeKey::new(
         UnboundKey::new(&AES_256_GCM, &data_key[..]).map_err(|_| CryptoError::Random)?,
     );
-    let mut nonce = [0u8; NONCE_LEN];
-    rng.fill(&mut nonce).map_err(|_| CryptoError::Random)?;
-    let mut ciphertext = Vec::with_capacity(NONCE_LEN + value.len() + TAG_LEN);
-    ciphertext.extend_from_slice(&nonce);
-    ciphertext.extend_from_slice(value);
-    let tag = key
-        .seal_in_place_separate_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(ad.of("value", path, version)),
-            &mut ciphertext[NONCE_LEN..],
-        )
-        .map_err(|_| CryptoError::Random)?;
-    ciphertext.extend_from_slice(tag.as_ref());
+    let ciphertext = seal_with(&key, rng, value, ad.of("value", path, version))?;
     Ok(Sealed {
         kek: master.id().to_owned(),
         wrapped_key,
@@ -190,23 +178,12 @@ impl DataKey {
         version: u64,
         sealed: SealedRef<'_>,
     ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
-        if sealed.ciphertext.len() < NONCE_LEN + TAG_LEN {
-            return Err(OpenError::Value);
-        }
-        let (nonce, body) = sealed.ciphertext.split_at(NONCE_LEN);
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| OpenError::Value)?;
-        let mut buffer = Zeroizing::new(body.to_vec());
-        let len = self
-            .key
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(Ad::new(path).of("value", path, version)),
-                &mut buffer,
-            )
-            .map_err(|_| OpenError::Value)?
-            .len();
-        buffer.truncate(len);
-        Ok(buffer)
+        open_with(
+            &self.key,
+            sealed.ciphertext,
+            Ad::new(path).of("value", path, version),
+        )
+        .ok_or(OpenError::Value)
     }
 }
 
