@@ -541,14 +541,9 @@ async fn a_damaged_version_is_data_loss_and_the_others_still_read() {
     let mut record: StoredVersion = tree.get(&key).unwrap().unwrap();
     record.0.ciphertext[14] ^= 0x01;
     tree.put(&key, &record).unwrap();
-    match s.get("/p", Some(1)) {
-        Err(ServiceError::DataLoss(why)) => {
-            assert!(why.contains("version 1 of /p is damaged"), "{why}");
-            assert!(!why.contains("value-one"));
-        }
-        Err(other) => panic!("expected DATA_LOSS, got {other:?}"),
-        Ok(_) => panic!("expected DATA_LOSS, got a value"),
-    }
+    let why = data_loss(&s, "/p", Some(1));
+    assert!(why.contains("version 1 of /p is damaged"), "{why}");
+    assert!(!why.contains("value-one"));
     assert_eq!(s.get("/p", Some(2)).unwrap().value, b"value-two");
 
     // A sealed version copied to another path or version does not open there.
@@ -570,8 +565,9 @@ fn kept(s: &Secrets, path: &str, version: u64) -> (usize, bool) {
     )
 }
 
-fn data_loss(s: &Secrets, path: &str, version: u64) -> String {
-    match s.get(path, Some(version)) {
+/// Why reading `version` of `path` is DATA_LOSS (fails the test if it is anything else).
+fn data_loss(s: &Secrets, path: &str, version: Option<u64>) -> String {
+    match s.get(path, version) {
         Err(ServiceError::DataLoss(why)) => why,
         Err(other) => panic!("expected DATA_LOSS, got {other:?}"),
         Ok(_) => panic!("expected DATA_LOSS, got a value"),
@@ -598,16 +594,16 @@ async fn a_kept_data_key_opens_only_the_version_as_stored_when_it_was_kept() {
     let mut bad = StoredVersion(good.0.clone());
     bad.0.wrapped_key[20] ^= 0x01;
     tree.put(&key, &bad).unwrap();
-    assert!(data_loss(&s, "/p", 1).contains("its data key does not unwrap"));
+    assert!(data_loss(&s, "/p", Some(1)).contains("its data key does not unwrap"));
     let mut bad = StoredVersion(good.0.clone());
     bad.0.ciphertext[14] ^= 0x01;
     tree.put(&key, &bad).unwrap();
-    assert!(data_loss(&s, "/p", 1).contains("its ciphertext does not open"));
+    assert!(data_loss(&s, "/p", Some(1)).contains("its ciphertext does not open"));
     // Version 2, its key kept too, copied over version 1 does not open as version 1.
     assert_eq!(s.get("/p", Some(2)).unwrap().value, b"value-two");
     let two: StoredVersion = tree.get(&version_key("/p", 2)).unwrap().unwrap();
     tree.put(&key, &two).unwrap();
-    data_loss(&s, "/p", 1);
+    data_loss(&s, "/p", Some(1));
     tree.put(&key, &good).unwrap();
     assert_eq!(s.get("/p", Some(1)).unwrap().value, b"value-one");
     assert_eq!(kept(&s, "/p", 1), (2, true));
@@ -739,13 +735,8 @@ async fn another_master_key_reads_nothing() {
         .await
         .unwrap();
     let other = f.open_with(8);
-    match other.get("/p", None) {
-        Err(ServiceError::DataLoss(why)) => {
-            assert!(why.contains("sealed under master key"), "{why}")
-        }
-        Err(e) => panic!("{e:?}"),
-        Ok(_) => panic!("opened with another key"),
-    }
+    let why = data_loss(&other, "/p", None);
+    assert!(why.contains("sealed under master key"), "{why}");
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@
 use brainstem_proto::v1::GetSecretRequest;
 use bytes::{BufMut, Bytes};
 use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint};
 use zeroize::Zeroizing;
 
 use crate::grpc::wire::{DecodeError, WireReply, WireRequest};
@@ -28,38 +29,15 @@ pub struct GetReply {
 /// A varint is at most 10 bytes; the fields after the value are at most 35.
 const TAIL_MAX: usize = 2 * (1 + 10) + 1 + 1 + 1 + 10;
 
-/// Bytes written into a fixed buffer sized for the most they can take.
-struct Small<const N: usize> {
-    bytes: [u8; N],
-    len: usize,
-}
-
-impl<const N: usize> Small<N> {
-    fn new() -> Self {
-        Small {
-            bytes: [0; N],
-            len: 0,
-        }
-    }
-
-    fn byte(&mut self, b: u8) {
-        if let Some(slot) = self.bytes.get_mut(self.len) {
-            *slot = b;
-            self.len += 1;
-        }
-    }
-
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.byte((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.byte(v as u8);
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
+/// What `write` puts into a stack buffer of `N` bytes (sized for the most it can write), and how
+/// many bytes that is: the reply's small fields go to tonic's buffer in one slice, not one call
+/// per varint byte.
+fn staged<const N: usize>(write: impl FnOnce(&mut &mut [u8])) -> ([u8; N], usize) {
+    let mut bytes = [0u8; N];
+    let mut rest: &mut [u8] = &mut bytes;
+    write(&mut rest);
+    let left = rest.len();
+    (bytes, N - left)
 }
 
 fn varint_len(v: u64) -> usize {
@@ -102,28 +80,30 @@ impl WireReply for GetReply {
 
     fn encode(&self, buf: &mut impl BufMut) {
         if !self.value.is_empty() {
-            let mut head = Small::<11>::new();
-            head.byte(0x0a);
-            head.varint(self.value.len() as u64);
-            buf.put_slice(head.as_slice());
+            let (head, len) = staged::<11>(|w| {
+                encode_key(1, WireType::LengthDelimited, w);
+                encode_varint(self.value.len() as u64, w);
+            });
+            buf.put_slice(&head[..len]);
             buf.put_slice(&self.value);
         }
-        let mut tail = Small::<TAIL_MAX>::new();
-        if self.version != 0 {
-            tail.byte(0x10);
-            tail.varint(self.version);
-        }
-        tail.byte(0x1a);
-        tail.varint(self.timestamp_len() as u64);
-        if self.created_at.seconds != 0 {
-            tail.byte(0x08);
-            tail.varint(self.created_at.seconds as u64);
-        }
-        if self.created_at.nanos != 0 {
-            tail.byte(0x10);
-            tail.varint(i64::from(self.created_at.nanos) as u64);
-        }
-        buf.put_slice(tail.as_slice());
+        let (tail, len) = staged::<TAIL_MAX>(|w| {
+            if self.version != 0 {
+                encode_key(2, WireType::Varint, w);
+                encode_varint(self.version, w);
+            }
+            encode_key(3, WireType::LengthDelimited, w);
+            encode_varint(self.timestamp_len() as u64, w);
+            if self.created_at.seconds != 0 {
+                encode_key(1, WireType::Varint, w);
+                encode_varint(self.created_at.seconds as u64, w);
+            }
+            if self.created_at.nanos != 0 {
+                encode_key(2, WireType::Varint, w);
+                encode_varint(i64::from(self.created_at.nanos) as u64, w);
+            }
+        });
+        buf.put_slice(&tail[..len]);
     }
 }
 
