@@ -40,17 +40,17 @@ fn engine(extra: usize) -> (PolicyEngine, tempfile::TempDir) {
     (PolicyEngine::new(set), dir)
 }
 
-fn query(principal: &str, action: &str) -> Query {
+fn query<'q>(principal: &'q str, action: &'q str) -> Query<'q> {
     Query {
-        principal: principal.to_owned(),
+        principal: principal.into(),
         roles: vec!["agent".to_owned()].into(),
-        action: action.to_owned(),
-        resource: "https://example.org/page".to_owned(),
+        action: action.into(),
+        resource: "https://example.org/page".into(),
         context: serde_json::Map::new(),
     }
 }
 
-fn tails(name: &str, engine: &PolicyEngine, q: &Query) {
+fn tails(name: &str, engine: &PolicyEngine, q: &Query<'_>) {
     let mut samples: Vec<u64> = (0..100_000)
         .map(|_| {
             let started = Instant::now();

@@ -11,30 +11,34 @@
 //! Evaluation ([`Access::evaluate`]) and recording ([`Pending::record`]) are separate so a batch can
 //! evaluate every item before it audits any; [`Access::decide`] does both.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
-use crate::access::audit::{AuditKind, Entry};
+use crate::access::audit::{AuditKind, DecisionId, Entry};
 use crate::access::caller::Caller;
 use crate::access::events::WouldDeny;
 use crate::access::{AUDIT_UNAVAILABLE, Access, WOULD_DENY};
 use crate::error::ServiceError;
-use crate::policy::Query;
+use crate::policy::{Decision, Query};
 
 /// Capability to ask about a principal other than oneself.
 pub const CHECK_AS: &str = "policy.check_as";
 
-/// One question.
+/// One question. Its strings may borrow the request they were read from (`Policy.Check` reads
+/// them straight out of the request's bytes) or be owned.
 #[derive(Debug, Clone)]
-pub struct DecisionRequest {
+pub struct DecisionRequest<'q> {
     /// How the audit log files the decision.
     pub kind: AuditKind,
     /// The principal asked about; empty for the caller itself.
-    pub principal: String,
-    pub action: String,
-    pub resource: String,
+    pub principal: Cow<'q, str>,
+    pub action: Cow<'q, str>,
+    pub resource: Cow<'q, str>,
     pub context: Map<String, Value>,
-    pub correlation_id: String,
+    pub correlation_id: Cow<'q, str>,
     /// The built-in rules' verdict to combine with the policies' (guardrails); `None` when only the
     /// policies decide.
     pub rules: Option<RulesVerdict>,
@@ -51,12 +55,41 @@ pub struct RulesVerdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decided {
     pub allowed: bool,
-    pub reasons: Vec<String>,
+    pub reasons: Reasons,
     /// Policies that failed to evaluate (skipped).
     pub errors: Vec<String>,
-    pub decision_id: String,
+    pub decision_id: DecisionId,
     /// Allowed only because dry-run mode made the policies' denial advisory ([`WOULD_DENY`]).
     pub advisory: bool,
+}
+
+/// A decision's reasons: most often exactly the policies' own, then shared with the cached
+/// decision rather than copied for every answer; otherwise a list of their own (the built-in
+/// rules' reasons, the dry-run marker, `audit-unavailable`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reasons {
+    Policy(Arc<Decision>),
+    Owned(Vec<String>),
+}
+
+impl Reasons {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Reasons::Policy(decision) => decision.reasons.clone(),
+            Reasons::Owned(reasons) => reasons,
+        }
+    }
+}
+
+impl std::ops::Deref for Reasons {
+    type Target = [String];
+
+    fn deref(&self) -> &[String] {
+        match self {
+            Reasons::Policy(decision) => &decision.reasons,
+            Reasons::Owned(reasons) => reasons,
+        }
+    }
 }
 
 /// An evaluated decision whose audit record is not written yet. It holds what the record is
@@ -66,11 +99,11 @@ pub struct Pending<'a> {
     access: &'a Access,
     caller: &'a Caller,
     kind: AuditKind,
-    query: Query,
+    query: Query<'a>,
     allowed: bool,
-    reasons: Vec<String>,
-    decision_id: String,
-    correlation_id: String,
+    reasons: Reasons,
+    decision_id: DecisionId,
+    correlation_id: Cow<'a, str>,
     errors: Vec<String>,
     advisory: bool,
 }
@@ -92,36 +125,19 @@ impl Access {
     }
 
     /// The policy query for `principal` (empty: the caller), with the roles its grants give it,
-    /// after the check-as rule.
-    pub fn query(
+    /// after the check-as rule. The strings move into the query (borrowed ones stay borrowed: no
+    /// copies on the Check path).
+    pub fn query<'q>(
         &self,
-        caller: &Caller,
-        principal: &str,
-        action: &str,
-        resource: &str,
+        caller: &'q Caller,
+        principal: Cow<'q, str>,
+        action: Cow<'q, str>,
+        resource: Cow<'q, str>,
         context: Map<String, Value>,
-    ) -> Result<Query, ServiceError> {
-        self.query_owned(
-            caller,
-            principal.to_owned(),
-            action.to_owned(),
-            resource.to_owned(),
-            context,
-        )
-    }
-
-    /// [`Access::query`] for a question that owns its strings: they move into the query.
-    fn query_owned(
-        &self,
-        caller: &Caller,
-        principal: String,
-        action: String,
-        resource: String,
-        context: Map<String, Value>,
-    ) -> Result<Query, ServiceError> {
+    ) -> Result<Query<'q>, ServiceError> {
         self.require_check_as(caller, &principal)?;
         let principal = if principal.is_empty() {
-            caller.principal.name.clone()
+            Cow::Borrowed(caller.principal.name.as_str())
         } else {
             principal
         };
@@ -138,7 +154,7 @@ impl Access {
     pub fn evaluate<'a>(
         &'a self,
         caller: &'a Caller,
-        request: DecisionRequest,
+        request: DecisionRequest<'a>,
     ) -> Result<Pending<'a>, ServiceError> {
         let DecisionRequest {
             kind,
@@ -149,7 +165,7 @@ impl Access {
             correlation_id,
             rules,
         } = request;
-        let query = self.query_owned(caller, principal, action, resource, context)?;
+        let query = self.query(caller, principal, action, resource, context)?;
         let policy = self
             .policy
             .decide(&query)
@@ -162,25 +178,31 @@ impl Access {
         // purchases; never the built-in rules' own) is let through and audited as would-deny.
         let advisory = !policy.allowed && policy.advisory && rules.allowed && self.dry_run();
         let allowed = (rules.allowed && policy.allowed) || advisory;
-        let mut reasons = rules.reasons;
-        if advisory {
-            reasons.push(WOULD_DENY.to_owned());
-            WouldDeny {
-                action: &query.action,
-                policies: &policy.reasons,
+        let policy_reasons = !policy.allowed || allowed;
+        let reasons = if rules.reasons.is_empty() && !advisory && policy_reasons {
+            Reasons::Policy(policy.clone())
+        } else {
+            let mut reasons = rules.reasons;
+            if advisory {
+                reasons.push(WOULD_DENY.to_owned());
+                WouldDeny {
+                    action: &query.action,
+                    policies: &policy.reasons,
+                }
+                .emit();
             }
-            .emit();
-        }
-        if !policy.allowed || allowed {
-            reasons.extend(policy.reasons.iter().cloned());
-        }
+            if policy_reasons {
+                reasons.extend(policy.reasons.iter().cloned());
+            }
+            Reasons::Owned(reasons)
+        };
         Ok(Pending {
             access: self,
             caller,
             kind,
             allowed,
             reasons,
-            decision_id: self.audit.decision_id(),
+            decision_id: self.audit.new_decision_id(),
             correlation_id,
             errors: policy.errors.clone(),
             advisory,
@@ -189,10 +211,10 @@ impl Access {
     }
 
     /// Evaluates and records one decision.
-    pub async fn decide(
-        &self,
-        caller: &Caller,
-        request: DecisionRequest,
+    pub async fn decide<'a>(
+        &'a self,
+        caller: &'a Caller,
+        request: DecisionRequest<'a>,
     ) -> Result<Decided, ServiceError> {
         // `record_now` rather than `record().await`: the latter's future would carry the decision
         // a second time inside this one, which every Check moves.
@@ -237,7 +259,7 @@ impl<'a> Pending<'a> {
     fn entry(&self) -> Entry<'_> {
         Entry {
             time_unix_ms: 0,
-            decision_id: &self.decision_id,
+            decision_id: self.decision_id.as_str(),
             kind: self.kind,
             caller: &self.caller.principal.name,
             principal: &self.query.principal,
@@ -264,7 +286,7 @@ impl<'a> Pending<'a> {
         if !recorded && allowed {
             allowed = false;
             advisory = false;
-            reasons = vec![AUDIT_UNAVAILABLE.to_owned()];
+            reasons = Reasons::Owned(vec![AUDIT_UNAVAILABLE.to_owned()]);
         }
         Decided {
             allowed,
@@ -278,8 +300,6 @@ impl<'a> Pending<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use tokio_util::sync::CancellationToken;
 
     use super::*;
@@ -370,7 +390,7 @@ mod tests {
         let authorizer = Arc::new(Authorizer::new(Grants::from_config(&config)));
         let access = Access::new(authorizer, audit, Access::prepare(&config).unwrap());
         let agent = caller(AGENT);
-        let ask = |action: &str, rules| access.decide(&agent, question("", action, rules));
+        let ask = |action: &'static str, rules| access.decide(&agent, question("", action, rules));
 
         // Off: the marked forbid is enforced like any other.
         let post = ask("web.post", None).await.unwrap();
@@ -379,7 +399,7 @@ mod tests {
         access.set_dry_run(true);
         let post = ask("web.post", None).await.unwrap();
         assert!(post.allowed && post.advisory, "{post:?}");
-        assert_eq!(post.reasons, vec![WOULD_DENY, "forbid-web-post"]);
+        assert_eq!(post.reasons[..], vec![WOULD_DENY, "forbid-web-post"]);
         // Unmarked forbids, file writes (marked or not), and nothing-permits stay denied.
         for action in ["web.tweet", "fs.write", "web.purchase", "fs.delete"] {
             let d = ask(action, None).await.unwrap();
@@ -410,7 +430,7 @@ mod tests {
                     })
                     .unwrap();
                 if let Some(r) = records.first() {
-                    assert_eq!(r.reasons, vec![WOULD_DENY, "forbid-web-post"]);
+                    assert_eq!(r.reasons[..], vec![WOULD_DENY, "forbid-web-post"]);
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -436,14 +456,18 @@ mod tests {
         }
     }
 
-    fn question(principal: &str, action: &str, rules: Option<RulesVerdict>) -> DecisionRequest {
+    fn question<'q>(
+        principal: &'q str,
+        action: &'q str,
+        rules: Option<RulesVerdict>,
+    ) -> DecisionRequest<'q> {
         DecisionRequest {
             kind: AuditKind::Policy,
-            principal: principal.to_owned(),
-            action: action.to_owned(),
-            resource: "https://docs.rs/".to_owned(),
+            principal: principal.into(),
+            action: action.into(),
+            resource: "https://docs.rs/".into(),
             context: Map::new(),
-            correlation_id: "c-1".to_owned(),
+            correlation_id: "c-1".into(),
             rules,
         }
     }
@@ -486,7 +510,7 @@ mod tests {
             (last.caller.as_str(), last.principal.as_str(), last.allowed),
             (DEV_ADMIN_PRINCIPAL, AGENT, false)
         );
-        assert_eq!(last.reasons, ["forbid-web-post"]);
+        assert_eq!(last.reasons[..], ["forbid-web-post"]);
         assert_eq!(records.len(), 3, "the refused check-as is not a decision");
     }
 
@@ -505,7 +529,8 @@ mod tests {
             .unwrap();
         // The policies allowed, so only the rule that refused is given.
         assert!(!decided.allowed);
-        assert_eq!(decided.reasons, ["guardrail-domain-safelist"]);
+        assert_eq!(decided.reasons[..], ["guardrail-domain-safelist"]);
+        assert!(matches!(decided.reasons, Reasons::Owned(_)));
         let passed = RulesVerdict {
             allowed: true,
             reasons: vec![],
@@ -516,7 +541,18 @@ mod tests {
             .await
             .unwrap();
         assert!(!decided.allowed);
-        assert_eq!(decided.reasons, ["forbid-web-post"]);
+        assert_eq!(decided.reasons[..], ["forbid-web-post"]);
+
+        // Without a rules' verdict the policies' reasons are the cached decision's, shared rather
+        // than copied into every answer.
+        let ask = || f.access.decide(&agent, question("", "web.post", None));
+        let (first, second) = (ask().await.unwrap(), ask().await.unwrap());
+        assert_eq!(first.reasons[..], ["forbid-web-post"]);
+        match (&first.reasons, &second.reasons) {
+            (Reasons::Policy(a), Reasons::Policy(b)) => assert!(Arc::ptr_eq(a, b)),
+            other => panic!("copied reasons: {other:?}"),
+        }
+        assert_eq!(first.reasons.clone().into_vec(), ["forbid-web-post"]);
         f.stop_audit().await;
     }
 
@@ -537,7 +573,7 @@ mod tests {
             .await
             .unwrap();
         assert!(!lost.allowed);
-        assert_eq!(lost.reasons, [AUDIT_UNAVAILABLE]);
+        assert_eq!(lost.reasons[..], [AUDIT_UNAVAILABLE]);
         assert_ne!(lost.decision_id, written.decision_id);
         // Not fail-closed: the decision stands though its record is lost.
         let stands = f
@@ -552,7 +588,7 @@ mod tests {
             .decide(&agent, question("", "web.post", None))
             .await
             .unwrap();
-        assert_eq!(denied.reasons, ["forbid-web-post"]);
+        assert_eq!(denied.reasons[..], ["forbid-web-post"]);
     }
 
     #[tokio::test]
@@ -603,6 +639,6 @@ mod tests {
                 false
             )
         );
-        assert_eq!(refusal.reasons, ["outside-scope"]);
+        assert_eq!(refusal.reasons[..], ["outside-scope"]);
     }
 }

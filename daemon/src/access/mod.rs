@@ -39,7 +39,7 @@ use crate::supervisor::worker::until_cancelled;
 use crate::supervisor::{ActorResult, Worker, WorkerContext, WorkerPolicy};
 
 pub use self::caller::{Caller, caller, require_scope};
-pub use self::decide::{CHECK_AS, Decided, DecisionRequest, RulesVerdict};
+pub use self::decide::{CHECK_AS, Decided, DecisionRequest, Reasons, RulesVerdict};
 
 /// The reason a fail-closed decision gives when its audit record could not be written.
 pub const AUDIT_UNAVAILABLE: &str = "audit-unavailable";

@@ -1,12 +1,14 @@
 //! `brainstem.v1.Policy`: Check, BatchCheck, Explain, Validate, GetPolicySet.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use brainstem_proto::v1::policy_server::Policy;
+use brainstem_proto::v1::policy_server::{Policy, PolicyServer};
 use brainstem_proto::v1::{
     BatchCheckReply, BatchCheckRequest, CheckReply, CheckRequest, ExplainReply, GetPolicySetReply,
     GetPolicySetRequest, PolicyInfo, ValidateReply, ValidateRequest,
 };
+use futures::future::BoxFuture;
 use tonic::{Request, Response, Status};
 
 use crate::access::audit::AuditKind;
@@ -14,8 +16,10 @@ use crate::access::{Access, Caller, Decided, DecisionRequest, caller};
 use crate::error::{FieldViolation, ServiceError};
 use crate::grpc::convert::timestamp_from_unix_ms as timestamp;
 use crate::grpc::methods::Requirement;
-use crate::grpc::services::{Health, Registration, ServiceSpec};
+use crate::grpc::services::{Health, Registration, ServiceSpec, handler};
+use crate::grpc::wire::{WireMethods, WireRoute};
 use crate::policy::events::DecisionMetrics;
+use crate::policy::wire::{CheckAnswer, CheckQuestion};
 use crate::policy::{self, PolicyError};
 
 /// Capability to ask about a principal other than oneself (the rule lives in `access::decide`).
@@ -29,6 +33,29 @@ pub struct PolicyService {
     metrics: DecisionMetrics,
 }
 
+/// A `CheckRequest`'s fields, borrowed from the generated type or from the request's bytes
+/// ([`super::wire::CheckQuestion`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CheckParts<'q> {
+    pub principal: &'q str,
+    pub action: &'q str,
+    pub resource: &'q str,
+    pub context: Option<&'q prost_types::Struct>,
+    pub correlation_id: &'q str,
+}
+
+impl<'q> From<&'q CheckRequest> for CheckParts<'q> {
+    fn from(r: &'q CheckRequest) -> Self {
+        CheckParts {
+            principal: &r.principal,
+            action: &r.action,
+            resource: &r.resource,
+            context: r.context.as_ref(),
+            correlation_id: &r.correlation_id,
+        }
+    }
+}
+
 impl PolicyService {
     pub fn new(access: Arc<Access>) -> Self {
         PolicyService {
@@ -37,25 +64,21 @@ impl PolicyService {
         }
     }
 
-    /// Validates one request; violations name fields under `prefix` (`items[3].`). Its strings
-    /// move into the question (no copies on the Check path).
-    fn request(
+    /// Validates one request; violations name fields under `prefix` (`items[3].`). The question
+    /// borrows the request's strings.
+    fn request<'q>(
         &self,
         prefix: &str,
-        request: CheckRequest,
+        request: CheckParts<'q>,
         violations: &mut Vec<FieldViolation>,
-    ) -> Option<DecisionRequest> {
-        let context = request
-            .context
-            .as_ref()
-            .map(struct_to_json)
-            .unwrap_or_default();
+    ) -> Option<DecisionRequest<'q>> {
+        let context = request.context.map(struct_to_json).unwrap_or_default();
         let before = violations.len();
         violations.extend(policy::validate_query(
             prefix,
-            &request.principal,
-            &request.action,
-            &request.resource,
+            request.principal,
+            request.action,
+            request.resource,
             &context,
         ));
         if request.correlation_id.len() > MAX_CORRELATION_ID {
@@ -69,50 +92,54 @@ impl PolicyService {
         }
         Some(DecisionRequest {
             kind: AuditKind::Policy,
-            principal: request.principal,
-            action: request.action,
-            resource: request.resource,
+            principal: Cow::Borrowed(request.principal),
+            action: Cow::Borrowed(request.action),
+            resource: Cow::Borrowed(request.resource),
             context,
-            correlation_id: request.correlation_id,
+            correlation_id: Cow::Borrowed(request.correlation_id),
             rules: None,
         })
     }
 
-    fn reply(&self, decided: Decided) -> CheckReply {
+    /// One Check: validated, decided, audited, counted.
+    async fn check_parts(&self, who: &Caller, request: CheckParts<'_>) -> Result<Decided, Status> {
+        let mut violations = Vec::new();
+        let Some(question) = self.request("", request, &mut violations) else {
+            return Err(ServiceError::InvalidArgument(violations).into());
+        };
+        let decided = self.access.decide(who, question).await?;
         self.metrics.decided(decided.allowed);
+        Ok(decided)
+    }
+
+    /// The generated type's reply (BatchCheck, and Check for the generated types' clients).
+    fn reply(decided: Decided) -> CheckReply {
         CheckReply {
             allowed: decided.allowed,
-            reasons: decided.reasons,
-            decision_id: decided.decision_id,
+            reasons: decided.reasons.into_vec(),
+            decision_id: decided.decision_id.to_string(),
             errors: decided.errors,
             advisory: decided.advisory,
         }
-    }
-
-    fn who<T>(request: &Request<T>) -> Result<Caller, ServiceError> {
-        caller(request).cloned()
     }
 }
 
 #[tonic::async_trait]
 impl Policy for PolicyService {
+    /// Served through [`PolicyWire`] in the daemon; the generated server keeps it for clients of
+    /// the generated types in tests.
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckReply>, Status> {
-        let who = Self::who(&request)?;
-        let request = request.into_inner();
-        let mut violations = Vec::new();
-        let Some(question) = self.request("", request, &mut violations) else {
-            return Err(ServiceError::InvalidArgument(violations).into());
-        };
-        let decided = self.access.decide(&who, question).await?;
-        Ok(Response::new(self.reply(decided)))
+        let who = caller(&request)?;
+        let decided = self.check_parts(who, request.get_ref().into()).await?;
+        Ok(Response::new(Self::reply(decided)))
     }
 
     async fn batch_check(
         &self,
         request: Request<BatchCheckRequest>,
     ) -> Result<Response<BatchCheckReply>, Status> {
-        let who = Self::who(&request)?;
-        let items = request.into_inner().items;
+        let who = caller(&request)?;
+        let items = &request.get_ref().items;
         let max = self.access.max_batch();
         if items.is_empty() || items.len() > max {
             return Err(ServiceError::InvalidArgument(vec![FieldViolation::new(
@@ -123,8 +150,10 @@ impl Policy for PolicyService {
         }
         let mut violations = Vec::new();
         let mut questions = Vec::with_capacity(items.len());
-        for (i, item) in items.into_iter().enumerate() {
-            if let Some(question) = self.request(&format!("items[{i}]."), item, &mut violations) {
+        for (i, item) in items.iter().enumerate() {
+            if let Some(question) =
+                self.request(&format!("items[{i}]."), item.into(), &mut violations)
+            {
                 questions.push(question);
             }
         }
@@ -134,15 +163,21 @@ impl Policy for PolicyService {
         // Every item is authorized, then evaluated, before any is audited: a bad item fails the
         // whole call without leaving records of the others.
         for question in &questions {
-            self.access.require_check_as(&who, &question.principal)?;
+            self.access.require_check_as(who, &question.principal)?;
         }
         let mut pending = Vec::with_capacity(questions.len());
         for question in questions {
-            pending.push(self.access.evaluate(&who, question)?);
+            pending.push(self.access.evaluate(who, question)?);
         }
         // Fail-closed items wait for their records; the others are ready at once.
         let decided = futures::future::join_all(pending.into_iter().map(|p| p.record())).await;
-        let results = decided.into_iter().map(|d| self.reply(d)).collect();
+        let results = decided
+            .into_iter()
+            .map(|d| {
+                self.metrics.decided(d.allowed);
+                Self::reply(d)
+            })
+            .collect();
         Ok(Response::new(BatchCheckReply { results }))
     }
 
@@ -150,17 +185,16 @@ impl Policy for PolicyService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<ExplainReply>, Status> {
-        let who = Self::who(&request)?;
-        let request = request.into_inner();
+        let who = caller(&request)?;
         let mut violations = Vec::new();
-        let Some(question) = self.request("", request, &mut violations) else {
+        let Some(question) = self.request("", request.get_ref().into(), &mut violations) else {
             return Err(ServiceError::InvalidArgument(violations).into());
         };
         let query = self.access.query(
-            &who,
-            &question.principal,
-            &question.action,
-            &question.resource,
+            who,
+            question.principal,
+            question.action,
+            question.resource,
             question.context,
         )?;
         let e = self
@@ -295,9 +329,49 @@ pub const REGISTRATION: Registration = Registration {
         ],
     },
     describe: crate::policy::events::describe,
-    setup: crate::stateless_setup!(
-        |shared| brainstem_proto::v1::policy_server::PolicyServer::new(PolicyService::new(
-            shared.access.clone()
-        ))
-    ),
+    setup: |_| {
+        Ok(Some(handler(|shared, routes, limits| {
+            let service = Arc::new(PolicyService::new(shared.access.clone()));
+            let max = limits.max_message_bytes;
+            routes.add_service(WireRoute::new(
+                PolicyServer::from_arc(service.clone())
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+                PolicyWire(service),
+                max,
+            ));
+        })))
+    },
 };
+
+/// The `Policy` method served through the hand-written codec: `Check` (see [`super::wire`]).
+#[derive(Clone)]
+pub struct PolicyWire(Arc<PolicyService>);
+
+impl WireMethods for PolicyWire {
+    type Request = CheckQuestion;
+    type Reply = CheckAnswer;
+    type Method = CheckMethod;
+
+    fn method(&self, name: &str) -> Option<CheckMethod> {
+        (name == "Check").then(|| CheckMethod(self.0.clone()))
+    }
+}
+
+/// `Policy.Check` for [`tonic::server::UnaryService`]. Boxed: a fail-closed action waits for its
+/// audit record.
+pub struct CheckMethod(Arc<PolicyService>);
+
+impl tonic::server::UnaryService<CheckQuestion> for CheckMethod {
+    type Response = CheckAnswer;
+    type Future = BoxFuture<'static, Result<Response<CheckAnswer>, Status>>;
+
+    fn call(&mut self, request: Request<CheckQuestion>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move {
+            let who = caller(&request)?;
+            let decided = service.check_parts(who, request.get_ref().parts()).await?;
+            Ok(Response::new(CheckAnswer(decided)))
+        })
+    }
+}

@@ -14,6 +14,7 @@
 //! A policy set is loaded whole: parsed, ids checked, signatures verified and validated against the
 //! schema, then swapped in. A set that fails any step is refused and the old set keeps deciding.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
@@ -464,14 +465,14 @@ fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or("")
 }
 
-/// A question for the engine, already validated.
+/// A question for the engine, already validated. Its strings may borrow the request's.
 #[derive(Debug, Clone)]
-pub struct Query {
-    pub principal: String,
+pub struct Query<'q> {
+    pub principal: Cow<'q, str>,
     /// The principal's granted roles (shared with the grant table).
     pub roles: Arc<[String]>,
-    pub action: String,
-    pub resource: String,
+    pub action: Cow<'q, str>,
+    pub resource: Cow<'q, str>,
     /// The caller's context; must not contain [`SIGNED_PERMIT`].
     pub context: Map<String, Value>,
 }
@@ -581,7 +582,7 @@ impl DecisionCache {
         }
     }
 
-    fn key(&self, query: &Query) -> Option<CacheKey> {
+    fn key(&self, query: &Query<'_>) -> Option<CacheKey> {
         let context = if query.context.is_empty() {
             String::new()
         } else {
@@ -598,9 +599,9 @@ impl DecisionCache {
         // `str`'s Hash ends each string with a terminator and a Vec's starts with its length, so
         // the parts cannot run into each other.
         let hash = self.state.hash_one((
-            &query.principal,
-            &query.action,
-            &query.resource,
+            &*query.principal,
+            &*query.action,
+            &*query.resource,
             &query.roles,
             &context,
         ));
@@ -613,7 +614,7 @@ impl DecisionCache {
         &self.shards[((hash >> 32) as usize) % CACHE_SHARDS]
     }
 
-    fn get(&self, key: &CacheKey, query: &Query, generation: u64) -> Option<Arc<Decision>> {
+    fn get(&self, key: &CacheKey, query: &Query<'_>, generation: u64) -> Option<Arc<Decision>> {
         let shard = self
             .shard(key.hash)
             .lock()
@@ -622,9 +623,9 @@ impl DecisionCache {
             .get(&key.hash)
             .filter(|e| {
                 e.generation == generation
-                    && e.principal == query.principal
-                    && e.action == query.action
-                    && e.resource == query.resource
+                    && e.principal == *query.principal
+                    && e.action == *query.action
+                    && e.resource == *query.resource
                     && e.roles == query.roles
                     && e.context == key.context
             })
@@ -638,12 +639,12 @@ impl DecisionCache {
         found
     }
 
-    fn put(&self, key: CacheKey, query: &Query, generation: u64, decision: Arc<Decision>) {
+    fn put(&self, key: CacheKey, query: &Query<'_>, generation: u64, decision: Arc<Decision>) {
         let entry = CacheEntry {
             generation,
-            principal: query.principal.clone(),
-            action: query.action.clone(),
-            resource: query.resource.clone(),
+            principal: query.principal.clone().into_owned(),
+            action: query.action.clone().into_owned(),
+            resource: query.resource.clone().into_owned(),
             roles: query.roles.clone(),
             context: key.context,
             decision,
@@ -739,7 +740,7 @@ impl PolicyEngine {
     }
 
     /// Decides one query against the set in force. The decision is shared with the cache.
-    pub fn decide(&self, query: &Query) -> Result<Arc<Decision>, FieldViolation> {
+    pub fn decide(&self, query: &Query<'_>) -> Result<Arc<Decision>, FieldViolation> {
         let span = tracing::debug_span!(
             "policy.decide",
             cached = tracing::field::Empty,
@@ -766,7 +767,7 @@ impl PolicyEngine {
     }
 
     /// Decides without the cache: what a first-time request costs (benchmarks).
-    pub fn decide_uncached(&self, query: &Query) -> Result<Decision, FieldViolation> {
+    pub fn decide_uncached(&self, query: &Query<'_>) -> Result<Decision, FieldViolation> {
         let set = self.current.load();
         let prepared = self.prepare(&set, query)?;
         Ok(self.decide_prepared(&set, &prepared))
@@ -831,7 +832,7 @@ impl PolicyEngine {
     }
 
     /// Decides and shows the workings (dry run).
-    pub fn explain(&self, query: &Query) -> Result<Explanation, FieldViolation> {
+    pub fn explain(&self, query: &Query<'_>) -> Result<Explanation, FieldViolation> {
         let set = self.current.load();
         let prepared = self.prepare(&set, query)?;
         let decision = self.decide_prepared(&set, &prepared);
@@ -861,7 +862,7 @@ impl PolicyEngine {
         EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
     }
 
-    fn prepare(&self, set: &LoadedSet, query: &Query) -> Result<Prepared, FieldViolation> {
+    fn prepare(&self, set: &LoadedSet, query: &Query<'_>) -> Result<Prepared, FieldViolation> {
         let principal = self.uid(&self.types.agent, &query.principal);
         let action = self.uid(&self.types.action, &query.action);
         let resource = self.uid(&self.types.resource, &query.resource);
@@ -1051,6 +1052,7 @@ pub fn validate_action(action: &str) -> Result<(), String> {
 pub mod api;
 pub mod config;
 pub mod events;
+mod wire;
 
 #[cfg(test)]
 mod tests;

@@ -11,12 +11,12 @@ fn builtin() -> PolicyEngine {
     )
 }
 
-fn query(principal: &str, roles: &[&str], action: &str) -> Query {
+fn query<'q>(principal: &'q str, roles: &[&str], action: &'q str) -> Query<'q> {
     Query {
-        principal: principal.to_owned(),
+        principal: principal.into(),
         roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-        action: action.to_owned(),
-        resource: "res".to_owned(),
+        action: action.into(),
+        resource: "res".into(),
         context: Map::new(),
     }
 }
@@ -385,7 +385,7 @@ fn slices_decide_exactly_like_the_whole_set() {
             ] {
                 for resource in ["r", "blocked", "open"] {
                     let mut q = query(principal, roles, action);
-                    q.resource = resource.to_owned();
+                    q.resource = resource.to_owned().into();
                     let prepared = engine.prepare(&set, &q).unwrap();
                     // The slices alone (decide() adds the unknown-action mark on top).
                     let sliced = engine.evaluate_sliced(&set.slices, &prepared);

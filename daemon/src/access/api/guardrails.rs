@@ -46,11 +46,11 @@ impl GuardrailsService {
                 caller,
                 DecisionRequest {
                     kind: AuditKind::Guardrail,
-                    principal: String::new(),
-                    action: action.to_owned(),
-                    resource: url,
+                    principal: "".into(),
+                    action: action.into(),
+                    resource: url.into(),
                     context,
-                    correlation_id,
+                    correlation_id: correlation_id.into(),
                     rules: Some(RulesVerdict {
                         allowed: verdict.allowed,
                         reasons: verdict.reasons,
@@ -65,8 +65,8 @@ impl GuardrailsService {
         .emit();
         Ok(GuardrailReply {
             allowed: decided.allowed,
-            reasons: decided.reasons,
-            decision_id: decided.decision_id,
+            reasons: decided.reasons.into_vec(),
+            decision_id: decided.decision_id.to_string(),
             retry_after: verdict
                 .retry_after
                 .and_then(|d| prost_types::Duration::try_from(d).ok()),

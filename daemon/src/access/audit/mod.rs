@@ -434,6 +434,11 @@ impl AuditLog {
 
     /// A new decision id: unique within this run, with a random per-run prefix.
     pub fn decision_id(&self) -> String {
+        self.shared.decision_id().as_str().to_owned()
+    }
+
+    /// [`AuditLog::decision_id`] without a heap string: every decision makes one.
+    pub fn new_decision_id(&self) -> DecisionId {
         self.shared.decision_id()
     }
 
@@ -647,16 +652,17 @@ impl AuditLog {
 
 impl Shared {
     /// `{prefix:08x}{n:012x}`, written without the formatter: every decision makes one.
-    fn decision_id(&self) -> String {
+    fn decision_id(&self) -> DecisionId {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if n >> 48 != 0 {
-            return format!("{:08x}{n:012x}", self.id_prefix);
-        }
-        let mut text = [0u8; 20];
-        lower_hex(u64::from(self.id_prefix), &mut text[..8]);
-        lower_hex(n, &mut text[8..]);
-        // Hex digits are ASCII: one copy, no per-character pushes.
-        String::from_utf8(text.to_vec()).unwrap_or_default()
+        // Past 2^48 ids the counter takes up to 16 digits, as `{n:012x}` would.
+        let digits = 12usize.max(16 - n.leading_zeros() as usize / 4);
+        let mut id = DecisionId {
+            text: [0; DecisionId::MAX],
+            len: (8 + digits) as u8,
+        };
+        lower_hex(u64::from(self.id_prefix), &mut id.text[..8]);
+        lower_hex(n, &mut id.text[8..8 + digits]);
+        id
     }
 
     fn lock_queue(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -801,7 +807,7 @@ impl Shared {
         {
             let _ = self.record(Entry {
                 time_unix_ms,
-                decision_id: &self.decision_id(),
+                decision_id: self.decision_id().as_str(),
                 kind: AuditKind::Access,
                 caller: &caller,
                 principal: &caller,
@@ -813,6 +819,51 @@ impl Shared {
                 count,
             });
         }
+    }
+}
+
+/// A decision's id, `{prefix:08x}{n:012x}` (16 digits for `n` past 2^48): held inline, so a
+/// decision's answer and its audit record need no heap string for it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct DecisionId {
+    text: [u8; DecisionId::MAX],
+    len: u8,
+}
+
+impl DecisionId {
+    const MAX: usize = 24;
+
+    /// An id with the given text (at most 24 bytes), for tests of what carries one.
+    #[cfg(test)]
+    pub fn for_tests(text: &str) -> DecisionId {
+        let mut id = DecisionId {
+            text: [0; DecisionId::MAX],
+            len: text.len() as u8,
+        };
+        id.text[..text.len()].copy_from_slice(text.as_bytes());
+        id
+    }
+
+    /// The id's bytes (ASCII hex digits), without [`DecisionId::as_str`]'s UTF-8 check.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.text[..usize::from(self.len)]
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only lowercase hex digits are ever written into it.
+        std::str::from_utf8(&self.text[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for DecisionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for DecisionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
     }
 }
 

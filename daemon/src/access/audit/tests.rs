@@ -235,8 +235,19 @@ fn decision_ids_are_the_run_prefix_and_the_count_in_hex() {
         0xfedc_ba98_7654,
         (1 << 48) - 1,
         1 << 48,
+        (1 << 52) - 1,
+        1 << 52,
         u64::MAX / 3,
+        u64::MAX,
     ] {
+        shared
+            .next_id
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+        let id = f.log.new_decision_id();
+        assert_eq!(id.as_str(), format!("{:08x}{n:012x}", shared.id_prefix));
+        assert_eq!(format!("{id} {id:?}"), format!("{0} \"{0}\"", id.as_str()));
+    }
+    for n in [7, u64::MAX] {
         shared
             .next_id
             .store(n, std::sync::atomic::Ordering::Relaxed);
