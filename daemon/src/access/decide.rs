@@ -66,11 +66,20 @@ pub struct Decided {
 /// A decision's reasons: most often exactly the policies' own, then shared with the cached
 /// decision rather than copied for every answer; otherwise a list of their own (the built-in
 /// rules' reasons, the dry-run marker, `audit-unavailable`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Reasons {
     Policy(Arc<Decision>),
     Owned(Vec<String>),
 }
+
+/// Equal when they list the same reasons, shared or not.
+impl PartialEq for Reasons {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Reasons {}
 
 impl Reasons {
     pub fn into_vec(self) -> Vec<String> {
@@ -553,6 +562,12 @@ mod tests {
             other => panic!("copied reasons: {other:?}"),
         }
         assert_eq!(first.reasons.clone().into_vec(), ["forbid-web-post"]);
+        // Compared by what they list, shared or not.
+        assert_eq!(
+            first.reasons,
+            Reasons::Owned(vec!["forbid-web-post".to_owned()])
+        );
+        assert_ne!(first.reasons, Reasons::Owned(Vec::new()));
         f.stop_audit().await;
     }
 
