@@ -4,8 +4,7 @@
 //! the generated server. `Flags.Evaluate` and flagd's typed `Resolve*` (`flags::wire`),
 //! `Secrets.Get` (`secrets::wire`, so the opened value is wiped once its reply is written) and
 //! `Policy.Check` (`policy::wire`, its request's strings lent to the decision) are served this way;
-//! each codec is tested byte for byte against the generated types, and the generated server keeps
-//! serving the same method to the clients' types in tests.
+//! each codec is tested byte for byte against the generated types.
 //!
 //! Why: decoding into prost structs, converting them and encoding prost replies (sized field by
 //! field before writing) cost a measurable share of a cheap call (docs/PERFORMANCE.md, "Flags").

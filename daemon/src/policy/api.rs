@@ -126,8 +126,8 @@ impl PolicyService {
 
 #[tonic::async_trait]
 impl Policy for PolicyService {
-    /// Served through [`PolicyWire`] in the daemon; the generated server keeps it for clients of
-    /// the generated types in tests.
+    /// The generated trait's method. The daemon routes `Check` through [`PolicyWire`], so this is
+    /// reached only by a `PolicyServer` built without that route; it answers alike.
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckReply>, Status> {
         let who = caller(&request)?;
         let decided = self.check_parts(who, request.get_ref().into()).await?;
