@@ -191,13 +191,27 @@ fn method_name<S: tonic::server::NamedService>(path: &str) -> Option<&str> {
         .strip_prefix('/')
 }
 
-/// Reads a length-delimited field's bytes (its length first), sharing `buf`'s memory.
-pub fn length_delimited(buf: &mut Bytes) -> Result<Bytes, DecodeError> {
+/// Reads a length-delimited field's length and checks that `buf` holds that many bytes.
+fn delimited_len(buf: &mut impl Buf) -> Result<usize, DecodeError> {
     let len = decode_varint(buf)?;
     if len > buf.remaining() as u64 {
         return Err(DecodeError::new("buffer underflow"));
     }
-    Ok(buf.split_to(len as usize))
+    Ok(len as usize)
+}
+
+/// Reads a length-delimited field's bytes (its length first), sharing `buf`'s memory.
+pub fn length_delimited(buf: &mut Bytes) -> Result<Bytes, DecodeError> {
+    let len = delimited_len(buf)?;
+    Ok(buf.split_to(len))
+}
+
+/// [`length_delimited`] over a borrowed slice: the field's bytes, borrowed.
+pub fn length_delimited_slice<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
+    let len = delimited_len(buf)?;
+    let (field, rest) = buf.split_at(len);
+    *buf = rest;
+    Ok(field)
 }
 
 /// A length-delimited field of `len` bytes with a one-byte key (field numbers below 16).
@@ -207,9 +221,14 @@ pub fn field_len(len: usize) -> usize {
 
 /// Writes string field `tag` (below 16), as prost writes a set string.
 pub fn encode_str(tag: u32, s: &str, buf: &mut impl BufMut) {
+    encode_bytes(tag, s.as_bytes(), buf);
+}
+
+/// Writes length-delimited field `tag` (below 16) holding `bytes`.
+pub fn encode_bytes(tag: u32, bytes: &[u8], buf: &mut impl BufMut) {
     encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(s.len() as u64, buf);
-    buf.put_slice(s.as_bytes());
+    encode_varint(bytes.len() as u64, buf);
+    buf.put_slice(bytes);
 }
 
 #[cfg(test)]
@@ -418,5 +437,11 @@ mod tests {
             Bytes::from_static(b"ab")
         );
         assert_eq!(buf, Bytes::from_static(&[9]));
+
+        let mut slice: &[u8] = &[5, b'a', b'b'];
+        assert!(length_delimited_slice(&mut slice).is_err());
+        let mut slice: &[u8] = &[2, b'a', b'b', 9];
+        assert_eq!(length_delimited_slice(&mut slice).unwrap(), b"ab");
+        assert_eq!(slice, &[9]);
     }
 }

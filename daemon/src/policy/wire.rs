@@ -9,12 +9,14 @@ use std::ops::Range;
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{
-    DecodeContext, WireType, check_wire_type, decode_key, decode_varint, encode_key, encode_varint,
-    skip_field,
+    DecodeContext, WireType, check_wire_type, decode_key, encode_key, skip_field,
 };
 
 use crate::access::Decided;
-use crate::grpc::wire::{DecodeError, WireReply, WireRequest, encode_str, field_len};
+use crate::grpc::wire::{
+    DecodeError, WireReply, WireRequest, encode_bytes, encode_str, field_len,
+    length_delimited_slice,
+};
 use crate::policy::api::CheckParts;
 
 /// A `CheckRequest` as read: the message's bytes, where its strings lie in them (each checked to
@@ -76,19 +78,14 @@ impl WireRequest for CheckQuestion {
                 }
             };
             check_wire_type(WireType::LengthDelimited, wire_type)?;
-            let len = decode_varint(&mut rest)?;
-            if len > rest.len() as u64 {
-                return Err(DecodeError::new("buffer underflow"));
-            }
-            let start = bytes.len() - rest.len();
-            let end = start + len as usize;
-            if std::str::from_utf8(&bytes[start..end]).is_err() {
+            let field = length_delimited_slice(&mut rest)?;
+            if std::str::from_utf8(field).is_err() {
                 return Err(DecodeError::new(
                     "invalid string value: data is not UTF-8 encoded",
                 ));
             }
-            *range = start..end;
-            rest.advance(len as usize);
+            let end = bytes.len() - rest.len();
+            *range = end - field.len()..end;
         }
         question.bytes = bytes;
         Ok(question)
@@ -143,9 +140,7 @@ impl CheckAnswer {
         }
         let id = d.decision_id.as_bytes();
         if !id.is_empty() {
-            encode_key(3, WireType::LengthDelimited, buf);
-            encode_varint(id.len() as u64, buf);
-            buf.put_slice(id);
+            encode_bytes(3, id, buf);
         }
         for error in &d.errors {
             encode_str(4, error, buf);
