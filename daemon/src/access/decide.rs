@@ -188,8 +188,9 @@ impl Access {
         let advisory = !policy.allowed && policy.advisory && rules.allowed && self.dry_run();
         let allowed = (rules.allowed && policy.allowed) || advisory;
         let policy_reasons = !policy.allowed || allowed;
+        let errors = policy.errors.clone();
         let reasons = if rules.reasons.is_empty() && !advisory && policy_reasons {
-            Reasons::Policy(policy.clone())
+            Reasons::Policy(policy)
         } else {
             let mut reasons = rules.reasons;
             if advisory {
@@ -213,7 +214,7 @@ impl Access {
             reasons,
             decision_id: self.audit.new_decision_id(),
             correlation_id,
-            errors: policy.errors.clone(),
+            errors,
             advisory,
             query,
         })
@@ -439,7 +440,7 @@ mod tests {
                     })
                     .unwrap();
                 if let Some(r) = records.first() {
-                    assert_eq!(r.reasons[..], vec![WOULD_DENY, "forbid-web-post"]);
+                    assert_eq!(r.reasons, vec![WOULD_DENY, "forbid-web-post"]);
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -519,7 +520,7 @@ mod tests {
             (last.caller.as_str(), last.principal.as_str(), last.allowed),
             (DEV_ADMIN_PRINCIPAL, AGENT, false)
         );
-        assert_eq!(last.reasons[..], ["forbid-web-post"]);
+        assert_eq!(last.reasons, ["forbid-web-post"]);
         assert_eq!(records.len(), 3, "the refused check-as is not a decision");
     }
 

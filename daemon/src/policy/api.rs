@@ -112,7 +112,7 @@ impl PolicyService {
         Ok(decided)
     }
 
-    /// The generated type's reply (BatchCheck, and Check for the generated types' clients).
+    /// The generated type's reply (BatchCheck; Check on the generated server).
     fn reply(decided: Decided) -> CheckReply {
         CheckReply {
             allowed: decided.allowed,

@@ -642,9 +642,9 @@ impl DecisionCache {
     fn put(&self, key: CacheKey, query: &Query<'_>, generation: u64, decision: Arc<Decision>) {
         let entry = CacheEntry {
             generation,
-            principal: query.principal.clone().into_owned(),
-            action: query.action.clone().into_owned(),
-            resource: query.resource.clone().into_owned(),
+            principal: (*query.principal).to_owned(),
+            action: (*query.action).to_owned(),
+            resource: (*query.resource).to_owned(),
             roles: query.roles.clone(),
             context: key.context,
             decision,

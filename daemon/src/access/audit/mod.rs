@@ -851,7 +851,7 @@ impl DecisionId {
 
     pub fn as_str(&self) -> &str {
         // Only lowercase hex digits are ever written into it.
-        std::str::from_utf8(&self.text[..usize::from(self.len)]).unwrap_or_default()
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 }
 
