@@ -13,6 +13,9 @@ pub struct SecretsConfig {
     /// Unwrapped data keys kept in memory so a repeated Get of a version skips unwrapping its
     /// key; 0 keeps none.
     pub data_key_cache: u64,
+    /// Bytes of sealed values kept beside those keys, so a repeated Get reads nothing from the
+    /// store; 0 keeps none.
+    pub sealed_value_cache_bytes: u64,
 }
 
 impl Default for SecretsConfig {
@@ -22,6 +25,7 @@ impl Default for SecretsConfig {
             max_value_bytes: 512 * 1024,
             max_versions: 10,
             data_key_cache: 10_000,
+            sealed_value_cache_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -49,6 +53,12 @@ impl Section for SecretsConfig {
             0..=1_000_000,
             &mut self.data_key_cache,
         );
+        walker.integer(
+            &t,
+            "sealed_value_cache_bytes",
+            0..=1024 * 1024 * 1024,
+            &mut self.sealed_value_cache_bytes,
+        );
         walker.finish(t);
     }
 
@@ -63,10 +73,18 @@ max_value_bytes = {}
 # Versions kept per secret unless its metadata sets its own max_versions; older ones are pruned.
 max_versions = {}
 # Data keys a Get unwrapped, kept in memory (about 0.7 KiB each) so reading the version again skips
-# the unwrap; a key is dropped with its version (pruned or destroyed). 0 keeps none.
+# the unwrap; a key is dropped with its version (pruned, destroyed or re-wrapped). 0 keeps none.
 data_key_cache = {}
+# Bytes of sealed values (ciphertext, as stored) kept beside those keys, so reading the version
+# again reads nothing from the store; still authenticated by its data key on every read. A kept
+# value leaves with its key. 0 keeps none.
+sealed_value_cache_bytes = {}
 "#,
-            self.enabled, self.max_value_bytes, self.max_versions, self.data_key_cache
+            self.enabled,
+            self.max_value_bytes,
+            self.max_versions,
+            self.data_key_cache,
+            self.sealed_value_cache_bytes
         )
     }
 }

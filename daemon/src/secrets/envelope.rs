@@ -170,17 +170,17 @@ impl DataKey {
         *self.kek == *sealed.kek && *self.wrapped == *sealed.wrapped_key
     }
 
-    /// Opens the value of version `version` of `path` (whose key this is). The plaintext is wiped
-    /// when the returned buffer is dropped.
+    /// Opens the sealed value (`ciphertext`, as [`Sealed::ciphertext`]) of version `version` of
+    /// `path` (whose key this is). The plaintext is wiped when the returned buffer is dropped.
     pub fn open(
         &self,
         path: &str,
         version: u64,
-        sealed: SealedRef<'_>,
+        ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
         open_with(
             &self.key,
-            sealed.ciphertext,
+            ciphertext,
             Ad::new(path).of("value", path, version),
         )
         .ok_or(OpenError::Value)
@@ -224,7 +224,7 @@ mod tests {
         version: u64,
         sealed: SealedRef<'_>,
     ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
-        DataKey::unwrap(master, path, version, sealed)?.open(path, version, sealed)
+        DataKey::unwrap(master, path, version, sealed)?.open(path, version, sealed.ciphertext)
     }
 
     #[test]
@@ -299,7 +299,10 @@ mod tests {
         let sealed = seal(&old, &rng, "/p", 1, b"value").unwrap();
         let key = DataKey::unwrap(&old, "/p", 1, sealed.as_ref()).unwrap();
         assert!(key.unwraps(sealed.as_ref()));
-        assert_eq!(&key.open("/p", 1, sealed.as_ref()).unwrap()[..], b"value");
+        assert_eq!(
+            &key.open("/p", 1, &sealed.ciphertext).unwrap()[..],
+            b"value"
+        );
         assert_eq!(
             format!("{key:?}"),
             format!("DataKey {{ kek: {:?}, .. }}", old.id())
@@ -321,10 +324,10 @@ mod tests {
         // The value is still authenticated: a flipped byte, or another version's value, fails.
         let mut bad = sealed.clone();
         bad.ciphertext[13] ^= 1;
-        assert_eq!(key.open("/p", 1, bad.as_ref()), Err(OpenError::Value));
+        assert_eq!(key.open("/p", 1, &bad.ciphertext), Err(OpenError::Value));
         let other = seal(&old, &rng, "/p", 2, b"value").unwrap();
         assert!(!key.unwraps(other.as_ref()));
-        assert_eq!(key.open("/p", 1, other.as_ref()), Err(OpenError::Value));
-        assert_eq!(key.open("/p", 2, sealed.as_ref()), Err(OpenError::Value));
+        assert_eq!(key.open("/p", 1, &other.ciphertext), Err(OpenError::Value));
+        assert_eq!(key.open("/p", 2, &sealed.ciphertext), Err(OpenError::Value));
     }
 }

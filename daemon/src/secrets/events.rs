@@ -24,6 +24,10 @@ pub fn describe() {
         "brainstem_secrets_data_keys_kept",
         "unwrapped data keys kept in memory for repeated reads ([secrets] data_key_cache)"
     );
+    metrics::describe_gauge!(
+        "brainstem_secrets_sealed_value_bytes_kept",
+        "bytes of sealed values kept beside those keys ([secrets] sealed_value_cache_bytes)"
+    );
 }
 
 /// The outcome of a read, for `brainstem_secrets_reads_total{result}`.
@@ -41,6 +45,7 @@ pub struct SecretsMetrics {
     stored: metrics::Gauge,
     due: metrics::Gauge,
     keys_kept: metrics::Gauge,
+    value_bytes_kept: metrics::Gauge,
 }
 
 impl SecretsMetrics {
@@ -52,6 +57,7 @@ impl SecretsMetrics {
             stored: metrics::gauge!("brainstem_secrets_stored"),
             due: metrics::gauge!("brainstem_secrets_rotation_due"),
             keys_kept: metrics::gauge!("brainstem_secrets_data_keys_kept"),
+            value_bytes_kept: metrics::gauge!("brainstem_secrets_sealed_value_bytes_kept"),
         }
     }
 
@@ -77,8 +83,10 @@ impl SecretsMetrics {
         self.due.set(due as f64);
     }
 
-    pub fn keys_kept(&self, keys: usize) {
+    /// What Gets keep: data keys, and bytes of sealed values.
+    pub fn kept(&self, keys: usize, value_bytes: usize) {
         self.keys_kept.set(keys as f64);
+        self.value_bytes_kept.set(value_bytes as f64);
     }
 }
 

@@ -532,11 +532,40 @@ struct State {
     /// or destroyed. A version without one (value shorter than the redactor's minimum, refused at
     /// its cap, or not opened at start) has nothing to forget.
     remembered: HashMap<String, VecDeque<(u64, Remembered)>>,
-    /// Data keys Gets unwrapped, by path and version, so a repeated Get skips the unwrap (see
-    /// [`DataKey::unwraps`] for why a kept key never opens anything a fresh one would not). Taken
-    /// out with their version (pruned or destroyed); at most `[secrets] data_key_cache` in all.
-    kept_keys: HashMap<String, Vec<(u64, Arc<DataKey>)>, foldhash::fast::RandomState>,
+    /// What Gets kept of the versions they read, by path and version: the unwrapped data key, so a
+    /// repeated Get skips the unwrap, and (within `[secrets] sealed_value_cache_bytes`) the sealed
+    /// value, so it reads nothing from the store either ([`Kept`]). Taken out with their version
+    /// (pruned, destroyed, or re-wrapped); at most `[secrets] data_key_cache` in all.
+    kept_keys: HashMap<String, Vec<(u64, Arc<Kept>)>, foldhash::fast::RandomState>,
     kept_key_count: usize,
+    /// Bytes of sealed values held in `kept_keys`.
+    kept_value_bytes: usize,
+}
+
+/// What a Get kept of one version. The sealed value is the ciphertext exactly as the store holds
+/// it (a version's value is never rewritten: a re-wrap changes only the wrapped key, and takes the
+/// kept version out all the same), still authenticated by its data key on every open. Without
+/// it (over the byte budget, or a key kept before there was room) the value is read from the
+/// store and the key is used only for the very bytes it was unwrapped from
+/// ([`DataKey::unwraps`]).
+struct Kept {
+    key: DataKey,
+    sealed_value: Option<Box<[u8]>>,
+}
+
+impl Kept {
+    fn value_bytes(&self) -> usize {
+        self.sealed_value.as_ref().map_or(0, |v| v.len())
+    }
+}
+
+/// The limits of what Gets keep ([`State::kept_keys`]).
+#[derive(Debug, Clone, Copy)]
+struct KeptLimits {
+    /// `[secrets] data_key_cache`: versions kept.
+    keys: usize,
+    /// `[secrets] sealed_value_cache_bytes`: bytes of sealed values kept.
+    value_bytes: usize,
 }
 
 impl State {
@@ -554,17 +583,18 @@ impl State {
         )))
     }
 
-    fn kept_key(&self, path: &str, version: u64) -> Option<Arc<DataKey>> {
-        let keys = self.kept_keys.get(path)?;
-        keys.iter()
+    fn kept(&self, path: &str, version: u64) -> Option<Arc<Kept>> {
+        let kept = self.kept_keys.get(path)?;
+        kept.iter()
             .find(|(v, _)| *v == version)
-            .map(|(_, key)| key.clone())
+            .map(|(_, kept)| kept.clone())
     }
 
-    /// Keeps `key` as the data key of `version` of `path`, if that version is still stored (a
-    /// Destroy or a prune applied since the Get read it has taken it out) and, for a version
-    /// without one yet, `limit` is not reached.
-    fn keep_key(&mut self, path: &str, version: u64, key: Arc<DataKey>, limit: usize) {
+    /// Keeps what a Get read of `version` of `path`, if that version is still stored (a Destroy,
+    /// a prune or a re-wrap applied since the Get read it has taken it out) and, for a version
+    /// with nothing kept yet, `limits.keys` is not reached. The sealed value is kept only within
+    /// `limits.value_bytes`.
+    fn keep(&mut self, path: &str, version: u64, mut kept: Kept, limits: KeptLimits) {
         let stored = self
             .metas
             .get(path)
@@ -573,29 +603,43 @@ impl State {
         if !stored {
             return;
         }
-        let keys = self.kept_keys.entry(path.to_owned()).or_default();
-        if let Some(slot) = keys.iter_mut().find(|(v, _)| *v == version) {
-            slot.1 = key;
-        } else if self.kept_key_count < limit {
-            keys.push((version, key));
+        let entries = self.kept_keys.entry(path.to_owned()).or_default();
+        let slot = entries.iter().position(|(v, _)| *v == version);
+        let freed = slot.map_or(0, |at| entries[at].1.value_bytes());
+        if self.kept_value_bytes - freed + kept.value_bytes() > limits.value_bytes {
+            kept.sealed_value = None;
+        }
+        self.kept_value_bytes = self.kept_value_bytes - freed + kept.value_bytes();
+        if let Some(at) = slot {
+            entries[at].1 = Arc::new(kept);
+        } else if self.kept_key_count < limits.keys {
+            entries.push((version, Arc::new(kept)));
             self.kept_key_count += 1;
-        } else if keys.is_empty() {
+        } else if entries.is_empty() {
             self.kept_keys.remove(path);
         }
     }
 
-    /// Drops the kept data keys of `versions` of `path` (pruned or destroyed).
-    fn drop_keys(&mut self, path: &str, versions: &[u64]) {
+    /// Drops what was kept of `versions` of `path` (pruned, destroyed or re-wrapped).
+    fn drop_kept(&mut self, path: &str, versions: &[u64]) {
         if versions.is_empty() {
             return;
         }
-        let Some(keys) = self.kept_keys.get_mut(path) else {
+        let Some(entries) = self.kept_keys.get_mut(path) else {
             return;
         };
-        let before = keys.len();
-        keys.retain(|(v, _)| !versions.contains(v));
-        self.kept_key_count -= before - keys.len();
-        if keys.is_empty() {
+        let before = entries.len();
+        let mut freed = 0;
+        entries.retain(|(v, kept)| {
+            let drop = versions.contains(v);
+            if drop {
+                freed += kept.value_bytes();
+            }
+            !drop
+        });
+        self.kept_key_count -= before - entries.len();
+        self.kept_value_bytes -= freed;
+        if entries.is_empty() {
             self.kept_keys.remove(path);
         }
     }
@@ -649,8 +693,8 @@ pub struct Secrets {
     clock: Arc<dyn Clock>,
     max_value_bytes: usize,
     default_max_versions: u32,
-    /// `[secrets] data_key_cache`: at most this many kept data keys (see [`State::kept_keys`]).
-    data_key_cache: usize,
+    /// What Gets may keep (see [`State::kept_keys`]).
+    kept_limits: KeptLimits,
     /// Shared with the store's committer, which mirrors a change once it is applied.
     state: Arc<RwLock<State>>,
     stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
@@ -685,8 +729,9 @@ fn meta_key(path: &str) -> Vec<u8> {
     key
 }
 
-/// An opened version's value, and its data key when it was unwrapped for this read.
-type Opened = (Zeroizing<Vec<u8>>, Option<Arc<DataKey>>);
+/// An opened version's value, and what to keep of it when its data key was unwrapped for this
+/// read.
+type Opened = (Zeroizing<Vec<u8>>, Option<Kept>);
 
 fn version_key(path: &str, version: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(11 + path.len());
@@ -695,6 +740,17 @@ fn version_key(path: &str, version: u64) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(&version.to_be_bytes());
     key
+}
+
+/// DATA_LOSS for one version: `why` it does not read.
+fn lost(path: &str, version: u64, why: &str) -> ServiceError {
+    ServiceError::DataLoss(format!(
+        "version {version} of {path} {why}; the other versions are unaffected"
+    ))
+}
+
+fn value_lost(path: &str, version: u64) -> ServiceError {
+    lost(path, version, "is damaged (its ciphertext does not open)")
 }
 
 fn invalid(field: &str, why: impl Into<String>) -> ServiceError {
@@ -761,8 +817,8 @@ impl Mirror {
         {
             let mut state = state.write().unwrap_or_else(|e| e.into_inner());
             forgotten = state.swap_remembered(&path, &redaction.removed, redaction.added);
-            state.drop_keys(&path, &redaction.removed);
-            metrics.keys_kept(state.kept_key_count);
+            state.drop_kept(&path, &redaction.removed);
+            metrics.kept(state.kept_key_count, state.kept_value_bytes);
             let before = state.metas.get(&path).and_then(|old| old.next_rotation_ms);
             rescheduled = before != meta.next_rotation_ms;
             if rescheduled {
@@ -852,7 +908,10 @@ impl Secrets {
             clock,
             max_value_bytes: usize::try_from(config.max_value_bytes).unwrap_or(usize::MAX),
             default_max_versions: config.max_versions,
-            data_key_cache: usize::try_from(config.data_key_cache).unwrap_or(usize::MAX),
+            kept_limits: KeptLimits {
+                keys: usize::try_from(config.data_key_cache).unwrap_or(usize::MAX),
+                value_bytes: usize::try_from(config.sealed_value_cache_bytes).unwrap_or(usize::MAX),
+            },
             state: Arc::new(RwLock::new(state)),
             stripes: (0..STRIPES)
                 .map(|_| Arc::new(tokio::sync::Mutex::new(())))
@@ -908,7 +967,8 @@ impl Secrets {
                 if info.destroyed_ms.is_some() {
                     continue;
                 }
-                match self.open_version(path, *version, None) {
+                // Nothing is kept at start: what Gets read is kept as they read it.
+                match self.open_version(path, *version, None, 0) {
                     Ok((value, _)) => {
                         let counted = self.redactor.remember(&value);
                         if !counted.is_empty() {
@@ -930,24 +990,21 @@ impl Secrets {
         }
     }
 
-    /// Opens one stored version with `kept`, its data key from an earlier read, if that is still
-    /// the key of the version as stored; else unwraps the key, and returns it beside the value.
+    /// Opens one stored version, read from the store, with `kept`, its data key from an earlier
+    /// read, if that is still the key of the version as stored; else unwraps the key, and returns
+    /// what to keep beside the value (the sealed value too when it is at most `value_room` bytes).
     /// The error is the DATA_LOSS the caller gets.
     fn open_version(
         &self,
         path: &str,
         version: u64,
         kept: Option<&DataKey>,
+        value_room: usize,
     ) -> Result<Opened, ServiceError> {
-        let lost = |why: &str| {
-            ServiceError::DataLoss(format!(
-                "version {version} of {path} {why}; the other versions are unaffected"
-            ))
-        };
         let payload = match self.tree.get_payload(&version_key(path, version)) {
             Ok(Some(payload)) => payload,
-            Ok(None) => return Err(lost("is missing from the store")),
-            Err(StoreError::Corrupt { .. }) => return Err(lost("is damaged")),
+            Ok(None) => return Err(lost(path, version, "is missing from the store")),
+            Err(StoreError::Corrupt { .. }) => return Err(lost(path, version, "is damaged")),
             Err(err) => return Err(err.into()),
         };
         // Version 2 is read in place; version 1 (JSON, base64) is decoded into a copy.
@@ -960,23 +1017,33 @@ impl Secrets {
             }
             _ => None,
         }
-        .ok_or_else(|| lost("is damaged"))?;
-        let value_lost = |_| lost("is damaged (its ciphertext does not open)");
+        .ok_or_else(|| lost(path, version, "is damaged"))?;
         if let Some(key) = kept.filter(|key| key.unwraps(sealed)) {
-            return Ok((key.open(path, version, sealed).map_err(value_lost)?, None));
+            let value = key
+                .open(path, version, sealed.ciphertext)
+                .map_err(|_| value_lost(path, version))?;
+            return Ok((value, None));
         }
         let keys = self.keys.keys();
         let Some(master) = sealed.kek_id().and_then(|id| keys.by_id(id)) else {
-            return Err(lost(&format!(
-                "is sealed under master key {}, which is not in use (the current one is {})",
-                String::from_utf8_lossy(sealed.kek),
-                keys.current.id()
-            )));
+            return Err(lost(
+                path,
+                version,
+                &format!(
+                    "is sealed under master key {}, which is not in use (the current one is {})",
+                    String::from_utf8_lossy(sealed.kek),
+                    keys.current.id()
+                ),
+            ));
         };
         let key = DataKey::unwrap(master, path, version, sealed)
-            .map_err(|_| lost("is damaged (its data key does not unwrap)"))?;
-        let value = key.open(path, version, sealed).map_err(value_lost)?;
-        Ok((value, Some(Arc::new(key))))
+            .map_err(|_| lost(path, version, "is damaged (its data key does not unwrap)"))?;
+        let value = key
+            .open(path, version, sealed.ciphertext)
+            .map_err(|_| value_lost(path, version))?;
+        let sealed_value =
+            (sealed.ciphertext.len() <= value_room).then(|| sealed.ciphertext.into());
+        Ok((value, Some(Kept { key, sealed_value })))
     }
 
     fn meta(&self, path: &str) -> Result<Arc<SecretMeta>, ServiceError> {
@@ -995,14 +1062,16 @@ impl Secrets {
     }
 
     fn get_inner(&self, path: &str, version: Option<u64>) -> Result<Value, ServiceError> {
-        let (meta, version, kept, may_keep) = {
+        let limits = self.kept_limits;
+        let (meta, version, kept, may_keep, value_room) = {
             let state = self.read_state();
             let meta = state.meta(path)?;
             let version = version.filter(|v| *v > 0).unwrap_or(meta.current);
-            let kept = state.kept_key(path, version);
+            let kept = state.kept(path, version);
             // A key unwrapped now replaces a kept one that no longer matches, or takes free room.
-            let may_keep = kept.is_some() || state.kept_key_count < self.data_key_cache;
-            (meta, version, kept, may_keep)
+            let may_keep = kept.is_some() || state.kept_key_count < limits.keys;
+            let value_room = limits.value_bytes.saturating_sub(state.kept_value_bytes);
+            (meta, version, kept, may_keep, value_room)
         };
         let info = meta
             .versions
@@ -1027,12 +1096,26 @@ impl Secrets {
                 )));
             }
         }
-        let (mut value, unwrapped) = self.open_version(path, version, kept.as_deref())?;
-        if let Some(key) = unwrapped.filter(|_| may_keep) {
-            let mut state = self.write_state();
-            state.keep_key(path, version, key, self.data_key_cache);
-            self.metrics.keys_kept(state.kept_key_count);
-        }
+        let mut value = match kept.as_deref() {
+            // Kept whole: nothing to read from the store.
+            Some(Kept {
+                key,
+                sealed_value: Some(sealed_value),
+            }) => key
+                .open(path, version, sealed_value)
+                .map_err(|_| value_lost(path, version))?,
+            kept => {
+                let (value, unwrapped) =
+                    self.open_version(path, version, kept.map(|k| &k.key), value_room)?;
+                if let Some(unwrapped) = unwrapped.filter(|_| may_keep) {
+                    let mut state = self.write_state();
+                    state.keep(path, version, unwrapped, limits);
+                    self.metrics
+                        .kept(state.kept_key_count, state.kept_value_bytes);
+                }
+                value
+            }
+        };
         Ok(Value {
             value: std::mem::take(&mut *value),
             version,
@@ -1514,7 +1597,7 @@ impl Secrets {
             };
             let keys = self.keys.keys();
             let mut batch = Batch::default();
-            let mut count = 0u64;
+            let mut moved_versions = Vec::new();
             for (version, info) in &meta.versions {
                 if info.destroyed_ms.is_some() {
                     continue;
@@ -1535,16 +1618,22 @@ impl Secrets {
                 match envelope::rewrap(old, &keys.current, &path, *version, &sealed) {
                     Ok(moved) => {
                         batch.put(&self.tree, &key, &StoredVersion(moved))?;
-                        count += 1;
+                        moved_versions.push(*version);
                     }
                     Err(err) => {
                         tracing::error!(secret = %path, version, error = %err, "a damaged version was left as it is")
                     }
                 }
             }
-            if count > 0 {
+            if !moved_versions.is_empty() {
                 self.tree.apply_now(batch)?.wait().await?;
-                rewrapped += count;
+                rewrapped += moved_versions.len() as u64;
+                // What Gets kept of them was read as sealed before: the stored versions and what is
+                // kept stay one and the same.
+                let mut state = self.write_state();
+                state.drop_kept(&path, &moved_versions);
+                self.metrics
+                    .kept(state.kept_key_count, state.kept_value_bytes);
             }
         }
         self.metrics.changed("rewrap");

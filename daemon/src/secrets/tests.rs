@@ -559,10 +559,26 @@ async fn a_damaged_version_is_data_loss_and_the_others_still_read() {
 /// How many data keys `s` keeps, and whether it keeps the one of `version` of `path`.
 fn kept(s: &Secrets, path: &str, version: u64) -> (usize, bool) {
     let state = s.read_state();
-    (
-        state.kept_key_count,
-        state.kept_key(path, version).is_some(),
-    )
+    (state.kept_key_count, state.kept(path, version).is_some())
+}
+
+/// The bytes of sealed values `s` keeps, and whether it keeps that of `version` of `path`.
+fn kept_value(s: &Secrets, path: &str, version: u64) -> (usize, bool) {
+    let state = s.read_state();
+    let whole = state
+        .kept(path, version)
+        .is_some_and(|kept| kept.sealed_value.is_some());
+    (state.kept_value_bytes, whole)
+}
+
+/// Flips one byte of the stored ciphertext of `version` of `path`; returns the record as it was.
+fn damage_value(f: &Fixture, path: &str, version: u64) -> StoredVersion {
+    let tree = f.tree();
+    let good: StoredVersion = tree.get(&version_key(path, version)).unwrap().unwrap();
+    let mut bad = StoredVersion(good.0.clone());
+    bad.0.ciphertext[14] ^= 0x01;
+    tree.put(&version_key(path, version), &bad).unwrap();
+    good
 }
 
 /// Why reading `version` of `path` is DATA_LOSS (fails the test if it is anything else).
@@ -577,6 +593,8 @@ fn data_loss(s: &Secrets, path: &str, version: Option<u64>) -> String {
 #[tokio::test]
 async fn a_kept_data_key_opens_only_the_version_as_stored_when_it_was_kept() {
     let mut f = Fixture::new();
+    // Keys only: every Get reads its value from the store.
+    f.config.sealed_value_cache_bytes = 0;
     let s = f.open();
     for v in [b"value-one", b"value-two"] {
         s.put(&me(), put_req("/p", v, None)).await.unwrap();
@@ -660,6 +678,100 @@ async fn kept_data_keys_are_bounded_and_leave_with_their_versions() {
     assert_eq!(kept(&s, "/b", 1), (0, false));
 }
 
+#[tokio::test]
+async fn a_version_kept_whole_is_read_without_the_store_until_it_leaves() {
+    let mut f = Fixture::new();
+    let s = f.open();
+    for v in [b"value-one", b"value-two"] {
+        s.put(&me(), put_req("/p", v, None)).await.unwrap();
+    }
+    assert_eq!(kept_value(&s, "/p", 1), (0, false), "a put keeps nothing");
+    assert_eq!(s.get("/p", Some(1)).unwrap().value, b"value-one");
+    // nonce (12) + "value-one" (9) + tag (16), as stored.
+    assert_eq!(kept_value(&s, "/p", 1), (37, true));
+
+    // The store's copy is no longer read: damage to it after the version was kept goes unseen
+    // while the version is kept, and a version not kept still finds it.
+    let good = damage_value(&f, "/p", 1);
+    for _ in 0..2 {
+        assert_eq!(s.get("/p", Some(1)).unwrap().value, b"value-one");
+    }
+    damage_value(&f, "/p", 2);
+    assert!(data_loss(&s, "/p", Some(2)).contains("ciphertext does not open"));
+    assert_eq!(kept_value(&s, "/p", 2), (37, false));
+    // A restart keeps nothing: the damage is found.
+    let s = f.restart(s);
+    assert!(data_loss(&s, "/p", Some(1)).contains("ciphertext does not open"));
+    f.tree().put(&version_key("/p", 1), &good).unwrap();
+    assert_eq!(s.get("/p", Some(1)).unwrap().value, b"value-one");
+    assert_eq!(kept_value(&s, "/p", 1), (37, true));
+
+    // A soft delete keeps it (Undelete reverses it) but the Get answers NOT_FOUND all the same.
+    s.set_versions(&me(), "/p", &[1], VersionOp::Delete)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.get("/p", Some(1)),
+        Err(ServiceError::NotFound(_))
+    ));
+    assert_eq!(kept_value(&s, "/p", 1), (37, true));
+    s.set_versions(&me(), "/p", &[1], VersionOp::Undelete)
+        .await
+        .unwrap();
+    assert_eq!(s.get("/p", Some(1)).unwrap().value, b"value-one");
+    // Destroy takes it out with its key, and the bytes it held.
+    s.set_versions(&me(), "/p", &[1], VersionOp::Destroy)
+        .await
+        .unwrap();
+    assert_eq!(kept_value(&s, "/p", 1), (0, false));
+    assert_eq!(kept(&s, "/p", 1), (0, false));
+    assert!(matches!(
+        s.get("/p", Some(1)),
+        Err(ServiceError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn kept_sealed_values_stay_within_their_byte_budget() {
+    let mut f = Fixture::new();
+    // Room for one 37-byte sealed value, not two.
+    f.config.sealed_value_cache_bytes = 60;
+    f.config.max_versions = 2;
+    let s = f.open();
+    for (path, value) in [("/a", "a-value-1"), ("/a", "a-value-2")] {
+        s.put(&me(), put_req(path, value.as_bytes(), None))
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.get("/a", Some(1)).unwrap().value, b"a-value-1");
+    assert_eq!(s.get("/a", Some(2)).unwrap().value, b"a-value-2");
+    assert_eq!(kept_value(&s, "/a", 1), (37, true));
+    // Over the budget: the key is kept, the value is read from the store (so its damage is found).
+    assert_eq!(kept_value(&s, "/a", 2), (37, false));
+    assert_eq!(kept(&s, "/a", 2), (2, true));
+    let good = damage_value(&f, "/a", 2);
+    data_loss(&s, "/a", Some(2));
+    f.tree().put(&version_key("/a", 2), &good).unwrap();
+    // A third version prunes version 1: its bytes are handed back, and the next version read
+    // (unwrapped afresh) may keep its value.
+    s.put(&me(), put_req("/a", b"a-value-3", None))
+        .await
+        .unwrap();
+    assert_eq!(kept_value(&s, "/a", 1), (0, false));
+    assert_eq!(s.get("/a", Some(3)).unwrap().value, b"a-value-3");
+    assert_eq!(kept_value(&s, "/a", 3), (37, true));
+    // The key kept without its value stays so: it does not take the room (nothing is unwrapped).
+    assert_eq!(s.get("/a", Some(2)).unwrap().value, b"a-value-2");
+    assert_eq!(kept_value(&s, "/a", 2), (37, false));
+
+    // 0 keeps no value at all.
+    f.config.sealed_value_cache_bytes = 0;
+    let s = f.restart(s);
+    assert_eq!(s.get("/a", Some(3)).unwrap().value, b"a-value-3");
+    assert_eq!(kept_value(&s, "/a", 3), (0, false));
+    assert_eq!(kept(&s, "/a", 3), (1, true));
+}
+
 impl Record for StoredVersionV1 {
     const VERSION: u8 = 1;
 }
@@ -681,6 +793,8 @@ fn as_version_1(tree: &Tree, path: &str, v: u64) {
 #[tokio::test]
 async fn versions_stored_as_json_still_read_and_new_ones_are_binary() {
     let mut f = Fixture::new();
+    // Every Get reads its record from the store (the records are damaged after being read).
+    f.config.sealed_value_cache_bytes = 0;
     let s = f.open();
     for v in [b"value-one", b"value-two"] {
         s.put(&me(), put_req("/p", v, None)).await.unwrap();
@@ -964,14 +1078,14 @@ async fn a_master_key_rotation_rewraps_every_data_key_and_resumes_after_a_crash(
             format!("value-{i}-b").as_bytes()
         );
     }
-    // The data key kept from the read before the re-wrap no longer matches the stored bytes: the
-    // version is unwrapped again, under the new key, and the kept key replaced (not added).
-    let kept = s.read_state().kept_key_count;
+    // What the read before the re-wrap kept was taken out with the re-wrap: the version is
+    // unwrapped again, under the new key, and kept as now stored.
+    assert!(s.read_state().kept("/r/0", 1).is_none());
     assert_eq!(s.get("/r/0", Some(1)).unwrap().value, b"value-0-a");
-    assert_eq!(s.read_state().kept_key_count, kept);
     let stored: StoredVersion = f.tree().get(&version_key("/r/0", 1)).unwrap().unwrap();
-    let key = s.read_state().kept_key("/r/0", 1).unwrap();
-    assert!(key.unwraps(stored.0.as_ref()));
+    let kept = s.read_state().kept("/r/0", 1).unwrap();
+    assert!(kept.key.unwraps(stored.0.as_ref()));
+    assert_eq!(kept.sealed_value.as_deref(), Some(&stored.0.ciphertext[..]));
     // The re-wrap rewrote the version 1 records in the current (binary) form.
     let raw = f.tree().raw(&version_key("/r/1", 1)).unwrap().unwrap();
     assert_eq!(raw[1], 2);
