@@ -19,6 +19,11 @@ use crate::{Client, ClientError, ConnectOptions};
 pub enum Scenario {
     /// `Admin.Ping` with an empty request: the baseline.
     Ping,
+    /// `Admin.Ping` with a payload of [`PING_PAYLOAD_BYTES`], echoed back: request and reply of
+    /// about `policy-check`'s sizes (40 bytes each against its 36 and 41) and no work in the
+    /// handler. What carrying those bytes costs over an empty Ping: the share of a Check's cost
+    /// that is transport, not decision or audit.
+    PingPayload,
     /// `Admin.WhoAmI`: identity and grant lookup in the reply.
     Whoami,
     /// `Policy.Check` of one permitted action (a Cedar decision plus its audit record).
@@ -54,6 +59,9 @@ pub enum Scenario {
     /// default `<state_dir>/artifacts`): an in-memory lookup per call.
     RegistryGet,
 }
+
+/// Bytes of `ping-payload`'s payload.
+pub const PING_PAYLOAD_BYTES: usize = 38;
 
 /// Features per `learning-feedback` event.
 pub const LEARNING_FEATURES: usize = 8;
@@ -182,6 +190,7 @@ impl Scenario {
     ) -> Result<Prepared, ClientError> {
         match self {
             Scenario::Ping
+            | Scenario::PingPayload
             | Scenario::Whoami
             | Scenario::PolicyCheck
             | Scenario::PolicyBatch
@@ -319,6 +328,14 @@ impl Scenario {
                 .await
                 .map(drop),
             Scenario::Ping => client.admin.ping(PingRequest::default()).await.map(drop),
+            Scenario::PingPayload => client
+                .admin
+                .ping(PingRequest {
+                    payload: vec![b'p'; PING_PAYLOAD_BYTES].into(),
+                    delay_ms: 0,
+                })
+                .await
+                .map(drop),
             Scenario::LearningFeedback => {
                 // Unique per run, worker and call (the daemon deduplicates by content), the rest
                 // random.
@@ -579,6 +596,7 @@ mod tests {
             .collect();
         for expected in [
             "ping",
+            "ping-payload",
             "flags-eval",
             "token-verify",
             "secrets-get",
