@@ -444,3 +444,68 @@ async fn a_full_disk_never_blocks_serving_and_recording_recovers() {
     // The queue may hold records still: the stop writes them now there is room.
     daemon.stop().await;
 }
+
+/// `brainstemctl policy check --correlation-id` ties the decision's record to the caller's id
+/// (found by `Audit.Query` with that id); an id over 256 bytes is refused naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_from_the_cli_carries_its_correlation_id_into_the_audit_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start_in(dir.path()).await;
+    let client = daemon.client().await;
+    let ctl = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "check",
+            "--action",
+            "web.read",
+            "--resource",
+            "https://example.org/cli",
+        ];
+        args.extend_from_slice(extra);
+        Command::new(bin("brainstemctl"))
+            .arg("--endpoint")
+            .arg(daemon.grpc_addr.to_string())
+            .arg("--state-dir")
+            .arg(&daemon.state_dir)
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let out = ctl(&["--correlation-id", "cli-check-7"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let records = eventually(
+        "the record of the CLI's check",
+        Duration::from_secs(10),
+        || {
+            let mut audit = client.audit.clone();
+            async move {
+                let reply = audit
+                    .query(AuditQueryRequest {
+                        correlation_id: "cli-check-7".to_owned(),
+                        limit: 10,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (!reply.records.is_empty()).then_some(reply.records)
+            }
+        },
+    )
+    .await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].action, "web.read");
+    assert_eq!(records[0].resource, "https://example.org/cli");
+    assert!(records[0].allowed);
+
+    let long = "c".repeat(257);
+    let out = ctl(&["--correlation-id", &long]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(brainstem_client::exit::RPC_ERROR)),
+        "{stderr}"
+    );
+    assert!(stderr.contains("INVALID_ARGUMENT"), "{stderr}");
+    assert!(stderr.contains("correlation_id"), "{stderr}");
+}

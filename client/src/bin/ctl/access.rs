@@ -56,6 +56,10 @@ pub struct Question {
     /// A JSON object, e.g. '{"hour": 10}'.
     #[arg(long)]
     context: Option<String>,
+    /// Ties the decision's audit record to a call of yours (at most 256 bytes; default: the id
+    /// the daemon gives this call). `brainstemctl audit tail --correlation-id ID` finds it.
+    #[arg(long, default_value = "")]
+    correlation_id: String,
 }
 
 #[derive(Subcommand)]
@@ -96,7 +100,7 @@ fn question(q: &Question) -> Result<CheckRequest, CliError> {
         action: q.action.clone(),
         resource: q.resource.clone(),
         context,
-        correlation_id: String::new(),
+        correlation_id: q.correlation_id.clone(),
     })
 }
 
