@@ -315,55 +315,13 @@ mod tests {
     use super::*;
     use crate::access::audit::{AuditLog, AuditQuery};
     use crate::access::authz::{Authorizer, Grants};
-    use crate::access::identity::{Principal, PrincipalSource};
+    use crate::access::testing::{Fixture, caller};
     use crate::config::{Config, DEV_ADMIN_PRINCIPAL};
     use crate::runtime::tasks::Tasks;
     use crate::store::Store;
-    use crate::supervisor::{Supervisor, SupervisorBuilder};
+    use crate::supervisor::SupervisorBuilder;
 
     const AGENT: &str = "spiffe://h/agent";
-
-    struct Fixture {
-        _dir: tempfile::TempDir,
-        _supervisor: Supervisor,
-        access: Access,
-        tasks: Tasks,
-        token: CancellationToken,
-    }
-
-    impl Fixture {
-        /// The built-in policies; `web.read` is fail-closed; the dev admin holds `*`.
-        async fn new() -> Fixture {
-            let dir = tempfile::tempdir().unwrap();
-            let mut config = Config {
-                dev_mode: true,
-                ..Config::default()
-            };
-            config.audit.fail_closed_actions = vec!["web.read".to_owned()];
-            let store = Store::open(dir.path(), &config.store).unwrap();
-            let (tasks, token) = (Tasks::new(), CancellationToken::new());
-            let (audit, writer) = AuditLog::open(dir.path(), &config.audit, &tasks).unwrap();
-            let mut builder = SupervisorBuilder::new(config.supervisor.clone(), store.clone());
-            builder.add_worker(writer);
-            let supervisor = builder.start(&tasks, token.clone(), None).await;
-            let authorizer = Arc::new(Authorizer::new(Grants::from_config(&config)));
-            let access = Access::new(authorizer, audit, Access::prepare(&config).unwrap());
-            Fixture {
-                _dir: dir,
-                _supervisor: supervisor,
-                access,
-                tasks,
-                token,
-            }
-        }
-
-        /// Stops the audit writer: nothing can be written any more.
-        async fn stop_audit(&self) {
-            self.token.cancel();
-            self.tasks.close();
-            self.tasks.wait().await;
-        }
-    }
 
     /// Dry-run mode against the shipped policies with two forbids marked advisory: `web.post`'s
     /// and the unsigned file-write rule (which must stay enforced whatever its mark says).
@@ -454,16 +412,6 @@ mod tests {
         token.cancel();
         tasks.close();
         tasks.wait().await;
-    }
-
-    fn caller(name: &str) -> Caller {
-        Caller {
-            principal: Arc::new(Principal {
-                name: name.to_owned(),
-                source: PrincipalSource::SanUri,
-            }),
-            token: None,
-        }
     }
 
     fn question<'q>(

@@ -19,6 +19,8 @@ pub mod events;
 pub mod guardrails;
 pub mod identity;
 pub mod ratelimit;
+#[cfg(test)]
+pub mod testing;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

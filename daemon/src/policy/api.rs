@@ -375,3 +375,125 @@ impl tonic::server::UnaryService<CheckQuestion> for CheckMethod {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use prost::Message;
+    use tonic::server::UnaryService;
+
+    use super::*;
+    use crate::access::audit::AuditQuery;
+    use crate::access::testing::{Fixture, caller};
+    use crate::config::DEV_ADMIN_PRINCIPAL;
+    use crate::grpc::wire::{WireReply, WireRequest};
+
+    const AGENT: &str = "spiffe://h/agent";
+
+    fn with_caller<T>(message: T, who: &Caller) -> Request<T> {
+        let mut request = Request::new(message);
+        request.extensions_mut().insert(who.clone());
+        request
+    }
+
+    /// The daemon answers `Check` through its own route; the generated trait's method is there
+    /// for a `PolicyServer` built without it. Both must answer every request alike: the same
+    /// reply (the decision id aside, which is new for each decision), the same error, the same
+    /// audit record.
+    #[tokio::test]
+    async fn the_route_and_the_generated_method_answer_alike() {
+        let f = Fixture::new().await;
+        let service = Arc::new(PolicyService::new(f.access.clone()));
+        let agent = caller(AGENT);
+        let context = brainstem_proto::json::json_to_struct(
+            serde_json::json!({"hour": 10}).as_object().unwrap(),
+        );
+        let ask = |action: &str| CheckRequest {
+            action: action.to_owned(),
+            resource: "https://example.org/a".to_owned(),
+            ..Default::default()
+        };
+        let cases = [
+            // Allowed, and fail-closed in the fixture: on disk before the answer.
+            ask("web.read"),
+            ask("web.post"),
+            ask("zz.unknown"),
+            CheckRequest {
+                context: Some(context),
+                correlation_id: "corr-1".to_owned(),
+                ..ask("fs.read")
+            },
+            CheckRequest {
+                principal: AGENT.to_owned(),
+                ..ask("fs.read")
+            },
+            // Refused: a bad action, someone else without check_as, an over-long correlation id.
+            ask("Web Read"),
+            CheckRequest {
+                principal: DEV_ADMIN_PRINCIPAL.to_owned(),
+                ..ask("fs.read")
+            },
+            CheckRequest {
+                correlation_id: "c".repeat(257),
+                ..ask("fs.read")
+            },
+        ];
+        let mut decisions = 0;
+        for request in &cases {
+            let generated = service
+                .check(with_caller(request.clone(), &agent))
+                .await
+                .map(|r| r.into_inner());
+            let question = CheckQuestion::decode(Bytes::from(request.encode_to_vec())).unwrap();
+            let routed = CheckMethod(service.clone())
+                .call(with_caller(question, &agent))
+                .await
+                .map(|answer| {
+                    let mut bytes = Vec::new();
+                    answer.get_ref().encode(&mut bytes);
+                    CheckReply::decode(&bytes[..]).unwrap()
+                });
+            match (generated, routed) {
+                (Ok(mut g), Ok(mut r)) => {
+                    assert!(!g.decision_id.is_empty() && g.decision_id != r.decision_id);
+                    assert_eq!(g.decision_id.len(), r.decision_id.len());
+                    (g.decision_id, r.decision_id) = (String::new(), String::new());
+                    assert_eq!(g, r, "{request:?}");
+                    decisions += 1;
+                }
+                (Err(g), Err(r)) => {
+                    assert_eq!(g.code(), r.code(), "{request:?}");
+                    assert_eq!(g.message(), r.message(), "{request:?}");
+                }
+                (g, r) => panic!("{request:?}: generated {g:?}, routed {r:?}"),
+            }
+        }
+        assert_eq!(decisions, 5);
+
+        f.stop_audit().await;
+        let (records, _) = f
+            .access
+            .audit
+            .query(&AuditQuery {
+                limit: 100,
+                ..AuditQuery::default()
+            })
+            .unwrap();
+        assert_eq!(records.len(), 2 * decisions);
+        for pair in records.chunks(2) {
+            let strip = |r: &crate::access::audit::AuditRecord| {
+                (
+                    r.caller.clone(),
+                    r.principal.clone(),
+                    r.action.clone(),
+                    r.resource.clone(),
+                    r.allowed,
+                    r.reasons.clone(),
+                    r.correlation_id.clone(),
+                )
+            };
+            assert_eq!(strip(&pair[0]), strip(&pair[1]));
+        }
+        assert_eq!(records[6].correlation_id, "corr-1");
+    }
+}
