@@ -331,7 +331,7 @@ impl Scenario {
             Scenario::PingPayload => client
                 .admin
                 .ping(PingRequest {
-                    payload: vec![b'p'; PING_PAYLOAD_BYTES].into(),
+                    payload: vec![b'p'; PING_PAYLOAD_BYTES],
                     delay_ms: 0,
                 })
                 .await
