@@ -310,16 +310,11 @@ impl<'a> Pending<'a> {
 
 #[cfg(test)]
 mod tests {
-    use tokio_util::sync::CancellationToken;
-
     use super::*;
-    use crate::access::audit::{AuditLog, AuditQuery};
-    use crate::access::authz::{Authorizer, Grants};
+    use crate::access::audit::AuditQuery;
+    use crate::access::authz::Grants;
     use crate::access::testing::{Fixture, caller};
     use crate::config::{Config, DEV_ADMIN_PRINCIPAL};
-    use crate::runtime::tasks::Tasks;
-    use crate::store::Store;
-    use crate::supervisor::SupervisorBuilder;
 
     const AGENT: &str = "spiffe://h/agent";
 
@@ -343,20 +338,13 @@ mod tests {
             crate::policy::builtin_schema(),
         )
         .unwrap();
-        let state = tempfile::tempdir().unwrap();
         let mut config = Config {
             dev_mode: true,
             ..Config::default()
         };
         config.policy.dir = dir.path().display().to_string();
-        let store = Store::open(state.path(), &config.store).unwrap();
-        let (tasks, token) = (Tasks::new(), CancellationToken::new());
-        let (audit, writer) = AuditLog::open(state.path(), &config.audit, &tasks).unwrap();
-        let mut builder = SupervisorBuilder::new(config.supervisor.clone(), store.clone());
-        builder.add_worker(writer);
-        let _supervisor = builder.start(&tasks, token.clone(), None).await;
-        let authorizer = Arc::new(Authorizer::new(Grants::from_config(&config)));
-        let access = Access::new(authorizer, audit, Access::prepare(&config).unwrap());
+        let f = Fixture::with_config(config).await;
+        let access = &f.access;
         let agent = caller(AGENT);
         let ask = |action: &'static str, rules| access.decide(&agent, question("", action, rules));
 
@@ -409,9 +397,7 @@ mod tests {
 
         access.set_dry_run(false);
         assert!(!ask("web.post", None).await.unwrap().allowed);
-        token.cancel();
-        tasks.close();
-        tasks.wait().await;
+        f.stop_audit().await;
     }
 
     fn question<'q>(

@@ -25,12 +25,17 @@ pub struct Fixture {
 impl Fixture {
     /// The built-in policies; `web.read` is fail-closed; the dev admin holds `*`.
     pub async fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
             dev_mode: true,
             ..Config::default()
         };
         config.audit.fail_closed_actions = vec!["web.read".to_owned()];
+        Fixture::with_config(config).await
+    }
+
+    /// An [`Access`] as `config` prepares it, its state in a temporary directory.
+    pub async fn with_config(config: Config) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &config.store).unwrap();
         let (tasks, token) = (Tasks::new(), CancellationToken::new());
         let (audit, writer) = AuditLog::open(dir.path(), &config.audit, &tasks).unwrap();
