@@ -7,14 +7,17 @@ stime from /proc/<pid>/stat, from the start of the window until the daemon is id
 queued work is charged to the calls that caused it), and the store's mean group-commit size over
 the window (durable writes answered / flushes, from the daemon's metrics). The summary gives each scenario's medians as
 ratios to Ping's in the same round. The store runs with flush = "always" (the default).
+`--shuffle` runs each round's scenarios in a new random order (Ping included), so a scenario is not
+always the one that runs first after the daemon sat idle, or last.
 
     cargo build --release --locked -p brainstemd -p brainstem-client --bins
-    python3 docs/measure-scenarios.py target/release --runs ping:64,registry-get:64 [--rounds 3] [--seconds 5]
+    python3 docs/measure-scenarios.py target/release --runs ping:64,registry-get:64 [--rounds 3] [--seconds 5] [--shuffle]
 """
 
 import argparse
 import importlib.util
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -55,7 +58,7 @@ def sync_counts(metrics_addr):
     return tuple(counts)
 
 
-def measure(bin_dir, runs, rounds, seconds, extra_args=()):
+def measure(bin_dir, runs, rounds, seconds, extra_args=(), shuffle=False):
     work = tempfile.mkdtemp(prefix="brainstem-scenarios-")
     state = f"{work}/s"
     addr, metrics = rpc.free_addr(), rpc.free_addr()
@@ -65,8 +68,11 @@ def measure(bin_dir, runs, rounds, seconds, extra_args=()):
     results = {run: [] for run in runs}
     try:
         rpc.wait_port(addr)
+        order = list(runs)
         for r in range(1, rounds + 1):
-            for scenario, concurrency in runs:
+            if shuffle:
+                random.shuffle(order)
+            for scenario, concurrency in order:
                 rpc.wait_idle(daemon.pid)
                 before = rpc.cpu_seconds(daemon.pid)
                 counts_before = sync_counts(metrics)
@@ -101,8 +107,10 @@ def main():
     ap.add_argument("--runs", default="ping:64")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--shuffle", action="store_true",
+                    help="a new random order of the scenarios in every round")
     args = ap.parse_args()
-    measure(args.bin_dir, parse_runs(args.runs), args.rounds, args.seconds)
+    measure(args.bin_dir, parse_runs(args.runs), args.rounds, args.seconds, shuffle=args.shuffle)
 
 
 if __name__ == "__main__":
