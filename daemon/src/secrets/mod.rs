@@ -540,6 +540,10 @@ struct State {
     kept_key_count: usize,
     /// Bytes of sealed values held in `kept_keys`.
     kept_value_bytes: usize,
+    /// Versions a change is taking out of the store (destroyed or pruned), by path, from just
+    /// before its batch is applied until the change is mirrored here: a Get that finds such a
+    /// record gone in between answers NOT_FOUND, not DATA_LOSS.
+    removing: HashMap<String, Vec<u64>>,
 }
 
 /// What a Get kept of one version. The sealed value is the ciphertext exactly as the store holds
@@ -798,6 +802,10 @@ impl Mirror {
             lock,
         } = self;
         if let Err(err) = applied {
+            if !redaction.removed.is_empty() {
+                let mut state = state.write().unwrap_or_else(|e| e.into_inner());
+                state.removing.remove(&path);
+            }
             if let (true, Some(audit), Some(mut record)) = (audited_first, audit, record) {
                 // The record written first announced a change that did not happen: say so.
                 record.allowed = false;
@@ -818,6 +826,7 @@ impl Mirror {
             let mut state = state.write().unwrap_or_else(|e| e.into_inner());
             forgotten = state.swap_remembered(&path, &redaction.removed, redaction.added);
             state.drop_kept(&path, &redaction.removed);
+            state.removing.remove(&path);
             metrics.kept(state.kept_key_count, state.kept_value_bytes);
             let before = state.metas.get(&path).and_then(|old| old.next_rotation_ms);
             rescheduled = before != meta.next_rotation_ms;
@@ -1050,6 +1059,61 @@ impl Secrets {
         self.read_state().meta(path)
     }
 
+    /// `version` of `meta` if a Get may read it now; else the NOT_FOUND it answers (never
+    /// existed or pruned, soft-deleted, destroyed).
+    fn readable<'m>(
+        &self,
+        path: &str,
+        version: u64,
+        meta: &'m SecretMeta,
+    ) -> Result<&'m VersionInfo, ServiceError> {
+        let info = meta
+            .versions
+            .get(&version)
+            .ok_or_else(|| missing_version(path, version, meta))?;
+        // Only age deletion needs the time.
+        let now_ms = if meta.delete_after_s > 0 {
+            self.clock.now_ms()
+        } else {
+            0
+        };
+        match meta.state_of(info, now_ms) {
+            VersionState::Live => Ok(info),
+            VersionState::Deleted(_) => Err(ServiceError::NotFound(format!(
+                "version {version} of {path} is deleted (Undelete restores it)"
+            ))),
+            VersionState::Destroyed(_) => Err(ServiceError::NotFound(format!(
+                "version {version} of {path} is destroyed"
+            ))),
+        }
+    }
+
+    /// A version that did not read (`err`) may have been destroyed or pruned since the Get looked
+    /// at the metadata: the store drops its record just before the change is mirrored in memory
+    /// ([`State::removing`]). Then the Get answers NOT_FOUND, as a moment later, not DATA_LOSS.
+    fn gone_while_read(&self, path: &str, version: u64, err: ServiceError) -> ServiceError {
+        if !matches!(err, ServiceError::DataLoss(_)) {
+            return err;
+        }
+        let (meta, removing) = {
+            let state = self.read_state();
+            let removing = state
+                .removing
+                .get(path)
+                .is_some_and(|versions| versions.contains(&version));
+            (state.meta(path).ok(), removing)
+        };
+        if removing {
+            return ServiceError::NotFound(format!(
+                "version {version} of {path} is being destroyed or pruned"
+            ));
+        }
+        match meta.map(|meta| self.readable(path, version, &meta).err()) {
+            Some(Some(not_found)) => not_found,
+            _ => err,
+        }
+    }
+
     /// The value of `version` (or the current one) of `path`.
     pub fn get(&self, path: &str, version: Option<u64>) -> Result<Value, ServiceError> {
         let result = self.get_inner(path, version);
@@ -1073,29 +1137,7 @@ impl Secrets {
             let value_room = limits.value_bytes.saturating_sub(state.kept_value_bytes);
             (meta, version, kept, may_keep, value_room)
         };
-        let info = meta
-            .versions
-            .get(&version)
-            .ok_or_else(|| missing_version(path, version, &meta))?;
-        // Only age deletion needs the time.
-        let now_ms = if meta.delete_after_s > 0 {
-            self.clock.now_ms()
-        } else {
-            0
-        };
-        match meta.state_of(info, now_ms) {
-            VersionState::Live => {}
-            VersionState::Deleted(_) => {
-                return Err(ServiceError::NotFound(format!(
-                    "version {version} of {path} is deleted (Undelete restores it)"
-                )));
-            }
-            VersionState::Destroyed(_) => {
-                return Err(ServiceError::NotFound(format!(
-                    "version {version} of {path} is destroyed"
-                )));
-            }
-        }
+        let info = self.readable(path, version, &meta)?;
         let mut value = match kept.as_deref() {
             // Kept whole: nothing to read from the store.
             Some(Kept {
@@ -1105,8 +1147,9 @@ impl Secrets {
                 .open(path, version, sealed_value)
                 .map_err(|_| value_lost(path, version))?,
             kept => {
-                let (value, unwrapped) =
-                    self.open_version(path, version, kept.map(|k| &k.key), value_room)?;
+                let (value, unwrapped) = self
+                    .open_version(path, version, kept.map(|k| &k.key), value_room)
+                    .map_err(|err| self.gone_while_read(path, version, err))?;
                 if let Some(unwrapped) = unwrapped.filter(|_| may_keep) {
                     let mut state = self.write_state();
                     state.keep(path, version, unwrapped, limits);
@@ -1527,6 +1570,11 @@ impl Secrets {
             audited_first,
             lock,
         };
+        if !mirror.redaction.removed.is_empty() {
+            self.write_state()
+                .removing
+                .insert(path.to_owned(), mirror.redaction.removed.clone());
+        }
         let mut durable = self
             .tree
             .apply_then(batch, move |applied| mirror.applied(applied));

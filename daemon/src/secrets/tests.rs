@@ -1512,3 +1512,70 @@ async fn after_a_restart_pruning_and_destroy_still_forget() {
     assert_eq!(f.redactor.remembered(), 2);
     assert!(f.redacts("value-3-cccccc") && f.redacts("value-4-dddddd"));
 }
+
+/// A version destroyed or pruned while a Get reads it: the store drops its record before the change
+/// is mirrored in memory, so the Get can find the record gone while the metadata it read still
+/// says live. It answers NOT_FOUND, as a moment later; a record missing for any other reason is
+/// still DATA_LOSS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_gone_while_it_was_read_is_not_found_rather_than_data_loss() {
+    let mut f = Fixture::new();
+    f.config.max_versions = 2;
+    let s = f.open();
+    for v in [b"value-one", b"value-two"] {
+        s.put(&me(), put_req("/p", v, None)).await.unwrap();
+    }
+    let lost = || ServiceError::DataLoss("version is missing from the store".to_owned());
+    s.set_versions(&me(), "/p", &[1], VersionOp::Destroy)
+        .await
+        .unwrap();
+    let err = s.gone_while_read("/p", 1, lost());
+    assert!(
+        matches!(&err, ServiceError::NotFound(m) if m.contains("destroyed")),
+        "{err:?}"
+    );
+    s.put(&me(), put_req("/p", b"value-three", None))
+        .await
+        .unwrap();
+    let err = s.gone_while_read("/p", 1, lost());
+    assert!(
+        matches!(&err, ServiceError::NotFound(m) if m.contains("pruned")),
+        "{err:?}"
+    );
+    // Still stored as far as the metadata knows: the loss stands.
+    let err = s.gone_while_read("/p", 2, lost());
+    assert!(matches!(err, ServiceError::DataLoss(_)), "{err:?}");
+    f.tree().remove(&version_key("/p", 2)).unwrap();
+    assert!(data_loss(&s, "/p", Some(2)).contains("missing from the store"));
+
+    // Gets racing destroys: never DATA_LOSS.
+    let s = Arc::new(s);
+    let reader = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut answers = 0;
+            loop {
+                for version in 3..=40 {
+                    match s.get("/p", Some(version)) {
+                        Ok(_) | Err(ServiceError::NotFound(_)) => answers += 1,
+                        Err(other) => panic!("version {version}: {other:?}"),
+                    }
+                }
+                if s.metadata("/p").unwrap().current >= 40 {
+                    return answers;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    for _ in 3..=40 {
+        let written = s
+            .put(&me(), put_req("/p", b"value-racing", None))
+            .await
+            .unwrap();
+        s.set_versions(&me(), "/p", &[written.version], VersionOp::Destroy)
+            .await
+            .unwrap();
+    }
+    assert!(reader.await.unwrap() > 0);
+}
