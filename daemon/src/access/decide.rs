@@ -226,16 +226,27 @@ impl Access {
         caller: &'a Caller,
         request: DecisionRequest<'a>,
     ) -> Result<Decided, ServiceError> {
-        // `record_now` rather than `record().await`: the latter's future would carry the decision
-        // a second time inside this one, which every Check moves.
-        match self.evaluate(caller, request)?.record_now() {
+        match self.decide_now(caller, request)? {
             Ok(decided) => Ok(decided),
             Err(waiting) => Ok(waiting.await),
         }
     }
+
+    /// [`Access::decide`] without a future unless the decision waits for its record
+    /// ([`Pending::record_now`]): `Policy.Check` answers most decisions from its `call`.
+    pub fn decide_now(
+        &self,
+        caller: &Caller,
+        request: DecisionRequest<'_>,
+    ) -> Result<Result<Decided, Waiting>, ServiceError> {
+        Ok(self.evaluate(caller, request)?.record_now())
+    }
 }
 
-impl<'a> Pending<'a> {
+/// A fail-closed decision waiting for its record to be on disk; it borrows nothing.
+pub type Waiting = BoxFuture<'static, Decided>;
+
+impl Pending<'_> {
     /// Step 4: audits the decision. A fail-closed action whose record cannot be written is denied.
     pub async fn record(self) -> Decided {
         match self.record_now() {
@@ -245,24 +256,23 @@ impl<'a> Pending<'a> {
     }
 
     /// Step 4 without a future when nothing waits: a decision on an action that is not
-    /// fail-closed is queued for the log and answered at once (`Ok`); a fail-closed one returns
-    /// the wait for its record (`Err`), boxed, so that every other decision's future stays small
-    /// (a Check's future is copied at each move, and the wait's timer and select are large).
-    pub fn record_now(self) -> Result<Decided, BoxFuture<'a, Decided>> {
+    /// fail-closed is queued for the log and answered at once (`Ok`); a fail-closed one is queued
+    /// too and returns the wait for its record (`Err`), boxed (its timer and select are large)
+    /// and holding only the answer, so the request it was asked from can go.
+    pub fn record_now(self) -> Result<Decided, Waiting> {
         if self.access.audit.fails_closed(&self.query.action) {
+            let durable = self.access.audit.queue_durable(self.entry());
+            let decided = self.answer();
             return Err(Box::pin(async move {
-                let recorded = self
-                    .access
-                    .audit
-                    .record_durable_entry(self.entry())
-                    .await
-                    .is_ok();
-                self.answer(recorded)
+                match durable.written().await {
+                    Ok(()) => decided,
+                    Err(_) => decided.unrecorded(),
+                }
             }));
         }
         // A lost record is counted by the audit log; the decision stands.
         let _ = self.access.audit.record_entry(self.entry());
-        Ok(self.answer(true))
+        Ok(self.answer())
     }
 
     /// The record, encoded from what the decision holds (no copies).
@@ -282,28 +292,38 @@ impl<'a> Pending<'a> {
         }
     }
 
-    /// The answer; its reasons and id move out of the decision. Without its record an allowed
-    /// decision is denied ([`AUDIT_UNAVAILABLE`]).
-    fn answer(self, recorded: bool) -> Decided {
+    /// The answer; its reasons and id move out of the decision.
+    fn answer(self) -> Decided {
         let Pending {
-            mut allowed,
-            mut reasons,
+            allowed,
+            reasons,
             decision_id,
             errors,
-            mut advisory,
+            advisory,
             ..
         } = self;
-        if !recorded && allowed {
-            allowed = false;
-            advisory = false;
-            reasons = Reasons::Owned(vec![AUDIT_UNAVAILABLE.to_owned()]);
-        }
         Decided {
             allowed,
             reasons,
             errors,
             decision_id,
             advisory,
+        }
+    }
+}
+
+impl Decided {
+    /// The answer when its fail-closed record could not be written: an allowed decision is
+    /// denied ([`AUDIT_UNAVAILABLE`]); a denial stands.
+    fn unrecorded(self) -> Decided {
+        if !self.allowed {
+            return self;
+        }
+        Decided {
+            allowed: false,
+            advisory: false,
+            reasons: Reasons::Owned(vec![AUDIT_UNAVAILABLE.to_owned()]),
+            ..self
         }
     }
 }

@@ -8,16 +8,17 @@ use brainstem_proto::v1::{
     BatchCheckReply, BatchCheckRequest, CheckReply, CheckRequest, ExplainReply, GetPolicySetReply,
     GetPolicySetRequest, PolicyInfo, ValidateReply, ValidateRequest,
 };
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Either, Ready, ready};
 use tonic::{Request, Response, Status};
 
 use crate::access::audit::AuditKind;
+use crate::access::decide::Waiting;
 use crate::access::{Access, Caller, Decided, DecisionRequest, caller};
 use crate::error::{FieldViolation, ServiceError};
 use crate::grpc::convert::timestamp_from_unix_ms as timestamp;
 use crate::grpc::methods::Requirement;
 use crate::grpc::services::{Health, Registration, ServiceSpec, handler};
-use crate::grpc::wire::{WireMethods, WireRoute};
+use crate::grpc::wire::{WireMethods, WireRoute, refusal};
 use crate::policy::events::DecisionMetrics;
 use crate::policy::wire::{CheckAnswer, CheckQuestion};
 use crate::policy::{self, PolicyError};
@@ -101,15 +102,32 @@ impl PolicyService {
         })
     }
 
-    /// One Check: validated, decided, audited, counted.
-    async fn check_parts(&self, who: &Caller, request: CheckParts<'_>) -> Result<Decided, Status> {
+    /// One Check: validated, decided, audited, counted. Answered at once (`Ok(Ok)`) unless the
+    /// action is fail-closed: then the wait for its record (`Ok(Err)`), which counts the decision
+    /// once it is known.
+    fn check_now(
+        &self,
+        who: &Caller,
+        request: CheckParts<'_>,
+    ) -> Result<Result<Decided, Waiting>, Status> {
         let mut violations = Vec::new();
         let Some(question) = self.request("", request, &mut violations) else {
             return Err(ServiceError::InvalidArgument(violations).into());
         };
-        let decided = self.access.decide(who, question).await?;
-        self.metrics.decided(decided.allowed);
-        Ok(decided)
+        Ok(match self.access.decide_now(who, question)? {
+            Ok(decided) => {
+                self.metrics.decided(decided.allowed);
+                Ok(decided)
+            }
+            Err(waiting) => {
+                let metrics = self.metrics.clone();
+                Err(Box::pin(async move {
+                    let decided = waiting.await;
+                    metrics.decided(decided.allowed);
+                    decided
+                }))
+            }
+        })
     }
 
     /// The generated type's reply (BatchCheck; Check on the generated server).
@@ -130,7 +148,10 @@ impl Policy for PolicyService {
     /// reached only by a `PolicyServer` built without that route; it answers alike.
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckReply>, Status> {
         let who = caller(&request)?;
-        let decided = self.check_parts(who, request.get_ref().into()).await?;
+        let decided = match self.check_now(who, request.get_ref().into())? {
+            Ok(decided) => decided,
+            Err(waiting) => waiting.await,
+        };
         Ok(Response::new(Self::reply(decided)))
     }
 
@@ -358,21 +379,33 @@ impl WireMethods for PolicyWire {
     }
 }
 
-/// `Policy.Check` for [`tonic::server::UnaryService`]. Boxed: a fail-closed action waits for its
-/// audit record.
+/// `Policy.Check` for [`tonic::server::UnaryService`]: decided within `call`, so most answers
+/// are ready futures; only a fail-closed action's wait for its audit record is boxed. (An async
+/// handler cost a boxed future and three nested state machines, each copied when first moved.)
 pub struct CheckMethod(Arc<PolicyService>);
+
+type CheckReplyFuture = Either<
+    Ready<Result<Response<CheckAnswer>, Status>>,
+    BoxFuture<'static, Result<Response<CheckAnswer>, Status>>,
+>;
 
 impl tonic::server::UnaryService<CheckQuestion> for CheckMethod {
     type Response = CheckAnswer;
-    type Future = BoxFuture<'static, Result<Response<CheckAnswer>, Status>>;
+    type Future = CheckReplyFuture;
 
     fn call(&mut self, request: Request<CheckQuestion>) -> Self::Future {
-        let service = self.0.clone();
-        Box::pin(async move {
-            let who = caller(&request)?;
-            let decided = service.check_parts(who, request.get_ref().parts()).await?;
-            Ok(Response::new(CheckAnswer(decided)))
-        })
+        let answer = |decided| Ok(Response::new(CheckAnswer(decided)));
+        let decided = match caller(&request) {
+            Ok(who) => (request.get_ref().parts())
+                .map_err(refusal)
+                .and_then(|parts| self.0.check_now(who, parts)),
+            Err(err) => Err(err.into()),
+        };
+        match decided {
+            Ok(Ok(decided)) => Either::Left(ready(answer(decided))),
+            Ok(Err(waiting)) => Either::Right(Box::pin(async move { answer(waiting.await) })),
+            Err(status) => Either::Left(ready(Err(status))),
+        }
     }
 }
 

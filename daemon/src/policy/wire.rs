@@ -19,8 +19,9 @@ use crate::grpc::wire::{
 };
 use crate::policy::api::CheckParts;
 
-/// A `CheckRequest` as read: the message's bytes, where its strings lie in them (each checked to
-/// be UTF-8), and its context (a `google.protobuf.Struct`, read by prost when present).
+/// A `CheckRequest` as read: the message's bytes, where its strings lie in them, and its context
+/// (a `google.protobuf.Struct`, read by prost when present). The strings are checked to be UTF-8
+/// once, when they are lent ([`CheckQuestion::parts`]), not also while the message is read.
 #[derive(Debug, Clone, Default)]
 pub struct CheckQuestion {
     bytes: Bytes,
@@ -31,39 +32,47 @@ pub struct CheckQuestion {
     context: Option<prost_types::Struct>,
 }
 
-impl CheckQuestion {
-    fn text(&self, range: &Range<usize>) -> &str {
-        // Checked when read; an empty range for an absent field.
-        std::str::from_utf8(&self.bytes[range.clone()]).unwrap_or_default()
-    }
-
-    /// The request's fields, borrowed.
-    pub fn parts(&self) -> CheckParts<'_> {
-        CheckParts {
-            principal: self.text(&self.principal),
-            action: self.text(&self.action),
-            resource: self.text(&self.resource),
-            context: self.context.as_ref(),
-            correlation_id: self.text(&self.correlation_id),
-        }
-    }
+fn not_utf8() -> DecodeError {
+    DecodeError::new("invalid string value: data is not UTF-8 encoded")
 }
 
-impl WireRequest for CheckQuestion {
-    /// As prost reads `CheckRequest`: fields in any order, the last of a repeated string wins,
-    /// repeated contexts merge, unknown fields are skipped, and the errors are prost's own.
-    fn decode(bytes: Bytes) -> Result<Self, DecodeError> {
-        let mut question = CheckQuestion::default();
-        let mut rest: &[u8] = &bytes;
+impl CheckQuestion {
+    fn text(&self, range: &Range<usize>) -> Result<&str, DecodeError> {
+        std::str::from_utf8(&self.bytes[range.clone()]).map_err(|_| not_utf8())
+    }
+
+    /// The request's fields, borrowed; a string that is not UTF-8 is refused as prost refuses it.
+    pub fn parts(&self) -> Result<CheckParts<'_>, DecodeError> {
+        Ok(CheckParts {
+            principal: self.text(&self.principal)?,
+            action: self.text(&self.action)?,
+            resource: self.text(&self.resource)?,
+            context: self.context.as_ref(),
+            correlation_id: self.text(&self.correlation_id)?,
+        })
+    }
+
+    fn strings(&self) -> [&Range<usize>; 4] {
+        [
+            &self.principal,
+            &self.action,
+            &self.resource,
+            &self.correlation_id,
+        ]
+    }
+
+    /// Reads the fields of `bytes` into `self`, each string's place only.
+    fn read(&mut self, bytes: &Bytes) -> Result<(), DecodeError> {
+        let mut rest: &[u8] = bytes;
         while rest.has_remaining() {
             let (tag, wire_type) = decode_key(&mut rest)?;
             let range = match tag {
-                1 => &mut question.principal,
-                2 => &mut question.action,
-                3 => &mut question.resource,
-                5 => &mut question.correlation_id,
+                1 => &mut self.principal,
+                2 => &mut self.action,
+                3 => &mut self.resource,
+                5 => &mut self.correlation_id,
                 4 => {
-                    let context = question.context.get_or_insert_default();
+                    let context = self.context.get_or_insert_default();
                     prost::encoding::message::merge(
                         wire_type,
                         context,
@@ -79,13 +88,31 @@ impl WireRequest for CheckQuestion {
             };
             check_wire_type(WireType::LengthDelimited, wire_type)?;
             let field = length_delimited_slice(&mut rest)?;
-            if std::str::from_utf8(field).is_err() {
-                return Err(DecodeError::new(
-                    "invalid string value: data is not UTF-8 encoded",
-                ));
+            // A string given again replaces the first, which prost has checked all the same.
+            if range.end > range.start && std::str::from_utf8(&bytes[range.clone()]).is_err() {
+                return Err(not_utf8());
             }
             let end = bytes.len() - rest.len();
             *range = end - field.len()..end;
+        }
+        Ok(())
+    }
+}
+
+impl WireRequest for CheckQuestion {
+    /// As prost reads `CheckRequest`: fields in any order, the last of a repeated string wins,
+    /// repeated contexts merge, unknown fields are skipped, and the errors are prost's own (for a
+    /// message that also breaks off after a string that is not UTF-8, the string's, as prost
+    /// meets it first; otherwise [`CheckQuestion::parts`] finds it).
+    fn decode(bytes: Bytes) -> Result<Self, DecodeError> {
+        let mut question = CheckQuestion::default();
+        if let Err(err) = question.read(&bytes) {
+            let utf8 = |r: &Range<usize>| std::str::from_utf8(&bytes[r.clone()]).is_ok();
+            return Err(if question.strings().into_iter().all(utf8) {
+                err
+            } else {
+                not_utf8()
+            });
         }
         question.bytes = bytes;
         Ok(question)
@@ -173,7 +200,7 @@ mod tests {
 
     fn read(bytes: Vec<u8>) -> Result<CheckRequest, String> {
         CheckQuestion::decode(Bytes::from(bytes))
-            .map(|q| owned(q.parts()))
+            .and_then(|q| q.parts().map(owned))
             .map_err(|e| e.to_string())
     }
 
@@ -244,8 +271,11 @@ mod tests {
     /// What prost refuses is refused, with prost's reasons.
     #[test]
     fn a_request_prost_refuses_is_refused_alike() {
-        let cases: [&[u8]; 6] = [
+        let cases: [&[u8]; 9] = [
             &[0x0a, 2, 0xff, 0xfe],          // principal not UTF-8
+            &[0x0a, 1, 0xff, 0x0a, 1, b'a'], // given twice, the first not UTF-8
+            &[0x12, 1, 0xff, 0x1a, 5, b'a'], // not UTF-8, then a field cut short
+            &[0x12, 1, b'a', 0x1a, 5, b'a'], // a field cut short after a good string
             &[0x12, 5, b'a'],                // action shorter than its length
             &[0x08, 1],                      // principal as a varint
             &[0x22, 3, 0x0a, 9, 0],          // context truncated inside

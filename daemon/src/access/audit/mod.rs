@@ -470,36 +470,28 @@ impl AuditLog {
 
     /// [`AuditLog::record_durable`] for borrowed fields (see [`AuditLog::record_entry`]).
     pub async fn record_durable_entry(&self, entry: Entry<'_>) -> Result<(), AuditError> {
+        self.queue_durable(entry).written().await
+    }
+
+    /// The first half of [`AuditLog::record_durable_entry`]: encodes `entry` into the queue now
+    /// (or fails at once); the returned [`Durable`] borrows nothing, so what waits for the disk
+    /// need not hold what the record was encoded from.
+    pub fn queue_durable(&self, entry: Entry<'_>) -> Durable {
         let (kind, count) = (entry.kind, entry.count.max(1));
         let (written, done) = oneshot::channel();
-        let result = async {
-            if !*self.writer_running.borrow() {
-                return Err(AuditError::Closed);
-            }
-            self.shared.enqueue(entry, Some(written))?;
-            self.shared.durable.notify_one();
-            // The writer may end (stop, panic) before it reaches this record: then deny rather than
-            // wait for an incarnation that may never come.
-            let mut running = self.writer_running.clone();
-            tokio::select! {
-                biased;
-                written = done => match written {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(AuditError::WriteFailed),
-                    Err(_) => Err(AuditError::Closed),
-                },
-                _ = running.wait_for(|running| !*running) => Err(AuditError::Closed),
-                () = tokio::time::sleep(DURABLE_WAIT) => Err(AuditError::TimedOut),
-            }
+        let queued = if *self.writer_running.borrow() {
+            self.shared.enqueue(entry, Some(written)).inspect(|()| {
+                self.shared.durable.notify_one();
+            })
+        } else {
+            Err(AuditError::Closed)
+        };
+        Durable {
+            queued: queued.map(|()| (done, self.writer_running.clone())),
+            shared: self.shared.clone(),
+            kind,
+            count,
         }
-        .await;
-        if let Err(err) = &result {
-            // A record that failed in its batch was counted by the writer.
-            if !matches!(err, AuditError::WriteFailed) {
-                self.shared.unrecorded(kind, err.reason(), u64::from(count));
-            }
-        }
-        result
     }
 
     /// Counts a refusal by the authorization layer; see the module documentation.
@@ -647,6 +639,47 @@ impl AuditLog {
             }
         }
         lost
+    }
+}
+
+/// A fail-closed record in the queue (or refused by it), to be waited for
+/// ([`AuditLog::queue_durable`]).
+#[must_use = "a fail-closed record counts only once it is known to be on disk"]
+pub struct Durable {
+    /// The answer from the writer and its running flag, or why the record was not queued.
+    queued: Result<(oneshot::Receiver<bool>, watch::Receiver<bool>), AuditError>,
+    shared: Arc<Shared>,
+    kind: AuditKind,
+    count: u32,
+}
+
+impl Durable {
+    /// Waits until the record is on disk, at most [`DURABLE_WAIT`]. A record that did not make it
+    /// is counted as unrecorded (a failed batch by the writer, anything else here).
+    pub async fn written(self) -> Result<(), AuditError> {
+        let result = match self.queued {
+            Err(err) => Err(err),
+            // The writer may end (stop, panic) before it reaches this record: then deny rather
+            // than wait for an incarnation that may never come.
+            Ok((done, mut running)) => tokio::select! {
+                biased;
+                written = done => match written {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(AuditError::WriteFailed),
+                    Err(_) => Err(AuditError::Closed),
+                },
+                _ = running.wait_for(|running| !*running) => Err(AuditError::Closed),
+                () = tokio::time::sleep(DURABLE_WAIT) => Err(AuditError::TimedOut),
+            },
+        };
+        if let Err(err) = &result {
+            // A record that failed in its batch was counted by the writer.
+            if !matches!(err, AuditError::WriteFailed) {
+                self.shared
+                    .unrecorded(self.kind, err.reason(), u64::from(self.count));
+            }
+        }
+        result
     }
 }
 
