@@ -394,7 +394,7 @@ impl tonic::server::UnaryService<CheckQuestion> for CheckMethod {
     type Future = CheckReplyFuture;
 
     fn call(&mut self, request: Request<CheckQuestion>) -> Self::Future {
-        let answer = |decided| Ok(Response::new(CheckAnswer(decided)));
+        let answer = |decided| Ok(Response::new(CheckAnswer::new(decided)));
         let decided = match caller(&request) {
             Ok(who) => (request.get_ref().parts())
                 .map_err(refusal)

@@ -120,15 +120,19 @@ impl WireRequest for CheckQuestion {
 }
 
 /// `CheckReply` as written from a decision: `allowed` (1), `reasons` (2), `decision_id` (3),
-/// `errors` (4), `advisory` (5); byte for byte what prost writes.
-pub struct CheckAnswer(pub Decided);
+/// `errors` (4), `advisory` (5); byte for byte what prost writes. Its length is counted once, when
+/// it is made (the codec reserves it, then the reply is staged by it).
+pub struct CheckAnswer {
+    decided: Decided,
+    len: usize,
+}
 
-impl WireReply for CheckAnswer {
-    fn encoded_len(&self) -> usize {
-        let d = &self.0;
+impl CheckAnswer {
+    pub fn new(decided: Decided) -> CheckAnswer {
+        let d = &decided;
         let id = d.decision_id.as_bytes();
         let strings = |list: &[String]| list.iter().map(|s| field_len(s.len())).sum::<usize>();
-        2 * usize::from(d.allowed)
+        let len = 2 * usize::from(d.allowed)
             + strings(&d.reasons)
             + if id.is_empty() {
                 0
@@ -136,17 +140,23 @@ impl WireReply for CheckAnswer {
                 field_len(id.len())
             }
             + strings(&d.errors)
-            + 2 * usize::from(d.advisory)
+            + 2 * usize::from(d.advisory);
+        CheckAnswer { decided, len }
+    }
+}
+
+impl WireReply for CheckAnswer {
+    fn encoded_len(&self) -> usize {
+        self.len
     }
 
     /// A reply of up to [`STAGED`] bytes (the usual one: a reason or two and the id) is written
     /// on the stack and handed to tonic's buffer in one slice, not one call per key and length.
     fn encode(&self, buf: &mut impl BufMut) {
-        let len = self.encoded_len();
-        if len <= STAGED {
+        if self.len <= STAGED {
             let mut staged = [0u8; STAGED];
             self.write(&mut &mut staged[..]);
-            buf.put_slice(&staged[..len]);
+            buf.put_slice(&staged[..self.len]);
         } else {
             self.write(buf);
         }
@@ -157,7 +167,7 @@ const STAGED: usize = 256;
 
 impl CheckAnswer {
     fn write(&self, buf: &mut impl BufMut) {
-        let d = &self.0;
+        let d = &self.decided;
         if d.allowed {
             encode_key(1, WireType::Varint, buf);
             buf.put_u8(1);
@@ -318,7 +328,7 @@ mod tests {
                 advisory: d.advisory,
             }
             .encode_to_vec();
-            let answer = CheckAnswer(d);
+            let answer = CheckAnswer::new(d);
             let mut written = Vec::new();
             answer.encode(&mut written);
             assert_eq!(written, expected);
