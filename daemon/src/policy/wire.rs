@@ -32,13 +32,15 @@ pub struct CheckQuestion {
     context: Option<prost_types::Struct>,
 }
 
-fn not_utf8() -> DecodeError {
-    DecodeError::new("invalid string value: data is not UTF-8 encoded")
+/// The string at `range` of `bytes`, refused as prost refuses a string that is not UTF-8.
+fn text_at<'b>(bytes: &'b [u8], range: &Range<usize>) -> Result<&'b str, DecodeError> {
+    std::str::from_utf8(&bytes[range.clone()])
+        .map_err(|_| DecodeError::new("invalid string value: data is not UTF-8 encoded"))
 }
 
 impl CheckQuestion {
     fn text(&self, range: &Range<usize>) -> Result<&str, DecodeError> {
-        std::str::from_utf8(&self.bytes[range.clone()]).map_err(|_| not_utf8())
+        text_at(&self.bytes, range)
     }
 
     /// The request's fields, borrowed; a string that is not UTF-8 is refused as prost refuses it.
@@ -89,8 +91,8 @@ impl CheckQuestion {
             check_wire_type(WireType::LengthDelimited, wire_type)?;
             let field = length_delimited_slice(&mut rest)?;
             // A string given again replaces the first, which prost has checked all the same.
-            if range.end > range.start && std::str::from_utf8(&bytes[range.clone()]).is_err() {
-                return Err(not_utf8());
+            if range.end > range.start {
+                text_at(bytes, range)?;
             }
             let end = bytes.len() - rest.len();
             *range = end - field.len()..end;
@@ -107,12 +109,11 @@ impl WireRequest for CheckQuestion {
     fn decode(bytes: Bytes) -> Result<Self, DecodeError> {
         let mut question = CheckQuestion::default();
         if let Err(err) = question.read(&bytes) {
-            let utf8 = |r: &Range<usize>| std::str::from_utf8(&bytes[r.clone()]).is_ok();
-            return Err(if question.strings().into_iter().all(utf8) {
-                err
-            } else {
-                not_utf8()
-            });
+            // A string read before the break that is not UTF-8 is what prost reports.
+            for range in question.strings() {
+                text_at(&bytes, range)?;
+            }
+            return Err(err);
         }
         question.bytes = bytes;
         Ok(question)
