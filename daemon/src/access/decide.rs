@@ -226,10 +226,7 @@ impl Access {
         caller: &'a Caller,
         request: DecisionRequest<'a>,
     ) -> Result<Decided, ServiceError> {
-        match self.decide_now(caller, request)? {
-            Ok(decided) => Ok(decided),
-            Err(waiting) => Ok(waiting.await),
-        }
+        Ok(settled(self.decide_now(caller, request)?).await)
     }
 
     /// [`Access::decide`] without a future unless the decision waits for its record
@@ -246,13 +243,18 @@ impl Access {
 /// A fail-closed decision waiting for its record to be on disk; it borrows nothing.
 pub type Waiting = BoxFuture<'static, Decided>;
 
+/// The answer of a decision answered at once (`Ok`) or once its record is written (`Err`).
+pub async fn settled(answer: Result<Decided, Waiting>) -> Decided {
+    match answer {
+        Ok(decided) => decided,
+        Err(waiting) => waiting.await,
+    }
+}
+
 impl Pending<'_> {
     /// Step 4: audits the decision. A fail-closed action whose record cannot be written is denied.
     pub async fn record(self) -> Decided {
-        match self.record_now() {
-            Ok(decided) => decided,
-            Err(waiting) => waiting.await,
-        }
+        settled(self.record_now()).await
     }
 
     /// Step 4 without a future when nothing waits: a decision on an action that is not

@@ -12,7 +12,7 @@ use futures::future::{BoxFuture, Either, Ready, ready};
 use tonic::{Request, Response, Status};
 
 use crate::access::audit::AuditKind;
-use crate::access::decide::Waiting;
+use crate::access::decide::{Waiting, settled};
 use crate::access::{Access, Caller, Decided, DecisionRequest, caller};
 use crate::error::{FieldViolation, ServiceError};
 use crate::grpc::convert::timestamp_from_unix_ms as timestamp;
@@ -148,10 +148,7 @@ impl Policy for PolicyService {
     /// reached only by a `PolicyServer` built without that route; it answers alike.
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckReply>, Status> {
         let who = caller(&request)?;
-        let decided = match self.check_now(who, request.get_ref().into())? {
-            Ok(decided) => decided,
-            Err(waiting) => waiting.await,
-        };
+        let decided = settled(self.check_now(who, request.get_ref().into())?).await;
         Ok(Response::new(Self::reply(decided)))
     }
 
