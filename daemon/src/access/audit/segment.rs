@@ -680,6 +680,15 @@ impl Limits {
     }
 }
 
+/// What an append needs to know of the active segment.
+#[derive(Debug, Clone, Copy)]
+struct Active {
+    first_seq: u64,
+    records: u64,
+    /// Bytes committed, header included.
+    len: u64,
+}
+
 /// The one appender. Not shared between threads at once (the worker holds it in a mutex).
 #[derive(Debug)]
 pub struct SegmentWriter {
@@ -874,13 +883,13 @@ impl SegmentWriter {
             self.dirty = false;
         }
         let mut active = self.active();
-        if active.records() >= self.limits.segment_records()
+        if active.records >= self.limits.segment_records()
             || active.len >= self.limits.segment_bytes()
         {
             self.roll()?;
             active = self.active();
         }
-        let room_records = self.limits.segment_records() - active.records();
+        let room_records = self.limits.segment_records() - active.records;
         let room_bytes = self.limits.segment_bytes() - active.len;
         let begin = records.start(from);
         let (mut seq, mut prev) = (self.next_seq, self.prev);
@@ -947,22 +956,26 @@ impl SegmentWriter {
         Ok(n)
     }
 
-    fn active(&self) -> SegmentInfo {
-        self.index
+    /// Where the active segment stands. Read on every append, so its marks (a few KiB in a full
+    /// segment) are not copied.
+    fn active(&self) -> Active {
+        let segments = self
+            .index
             .segments
             .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .last()
-            .cloned()
-            .unwrap_or(SegmentInfo {
+            .unwrap_or_else(|p| p.into_inner());
+        match segments.last() {
+            Some(last) => Active {
+                first_seq: last.first_seq,
+                records: last.records(),
+                len: last.len,
+            },
+            None => Active {
                 first_seq: self.next_seq,
-                version: VERSION,
-                next_seq: self.next_seq,
+                records: 0,
                 len: HEADER_LEN,
-                first_ms: 0,
-                last_ms: 0,
-                marks: Vec::new(),
-            })
+            },
+        }
     }
 
     /// Seals the active segment and begins the next, chained to it.
