@@ -15,6 +15,10 @@ the short run alone and be subtracted from the per-call figure.
     cargo build --release -p brainstemd -p brainstem-client --bins
     python3 docs/measure-instructions.py target/release --runs ping,policy-check,flags-eval [--short 3 --long 9]
 
+With `--cache-sim`, callgrind also simulates the caches, the last level sized as this machine's L2,
+and each line adds the data misses per call: memory a call touches cold, which costs cycles that
+instruction counts do not show.
+
 Prints one line per scenario (instructions per call and the ratio to the first scenario) and leaves
 the dumps (`callgrind.out.<pid>.<n>`, one per run, named after the trigger) in the printed directory
 for `callgrind_annotate --inclusive=yes`.
@@ -46,11 +50,27 @@ def requests_served(metrics_addr):
 
 
 def dump_totals(path):
+    """The dump's totals by event (`Ir`, and with `--cache-sim` the misses too)."""
+    events = ["Ir"]
     with open(path) as f:
         for line in f:
+            if line.startswith("events:"):
+                events = line.split()[1:]
             if line.startswith("totals:") or line.startswith("summary:"):
-                return int(line.split()[1])
+                return dict(zip(events, map(int, line.split()[1:])))
     raise SystemExit(f"{path}: no totals line")
+
+
+def l2_cache():
+    """`--LL=size,assoc,line` of this machine's L2, from sysfs: valgrind models the last level as
+    the L3 (which holds a whole run), so misses of the L2 (which does not) are what show a call's
+    cold memory."""
+    base = "/sys/devices/system/cpu/cpu0/cache/index2"
+    size = open(f"{base}/size").read().strip()
+    size = int(size[:-1]) * 1024 if size.endswith("K") else int(size)
+    assoc = open(f"{base}/ways_of_associativity").read().strip()
+    line = open(f"{base}/coherency_line_size").read().strip()
+    return f"--LL={size},{assoc},{line}"
 
 
 def control(*args):
@@ -88,6 +108,9 @@ def main():
                     help="seconds of each scenario run first, not counted (0: none)")
     ap.add_argument("--listen", help="default: a free 127.0.0.1 port")
     ap.add_argument("--metrics-listen", help="default: a free 127.0.0.1 port")
+    ap.add_argument("--cache-sim", action="store_true",
+                    help="also simulate the caches (the last level as this machine's L2) and "
+                         "print data misses per call")
     args = ap.parse_args()
     args.listen = args.listen or rpc.free_addr()
     args.metrics_listen = args.metrics_listen or rpc.free_addr()
@@ -99,6 +122,7 @@ def main():
         # holds the only running slot for its whole time slice; the daemon then took from 55 s to
         # over 5 minutes to start. With it, 6 s.
         ["valgrind", "--tool=callgrind", "--fair-sched=yes", "--dump-instr=no",
+         *(["--cache-sim=yes", l2_cache()] if args.cache_sim else []),
          f"--callgrind-out-file={work}/callgrind.out.%p",
          f"{args.bin_dir}/brainstemd", "--dev", "--state-dir", state, "--listen", args.listen,
          "--metrics-listen", args.metrics_listen, "--log-level", "warn"],
@@ -118,11 +142,17 @@ def main():
                         scenario, args.short, args.concurrency, f"{scenario}-short")
             long = run(args.bin_dir, work, state, args.listen, args.metrics_listen, daemon.pid,
                        scenario, args.long, args.concurrency, f"{scenario}-long")
-            per_call = (long[0] - short[0]) / max(long[1] - short[1], 1)
+            calls = max(long[1] - short[1], 1)
+            per_call = (long[0]["Ir"] - short[0]["Ir"]) / calls
             results.append((scenario, per_call))
-            print(f"{scenario:14} short {short[1]:>6} calls {short[0]:>13,} Ir   "
-                  f"long {long[1]:>6} calls {long[0]:>13,} Ir   "
-                  f"{per_call:>9,.0f} instructions/call   ({os.path.basename(long[2])})",
+            misses = ""
+            if args.cache_sim:
+                l2 = sum(long[0].get(e, 0) - short[0].get(e, 0) for e in ("DLmr", "DLmw")) / calls
+                l1 = sum(long[0].get(e, 0) - short[0].get(e, 0) for e in ("D1mr", "D1mw")) / calls
+                misses = f"   data misses/call: L1 {l1:,.1f}, L2 {l2:,.1f}"
+            print(f"{scenario:14} short {short[1]:>6} calls {short[0]['Ir']:>13,} Ir   "
+                  f"long {long[1]:>6} calls {long[0]['Ir']:>13,} Ir   "
+                  f"{per_call:>9,.0f} instructions/call{misses}   ({os.path.basename(long[2])})",
                   flush=True)
         base = results[0][1]
         for scenario, per_call in results[1:]:

@@ -5,8 +5,10 @@ Each round runs every scenario in `--runs` (`name:concurrency`, comma-separated;
 on one connection. Each line gives calls/s, p50/p99 and the server's CPU time per call (utime +
 stime from /proc/<pid>/stat, from the start of the window until the daemon is idle again, so
 queued work is charged to the calls that caused it), and the store's mean group-commit size over
-the window (durable writes answered / flushes, from the daemon's metrics). The summary gives each scenario's medians as
-ratios to Ping's in the same round. The store runs with flush = "always" (the default).
+the window (durable writes answered / flushes, from the daemon's metrics). The summary gives each
+scenario's medians as ratios to Ping's in the same round, with a 95 % interval for the CPU ratio's
+median from six rounds on (on a busy host, read a target against the interval, not the median
+alone). The store runs with flush = "always" (the default).
 `--shuffle` runs each round's scenarios in a new random order (Ping included), so a scenario is not
 always the one that runs first after the daemon sat idle, or last.
 
@@ -16,6 +18,7 @@ always the one that runs first after the daemon sat idle, or last.
 
 import argparse
 import importlib.util
+import math
 import os
 import random
 import shutil
@@ -58,6 +61,23 @@ def sync_counts(metrics_addr):
     return tuple(counts)
 
 
+def median_interval(values, level=0.95):
+    """A distribution-free confidence interval for the median: the k-th smallest and k-th largest of
+    the values, k the largest with P(Binomial(n, 1/2) < k) <= (1 - level) / 2. None below 6 values
+    (no such k at 95 %)."""
+    n = len(values)
+    tail, k = 0.0, 0
+    while k < n:
+        tail += math.comb(n, k) / 2 ** n
+        if tail > (1 - level) / 2:
+            break
+        k += 1
+    if k == 0:
+        return None
+    ordered = sorted(values)
+    return ordered[k - 1], ordered[n - k]
+
+
 def measure(bin_dir, runs, rounds, seconds, extra_args=(), shuffle=False):
     work = tempfile.mkdtemp(prefix="brainstem-scenarios-")
     state = f"{work}/s"
@@ -92,8 +112,10 @@ def measure(bin_dir, runs, rounds, seconds, extra_args=(), shuffle=False):
         for run in runs[1:]:
             rate = [s[0] / p[0] for p, s in zip(ping, results[run])]
             cpu = [s[1] / p[1] for p, s in zip(ping, results[run])]
+            interval = median_interval(cpu)
+            within = f", 95 % interval {interval[0]:.2f}-{interval[1]:.2f}" if interval else ""
             print(f"{run[0]} 1x{run[1]} vs ping: calls/s it/ping {statistics.median(rate):.2f}, "
-                  f"CPU per call it/ping {statistics.median(cpu):.2f} "
+                  f"CPU per call it/ping {statistics.median(cpu):.2f}{within} "
                   f"(rounds: {', '.join(f'{x:.2f}' for x in cpu)})")
     finally:
         daemon.terminate()
