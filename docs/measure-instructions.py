@@ -67,7 +67,8 @@ def l2_cache():
     cold memory."""
     base = "/sys/devices/system/cpu/cpu0/cache/index2"
     size = open(f"{base}/size").read().strip()
-    size = int(size[:-1]) * 1024 if size.endswith("K") else int(size)
+    scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+    size = int(size.rstrip("KM")) * scale
     assoc = open(f"{base}/ways_of_associativity").read().strip()
     line = open(f"{base}/coherency_line_size").read().strip()
     return f"--LL={size},{assoc},{line}"
